@@ -1,0 +1,58 @@
+# data-exporter: build, run and test. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+WASM_OUT := plugins/target/$(WASM_TARGET)/release
+LISTEN ?= 0.0.0.0:6780
+
+.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+build: host plugins ## Release host at target/release/data-exporter, shipped plugins at target/plugins/*.wasm
+
+host: ## Build the host (release)
+	$(CARGO) build --release -p data-exporter
+
+plugins: wasm-target ## Build the plugin components: shipped ones to target/plugins, test fixtures to target/test-plugins
+	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path plugins/Cargo.toml --workspace
+	mkdir -p target/plugins target/test-plugins
+	cp $(WASM_OUT)/opensearch.wasm target/plugins/
+	cp $(WASM_OUT)/readme_example.wasm target/test-plugins/
+
+run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
+	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \
+	  --listen $(LISTEN) --plugins target/plugins --data-dir target/data
+
+test-servers: ## Install (if needed) and start the real test servers (OpenSearch API, nginx TLS)
+	tests/servers/up.sh
+
+test-servers-down: ## Stop the test servers
+	tests/servers/down.sh
+
+test: plugins test-servers ## Run every test against real servers
+	@set -a; . target/test-servers/env; set +a; \
+	rc=0; \
+	$(CARGO) test --workspace || rc=$$?; \
+	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch --lib || rc=$$?; \
+	tests/servers/down.sh; exit $$rc
+
+lint: ## rustfmt and clippy (warnings are errors) on host and plugins
+	$(CARGO) fmt --all -- --check
+	cd plugins && $(CARGO) fmt --all -- --check
+	rustfmt --check --edition 2024 sdk/src/lib.rs
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd plugins && $(CARGO) clippy --workspace --target $(WASM_TARGET) -- -D warnings
+
+fmt: ## Format all code
+	$(CARGO) fmt --all
+	cd plugins && $(CARGO) fmt --all
+	rustfmt --edition 2024 sdk/src/lib.rs
+
+clean: ## Remove build output
+	$(CARGO) clean
+	cd plugins && $(CARGO) clean

@@ -1,0 +1,205 @@
+//! The outbound HTTP capability: reqwest clients with shared pools, TLS options, typed errors.
+
+use crate::bindings::http::{Method, Request, RequestError, Response};
+use crate::config::HttpConfig;
+use anyhow::Context;
+use std::time::Duration;
+
+/// Performs plugins' HTTP requests. Holds one pooled client per TLS mode, so
+/// connections are reused across plugins and calls.
+pub struct HttpCapability {
+    /// Index: `verify as usize * 2 + client_cert as usize`; `None` where mTLS
+    /// is asked for but no client certificate is configured.
+    clients: [Option<reqwest::Client>; 4],
+    timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl HttpCapability {
+    /// Build the clients. Fails, naming the file, when CA or client
+    /// certificate files cannot be read or parsed.
+    pub fn new(cfg: &HttpConfig) -> anyhow::Result<Self> {
+        let ca = match &cfg.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| format!("reading http.ca_file {}", path.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("http.ca_file {} is not a PEM certificate bundle", path.display()))?;
+                anyhow::ensure!(!certs.is_empty(), "http.ca_file {} holds no certificate", path.display());
+                certs
+            }
+            None => Vec::new(),
+        };
+        let identity = match (&cfg.client_cert_file, &cfg.client_key_file) {
+            (Some(cert), Some(key)) => {
+                let mut pem =
+                    std::fs::read(cert).with_context(|| format!("reading http.client_cert_file {}", cert.display()))?;
+                pem.push(b'\n');
+                pem.extend(
+                    std::fs::read(key).with_context(|| format!("reading http.client_key_file {}", key.display()))?,
+                );
+                Some(reqwest::Identity::from_pem(&pem).with_context(|| {
+                    format!(
+                        "http.client_cert_file {} and http.client_key_file {} are not a PEM certificate and its key",
+                        cert.display(),
+                        key.display()
+                    )
+                })?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
+        };
+        let build = |verify: bool, client_cert: bool| -> anyhow::Result<Option<reqwest::Client>> {
+            if client_cert && identity.is_none() {
+                return Ok(None);
+            }
+            let mut b = reqwest::Client::builder()
+                .use_rustls_tls()
+                .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+                .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("data-exporter/", env!("CARGO_PKG_VERSION")))
+                .danger_accept_invalid_certs(!verify);
+            for c in &ca {
+                b = b.add_root_certificate(c.clone());
+            }
+            if client_cert {
+                b = b.identity(identity.clone().expect("checked above"));
+            }
+            Ok(Some(b.build().context("building the HTTP client")?))
+        };
+        Ok(HttpCapability {
+            clients: [build(false, false)?, build(false, true)?, build(true, false)?, build(true, true)?],
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    /// Perform `req` for plugin `plugin`.
+    pub async fn send(&self, plugin: &str, req: Request) -> Result<Response, RequestError> {
+        let url = reqwest::Url::parse(&req.url)
+            .map_err(|e| RequestError::InvalidRequest(format!("bad URL {:?}: {e}", redact(&req.url))))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(RequestError::InvalidRequest(format!(
+                "URL scheme `{}` is not supported: use http:// or https://",
+                url.scheme()
+            )));
+        }
+        let shown = redact(url.as_str());
+        let tls = req.tls;
+        let client = self.clients[tls.verify_server as usize * 2 + tls.client_certificate as usize]
+            .as_ref()
+            .ok_or_else(|| {
+                RequestError::Tls(format!(
+                    "{shown}: mutual TLS was requested but the operator configured no client certificate \
+                     (set http.client_cert_file and http.client_key_file)"
+                ))
+            })?;
+        let method = match req.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Head => reqwest::Method::HEAD,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let timeout =
+            req.timeout_ms.map(|ms| Duration::from_millis(ms.into())).unwrap_or(self.timeout).min(self.timeout);
+        let mut builder = client.request(method, url).timeout(timeout);
+        for (name, value) in &req.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| RequestError::InvalidRequest(format!("invalid header name {name:?}")))?;
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| RequestError::InvalidRequest(format!("invalid value for header `{name}`")))?;
+            builder = builder.header(name, value);
+        }
+        if let Some((user, password)) = &req.basic_auth {
+            builder = builder.basic_auth(user, Some(password));
+        }
+        if let Some(body) = req.body {
+            builder = builder.body(body);
+        }
+        let started = std::time::Instant::now();
+        let mut resp = builder.send().await.map_err(|e| classify(&shown, e))?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&shown, e))? {
+            if body.len() + chunk.len() > self.max_response_bytes {
+                return Err(RequestError::ResponseTooLarge(format!(
+                    "{shown}: response body exceeds http.max_response_bytes ({} bytes)",
+                    self.max_response_bytes
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        tracing::debug!(plugin, url = %shown, status, elapsed_ms = started.elapsed().as_millis() as u64, "http request");
+        Ok(Response { status, headers, body })
+    }
+}
+
+/// A URL as it may be shown: no user info, no query (either may carry secrets).
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+/// Map a reqwest error to the WIT error kind, with the full cause chain (and no URL secrets).
+fn classify(shown: &str, err: reqwest::Error) -> RequestError {
+    let mut msg = format!("{shown}: ");
+    let inner = err.without_url();
+    msg.push_str(&inner.to_string());
+    let mut src = std::error::Error::source(&inner);
+    let mut tls = false;
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        tls |= is_tls_error(s);
+        src = s.source();
+    }
+    if inner.is_timeout() {
+        RequestError::Timeout(msg)
+    } else if tls {
+        RequestError::Tls(msg)
+    } else if inner.is_connect() {
+        RequestError::Connect(msg)
+    } else if inner.is_builder() {
+        RequestError::InvalidRequest(msg)
+    } else {
+        RequestError::Protocol(msg)
+    }
+}
+
+/// Whether an error in the cause chain is a TLS failure (rustls errors reach
+/// us wrapped in `io::Error`s).
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<rustls::Error>().is_some()
+        || e.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn shown_urls_carry_no_credentials_or_query() {
+        assert_eq!(redact("https://u:secret@os:9200/_bulk?token=abc"), "https://os:9200/_bulk");
+        assert_eq!(redact("not a url"), "<unparseable URL>");
+    }
+}

@@ -1,0 +1,50 @@
+//! Host capabilities granted to plugins: outbound HTTP and logging. Nothing else.
+
+pub mod http;
+
+use crate::bindings::{self, log::Level};
+use crate::runtime::PluginState;
+use std::sync::Arc;
+
+/// Longest log line a plugin may write; longer lines are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// The capabilities one plugin instance holds.
+pub struct HostCapabilities {
+    /// The plugin's name, attached to its log lines and requests.
+    pub plugin: String,
+    /// Outbound HTTP.
+    pub http: Arc<http::HttpCapability>,
+}
+
+impl bindings::narrows::exporter::types::Host for PluginState {}
+
+impl bindings::http::Host for PluginState {
+    async fn send(
+        &mut self,
+        request: bindings::http::Request,
+    ) -> Result<bindings::http::Response, bindings::http::RequestError> {
+        self.caps.http.send(&self.caps.plugin, request).await
+    }
+}
+
+impl bindings::log::Host for PluginState {
+    async fn log(&mut self, level: Level, message: String) {
+        let mut msg = message.as_str();
+        if msg.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !msg.is_char_boundary(end) {
+                end -= 1;
+            }
+            msg = &msg[..end];
+        }
+        let plugin = self.caps.plugin.as_str();
+        match level {
+            Level::Trace => tracing::trace!(target: "plugin", plugin, "{msg}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin, "{msg}"),
+            Level::Info => tracing::info!(target: "plugin", plugin, "{msg}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin, "{msg}"),
+            Level::Error => tracing::error!(target: "plugin", plugin, "{msg}"),
+        }
+    }
+}

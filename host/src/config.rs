@@ -1,0 +1,230 @@
+//! Operator configuration: defaults, then a TOML file, then `DATA_EXPORTER_*` environment, then flags.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `data-exporter serve` can be told. Every field has a default;
+/// `deploy/config/data-exporter.toml` shows them all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on (`POST /forward`, health, plugins).
+    pub listen: SocketAddr,
+    /// Directory whose `*.wasm` plugin components are loaded at start-up.
+    pub plugins_dir: PathBuf,
+    /// Directory where the host keeps its state; created if missing.
+    pub data_dir: PathBuf,
+    /// Limits on what producers may send.
+    pub limits: Limits,
+    /// The outbound HTTP capability granted to plugins.
+    pub http: HttpConfig,
+    /// The WebAssembly runtime.
+    pub runtime: RuntimeConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 6780)),
+            plugins_dir: PathBuf::from("plugins"),
+            data_dir: PathBuf::from("data"),
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Limits on producer input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body `POST /forward` accepts, in bytes; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Most reports one `POST /forward` may carry as a JSON array.
+    pub max_reports_per_request: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 10 * 1024 * 1024, max_reports_per_request: 10_000 }
+    }
+}
+
+/// Outbound HTTP on behalf of plugins: timeouts, limits, TLS material.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time allowed to establish a connection (TCP and TLS), in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Default and maximum total time of one request, in milliseconds. A plugin
+    /// may ask for less, never more.
+    pub timeout_ms: u64,
+    /// Largest response body handed to a plugin, in bytes.
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept per destination host.
+    pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM bundle) trusted when a destination asks for
+    /// verification (`checkCert`), in addition to the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented when a destination asks for
+    /// mutual TLS (`mutualTLS`). Plugins never see it.
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`. Keep it readable only by the service user.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 30_000,
+            max_response_bytes: 16 * 1024 * 1024,
+            pool_max_idle_per_host: 32,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
+}
+
+/// The WebAssembly runtime that runs plugins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Largest linear memory one plugin instance may grow to, in MiB; growth
+    /// past it fails inside the plugin.
+    pub memory_limit_mib: u64,
+    /// Wall-clock deadline of one plugin call (validate or deliver), in
+    /// milliseconds, including the HTTP requests it makes. Past it the call traps.
+    pub call_timeout_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { memory_limit_mib: 64, call_timeout_ms: 60_000 }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (`RUST_LOG` wins when set), e.g. `info,data_exporter=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given as command-line flags; they win over file and environment.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--plugins`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugins_dir: Option<PathBuf>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Errors that stop the configuration from loading.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0} does not exist: check the --config path (or DATA_EXPORTER_CONFIG)")]
+    Missing(PathBuf),
+    /// A value is malformed or a key unknown.
+    #[error("invalid configuration: {0}; see deploy/config/data-exporter.toml for every key and its default")]
+    Invalid(Box<figment::Error>),
+}
+
+impl Config {
+    /// Load defaults, then `file` (if any), then `DATA_EXPORTER_*` environment
+    /// variables (`__` separates sections: `DATA_EXPORTER_HTTP__CA_FILE`), then `flags`.
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("DATA_EXPORTER_").ignore(&["config"]).split("__"))
+            .merge(Serialized::defaults(flags));
+        fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "listen = \"127.0.0.1:1\"\nplugins_dir = \"/p\"\n[http]\ntimeout_ms = 7\n[limits]\nmax_body_bytes = 9\n",
+            )?;
+            jail.set_env("DATA_EXPORTER_HTTP__TIMEOUT_MS", "8");
+            jail.set_env("DATA_EXPORTER_PLUGINS_DIR", "/env-plugins");
+            let flags = Overrides { listen: Some("127.0.0.1:2".parse().unwrap()), ..Default::default() };
+            let c = Config::load(Some(Path::new("c.toml")), &flags).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:2".parse().unwrap());
+            assert_eq!(c.plugins_dir, PathBuf::from("/env-plugins"));
+            assert_eq!(c.http.timeout_ms, 8);
+            assert_eq!(c.limits.max_body_bytes, 9);
+            assert_eq!(c.runtime, RuntimeConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[http]\ntimeout = 7\n")?;
+            let err = Config::load(Some(Path::new("c.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("timeout"), "{err}");
+            let err = Config::load(Some(Path::new("nope.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("nope.toml") && err.contains("--config"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shipped_config_file_matches_the_defaults() {
+        // In a jail so that concurrent tests' environment variables cannot leak in.
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/data-exporter.toml");
+            let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+            assert_eq!(c, Config::default(), "deploy/config/data-exporter.toml drifted from Config::default()");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,255 @@
+//! The seed protocol's `ReportData` envelope: `{"config": {<consumer key>: {...}}, "payload": "<JSON text>"}`.
+//!
+//! The payload is checked to be JSON and passed on byte for byte; the host
+//! never looks inside it. A body may also be a JSON array of envelopes.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// One report as a producer sent it, checked but not yet routed.
+#[derive(Debug)]
+pub struct Envelope {
+    /// Consumers to deliver to: config key and destination JSON text, in key order.
+    pub destinations: Vec<(String, Box<RawValue>)>,
+    /// Config keys whose destination is empty (all zero values, or null): the
+    /// seed's Go producers send every consumer's struct, set or not.
+    pub skipped: Vec<String>,
+    /// The payload, JSON text exactly as sent (unescaped from its string).
+    pub payload: String,
+}
+
+/// What is wrong with a request body. Messages say what to send instead.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    /// Not JSON, or not shaped like `ReportData`.
+    #[error("request body is not a valid ReportData: {0}. Send {EXAMPLE}")]
+    Malformed(String),
+    /// The `payload` field is absent.
+    #[error("`payload` is missing. Send {EXAMPLE}")]
+    MissingPayload,
+    /// `payload` is not a string.
+    #[error(
+        "`payload` must be a string holding a JSON document, got {0}: encode the document as a string, e.g. \"payload\": \"{{\\\"cluster\\\":\\\"c1\\\"}}\""
+    )]
+    PayloadNotString(&'static str),
+    /// `payload` does not parse as JSON.
+    #[error("`payload` is not valid JSON ({0}): it must be a JSON document encoded as a string")]
+    PayloadNotJson(String),
+    /// The `config` field is absent or null.
+    #[error(
+        "`config` is missing: name at least one consumer, e.g. \"config\": {{\"openSearch\": {{\"host_port\": \"https://os:9200\", \"index\": \"scans\"}}}}"
+    )]
+    MissingConfig,
+    /// `config` is not an object.
+    #[error("`config` must be a JSON object keyed by consumer (e.g. `openSearch`), got {0}")]
+    ConfigNotObject(&'static str),
+    /// `config` names no consumer, or only empty ones.
+    #[error(
+        "`config` names no consumer with settings{0}: add one, e.g. \"openSearch\": {{\"host_port\": \"https://os:9200\", \"index\": \"scans\"}}"
+    )]
+    NoConsumer(String),
+    /// A destination is not an object.
+    #[error("`config.{key}` must be a JSON object with the destination's settings, got {found}")]
+    DestinationNotObject {
+        /// The consumer key.
+        key: String,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// An array body with no element.
+    #[error("the request body is an empty array: send at least one ReportData")]
+    EmptyBatch,
+    /// An array body with too many elements.
+    #[error(
+        "the request carries {count} reports; at most {max} are allowed per request (limits.max_reports_per_request): split it"
+    )]
+    TooManyReports {
+        /// Reports sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An element of an array body is wrong.
+    #[error("report [{index}]: {error}")]
+    InBatch {
+        /// Position in the array.
+        index: usize,
+        /// What is wrong with it.
+        error: Box<EnvelopeError>,
+    },
+}
+
+const EXAMPLE: &str = r#"{"config": {"openSearch": {"host_port": "https://os:9200", "index": "scans"}}, "payload": "{\"cluster\":\"c1\"}"}"#;
+
+/// Parse a `POST /forward` body: one `ReportData` object, or an array of them.
+/// Returns the envelopes and whether the body was an array.
+pub fn parse_body(body: &[u8], max_reports: usize) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
+    let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::Malformed(format!("not UTF-8: {e}")))?;
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+            if items.is_empty() {
+                return Err(EnvelopeError::EmptyBatch);
+            }
+            if items.len() > max_reports {
+                return Err(EnvelopeError::TooManyReports { count: items.len(), max: max_reports });
+            }
+            let envelopes = items
+                .iter()
+                .enumerate()
+                .map(|(index, raw)| {
+                    parse_one(raw.get()).map_err(|e| EnvelopeError::InBatch { index, error: Box::new(e) })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((envelopes, true))
+        }
+        Some(b'{') => Ok((vec![parse_one(text)?], false)),
+        None => Err(EnvelopeError::Malformed("the body is empty".into())),
+        Some(_) => Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text)))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    config: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
+    }
+    let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let payload_raw = wire.payload.ok_or(EnvelopeError::MissingPayload)?;
+    let payload: String = serde_json::from_str(payload_raw.get())
+        .map_err(|_| EnvelopeError::PayloadNotString(json_type(payload_raw.get())))?;
+    serde_json::from_str::<IgnoredAny>(&payload).map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
+
+    let config_raw = wire.config.filter(|c| c.get() != "null").ok_or(EnvelopeError::MissingConfig)?;
+    let config: BTreeMap<String, &RawValue> = serde_json::from_str(config_raw.get())
+        .map_err(|_| EnvelopeError::ConfigNotObject(json_type(config_raw.get())))?;
+    let mut destinations = Vec::with_capacity(config.len());
+    let mut skipped = Vec::new();
+    for (key, raw) in config {
+        match json_type(raw.get()) {
+            "null" => skipped.push(key),
+            "an object" if is_empty_destination(raw) => skipped.push(key),
+            "an object" => destinations.push((key, raw.to_owned())),
+            found => return Err(EnvelopeError::DestinationNotObject { key, found }),
+        }
+    }
+    if destinations.is_empty() {
+        let note = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" (empty: {})", skipped.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+        };
+        return Err(EnvelopeError::NoConsumer(note));
+    }
+    Ok(Envelope { destinations, skipped, payload })
+}
+
+/// True when every field is a zero value (`""`, `false`, `0`, `null`, `{}`, `[]`),
+/// which is what the seed's Go structs send for a consumer that is not set.
+fn is_empty_destination(raw: &RawValue) -> bool {
+    fn zero(v: &serde_json::Value) -> bool {
+        use serde_json::Value::*;
+        match v {
+            Null => true,
+            Bool(b) => !b,
+            Number(n) => n.as_f64() == Some(0.0),
+            String(s) => s.is_empty(),
+            Array(a) => a.is_empty(),
+            Object(o) => o.values().all(zero),
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(raw.get()).is_ok_and(|v| zero(&v))
+}
+
+/// The JSON type of a value, for messages ("a string", "an array", ...).
+fn json_type(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => "something that is not JSON",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(body: &str) -> Result<Envelope, EnvelopeError> {
+        parse_body(body.as_bytes(), 10).map(|(mut v, arr)| {
+            assert!(!arr);
+            v.remove(0)
+        })
+    }
+
+    const SEED: &str = r#"{"config":{"openSearch":{"host_port":"https://os:9200","index":"scans","username":"u","password":"p","checkCert":true,"mutualTLS":false}},"payload":"{\"cluster\":\"c1\",\"node\":\"n1\",\"scanner\":\"kube-bench\"}"}"#;
+
+    #[test]
+    fn seed_report_parses_and_keeps_payload_and_destination_verbatim() {
+        let e = one(SEED).unwrap();
+        assert_eq!(e.payload, r#"{"cluster":"c1","node":"n1","scanner":"kube-bench"}"#);
+        assert_eq!(e.destinations.len(), 1);
+        assert_eq!(e.destinations[0].0, "openSearch");
+        assert!(e.destinations[0].1.get().contains(r#""checkCert":true"#));
+        assert!(e.skipped.is_empty());
+    }
+
+    #[test]
+    fn go_zero_value_destinations_are_skipped_not_delivered() {
+        let body = r#"{"config":{"openSearch":{"host_port":"","index":"","username":"","password":"","checkCert":false,"mutualTLS":false},"webhook":{"url":"http://x"}},"payload":"{}"}"#;
+        let e = one(body).unwrap();
+        assert_eq!(e.skipped, vec!["openSearch".to_string()]);
+        assert_eq!(e.destinations[0].0, "webhook");
+        let only_empty = r#"{"config":{"openSearch":{"host_port":"","checkCert":false}},"payload":"{}"}"#;
+        let err = one(only_empty).unwrap_err();
+        assert!(err.to_string().contains("`openSearch`"), "{err}");
+    }
+
+    #[test]
+    fn each_bad_input_is_named() {
+        let cases: &[(&str, &str)] = &[
+            ("{", "not a valid ReportData"),
+            ("", "empty"),
+            ("42", "got a number"),
+            (r#"{"config":{"openSearch":{"index":"x"}}}"#, "`payload` is missing"),
+            (r#"{"config":{"openSearch":{"index":"x"}},"payload":{"a":1}}"#, "got an object"),
+            (r#"{"config":{"openSearch":{"index":"x"}},"payload":"not json"}"#, "`payload` is not valid JSON"),
+            (r#"{"payload":"{}"}"#, "`config` is missing"),
+            (r#"{"config":null,"payload":"{}"}"#, "`config` is missing"),
+            (r#"{"config":[1],"payload":"{}"}"#, "got an array"),
+            (r#"{"config":{},"payload":"{}"}"#, "names no consumer"),
+            (r#"{"config":{"openSearch":"x"},"payload":"{}"}"#, "`config.openSearch` must be a JSON object"),
+            (r#"{"config":{"a":{"b":1}},"payload":"{}","extra":1}"#, "unknown field `extra`"),
+        ];
+        for (body, want) in cases {
+            let err = one(body).unwrap_err().to_string();
+            assert!(err.contains(want), "body {body:?}: {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn arrays_are_batches_with_indexed_errors_and_a_limit() {
+        let (v, arr) = parse_body(format!("[{SEED},{SEED}]").as_bytes(), 10).unwrap();
+        assert!(arr);
+        assert_eq!(v.len(), 2);
+        let err = parse_body(format!("[{SEED},{{\"payload\":\"{{}}\"}}]").as_bytes(), 10).unwrap_err();
+        assert!(err.to_string().starts_with("report [1]: `config` is missing"), "{err}");
+        let err = parse_body(format!("[{SEED},{SEED},{SEED}]").as_bytes(), 2).unwrap_err();
+        assert_eq!(err, EnvelopeError::TooManyReports { count: 3, max: 2 });
+        assert_eq!(parse_body(b"[]", 2).unwrap_err(), EnvelopeError::EmptyBatch);
+    }
+}

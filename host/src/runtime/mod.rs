@@ -1,0 +1,195 @@
+//! The plugin runtime: compile components once, instantiate a fresh sandbox per call session.
+
+pub mod engine;
+pub mod registry;
+
+use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
+use crate::capabilities::{HostCapabilities, http::HttpCapability};
+use crate::config::RuntimeConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Everything one plugin instance's `Store` holds: its (empty) WASI context,
+/// resource table, memory limits and the capabilities granted to it.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    /// Capabilities the host grants to this plugin.
+    pub caps: HostCapabilities,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Why a plugin call did not return a value. The store is discarded in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The component could not be instantiated (e.g. its start function trapped).
+    #[error("plugin `{plugin}` could not be instantiated: {reason}")]
+    Instantiate {
+        /// Plugin name.
+        plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The guest trapped (panic, out-of-bounds access, failed memory growth...).
+    #[error("plugin `{plugin}` crashed in `{call}`: {reason}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The export that was called.
+        call: &'static str,
+        /// The trap message.
+        reason: String,
+    },
+    /// The call ran past `runtime.call_timeout_ms`.
+    #[error("plugin `{plugin}` did not finish `{call}` within {timeout:?} (runtime.call_timeout_ms)")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The export that was called.
+        call: &'static str,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The plugin broke the contract (e.g. wrong number of outcomes).
+    #[error("plugin `{plugin}` broke the plugin contract: {reason}")]
+    Contract {
+        /// Plugin name.
+        plugin: String,
+        /// What it did wrong.
+        reason: String,
+    },
+}
+
+/// Shared by every plugin: the engine, the linker with host imports, and capabilities.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    http: Arc<HttpCapability>,
+    cfg: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Build the engine, start its epoch ticker, and link WASI (granting
+    /// nothing) and the `narrows:exporter` imports.
+    pub fn new(cfg: RuntimeConfig, http: Arc<HttpCapability>) -> anyhow::Result<Arc<Self>> {
+        let engine = engine::new_engine()?;
+        engine::spawn_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        Ok(Arc::new(Runtime { engine, linker, http, cfg }))
+    }
+
+    /// Compile the component in `path` and pre-link it. CPU-heavy: call off the request path.
+    pub fn compile(&self, path: &Path) -> anyhow::Result<PluginPre<PluginState>> {
+        let component = Component::from_file(&self.engine, path)?;
+        let pre = self.linker.instantiate_pre(&component)?;
+        Ok(PluginPre::new(pre)?)
+    }
+
+    fn new_store(&self, plugin: &str) -> Store<PluginState> {
+        // WASI grants nothing: no preopened directories, no environment, no
+        // arguments, no sockets, no name lookup; stdio is closed.
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((self.cfg.memory_limit_mib as usize).saturating_mul(1024 * 1024))
+            .instances(8)
+            .build();
+        let caps = HostCapabilities { plugin: plugin.to_string(), http: self.http.clone() };
+        let mut store = Store::new(&self.engine, PluginState { wasi, table: ResourceTable::new(), limits, caps });
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.call_timeout_ms)
+    }
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    /// What the plugin said about itself at load.
+    pub info: bindings::PluginInfo,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    pre: PluginPre<PluginState>,
+    runtime: Arc<Runtime>,
+}
+
+impl LoadedPlugin {
+    /// A fresh instance in a fresh store, for one request's calls.
+    pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
+        Session::start(&self.runtime, &self.info.name, &self.pre).await
+    }
+}
+
+/// One instance of a plugin in its own store. Dropped after any error: a
+/// trapped store is never reused.
+pub struct Session {
+    store: Store<PluginState>,
+    instance: Plugin,
+    plugin: String,
+    timeout: Duration,
+}
+
+impl Session {
+    async fn start(runtime: &Runtime, name: &str, pre: &PluginPre<PluginState>) -> Result<Session, CallError> {
+        let mut store = runtime.new_store(name);
+        let timeout = runtime.call_timeout();
+        let instance = match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => return Err(CallError::Instantiate { plugin: name.into(), reason: format!("{e:#}") }),
+            Err(_) => return Err(CallError::Instantiate { plugin: name.into(), reason: "timed out".into() }),
+        };
+        Ok(Session { store, instance, plugin: name.into(), timeout })
+    }
+
+    /// Run one export under the call deadline, turning traps into `CallError`.
+    async fn guarded<T>(
+        &mut self,
+        call: &'static str,
+        f: impl AsyncFnOnce(&Plugin, &mut Store<PluginState>) -> wasmtime::Result<T>,
+    ) -> Result<T, CallError> {
+        match tokio::time::timeout(self.timeout, f(&self.instance, &mut self.store)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: format!("{e:#}") }),
+            Err(_) => Err(CallError::Timeout { plugin: self.plugin.clone(), call, timeout: self.timeout }),
+        }
+    }
+
+    /// The plugin's self-description.
+    pub async fn info(mut self) -> Result<bindings::PluginInfo, CallError> {
+        self.guarded("info", async |p, s| p.narrows_exporter_consumer().call_info(s).await).await
+    }
+
+    /// Ask the plugin whether `destination` (JSON text) is usable.
+    pub async fn validate(&mut self, destination: &str) -> Result<Result<(), String>, CallError> {
+        self.guarded("validate", async |p, s| p.narrows_exporter_consumer().call_validate(s, destination).await).await
+    }
+
+    /// Deliver `reports` to `destination`: one outcome per report, in order.
+    pub async fn deliver(&mut self, destination: &str, reports: &[Report]) -> Result<Vec<Outcome>, CallError> {
+        let n = reports.len();
+        let out = self
+            .guarded("deliver", async |p, s| p.narrows_exporter_consumer().call_deliver(s, destination, reports).await)
+            .await?;
+        if out.len() != n {
+            return Err(CallError::Contract {
+                plugin: self.plugin.clone(),
+                reason: format!("`deliver` returned {} outcomes for {n} reports", out.len()),
+            });
+        }
+        Ok(out)
+    }
+}

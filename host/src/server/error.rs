@@ -1,0 +1,74 @@
+//! The API's error type: a status, a stable code and a message that says what to do; logged once.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `unknown_consumer`.
+    pub code: &'static str,
+    /// For people: what was wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        } else {
+            tracing::info!(status = self.status.as_u16(), code = self.code, message = %self.message, "request rejected");
+        }
+        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
+    }
+}
+
+impl From<crate::envelope::EnvelopeError> for ApiError {
+    fn from(e: crate::envelope::EnvelopeError) -> Self {
+        use crate::envelope::EnvelopeError as E;
+        let code = match &e {
+            E::InBatch { error, .. } => code_of(error),
+            other => code_of(other),
+        };
+        let status =
+            if matches!(e, E::TooManyReports { .. }) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn code_of(e: &crate::envelope::EnvelopeError) -> &'static str {
+    use crate::envelope::EnvelopeError as E;
+    match e {
+        E::Malformed(_) => "malformed_json",
+        E::MissingPayload => "missing_payload",
+        E::PayloadNotString(_) => "payload_not_string",
+        E::PayloadNotJson(_) => "payload_not_json",
+        E::MissingConfig | E::ConfigNotObject(_) | E::DestinationNotObject { .. } => "invalid_config",
+        E::NoConsumer(_) => "no_consumer",
+        E::EmptyBatch => "empty_batch",
+        E::TooManyReports { .. } => "too_many_reports",
+        E::InBatch { error, .. } => code_of(error),
+    }
+}
+
+impl From<crate::forward::RouteError> for ApiError {
+    fn from(e: crate::forward::RouteError) -> Self {
+        use crate::forward::RouteError as E;
+        let code = match &e {
+            E::UnknownConsumer { .. } => "unknown_consumer",
+            E::InvalidDestination { .. } => "invalid_destination",
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+    }
+}

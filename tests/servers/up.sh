@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Installs (if missing) and starts the real servers the tests, the README and CI use, on loopback:
+#   - osmem-server (PyPI, pinned): an OpenSearch-API-compatible server, in memory, plain HTTP;
+#   - Debian's nginx in front of it: HTTPS with basic auth, and HTTPS requiring a client certificate.
+# Certificates come from a private test CA made here. Writes target/test-servers/env with the
+# addresses and file paths (DX_TEST_*), which `make test` loads. Idempotent: stops what it started
+# before. Stop with tests/servers/down.sh.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+STATE=${DX_TEST_STATE:-$ROOT/target/test-servers}
+OSMEM_VERSION=0.1.6
+OS_PORT=${DX_TEST_OS_PORT:-19200}
+TLS_PORT=${DX_TEST_TLS_PORT:-19443}
+MTLS_PORT=${DX_TEST_MTLS_PORT:-19444}
+
+"$ROOT/tests/servers/down.sh" >/dev/null 2>&1 || true
+mkdir -p "$STATE"/{certs,nginx/logs,nginx/tmp}
+chmod 755 "$STATE" "$STATE"/nginx "$STATE"/nginx/tmp
+
+# --- install ---------------------------------------------------------------------------------
+if [ ! -x "$STATE/venv/bin/python" ] || ! "$STATE/venv/bin/python" -c "import osmem_server" 2>/dev/null; then
+  echo "installing osmem-server==$OSMEM_VERSION into $STATE/venv"
+  python3 -m venv "$STATE/venv"
+  "$STATE/venv/bin/pip" install -q --disable-pip-version-check "osmem-server==$OSMEM_VERSION"
+fi
+OSMEM_BIN=$("$STATE/venv/bin/python" -c "import osmem_server; print(osmem_server.resolve_binary())")
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "installing nginx (Debian)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v openssl >/dev/null || { echo "openssl is required to make test certificates" >&2; exit 1; }
+
+# --- certificates: a private CA, a server certificate for 127.0.0.1/localhost, a client certificate
+C="$STATE/certs"
+if [ ! -f "$C/client.pem" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=data-exporter test CA" \
+    -keyout "$C/ca-key.pem" -out "$C/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$C/server-key.pem" -out "$C/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$C/server.ext"
+  openssl x509 -req -in "$C/server.csr" -CA "$C/ca.pem" -CAkey "$C/ca-key.pem" -CAcreateserial -days 3650 \
+    -extfile "$C/server.ext" -out "$C/server.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=data-exporter" -keyout "$C/client-key.pem" -out "$C/client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' > "$C/client.ext"
+  openssl x509 -req -in "$C/client.csr" -CA "$C/ca.pem" -CAkey "$C/ca-key.pem" -CAcreateserial -days 3650 \
+    -extfile "$C/client.ext" -out "$C/client.pem" 2>/dev/null
+  chmod 600 "$C"/*-key.pem
+fi
+
+# --- basic auth: a fresh random password each run, kept in a 0600 file, never printed
+BASIC_USER=exporter
+umask 077
+openssl rand -hex 16 > "$STATE/basic-password"
+umask 022
+printf '%s:%s\n' "$BASIC_USER" "$(openssl passwd -apr1 -in "$STATE/basic-password")" > "$STATE/nginx/htpasswd"
+chmod 644 "$STATE/nginx/htpasswd"
+
+# --- osmem-server -------------------------------------------------------------------------------
+nohup "$OSMEM_BIN" --addr "127.0.0.1:$OS_PORT" --no-stdin-watch --no-ja > "$STATE/osmem.log" 2>&1 &
+echo $! > "$STATE/osmem.pid"
+
+# --- nginx ----------------------------------------------------------------------------------------
+cat > "$STATE/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $STATE/nginx/nginx.pid;
+error_log $STATE/nginx/logs/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log $STATE/nginx/logs/access.log;
+  client_body_temp_path $STATE/nginx/tmp/body;
+  proxy_temp_path $STATE/nginx/tmp/proxy;
+  fastcgi_temp_path $STATE/nginx/tmp/fastcgi;
+  uwsgi_temp_path $STATE/nginx/tmp/uwsgi;
+  scgi_temp_path $STATE/nginx/tmp/scgi;
+  client_max_body_size 100m;
+  client_body_buffer_size 16m;
+  ssl_certificate $C/server.pem;
+  ssl_certificate_key $C/server-key.pem;
+  # HTTPS + basic auth in front of OpenSearch.
+  server {
+    listen 127.0.0.1:$TLS_PORT ssl;
+    auth_basic "opensearch";
+    auth_basic_user_file $STATE/nginx/htpasswd;
+    location / { proxy_pass http://127.0.0.1:$OS_PORT; }
+  }
+  # HTTPS requiring a client certificate signed by the test CA.
+  server {
+    listen 127.0.0.1:$MTLS_PORT ssl;
+    ssl_client_certificate $C/ca.pem;
+    ssl_verify_client on;
+    location / { proxy_pass http://127.0.0.1:$OS_PORT; }
+  }
+}
+EOF
+"$NGINX" -p "$STATE/nginx" -c "$STATE/nginx/nginx.conf" -e "$STATE/nginx/logs/error.log"
+
+# --- wait until both answer -------------------------------------------------------------------------
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$OS_PORT/" >/dev/null 2>&1 \
+     && curl -fsS --cacert "$C/ca.pem" -u "$BASIC_USER:$(cat "$STATE/basic-password")" "https://127.0.0.1:$TLS_PORT/" >/dev/null 2>&1; then
+    ready=1; break
+  fi
+  sleep 0.1
+done
+[ "${ready:-}" = 1 ] || { echo "test servers did not come up; see $STATE/osmem.log and $STATE/nginx/logs/error.log" >&2; exit 1; }
+
+cat > "$STATE/env" <<EOF
+export DX_TEST_OPENSEARCH_URL=http://127.0.0.1:$OS_PORT
+export DX_TEST_OPENSEARCH_TLS_URL=https://127.0.0.1:$TLS_PORT
+export DX_TEST_OPENSEARCH_MTLS_URL=https://127.0.0.1:$MTLS_PORT
+export DX_TEST_CERTS_DIR=$C
+export DX_TEST_BASIC_USER=$BASIC_USER
+export DX_TEST_BASIC_PASSWORD_FILE=$STATE/basic-password
+EOF
+echo "test servers up: OpenSearch API http://127.0.0.1:$OS_PORT, HTTPS+basic auth :$TLS_PORT, HTTPS+client cert :$MTLS_PORT"
