@@ -44,14 +44,12 @@ test: plugins test-servers ## Run every test against real servers
 lint: ## rustfmt and clippy (warnings are errors) on host and plugins
 	$(CARGO) fmt --all -- --check
 	cd plugins && $(CARGO) fmt --all -- --check
-	rustfmt --check --edition 2024 sdk/src/lib.rs
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd plugins && $(CARGO) clippy --workspace --target $(WASM_TARGET) -- -D warnings
 
 fmt: ## Format all code
 	$(CARGO) fmt --all
 	cd plugins && $(CARGO) fmt --all
-	rustfmt --edition 2024 sdk/src/lib.rs
 
 clean: ## Remove build output
 	$(CARGO) clean

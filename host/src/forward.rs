@@ -80,21 +80,33 @@ impl Receipt {
 }
 
 /// One destination's batch: its plugin, its config and the reports (by index).
-struct Group {
+#[derive(Debug)]
+struct Group<P> {
     key: String,
-    plugin: Arc<LoadedPlugin>,
+    plugin: P,
     destination: String,
     members: Vec<usize>,
 }
 
-/// Route, validate and deliver `envelopes`; one receipt per envelope, in order.
-pub async fn forward(registry: &Registry, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let at = |i: usize| if batch { format!("report [{i}]: ") } else { String::new() };
+/// Routed reports: ids assigned, every key resolved, one group per destination.
+#[derive(Debug)]
+struct Plan<P> {
+    groups: Vec<Group<P>>,
+    reports: Vec<Report>,
+    receipts: Vec<Receipt>,
+}
 
-    // Route: every key must have a plugin. Group by (key, destination JSON).
-    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+/// Resolve each consumer key with `lookup` and group reports by (key,
+/// destination JSON). Fails on the first key nobody consumes.
+fn plan<P: Clone>(
+    lookup: impl Fn(&str) -> Option<P>,
+    loaded: impl Fn() -> String,
+    envelopes: Vec<Envelope>,
+    batch: bool,
+    now_ms: u64,
+) -> Result<Plan<P>, RouteError> {
+    let at = |i: usize| if batch { format!("report [{i}]: ") } else { String::new() };
+    let mut groups: BTreeMap<(String, String), Group<P>> = BTreeMap::new();
     let mut receipts = Vec::with_capacity(envelopes.len());
     let mut reports = Vec::with_capacity(envelopes.len());
     for (i, env) in envelopes.into_iter().enumerate() {
@@ -104,15 +116,15 @@ pub async fn forward(registry: &Registry, envelopes: Vec<Envelope>, batch: bool)
             consumers.insert(key, ConsumerReceipt::Skipped { reason });
         }
         for (key, dest) in env.destinations {
-            let plugin = registry.get(&key).ok_or_else(|| RouteError::UnknownConsumer {
+            let plugin = lookup(&key).ok_or_else(|| RouteError::UnknownConsumer {
                 at: at(i),
                 key: key.clone(),
-                loaded: registry.keys_list(),
+                loaded: loaded(),
             })?;
             let destination = dest.get().to_owned();
             groups
                 .entry((key.clone(), destination.clone()))
-                .or_insert_with(|| Group { key, plugin: plugin.clone(), destination, members: Vec::new() })
+                .or_insert_with(|| Group { key, plugin, destination, members: Vec::new() })
                 .members
                 .push(i);
         }
@@ -120,15 +132,25 @@ pub async fn forward(registry: &Registry, envelopes: Vec<Envelope>, batch: bool)
         reports.push(Report { id: id.clone(), payload: env.payload, received_at_ms: now_ms });
         receipts.push(Receipt { id, consumers });
     }
+    Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
+}
+
+/// Route, validate and deliver `envelopes`; one receipt per envelope, in order.
+pub async fn forward(registry: &Registry, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let Plan { groups, reports, mut receipts } =
+        plan(|k| registry.get(k).cloned(), || registry.keys_list(), envelopes, batch, now_ms)?;
 
     // Validate each destination once, in the instance that will deliver to it.
     let mut sessions = Vec::with_capacity(groups.len());
-    for group in groups.into_values() {
+    for group in groups {
         let session = match group.plugin.session().await {
             Ok(mut s) => match s.validate(&group.destination).await {
                 Ok(Ok(())) => Ok(s),
                 Ok(Err(message)) => {
-                    return Err(RouteError::InvalidDestination { at: at(group.members[0]), key: group.key, message });
+                    let at = if batch { format!("report [{}]: ", group.members[0]) } else { String::new() };
+                    return Err(RouteError::InvalidDestination { at, key: group.key, message });
                 }
                 Err(e) => Err(e),
             },
@@ -150,7 +172,7 @@ pub async fn forward(registry: &Registry, envelopes: Vec<Envelope>, batch: bool)
 }
 
 async fn deliver_group(
-    group: Group,
+    group: Group<Arc<LoadedPlugin>>,
     session: Result<Session, CallError>,
     reports: &[Report],
 ) -> (String, Vec<usize>, Vec<ConsumerReceipt>) {
@@ -195,5 +217,74 @@ fn receipt_of(o: Outcome) -> ConsumerReceipt {
             ConsumerReceipt::Failed { retryable: true, reason: r.reason, retry_after_ms: r.retry_after_ms }
         }
         Outcome::Permanent(reason) => ConsumerReceipt::Failed { retryable: false, reason, retry_after_ms: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::parse_body;
+
+    fn plan_for(body: &str) -> Result<Plan<&'static str>, RouteError> {
+        let (envelopes, batch) = parse_body(body.as_bytes(), 100).unwrap();
+        let lookup = |k: &str| match k {
+            "openSearch" => Some("os-plugin"),
+            "webhook" => Some("hook-plugin"),
+            _ => None,
+        };
+        plan(lookup, || "`openSearch`, `webhook`".into(), envelopes, batch, 7)
+    }
+
+    #[test]
+    fn reports_for_one_destination_form_one_group_and_others_their_own() {
+        let a = r#"{"config":{"openSearch":{"host_port":"http://a","index":"i"}},"payload":"{\"n\":0}"}"#;
+        let b = r#"{"config":{"openSearch":{"host_port":"http://b","index":"i"},"webhook":{"url":"http://h"}},"payload":"{}"}"#;
+        let p = plan_for(&format!("[{a},{b},{a}]")).unwrap();
+        let mut shape: Vec<_> =
+            p.groups.iter().map(|g| (g.plugin, g.destination.as_str(), g.members.clone())).collect();
+        shape.sort();
+        assert_eq!(
+            shape,
+            [
+                ("hook-plugin", r#"{"url":"http://h"}"#, vec![1]),
+                ("os-plugin", r#"{"host_port":"http://a","index":"i"}"#, vec![0, 2]),
+                ("os-plugin", r#"{"host_port":"http://b","index":"i"}"#, vec![1]),
+            ]
+        );
+        assert_eq!(p.reports[0].payload, r#"{"n":0}"#);
+        assert_eq!(p.reports[0].received_at_ms, 7);
+        let ids: std::collections::HashSet<_> = p.reports.iter().map(|r| &r.id).collect();
+        assert_eq!(ids.len(), 3, "report ids must be unique");
+        assert_eq!(p.receipts[1].id, p.reports[1].id);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_position_and_the_loaded_keys() {
+        let good = r#"{"config":{"openSearch":{"index":"i"}},"payload":"{}"}"#;
+        let bad = r#"{"config":{"kafka":{"topic":"t"}},"payload":"{}"}"#;
+        let err = plan_for(&format!("[{good},{bad}]")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "report [1]: unknown consumer `kafka` under `config`: no loaded plugin consumes it; loaded: `openSearch`, `webhook`"
+        );
+    }
+
+    #[test]
+    fn skipped_consumers_get_a_receipt_and_no_group() {
+        let body =
+            r#"{"config":{"openSearch":{"host_port":"","index":""},"webhook":{"url":"http://h"}},"payload":"{}"}"#;
+        let p = plan_for(body).unwrap();
+        assert_eq!(p.groups.len(), 1);
+        assert!(matches!(p.receipts[0].consumers["openSearch"], ConsumerReceipt::Skipped { .. }));
+    }
+
+    #[test]
+    fn outcomes_become_receipts() {
+        assert_eq!(receipt_of(Outcome::Delivered), ConsumerReceipt::Delivered);
+        let r =
+            receipt_of(Outcome::Retryable(crate::bindings::Retry { reason: "busy".into(), retry_after_ms: Some(5) }));
+        assert_eq!(r, ConsumerReceipt::Failed { retryable: true, reason: "busy".into(), retry_after_ms: Some(5) });
+        let r = receipt_of(Outcome::Permanent("bad".into()));
+        assert_eq!(r, ConsumerReceipt::Failed { retryable: false, reason: "bad".into(), retry_after_ms: None });
     }
 }

@@ -119,7 +119,7 @@ impl HttpCapability {
             builder = builder.body(body);
         }
         let started = std::time::Instant::now();
-        let mut resp = builder.send().await.map_err(|e| classify(&shown, e))?;
+        let mut resp = builder.send().await.map_err(|e| classify(&shown, e, tls.verify_server))?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -127,7 +127,7 @@ impl HttpCapability {
             .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&shown, e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&shown, e, tls.verify_server))? {
             if body.len() + chunk.len() > self.max_response_bytes {
                 return Err(RequestError::ResponseTooLarge(format!(
                     "{shown}: response body exceeds http.max_response_bytes ({} bytes)",
@@ -156,7 +156,7 @@ fn redact(url: &str) -> String {
 }
 
 /// Map a reqwest error to the WIT error kind, with the full cause chain (and no URL secrets).
-fn classify(shown: &str, err: reqwest::Error) -> RequestError {
+fn classify(shown: &str, err: reqwest::Error, verified: bool) -> RequestError {
     let mut msg = format!("{shown}: ");
     let inner = err.without_url();
     msg.push_str(&inner.to_string());
@@ -174,6 +174,12 @@ fn classify(shown: &str, err: reqwest::Error) -> RequestError {
     if inner.is_timeout() {
         RequestError::Timeout(msg)
     } else if tls {
+        if verified && msg.contains("certificate") {
+            msg.push_str(
+                "; if the server's certificate comes from a private CA, add that CA to the host's http.ca_file, \
+                 or set checkCert=false in the destination to skip verification",
+            );
+        }
         RequestError::Tls(msg)
     } else if inner.is_connect() {
         RequestError::Connect(msg)
@@ -184,13 +190,16 @@ fn classify(shown: &str, err: reqwest::Error) -> RequestError {
     }
 }
 
-/// Whether an error in the cause chain is a TLS failure (rustls errors reach
-/// us wrapped in `io::Error`s).
+/// Whether an error in the cause chain is a TLS failure. rustls errors reach
+/// us wrapped in `io::Error`s, sometimes twice, which `source()` does not unwrap.
 fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<rustls::Error>().is_some()
-        || e.downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        Some(inner) => is_tls_error(inner),
+        None => false,
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
                 .map(|q| {
                     json!({
                         "name": q.name,
-                        "type": format!("{:?}", q.type_).to_lowercase(),
+                        "type": param_type_name(q.type_),
                         "required": q.required,
                         "default": q.default.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
                         "usage": q.usage,
@@ -115,4 +115,16 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({ "dir": reg.dir(), "plugins": loaded, "failed": reg.failures() }))
+}
+
+fn param_type_name(t: crate::bindings::ParamType) -> &'static str {
+    use crate::bindings::ParamType as T;
+    match t {
+        T::String => "string",
+        T::Boolean => "boolean",
+        T::Integer => "integer",
+        T::Number => "number",
+        T::Object => "object",
+        T::Array => "array",
+    }
 }
