@@ -10,9 +10,16 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 STATE=${DX_TEST_STATE:-$ROOT/target/test-servers}
 OSMEM_VERSION=0.1.6
-OS_PORT=${DX_TEST_OS_PORT:-19200}
-TLS_PORT=${DX_TEST_TLS_PORT:-19443}
-MTLS_PORT=${DX_TEST_MTLS_PORT:-19444}
+# Free loopback ports, chosen now (so a server of someone else's is never mistaken for ours),
+# unless given.
+read -r P1 P2 P3 < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+OS_PORT=${DX_TEST_OS_PORT:-$P1}
+TLS_PORT=${DX_TEST_TLS_PORT:-$P2}
+MTLS_PORT=${DX_TEST_MTLS_PORT:-$P3}
 
 "$ROOT/tests/servers/down.sh" >/dev/null 2>&1 || true
 mkdir -p "$STATE"/{certs,nginx/logs,nginx/tmp}
@@ -98,6 +105,7 @@ EOF
 
 # --- wait until both answer -------------------------------------------------------------------------
 for _ in $(seq 1 100); do
+  kill -0 "$(cat "$STATE/osmem.pid")" 2>/dev/null || { echo "osmem-server exited; see $STATE/osmem.log" >&2; exit 1; }
   if curl -fsS "http://127.0.0.1:$OS_PORT/" >/dev/null 2>&1 \
      && curl -fsS --cacert "$C/ca.pem" -u "$BASIC_USER:$(cat "$STATE/basic-password")" "https://127.0.0.1:$TLS_PORT/" >/dev/null 2>&1; then
     ready=1; break
