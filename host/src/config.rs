@@ -15,8 +15,19 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory whose `*.wasm` plugin components are loaded at start-up.
     pub plugins_dir: PathBuf,
-    /// Directory where the host keeps its state; created if missing.
+    /// Directory where the host keeps its state (queue, dead letters, key); created if missing.
     pub data_dir: PathBuf,
+    /// Address of the admin API (dead letters). Keep it on loopback or a private network.
+    pub admin_listen: SocketAddr,
+    /// Time allowed on SIGTERM to finish in-flight deliveries before exiting, in
+    /// milliseconds. Whatever is unfinished stays queued on disk for the next start.
+    pub shutdown_grace_ms: u64,
+    /// The queue between accepting and delivering.
+    pub queue: QueueConfig,
+    /// Delivery workers: batching, concurrency, retries.
+    pub delivery: DeliveryConfig,
+    /// The dead-letter store.
+    pub dlq: DlqConfig,
     /// Limits on what producers may send.
     pub limits: Limits,
     /// The outbound HTTP capability granted to plugins.
@@ -33,11 +44,94 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 6780)),
             plugins_dir: PathBuf::from("plugins"),
             data_dir: PathBuf::from("data"),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 6781)),
+            shutdown_grace_ms: 10_000,
+            queue: QueueConfig::default(),
+            delivery: DeliveryConfig::default(),
+            dlq: DlqConfig::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
         }
+    }
+}
+
+/// The queue between accepting and delivering.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Write accepted reports to disk (fsynced, group commit) before answering
+    /// 202. `false` keeps them in memory only: a crash loses them.
+    pub durable: bool,
+    /// Most bytes of reports waiting for delivery; past it `POST /forward`
+    /// answers 503 with `Retry-After`. Waiting reports are held in memory too.
+    pub max_bytes: u64,
+    /// Size at which the on-disk log starts a new segment file, in bytes.
+    pub segment_bytes: u64,
+    /// File with the 32-byte key (raw, or 64 hex characters) that seals
+    /// destination configs (they carry passwords) in the queue and dead-letter
+    /// store. Unset: a key is generated once in `<data_dir>/queue.key`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { durable: true, max_bytes: 256 * 1024 * 1024, segment_bytes: 64 * 1024 * 1024, key_file: None }
+    }
+}
+
+/// Delivery workers, one per destination (plugin + destination config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Most reports in one batch handed to a plugin.
+    pub batch_max_reports: usize,
+    /// Most payload bytes in one batch.
+    pub batch_max_bytes: usize,
+    /// How long a worker waits for more reports to fill a batch, in milliseconds.
+    pub linger_ms: u64,
+    /// Most plugin calls (batches in flight) across all destinations.
+    pub max_concurrent_calls: usize,
+    /// First retry delay, in milliseconds; doubles per attempt, with full jitter.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Attempts after which a report goes to the dead-letter store.
+    pub max_attempts: u32,
+    /// Age (since accepted) after which a report that still fails goes to the
+    /// dead-letter store, in seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            batch_max_reports: 500,
+            batch_max_bytes: 5 * 1024 * 1024,
+            linger_ms: 5,
+            max_concurrent_calls: 64,
+            retry_initial_ms: 200,
+            retry_max_ms: 60_000,
+            max_attempts: 20,
+            max_age_secs: 24 * 3600,
+        }
+    }
+}
+
+/// The dead-letter store (`<data_dir>/dlq`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// Most dead letters kept; when full, new ones are dropped, counted and logged.
+    pub max_entries: usize,
+    /// Most bytes of dead letters kept.
+    pub max_bytes: u64,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        DlqConfig { max_entries: 100_000, max_bytes: 1024 * 1024 * 1024 }
     }
 }
 
@@ -150,6 +244,9 @@ pub struct Overrides {
     /// `--data-dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `--admin-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Errors that stop the configuration from loading.

@@ -1,21 +1,23 @@
-//! Routing and delivery of accepted envelopes: consumer key -> plugin, destination -> one batch.
+//! Accepting envelopes: route consumer keys to plugins, validate destinations, queue durably, dispatch.
 //!
 //! Every report of a request is routed and every destination validated before
-//! anything is delivered, so a request is either rejected whole (4xx) or
-//! attempted whole. Reports for the same destination go out as one batch.
+//! anything is queued, so a request is either refused whole (4xx) or accepted
+//! whole. Accepted means durable: the queue has synced it to disk.
 
-use crate::bindings::{Outcome, Report};
+use crate::delivery::Delivery;
 use crate::envelope::Envelope;
+use crate::metrics::{self, Metrics};
+use crate::queue::{Queue, QueueError, QueuedDest, QueuedReport};
 use crate::runtime::registry::Registry;
-use crate::runtime::{CallError, LoadedPlugin, Session};
+use crate::runtime::{CallError, LoadedPlugin};
+use crate::status::{ConsumerState, StatusBook};
+use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use uuid::Uuid;
 
-/// Most reports handed to a plugin in one `deliver` call.
-pub const MAX_BATCH: usize = 500;
-
-/// Why a request was refused before delivery.
+/// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     /// A config key no loaded plugin declared.
@@ -38,53 +40,57 @@ pub enum RouteError {
         /// The plugin's message.
         message: String,
     },
-}
-
-/// What happened to a report at one consumer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum ConsumerReceipt {
-    /// The destination acknowledged it.
-    Delivered,
-    /// The destination was empty (all zero values) and was not used.
-    Skipped {
-        /// Why.
-        reason: String,
+    /// The plugin failed while validating (crash, timeout).
+    #[error("could not validate the `{key}` destination: {error}")]
+    Plugin {
+        /// The key.
+        key: String,
+        /// What happened.
+        error: CallError,
     },
-    /// Not delivered.
-    Failed {
-        /// Whether trying again later may succeed.
-        retryable: bool,
-        /// Why, for people.
-        reason: String,
-        /// Wait at least this long before retrying, when the destination said.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        retry_after_ms: Option<u64>,
-    },
+    /// The queue refused the reports.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Per-report answer to a producer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Receipt {
     /// The host-assigned report id (the document id at OpenSearch).
-    pub id: String,
-    /// What happened at each consumer named under `config`.
-    pub consumers: BTreeMap<String, ConsumerReceipt>,
+    pub id: Uuid,
+    /// Where the report stands at each consumer named under `config`.
+    pub consumers: BTreeMap<String, ConsumerState>,
 }
 
-impl Receipt {
-    /// Whether any consumer failed.
-    pub fn failed(&self) -> bool {
-        self.consumers.values().any(|c| matches!(c, ConsumerReceipt::Failed { .. }))
-    }
+/// Destinations already validated, by (consumer key, destination JSON).
+/// Bounded: cleared when it reaches `VALIDATION_CACHE_MAX` entries.
+#[derive(Default)]
+pub struct ValidationCache(DashMap<(String, Arc<str>), Result<(), String>>);
+
+const VALIDATION_CACHE_MAX: usize = 10_000;
+
+/// What `accept` needs.
+pub struct Ingest<'a> {
+    /// Loaded plugins.
+    pub registry: &'a Registry,
+    /// The queue.
+    pub queue: &'a Queue,
+    /// Delivery workers.
+    pub delivery: &'a Arc<Delivery>,
+    /// Report states.
+    pub status: &'a StatusBook,
+    /// Metrics.
+    pub metrics: &'a Metrics,
+    /// Validation results.
+    pub validated: &'a ValidationCache,
 }
 
-/// One destination's batch: its plugin, its config and the reports (by index).
+/// One destination's share of a request: its plugin, its config and the reports (by index).
 #[derive(Debug)]
 struct Group<P> {
     key: String,
     plugin: P,
-    destination: String,
+    destination: Arc<str>,
     members: Vec<usize>,
 }
 
@@ -92,7 +98,7 @@ struct Group<P> {
 #[derive(Debug)]
 struct Plan<P> {
     groups: Vec<Group<P>>,
-    reports: Vec<Report>,
+    reports: Vec<QueuedReport>,
     receipts: Vec<Receipt>,
 }
 
@@ -113,111 +119,78 @@ fn plan<P: Clone>(
         let mut consumers = BTreeMap::new();
         for key in env.skipped {
             let reason = "every field of this destination is empty; nothing to deliver".to_string();
-            consumers.insert(key, ConsumerReceipt::Skipped { reason });
+            consumers.insert(key, ConsumerState::Skipped { reason });
         }
+        let mut dests = Vec::with_capacity(env.destinations.len());
         for (key, dest) in env.destinations {
             let plugin = lookup(&key).ok_or_else(|| RouteError::UnknownConsumer {
                 at: at(i),
                 key: key.clone(),
                 loaded: loaded(),
             })?;
-            let destination = dest.get().to_owned();
-            groups
-                .entry((key.clone(), destination.clone()))
-                .or_insert_with(|| Group { key, plugin, destination, members: Vec::new() })
-                .members
-                .push(i);
+            let group = groups.entry((key.clone(), dest.get().to_owned())).or_insert_with(|| Group {
+                key: key.clone(),
+                plugin,
+                destination: dest.get().into(),
+                members: Vec::new(),
+            });
+            group.members.push(i);
+            dests.push(QueuedDest { key: key.clone(), config: group.destination.clone() });
+            consumers.insert(key, ConsumerState::Queued);
         }
-        let id = uuid::Uuid::now_v7().to_string();
-        reports.push(Report { id: id.clone(), payload: env.payload, received_at_ms: now_ms });
+        let id = Uuid::now_v7();
+        reports.push(QueuedReport { id, received_at_ms: now_ms, payload: env.payload, dests });
         receipts.push(Receipt { id, consumers });
     }
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
 }
 
-/// Route, validate and deliver `envelopes`; one receipt per envelope, in order.
-pub async fn forward(registry: &Registry, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let Plan { groups, reports, mut receipts } =
-        plan(|k| registry.get(k).cloned(), || registry.keys_list(), envelopes, batch, now_ms)?;
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
-    // Validate each destination once, in the instance that will deliver to it.
-    let mut sessions = Vec::with_capacity(groups.len());
-    for group in groups {
-        let session = match group.plugin.session().await {
-            Ok(mut s) => match s.validate(&group.destination).await {
-                Ok(Ok(())) => Ok(s),
-                Ok(Err(message)) => {
-                    let at = if batch { format!("report [{}]: ", group.members[0]) } else { String::new() };
-                    return Err(RouteError::InvalidDestination { at, key: group.key, message });
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        sessions.push((group, session));
+/// Route, validate, queue durably and dispatch `envelopes`; one receipt per envelope, in order.
+pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
+    let registry = ctx.registry;
+    let Plan { groups, reports, receipts } =
+        plan(|k| registry.get(k).cloned(), || registry.keys_list(), envelopes, batch, now_ms())?;
+    for g in &groups {
+        validate(&ctx, g, batch).await?;
     }
-
-    // Deliver all destinations concurrently.
-    let results =
-        futures::future::join_all(sessions.into_iter().map(|(group, session)| deliver_group(group, session, &reports)))
-            .await;
-    for (key, members, outcomes) in results {
-        for (i, receipt) in members.into_iter().zip(outcomes) {
-            receipts[i].consumers.insert(key.clone(), receipt);
+    let queued = ctx.queue.accept(reports).await?;
+    for (r, receipt) in queued.iter().zip(&receipts) {
+        ctx.status.insert(r.id, receipt.consumers.clone());
+        for d in &r.dests {
+            let plugin = registry.get(&d.key).map(|p| p.info.name.clone()).unwrap_or_default();
+            ctx.metrics.accepted.get_or_create(&metrics::Consumer { consumer: d.key.clone(), plugin }).inc();
         }
+        ctx.delivery.dispatch(r);
     }
     Ok(receipts)
 }
 
-async fn deliver_group(
-    group: Group<Arc<LoadedPlugin>>,
-    session: Result<Session, CallError>,
-    reports: &[Report],
-) -> (String, Vec<usize>, Vec<ConsumerReceipt>) {
-    let mut out = Vec::with_capacity(group.members.len());
-    let mut session = match session {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(consumer = %group.key, error = %e, "plugin call failed");
-            out.resize(group.members.len(), crashed(&e));
-            None
+async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -> Result<(), RouteError> {
+    let cache_key = (g.key.clone(), g.destination.clone());
+    let verdict = match ctx.validated.0.get(&cache_key).map(|v| v.clone()) {
+        Some(v) => v,
+        None => {
+            let mut session =
+                g.plugin.session().await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+            let v = session
+                .validate(&g.destination)
+                .await
+                .map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+            if ctx.validated.0.len() >= VALIDATION_CACHE_MAX {
+                ctx.validated.0.clear();
+            }
+            ctx.validated.0.insert(cache_key, v.clone());
+            v
         }
     };
-    for chunk in group.members.chunks(MAX_BATCH) {
-        let Some(s) = session.as_mut() else { break };
-        let batch: Vec<Report> = chunk.iter().map(|&i| reports[i].clone()).collect();
-        match s.deliver(&group.destination, &batch).await {
-            Ok(outcomes) => out.extend(outcomes.into_iter().map(receipt_of)),
-            Err(e) => {
-                // A trapped store is never reused: fail the rest of this group.
-                tracing::warn!(consumer = %group.key, error = %e, "plugin call failed");
-                out.resize(group.members.len(), crashed(&e));
-                session = None;
-            }
-        }
-    }
-    for (r, i) in out.iter().zip(&group.members) {
-        if let ConsumerReceipt::Failed { retryable, reason, .. } = r {
-            tracing::warn!(consumer = %group.key, report = %reports[*i].id, retryable, %reason, "delivery failed");
-        }
-    }
-    (group.key, group.members, out)
-}
-
-fn crashed(e: &CallError) -> ConsumerReceipt {
-    ConsumerReceipt::Failed { retryable: true, reason: e.to_string(), retry_after_ms: None }
-}
-
-fn receipt_of(o: Outcome) -> ConsumerReceipt {
-    match o {
-        Outcome::Delivered => ConsumerReceipt::Delivered,
-        Outcome::Retryable(r) => {
-            ConsumerReceipt::Failed { retryable: true, reason: r.reason, retry_after_ms: r.retry_after_ms }
-        }
-        Outcome::Permanent(reason) => ConsumerReceipt::Failed { retryable: false, reason, retry_after_ms: None },
-    }
+    verdict.map_err(|message| {
+        let at = if batch { format!("report [{}]: ", g.members[0]) } else { String::new() };
+        RouteError::InvalidDestination { at, key: g.key.clone(), message }
+    })
 }
 
 #[cfg(test)]
@@ -240,8 +213,7 @@ mod tests {
         let a = r#"{"config":{"openSearch":{"host_port":"http://a","index":"i"}},"payload":"{\"n\":0}"}"#;
         let b = r#"{"config":{"openSearch":{"host_port":"http://b","index":"i"},"webhook":{"url":"http://h"}},"payload":"{}"}"#;
         let p = plan_for(&format!("[{a},{b},{a}]")).unwrap();
-        let mut shape: Vec<_> =
-            p.groups.iter().map(|g| (g.plugin, g.destination.as_str(), g.members.clone())).collect();
+        let mut shape: Vec<_> = p.groups.iter().map(|g| (g.plugin, &*g.destination, g.members.clone())).collect();
         shape.sort();
         assert_eq!(
             shape,
@@ -252,6 +224,9 @@ mod tests {
             ]
         );
         assert_eq!(p.reports[0].payload, r#"{"n":0}"#);
+        assert_eq!(&*p.reports[1].dests[1].config, r#"{"url":"http://h"}"#);
+        // Reports for one destination share one copy of its config.
+        assert!(Arc::ptr_eq(&p.reports[0].dests[0].config, &p.reports[2].dests[0].config));
         assert_eq!(p.reports[0].received_at_ms, 7);
         let ids: std::collections::HashSet<_> = p.reports.iter().map(|r| &r.id).collect();
         assert_eq!(ids.len(), 3, "report ids must be unique");
@@ -275,16 +250,7 @@ mod tests {
             r#"{"config":{"openSearch":{"host_port":"","index":""},"webhook":{"url":"http://h"}},"payload":"{}"}"#;
         let p = plan_for(body).unwrap();
         assert_eq!(p.groups.len(), 1);
-        assert!(matches!(p.receipts[0].consumers["openSearch"], ConsumerReceipt::Skipped { .. }));
-    }
-
-    #[test]
-    fn outcomes_become_receipts() {
-        assert_eq!(receipt_of(Outcome::Delivered), ConsumerReceipt::Delivered);
-        let r =
-            receipt_of(Outcome::Retryable(crate::bindings::Retry { reason: "busy".into(), retry_after_ms: Some(5) }));
-        assert_eq!(r, ConsumerReceipt::Failed { retryable: true, reason: "busy".into(), retry_after_ms: Some(5) });
-        let r = receipt_of(Outcome::Permanent("bad".into()));
-        assert_eq!(r, ConsumerReceipt::Failed { retryable: false, reason: "bad".into(), retry_after_ms: None });
+        assert!(matches!(p.receipts[0].consumers["openSearch"], ConsumerState::Skipped { .. }));
+        assert_eq!(p.receipts[0].consumers["webhook"], ConsumerState::Queued);
     }
 }

@@ -3,20 +3,104 @@
 pub mod bindings;
 pub mod capabilities;
 pub mod config;
+pub mod delivery;
+pub mod dlq;
 pub mod envelope;
 pub mod forward;
+pub mod metrics;
+pub mod queue;
 pub mod runtime;
 pub mod server;
+pub mod status;
 
+use anyhow::Context;
+use status::ConsumerState;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// A loaded host, ready to serve: the router state built from a config.
-pub async fn build(cfg: &config::Config) -> anyhow::Result<server::AppState> {
-    use anyhow::Context;
+/// Finished reports whose state `GET /reports/{id}` still knows.
+const KEEP_FINISHED: usize = 100_000;
+
+/// A running host: the routers' state and what shutdown needs.
+pub struct Host {
+    /// Shared by the HTTP handlers.
+    pub state: server::AppState,
+    /// What the queue recovered at start.
+    pub recovery: queue::Recovery,
+    grace: Duration,
+}
+
+impl Host {
+    /// Finish in-flight deliveries (up to the grace period) and sync the queue.
+    pub async fn shutdown(&self) {
+        self.state.delivery.shutdown(self.grace).await;
+        self.state.queue.close().await;
+    }
+}
+
+/// Load plugins, open (and recover) the queue and the dead-letter store, and
+/// resume delivery of what a previous run left.
+pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}: check --data-dir and permissions", cfg.data_dir.display()))?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
     let runtime = runtime::Runtime::new(cfg.runtime.clone(), http)?;
-    let registry = runtime::registry::Registry::load_dir(&runtime, &cfg.plugins_dir).await;
-    Ok(server::AppState { registry: Arc::new(registry), limits: cfg.limits.clone() })
+    let registry = Arc::new(runtime::registry::Registry::load_dir(&runtime, &cfg.plugins_dir).await);
+
+    let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
+    let (queue, recovered, recovery) = queue::Queue::open(&cfg.queue, &cfg.data_dir, sealer.clone())
+        .with_context(|| format!("opening the queue in {}", cfg.data_dir.join("queue").display()))?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    if recovery.damage.any() || recovery.unreadable_records > 0 {
+        tracing::warn!(
+            torn_tail_bytes = recovery.damage.torn_tail_bytes,
+            corrupt_regions = recovery.damage.corrupt_regions,
+            corrupt_bytes = recovery.damage.corrupt_bytes,
+            unreadable_records = recovery.unreadable_records,
+            "queue recovery cut damaged records"
+        );
+        metrics.queue_recovery_cut_bytes.inc_by(recovery.damage.torn_tail_bytes + recovery.damage.corrupt_bytes);
+    }
+    tracing::info!(
+        reports = recovery.reports,
+        segments = recovery.segments,
+        durable = cfg.queue.durable,
+        "queue opened"
+    );
+    let dlq = Arc::new(dlq::DeadLetters::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?);
+    let status = Arc::new(status::StatusBook::new(KEEP_FINISHED));
+    let delivery = delivery::Delivery::new(
+        registry.clone(),
+        queue.clone(),
+        dlq.clone(),
+        status.clone(),
+        metrics.clone(),
+        cfg.delivery.clone(),
+    );
+    for r in &recovered {
+        status.insert(r.id, r.dests.iter().map(|d| (d.key.clone(), ConsumerState::Queued)).collect());
+        delivery.dispatch(r);
+    }
+    let weak = Arc::downgrade(&queue);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(q) => q.collect_garbage(),
+                None => break,
+            }
+        }
+    });
+    let state = server::AppState {
+        registry,
+        queue,
+        delivery,
+        status,
+        dlq,
+        metrics,
+        validated: Arc::default(),
+        limits: cfg.limits.clone(),
+    };
+    Ok(Host { state, recovery, grace: Duration::from_millis(cfg.shutdown_grace_ms) })
 }

@@ -25,6 +25,41 @@ enum Command {
     Serve(ServeArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML and exit.
     Config(ServeArgs),
+    /// Inspect and act on dead letters of a running host (through its admin API).
+    Dlq {
+        /// Base URL of the host's admin API (`admin_listen`).
+        #[arg(long, env = "DATA_EXPORTER_ADMIN_URL", default_value = "http://127.0.0.1:6781", global = true)]
+        admin: String,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first: id, consumer, attempts, reason.
+    List,
+    /// Show the dead letters of one report: payload, reason, destination (secrets redacted).
+    Show {
+        /// Report id.
+        id: String,
+    },
+    /// Queue dead letters again, through the plugin loaded now (after fixing a mapping or a plugin).
+    Replay {
+        /// Report ids to replay.
+        ids: Vec<String>,
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// Report ids to delete.
+        ids: Vec<String>,
+        /// Delete every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -38,15 +73,22 @@ struct ServeArgs {
     /// Directory of plugin components (*.wasm) [config: plugins_dir; default ./plugins].
     #[arg(long = "plugins", value_name = "DIR")]
     plugins_dir: Option<PathBuf>,
-    /// Directory for the host's state [config: data_dir; default ./data].
+    /// Directory for the host's state: queue, dead letters [config: data_dir; default ./data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Address of the admin API (dead letters) [config: admin_listen; default 127.0.0.1:6781].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
     fn load(&self) -> anyhow::Result<Config> {
-        let flags =
-            Overrides { listen: self.listen, plugins_dir: self.plugins_dir.clone(), data_dir: self.data_dir.clone() };
+        let flags = Overrides {
+            listen: self.listen,
+            plugins_dir: self.plugins_dir.clone(),
+            data_dir: self.data_dir.clone(),
+            admin_listen: self.admin_listen,
+        };
         Ok(Config::load(self.config.as_deref(), &flags)?)
     }
 }
@@ -69,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args.load()?).await,
+        Command::Dlq { admin, action } => dlq(&admin, action).await,
     }
 }
 
@@ -78,22 +121,78 @@ fn toml_string(cfg: &Config) -> anyhow::Result<String> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     init_tracing(&cfg);
-    let state = data_exporter::build(&cfg).await?;
+    let host = data_exporter::build(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}: is another process using it? (--listen)", cfg.listen))?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("listening on {}: is another process using it? (--admin-listen)", cfg.admin_listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        admin_listen = %admin.local_addr()?,
         plugins_dir = %cfg.plugins_dir.display(),
-        plugins = state.registry.plugins().count(),
-        failed = state.registry.failures().len(),
+        plugins = host.state.registry.plugins().count(),
+        failed = host.state.registry.failures().len(),
         "data-exporter is up"
     );
-    axum::serve(listener, data_exporter::server::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public = axum::serve(listener, data_exporter::server::app(host.state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin = axum::serve(admin, data_exporter::server::admin_app(host.state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx));
+    let (a, b) = tokio::join!(public.into_future(), admin.into_future());
+    a.context("serving HTTP")?;
+    b.context("serving the admin API")?;
+    host.shutdown().await;
     tracing::info!("data-exporter stopped");
+    Ok(())
+}
+
+/// `data-exporter dlq ...`: call the admin API and print the answer for people.
+async fn dlq(admin: &str, action: DlqAction) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let base = admin.trim_end_matches('/');
+    let selection = |ids: Vec<String>, all: bool| {
+        anyhow::ensure!(all || !ids.is_empty(), "name report ids, or pass --all");
+        Ok(serde_json::json!({ "ids": ids, "all": all }))
+    };
+    let req = match action {
+        DlqAction::List => client.get(format!("{base}/dlq")),
+        DlqAction::Show { id } => client.get(format!("{base}/dlq/{id}")),
+        DlqAction::Replay { ids, all } => client.post(format!("{base}/dlq/replay")).json(&selection(ids, all)?),
+        DlqAction::Purge { ids, all } => client.post(format!("{base}/dlq/purge")).json(&selection(ids, all)?),
+    };
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("reaching the admin API at {base}: is the host running? (--admin / admin_listen)"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("reading the admin API's answer")?;
+    if !status.is_success() {
+        anyhow::bail!("{}", body["error"]["message"].as_str().unwrap_or("the admin API refused the request"));
+    }
+    if let Some(entries) = body["entries"].as_array().filter(|_| body.get("count").is_some()) {
+        println!("{} dead letters ({} bytes, {} dropped while full)", body["count"], body["bytes"], body["dropped"]);
+        for e in entries {
+            println!(
+                "{}  {:<14} attempts={:<3} {}",
+                e["id"].as_str().unwrap_or("?"),
+                e["consumer"].as_str().unwrap_or("?"),
+                e["attempts"],
+                e["reason"].as_str().unwrap_or("")
+            );
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    }
     Ok(())
 }
 

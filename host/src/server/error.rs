@@ -14,12 +14,14 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people: what was wrong and what to do.
     pub message: String,
+    /// Seconds a client should wait before trying again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 }
 
@@ -30,7 +32,12 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(status = self.status.as_u16(), code = self.code, message = %self.message, "request rejected");
         }
-        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
+        let mut resp =
+            (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 
@@ -65,10 +72,14 @@ fn code_of(e: &crate::envelope::EnvelopeError) -> &'static str {
 impl From<crate::forward::RouteError> for ApiError {
     fn from(e: crate::forward::RouteError) -> Self {
         use crate::forward::RouteError as E;
-        let code = match &e {
-            E::UnknownConsumer { .. } => "unknown_consumer",
-            E::InvalidDestination { .. } => "invalid_destination",
+        use crate::queue::QueueError as Q;
+        let (status, code, retry_after) = match &e {
+            E::UnknownConsumer { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_consumer", None),
+            E::InvalidDestination { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_destination", None),
+            E::Plugin { .. } => (StatusCode::BAD_GATEWAY, "plugin_failed", None),
+            E::Queue(Q::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(2)),
+            E::Queue(Q::Disk(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
         };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+        ApiError { status, code, message: e.to_string(), retry_after }
     }
 }

@@ -1,48 +1,119 @@
-//! The HTTP API: `POST /forward`, `GET /healthz`, `GET /readyz`, `GET /plugins`.
+//! The HTTP APIs: the public one (`/forward`, `/reports`, health, plugins, metrics) and the admin one (dead letters).
 
+mod admin;
 mod error;
 
+pub use admin::admin_app;
 pub use error::ApiError;
 
 use crate::config::Limits;
-use crate::forward::{self, Receipt};
+use crate::delivery::Delivery;
+use crate::dlq::DeadLetters;
+use crate::forward::{self, Ingest, Receipt, ValidationCache};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::runtime::registry::Registry;
+use crate::status::{ConsumerState, StatusBook};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// Loaded plugins by config key.
     pub registry: Arc<Registry>,
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Delivery workers.
+    pub delivery: Arc<Delivery>,
+    /// Report states.
+    pub status: Arc<StatusBook>,
+    /// Dead letters.
+    pub dlq: Arc<DeadLetters>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Validated destinations.
+    pub validated: Arc<ValidationCache>,
     /// Producer limits.
     pub limits: Limits,
 }
 
-/// The router, without a socket (tests drive it directly).
+impl AppState {
+    fn ingest(&self) -> Ingest<'_> {
+        Ingest {
+            registry: &self.registry,
+            queue: &self.queue,
+            delivery: &self.delivery,
+            status: &self.status,
+            metrics: &self.metrics,
+            validated: &self.validated,
+        }
+    }
+}
+
+/// The public router, without a socket (tests drive it directly).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     Router::new()
         .route("/forward", post(forward_handler))
+        .route("/reports/{id}", get(report_status))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/plugins", get(plugins))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
+#[derive(Deserialize)]
+struct ForwardQuery {
+    /// Wait up to this long for delivery (`500ms`, `10s`, `1m`) and answer with the outcome.
+    wait: Option<String>,
+}
+
+/// Longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
 #[tracing::instrument(skip_all, fields(bytes))]
 async fn forward_handler(
     State(state): State<AppState>,
+    Query(q): Query<ForwardQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match forward_inner(&state, q, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.reject(e.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn forward_inner(
+    state: &AppState,
+    q: ForwardQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let wait = match q.wait.as_deref() {
+        None => None,
+        Some(w) => Some(humantime::parse_duration(w).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_wait",
+                format!("`wait` must be a duration such as 500ms, 10s or 1m, got {w:?}: {e}"),
+            )
+        })?),
+    };
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -63,8 +134,21 @@ async fn forward_handler(
     })?;
     tracing::Span::current().record("bytes", body.len());
     let (envelopes, batch) = crate::envelope::parse_body(&body, state.limits.max_reports_per_request)?;
-    let receipts = forward::forward(&state.registry, envelopes, batch).await?;
-    let status = if receipts.iter().any(Receipt::failed) { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
+    let mut receipts = forward::accept(state.ingest(), envelopes, batch).await?;
+
+    let mut status = StatusCode::ACCEPTED;
+    if let Some(wait) = wait {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        for r in &mut receipts {
+            if let Some(mut w) = state.status.watch(r.id) {
+                let _ = tokio::time::timeout_at(deadline, w.wait_for(|done| *done)).await;
+            }
+            if let Some(now) = state.status.get(r.id) {
+                r.consumers = now;
+            }
+        }
+        status = outcome_status(&receipts);
+    }
     Ok(if batch {
         (status, Json(json!({ "reports": receipts }))).into_response()
     } else {
@@ -72,16 +156,75 @@ async fn forward_handler(
     })
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.registry.plugins().next().is_some() {
-        Json(json!({ "status": "ready" })).into_response()
+/// After a wait: 200 when everything was delivered (or skipped), 502 when a
+/// consumer dead-lettered a report, 202 while anything is still pending.
+fn outcome_status(receipts: &[Receipt]) -> StatusCode {
+    let states = || receipts.iter().flat_map(|r| r.consumers.values());
+    if states().any(|s| matches!(s, ConsumerState::DeadLettered { .. })) {
+        StatusCode::BAD_GATEWAY
+    } else if states().all(ConsumerState::is_final) {
+        StatusCode::OK
     } else {
-        let message = format!(
+        StatusCode::ACCEPTED
+    }
+}
+
+async fn report_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let uuid = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a report id (a UUID from a receipt)"),
+        )
+    })?;
+    if let Some(consumers) = state.status.get(uuid) {
+        return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
+    }
+    let dead = state.dlq.get(uuid);
+    if !dead.is_empty() {
+        let consumers: serde_json::Map<_, _> = dead
+            .into_iter()
+            .map(|(d, _)| (d.consumer, json!({ "status": "dead_lettered", "reason": d.reason })))
+            .collect();
+        return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_report",
+        format!("no report {uuid} is known: it was never accepted, or it finished long enough ago to be forgotten"),
+    ))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let problem = if !state.queue.healthy() {
+        Some("the queue cannot write to disk; see the log for the error".to_string())
+    } else if state.registry.plugins().next().is_none() {
+        Some(format!(
             "no plugin is loaded from {}: put plugin components (*.wasm) there and restart; see GET /plugins for load errors",
             state.registry.dir().display()
-        );
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "message": message }))).into_response()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Json(json!({ "status": "ready" })).into_response(),
+        Some(message) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "message": message })))
+            .into_response(),
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    let (depth, bytes) = state.queue.depth();
+    m.queue_depth.set(depth as i64);
+    m.queue_bytes.set(bytes as i64);
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let age = state.queue.oldest_ms().map(|t| now_ms.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+    m.queue_oldest_age.set(age);
+    m.dlq_entries.set(state.dlq.usage().0 as i64);
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+        .into_response()
 }
 
 async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {

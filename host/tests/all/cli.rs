@@ -41,7 +41,8 @@ async fn the_binary_serves_from_flags_and_environment_and_stops_on_sigterm() {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(repo_root().join("deploy/config/data-exporter.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--plugins"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--plugins")
         .arg(plugins.path())
         .arg("--data-dir")
         .arg(data.path().join("state"))
@@ -65,7 +66,7 @@ async fn the_binary_serves_from_flags_and_environment_and_stops_on_sigterm() {
     assert!(data.path().join("state").is_dir(), "--data-dir was not created");
     let index = index();
     let body = report_data("openSearch", json!({"host_port": s.os_url, "index": index}), &json!({"via": "binary"}));
-    let resp = client.post(format!("{url}/forward")).body(body).send().await.unwrap();
+    let resp = client.post(format!("{url}/forward?wait=30s")).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let receipt: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(get_doc(&index, receipt["id"].as_str().unwrap()).await, Some(json!({"via": "binary"})));
@@ -80,4 +81,129 @@ async fn the_binary_serves_from_flags_and_environment_and_stops_on_sigterm() {
     let first = logs.lines().next().expect("no log line");
     assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "not JSON: {first}");
     assert!(logs.contains("data-exporter stopped"), "{logs}");
+}
+
+/// Run `data-exporter dlq ...` against an admin API; its stdout.
+async fn dlq_cli(admin: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(BIN).arg("dlq").args(args).args(["--admin", admin]).output().await.unwrap();
+    assert!(out.status.success(), "dlq {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_files_logs_metrics_and_answers_and_the_dlq_cli_works() {
+    let s = servers();
+    let password = format!("pw-{}", uuid::Uuid::now_v7().simple());
+    let plugins = plugins_dir(&["opensearch"]);
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("DATA_EXPORTER_HTTP__CA_FILE", s.certs.join("ca.pem"))
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(logs.path().join("out.log")).unwrap())
+        .stderr(std::fs::File::create(logs.path().join("err.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A wrong password: dead-lettered (with the destination sealed in the store).
+    let wrong = json!({"host_port": s.tls_url, "index": index(), "username": s.user, "password": password});
+    let resp = client
+        .post(format!("{url}/forward?wait=30s"))
+        .body(report_data("openSearch", wrong, &json!({"k": 1})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let receipt: serde_json::Value = resp.json().await.unwrap();
+    let dead_id = receipt["id"].as_str().unwrap().to_string();
+    // An unreachable destination: retried, so queued on disk with its password.
+    let unreachable = json!({"host_port": "http://127.0.0.1:9", "index": "x", "username": "u", "password": password});
+    let resp = client
+        .post(format!("{url}/forward?wait=300ms"))
+        .body(report_data("openSearch", unreachable, &json!({"k": 2})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let mut answers = receipt.to_string() + &resp.text().await.unwrap();
+
+    for path in [
+        format!("{url}/metrics"),
+        format!("{url}/reports/{dead_id}"),
+        format!("{admin}/dlq"),
+        format!("{admin}/dlq/{dead_id}"),
+    ] {
+        answers += &client.get(path).send().await.unwrap().text().await.unwrap();
+    }
+    let listed = dlq_cli(&admin, &["list"]).await;
+    assert!(listed.contains(&dead_id) && listed.contains("401"), "{listed}");
+    let shown = dlq_cli(&admin, &["show", &dead_id]).await;
+    assert!(shown.contains("\"password\": \"***\""), "{shown}");
+    answers += &listed;
+    answers += &shown;
+    assert!(!answers.contains(&password), "a password reached an answer: {answers}");
+
+    Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut files = vec![logs.path().join("out.log"), logs.path().join("err.log")];
+    let mut dirs = vec![data.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { dirs.push(p) } else { files.push(p) }
+        }
+    }
+    assert!(files.iter().any(|f| f.starts_with(data.path().join("dlq"))), "no dead letter was written");
+    assert!(files.iter().any(|f| f.starts_with(data.path().join("queue"))), "no queue file was written");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "the password is in {}", f.display());
+    }
+    let log = std::fs::read_to_string(logs.path().join("out.log")).unwrap();
+    assert!(log.contains("report dead-lettered"), "the debug log was not captured:\n{log}");
+}
+
+#[tokio::test]
+async fn dlq_replay_and_purge_through_the_cli() {
+    let s = servers();
+    let app = spawn_app().await;
+    let index = index();
+    let dest = json!({"host_port": s.os_url, "index": index});
+    // `level` becomes a number field; "high" then fails the mapping: a permanent failure.
+    assert_eq!(app.forward_wait(report_data("openSearch", dest.clone(), &json!({"level": 1}))).await.0, 200);
+    let (status, r) = app.forward_wait(report_data("openSearch", dest.clone(), &json!({"level": "high"}))).await;
+    assert_eq!(status, 502, "{r}");
+    let id = r["id"].as_str().unwrap();
+    assert!(dlq_cli(&app.admin_url, &["list"]).await.contains(id));
+    // Fix the cause (drop the index with the conflicting mapping), then replay.
+    reqwest::Client::new().delete(format!("{}/{index}", s.os_url)).send().await.unwrap();
+    let out = dlq_cli(&app.admin_url, &["replay", id]).await;
+    assert!(out.contains("\"replayed\": 1"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_doc(&index, id).await.is_none() {
+        assert!(Instant::now() < deadline, "the replayed report never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_doc(&index, id).await, Some(json!({"level": "high"})));
+    // Purge: a new dead letter (the same mapping conflict in another index), then gone.
+    let other = json!({"host_port": s.os_url, "index": crate::helpers::index()});
+    assert_eq!(app.forward_wait(report_data("openSearch", other.clone(), &json!({"level": 5}))).await.0, 200);
+    assert_eq!(app.forward_wait(report_data("openSearch", other, &json!({"level": "x"}))).await.0, 502);
+    let listed = dlq_cli(&app.admin_url, &["list"]).await;
+    assert!(listed.starts_with("1 dead letters"), "{listed}");
+    assert!(dlq_cli(&app.admin_url, &["purge", "--all"]).await.contains("\"purged\": 1"));
+    assert!(dlq_cli(&app.admin_url, &["list"]).await.starts_with("0 dead letters"));
 }

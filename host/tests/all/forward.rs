@@ -16,7 +16,7 @@ async fn seed_report_lands_as_a_document_with_the_report_id() {
         s.os_url,
         serde_json::to_string(&payload.to_string()).unwrap()
     );
-    let (status, receipt) = app.forward(body).await;
+    let (status, receipt) = app.forward_wait(body).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["consumers"]["openSearch"]["status"], "delivered", "{receipt}");
     let id = receipt["id"].as_str().unwrap();
@@ -34,7 +34,7 @@ async fn a_batch_goes_out_per_destination_and_every_report_lands_once() {
         let i = if n % 3 == 0 { &b } else { &a };
         items.push(json!({"config": {"openSearch": dest(i)}, "payload": json!({"n": n}).to_string()}));
     }
-    let (status, answer) = app.forward(serde_json::Value::Array(items).to_string()).await;
+    let (status, answer) = app.forward_wait(serde_json::Value::Array(items).to_string()).await;
     assert_eq!(status, 200, "{answer}");
     let receipts = answer["reports"].as_array().unwrap();
     assert_eq!(receipts.len(), 7);
@@ -52,27 +52,28 @@ async fn a_document_the_index_rejects_is_a_permanent_failure_with_the_reason() {
     let app = spawn_app().await;
     let index = index();
     let dest = json!({"host_port": s.os_url, "index": index});
-    let (status, _) = app.forward(report_data("openSearch", dest.clone(), &json!({"level": 3}))).await;
+    let (status, _) = app.forward_wait(report_data("openSearch", dest.clone(), &json!({"level": 3}))).await;
     assert_eq!(status, 200);
     // `level` is mapped as a number now; a string that is not one is a mapping error.
-    let (status, receipt) = app.forward(report_data("openSearch", dest, &json!({"level": "high"}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", dest, &json!({"level": "high"}))).await;
     assert_eq!(status, 502, "{receipt}");
     let r = &receipt["consumers"]["openSearch"];
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["retryable"], false);
+    assert_eq!(r["status"], "dead_lettered");
     assert!(r["reason"].as_str().unwrap().contains("mapper_parsing_exception"), "{r}");
     assert_eq!(count(&index).await, 1);
 }
 
 #[tokio::test]
-async fn an_unreachable_destination_is_a_retryable_5xx_not_a_silent_drop() {
+async fn an_unreachable_destination_is_retried_and_the_receipt_says_why() {
     let app = spawn_app().await;
     // Port 9 (discard) on loopback: nothing listens there.
     let dest = json!({"host_port": "http://127.0.0.1:9", "index": "x"});
-    let (status, receipt) = app.forward(report_data("openSearch", dest, &json!({}))).await;
-    assert_eq!(status, 502, "{receipt}");
+    let (status, receipt) =
+        app.post(&format!("{}/forward?wait=1s", app.url), report_data("openSearch", dest, &json!({}))).await;
+    assert_eq!(status, 202, "{receipt}");
     let r = &receipt["consumers"]["openSearch"];
-    assert_eq!(r["retryable"], true);
+    assert_eq!(r["status"], "retrying", "{r}");
+    assert!(r["attempts"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["reason"].as_str().unwrap().contains("127.0.0.1:9"), "{r}");
 }
 
@@ -89,7 +90,7 @@ async fn go_zero_value_consumers_are_skipped_and_said_so() {
         },
         "payload": "{\"a\":1}"
     });
-    let (status, receipt) = app.forward(body.to_string()).await;
+    let (status, receipt) = app.forward_wait(body.to_string()).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["consumers"]["openSearch"]["status"], "delivered");
     assert_eq!(receipt["consumers"]["webhook"]["status"], "skipped");

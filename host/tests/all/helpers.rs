@@ -52,39 +52,63 @@ pub fn index() -> String {
     format!("t-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// A host running in this process on 127.0.0.1:0.
+/// A host running in this process on 127.0.0.1:0 (public API) and another port (admin API).
 pub struct TestApp {
     pub url: String,
+    pub admin_url: String,
     pub client: reqwest::Client,
+    pub host: data_exporter::Host,
     _plugins_dir: tempfile::TempDir,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 /// Start a host whose plugins directory holds copies of `plugins` (component names);
 /// `tweak` adjusts the config first.
 pub async fn spawn_app_with(plugins: &[&str], tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let plugins_dir = tempfile::tempdir().unwrap();
-    for name in plugins {
-        std::fs::copy(component(name), plugins_dir.path().join(format!("{name}.wasm"))).unwrap();
-    }
-    spawn_app_in(plugins_dir, tweak).await
+    spawn_app_in(plugins_dir(plugins), tweak).await
 }
 
-/// Start a host on an existing plugins directory.
+/// A temporary plugins directory holding copies of these components.
+pub fn plugins_dir(plugins: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in plugins {
+        std::fs::copy(component(name), dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
+}
+
+/// Start a host on an existing plugins directory, with a fresh data directory.
 pub async fn spawn_app_in(plugins_dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
+    let path = data_dir.path().to_owned();
+    let mut app = spawn_app_at(plugins_dir, &path, tweak).await;
+    app._data_dir = Some(data_dir);
+    app
+}
+
+/// Start a host on an existing plugins directory and data directory (e.g. to restart on it).
+pub async fn spawn_app_at(plugins_dir: tempfile::TempDir, data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         plugins_dir: plugins_dir.path().to_owned(),
-        data_dir: data_dir.path().to_owned(),
+        data_dir: data_dir.to_owned(),
         ..Config::default()
     };
+    // Tests wait for retries: keep them short.
+    cfg.delivery.retry_initial_ms = 20;
+    cfg.delivery.retry_max_ms = 200;
     tweak(&mut cfg);
-    let state = data_exporter::build(&cfg).await.expect("building the host");
+    let host = data_exporter::build(&cfg).await.expect("building the host");
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, data_exporter::server::app(state)).await.unwrap() });
-    TestApp { url, client: reqwest::Client::new(), _plugins_dir: plugins_dir, _data_dir: data_dir }
+    let app = data_exporter::server::app(host.state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let admin = tokio::net::TcpListener::bind(cfg.admin_listen).await.unwrap();
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let app = data_exporter::server::admin_app(host.state.clone());
+    tokio::spawn(async move { axum::serve(admin, app).await.unwrap() });
+    TestApp { url, admin_url, client: reqwest::Client::new(), host, _plugins_dir: plugins_dir, _data_dir: None }
 }
 
 /// A host with the shipped plugins.
@@ -93,14 +117,29 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
-    /// POST a raw body to /forward; the status and the JSON answer.
+    /// POST a raw body to /forward (answered once queued); the status and the JSON answer.
     pub async fn forward(&self, body: impl Into<String>) -> (u16, Value) {
-        let resp = self.client.post(format!("{}/forward", self.url)).body(body.into()).send().await.unwrap();
+        self.post(&format!("{}/forward", self.url), body.into()).await
+    }
+
+    /// POST to /forward?wait=30s: answered once every consumer is done (or 30 s passed).
+    pub async fn forward_wait(&self, body: impl Into<String>) -> (u16, Value) {
+        self.post(&format!("{}/forward?wait=30s", self.url), body.into()).await
+    }
+
+    pub async fn post(&self, url: &str, body: String) -> (u16, Value) {
+        let resp = self.client.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap();
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
         (status, json)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.get(format!("{}{path}", self.admin_url)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json_value().await)
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -134,6 +173,15 @@ pub async fn get_doc(index: &str, id: &str) -> Option<Value> {
     }
     let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     v["found"].as_bool().unwrap_or(false).then(|| v["_source"].clone())
+}
+
+/// The ids of every document in `index` (up to 10 000, the server's result window).
+pub async fn all_ids(index: &str) -> std::collections::HashSet<String> {
+    let url = format!("{}/{index}/_search", servers().os_url);
+    let body = serde_json::json!({"size": 10_000, "_source": false, "query": {"match_all": {}}});
+    let resp = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    v["hits"]["hits"].as_array().unwrap().iter().map(|h| h["_id"].as_str().unwrap().to_string()).collect()
 }
 
 /// How many documents `index` holds.

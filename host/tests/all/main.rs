@@ -2,6 +2,9 @@
 //! TLS, real plugin components built from this repo. Start the servers with `make test`.
 
 mod cli;
+mod crash;
+mod durable;
+mod fault_injector;
 mod forward;
 mod helpers;
 mod input;

@@ -40,7 +40,7 @@ async fn the_readme_example_plugin_dropped_in_the_directory_receives_reports() {
     let app = spawn_app_with(&["opensearch", "readme_example"], |_| {}).await;
     let (url, got) = receiver().await;
     let payload = json!({"scanner": "trivy", "findings": 3});
-    let (status, receipt) = app.forward(report_data("webhook", json!({"url": url}), &payload)).await;
+    let (status, receipt) = app.forward_wait(report_data("webhook", json!({"url": url}), &payload)).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["consumers"]["webhook"]["status"], "delivered");
     let got = got.lock().unwrap().clone();

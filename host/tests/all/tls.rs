@@ -20,15 +20,15 @@ async fn basic_auth_right_delivers_and_wrong_is_a_permanent_failure() {
     let app = trusting_app().await;
     let index = index();
     let good = dest(&s.tls_url, &index, json!({"username": s.user, "password": s.password, "checkCert": true}));
-    let (status, receipt) = app.forward(report_data("openSearch", good, &json!({"x": 1}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", good, &json!({"x": 1}))).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(get_doc(&index, receipt["id"].as_str().unwrap()).await, Some(json!({"x": 1})));
 
     let bad = dest(&s.tls_url, &index, json!({"username": s.user, "password": "wrong-password", "checkCert": true}));
-    let (status, receipt) = app.forward(report_data("openSearch", bad, &json!({"x": 2}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", bad, &json!({"x": 2}))).await;
     assert_eq!(status, 502, "{receipt}");
     let r = &receipt["consumers"]["openSearch"];
-    assert_eq!(r["retryable"], false);
+    assert_eq!(r["status"], "dead_lettered");
     let reason = r["reason"].as_str().unwrap();
     assert!(reason.contains("401") && reason.contains("password"), "{reason}");
     assert!(!receipt.to_string().contains("wrong-password"), "the password leaked: {receipt}");
@@ -43,16 +43,16 @@ async fn check_cert_rejects_an_untrusted_server_and_false_accepts_it() {
     let auth = json!({"username": s.user, "password": s.password});
     let mut strict = dest(&s.tls_url, &index, auth.clone());
     strict["checkCert"] = json!(true);
-    let (status, receipt) = app.forward(report_data("openSearch", strict, &json!({"x": 1}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", strict, &json!({"x": 1}))).await;
     assert_eq!(status, 502, "{receipt}");
     let r = &receipt["consumers"]["openSearch"];
-    assert_eq!(r["retryable"], false, "{r}");
+    assert_eq!(r["status"], "dead_lettered", "{r}");
     let reason = r["reason"].as_str().unwrap();
     assert!(reason.starts_with("TLS failed") && reason.to_lowercase().contains("certificate"), "{reason}");
 
     let mut lax = dest(&s.tls_url, &index, auth);
     lax["checkCert"] = json!(false);
-    let (status, receipt) = app.forward(report_data("openSearch", lax, &json!({"x": 2}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", lax, &json!({"x": 2}))).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(get_doc(&index, receipt["id"].as_str().unwrap()).await, Some(json!({"x": 2})));
 }
@@ -68,15 +68,15 @@ async fn mutual_tls_presents_the_operator_certificate() {
     .await;
     let index = index();
     let with = dest(&s.mtls_url, &index, json!({"checkCert": true, "mutualTLS": true}));
-    let (status, receipt) = app.forward(report_data("openSearch", with, &json!({"m": 1}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", with, &json!({"m": 1}))).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(get_doc(&index, receipt["id"].as_str().unwrap()).await, Some(json!({"m": 1})));
 
     // Without presenting it, the server refuses the request.
     let without = dest(&s.mtls_url, &index, json!({"checkCert": true, "mutualTLS": false}));
-    let (status, receipt) = app.forward(report_data("openSearch", without, &json!({"m": 2}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", without, &json!({"m": 2}))).await;
     assert_eq!(status, 502, "{receipt}");
-    assert_eq!(receipt["consumers"]["openSearch"]["retryable"], false, "{receipt}");
+    assert_eq!(receipt["consumers"]["openSearch"]["status"], "dead_lettered", "{receipt}");
 }
 
 #[tokio::test]
@@ -84,7 +84,7 @@ async fn mutual_tls_without_a_configured_certificate_says_what_to_configure() {
     let s = servers();
     let app = trusting_app().await;
     let d = dest(&s.mtls_url, &index(), json!({"mutualTLS": true}));
-    let (status, receipt) = app.forward(report_data("openSearch", d, &json!({}))).await;
+    let (status, receipt) = app.forward_wait(report_data("openSearch", d, &json!({}))).await;
     assert_eq!(status, 502, "{receipt}");
     let reason = receipt["consumers"]["openSearch"]["reason"].as_str().unwrap();
     assert!(reason.contains("http.client_cert_file"), "{reason}");

@@ -1,0 +1,401 @@
+//! Delivery workers, one per destination (consumer key + destination config), the same for every plugin.
+//!
+//! A worker batches by count, bytes and linger time, holds a permit from a
+//! global cap on plugin calls, reuses one plugin instance until it traps, and
+//! settles each report: delivered, retried later (exponential backoff with
+//! full jitter, or the destination's `Retry-After`; only the failed items of
+//! a batch), or dead-lettered (permanent failure, too many attempts, too old).
+
+use crate::bindings::{Outcome, Report};
+use crate::config::DeliveryConfig;
+use crate::dlq::{DeadLetters, DlqError};
+use crate::metrics::{self, Metrics};
+use crate::queue::{Done, Queue, QueuedReport};
+use crate::runtime::Session;
+use crate::runtime::registry::Registry;
+use crate::status::{ConsumerState, StatusBook};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+/// How long a worker with nothing to do stays around.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A destination: which plugin, and its config.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DestKey {
+    key: String,
+    config: Arc<str>,
+}
+
+/// One report bound for one destination.
+struct Job {
+    report: Arc<QueuedReport>,
+    dest: usize,
+    attempts: u32,
+}
+
+impl Job {
+    fn key(&self) -> &str {
+        &self.report.dests[self.dest].key
+    }
+}
+
+/// A job waiting for its retry time.
+struct Delayed {
+    at: Instant,
+    seq: u64,
+    job: Job,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// Everything workers share.
+pub struct Delivery {
+    registry: Arc<Registry>,
+    queue: Arc<Queue>,
+    dlq: Arc<DeadLetters>,
+    status: Arc<StatusBook>,
+    metrics: Arc<Metrics>,
+    cfg: DeliveryConfig,
+    workers: Mutex<HashMap<DestKey, mpsc::UnboundedSender<Job>>>,
+    calls: Semaphore,
+    stop: watch::Sender<bool>,
+    running: AtomicUsize,
+    stopped: Notify,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The delay before retry number `attempt` (1-based): uniform in
+/// `[0, min(max, initial * 2^(attempt-1))]` ("full jitter").
+pub fn backoff(cfg: &DeliveryConfig, attempt: u32) -> Duration {
+    let cap = cfg.retry_initial_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(40)).min(cfg.retry_max_ms);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
+
+impl Delivery {
+    /// A delivery service; workers start on demand.
+    pub fn new(
+        registry: Arc<Registry>,
+        queue: Arc<Queue>,
+        dlq: Arc<DeadLetters>,
+        status: Arc<StatusBook>,
+        metrics: Arc<Metrics>,
+        cfg: DeliveryConfig,
+    ) -> Arc<Self> {
+        Arc::new(Delivery {
+            registry,
+            queue,
+            dlq,
+            status,
+            metrics,
+            calls: Semaphore::new(cfg.max_concurrent_calls.max(1)),
+            cfg,
+            workers: Mutex::new(HashMap::new()),
+            stop: watch::channel(false).0,
+            running: AtomicUsize::new(0),
+            stopped: Notify::new(),
+        })
+    }
+
+    /// Hand every destination of `report` to its worker.
+    pub fn dispatch(self: &Arc<Self>, report: &Arc<QueuedReport>) {
+        for dest in 0..report.dests.len() {
+            self.send(Job { report: report.clone(), dest, attempts: 0 });
+        }
+    }
+
+    fn send(self: &Arc<Self>, job: Job) {
+        let d = &job.report.dests[job.dest];
+        let dk = DestKey { key: d.key.clone(), config: d.config.clone() };
+        let mut workers = self.workers.lock().unwrap();
+        let job = match workers.get(&dk) {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(job).ok();
+        workers.insert(dk.clone(), tx);
+        self.running.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(self.clone().run_worker(dk, rx));
+    }
+
+    /// Stop taking new batches, let in-flight ones finish for up to `grace`,
+    /// then return. Unfinished reports stay in the queue (on disk).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.send_replace(true);
+        let deadline = Instant::now() + grace;
+        while self.running.load(Ordering::Acquire) > 0 {
+            let notified = self.stopped.notified();
+            if self.running.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    workers = self.running.load(Ordering::Acquire),
+                    "shutdown grace period over; unfinished reports stay queued for the next start"
+                );
+                break;
+            }
+        }
+    }
+
+    async fn run_worker(self: Arc<Self>, dk: DestKey, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut ready: VecDeque<Job> = VecDeque::new();
+        let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+        let mut seq = 0u64;
+        let mut session: Option<Session> = None;
+        let mut stop = self.stop.subscribe();
+        let linger = Duration::from_millis(self.cfg.linger_ms);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let now = Instant::now();
+            while delayed.peek().is_some_and(|d| d.0.at <= now) {
+                ready.push_back(delayed.pop().expect("peeked").0.job);
+            }
+            if ready.is_empty() {
+                let next_due = delayed.peek().map(|d| d.0.at);
+                tokio::select! {
+                    job = rx.recv() => if let Some(job) = job { ready.push_back(job) },
+                    _ = tokio::time::sleep_until(next_due.unwrap_or(now + IDLE)) => {
+                        if next_due.is_none() && self.retire_if_idle(&dk, &rx) {
+                            break;
+                        }
+                    }
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            // Fill the batch: wait up to `linger` for more, then take what is there.
+            if ready.len() < self.cfg.batch_max_reports && !linger.is_zero() {
+                let until = Instant::now() + linger;
+                while ready.len() < self.cfg.batch_max_reports {
+                    tokio::select! {
+                        job = rx.recv() => match job { Some(j) => ready.push_back(j), None => break },
+                        _ = tokio::time::sleep_until(until) => break,
+                    }
+                }
+            }
+            while ready.len() < self.cfg.batch_max_reports {
+                match rx.try_recv() {
+                    Ok(j) => ready.push_back(j),
+                    Err(_) => break,
+                }
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(j) = ready.front() {
+                let len = j.report.payload.len();
+                if !batch.is_empty()
+                    && (batch.len() >= self.cfg.batch_max_reports || bytes + len > self.cfg.batch_max_bytes)
+                {
+                    break;
+                }
+                bytes += len;
+                batch.push(ready.pop_front().expect("front exists"));
+            }
+            for (job, retry_after) in self.deliver_batch(&dk, batch, &mut session).await {
+                let at = Instant::now() + retry_after;
+                seq += 1;
+                delayed.push(Reverse(Delayed { at, seq, job }));
+            }
+        }
+        // Jobs still here stay in the queue on disk; the next start delivers them.
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.stopped.notify_waiters();
+        }
+    }
+
+    /// Leave the worker map if nothing arrived meanwhile. Senders look the
+    /// worker up under the same lock, so none can be sending to us after this.
+    fn retire_if_idle(&self, dk: &DestKey, rx: &mpsc::UnboundedReceiver<Job>) -> bool {
+        let mut workers = self.workers.lock().unwrap();
+        if !rx.is_empty() {
+            return false;
+        }
+        workers.remove(dk);
+        true
+    }
+
+    /// Deliver one batch; returns the jobs to retry and when.
+    async fn deliver_batch(
+        &self,
+        dk: &DestKey,
+        batch: Vec<Job>,
+        session: &mut Option<Session>,
+    ) -> Vec<(Job, Duration)> {
+        let Some(plugin) = self.registry.get(&dk.key).cloned() else {
+            let reason = format!(
+                "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",
+                dk.key
+            );
+            for job in batch {
+                self.dead_letter(job, &reason);
+            }
+            return Vec::new();
+        };
+        let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
+        let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
+        if session.is_none() {
+            match plugin.session().await {
+                Ok(s) => *session = Some(s),
+                Err(e) => {
+                    let reason = e.to_string();
+                    return batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)).collect();
+                }
+            }
+        }
+        let reports: Vec<Report> = batch
+            .iter()
+            .map(|j| Report {
+                id: j.report.id.to_string(),
+                payload: j.report.payload.clone(),
+                received_at_ms: j.report.received_at_ms,
+            })
+            .collect();
+        let started = Instant::now();
+        let result = session.as_mut().expect("set above").deliver(&dk.config, &reports).await;
+        self.metrics
+            .plugin_call
+            .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
+            .observe(started.elapsed().as_secs_f64());
+        let mut retries = Vec::new();
+        match result {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let settled = match outcome {
+                        Outcome::Delivered => {
+                            self.delivered(job, &labels);
+                            None
+                        }
+                        Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, &labels),
+                        Outcome::Permanent(reason) => {
+                            self.dead_letter(job, &reason);
+                            None
+                        }
+                    };
+                    retries.extend(settled);
+                }
+            }
+            Err(e) => {
+                // The store may be poisoned: never reuse it.
+                *session = None;
+                tracing::warn!(consumer = %dk.key, error = %e, "plugin call failed; the batch will be retried");
+                let reason = e.to_string();
+                retries.extend(batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)));
+            }
+        }
+        retries
+    }
+
+    fn delivered(&self, job: Job, labels: &metrics::Consumer) {
+        let key = job.key().to_string();
+        self.queue.complete(job.report.id, &key, Done::Delivered);
+        self.status.set(job.report.id, &key, ConsumerState::Delivered);
+        self.metrics.delivered.get_or_create(labels).inc();
+        let latency = now_ms().saturating_sub(job.report.received_at_ms) as f64 / 1000.0;
+        self.metrics.delivery_latency.get_or_create(labels).observe(latency);
+    }
+
+    fn retry_or_dead(
+        &self,
+        mut job: Job,
+        reason: &str,
+        retry_after_ms: Option<u64>,
+        labels: &metrics::Consumer,
+    ) -> Option<(Job, Duration)> {
+        job.attempts += 1;
+        let age_s = now_ms().saturating_sub(job.report.received_at_ms) / 1000;
+        if job.attempts >= self.cfg.max_attempts || age_s >= self.cfg.max_age_secs {
+            let why = format!(
+                "gave up after {} attempts over {age_s} s (delivery.max_attempts {}, delivery.max_age_secs {}); last error: {reason}",
+                job.attempts, self.cfg.max_attempts, self.cfg.max_age_secs
+            );
+            self.dead_letter(job, &why);
+            return None;
+        }
+        let delay = match retry_after_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => backoff(&self.cfg, job.attempts),
+        };
+        self.metrics.retried.get_or_create(labels).inc();
+        let key = job.key().to_string();
+        tracing::debug!(consumer = %key, report = %job.report.id, attempts = job.attempts, delay_ms = delay.as_millis() as u64, %reason, "delivery will be retried");
+        let state = ConsumerState::Retrying {
+            attempts: job.attempts,
+            reason: reason.to_string(),
+            next_attempt_at_ms: now_ms() + delay.as_millis() as u64,
+        };
+        self.status.set(job.report.id, &key, state);
+        Some((job, delay))
+    }
+
+    fn dead_letter(&self, job: Job, reason: &str) {
+        let dest = &job.report.dests[job.dest];
+        let plugin = self.registry.get(&dest.key).map(|p| p.info.name.clone()).unwrap_or_else(|| "none".into());
+        let labels = metrics::Consumer { consumer: dest.key.clone(), plugin };
+        match self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
+            Ok(()) => {
+                tracing::warn!(consumer = %dest.key, report = %job.report.id, %reason, "report dead-lettered");
+            }
+            Err(e @ DlqError::Full { .. }) => {
+                self.metrics.dlq_dropped.inc();
+                tracing::error!(consumer = %dest.key, report = %job.report.id, %reason, error = %e, "dead letter dropped");
+            }
+            Err(e @ DlqError::Io { .. }) => {
+                // Keep the report queued rather than lose it; a restart retries it.
+                tracing::error!(consumer = %dest.key, report = %job.report.id, error = %e, "could not store a dead letter; the report stays queued");
+                return;
+            }
+        }
+        self.queue.complete(job.report.id, &dest.key, Done::DeadLettered);
+        self.status.set(job.report.id, &dest.key, ConsumerState::DeadLettered { reason: reason.to_string() });
+        self.metrics.dead_lettered.get_or_create(&labels).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_full_jitter_and_a_cap() {
+        let cfg = DeliveryConfig { retry_initial_ms: 100, retry_max_ms: 1000, ..DeliveryConfig::default() };
+        for attempt in 1..12u32 {
+            let cap = (100u64 << (attempt - 1)).min(1000);
+            let samples: Vec<u64> = (0..200).map(|_| backoff(&cfg, attempt).as_millis() as u64).collect();
+            assert!(samples.iter().all(|&d| d <= cap), "attempt {attempt}: over {cap}");
+            // Jitter spreads the delays over the range instead of synchronising clients.
+            let max = *samples.iter().max().unwrap();
+            let min = *samples.iter().min().unwrap();
+            assert!(max > cap / 2 && min < cap / 2, "attempt {attempt}: {min}..{max} not spread over 0..{cap}");
+        }
+    }
+}

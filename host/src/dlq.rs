@@ -1,0 +1,313 @@
+//! The dead-letter store: reports that failed for good at one consumer, kept for inspection and replay.
+//!
+//! One JSON file per (report, consumer) in `<data_dir>/dlq`, mode 0600. The
+//! destination config is sealed like in the queue (it may carry a password);
+//! `show` prints it with the plugin's secret parameters redacted.
+
+use crate::config::DlqConfig;
+use crate::queue::crypto::Sealer;
+use crate::queue::{QueuedDest, QueuedReport};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use uuid::Uuid;
+
+/// One dead letter as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The report id (also its document id at idempotent consumers).
+    pub id: Uuid,
+    /// The consumer key it failed at.
+    pub consumer: String,
+    /// Why it failed for good.
+    pub reason: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// When it was accepted, ms since the epoch.
+    pub received_at_ms: u64,
+    /// When it was dead-lettered, ms since the epoch.
+    pub dead_at_ms: u64,
+    /// The payload, JSON text.
+    pub payload: String,
+    /// The destination config, sealed, hex.
+    destination_sealed: String,
+}
+
+/// A dead letter without its payload, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Report id.
+    pub id: Uuid,
+    /// Consumer key.
+    pub consumer: String,
+    /// Why.
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When, ms since the epoch.
+    pub dead_at_ms: u64,
+}
+
+/// Why a dead letter was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// The store is at its bound.
+    #[error(
+        "the dead-letter store is full ({entries} entries, {bytes} bytes; dlq.max_entries / dlq.max_bytes): replay or purge with `data-exporter dlq`"
+    )]
+    Full {
+        /// Entries held.
+        entries: usize,
+        /// Bytes held.
+        bytes: u64,
+    },
+    /// A file operation failed.
+    #[error("dead-letter store I/O at {path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// The store.
+pub struct DeadLetters {
+    dir: PathBuf,
+    sealer: Sealer,
+    cfg: DlqConfig,
+    usage: Mutex<(usize, u64)>,
+    dropped: AtomicU64,
+}
+
+impl DeadLetters {
+    /// Open (creating) `<data_dir>/dlq`.
+    pub fn open(data_dir: &Path, cfg: DlqConfig, sealer: Sealer) -> anyhow::Result<Self> {
+        let dir = data_dir.join("dlq");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let mut usage = (0usize, 0u64);
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            if e.path().extension().is_some_and(|x| x == "json") {
+                usage.0 += 1;
+                usage.1 += e.metadata()?.len();
+            }
+        }
+        Ok(DeadLetters { dir, sealer, cfg, usage: Mutex::new(usage), dropped: AtomicU64::new(0) })
+    }
+
+    /// Entries and bytes held.
+    pub fn usage(&self) -> (usize, u64) {
+        *self.usage.lock().unwrap()
+    }
+
+    /// Dead letters dropped because the store was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn path(&self, id: Uuid, consumer: &str) -> PathBuf {
+        // Config keys are restricted to [A-Za-z0-9_.-] at load, safe in a file name.
+        self.dir.join(format!("{id}.{consumer}.json"))
+    }
+
+    /// Store a dead letter (fsynced).
+    pub fn put(
+        &self,
+        report: &QueuedReport,
+        dest: &QueuedDest,
+        reason: &str,
+        attempts: u32,
+        now_ms: u64,
+    ) -> Result<(), DlqError> {
+        let dl = DeadLetter {
+            id: report.id,
+            consumer: dest.key.clone(),
+            reason: reason.to_string(),
+            attempts,
+            received_at_ms: report.received_at_ms,
+            dead_at_ms: now_ms,
+            payload: report.payload.clone(),
+            destination_sealed: hex(&self.sealer.seal(dest.config.as_bytes())),
+        };
+        let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
+        {
+            let mut u = self.usage.lock().unwrap();
+            if u.0 >= self.cfg.max_entries || u.1 + bytes.len() as u64 > self.cfg.max_bytes {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(DlqError::Full { entries: u.0, bytes: u.1 });
+            }
+            u.0 += 1;
+            u.1 += bytes.len() as u64;
+        }
+        let path = self.path(report.id, &dest.key);
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|error| {
+            let mut u = self.usage.lock().unwrap();
+            u.0 -= 1;
+            u.1 -= bytes.len() as u64;
+            DlqError::Io { path: path.clone(), error }
+        })
+    }
+
+    fn read(&self, path: &Path) -> Option<DeadLetter> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|x| x == "json"));
+        v.sort();
+        v
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn list(&self) -> Vec<Summary> {
+        let mut out: Vec<Summary> = self
+            .files()
+            .iter()
+            .filter_map(|p| self.read(p))
+            .map(|d| Summary {
+                id: d.id,
+                consumer: d.consumer,
+                reason: d.reason,
+                attempts: d.attempts,
+                dead_at_ms: d.dead_at_ms,
+            })
+            .collect();
+        out.sort_by_key(|s| (s.dead_at_ms, s.id));
+        out
+    }
+
+    /// The dead letters of report `id`, with the destination opened (for the caller to redact).
+    pub fn get(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
+        let prefix = format!("{id}.");
+        self.files()
+            .iter()
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+            .filter_map(|p| self.read(p))
+            .map(|d| {
+                let dest = self.open_dest(&d);
+                (d, dest)
+            })
+            .collect()
+    }
+
+    fn open_dest(&self, d: &DeadLetter) -> Option<String> {
+        String::from_utf8(self.sealer.open(&unhex(&d.destination_sealed)?)?).ok()
+    }
+
+    /// Remove and return the dead letters of `ids` (all when `None`) as
+    /// reports ready to queue again (same id, one destination each).
+    pub fn take(&self, ids: Option<&[Uuid]>) -> Vec<(QueuedReport, PathBuf)> {
+        let mut out = Vec::new();
+        for p in self.files() {
+            let Some(d) = self.read(&p) else { continue };
+            if ids.is_some_and(|ids| !ids.contains(&d.id)) {
+                continue;
+            }
+            let Some(config) = self.open_dest(&d) else {
+                tracing::error!(file = %p.display(), "dead letter sealed with another key; left in place");
+                continue;
+            };
+            let report = QueuedReport {
+                id: d.id,
+                received_at_ms: d.received_at_ms,
+                payload: d.payload,
+                dests: vec![QueuedDest { key: d.consumer, config: config.into() }],
+            };
+            out.push((report, p));
+        }
+        out
+    }
+
+    /// Delete one stored file (after a replay was accepted, or a purge).
+    pub fn remove(&self, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path)
+            && std::fs::remove_file(path).is_ok()
+        {
+            let mut u = self.usage.lock().unwrap();
+            u.0 = u.0.saturating_sub(1);
+            u.1 = u.1.saturating_sub(meta.len());
+        }
+    }
+
+    /// Delete the dead letters of `ids` (all when `None`); how many.
+    pub fn purge(&self, ids: Option<&[Uuid]>) -> usize {
+        let mut n = 0;
+        for p in self.files() {
+            let hit = match ids {
+                None => true,
+                Some(ids) => self.read(&p).is_some_and(|d| ids.contains(&d.id)),
+            };
+            if hit {
+                self.remove(&p);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> QueuedReport {
+        QueuedReport {
+            id: Uuid::now_v7(),
+            received_at_ms: 1,
+            payload: "{\"a\":1}".into(),
+            dests: vec![QueuedDest { key: "openSearch".into(), config: r#"{"password":"pw-9f8e7d"}"#.into() }],
+        }
+    }
+
+    #[test]
+    fn stored_listed_replayed_and_bounded_without_plain_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DlqConfig { max_entries: 2, ..DlqConfig::default() };
+        let store = DeadLetters::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
+        let (a, b, c) = (report(), report(), report());
+        store.put(&a, &a.dests[0], "mapping error", 1, 10).unwrap();
+        store.put(&b, &b.dests[0], "401", 2, 11).unwrap();
+        assert!(matches!(store.put(&c, &c.dests[0], "x", 1, 12), Err(DlqError::Full { entries: 2, .. })));
+        assert_eq!(store.dropped(), 1);
+        for p in store.files() {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(!text.contains("pw-9f8e7d"), "a password is stored in plain text");
+        }
+        let list = store.list();
+        assert_eq!(list.iter().map(|s| s.reason.as_str()).collect::<Vec<_>>(), ["mapping error", "401"]);
+        let (dl, dest) = &store.get(a.id)[0];
+        assert_eq!((dl.attempts, dest.as_deref()), (1, Some(r#"{"password":"pw-9f8e7d"}"#)));
+        let taken = store.take(Some(&[b.id]));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0.id, b.id);
+        assert_eq!(&*taken[0].0.dests[0].config, r#"{"password":"pw-9f8e7d"}"#);
+        store.remove(&taken[0].1);
+        assert_eq!(store.usage().0, 1);
+        assert_eq!(store.purge(None), 1);
+        assert!(store.list().is_empty());
+    }
+}

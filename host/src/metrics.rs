@@ -1,0 +1,139 @@
+//! Prometheus metrics (`GET /metrics`): counts per consumer and plugin, queue gauges, latency histograms.
+//!
+//! Labels carry only consumer keys, plugin names, calls and error codes:
+//! never destinations, which may hold credentials.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels of per-consumer series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Consumer {
+    /// The config key.
+    pub consumer: String,
+    /// The plugin's name.
+    pub plugin: String,
+}
+
+/// Labels of rejected requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rejection {
+    /// The error code answered (`unknown_consumer`, `queue_full`, ...).
+    pub code: String,
+}
+
+/// Labels of plugin calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Call {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The export called (`deliver`, `validate`).
+    pub call: String,
+}
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Reports accepted into the queue, per consumer.
+    pub accepted: Family<Consumer, Counter>,
+    /// Reports delivered, per consumer.
+    pub delivered: Family<Consumer, Counter>,
+    /// Delivery attempts that failed and were scheduled again.
+    pub retried: Family<Consumer, Counter>,
+    /// Reports moved to the dead-letter store.
+    pub dead_lettered: Family<Consumer, Counter>,
+    /// Requests refused, by error code.
+    pub rejected: Family<Rejection, Counter>,
+    /// Dead letters dropped because the store was full.
+    pub dlq_dropped: Counter,
+    /// Dead letters held.
+    pub dlq_entries: Gauge,
+    /// Reports waiting in the queue.
+    pub queue_depth: Gauge,
+    /// Bytes of reports waiting in the queue.
+    pub queue_bytes: Gauge,
+    /// Age of the oldest waiting report, seconds.
+    pub queue_oldest_age: Gauge<f64, AtomicU64>,
+    /// Bytes cut or skipped as torn or corrupt when the queue was recovered.
+    pub queue_recovery_cut_bytes: Counter,
+    /// Seconds from acceptance to acknowledgement, per consumer.
+    pub delivery_latency: Family<Consumer, Histogram>,
+    /// Seconds per plugin call.
+    pub plugin_call: Family<Call, Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("data_exporter");
+        let m = Metrics {
+            accepted: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            rejected: Family::default(),
+            dlq_dropped: Counter::default(),
+            dlq_entries: Gauge::default(),
+            queue_depth: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            queue_recovery_cut_bytes: Counter::default(),
+            delivery_latency: Family::new_with_constructor(latency_histogram),
+            plugin_call: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        r.register("reports_accepted", "Reports accepted into the queue, per consumer", m.accepted.clone());
+        r.register("reports_delivered", "Reports acknowledged by the destination, per consumer", m.delivered.clone());
+        r.register("delivery_retries", "Failed delivery attempts scheduled again, per consumer", m.retried.clone());
+        r.register(
+            "reports_dead_lettered",
+            "Reports moved to the dead-letter store, per consumer",
+            m.dead_lettered.clone(),
+        );
+        r.register("requests_rejected", "Requests refused, by error code", m.rejected.clone());
+        r.register("dlq_dropped", "Dead letters dropped because the store was full", m.dlq_dropped.clone());
+        r.register("dlq_entries", "Dead letters held", m.dlq_entries.clone());
+        r.register("queue_depth", "Reports waiting for delivery", m.queue_depth.clone());
+        r.register("queue_bytes", "Bytes of reports waiting for delivery", m.queue_bytes.clone());
+        r.register("queue_oldest_age_seconds", "Age of the oldest waiting report", m.queue_oldest_age.clone());
+        r.register(
+            "queue_recovery_cut_bytes",
+            "Torn or corrupt bytes cut or skipped when the queue was recovered",
+            m.queue_recovery_cut_bytes.clone(),
+        );
+        r.register(
+            "delivery_latency_seconds",
+            "Seconds from acceptance to acknowledgement, per consumer",
+            m.delivery_latency.clone(),
+        );
+        r.register("plugin_call_duration_seconds", "Seconds per plugin call", m.plugin_call.clone());
+        Metrics { registry: r, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Count a refused request.
+    pub fn reject(&self, code: &str) {
+        self.rejected.get_or_create(&Rejection { code: code.to_string() }).inc();
+    }
+}

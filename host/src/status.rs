@@ -1,0 +1,136 @@
+//! Where each report stands, per consumer, for `GET /reports/{id}` and `POST /forward?wait=`.
+//!
+//! Held in memory: pending reports always, finished ones up to a bound (the
+//! oldest finished are forgotten first). Dead letters can always be found in
+//! the dead-letter store.
+
+use dashmap::DashMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The state of one report at one consumer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ConsumerState {
+    /// Waiting for its first delivery attempt.
+    Queued,
+    /// A delivery failed; it will be tried again.
+    Retrying {
+        /// Attempts so far.
+        attempts: u32,
+        /// Why the last attempt failed.
+        reason: String,
+        /// Milliseconds since the epoch of the next attempt.
+        next_attempt_at_ms: u64,
+    },
+    /// The destination acknowledged it.
+    Delivered,
+    /// It failed for good and is in the dead-letter store (`data-exporter dlq show ID`).
+    DeadLettered {
+        /// Why.
+        reason: String,
+    },
+    /// Its destination was empty and was not used.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConsumerState {
+    /// Whether nothing more will happen.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Delivered | Self::DeadLettered { .. } | Self::Skipped { .. })
+    }
+}
+
+struct Entry {
+    consumers: BTreeMap<String, ConsumerState>,
+    done: watch::Sender<bool>,
+}
+
+/// Report states by id.
+pub struct StatusBook {
+    map: DashMap<Uuid, Entry>,
+    finished: Mutex<VecDeque<Uuid>>,
+    keep_finished: usize,
+}
+
+impl StatusBook {
+    /// A book that remembers up to `keep_finished` finished reports.
+    pub fn new(keep_finished: usize) -> Self {
+        StatusBook { map: DashMap::new(), finished: Mutex::new(VecDeque::new()), keep_finished }
+    }
+
+    /// Track a report with these consumers (replaces an older entry with the same id).
+    pub fn insert(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
+        let all_final = consumers.values().all(ConsumerState::is_final);
+        let (done, _) = watch::channel(all_final);
+        self.map.insert(id, Entry { consumers, done });
+        if all_final {
+            self.retire(id);
+        }
+    }
+
+    /// Set one consumer's state.
+    pub fn set(&self, id: Uuid, consumer: &str, state: ConsumerState) {
+        let finished = {
+            let Some(mut e) = self.map.get_mut(&id) else { return };
+            e.consumers.insert(consumer.to_string(), state);
+            let fin = e.consumers.values().all(ConsumerState::is_final);
+            if fin {
+                e.done.send_replace(true);
+            }
+            fin
+        };
+        if finished {
+            self.retire(id);
+        }
+    }
+
+    fn retire(&self, id: Uuid) {
+        let mut f = self.finished.lock().unwrap();
+        f.push_back(id);
+        while f.len() > self.keep_finished {
+            if let Some(old) = f.pop_front() {
+                self.map.remove_if(&old, |_, e| e.consumers.values().all(ConsumerState::is_final));
+            }
+        }
+    }
+
+    /// The consumers' states, if the report is known.
+    pub fn get(&self, id: Uuid) -> Option<BTreeMap<String, ConsumerState>> {
+        self.map.get(&id).map(|e| e.consumers.clone())
+    }
+
+    /// A receiver that turns `true` when every consumer is final.
+    pub fn watch(&self, id: Uuid) -> Option<watch::Receiver<bool>> {
+        self.map.get(&id).map(|e| e.done.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn finished_reports_notify_and_the_oldest_are_forgotten() {
+        let book = StatusBook::new(2);
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            book.insert(*id, BTreeMap::from([("a".to_string(), ConsumerState::Queued)]));
+        }
+        let mut w = book.watch(ids[0]).unwrap();
+        assert!(!*w.borrow());
+        for id in &ids {
+            book.set(*id, "a", ConsumerState::Delivered);
+        }
+        w.changed().await.unwrap();
+        assert!(*w.borrow());
+        assert!(book.get(ids[0]).is_none(), "the oldest finished report is forgotten");
+        assert_eq!(book.get(ids[2]).unwrap()["a"], ConsumerState::Delivered);
+    }
+}
