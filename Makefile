@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target
+.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target bench
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: plugins test-servers ## Run every test against real servers
 	$(CARGO) test --workspace || rc=$$?; \
 	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch --lib || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
+
+bench: plugins ## Benchmarks in release mode, each next to its baseline (results: BENCHMARKS.md)
+	$(CARGO) bench -p data-exporter --bench ingest
 
 lint: ## rustfmt and clippy (warnings are errors) on host and plugins
 	$(CARGO) fmt --all -- --check
