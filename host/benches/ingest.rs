@@ -8,7 +8,7 @@
 use axum::Router;
 use axum::routing::post;
 use data_exporter::config::Config;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -89,14 +89,14 @@ async fn load(url: &str, body: &str) -> Result {
     Result { rps: lat.len() as f64 / secs, p50_us: pct(0.5), p99_us: pct(0.99) }
 }
 
-fn run(label: &str, durable: bool, plugins: &PathBuf, sink: &str, loadgen: &tokio::runtime::Runtime) -> Result {
+fn run(label: &str, durable: bool, plugins: &Path, sink: &str, loadgen: &tokio::runtime::Runtime) -> Result {
     let host_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let data = tempfile::tempdir().unwrap();
     let url = host_rt.block_on(async {
         let mut cfg = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
-            plugins_dir: plugins.clone(),
+            plugins_dir: plugins.to_owned(),
             data_dir: data.path().to_owned(),
             ..Config::default()
         };

@@ -145,11 +145,10 @@ impl Delivery {
         tokio::spawn(self.clone().run_worker(dk, rx));
     }
 
-    /// Stop taking new batches, let in-flight ones finish for up to `grace`,
+    /// Stop taking new batches, let in-flight ones finish until `deadline`,
     /// then return. Unfinished reports stay in the queue (on disk).
-    pub async fn shutdown(&self, grace: Duration) {
+    pub async fn shutdown(&self, deadline: Instant) {
         self.stop.send_replace(true);
-        let deadline = Instant::now() + grace;
         while self.running.load(Ordering::Acquire) > 0 {
             let notified = self.stopped.notified();
             if self.running.load(Ordering::Acquire) == 0 {

@@ -31,10 +31,16 @@ pub struct Host {
 }
 
 impl Host {
-    /// Finish in-flight deliveries (up to the grace period) and sync the queue.
-    pub async fn shutdown(&self) {
-        self.state.delivery.shutdown(self.grace).await;
+    /// Finish in-flight deliveries until `deadline` and sync the queue.
+    /// Whatever is unfinished stays queued on disk for the next start.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        self.state.delivery.shutdown(deadline).await;
         self.state.queue.close().await;
+    }
+
+    /// The configured grace period (`shutdown_grace_ms`).
+    pub fn grace(&self) -> Duration {
+        self.grace
     }
 }
 

@@ -137,21 +137,29 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "data-exporter is up"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop_tx.send_replace(true);
-    });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let public = axum::serve(listener, data_exporter::server::app(host.state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let admin = axum::serve(admin, data_exporter::server::admin_app(host.state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx));
-    let (a, b) = tokio::join!(public.into_future(), admin.into_future());
-    a.context("serving HTTP")?;
-    b.context("serving the admin API")?;
-    host.shutdown().await;
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let mut servers = tokio::spawn(async move {
+        let (a, b) = tokio::join!(public.into_future(), admin.into_future());
+        a.context("serving HTTP")?;
+        b.context("serving the admin API")
+    });
+    tokio::select! {
+        ended = &mut servers => return ended.context("the HTTP servers stopped")?,
+        _ = shutdown_signal() => {}
+    }
+    // Stop accepting; give open requests, then in-flight deliveries, the grace period in all.
+    stop_tx.send_replace(true);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(cfg.shutdown_grace_ms);
+    if tokio::time::timeout_at(deadline, &mut servers).await.is_err() {
+        tracing::warn!("open requests were cut at the end of the grace period (shutdown_grace_ms)");
+    }
+    host.shutdown(deadline).await;
     tracing::info!("data-exporter stopped");
     Ok(())
 }

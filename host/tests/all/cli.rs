@@ -207,3 +207,60 @@ async fn dlq_replay_and_purge_through_the_cli() {
     assert!(dlq_cli(&app.admin_url, &["purge", "--all"]).await.contains("\"purged\": 1"));
     assert!(dlq_cli(&app.admin_url, &["list"]).await.starts_with("0 dead letters"));
 }
+
+#[tokio::test]
+async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_after_restart() {
+    let s = servers();
+    let inj = crate::fault_injector::FaultInjector::start(&s.os_url).await;
+    inj.then([crate::fault_injector::Fault::Hang(Duration::from_secs(30))]);
+    let plugins = plugins_dir(&["opensearch"]);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let start = || {
+        Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "127.0.0.1:0"])
+            .arg("--plugins")
+            .arg(plugins.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("DATA_EXPORTER_SHUTDOWN_GRACE_MS", "1000")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = || async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            assert!(Instant::now() < deadline, "not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut child = start();
+    ready().await;
+    let index = index();
+    let body = report_data("openSearch", json!({"host_port": inj.url, "index": index}), &json!({"hung": true}));
+    let resp = client.post(format!("{url}/forward")).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    while inj.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The delivery hangs upstream; SIGTERM must still end the process within the grace period.
+    let t = Instant::now();
+    Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(t.elapsed() < Duration::from_millis(1000 + 1500), "took {:?}", t.elapsed());
+
+    let mut child = start();
+    ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_doc(&index, &id).await.is_none() {
+        assert!(Instant::now() < deadline, "the report was lost at shutdown");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    child.wait().unwrap();
+}

@@ -187,7 +187,7 @@ async fn a_restart_resumes_delivery_of_what_was_queued() {
             let (status, _) = app.forward(report_data("openSearch", dest.clone(), &json!({"n": n}))).await;
             assert_eq!(status, 202);
         }
-        app.host.shutdown().await;
+        app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
     }
     inj.clear();
     let app = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
@@ -210,7 +210,7 @@ async fn a_torn_tail_and_a_flipped_byte_are_cut_reported_and_the_rest_delivered(
             let (_, r) = app.forward(report_data("openSearch", dest.clone(), &json!({"n": n}))).await;
             ids.push(r["id"].as_str().unwrap().to_string());
         }
-        app.host.shutdown().await;
+        app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
     }
     // Damage the segment holding the reports: flip a byte inside the third record, and
     // append half a record as a crash mid-write would leave it.
@@ -271,4 +271,56 @@ async fn metrics_count_per_consumer_and_plugin() {
     assert!(
         metric(&text, r#"data_exporter_plugin_call_duration_seconds_count{plugin="opensearch",call="deliver"}"#) >= 1.0
     );
+}
+
+/// A small tmpfs, so the disk can really fill up. Needs root (CI and `make test` run as root).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs failed: this test needs root (mount -t tmpfs)");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_a_503_fails_readiness_and_accepting_resumes_when_space_returns() {
+    let s = servers();
+    let disk = SmallDisk::mount("2m");
+    let app = spawn_app_at(plugins_dir(&["opensearch"]), disk.0.path(), |_| {}).await;
+    let index = index();
+    let body =
+        report_data("openSearch", json!({"host_port": s.os_url, "index": index}), &json!({"pad": "y".repeat(4000)}));
+    assert_eq!(app.forward(body.clone()).await.0, 202);
+    // Fill the disk.
+    let filler = disk.0.path().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut f, &[0u8; 64 * 1024]).is_ok() {}
+    drop(f);
+
+    let (status, v) = app.forward(body.clone()).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("disk"), "{v}");
+    let (ready, r) = app.get("/readyz").await;
+    assert_eq!(ready, 503, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("queue"), "{r}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let (status, receipt) = app.forward_wait(body).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(app.get("/readyz").await.0, 200);
+    wait_for_count(&index, 2).await;
 }
