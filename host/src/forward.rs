@@ -174,12 +174,15 @@ async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -
     let verdict = match ctx.validated.0.get(&cache_key).map(|v| v.clone()) {
         Some(v) => v,
         None => {
+            let started = std::time::Instant::now();
             let mut session =
                 g.plugin.session().await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
             let v = session
                 .validate(&g.destination)
                 .await
                 .map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+            let call = metrics::Call { plugin: g.plugin.info.name.clone(), call: "validate".into() };
+            ctx.metrics.plugin_call.get_or_create(&call).observe(started.elapsed().as_secs_f64());
             if ctx.validated.0.len() >= VALIDATION_CACHE_MAX {
                 ctx.validated.0.clear();
             }

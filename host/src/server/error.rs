@@ -30,7 +30,8 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
         } else {
-            tracing::info!(status = self.status.as_u16(), code = self.code, message = %self.message, "request rejected");
+            // Not the message: it may quote what the producer sent, credentials included.
+            tracing::info!(status = self.status.as_u16(), code = self.code, "request rejected");
         }
         let mut resp =
             (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response();

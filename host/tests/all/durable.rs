@@ -145,6 +145,20 @@ async fn only_failed_items_are_resent_and_permanent_ones_are_dead_lettered_then_
 }
 
 #[tokio::test]
+async fn a_report_that_keeps_failing_is_dead_lettered_after_max_attempts() {
+    let s = servers();
+    let inj = FaultInjector::start(&s.os_url).await;
+    inj.then(vec![Fault::Status { status: 500, retry_after: None, body: "still broken".into() }; 100]);
+    let app = spawn_app_with(&["opensearch"], |c| c.delivery.max_attempts = 3).await;
+    let (status, receipt) =
+        app.forward_wait(report_data("openSearch", json!({"host_port": inj.url, "index": index()}), &json!({}))).await;
+    assert_eq!(status, 502, "{receipt}");
+    let reason = receipt["consumers"]["openSearch"]["reason"].as_str().unwrap();
+    assert!(reason.contains("gave up after 3 attempts") && reason.contains("still broken"), "{reason}");
+    assert_eq!(inj.seen().len(), 3);
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() {
     let s = servers();
     let inj = FaultInjector::start(&s.os_url).await;
