@@ -192,17 +192,113 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Largest linear memory one plugin instance may grow to, in MiB; growth
-    /// past it fails inside the plugin.
-    pub memory_limit_mib: u64,
-    /// Wall-clock deadline of one plugin call (validate or deliver), in
-    /// milliseconds, including the HTTP requests it makes. Past it the call traps.
-    pub call_timeout_ms: u64,
+    /// Largest wasm stack of any plugin, in KiB; deeper recursion traps.
+    pub max_wasm_stack_kib: usize,
+    /// Limits of every plugin, unless overridden below.
+    pub limits: PluginLimits,
+    /// Per-plugin overrides, keyed by the plugin's name (as `GET /plugins` shows it).
+    pub plugins: std::collections::BTreeMap<String, LimitOverrides>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { memory_limit_mib: 64, call_timeout_ms: 60_000 }
+        RuntimeConfig { max_wasm_stack_kib: 512, limits: PluginLimits::default(), plugins: Default::default() }
+    }
+}
+
+impl RuntimeConfig {
+    /// The limits of plugin `name`: the defaults with its overrides applied.
+    pub fn limits_for(&self, name: &str) -> PluginLimits {
+        let mut l = self.limits.clone();
+        if let Some(o) = self.plugins.get(name) {
+            o.apply(&mut l);
+        }
+        l
+    }
+}
+
+/// What happens to reports for a quarantined plugin.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuarantinePolicy {
+    /// They stay queued until the plugin is released (by a restart or reload).
+    Wait,
+    /// They go to the dead-letter store, to be replayed later.
+    DeadLetter,
+}
+
+/// The sandbox of one plugin. A call that breaks a limit fails alone: its
+/// instance is discarded and its reports are retried.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Largest linear memory of one instance, in MiB; growing past it traps.
+    pub memory_limit_mib: u64,
+    /// Wall-clock deadline of one call (validate or deliver, HTTP requests included), in ms.
+    pub call_timeout_ms: u64,
+    /// Fuel (roughly, wasm instructions) one call may burn; 0 = unmetered. Any
+    /// non-zero value turns metering on for every plugin (a few % slower).
+    pub fuel_per_call: u64,
+    /// Most bytes a call may pass back across the boundary (outcome reasons, log
+    /// lines, HTTP request bodies); more fails the call.
+    pub max_boundary_bytes: usize,
+    /// Most instances of the plugin alive at once (one per busy destination, plus validations).
+    pub max_instances: usize,
+    /// Consecutive crashed calls (traps, timeouts, contract breaches) after which
+    /// the plugin is quarantined until a restart or reload.
+    pub quarantine_after: u32,
+    /// What happens to a quarantined plugin's reports.
+    pub quarantined_reports: QuarantinePolicy,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_limit_mib: 64,
+            call_timeout_ms: 60_000,
+            fuel_per_call: 0,
+            max_boundary_bytes: 16 * 1024 * 1024,
+            max_instances: 16,
+            quarantine_after: 5,
+            quarantined_reports: QuarantinePolicy::Wait,
+        }
+    }
+}
+
+/// Per-plugin overrides of `PluginLimits`; unset fields keep the defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitOverrides {
+    /// See `PluginLimits::memory_limit_mib`.
+    pub memory_limit_mib: Option<u64>,
+    /// See `PluginLimits::call_timeout_ms`.
+    pub call_timeout_ms: Option<u64>,
+    /// See `PluginLimits::fuel_per_call`.
+    pub fuel_per_call: Option<u64>,
+    /// See `PluginLimits::max_boundary_bytes`.
+    pub max_boundary_bytes: Option<usize>,
+    /// See `PluginLimits::max_instances`.
+    pub max_instances: Option<usize>,
+    /// See `PluginLimits::quarantine_after`.
+    pub quarantine_after: Option<u32>,
+    /// See `PluginLimits::quarantined_reports`.
+    pub quarantined_reports: Option<QuarantinePolicy>,
+}
+
+impl LimitOverrides {
+    fn apply(&self, l: &mut PluginLimits) {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { l.$f = v; } )* };
+        }
+        set!(
+            memory_limit_mib,
+            call_timeout_ms,
+            fuel_per_call,
+            max_boundary_bytes,
+            max_instances,
+            quarantine_after,
+            quarantined_reports
+        );
     }
 }
 

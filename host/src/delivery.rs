@@ -7,7 +7,7 @@
 //! a batch), or dead-lettered (permanent failure, too many attempts, too old).
 
 use crate::bindings::{Outcome, Report};
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, QuarantinePolicy};
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
 use crate::queue::{Done, Queue, QueuedReport};
@@ -180,6 +180,8 @@ impl Delivery {
                 ready.push_back(delayed.pop().expect("peeked").0.job);
             }
             if ready.is_empty() {
+                // Idle: give the instance back, so idle destinations hold no instance permit.
+                session = None;
                 let next_due = delayed.peek().map(|d| d.0.at);
                 tokio::select! {
                     job = rx.recv() => if let Some(job) = job { ready.push_back(job) },
@@ -261,6 +263,34 @@ impl Delivery {
             return Vec::new();
         };
         let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
+        if plugin.health.quarantined() {
+            let reason = format!(
+                "plugin `{}` is quarantined after {} consecutive crashed calls; restart the host (or reload the plugin) to release it",
+                plugin.info.name,
+                plugin.health.consecutive_crashes()
+            );
+            return match plugin.limits.quarantined_reports {
+                QuarantinePolicy::DeadLetter => {
+                    for job in batch {
+                        self.dead_letter(job, &reason);
+                    }
+                    Vec::new()
+                }
+                QuarantinePolicy::Wait => batch
+                    .into_iter()
+                    .map(|job| {
+                        let wait = Duration::from_secs(5);
+                        let state = ConsumerState::Retrying {
+                            attempts: job.attempts,
+                            reason: reason.clone(),
+                            next_attempt_at_ms: now_ms() + wait.as_millis() as u64,
+                        };
+                        self.status.set(job.report.id, job.key(), state);
+                        (job, wait)
+                    })
+                    .collect(),
+            };
+        }
         let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
         if session.is_none() {
             match plugin.session().await {
@@ -286,6 +316,24 @@ impl Delivery {
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
             .observe(started.elapsed().as_secs_f64());
         let mut retries = Vec::new();
+        match &result {
+            Ok(_) => plugin.record_success(),
+            Err(e) => {
+                if plugin.record_crash() {
+                    self.metrics
+                        .plugin_quarantined
+                        .get_or_create(&metrics::Plugin { plugin: plugin.info.name.clone() })
+                        .set(1);
+                    tracing::error!(
+                        plugin = %plugin.info.name,
+                        crashes = plugin.health.consecutive_crashes(),
+                        policy = ?plugin.limits.quarantined_reports,
+                        error = %e,
+                        "plugin quarantined"
+                    );
+                }
+            }
+        }
         match result {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {

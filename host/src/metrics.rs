@@ -36,6 +36,13 @@ pub struct Call {
     pub call: String,
 }
 
+/// Labels of per-plugin series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Plugin {
+    /// The plugin's name.
+    pub plugin: String,
+}
+
 /// Every metric the host exports.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +72,8 @@ pub struct Metrics {
     pub delivery_latency: Family<Consumer, Histogram>,
     /// Seconds per plugin call.
     pub plugin_call: Family<Call, Histogram>,
+    /// 1 while a plugin is quarantined.
+    pub plugin_quarantined: Family<Plugin, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -95,6 +104,7 @@ impl Metrics {
             queue_recovery_cut_bytes: Counter::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             plugin_call: Family::new_with_constructor(latency_histogram),
+            plugin_quarantined: Family::default(),
             registry: Registry::default(),
         };
         r.register("reports_accepted", "Reports accepted into the queue, per consumer", m.accepted.clone());
@@ -122,6 +132,11 @@ impl Metrics {
             m.delivery_latency.clone(),
         );
         r.register("plugin_call_duration_seconds", "Seconds per plugin call", m.plugin_call.clone());
+        r.register(
+            "plugin_quarantined",
+            "1 while a plugin is quarantined after repeated crashes",
+            m.plugin_quarantined.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 

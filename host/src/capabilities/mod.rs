@@ -15,6 +15,8 @@ pub struct HostCapabilities {
     pub plugin: String,
     /// Outbound HTTP.
     pub http: Arc<http::HttpCapability>,
+    /// Largest request body a plugin may hand the host (`runtime.limits.max_boundary_bytes`).
+    pub max_boundary_bytes: usize,
 }
 
 impl bindings::narrows::exporter::types::Host for PluginState {}

@@ -9,7 +9,7 @@ use wasmtime::{Config, Engine};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Build the engine every plugin is compiled and run with.
-pub fn new_engine() -> anyhow::Result<Engine> {
+pub fn new_engine(cfg: &crate::config::RuntimeConfig) -> anyhow::Result<Engine> {
     let mut c = Config::new();
     c.wasm_component_model(true);
     // Interrupt running wasm at epoch ticks (see `EPOCH_TICK`): the only way
@@ -17,7 +17,10 @@ pub fn new_engine() -> anyhow::Result<Engine> {
     c.epoch_interruption(true);
     // Keep plugin stacks small and bounded: deep recursion traps instead of
     // exhausting the host thread.
-    c.max_wasm_stack(512 * 1024);
+    c.max_wasm_stack(cfg.max_wasm_stack_kib * 1024);
+    // Metering costs a little on every call: only when some plugin has a fuel budget.
+    let fuel = cfg.limits.fuel_per_call > 0 || cfg.plugins.values().any(|o| o.fuel_per_call.is_some_and(|f| f > 0));
+    c.consume_fuel(fuel);
     Ok(Engine::new(&c)?)
 }
 

@@ -5,10 +5,12 @@ pub mod registry;
 
 use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
 use crate::capabilities::{HostCapabilities, http::HttpCapability};
-use crate::config::RuntimeConfig;
+use crate::config::{PluginLimits, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -26,6 +28,16 @@ pub struct PluginState {
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// What a trap was, for people: the trap kind (with the wasm backtrace left to debug logs).
+fn trap_reason(e: &wasmtime::Error) -> String {
+    tracing::debug!(error = format!("{e:?}"), "plugin trap");
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        // e.g. the memory limiter: the innermost cause says what happened.
+        None => e.root_cause().to_string(),
     }
 }
 
@@ -50,8 +62,8 @@ pub enum CallError {
         /// The trap message.
         reason: String,
     },
-    /// The call ran past `runtime.call_timeout_ms`.
-    #[error("plugin `{plugin}` did not finish `{call}` within {timeout:?} (runtime.call_timeout_ms)")]
+    /// The call ran past its `call_timeout_ms`.
+    #[error("plugin `{plugin}` did not finish `{call}` within {timeout:?} (runtime.limits.call_timeout_ms)")]
     Timeout {
         /// Plugin name.
         plugin: String,
@@ -82,7 +94,7 @@ impl Runtime {
     /// Build the engine, start its epoch ticker, and link WASI (granting
     /// nothing) and the `narrows:exporter` imports.
     pub fn new(cfg: RuntimeConfig, http: Arc<HttpCapability>) -> anyhow::Result<Arc<Self>> {
-        let engine = engine::new_engine()?;
+        let engine = engine::new_engine(&cfg)?;
         engine::spawn_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -97,23 +109,54 @@ impl Runtime {
         Ok(PluginPre::new(pre)?)
     }
 
-    fn new_store(&self, plugin: &str) -> Store<PluginState> {
+    /// The limits of plugin `name`.
+    pub fn limits_for(&self, name: &str) -> PluginLimits {
+        self.cfg.limits_for(name)
+    }
+
+    fn new_store(&self, plugin: &str, limits: &PluginLimits) -> Store<PluginState> {
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((self.cfg.memory_limit_mib as usize).saturating_mul(1024 * 1024))
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size((limits.memory_limit_mib as usize).saturating_mul(1024 * 1024))
+            // Growing past the limit traps at once instead of handing the guest a
+            // failure it may not check.
+            .trap_on_grow_failure(true)
             .instances(8)
             .build();
-        let caps = HostCapabilities { plugin: plugin.to_string(), http: self.http.clone() };
-        let mut store = Store::new(&self.engine, PluginState { wasi, table: ResourceTable::new(), limits, caps });
+        let caps = HostCapabilities {
+            plugin: plugin.to_string(),
+            http: self.http.clone(),
+            max_boundary_bytes: limits.max_boundary_bytes,
+        };
+        let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
+        if self.engine.get_consume_fuel() {
+            let fuel = if limits.fuel_per_call == 0 { u64::MAX } else { limits.fuel_per_call };
+            store.set_fuel(fuel).expect("fuel is enabled");
+        }
         store
     }
+}
 
-    fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.cfg.call_timeout_ms)
+/// Whether a plugin keeps crashing.
+#[derive(Default)]
+pub struct Health {
+    consecutive_crashes: AtomicU32,
+    quarantined: AtomicBool,
+}
+
+impl Health {
+    /// Crashed calls in a row.
+    pub fn consecutive_crashes(&self) -> u32 {
+        self.consecutive_crashes.load(Ordering::Relaxed)
+    }
+    /// Whether the plugin is quarantined.
+    pub fn quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
     }
 }
 
@@ -123,14 +166,44 @@ pub struct LoadedPlugin {
     pub info: bindings::PluginInfo,
     /// The file it was loaded from.
     pub file: PathBuf,
+    /// Its sandbox.
+    pub limits: PluginLimits,
+    /// Crash count and quarantine.
+    pub health: Health,
+    instances: Arc<Semaphore>,
     pre: PluginPre<PluginState>,
     runtime: Arc<Runtime>,
 }
 
 impl LoadedPlugin {
-    /// A fresh instance in a fresh store, for one request's calls.
+    pub(crate) fn new(
+        info: bindings::PluginInfo,
+        file: PathBuf,
+        pre: PluginPre<PluginState>,
+        runtime: Arc<Runtime>,
+    ) -> Self {
+        let limits = runtime.limits_for(&info.name);
+        let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
+        LoadedPlugin { info, file, limits, health: Health::default(), instances, pre, runtime }
+    }
+
+    /// A fresh instance in a fresh store, once one of `max_instances` is free.
     pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
-        Session::start(&self.runtime, &self.info.name, &self.pre).await
+        let permit = self.instances.clone().acquire_owned().await.expect("never closed");
+        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits).await?;
+        s.permit = Some(permit);
+        Ok(s)
+    }
+
+    /// Count a crashed call; true when this one quarantines the plugin.
+    pub fn record_crash(&self) -> bool {
+        let n = self.health.consecutive_crashes.fetch_add(1, Ordering::AcqRel) + 1;
+        n >= self.limits.quarantine_after && !self.health.quarantined.swap(true, Ordering::AcqRel)
+    }
+
+    /// A call worked: the crash streak ends.
+    pub fn record_success(&self) {
+        self.health.consecutive_crashes.store(0, Ordering::Release);
     }
 }
 
@@ -141,18 +214,32 @@ pub struct Session {
     instance: Plugin,
     plugin: String,
     timeout: Duration,
+    max_boundary_bytes: usize,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Session {
-    async fn start(runtime: &Runtime, name: &str, pre: &PluginPre<PluginState>) -> Result<Session, CallError> {
-        let mut store = runtime.new_store(name);
-        let timeout = runtime.call_timeout();
+    pub(crate) async fn start(
+        runtime: &Runtime,
+        name: &str,
+        pre: &PluginPre<PluginState>,
+        limits: &PluginLimits,
+    ) -> Result<Session, CallError> {
+        let mut store = runtime.new_store(name, limits);
+        let timeout = Duration::from_millis(limits.call_timeout_ms);
         let instance = match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => return Err(CallError::Instantiate { plugin: name.into(), reason: format!("{e:#}") }),
             Err(_) => return Err(CallError::Instantiate { plugin: name.into(), reason: "timed out".into() }),
         };
-        Ok(Session { store, instance, plugin: name.into(), timeout })
+        Ok(Session {
+            store,
+            instance,
+            plugin: name.into(),
+            timeout,
+            max_boundary_bytes: limits.max_boundary_bytes,
+            permit: None,
+        })
     }
 
     /// Run one export under the call deadline, turning traps into `CallError`.
@@ -163,7 +250,7 @@ impl Session {
     ) -> Result<T, CallError> {
         match tokio::time::timeout(self.timeout, f(&self.instance, &mut self.store)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: format!("{e:#}") }),
+            Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: trap_reason(&e) }),
             Err(_) => Err(CallError::Timeout { plugin: self.plugin.clone(), call, timeout: self.timeout }),
         }
     }
@@ -175,7 +262,18 @@ impl Session {
 
     /// Ask the plugin whether `destination` (JSON text) is usable.
     pub async fn validate(&mut self, destination: &str) -> Result<Result<(), String>, CallError> {
-        self.guarded("validate", async |p, s| p.narrows_exporter_consumer().call_validate(s, destination).await).await
+        let v = self
+            .guarded("validate", async |p, s| p.narrows_exporter_consumer().call_validate(s, destination).await)
+            .await?;
+        if let Err(msg) = &v
+            && msg.len() > self.max_boundary_bytes
+        {
+            return Err(CallError::Contract {
+                plugin: self.plugin.clone(),
+                reason: format!("`validate` passed back a {} byte message", msg.len()),
+            });
+        }
+        Ok(v)
     }
 
     /// Deliver `reports` to `destination`: one outcome per report, in order.
@@ -188,6 +286,23 @@ impl Session {
             return Err(CallError::Contract {
                 plugin: self.plugin.clone(),
                 reason: format!("`deliver` returned {} outcomes for {n} reports", out.len()),
+            });
+        }
+        let bytes: usize = out
+            .iter()
+            .map(|o| match o {
+                Outcome::Delivered => 0,
+                Outcome::Retryable(r) => r.reason.len(),
+                Outcome::Permanent(r) => r.len(),
+            })
+            .sum();
+        if bytes > self.max_boundary_bytes {
+            return Err(CallError::Contract {
+                plugin: self.plugin.clone(),
+                reason: format!(
+                    "`deliver` passed back {bytes} bytes of outcomes, over runtime.limits.max_boundary_bytes ({})",
+                    self.max_boundary_bytes
+                ),
             });
         }
         Ok(out)

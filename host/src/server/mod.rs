@@ -254,6 +254,9 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
                 "description": p.info.description,
                 "file": p.file,
                 "parameters": params,
+                "limits": p.limits,
+                "quarantined": p.health.quarantined(),
+                "consecutive_crashes": p.health.consecutive_crashes(),
             })
         })
         .collect();

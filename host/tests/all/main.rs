@@ -9,4 +9,5 @@ mod forward;
 mod helpers;
 mod input;
 mod plugins;
+mod sandbox;
 mod tls;

@@ -1,0 +1,125 @@
+//! Hostile plugins (tests/plugins/hostile): each attack fails only its own call, its reports are
+//! retried rather than lost, the host keeps serving and another plugin keeps delivering; repeated
+//! crashes quarantine the plugin.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn hostile_app(quarantine_after: u32) -> TestApp {
+    spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.runtime.limits.call_timeout_ms = 500;
+        c.runtime.limits.quarantine_after = quarantine_after;
+        c.delivery.max_attempts = 1000;
+    })
+    .await
+}
+
+/// Send one report to the hostile plugin with `attack`; return its id.
+async fn attack(app: &TestApp, attack: &str) -> String {
+    let (status, r) = app.forward(report_data("hostile", json!({"attack": attack}), &json!({"evil": true}))).await;
+    assert_eq!(status, 202, "{r}");
+    r["id"].as_str().unwrap().to_string()
+}
+
+/// The host still accepts, and OpenSearch still gets documents, while the attack goes on.
+async fn others_keep_delivering(app: &TestApp) {
+    let s = servers();
+    let index = index();
+    let t = Instant::now();
+    let (status, r) = app
+        .forward_wait(report_data("openSearch", json!({"host_port": s.os_url, "index": index}), &json!({"ok": 1})))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert!(t.elapsed() < Duration::from_secs(10), "delivery took {:?}", t.elapsed());
+    assert_eq!(get_doc(&index, r["id"].as_str().unwrap()).await, Some(json!({"ok": 1})));
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
+/// Poll the report until its hostile consumer's reason contains `want`.
+async fn reason_contains(app: &TestApp, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = app.get(&format!("/reports/{id}")).await;
+        if v["consumers"]["hostile"]["reason"].as_str().is_some_and(|r| r.contains(want)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "report {id} never said {want:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn quarantined(app: &TestApp) -> bool {
+    let (_, v) = app.get("/plugins").await;
+    let p = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap().clone();
+    p["quarantined"].as_bool().unwrap()
+}
+
+#[tokio::test]
+async fn an_infinite_loop_times_out_is_retried_and_quarantines_the_plugin() {
+    let app = hostile_app(3).await;
+    let id = attack(&app, "loop").await;
+    others_keep_delivering(&app).await;
+    let v = reason_contains(&app, &id, "did not finish `deliver` within 500ms").await;
+    assert_eq!(v["consumers"]["hostile"]["status"], "retrying", "the report is kept, not lost: {v}");
+    // Three crashed calls in a row: quarantined, and it says so.
+    reason_contains(&app, &id, "quarantined").await;
+    assert!(quarantined(&app).await);
+    let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"data_exporter_plugin_quarantined{plugin="hostile"} 1"#), "{metrics}");
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_traps_at_the_limit() {
+    let app = hostile_app(1000).await;
+    let id = attack(&app, "memory").await;
+    others_keep_delivering(&app).await;
+    let v = reason_contains(&app, &id, "crashed in `deliver`").await;
+    assert!(v.to_string().contains("memory"), "{v}");
+    assert_eq!(v["consumers"]["hostile"]["status"], "retrying");
+    let (_, p) = app.get("/plugins").await;
+    assert_eq!(p["plugins"][0]["limits"]["memory_limit_mib"], 64, "{p}");
+}
+
+#[tokio::test]
+async fn deep_recursion_overflows_the_wasm_stack_not_the_host() {
+    let app = hostile_app(1000).await;
+    let id = attack(&app, "recursion").await;
+    let v = reason_contains(&app, &id, "crashed in `deliver`").await;
+    assert!(v.to_string().contains("stack"), "{v}");
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn a_panic_fails_only_that_call() {
+    let app = hostile_app(1000).await;
+    let id = attack(&app, "panic").await;
+    let v = reason_contains(&app, &id, "crashed in `deliver`").await;
+    assert!(v.to_string().contains("unreachable"), "a panic is a trap: {v}");
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn huge_strings_across_the_boundary_are_refused() {
+    let app = spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.runtime.limits.max_boundary_bytes = 1 << 20;
+        c.runtime.limits.memory_limit_mib = 256;
+    })
+    .await;
+    let id = attack(&app, "huge-string").await;
+    reason_contains(&app, &id, "over runtime.limits.max_boundary_bytes").await;
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn no_files_and_no_sockets_inside_the_sandbox() {
+    let app = hostile_app(1000).await;
+    let file = attack(&app, "file").await;
+    let socket = attack(&app, "socket").await;
+    let v = reason_contains(&app, &file, "file access refused").await;
+    assert_eq!(v["consumers"]["hostile"]["status"], "dead_lettered", "{v}");
+    let v = reason_contains(&app, &socket, "socket refused").await;
+    assert_eq!(v["consumers"]["hostile"]["status"], "dead_lettered", "{v}");
+    others_keep_delivering(&app).await;
+}

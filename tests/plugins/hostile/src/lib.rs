@@ -1,0 +1,56 @@
+//! A hostile plugin: each destination names an attack on the host, run inside `deliver`.
+//! The host's tests prove the host keeps serving and other plugins keep delivering.
+
+use data_exporter_sdk::{Consumer, Outcome, Parameter, PluginInfo, Report, plugin};
+use std::hint::black_box;
+
+#[derive(serde::Deserialize)]
+struct Attack {
+    attack: String,
+}
+
+struct Hostile;
+
+fn recurse(n: u64) -> u64 {
+    if n == 0 { 0 } else { 1 + recurse(black_box(n - 1)) }
+}
+
+impl Consumer for Hostile {
+    type Destination = Attack;
+
+    fn info() -> PluginInfo {
+        PluginInfo::new("hostile", "0.1.0", "hostile").param(
+            Parameter::string("attack").required().usage("loop, memory, recursion, panic, huge-string, file, socket"),
+        )
+    }
+
+    fn deliver(d: &Attack, reports: Vec<Report>) -> Vec<Outcome> {
+        let n = reports.len();
+        match d.attack.as_str() {
+            "loop" => loop {
+                black_box(());
+            },
+            "memory" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recursion" => vec![Outcome::permanent(format!("{}", recurse(black_box(u64::MAX)))); n],
+            "panic" => panic!("the hostile plugin panics"),
+            // 48 MiB per outcome: within the memory limit, past the host's boundary cap.
+            "huge-string" => vec![Outcome::permanent("x".repeat(48 << 20)); n],
+            "file" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(text) => vec![Outcome::permanent(format!("READ /etc/passwd: {}", &text[..text.len().min(40)])); n],
+                Err(e) => vec![Outcome::permanent(format!("file access refused: {e}")); n],
+            },
+            "socket" => match std::net::TcpStream::connect("127.0.0.1:22") {
+                Ok(_) => vec![Outcome::permanent("CONNECTED a raw socket"); n],
+                Err(e) => vec![Outcome::permanent(format!("socket refused: {e}")); n],
+            },
+            other => vec![Outcome::permanent(format!("unknown attack {other:?}")); n],
+        }
+    }
+}
+
+plugin!(Hostile);
