@@ -249,6 +249,11 @@ pub struct PluginLimits {
     pub quarantine_after: u32,
     /// What happens to a quarantined plugin's reports.
     pub quarantined_reports: QuarantinePolicy,
+    /// Where the plugin may send HTTP requests, checked on resolved addresses:
+    /// `"*"`, IPs and CIDRs (`"10.0.0.0/8"`), host names with an optional port
+    /// (`"opensearch.svc:9200"`, `"*.example.com"`). Link-local and cloud
+    /// metadata addresses are refused unless an IP/CIDR rule names them.
+    pub outbound_allow: Vec<String>,
 }
 
 impl Default for PluginLimits {
@@ -261,6 +266,7 @@ impl Default for PluginLimits {
             max_instances: 16,
             quarantine_after: 5,
             quarantined_reports: QuarantinePolicy::Wait,
+            outbound_allow: vec!["*".into()],
         }
     }
 }
@@ -283,6 +289,8 @@ pub struct LimitOverrides {
     pub quarantine_after: Option<u32>,
     /// See `PluginLimits::quarantined_reports`.
     pub quarantined_reports: Option<QuarantinePolicy>,
+    /// See `PluginLimits::outbound_allow`.
+    pub outbound_allow: Option<Vec<String>>,
 }
 
 impl LimitOverrides {
@@ -297,7 +305,8 @@ impl LimitOverrides {
             max_boundary_bytes,
             max_instances,
             quarantine_after,
-            quarantined_reports
+            quarantined_reports,
+            outbound_allow
         );
     }
 }
@@ -398,6 +407,33 @@ mod tests {
             assert_eq!(c.runtime, RuntimeConfig::default());
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_plugin_override_replaces_every_limit_it_sets() {
+        let o = LimitOverrides {
+            memory_limit_mib: Some(1),
+            call_timeout_ms: Some(2),
+            fuel_per_call: Some(3),
+            max_boundary_bytes: Some(4),
+            max_instances: Some(5),
+            quarantine_after: Some(6),
+            quarantined_reports: Some(QuarantinePolicy::DeadLetter),
+            outbound_allow: Some(vec!["10.0.0.0/8".into()]),
+        };
+        let cfg = RuntimeConfig { plugins: [("p".to_string(), o)].into(), ..RuntimeConfig::default() };
+        let want = PluginLimits {
+            memory_limit_mib: 1,
+            call_timeout_ms: 2,
+            fuel_per_call: 3,
+            max_boundary_bytes: 4,
+            max_instances: 5,
+            quarantine_after: 6,
+            quarantined_reports: QuarantinePolicy::DeadLetter,
+            outbound_allow: vec!["10.0.0.0/8".into()],
+        };
+        assert_eq!(cfg.limits_for("p"), want);
+        assert_eq!(cfg.limits_for("other"), PluginLimits::default());
     }
 
     #[test]

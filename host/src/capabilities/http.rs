@@ -1,23 +1,33 @@
-//! The outbound HTTP capability: reqwest clients with shared pools, TLS options, typed errors.
+//! The outbound HTTP capability: per-plugin pooled reqwest clients, TLS options, the allow-list, typed errors.
 
+use super::outbound::{Denied, Policy, PolicyResolver};
 use crate::bindings::http::{Method, Request, RequestError, Response};
 use crate::config::HttpConfig;
 use anyhow::Context;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Performs plugins' HTTP requests. Holds one pooled client per TLS mode, so
-/// connections are reused across plugins and calls.
+/// TLS material and settings shared by every plugin's clients.
 pub struct HttpCapability {
+    ca: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+    cfg: HttpConfig,
+}
+
+/// One plugin's HTTP: one pooled client per TLS mode, resolving names only to
+/// addresses its outbound policy allows.
+pub struct PluginHttp {
     /// Index: `verify as usize * 2 + client_cert as usize`; `None` where mTLS
     /// is asked for but no client certificate is configured.
     clients: [Option<reqwest::Client>; 4],
+    policy: Arc<Policy>,
     timeout: Duration,
     max_response_bytes: usize,
 }
 
 impl HttpCapability {
-    /// Build the clients. Fails, naming the file, when CA or client
-    /// certificate files cannot be read or parsed.
+    /// Load the CA bundle and client certificate. Fails, naming the file, when
+    /// they cannot be read or parsed.
     pub fn new(cfg: &HttpConfig) -> anyhow::Result<Self> {
         let ca = match &cfg.ca_file {
             Some(path) => {
@@ -48,32 +58,47 @@ impl HttpCapability {
             (None, None) => None,
             _ => anyhow::bail!("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
         };
+        let cap = HttpCapability { ca, identity, cfg: cfg.clone() };
+        // Build one set now so a bad certificate or key stops start-up, not the first request.
+        cap.for_plugin(Policy::parse("check", &[]).expect("no rules parse"))?;
+        Ok(cap)
+    }
+
+    /// The clients of one plugin, enforcing `policy`.
+    pub fn for_plugin(&self, policy: Policy) -> anyhow::Result<PluginHttp> {
+        let policy = Arc::new(policy);
+        let cfg = &self.cfg;
         let build = |verify: bool, client_cert: bool| -> anyhow::Result<Option<reqwest::Client>> {
-            if client_cert && identity.is_none() {
+            if client_cert && self.identity.is_none() {
                 return Ok(None);
             }
             let mut b = reqwest::Client::builder()
                 .use_rustls_tls()
+                .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
                 .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
                 .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
                 .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
                 .user_agent(concat!("data-exporter/", env!("CARGO_PKG_VERSION")))
                 .danger_accept_invalid_certs(!verify);
-            for c in &ca {
+            for c in &self.ca {
                 b = b.add_root_certificate(c.clone());
             }
             if client_cert {
-                b = b.identity(identity.clone().expect("checked above"));
+                b = b.identity(self.identity.clone().expect("checked above"));
             }
             Ok(Some(b.build().context("building the HTTP client")?))
         };
-        Ok(HttpCapability {
+        Ok(PluginHttp {
             clients: [build(false, false)?, build(false, true)?, build(true, false)?, build(true, true)?],
+            policy,
             timeout: Duration::from_millis(cfg.timeout_ms),
             max_response_bytes: cfg.max_response_bytes,
         })
     }
+}
 
+impl PluginHttp {
     /// Perform `req` for plugin `plugin`.
     pub async fn send(&self, plugin: &str, req: Request) -> Result<Response, RequestError> {
         let url = reqwest::Url::parse(&req.url)
@@ -85,6 +110,15 @@ impl HttpCapability {
             )));
         }
         let shown = redact(url.as_str());
+        let host = url.host().ok_or_else(|| RequestError::InvalidRequest(format!("{shown} has no host")))?;
+        let port = url.port_or_known_default().unwrap_or(0);
+        self.policy.check_url(&host, port).map_err(|d| RequestError::Denied(d.0))?;
+        if req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            return Err(RequestError::Denied(
+                "plugins may not set the Host header: the host sends the URL's host, which the allow-list checked"
+                    .into(),
+            ));
+        }
         let tls = req.tls;
         let client = self.clients[tls.verify_server as usize * 2 + tls.client_certificate as usize]
             .as_ref()
@@ -162,7 +196,11 @@ fn classify(shown: &str, err: reqwest::Error, verified: bool) -> RequestError {
     msg.push_str(&inner.to_string());
     let mut src = std::error::Error::source(&inner);
     let mut tls = false;
+    let mut denied = None;
     while let Some(s) = src {
+        if let Some(d) = s.downcast_ref::<Denied>() {
+            denied = Some(d.0.clone());
+        }
         let text = s.to_string();
         if !msg.contains(&text) {
             msg.push_str(": ");
@@ -171,7 +209,9 @@ fn classify(shown: &str, err: reqwest::Error, verified: bool) -> RequestError {
         tls |= is_tls_error(s);
         src = s.source();
     }
-    if inner.is_timeout() {
+    if let Some(d) = denied {
+        RequestError::Denied(d)
+    } else if inner.is_timeout() {
         RequestError::Timeout(msg)
     } else if tls {
         if verified && msg.contains("certificate") {

@@ -1,6 +1,7 @@
 //! Host capabilities granted to plugins: outbound HTTP and logging. Nothing else.
 
 pub mod http;
+pub mod outbound;
 
 use crate::bindings::{self, log::Level};
 use crate::runtime::PluginState;
@@ -14,7 +15,7 @@ pub struct HostCapabilities {
     /// The plugin's name, attached to its log lines and requests.
     pub plugin: String,
     /// Outbound HTTP.
-    pub http: Arc<http::HttpCapability>,
+    pub http: Arc<http::PluginHttp>,
     /// Largest request body a plugin may hand the host (`runtime.limits.max_boundary_bytes`).
     pub max_boundary_bytes: usize,
 }

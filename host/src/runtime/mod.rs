@@ -4,7 +4,8 @@ pub mod engine;
 pub mod registry;
 
 use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
-use crate::capabilities::{HostCapabilities, http::HttpCapability};
+use crate::capabilities::outbound::Policy;
+use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
 use crate::config::{PluginLimits, RuntimeConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     http: Arc<HttpCapability>,
+    /// HTTP for calls made before a plugin's name is known (`info` at load): allows nothing.
+    no_http: Arc<PluginHttp>,
     cfg: RuntimeConfig,
 }
 
@@ -99,7 +102,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
-        Ok(Arc::new(Runtime { engine, linker, http, cfg }))
+        let no_http = Arc::new(http.for_plugin(Policy::parse("(loading)", &[]).expect("no rules parse"))?);
+        Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg }))
     }
 
     /// Compile the component in `path` and pre-link it. CPU-heavy: call off the request path.
@@ -114,7 +118,7 @@ impl Runtime {
         self.cfg.limits_for(name)
     }
 
-    fn new_store(&self, plugin: &str, limits: &PluginLimits) -> Store<PluginState> {
+    fn new_store(&self, plugin: &str, limits: &PluginLimits, http: Arc<PluginHttp>) -> Store<PluginState> {
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
@@ -125,11 +129,7 @@ impl Runtime {
             .trap_on_grow_failure(true)
             .instances(8)
             .build();
-        let caps = HostCapabilities {
-            plugin: plugin.to_string(),
-            http: self.http.clone(),
-            max_boundary_bytes: limits.max_boundary_bytes,
-        };
+        let caps = HostCapabilities { plugin: plugin.to_string(), http, max_boundary_bytes: limits.max_boundary_bytes };
         let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -170,6 +170,7 @@ pub struct LoadedPlugin {
     pub limits: PluginLimits,
     /// Crash count and quarantine.
     pub health: Health,
+    http: Arc<PluginHttp>,
     instances: Arc<Semaphore>,
     pre: PluginPre<PluginState>,
     runtime: Arc<Runtime>,
@@ -181,16 +182,18 @@ impl LoadedPlugin {
         file: PathBuf,
         pre: PluginPre<PluginState>,
         runtime: Arc<Runtime>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let limits = runtime.limits_for(&info.name);
+        let policy = Policy::parse(&info.name, &limits.outbound_allow)?;
+        let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
-        LoadedPlugin { info, file, limits, health: Health::default(), instances, pre, runtime }
+        Ok(LoadedPlugin { info, file, limits, health: Health::default(), http, instances, pre, runtime })
     }
 
     /// A fresh instance in a fresh store, once one of `max_instances` is free.
     pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
         let permit = self.instances.clone().acquire_owned().await.expect("never closed");
-        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits).await?;
+        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, self.http.clone()).await?;
         s.permit = Some(permit);
         Ok(s)
     }
@@ -224,8 +227,9 @@ impl Session {
         name: &str,
         pre: &PluginPre<PluginState>,
         limits: &PluginLimits,
+        http: Arc<PluginHttp>,
     ) -> Result<Session, CallError> {
-        let mut store = runtime.new_store(name, limits);
+        let mut store = runtime.new_store(name, limits, http);
         let timeout = Duration::from_millis(limits.call_timeout_ms);
         let instance = match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
             Ok(Ok(i)) => i,

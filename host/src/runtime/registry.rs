@@ -117,11 +117,12 @@ async fn load_one(runtime: &Arc<Runtime>, file: &Path) -> Result<LoadedPlugin, S
         .map_err(|e| format!("not a loadable plugin component: {e:#}"))?;
     // `info` runs under the default limits: the plugin's own depend on its name.
     let limits = runtime.limits_for("");
-    let session =
-        super::Session::start(runtime, &file.display().to_string(), &pre, &limits).await.map_err(|e| e.to_string())?;
+    let session = super::Session::start(runtime, &file.display().to_string(), &pre, &limits, runtime.no_http.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let info = session.info().await.map_err(|e| e.to_string())?;
     check_info(&info)?;
-    Ok(LoadedPlugin::new(info, file.to_owned(), pre, runtime.clone()))
+    LoadedPlugin::new(info, file.to_owned(), pre, runtime.clone())
 }
 
 /// A config key is a JSON object key producers type: keep it a plain identifier.

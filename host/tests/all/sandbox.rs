@@ -123,3 +123,63 @@ async fn no_files_and_no_sockets_inside_the_sandbox() {
     assert_eq!(v["consumers"]["hostile"]["status"], "dead_lettered", "{v}");
     others_keep_delivering(&app).await;
 }
+
+/// The hostile consumer's final reason for a report.
+async fn final_reason(app: &TestApp, id: &str) -> String {
+    let v = reason_contains(app, id, "").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut v = v;
+    while v["consumers"]["hostile"]["status"] != "dead_lettered" {
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = app.get(&format!("/reports/{id}")).await.1;
+    }
+    v["consumers"]["hostile"]["reason"].as_str().unwrap().to_string()
+}
+
+async fn http_attack(app: &TestApp, url: &str, host_header: Option<&str>) -> String {
+    let dest = json!({"attack": "http", "url": url, "host_header": host_header});
+    let (status, r) = app.forward(report_data("hostile", dest, &json!({}))).await;
+    assert_eq!(status, 202, "{r}");
+    final_reason(app, r["id"].as_str().unwrap()).await
+}
+
+#[tokio::test]
+async fn the_allow_list_is_checked_on_resolved_addresses_and_metadata_is_refused() {
+    let s = servers();
+    let os = url::Url::parse(&s.os_url).unwrap();
+    let port = os.port().unwrap();
+    let app = spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.runtime.limits.outbound_allow = vec!["*".into()];
+        c.runtime.plugins.insert(
+            "hostile".into(),
+            data_exporter::config::LimitOverrides {
+                outbound_allow: Some(vec!["10.0.0.0/8".into()]),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    // A name the allow-list does not cover is refused after resolution, naming the addresses.
+    let reason = http_attack(&app, &format!("http://localhost:{port}/"), None).await;
+    assert!(reason.contains("request denied by the host") && reason.contains("127.0.0.1"), "{reason}");
+    assert!(reason.contains("runtime.plugins.hostile.outbound_allow"), "{reason}");
+    // Cloud metadata is refused even where everything else is allowed ("*"), without a connection attempt.
+    let t = Instant::now();
+    let metadata = json!({"host_port": "http://169.254.169.254", "index": "x"});
+    let (status, r) = app.forward_wait(report_data("openSearch", metadata, &json!({}))).await;
+    assert_eq!(status, 502, "{r}");
+    let reason = r["consumers"]["openSearch"]["reason"].as_str().unwrap();
+    assert!(reason.contains("169.254.169.254") && reason.contains("not in the outbound allow-list"), "{reason}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The plugin allowed to reach loopback still does.
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn a_forged_host_header_is_refused() {
+    let s = servers();
+    let app = hostile_app(1000).await;
+    let reason = http_attack(&app, &s.os_url, Some("169.254.169.254")).await;
+    assert!(reason.contains("may not set the Host header"), "{reason}");
+}

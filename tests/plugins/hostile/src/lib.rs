@@ -1,12 +1,19 @@
 //! A hostile plugin: each destination names an attack on the host, run inside `deliver`.
 //! The host's tests prove the host keeps serving and other plugins keep delivering.
 
+use data_exporter_sdk::http::Request;
 use data_exporter_sdk::{Consumer, Outcome, Parameter, PluginInfo, Report, plugin};
 use std::hint::black_box;
 
 #[derive(serde::Deserialize)]
 struct Attack {
     attack: String,
+    /// For `http`: where to send a request.
+    #[serde(default)]
+    url: String,
+    /// For `http`: a forged Host header.
+    #[serde(default)]
+    host_header: Option<String>,
 }
 
 struct Hostile;
@@ -20,7 +27,9 @@ impl Consumer for Hostile {
 
     fn info() -> PluginInfo {
         PluginInfo::new("hostile", "0.1.0", "hostile").param(
-            Parameter::string("attack").required().usage("loop, memory, recursion, panic, huge-string, file, socket"),
+            Parameter::string("attack")
+                .required()
+                .usage("loop, memory, recursion, panic, huge-string, file, socket, http (with url, host_header)"),
         )
     }
 
@@ -48,6 +57,16 @@ impl Consumer for Hostile {
                 Ok(_) => vec![Outcome::permanent("CONNECTED a raw socket"); n],
                 Err(e) => vec![Outcome::permanent(format!("socket refused: {e}")); n],
             },
+            "http" => {
+                let mut req = Request::get(&d.url);
+                if let Some(h) = &d.host_header {
+                    req = req.header("host", h);
+                }
+                match req.send() {
+                    Ok(r) => vec![Outcome::permanent(format!("REACHED {} with status {}", d.url, r.status)); n],
+                    Err(e) => vec![Outcome::permanent(format!("http refused: {e}")); n],
+                }
+            }
             other => vec![Outcome::permanent(format!("unknown attack {other:?}")); n],
         }
     }
