@@ -19,6 +19,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the admin API (dead letters). Keep it on loopback or a private network.
     pub admin_listen: SocketAddr,
+    /// Directory of mounted secrets (`<name>/username` + `password`, or `<name>/token`)
+    /// that destinations may name with `"secretRef": "<name>"` instead of carrying credentials.
+    pub secrets_dir: Option<PathBuf>,
     /// Time allowed on SIGTERM to finish in-flight deliveries before exiting, in
     /// milliseconds. Whatever is unfinished stays queued on disk for the next start.
     pub shutdown_grace_ms: u64,
@@ -45,6 +48,7 @@ impl Default for Config {
             plugins_dir: PathBuf::from("plugins"),
             data_dir: PathBuf::from("data"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6781)),
+            secrets_dir: None,
             shutdown_grace_ms: 10_000,
             queue: QueueConfig::default(),
             delivery: DeliveryConfig::default(),

@@ -7,6 +7,7 @@
 //! a batch), or dead-lettered (permanent failure, too many attempts, too old).
 
 use crate::bindings::{Outcome, Report};
+use crate::capabilities::secrets::{self, SecretStore};
 use crate::config::{DeliveryConfig, QuarantinePolicy};
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
@@ -72,6 +73,7 @@ impl Ord for Delayed {
 /// Everything workers share.
 pub struct Delivery {
     registry: Arc<Registry>,
+    secrets: Arc<SecretStore>,
     queue: Arc<Queue>,
     dlq: Arc<DeadLetters>,
     status: Arc<StatusBook>,
@@ -99,6 +101,7 @@ impl Delivery {
     /// A delivery service; workers start on demand.
     pub fn new(
         registry: Arc<Registry>,
+        secrets: Arc<SecretStore>,
         queue: Arc<Queue>,
         dlq: Arc<DeadLetters>,
         status: Arc<StatusBook>,
@@ -107,6 +110,7 @@ impl Delivery {
     ) -> Arc<Self> {
         Arc::new(Delivery {
             registry,
+            secrets,
             queue,
             dlq,
             status,
@@ -291,6 +295,23 @@ impl Delivery {
                     .collect(),
             };
         }
+        // The plugin sees the destination without its secret reference; the host holds the secret.
+        let (view, credential) = match secrets::split(&dk.config) {
+            Ok((view, None)) => (view, None),
+            Ok((view, Some(name))) => match self.secrets.load(&name) {
+                Ok(c) => (view, Some(c)),
+                Err(reason) => {
+                    // The Secret may be mounted late or rotated: retry rather than give up.
+                    return batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)).collect();
+                }
+            },
+            Err(reason) => {
+                for job in batch {
+                    self.dead_letter(job, &reason);
+                }
+                return Vec::new();
+            }
+        };
         let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
         if session.is_none() {
             match plugin.session().await {
@@ -310,7 +331,9 @@ impl Delivery {
             })
             .collect();
         let started = Instant::now();
-        let result = session.as_mut().expect("set above").deliver(&dk.config, &reports).await;
+        let s = session.as_mut().expect("set above");
+        s.set_credential(credential);
+        let result = s.deliver(&view, &reports).await;
         self.metrics
             .plugin_call
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })

@@ -4,6 +4,7 @@
 //! anything is queued, so a request is either refused whole (4xx) or accepted
 //! whole. Accepted means durable: the queue has synced it to disk.
 
+use crate::capabilities::secrets::{self, SecretStore};
 use crate::delivery::Delivery;
 use crate::envelope::Envelope;
 use crate::metrics::{self, Metrics};
@@ -83,6 +84,8 @@ pub struct Ingest<'a> {
     pub metrics: &'a Metrics,
     /// Validation results.
     pub validated: &'a ValidationCache,
+    /// Mounted secrets that destinations may refer to.
+    pub secrets: &'a SecretStore,
 }
 
 /// One destination's share of a request: its plugin, its config and the reports (by index).
@@ -174,13 +177,21 @@ async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -
     let verdict = match ctx.validated.0.get(&cache_key).map(|v| v.clone()) {
         Some(v) => v,
         None => {
+            let (view, secret) = match secrets::split(&g.destination) {
+                Ok(split) => split,
+                Err(message) => {
+                    return Err(RouteError::InvalidDestination { at: String::new(), key: g.key.clone(), message });
+                }
+            };
+            if let Some(name) = &secret
+                && let Err(message) = ctx.secrets.load(name)
+            {
+                return Err(RouteError::InvalidDestination { at: String::new(), key: g.key.clone(), message });
+            }
             let started = std::time::Instant::now();
             let mut session =
                 g.plugin.session().await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
-            let v = session
-                .validate(&g.destination)
-                .await
-                .map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+            let v = session.validate(&view).await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
             let call = metrics::Call { plugin: g.plugin.info.name.clone(), call: "validate".into() };
             ctx.metrics.plugin_call.get_or_create(&call).observe(started.elapsed().as_secs_f64());
             if ctx.validated.0.len() >= VALIDATION_CACHE_MAX {

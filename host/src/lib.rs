@@ -75,8 +75,10 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     );
     let dlq = Arc::new(dlq::DeadLetters::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?);
     let status = Arc::new(status::StatusBook::new(KEEP_FINISHED));
+    let secrets = Arc::new(capabilities::secrets::SecretStore::new(cfg.secrets_dir.as_deref()));
     let delivery = delivery::Delivery::new(
         registry.clone(),
+        secrets.clone(),
         queue.clone(),
         dlq.clone(),
         status.clone(),
@@ -106,6 +108,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         dlq,
         metrics,
         validated: Arc::default(),
+        secrets,
         limits: cfg.limits.clone(),
     };
     Ok(Host { state, recovery, grace: Duration::from_millis(cfg.shutdown_grace_ms) })

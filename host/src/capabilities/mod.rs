@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod outbound;
+pub mod secrets;
 
 use crate::bindings::{self, log::Level};
 use crate::runtime::PluginState;
@@ -18,6 +19,8 @@ pub struct HostCapabilities {
     pub http: Arc<http::PluginHttp>,
     /// Largest request body a plugin may hand the host (`runtime.limits.max_boundary_bytes`).
     pub max_boundary_bytes: usize,
+    /// The credential of the current call's destination, when it names a secret.
+    pub credential: Option<secrets::Credential>,
 }
 
 impl bindings::narrows::exporter::types::Host for PluginState {}
@@ -27,6 +30,24 @@ impl bindings::http::Host for PluginState {
         &mut self,
         request: bindings::http::Request,
     ) -> Result<bindings::http::Response, bindings::http::RequestError> {
+        let mut request = request;
+        if let Some(cred) = &self.caps.credential {
+            if request.basic_auth.is_some()
+                || request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(bindings::http::RequestError::Denied(
+                    "this destination uses a secret reference: the host sets Authorization, the plugin may not".into(),
+                ));
+            }
+            match cred {
+                secrets::Credential::Basic { user, password } => {
+                    request.basic_auth = Some((user.clone(), password.clone()))
+                }
+                secrets::Credential::Bearer(token) => {
+                    request.headers.push(("authorization".into(), format!("Bearer {token}")));
+                }
+            }
+        }
         self.caps.http.send(&self.caps.plugin, request).await
     }
 }

@@ -129,7 +129,12 @@ impl Runtime {
             .trap_on_grow_failure(true)
             .instances(8)
             .build();
-        let caps = HostCapabilities { plugin: plugin.to_string(), http, max_boundary_bytes: limits.max_boundary_bytes };
+        let caps = HostCapabilities {
+            plugin: plugin.to_string(),
+            http,
+            max_boundary_bytes: limits.max_boundary_bytes,
+            credential: None,
+        };
         let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -257,6 +262,11 @@ impl Session {
             Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: trap_reason(&e) }),
             Err(_) => Err(CallError::Timeout { plugin: self.plugin.clone(), call, timeout: self.timeout }),
         }
+    }
+
+    /// The credential the host adds to this session's requests (a destination's secret reference).
+    pub fn set_credential(&mut self, credential: Option<crate::capabilities::secrets::Credential>) {
+        self.store.data_mut().caps.credential = credential;
     }
 
     /// The plugin's self-description.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Validated destinations.
     pub validated: Arc<ValidationCache>,
+    /// Mounted secrets.
+    pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
     /// Producer limits.
     pub limits: Limits,
 }
@@ -57,6 +59,7 @@ impl AppState {
             status: &self.status,
             metrics: &self.metrics,
             validated: &self.validated,
+            secrets: &self.secrets,
         }
     }
 }

@@ -183,3 +183,46 @@ async fn a_forged_host_header_is_refused() {
     let reason = http_attack(&app, &s.os_url, Some("169.254.169.254")).await;
     assert!(reason.contains("may not set the Host header"), "{reason}");
 }
+
+/// A secrets directory as Kubernetes mounts a Secret, holding the test server's basic auth.
+fn mounted_secret() -> tempfile::TempDir {
+    let s = servers();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("os-creds")).unwrap();
+    std::fs::write(dir.path().join("os-creds/username"), format!("{}\n", s.user)).unwrap();
+    std::fs::write(dir.path().join("os-creds/password"), format!("{}\n", s.password)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_destination_may_name_a_secret_instead_of_carrying_a_password() {
+    let s = servers();
+    let secrets = mounted_secret();
+    let app = spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.http.ca_file = Some(s.certs.join("ca.pem"));
+        c.secrets_dir = Some(secrets.path().to_owned());
+    })
+    .await;
+    let index = index();
+    let dest = json!({"host_port": s.tls_url, "index": index, "secretRef": "os-creds"});
+    let (status, r) = app.forward_wait(report_data("openSearch", dest, &json!({"by": "reference"}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(get_doc(&index, r["id"].as_str().unwrap()).await, Some(json!({"by": "reference"})));
+
+    // An unknown secret is refused up front.
+    let dest = json!({"host_port": s.tls_url, "index": index, "secretRef": "nope"});
+    let (status, r) = app.forward(report_data("openSearch", dest, &json!({}))).await;
+    assert_eq!(status, 422, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("secret `nope` not found"), "{r}");
+
+    // The plugin never sees the reference...
+    let dest = json!({"attack": "echo", "secretRef": "os-creds", "other": 1});
+    let (_, r) = app.forward(report_data("hostile", dest, &json!({}))).await;
+    let seen = final_reason(&app, r["id"].as_str().unwrap()).await;
+    assert_eq!(seen, r#"destination keys seen: ["other"]"#);
+    // ...and may not set Authorization itself on such a destination.
+    let dest = json!({"attack": "http", "url": s.os_url, "auth_header": "Basic eDp5", "secretRef": "os-creds"});
+    let (_, r) = app.forward(report_data("hostile", dest, &json!({}))).await;
+    let reason = final_reason(&app, r["id"].as_str().unwrap()).await;
+    assert!(reason.contains("the host sets Authorization"), "{reason}");
+}

@@ -14,6 +14,12 @@ struct Attack {
     /// For `http`: a forged Host header.
     #[serde(default)]
     host_header: Option<String>,
+    /// For `http`: an Authorization header of the plugin's own.
+    #[serde(default)]
+    auth_header: Option<String>,
+    /// Every other field of the destination, as the plugin received it (for `echo`).
+    #[serde(flatten)]
+    rest: std::collections::BTreeMap<String, data_exporter_sdk::serde_json::Value>,
 }
 
 struct Hostile;
@@ -62,10 +68,17 @@ impl Consumer for Hostile {
                 if let Some(h) = &d.host_header {
                     req = req.header("host", h);
                 }
+                if let Some(a) = &d.auth_header {
+                    req = req.header("authorization", a);
+                }
                 match req.send() {
                     Ok(r) => vec![Outcome::permanent(format!("REACHED {} with status {}", d.url, r.status)); n],
                     Err(e) => vec![Outcome::permanent(format!("http refused: {e}")); n],
                 }
+            }
+            "echo" => {
+                let keys: Vec<&str> = d.rest.keys().map(String::as_str).collect();
+                vec![Outcome::permanent(format!("destination keys seen: {keys:?}")); n]
             }
             other => vec![Outcome::permanent(format!("unknown attack {other:?}")); n],
         }
