@@ -258,6 +258,9 @@ pub struct PluginLimits {
     /// (`"opensearch.svc:9200"`, `"*.example.com"`). Link-local and cloud
     /// metadata addresses are refused unless an IP/CIDR rule names them.
     pub outbound_allow: Vec<String>,
+    /// Host capabilities the plugin may import: `http`, `log`. A plugin that
+    /// imports one it was not granted fails to load, naming it.
+    pub grants: Vec<String>,
 }
 
 impl Default for PluginLimits {
@@ -271,6 +274,7 @@ impl Default for PluginLimits {
             quarantine_after: 5,
             quarantined_reports: QuarantinePolicy::Wait,
             outbound_allow: vec!["*".into()],
+            grants: vec!["http".into(), "log".into()],
         }
     }
 }
@@ -295,6 +299,8 @@ pub struct LimitOverrides {
     pub quarantined_reports: Option<QuarantinePolicy>,
     /// See `PluginLimits::outbound_allow`.
     pub outbound_allow: Option<Vec<String>>,
+    /// See `PluginLimits::grants`.
+    pub grants: Option<Vec<String>>,
 }
 
 impl LimitOverrides {
@@ -310,7 +316,8 @@ impl LimitOverrides {
             max_instances,
             quarantine_after,
             quarantined_reports,
-            outbound_allow
+            outbound_allow,
+            grants
         );
     }
 }
@@ -424,6 +431,7 @@ mod tests {
             quarantine_after: Some(6),
             quarantined_reports: Some(QuarantinePolicy::DeadLetter),
             outbound_allow: Some(vec!["10.0.0.0/8".into()]),
+            grants: Some(vec!["log".into()]),
         };
         let cfg = RuntimeConfig { plugins: [("p".to_string(), o)].into(), ..RuntimeConfig::default() };
         let want = PluginLimits {
@@ -435,6 +443,7 @@ mod tests {
             quarantine_after: 6,
             quarantined_reports: QuarantinePolicy::DeadLetter,
             outbound_allow: vec!["10.0.0.0/8".into()],
+            grants: vec!["log".into()],
         };
         assert_eq!(cfg.limits_for("p"), want);
         assert_eq!(cfg.limits_for("other"), PluginLimits::default());

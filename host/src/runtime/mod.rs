@@ -147,6 +147,25 @@ impl Runtime {
     }
 }
 
+/// Capabilities a plugin can import, by WIT interface (any version of our package).
+const CAPABILITIES: &[(&str, &str)] = &[("narrows:exporter/http@", "http"), ("narrows:exporter/log@", "log")];
+
+/// Refuse a component that imports a capability the operator did not grant `plugin`.
+/// (WASI imports are always linked; their context grants nothing.)
+fn check_grants(engine: &Engine, component: &Component, plugin: &str, grants: &[String]) -> Result<(), String> {
+    for (import, _) in component.component_type().imports(engine) {
+        for (prefix, cap) in CAPABILITIES {
+            if import.starts_with(prefix) && !grants.iter().any(|g| g == cap) {
+                return Err(format!(
+                    "plugin `{plugin}` imports the `{cap}` capability ({import}), which the operator has not granted it; \
+                     to allow it, add \"{cap}\" to runtime.plugins.{plugin}.grants"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether a plugin keeps crashing.
 #[derive(Default)]
 pub struct Health {
@@ -189,6 +208,7 @@ impl LoadedPlugin {
         runtime: Arc<Runtime>,
     ) -> Result<Self, String> {
         let limits = runtime.limits_for(&info.name);
+        check_grants(&runtime.engine, pre.instance_pre().component(), &info.name, &limits.grants)?;
         let policy = Policy::parse(&info.name, &limits.outbound_allow)?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));

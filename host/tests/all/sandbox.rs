@@ -226,3 +226,19 @@ async fn a_destination_may_name_a_secret_instead_of_carrying_a_password() {
     let reason = final_reason(&app, r["id"].as_str().unwrap()).await;
     assert!(reason.contains("the host sets Authorization"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_plugin_importing_an_ungranted_capability_does_not_load_and_says_which() {
+    let app = spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.runtime.plugins.insert(
+            "hostile".into(),
+            data_exporter::config::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
+        );
+    })
+    .await;
+    let (_, v) = app.get("/plugins").await;
+    let loaded: Vec<&str> = v["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(loaded, ["opensearch"], "{v}");
+    let error = v["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("`http` capability") && error.contains("runtime.plugins.hostile.grants"), "{error}");
+}
