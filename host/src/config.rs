@@ -202,11 +202,23 @@ pub struct RuntimeConfig {
     pub limits: PluginLimits,
     /// Per-plugin overrides, keyed by the plugin's name (as `GET /plugins` shows it).
     pub plugins: std::collections::BTreeMap<String, LimitOverrides>,
+    /// How often the plugins directory is checked for added, replaced or removed
+    /// files, in ms; 0 turns hot reload off.
+    pub reload_poll_ms: u64,
+    /// sha256 (hex) that plugin files must have, by file name; a file with
+    /// another hash is refused: `pins = { "opensearch.wasm" = "9f2c..." }`.
+    pub pins: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_wasm_stack_kib: 512, limits: PluginLimits::default(), plugins: Default::default() }
+        RuntimeConfig {
+            max_wasm_stack_kib: 512,
+            limits: PluginLimits::default(),
+            plugins: Default::default(),
+            reload_poll_ms: 2000,
+            pins: Default::default(),
+        }
     }
 }
 

@@ -12,8 +12,9 @@ use crate::config::{DeliveryConfig, QuarantinePolicy};
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
 use crate::queue::{Done, Queue, QueuedReport};
+use crate::runtime::LoadedPlugin;
 use crate::runtime::Session;
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -72,7 +73,7 @@ impl Ord for Delayed {
 
 /// Everything workers share.
 pub struct Delivery {
-    registry: Arc<Registry>,
+    registry: Arc<Plugins>,
     secrets: Arc<SecretStore>,
     queue: Arc<Queue>,
     dlq: Arc<DeadLetters>,
@@ -100,7 +101,7 @@ pub fn backoff(cfg: &DeliveryConfig, attempt: u32) -> Duration {
 impl Delivery {
     /// A delivery service; workers start on demand.
     pub fn new(
-        registry: Arc<Registry>,
+        registry: Arc<Plugins>,
         secrets: Arc<SecretStore>,
         queue: Arc<Queue>,
         dlq: Arc<DeadLetters>,
@@ -172,7 +173,8 @@ impl Delivery {
         let mut ready: VecDeque<Job> = VecDeque::new();
         let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
         let mut seq = 0u64;
-        let mut session: Option<Session> = None;
+        // The instance and the plugin version it belongs to (a reload swaps the version).
+        let mut session: Option<(Arc<LoadedPlugin>, Session)> = None;
         let mut stop = self.stop.subscribe();
         let linger = Duration::from_millis(self.cfg.linger_ms);
         loop {
@@ -254,9 +256,9 @@ impl Delivery {
         &self,
         dk: &DestKey,
         batch: Vec<Job>,
-        session: &mut Option<Session>,
+        session: &mut Option<(Arc<LoadedPlugin>, Session)>,
     ) -> Vec<(Job, Duration)> {
-        let Some(plugin) = self.registry.get(&dk.key).cloned() else {
+        let Some(plugin) = self.registry.current().get(&dk.key).cloned() else {
             let reason = format!(
                 "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",
                 dk.key
@@ -269,9 +271,10 @@ impl Delivery {
         let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
         if plugin.health.quarantined() {
             let reason = format!(
-                "plugin `{}` is quarantined after {} consecutive crashed calls; restart the host (or reload the plugin) to release it",
+                "plugin `{}` is quarantined after {} consecutive crashed calls (last: {}); replace or touch its file (hot reload) or restart the host to release it",
                 plugin.info.name,
-                plugin.health.consecutive_crashes()
+                plugin.health.consecutive_crashes(),
+                plugin.health.last_crash()
             );
             return match plugin.limits.quarantined_reports {
                 QuarantinePolicy::DeadLetter => {
@@ -313,9 +316,12 @@ impl Delivery {
             }
         };
         let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
+        if session.as_ref().is_some_and(|(p, _)| !Arc::ptr_eq(p, &plugin)) {
+            *session = None; // reloaded: new calls go to the new version
+        }
         if session.is_none() {
             match plugin.session().await {
-                Ok(s) => *session = Some(s),
+                Ok(s) => *session = Some((plugin.clone(), s)),
                 Err(e) => {
                     let reason = e.to_string();
                     return batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)).collect();
@@ -331,7 +337,7 @@ impl Delivery {
             })
             .collect();
         let started = Instant::now();
-        let s = session.as_mut().expect("set above");
+        let (_, s) = session.as_mut().expect("set above");
         s.set_credential(credential);
         let result = s.deliver(&view, &reports).await;
         self.metrics
@@ -342,7 +348,7 @@ impl Delivery {
         match &result {
             Ok(_) => plugin.record_success(),
             Err(e) => {
-                if plugin.record_crash() {
+                if plugin.record_crash(e) {
                     self.metrics
                         .plugin_quarantined
                         .get_or_create(&metrics::Plugin { plugin: plugin.info.name.clone() })
@@ -429,7 +435,8 @@ impl Delivery {
 
     fn dead_letter(&self, job: Job, reason: &str) {
         let dest = &job.report.dests[job.dest];
-        let plugin = self.registry.get(&dest.key).map(|p| p.info.name.clone()).unwrap_or_else(|| "none".into());
+        let plugin =
+            self.registry.current().get(&dest.key).map(|p| p.info.name.clone()).unwrap_or_else(|| "none".into());
         let labels = metrics::Consumer { consumer: dest.key.clone(), plugin };
         match self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
             Ok(()) => {

@@ -9,7 +9,7 @@ use crate::delivery::Delivery;
 use crate::envelope::Envelope;
 use crate::metrics::{self, Metrics};
 use crate::queue::{Queue, QueueError, QueuedDest, QueuedReport};
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::Plugins;
 use crate::runtime::{CallError, LoadedPlugin};
 use crate::status::{ConsumerState, StatusBook};
 use dashmap::DashMap;
@@ -64,16 +64,25 @@ pub struct Receipt {
 }
 
 /// Destinations already validated, by (consumer key, destination JSON).
-/// Bounded: cleared when it reaches `VALIDATION_CACHE_MAX` entries.
+/// Bounded: cleared when it reaches `VALIDATION_CACHE_MAX` entries, and when plugins reload.
 #[derive(Default)]
-pub struct ValidationCache(DashMap<(String, Arc<str>), Result<(), String>>);
+pub struct ValidationCache(DashMap<(String, Arc<str>), Result<(), String>>, std::sync::atomic::AtomicU64);
+
+impl ValidationCache {
+    /// Forget everything when the plugins changed since the last call.
+    fn follow(&self, generation: u64) {
+        if self.1.swap(generation, std::sync::atomic::Ordering::AcqRel) != generation {
+            self.0.clear();
+        }
+    }
+}
 
 const VALIDATION_CACHE_MAX: usize = 10_000;
 
 /// What `accept` needs.
 pub struct Ingest<'a> {
     /// Loaded plugins.
-    pub registry: &'a Registry,
+    pub registry: &'a Plugins,
     /// The queue.
     pub queue: &'a Queue,
     /// Delivery workers.
@@ -154,7 +163,8 @@ fn now_ms() -> u64 {
 
 /// Route, validate, queue durably and dispatch `envelopes`; one receipt per envelope, in order.
 pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
-    let registry = ctx.registry;
+    let registry = ctx.registry.current();
+    ctx.validated.follow(ctx.registry.generation());
     let Plan { groups, reports, receipts } =
         plan(|k| registry.get(k).cloned(), || registry.keys_list(), envelopes, batch, now_ms())?;
     for g in &groups {

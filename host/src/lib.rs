@@ -51,7 +51,10 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         .with_context(|| format!("creating data_dir {}: check --data-dir and permissions", cfg.data_dir.display()))?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
     let runtime = runtime::Runtime::new(cfg.runtime.clone(), http)?;
-    let registry = Arc::new(runtime::registry::Registry::load_dir(&runtime, &cfg.plugins_dir).await);
+    let registry = runtime::registry::Plugins::load(runtime, &cfg.plugins_dir, cfg.runtime.pins.clone()).await;
+    if cfg.runtime.reload_poll_ms > 0 {
+        registry.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));
+    }
 
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
     let (queue, recovered, recovery) = queue::Queue::open(&cfg.queue, &cfg.data_dir, sealer.clone())

@@ -132,8 +132,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         admin_listen = %admin.local_addr()?,
         plugins_dir = %cfg.plugins_dir.display(),
-        plugins = host.state.registry.plugins().count(),
-        failed = host.state.registry.failures().len(),
+        plugins = host.state.registry.current().plugins().count(),
+        failed = host.state.registry.current().failures().len(),
         "data-exporter is up"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

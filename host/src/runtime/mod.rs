@@ -7,7 +7,7 @@ use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
 use crate::config::{PluginLimits, RuntimeConfig};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -106,9 +106,9 @@ impl Runtime {
         Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg }))
     }
 
-    /// Compile the component in `path` and pre-link it. CPU-heavy: call off the request path.
-    pub fn compile(&self, path: &Path) -> anyhow::Result<PluginPre<PluginState>> {
-        let component = Component::from_file(&self.engine, path)?;
+    /// Compile a component and pre-link it. CPU-heavy: call off the request path.
+    pub fn compile_bytes(&self, bytes: &[u8]) -> anyhow::Result<PluginPre<PluginState>> {
+        let component = Component::new(&self.engine, bytes)?;
         let pre = self.linker.instantiate_pre(&component)?;
         Ok(PluginPre::new(pre)?)
     }
@@ -171,6 +171,7 @@ fn check_grants(engine: &Engine, component: &Component, plugin: &str, grants: &[
 pub struct Health {
     consecutive_crashes: AtomicU32,
     quarantined: AtomicBool,
+    last_crash: std::sync::Mutex<String>,
 }
 
 impl Health {
@@ -181,6 +182,10 @@ impl Health {
     /// Whether the plugin is quarantined.
     pub fn quarantined(&self) -> bool {
         self.quarantined.load(Ordering::Acquire)
+    }
+    /// Why the last crashed call failed.
+    pub fn last_crash(&self) -> String {
+        self.last_crash.lock().unwrap().clone()
     }
 }
 
@@ -194,6 +199,9 @@ pub struct LoadedPlugin {
     pub limits: PluginLimits,
     /// Crash count and quarantine.
     pub health: Health,
+    /// sha256 of the file's bytes, hex.
+    pub sha256: String,
+    pub(crate) stamp: Option<registry::Stamp>,
     http: Arc<PluginHttp>,
     instances: Arc<Semaphore>,
     pre: PluginPre<PluginState>,
@@ -212,7 +220,34 @@ impl LoadedPlugin {
         let policy = Policy::parse(&info.name, &limits.outbound_allow)?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
-        Ok(LoadedPlugin { info, file, limits, health: Health::default(), http, instances, pre, runtime })
+        Ok(LoadedPlugin {
+            info,
+            file,
+            limits,
+            health: Health::default(),
+            sha256: String::new(),
+            stamp: None,
+            http,
+            instances,
+            pre,
+            runtime,
+        })
+    }
+
+    /// The same compiled plugin with a clean record (a reload of identical bytes releases a quarantine).
+    pub(crate) fn renewed(&self) -> LoadedPlugin {
+        LoadedPlugin {
+            info: self.info.clone(),
+            file: self.file.clone(),
+            limits: self.limits.clone(),
+            health: Health::default(),
+            sha256: self.sha256.clone(),
+            stamp: self.stamp,
+            http: self.http.clone(),
+            instances: Arc::new(Semaphore::new(self.limits.max_instances.max(1))),
+            pre: self.pre.clone(),
+            runtime: self.runtime.clone(),
+        }
     }
 
     /// A fresh instance in a fresh store, once one of `max_instances` is free.
@@ -224,7 +259,8 @@ impl LoadedPlugin {
     }
 
     /// Count a crashed call; true when this one quarantines the plugin.
-    pub fn record_crash(&self) -> bool {
+    pub fn record_crash(&self, error: &CallError) -> bool {
+        *self.health.last_crash.lock().unwrap() = error.to_string();
         let n = self.health.consecutive_crashes.fetch_add(1, Ordering::AcqRel) + 1;
         n >= self.limits.quarantine_after && !self.health.quarantined.swap(true, Ordering::AcqRel)
     }

@@ -1,9 +1,19 @@
-//! The plugin registry: every `*.wasm` in the plugins directory, keyed by the config key it declares.
+//! The plugin registry: every `*.wasm` in the plugins directory, keyed by the config key it
+//! declares, and its hot reload.
+//!
+//! `Plugins` holds the current `Registry` and swaps in a new one when the directory changes
+//! (polled, which also follows Kubernetes' `..data` symlink swaps). A reload compiles new and
+//! changed files off the request path, reuses unchanged ones, keeps the previous version when a
+//! file fails validation, and keeps the incumbent when a new file claims a taken key. Calls in
+//! flight hold their `Arc<LoadedPlugin>` and finish on the version they started with.
 
 use super::{LoadedPlugin, Runtime};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 /// A plugin file that could not be loaded, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -12,6 +22,20 @@ pub struct LoadFailure {
     pub file: PathBuf,
     /// Why it was not loaded, for the operator.
     pub error: String,
+}
+
+/// What identifies a file's version cheaply (following symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp { len: m.len(), modified: m.modified().ok(), ino: m.ino() })
 }
 
 /// Loaded plugins by config key, plus the files that failed to load.
@@ -23,51 +47,22 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Load every `*.wasm` in `dir` (in name order). A file that fails is
-    /// recorded and logged; it does not stop the others.
-    pub async fn load_dir(runtime: &Arc<Runtime>, dir: &Path) -> Registry {
-        let mut reg = Registry { dir: dir.to_owned(), ..Default::default() };
-        let files = match plugin_files(dir) {
-            Ok(f) => f,
-            Err(e) => {
-                let error = format!("cannot read the plugins directory: {e}; check --plugins / plugins_dir");
-                tracing::error!(dir = %dir.display(), %error, "no plugins loaded");
-                reg.failures.push(LoadFailure { file: dir.to_owned(), error });
-                return reg;
-            }
-        };
-        for file in files {
-            match load_one(runtime, &file).await {
-                Ok(plugin) => reg.insert(plugin),
-                Err(error) => {
-                    tracing::error!(file = %file.display(), %error, "plugin not loaded");
-                    reg.failures.push(LoadFailure { file, error });
-                }
-            }
-        }
-        reg
-    }
-
-    fn insert(&mut self, plugin: LoadedPlugin) {
+    fn insert(&mut self, plugin: Arc<LoadedPlugin>) -> Result<(), String> {
         let key = plugin.info.config_key.clone();
         if let Some(existing) = self.by_key.get(&key) {
-            let error = format!(
+            return Err(format!(
                 "config key `{key}` is already taken by plugin `{}` from {}; remove one of the two files",
                 existing.info.name,
                 existing.file.display()
-            );
-            tracing::error!(file = %plugin.file.display(), %error, "plugin not loaded");
-            self.failures.push(LoadFailure { file: plugin.file, error });
-            return;
+            ));
         }
-        tracing::info!(
-            plugin = %plugin.info.name,
-            version = %plugin.info.version,
-            config_key = %key,
-            file = %plugin.file.display(),
-            "plugin loaded"
-        );
-        self.by_key.insert(key, Arc::new(plugin));
+        self.by_key.insert(key, plugin);
+        Ok(())
+    }
+
+    fn fail(&mut self, file: &Path, error: String) {
+        tracing::error!(file = %file.display(), %error, "plugin not loaded");
+        self.failures.push(LoadFailure { file: file.to_owned(), error });
     }
 
     /// The plugin that declared `config_key`.
@@ -97,6 +92,191 @@ impl Registry {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    fn by_file(&self, file: &Path) -> Option<&Arc<LoadedPlugin>> {
+        self.by_key.values().find(|p| p.file == file)
+    }
+}
+
+/// The current registry, swapped atomically by reloads.
+pub struct Plugins {
+    current: RwLock<Arc<Registry>>,
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    /// sha256 (hex) each file name must have, from the operator's config.
+    pins: BTreeMap<String, String>,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Plugins {
+    /// Load every `*.wasm` in `dir`. A file that fails is recorded and logged;
+    /// it does not stop the others.
+    pub async fn load(runtime: Arc<Runtime>, dir: &Path, pins: BTreeMap<String, String>) -> Arc<Plugins> {
+        let empty = Registry { dir: dir.to_owned(), ..Default::default() };
+        let p = Arc::new(Plugins {
+            current: RwLock::new(Arc::new(empty)),
+            runtime,
+            dir: dir.to_owned(),
+            pins,
+            generation: AtomicU64::new(0),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        p.reload().await;
+        p
+    }
+
+    /// The registry now.
+    pub fn current(&self) -> Arc<Registry> {
+        self.current.read().unwrap().clone()
+    }
+
+    /// Bumped by every reload that changed something (callers cache per generation).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Poll the directory every `every` and reload when it changed.
+    pub fn spawn_watcher(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(p) = weak.upgrade() else { break };
+                if p.changed() {
+                    p.reload().await;
+                }
+            }
+        });
+    }
+
+    /// Whether the directory differs from what the current registry was built from.
+    fn changed(&self) -> bool {
+        let cur = self.current();
+        let files = plugin_files(&self.dir).unwrap_or_default();
+        let known: Vec<(PathBuf, Option<Stamp>)> = cur
+            .plugins()
+            .map(|p| (p.file.clone(), p.stamp))
+            .chain(cur.failures.iter().map(|f| (f.file.clone(), f.stamp())))
+            .collect();
+        files.len() != known.len() || files.iter().any(|f| !known.iter().any(|(k, s)| k == f && *s == stamp(f)))
+    }
+
+    /// Rescan the directory and swap in the result. Returns the new registry.
+    pub async fn reload(&self) -> Arc<Registry> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let old = self.current();
+        let mut new = Registry { dir: self.dir.clone(), ..Default::default() };
+        let files = match plugin_files(&self.dir) {
+            Ok(f) => f,
+            Err(e) => {
+                let error = format!("cannot read the plugins directory: {e}; check --plugins / plugins_dir");
+                new.fail(&self.dir, error);
+                Vec::new()
+            }
+        };
+        // Unchanged files first, so an incumbent keeps its key against a newcomer.
+        let (same, changed): (Vec<_>, Vec<_>) =
+            files.iter().partition(|f| old.by_file(f).is_some_and(|p| p.stamp.is_some() && p.stamp == stamp(f)));
+        for f in same {
+            let p = old.by_file(f).expect("partitioned on it").clone();
+            if let Err(e) = new.insert(p) {
+                new.fail(f, e);
+            }
+        }
+        for f in changed {
+            let previous = old.by_file(f).cloned();
+            match self.load_file(f, previous.as_ref()).await {
+                Ok(p) => {
+                    let (name, version, key) = (p.info.name.clone(), p.info.version.clone(), p.info.config_key.clone());
+                    match new.insert(p) {
+                        Ok(()) => {
+                            tracing::info!(plugin = %name, %version, config_key = %key, file = %f.display(), "plugin loaded")
+                        }
+                        Err(e) => new.fail(f, e),
+                    }
+                }
+                Err(error) => {
+                    // A broken new version never replaces a working one.
+                    let kept = previous.filter(|p| new.get(&p.info.config_key).is_none());
+                    let error = match &kept {
+                        Some(p) => format!("{error}; version {} keeps serving", p.info.version),
+                        None => error,
+                    };
+                    new.fail(f, error);
+                    if let Some(p) = kept {
+                        let _ = new.insert(p);
+                    }
+                }
+            }
+        }
+        for f in old.plugins().map(|p| &p.file).filter(|f| !files.contains(f)) {
+            tracing::info!(file = %f.display(), "plugin removed");
+        }
+        let new = Arc::new(new);
+        *self.current.write().unwrap() = new.clone();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        new
+    }
+
+    /// Compile and validate one file (pinned hash, component, `info`, key). A file whose bytes
+    /// did not change reuses the compiled code of `previous` (and is released from quarantine).
+    async fn load_file(&self, file: &Path, previous: Option<&Arc<LoadedPlugin>>) -> Result<Arc<LoadedPlugin>, String> {
+        let st = stamp(file);
+        let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
+        let sha = hex(&Sha256::digest(&bytes));
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(pin) = self.pins.get(name)
+            && !pin.eq_ignore_ascii_case(&sha)
+        {
+            return Err(format!(
+                "sha256 {sha} does not match the pinned {pin} (runtime.pins.\"{name}\"); refusing to load it"
+            ));
+        }
+        if let Some(p) = previous.filter(|p| p.sha256 == sha) {
+            let mut fresh = p.renewed();
+            fresh.stamp = st;
+            return Ok(Arc::new(fresh));
+        }
+        let rt = self.runtime.clone();
+        let compile = tokio::task::spawn_blocking(move || rt.compile_bytes(&bytes));
+        let pre = tokio::time::timeout(COMPILE_TIMEOUT, compile)
+            .await
+            .map_err(|_| format!("compiling took longer than {COMPILE_TIMEOUT:?}"))?
+            .map_err(|e| format!("compilation task failed: {e}"))?
+            .map_err(|e| format!("not a loadable plugin component: {e:#}"))?;
+        let limits = self.runtime.limits_for("");
+        let session = super::Session::start(
+            &self.runtime,
+            &file.display().to_string(),
+            &pre,
+            &limits,
+            self.runtime.no_http.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let info = session.info().await.map_err(|e| e.to_string())?;
+        check_info(&info)?;
+        let mut p = LoadedPlugin::new(info, file.to_owned(), pre, self.runtime.clone())?;
+        p.stamp = st;
+        p.sha256 = sha;
+        Ok(Arc::new(p))
+    }
+}
+
+/// Longest a plugin may take to compile.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl LoadFailure {
+    fn stamp(&self) -> Option<Stamp> {
+        stamp(&self.file)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -106,23 +286,6 @@ fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
-}
-
-async fn load_one(runtime: &Arc<Runtime>, file: &Path) -> Result<LoadedPlugin, String> {
-    let rt = runtime.clone();
-    let path = file.to_owned();
-    let pre = tokio::task::spawn_blocking(move || rt.compile(&path))
-        .await
-        .map_err(|e| format!("compilation task failed: {e}"))?
-        .map_err(|e| format!("not a loadable plugin component: {e:#}"))?;
-    // `info` runs under the default limits: the plugin's own depend on its name.
-    let limits = runtime.limits_for("");
-    let session = super::Session::start(runtime, &file.display().to_string(), &pre, &limits, runtime.no_http.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let info = session.info().await.map_err(|e| e.to_string())?;
-    check_info(&info)?;
-    LoadedPlugin::new(info, file.to_owned(), pre, runtime.clone())
 }
 
 /// A config key is a JSON object key producers type: keep it a plain identifier.

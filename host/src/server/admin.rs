@@ -49,6 +49,7 @@ fn redact(state: &AppState, consumer: &str, destination: Option<String>) -> Valu
     };
     let declared: Vec<String> = state
         .registry
+        .current()
         .get(consumer)
         .map(|p| p.info.parameters.iter().filter(|q| q.secret).map(|q| q.name.clone()).collect())
         .unwrap_or_default();
@@ -121,7 +122,7 @@ async fn replay(State(state): State<AppState>, Json(sel): Json<Selection>) -> Re
     let mut replayed = Vec::new();
     for (report, path) in state.dlq.take(ids.as_deref()) {
         let consumer = report.dests[0].key.clone();
-        if state.registry.get(&consumer).is_none() {
+        if state.registry.current().get(&consumer).is_none() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "unknown_consumer",

@@ -12,7 +12,7 @@ use crate::dlq::DeadLetters;
 use crate::forward::{self, Ingest, Receipt, ValidationCache};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -30,8 +30,8 @@ use uuid::Uuid;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// Loaded plugins by config key.
-    pub registry: Arc<Registry>,
+    /// Loaded plugins by config key (hot-reloaded).
+    pub registry: Arc<Plugins>,
     /// The queue.
     pub queue: Arc<Queue>,
     /// Delivery workers.
@@ -201,10 +201,10 @@ async fn report_status(State(state): State<AppState>, Path(id): Path<String>) ->
 async fn readyz(State(state): State<AppState>) -> Response {
     let problem = if !state.queue.healthy() {
         Some("the queue cannot write to disk; see the log for the error".to_string())
-    } else if state.registry.plugins().next().is_none() {
+    } else if state.registry.current().plugins().next().is_none() {
         Some(format!(
-            "no plugin is loaded from {}: put plugin components (*.wasm) there and restart; see GET /plugins for load errors",
-            state.registry.dir().display()
+            "no plugin is loaded from {}: put plugin components (*.wasm) there; see GET /plugins for load errors",
+            state.registry.current().dir().display()
         ))
     } else {
         None
@@ -231,7 +231,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let reg = &state.registry;
+    let reg = state.registry.current();
     let loaded: Vec<_> = reg
         .plugins()
         .map(|p| {
@@ -256,10 +256,12 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
                 "config_key": p.info.config_key,
                 "description": p.info.description,
                 "file": p.file,
+                "sha256": p.sha256,
                 "parameters": params,
                 "limits": p.limits,
                 "quarantined": p.health.quarantined(),
                 "consecutive_crashes": p.health.consecutive_crashes(),
+                "last_crash": p.health.last_crash(),
             })
         })
         .collect();

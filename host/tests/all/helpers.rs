@@ -136,6 +136,11 @@ impl TestApp {
         (status, json)
     }
 
+    /// The plugins directory this host watches.
+    pub fn plugins_dir(&self) -> &Path {
+        self._plugins_dir.path()
+    }
+
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         let resp = self.client.get(format!("{}{path}", self.admin_url)).send().await.unwrap();
         let status = resp.status().as_u16();

@@ -9,5 +9,6 @@ mod forward;
 mod helpers;
 mod input;
 mod plugins;
+mod reload;
 mod sandbox;
 mod tls;

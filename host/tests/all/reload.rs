@@ -1,0 +1,135 @@
+//! Hot reload of the plugins directory: add, replace, remove, a corrupt file, a Kubernetes-style
+//! `..data` symlink swap, two plugins claiming one key, sha256 pins.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+async fn reloading_app(plugins: &[&str], tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
+    spawn_app_with(plugins, |c| {
+        c.runtime.reload_poll_ms = 50;
+        tweak(c);
+    })
+    .await
+}
+
+fn plugins_dir_of(app: &TestApp) -> &Path {
+    app.plugins_dir()
+}
+
+/// Poll /plugins until `ok` holds.
+async fn until(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = app.get("/plugins").await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v["plugins"].as_array().unwrap().iter().map(|p| p["config_key"].as_str().unwrap().to_string()).collect()
+}
+
+/// Replace `dst` atomically with a copy of component `name` (write then rename, as deploy tools do).
+fn put(name: &str, dst: &Path) {
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(component(name), &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+#[tokio::test]
+async fn adding_replacing_and_removing_files_takes_effect_without_a_restart() {
+    let app = reloading_app(&["opensearch"], |_| {}).await;
+    let dir = plugins_dir_of(&app).to_owned();
+    // Add.
+    put("readme_example", &dir.join("extra.wasm"));
+    until(&app, "webhook added", |v| keys(v) == ["openSearch", "webhook"]).await;
+    let (status, _) = app.forward(report_data("webhook", json!({"url": "http://127.0.0.1:9/x"}), &json!({}))).await;
+    assert_eq!(status, 202);
+    // Replace the same file with another plugin.
+    put("hostile", &dir.join("extra.wasm"));
+    until(&app, "webhook replaced by hostile", |v| keys(v) == ["hostile", "openSearch"]).await;
+    // Remove.
+    std::fs::remove_file(dir.join("extra.wasm")).unwrap();
+    until(&app, "hostile removed", |v| keys(v) == ["openSearch"]).await;
+    let (status, v) = app.forward(report_data("hostile", json!({"attack": "echo"}), &json!({}))).await;
+    assert_eq!(status, 422, "{v}");
+}
+
+#[tokio::test]
+async fn a_corrupt_replacement_never_replaces_a_working_plugin() {
+    let app = reloading_app(&["opensearch", "readme_example"], |_| {}).await;
+    let dir = plugins_dir_of(&app).to_owned();
+    let tmp = dir.join("readme_example.tmp");
+    std::fs::write(&tmp, b"\0asm\x0d\0\x01\0 truncated").unwrap();
+    std::fs::rename(&tmp, dir.join("readme_example.wasm")).unwrap();
+    let v = until(&app, "the failure", |v| !v["failed"].as_array().unwrap().is_empty()).await;
+    assert_eq!(keys(&v), ["openSearch", "webhook"], "the old version keeps serving");
+    let error = v["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("not a loadable plugin component") && error.contains("keeps serving"), "{error}");
+    let s = servers();
+    let (status, r) = app
+        .forward_wait(report_data("webhook", json!({"url": format!("{}/hook/_doc", s.os_url)}), &json!({"a": 1})))
+        .await;
+    assert_eq!(status, 200, "the old webhook still delivers: {r}");
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_symlink_swap_is_followed() {
+    // The layout a ConfigMap volume has: name -> ..data/name, ..data -> ..<timestamp>.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..2026_11_22_a")).unwrap();
+    std::fs::copy(component("readme_example"), d.join("..2026_11_22_a/plugin.wasm")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_a", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/plugin.wasm", d.join("plugin.wasm")).unwrap();
+    let app = spawn_app_in(dir, |c| c.runtime.reload_poll_ms = 50).await;
+    until(&app, "webhook loaded through the links", |v| keys(v) == ["webhook"]).await;
+    // The kubelet's update: a new timestamped directory, then an atomic rename of ..data.
+    let d = plugins_dir_of(&app).to_owned();
+    std::fs::create_dir(d.join("..2026_11_22_b")).unwrap();
+    std::fs::copy(component("hostile"), d.join("..2026_11_22_b/plugin.wasm")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_b", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..2026_11_22_a")).unwrap();
+    until(&app, "hostile after the swap", |v| keys(v) == ["hostile"]).await;
+}
+
+#[tokio::test]
+async fn a_new_file_claiming_a_taken_key_is_refused_and_the_incumbent_keeps_it() {
+    let app = reloading_app(&["opensearch"], |_| {}).await;
+    let dir = plugins_dir_of(&app).to_owned();
+    // Sorts before opensearch.wasm, so only incumbency can keep the key with the old file.
+    put("opensearch", &dir.join("aaa-second-opensearch.wasm"));
+    let v = until(&app, "the clash", |v| !v["failed"].as_array().unwrap().is_empty()).await;
+    assert_eq!(v["plugins"][0]["file"].as_str().unwrap(), dir.join("opensearch.wasm").to_str().unwrap());
+    let error = v["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("`openSearch` is already taken"), "{error}");
+}
+
+#[tokio::test]
+async fn a_pinned_file_with_another_hash_is_refused() {
+    let app = spawn_app_with(&["opensearch", "readme_example"], |c| {
+        c.runtime.pins.insert("readme_example.wasm".into(), "00".repeat(32));
+    })
+    .await;
+    let (_, v) = app.get("/plugins").await;
+    assert_eq!(keys(&v), ["openSearch"]);
+    let error = v["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("does not match the pinned") && error.contains("runtime.pins"), "{error}");
+    // The right hash loads.
+    let out = std::process::Command::new("sha256sum").arg(component("readme_example")).output().unwrap();
+    let sha = String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string();
+    let app = spawn_app_with(&["readme_example"], |c| {
+        c.runtime.pins.insert("readme_example.wasm".into(), sha.clone());
+    })
+    .await;
+    let (_, v) = app.get("/plugins").await;
+    assert_eq!(keys(&v), ["webhook"], "{v}");
+    assert_eq!(v["plugins"][0]["sha256"], sha);
+}
