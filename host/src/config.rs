@@ -208,6 +208,9 @@ pub struct RuntimeConfig {
     /// sha256 (hex) that plugin files must have, by file name; a file with
     /// another hash is refused: `pins = { "opensearch.wasm" = "9f2c..." }`.
     pub pins: std::collections::BTreeMap<String, String>,
+    /// Cache compiled plugin code in `<data_dir>/code-cache`, keyed by the
+    /// file's sha256 and the engine and host version, so restarts skip compiling.
+    pub code_cache: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -218,6 +221,7 @@ impl Default for RuntimeConfig {
             plugins: Default::default(),
             reload_poll_ms: 2000,
             pins: Default::default(),
+            code_cache: true,
         }
     }
 }

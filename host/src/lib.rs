@@ -50,7 +50,8 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}: check --data-dir and permissions", cfg.data_dir.display()))?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
-    let runtime = runtime::Runtime::new(cfg.runtime.clone(), http)?;
+    let cache = cfg.runtime.code_cache.then(|| cfg.data_dir.join("code-cache"));
+    let runtime = runtime::Runtime::new(cfg.runtime.clone(), http, cache)?;
     let registry = runtime::registry::Plugins::load(runtime, &cfg.plugins_dir, cfg.runtime.pins.clone()).await;
     if cfg.runtime.reload_poll_ms > 0 {
         registry.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));

@@ -91,26 +91,62 @@ pub struct Runtime {
     /// HTTP for calls made before a plugin's name is known (`info` at load): allows nothing.
     no_http: Arc<PluginHttp>,
     cfg: RuntimeConfig,
+    /// Where compiled code is cached, keyed by file hash and engine (None: no cache).
+    cache_dir: Option<PathBuf>,
+    /// Identifies this engine and host build in cache keys.
+    engine_key: String,
 }
 
 impl Runtime {
     /// Build the engine, start its epoch ticker, and link WASI (granting
     /// nothing) and the `narrows:exporter` imports.
-    pub fn new(cfg: RuntimeConfig, http: Arc<HttpCapability>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(cfg: RuntimeConfig, http: Arc<HttpCapability>, cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
         let engine = engine::new_engine(&cfg)?;
         engine::spawn_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         let no_http = Arc::new(http.for_plugin(Policy::parse("(loading)", &[]).expect("no rules parse"))?);
-        Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg }))
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
+        let engine_key = engine_key(&engine);
+        Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg, cache_dir, engine_key }))
     }
 
-    /// Compile a component and pre-link it. CPU-heavy: call off the request path.
-    pub fn compile_bytes(&self, bytes: &[u8]) -> anyhow::Result<PluginPre<PluginState>> {
+    /// Compile a component (or load its compiled code from the cache) and pre-link it.
+    /// CPU-heavy: call off the request path. Returns whether the cache served it.
+    pub fn compile_bytes(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(PluginPre<PluginState>, bool)> {
+        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_key)));
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `serialize` below for exactly these bytes
+            // (the name carries their sha256) and this engine and host build (the name
+            // carries `engine_key`), in a 0700 directory of the service user.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => {
+                    let pre = self.linker.instantiate_pre(&component)?;
+                    return Ok((PluginPre::new(pre)?, true));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-code cache entry")
+                }
+            }
+        }
         let component = Component::new(&self.engine, bytes)?;
+        if let Some(path) = &cached {
+            let tmp = path.with_extension("tmp");
+            let written = component.serialize().map_err(anyhow::Error::from).and_then(|code| {
+                std::fs::write(&tmp, code)?;
+                std::fs::rename(&tmp, path)?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), error = %e, "could not cache compiled code");
+            }
+        }
         let pre = self.linker.instantiate_pre(&component)?;
-        Ok(PluginPre::new(pre)?)
+        Ok((PluginPre::new(pre)?, false))
     }
 
     /// The limits of plugin `name`.
@@ -139,12 +175,27 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
-        if self.engine.get_consume_fuel() {
-            let fuel = if limits.fuel_per_call == 0 { u64::MAX } else { limits.fuel_per_call };
-            store.set_fuel(fuel).expect("fuel is enabled");
-        }
         store
     }
+}
+
+/// A key naming this engine's compilation settings and this host build, for the code cache.
+fn engine_key(engine: &Engine) -> String {
+    use sha2::Digest;
+    use std::hash::{Hash, Hasher};
+    struct Sha(sha2::Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut h = Sha(sha2::Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    h.0.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Capabilities a plugin can import, by WIT interface (any version of our package).
@@ -201,6 +252,8 @@ pub struct LoadedPlugin {
     pub health: Health,
     /// sha256 of the file's bytes, hex.
     pub sha256: String,
+    /// Whether its compiled code came from the on-disk cache.
+    pub from_cache: bool,
     pub(crate) stamp: Option<registry::Stamp>,
     http: Arc<PluginHttp>,
     instances: Arc<Semaphore>,
@@ -226,6 +279,7 @@ impl LoadedPlugin {
             limits,
             health: Health::default(),
             sha256: String::new(),
+            from_cache: false,
             stamp: None,
             http,
             instances,
@@ -242,6 +296,7 @@ impl LoadedPlugin {
             limits: self.limits.clone(),
             health: Health::default(),
             sha256: self.sha256.clone(),
+            from_cache: self.from_cache,
             stamp: self.stamp,
             http: self.http.clone(),
             instances: Arc::new(Semaphore::new(self.limits.max_instances.max(1))),
@@ -279,6 +334,8 @@ pub struct Session {
     plugin: String,
     timeout: Duration,
     max_boundary_bytes: usize,
+    /// Fuel granted to each call, when metering is on.
+    fuel: Option<u64>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -292,6 +349,14 @@ impl Session {
     ) -> Result<Session, CallError> {
         let mut store = runtime.new_store(name, limits, http);
         let timeout = Duration::from_millis(limits.call_timeout_ms);
+        let fuel = runtime.engine.get_consume_fuel().then_some(if limits.fuel_per_call == 0 {
+            u64::MAX
+        } else {
+            limits.fuel_per_call
+        });
+        if let Some(f) = fuel {
+            store.set_fuel(f).expect("fuel is enabled");
+        }
         let instance = match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => return Err(CallError::Instantiate { plugin: name.into(), reason: format!("{e:#}") }),
@@ -303,6 +368,7 @@ impl Session {
             plugin: name.into(),
             timeout,
             max_boundary_bytes: limits.max_boundary_bytes,
+            fuel,
             permit: None,
         })
     }
@@ -313,6 +379,10 @@ impl Session {
         call: &'static str,
         f: impl AsyncFnOnce(&Plugin, &mut Store<PluginState>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
+        if let Some(fuel) = self.fuel {
+            // Each call gets the full budget, also on a reused instance.
+            self.store.set_fuel(fuel).expect("fuel is enabled");
+        }
         match tokio::time::timeout(self.timeout, f(&self.instance, &mut self.store)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: trap_reason(&e) }),

@@ -241,8 +241,9 @@ impl Plugins {
             return Ok(Arc::new(fresh));
         }
         let rt = self.runtime.clone();
-        let compile = tokio::task::spawn_blocking(move || rt.compile_bytes(&bytes));
-        let pre = tokio::time::timeout(COMPILE_TIMEOUT, compile)
+        let key = sha.clone();
+        let compile = tokio::task::spawn_blocking(move || rt.compile_bytes(&bytes, &key));
+        let (pre, from_cache) = tokio::time::timeout(COMPILE_TIMEOUT, compile)
             .await
             .map_err(|_| format!("compiling took longer than {COMPILE_TIMEOUT:?}"))?
             .map_err(|e| format!("compilation task failed: {e}"))?
@@ -262,6 +263,7 @@ impl Plugins {
         let mut p = LoadedPlugin::new(info, file.to_owned(), pre, self.runtime.clone())?;
         p.stamp = st;
         p.sha256 = sha;
+        p.from_cache = from_cache;
         Ok(Arc::new(p))
     }
 }

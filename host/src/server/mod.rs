@@ -257,6 +257,7 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
                 "description": p.info.description,
                 "file": p.file,
                 "sha256": p.sha256,
+                "compiled_from_cache": p.from_cache,
                 "parameters": params,
                 "limits": p.limits,
                 "quarantined": p.health.quarantined(),

@@ -133,3 +133,29 @@ async fn a_pinned_file_with_another_hash_is_refused() {
     assert_eq!(keys(&v), ["webhook"], "{v}");
     assert_eq!(v["plugins"][0]["sha256"], sha);
 }
+
+#[tokio::test]
+async fn compiled_code_is_cached_by_hash_and_reused_on_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let first = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
+    let (_, v) = first.get("/plugins").await;
+    assert_eq!(v["plugins"][0]["compiled_from_cache"], false);
+    let sha = v["plugins"][0]["sha256"].as_str().unwrap().to_string();
+    let cached: Vec<String> = std::fs::read_dir(data.path().join("code-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(cached.len() == 1 && cached[0].starts_with(&sha), "{cached:?}");
+    first.host.shutdown(tokio::time::Instant::now()).await;
+
+    let second = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
+    let (_, v) = second.get("/plugins").await;
+    assert_eq!(v["plugins"][0]["compiled_from_cache"], true, "{v}");
+    // A different file (another hash) is compiled, never served stale code.
+    let third = spawn_app_at(plugins_dir(&["readme_example"]), data.path(), |_| {}).await;
+    let (_, v) = third.get("/plugins").await;
+    assert_eq!(
+        (v["plugins"][0]["config_key"].as_str(), v["plugins"][0]["compiled_from_cache"].as_bool()),
+        (Some("webhook"), Some(false))
+    );
+}

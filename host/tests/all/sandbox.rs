@@ -72,6 +72,22 @@ async fn an_infinite_loop_times_out_is_retried_and_quarantines_the_plugin() {
 }
 
 #[tokio::test]
+async fn fuel_stops_a_busy_loop_before_the_deadline() {
+    let app = spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.runtime.plugins.insert(
+            "hostile".into(),
+            data_exporter::config::LimitOverrides { fuel_per_call: Some(50_000_000), ..Default::default() },
+        );
+        c.runtime.limits.quarantine_after = 1000;
+    })
+    .await;
+    let id = attack(&app, "loop").await;
+    let v = reason_contains(&app, &id, "crashed in `deliver`").await;
+    assert!(v.to_string().contains("fuel"), "{v}");
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
 async fn a_memory_bomb_traps_at_the_limit() {
     let app = hostile_app(1000).await;
     let id = attack(&app, "memory").await;
