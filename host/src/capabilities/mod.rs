@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod outbound;
+pub mod output;
 pub mod secrets;
 
 use crate::bindings::{self, log::Level};

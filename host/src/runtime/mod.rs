@@ -5,6 +5,7 @@ pub mod registry;
 
 use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
 use crate::capabilities::outbound::Policy;
+use crate::capabilities::output::PluginOutput;
 use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
 use crate::config::{PluginLimits, RuntimeConfig};
 use std::path::PathBuf;
@@ -157,7 +158,14 @@ impl Runtime {
     fn new_store(&self, plugin: &str, limits: &PluginLimits, http: Arc<PluginHttp>) -> Store<PluginState> {
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        // stdout and stderr go to the host log, bounded.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(PluginOutput::new(plugin, "stdout"))
+            .stderr(PluginOutput::new(plugin, "stderr"))
+            .build();
         let store_limits = StoreLimitsBuilder::new()
             .memory_size((limits.memory_limit_mib as usize).saturating_mul(1024 * 1024))
             // Growing past the limit traps at once instead of handing the guest a

@@ -264,3 +264,42 @@ async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_aft
     Command::new("kill").arg(child.id().to_string()).status().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn plugin_stdout_and_stderr_reach_the_host_log_bounded() {
+    let plugins = plugins_dir(&["hostile"]);
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "127.0.0.1:0"])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::fs::File::create(logs.path().join("out.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = report_data("hostile", json!({"attack": "print"}), &json!({}));
+    let resp = client.post(format!("{url}/forward?wait=30s")).body(body).send().await.unwrap();
+    let receipt: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(receipt["consumers"]["hostile"]["reason"], "printed", "the plugin kept running: {receipt}");
+    Command::new("kill").arg(child.id().to_string()).status().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(logs.path().join("out.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("hello from the plugin on stdout") && l.contains("plugin=hostile")),
+        "{log}"
+    );
+    assert!(log.contains("hello from the plugin on stderr"));
+    assert!(log.contains("the rest of this instance's output is dropped"));
+    let chatter = log.lines().filter(|l| l.contains("chatter")).count();
+    assert!(chatter > 100 && chatter < 2000, "{chatter} chatter lines: the output is not bounded");
+}

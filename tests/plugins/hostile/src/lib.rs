@@ -76,6 +76,14 @@ impl Consumer for Hostile {
                     Err(e) => vec![Outcome::permanent(format!("http refused: {e}")); n],
                 }
             }
+            "print" => {
+                println!("hello from the plugin on stdout");
+                eprintln!("hello from the plugin on stderr");
+                for _ in 0..20_000 {
+                    println!("chatter chatter chatter chatter chatter chatter chatter");
+                }
+                vec![Outcome::permanent("printed"); n]
+            }
             "echo" => {
                 let keys: Vec<&str> = d.rest.keys().map(String::as_str).collect();
                 vec![Outcome::permanent(format!("destination keys seen: {keys:?}")); n]
