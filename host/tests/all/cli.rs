@@ -5,8 +5,6 @@ use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_data-exporter");
-
 #[test]
 fn serve_help_describes_every_option() {
     let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
@@ -27,42 +25,19 @@ fn a_bad_config_file_stops_start_up_with_a_message_naming_the_key() {
     assert!(err.contains("unknown field") && err.contains("ca"), "{err}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn the_binary_serves_from_flags_and_environment_and_stops_on_sigterm() {
     let s = servers();
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::copy(component("opensearch"), plugins.path().join("opensearch.wasm")).unwrap();
+    let plugins = plugins_dir(&["opensearch"]);
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(repo_root().join("deploy/config/data-exporter.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--data-dir")
-        .arg(data.path().join("state"))
-        .env("DATA_EXPORTER_LOG__FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the binary did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut exporter = Exporter::start(plugins.path(), &data.path().join("state"), free_port(), |c| {
+        c.arg("--config")
+            .arg(repo_root().join("deploy/config/data-exporter.toml"))
+            .env("DATA_EXPORTER_LOG__FORMAT", "json")
+            .stdout(Stdio::piped());
+    })
+    .await;
+    let (url, client) = (exporter.url.clone(), reqwest::Client::new());
     assert!(data.path().join("state").is_dir(), "--data-dir was not created");
     let index = index();
     let body = report_data("openSearch", json!({"host_port": s.os_url, "index": index}), &json!({"via": "binary"}));
@@ -72,11 +47,10 @@ async fn the_binary_serves_from_flags_and_environment_and_stops_on_sigterm() {
     assert_eq!(get_doc(&index, receipt["id"].as_str().unwrap()).await, Some(json!({"via": "binary"})));
 
     // SIGTERM: a clean exit.
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
-    let status = child.wait().unwrap();
+    let status = exporter.terminate();
     assert!(status.success(), "exit status {status}");
     let mut logs = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut logs).unwrap();
+    std::io::Read::read_to_string(exporter.child.stdout.as_mut().unwrap(), &mut logs).unwrap();
     // JSON logs (from the environment), one object per line.
     let first = logs.lines().next().expect("no log line");
     assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "not JSON: {first}");
@@ -97,27 +71,14 @@ async fn secrets_stay_out_of_files_logs_metrics_and_answers_and_the_dlq_cli_work
     let plugins = plugins_dir(&["opensearch"]);
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("DATA_EXPORTER_HTTP__CA_FILE", s.certs.join("ca.pem"))
-        .env("RUST_LOG", "debug")
-        .stdout(std::fs::File::create(logs.path().join("out.log")).unwrap())
-        .stderr(std::fs::File::create(logs.path().join("err.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut exporter = Exporter::start(plugins.path(), data.path(), free_port(), |c| {
+        c.env("DATA_EXPORTER_HTTP__CA_FILE", s.certs.join("ca.pem"))
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(logs.path().join("out.log")).unwrap())
+            .stderr(std::fs::File::create(logs.path().join("err.log")).unwrap());
+    })
+    .await;
+    let (url, admin, client) = (exporter.url.clone(), exporter.admin_url.clone(), reqwest::Client::new());
     // A wrong password: dead-lettered (with the destination sealed in the store).
     let wrong = json!({"host_port": s.tls_url, "index": index(), "username": s.user, "password": password});
     let resp = client
@@ -156,8 +117,7 @@ async fn secrets_stay_out_of_files_logs_metrics_and_answers_and_the_dlq_cli_work
     answers += &shown;
     assert!(!answers.contains(&password), "a password reached an answer: {answers}");
 
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(exporter.terminate().success());
     let mut files = vec![logs.path().join("out.log"), logs.path().join("err.log")];
     let mut dirs = vec![data.path().to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -217,28 +177,12 @@ async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_aft
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let start = || {
-        Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "127.0.0.1:0"])
-            .arg("--plugins")
-            .arg(plugins.path())
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("DATA_EXPORTER_SHUTDOWN_GRACE_MS", "1000")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
+        Exporter::start(plugins.path(), data.path(), port, |c| {
+            c.env("DATA_EXPORTER_SHUTDOWN_GRACE_MS", "1000");
+        })
     };
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let ready = || async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-            assert!(Instant::now() < deadline, "not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let mut child = start();
-    ready().await;
+    let mut exporter = start().await;
+    let (url, client) = (exporter.url.clone(), reqwest::Client::new());
     let index = index();
     let body = report_data("openSearch", json!({"host_port": inj.url, "index": index}), &json!({"hung": true}));
     let resp = client.post(format!("{url}/forward")).body(body).send().await.unwrap();
@@ -249,20 +193,16 @@ async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_aft
     }
     // The delivery hangs upstream; SIGTERM must still end the process within the grace period.
     let t = Instant::now();
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
-    let status = child.wait().unwrap();
+    let status = exporter.terminate();
     assert!(status.success(), "{status}");
     assert!(t.elapsed() < Duration::from_millis(1000 + 1500), "took {:?}", t.elapsed());
 
-    let mut child = start();
-    ready().await;
+    let _restarted = start().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while get_doc(&index, &id).await.is_none() {
         assert!(Instant::now() < deadline, "the report was lost at shutdown");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test]
@@ -270,29 +210,16 @@ async fn plugin_stdout_and_stderr_reach_the_host_log_bounded() {
     let plugins = plugins_dir(&["hostile"]);
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "127.0.0.1:0"])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(std::fs::File::create(logs.path().join("out.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut exporter = Exporter::start(plugins.path(), data.path(), free_port(), |c| {
+        c.stdout(std::fs::File::create(logs.path().join("out.log")).unwrap());
+    })
+    .await;
     let body = report_data("hostile", json!({"attack": "print"}), &json!({}));
-    let resp = client.post(format!("{url}/forward?wait=30s")).body(body).send().await.unwrap();
+    let resp =
+        reqwest::Client::new().post(format!("{}/forward?wait=30s", exporter.url)).body(body).send().await.unwrap();
     let receipt: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(receipt["consumers"]["hostile"]["reason"], "printed", "the plugin kept running: {receipt}");
-    Command::new("kill").arg(child.id().to_string()).status().unwrap();
-    child.wait().unwrap();
+    exporter.terminate();
     let log = std::fs::read_to_string(logs.path().join("out.log")).unwrap();
     assert!(
         log.lines().any(|l| l.contains("hello from the plugin on stdout") && l.contains("plugin=hostile")),

@@ -3,56 +3,9 @@
 
 use crate::helpers::*;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_data-exporter");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Exporter {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        // Never leave a server behind, even when an assertion fails.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(plugins: &std::path::Path, data: &std::path::Path, port: u16) -> Exporter {
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--plugins")
-        .arg(plugins)
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let exporter = Exporter { child, url: format!("http://127.0.0.1:{port}") };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{}/readyz", exporter.url)).send().await
-            && r.status() == 200
-        {
-            return exporter;
-        }
-        assert!(Instant::now() < deadline, "the exporter did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
@@ -108,7 +61,7 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
     }
 
     // A last start delivers whatever the killed ones left queued.
-    let mut exporter = start(plugins.path(), data.path(), port).await;
+    let _exporter = start(plugins.path(), data.path(), port).await;
     let accepted = accepted.lock().unwrap().clone();
     let unanswered = unanswered.load(Ordering::Relaxed) as u64;
     assert!(accepted.len() > 100, "too little load to mean anything: {}", accepted.len());
@@ -133,6 +86,11 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
     let missing: Vec<_> = accepted.iter().filter(|id| !present.contains(*id)).collect();
     assert!(missing.is_empty(), "{} accepted reports are missing, e.g. {:?}", missing.len(), missing.first());
     eprintln!("crash test: {} accepted, {unanswered} unanswered at kills, {n} documents", accepted.len());
-    exporter.child.kill().unwrap();
-    exporter.child.wait().unwrap();
+}
+
+async fn start(plugins: &std::path::Path, data: &std::path::Path, port: u16) -> Exporter {
+    Exporter::start(plugins, data, port, |c| {
+        c.env("RUST_LOG", "warn").stderr(std::process::Stdio::null());
+    })
+    .await
 }

@@ -187,22 +187,28 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() 
     wait_for_count(&index, accepted).await;
 }
 
-#[tokio::test]
-async fn a_restart_resumes_delivery_of_what_was_queued() {
-    let s = servers();
-    let inj = FaultInjector::start(&s.os_url).await;
+/// A host on `data` accepts `n` reports for a failing destination, then shuts down:
+/// they stay queued. Returns the (still failing) destination, the index and the report ids.
+async fn queue_behind_a_failing_destination(data: &std::path::Path, n: usize) -> (FaultInjector, String, Vec<String>) {
+    let inj = FaultInjector::start(&servers().os_url).await;
     inj.then(failing(10_000));
-    let data = tempfile::tempdir().unwrap();
     let index = index();
     let dest = json!({"host_port": inj.url, "index": index});
-    {
-        let app = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
-        for n in 0..20 {
-            let (status, _) = app.forward(report_data("openSearch", dest.clone(), &json!({"n": n}))).await;
-            assert_eq!(status, 202);
-        }
-        app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
+    let app = spawn_app_at(plugins_dir(&["opensearch"]), data, |_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (status, r) = app.forward(report_data("openSearch", dest.clone(), &json!({"n": i}))).await;
+        assert_eq!(status, 202);
+        ids.push(r["id"].as_str().unwrap().to_string());
     }
+    app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
+    (inj, index, ids)
+}
+
+#[tokio::test]
+async fn a_restart_resumes_delivery_of_what_was_queued() {
+    let data = tempfile::tempdir().unwrap();
+    let (inj, index, _) = queue_behind_a_failing_destination(data.path(), 20).await;
     inj.clear();
     let app = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
     assert_eq!(app.host.recovery.reports, 20);
@@ -211,21 +217,8 @@ async fn a_restart_resumes_delivery_of_what_was_queued() {
 
 #[tokio::test]
 async fn a_torn_tail_and_a_flipped_byte_are_cut_reported_and_the_rest_delivered() {
-    let s = servers();
-    let inj = FaultInjector::start(&s.os_url).await;
-    inj.then(failing(10_000));
     let data = tempfile::tempdir().unwrap();
-    let index = index();
-    let dest = json!({"host_port": inj.url, "index": index});
-    let mut ids = Vec::new();
-    {
-        let app = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
-        for n in 0..10 {
-            let (_, r) = app.forward(report_data("openSearch", dest.clone(), &json!({"n": n}))).await;
-            ids.push(r["id"].as_str().unwrap().to_string());
-        }
-        app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
-    }
+    let (inj, index, ids) = queue_behind_a_failing_destination(data.path(), 10).await;
     // Damage the segment holding the reports: flip a byte inside the third record, and
     // append half a record as a crash mid-write would leave it.
     let segment = std::fs::read_dir(data.path().join("queue"))

@@ -195,3 +195,66 @@ pub async fn count(index: &str) -> u64 {
     let v: Value = serde_json::from_slice(&reqwest::get(url).await.unwrap().bytes().await.unwrap()).unwrap();
     v["count"].as_u64().unwrap_or(0)
 }
+
+/// The `data-exporter` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_data-exporter");
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `data-exporter serve` process, killed if still running when dropped (even when an
+/// assertion fails first).
+pub struct Exporter {
+    pub child: std::process::Child,
+    pub url: String,
+    pub admin_url: String,
+}
+
+impl Exporter {
+    /// Serve on `port` (and a free admin port) with these plugins and data directories; `extra`
+    /// adds flags, environment and output redirection. Returns once `/readyz` answers 200.
+    pub async fn start(
+        plugins: &Path,
+        data: &Path,
+        port: u16,
+        extra: impl FnOnce(&mut std::process::Command),
+    ) -> Exporter {
+        let admin_port = free_port();
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .arg("--plugins")
+            .arg(plugins)
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(std::process::Stdio::null());
+        extra(&mut cmd);
+        let exporter = Exporter {
+            child: cmd.spawn().unwrap(),
+            url: format!("http://127.0.0.1:{port}"),
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !client.get(format!("{}/readyz", exporter.url)).send().await.is_ok_and(|r| r.status() == 200) {
+            assert!(std::time::Instant::now() < deadline, "the exporter did not become ready");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        exporter
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        std::process::Command::new("kill").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
