@@ -159,3 +159,26 @@ async fn compiled_code_is_cached_by_hash_and_reused_on_restart() {
         (Some("webhook"), Some(false))
     );
 }
+
+#[tokio::test]
+async fn a_call_in_flight_finishes_on_the_version_it_started_with() {
+    let app = reloading_app(&["hostile"], |_| {}).await;
+    let dir = plugins_dir_of(&app).to_owned();
+    // The old version sleeps 1.5 s inside `deliver`; meanwhile its file is replaced.
+    let (status, r) = app.forward(report_data("hostile", json!({"attack": "sleep"}), &json!({}))).await;
+    assert_eq!(status, 202, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put("readme_example", &dir.join("hostile.wasm"));
+    until(&app, "the new version", |v| keys(v) == ["webhook"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = app.get(&format!("/reports/{id}")).await;
+        if v["consumers"]["hostile"]["status"] == "dead_lettered" {
+            assert_eq!(v["consumers"]["hostile"]["reason"], "slept in the old version", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call in flight did not finish: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

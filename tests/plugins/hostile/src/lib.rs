@@ -76,6 +76,10 @@ impl Consumer for Hostile {
                     Err(e) => vec![Outcome::permanent(format!("http refused: {e}")); n],
                 }
             }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                vec![Outcome::permanent("slept in the old version"); n]
+            }
             "print" => {
                 println!("hello from the plugin on stdout");
                 eprintln!("hello from the plugin on stderr");
