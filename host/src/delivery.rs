@@ -11,6 +11,7 @@ use crate::capabilities::secrets::{self, SecretStore};
 use crate::config::{DeliveryConfig, QuarantinePolicy};
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
+use crate::now_ms;
 use crate::queue::{Done, Queue, QueuedReport};
 use crate::runtime::LoadedPlugin;
 use crate::runtime::Session;
@@ -85,10 +86,6 @@ pub struct Delivery {
     stop: watch::Sender<bool>,
     running: AtomicUsize,
     stopped: Notify,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The delay before retry number `attempt` (1-based): uniform in

@@ -8,6 +8,7 @@ use crate::capabilities::secrets::{self, SecretStore};
 use crate::delivery::Delivery;
 use crate::envelope::Envelope;
 use crate::metrics::{self, Metrics};
+use crate::now_ms;
 use crate::queue::{Queue, QueueError, QueuedDest, QueuedReport};
 use crate::runtime::registry::Plugins;
 use crate::runtime::{CallError, LoadedPlugin};
@@ -157,10 +158,6 @@ fn plan<P: Clone>(
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Route, validate, queue durably and dispatch `envelopes`; one receipt per envelope, in order.
 pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
     let registry = ctx.registry.current();
@@ -182,34 +179,38 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     Ok(receipts)
 }
 
+/// The destination as the plugin sees it (without its secret reference), once the secret
+/// it names, if any, can be read.
+fn plugin_view(ctx: &Ingest<'_>, destination: &str) -> Result<String, String> {
+    let (view, secret) = secrets::split(destination)?;
+    if let Some(name) = &secret {
+        ctx.secrets.load(name)?;
+    }
+    Ok(view)
+}
+
 async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -> Result<(), RouteError> {
     let cache_key = (g.key.clone(), g.destination.clone());
     let verdict = match ctx.validated.0.get(&cache_key).map(|v| v.clone()) {
         Some(v) => v,
-        None => {
-            let (view, secret) = match secrets::split(&g.destination) {
-                Ok(split) => split,
-                Err(message) => {
-                    return Err(RouteError::InvalidDestination { at: String::new(), key: g.key.clone(), message });
+        // A missing secret is not cached: it may be mounted later.
+        None => match plugin_view(ctx, &g.destination) {
+            Err(message) => Err(message),
+            Ok(view) => {
+                let started = std::time::Instant::now();
+                let mut session =
+                    g.plugin.session().await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+                let v =
+                    session.validate(&view).await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+                let call = metrics::Call { plugin: g.plugin.info.name.clone(), call: "validate".into() };
+                ctx.metrics.plugin_call.get_or_create(&call).observe(started.elapsed().as_secs_f64());
+                if ctx.validated.0.len() >= VALIDATION_CACHE_MAX {
+                    ctx.validated.0.clear();
                 }
-            };
-            if let Some(name) = &secret
-                && let Err(message) = ctx.secrets.load(name)
-            {
-                return Err(RouteError::InvalidDestination { at: String::new(), key: g.key.clone(), message });
+                ctx.validated.0.insert(cache_key, v.clone());
+                v
             }
-            let started = std::time::Instant::now();
-            let mut session =
-                g.plugin.session().await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
-            let v = session.validate(&view).await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
-            let call = metrics::Call { plugin: g.plugin.info.name.clone(), call: "validate".into() };
-            ctx.metrics.plugin_call.get_or_create(&call).observe(started.elapsed().as_secs_f64());
-            if ctx.validated.0.len() >= VALIDATION_CACHE_MAX {
-                ctx.validated.0.clear();
-            }
-            ctx.validated.0.insert(cache_key, v.clone());
-            v
-        }
+        },
     };
     verdict.map_err(|message| {
         let at = if batch { format!("report [{}]: ", g.members[0]) } else { String::new() };

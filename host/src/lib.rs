@@ -18,6 +18,11 @@ use status::ConsumerState;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Finished reports whose state `GET /reports/{id}` still knows.
 const KEEP_FINISHED: usize = 100_000;
 

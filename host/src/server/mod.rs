@@ -221,9 +221,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let (depth, bytes) = state.queue.depth();
     m.queue_depth.set(depth as i64);
     m.queue_bytes.set(bytes as i64);
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let age = state.queue.oldest_ms().map(|t| now_ms.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+    let age = state.queue.oldest_ms().map(|t| crate::now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
     m.queue_oldest_age.set(age);
     m.dlq_entries.set(state.dlq.usage().0 as i64);
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
