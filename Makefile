@@ -22,7 +22,7 @@ plugins: wasm-target ## Build the plugin components: shipped ones to target/plug
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path plugins/Cargo.toml --workspace
 	mkdir -p target/plugins target/test-plugins
 	cp $(WASM_OUT)/opensearch.wasm target/plugins/
-	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm target/test-plugins/
+	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm $(WASM_OUT)/discard.wasm target/test-plugins/
 
 run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
 	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \
@@ -41,8 +41,13 @@ test: plugins test-servers ## Run every test against real servers
 	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch --lib || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
 
-bench: plugins ## Benchmarks in release mode, each next to its baseline (results: BENCHMARKS.md)
-	$(CARGO) bench -p data-exporter --bench ingest
+bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md)
+	$(CARGO) build --release -p data-exporter -p dx-bench
+	tests/servers/up.sh
+	@set -a; . target/test-servers/env; set +a; \
+	rc=0; ./target/release/dx-bench || rc=$$?; \
+	tests/servers/down.sh; exit $$rc
+	$(CARGO) bench -p data-exporter --bench plugin_call
 
 lint: ## rustfmt and clippy (warnings are errors) on host and plugins
 	$(CARGO) fmt --all -- --check

@@ -176,6 +176,10 @@ pub struct HttpConfig {
     pub client_cert_file: Option<PathBuf>,
     /// Private key (PEM) of `client_cert_file`. Keep it readable only by the service user.
     pub client_key_file: Option<PathBuf>,
+    /// Fixed addresses for host names, consulted before DNS (like /etc/hosts, for plugins'
+    /// requests only), e.g. `hosts = { "opensearch.internal" = ["10.0.4.2"] }`. The outbound
+    /// allow-list applies to these addresses exactly as to resolved ones.
+    pub hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 impl Default for HttpConfig {
@@ -188,6 +192,7 @@ impl Default for HttpConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            hosts: Default::default(),
         }
     }
 }
@@ -211,6 +216,15 @@ pub struct RuntimeConfig {
     /// Cache compiled plugin code in `<data_dir>/code-cache`, keyed by the
     /// file's sha256 and the engine and host version, so restarts skip compiling.
     pub code_cache: bool,
+    /// Plugin instances alive at once across all plugins, preallocated by the pooling
+    /// allocator (instantiation in microseconds); 0 allocates every instance on demand.
+    /// When the address space cannot hold the pool (e.g. under `ulimit -v`), the host
+    /// falls back to on-demand allocation and logs it.
+    pub pool_instances: u32,
+    /// Memory a plugin's compilation may use, in MiB. The `data-exporter` binary compiles
+    /// each new plugin file in a child process held to this (and to 60 s of CPU), so a
+    /// pathological module cannot exhaust the host.
+    pub compile_memory_mib: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -222,6 +236,8 @@ impl Default for RuntimeConfig {
             reload_poll_ms: 2000,
             pins: Default::default(),
             code_cache: true,
+            pool_instances: 64,
+            compile_memory_mib: 1024,
         }
     }
 }
@@ -265,7 +281,8 @@ pub struct PluginLimits {
     /// Most instances of the plugin alive at once (one per busy destination, plus validations).
     pub max_instances: usize,
     /// Consecutive crashed calls (traps, timeouts, contract breaches) after which
-    /// the plugin is quarantined until a restart or reload.
+    /// the plugin is quarantined until released: by a reload command (`data-exporter
+    /// plugins reload`, `POST /plugins/reload` on the admin API, SIGHUP), a new file, or a restart.
     pub quarantine_after: u32,
     /// What happens to a quarantined plugin's reports.
     pub quarantined_reports: QuarantinePolicy,

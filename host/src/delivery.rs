@@ -17,6 +17,7 @@ use crate::runtime::LoadedPlugin;
 use crate::runtime::Session;
 use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
+use prometheus_client::metrics::histogram::Histogram;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,8 @@ use tokio::time::Instant;
 
 /// How long a worker with nothing to do stays around.
 const IDLE: Duration = Duration::from_secs(30);
+/// How long an idle worker keeps its plugin instance for the next batch before giving it back.
+const SESSION_IDLE: Duration = Duration::from_millis(250);
 
 /// A destination: which plugin, and its config.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -183,11 +186,13 @@ impl Delivery {
                 ready.push_back(delayed.pop().expect("peeked").0.job);
             }
             if ready.is_empty() {
-                // Idle: give the instance back, so idle destinations hold no instance permit.
-                session = None;
+                // Idle: keep the instance for the next batch a moment, then give it back, so
+                // idle destinations hold no instance permit.
                 let next_due = delayed.peek().map(|d| d.0.at);
+                let holding = session.is_some();
                 tokio::select! {
                     job = rx.recv() => if let Some(job) = job { ready.push_back(job) },
+                    _ = tokio::time::sleep(SESSION_IDLE), if holding => session = None,
                     _ = tokio::time::sleep_until(next_due.unwrap_or(now + IDLE)) => {
                         if next_due.is_none() && self.retire_if_idle(&dk, &rx) {
                             break;
@@ -362,10 +367,14 @@ impl Delivery {
         }
         match result {
             Ok(outcomes) => {
+                let latency = self.metrics.delivery_latency.get_or_create(&labels).clone();
+                let now = now_ms();
+                let mut delivered = Vec::with_capacity(batch.len());
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     let settled = match outcome {
                         Outcome::Delivered => {
-                            self.delivered(job, &labels);
+                            self.delivered(&job, &latency, now);
+                            delivered.push(job.report.id);
                             None
                         }
                         Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, &labels),
@@ -376,6 +385,8 @@ impl Delivery {
                     };
                     retries.extend(settled);
                 }
+                self.queue.complete_all(&delivered, &dk.key, Done::Delivered);
+                self.metrics.delivered.get_or_create(&labels).inc_by(delivered.len() as u64);
             }
             Err(e) => {
                 // The store may be poisoned: never reuse it.
@@ -388,13 +399,9 @@ impl Delivery {
         retries
     }
 
-    fn delivered(&self, job: Job, labels: &metrics::Consumer) {
-        let key = job.key().to_string();
-        self.queue.complete(job.report.id, &key, Done::Delivered);
-        self.status.set(job.report.id, &key, ConsumerState::Delivered);
-        self.metrics.delivered.get_or_create(labels).inc();
-        let latency = now_ms().saturating_sub(job.report.received_at_ms) as f64 / 1000.0;
-        self.metrics.delivery_latency.get_or_create(labels).observe(latency);
+    fn delivered(&self, job: &Job, latency: &Histogram, now_ms: u64) {
+        self.status.set(job.report.id, job.key(), ConsumerState::Delivered);
+        latency.observe(now_ms.saturating_sub(job.report.received_at_ms) as f64 / 1000.0);
     }
 
     fn retry_or_dead(

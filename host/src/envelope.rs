@@ -117,8 +117,57 @@ pub fn parse_body(body: &[u8], max_reports: usize) -> Result<(Vec<Envelope>, boo
 struct Wire<'a> {
     #[serde(borrow, default)]
     config: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    payload: Option<Payload>,
+}
+
+/// The `payload` field read in the same pass as the envelope: the unescaped string, or the
+/// JSON type found instead (for the error message).
+struct Payload(Result<String, &'static str>);
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Payload;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string holding a JSON document")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Payload, E> {
+                Ok(Payload(Ok(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Payload, E> {
+                Ok(Payload(Ok(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Payload, E> {
+                Ok(Payload(Err("a boolean")))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Payload, E> {
+                Ok(Payload(Err("a number")))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Payload, E> {
+                Ok(Payload(Err("a number")))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Payload, E> {
+                Ok(Payload(Err("a number")))
+            }
+            fn visit_unit<E>(self) -> Result<Payload, E> {
+                Ok(Payload(Err("null")))
+            }
+            fn visit_none<E>(self) -> Result<Payload, E> {
+                Ok(Payload(Err("null")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Payload, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Payload(Err("an array")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Payload, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Payload(Err("an object")))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
@@ -126,9 +175,7 @@ fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
         return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
     }
     let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-    let payload_raw = wire.payload.ok_or(EnvelopeError::MissingPayload)?;
-    let payload: String = serde_json::from_str(payload_raw.get())
-        .map_err(|_| EnvelopeError::PayloadNotString(json_type(payload_raw.get())))?;
+    let payload = wire.payload.ok_or(EnvelopeError::MissingPayload)?.0.map_err(EnvelopeError::PayloadNotString)?;
     serde_json::from_str::<IgnoredAny>(&payload).map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
 
     let config_raw = wire.config.filter(|c| c.get() != "null").ok_or(EnvelopeError::MissingConfig)?;

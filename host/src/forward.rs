@@ -170,11 +170,11 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     let queued = ctx.queue.accept(reports).await?;
     for (r, receipt) in queued.iter().zip(&receipts) {
         ctx.status.insert(r.id, receipt.consumers.clone());
-        for d in &r.dests {
-            let plugin = registry.get(&d.key).map(|p| p.info.name.clone()).unwrap_or_default();
-            ctx.metrics.accepted.get_or_create(&metrics::Consumer { consumer: d.key.clone(), plugin }).inc();
-        }
         ctx.delivery.dispatch(r);
+    }
+    for g in &groups {
+        let labels = metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() };
+        ctx.metrics.accepted.get_or_create(&labels).inc_by(g.members.len() as u64);
     }
     Ok(receipts)
 }

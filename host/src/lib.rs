@@ -23,8 +23,8 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Finished reports whose state `GET /reports/{id}` still knows.
-const KEEP_FINISHED: usize = 100_000;
+/// Finished reports whose state `GET /reports/{id}` still knows (the most recent ones).
+const KEEP_FINISHED: usize = 20_000;
 
 /// A running host: the routers' state and what shutdown needs.
 pub struct Host {
@@ -104,7 +104,10 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         loop {
             tick.tick().await;
             match weak.upgrade() {
-                Some(q) => q.collect_garbage(),
+                // Deleting segment files blocks: keep it off the request threads.
+                Some(q) => {
+                    let _ = tokio::task::spawn_blocking(move || q.collect_garbage()).await;
+                }
                 None => break,
             }
         }

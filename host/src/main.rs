@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Forwards reports from producers to consumers through sandboxed WebAssembly plugins")]
 struct Cli {
@@ -33,6 +36,27 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Act on the plugins of a running host (through its admin API).
+    Plugins {
+        /// Base URL of the host's admin API (`admin_listen`).
+        #[arg(long, env = "DATA_EXPORTER_ADMIN_URL", default_value = "http://127.0.0.1:6781", global = true)]
+        admin: String,
+        #[command(subcommand)]
+        action: PluginsAction,
+    },
+    /// Compile one plugin component (stdin) to native code (stdout); the host runs this in a
+    /// child process with bounded memory and CPU.
+    #[command(hide = true)]
+    CompilePlugin {
+        /// The runtime settings, as JSON.
+        settings: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// Rescan the plugins directory now and release quarantined plugins (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -113,7 +137,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args.load()?).await,
-        Command::Dlq { admin, action } => dlq(&admin, action).await,
+        Command::Dlq { admin, action } => {
+            let req = |c: &reqwest::Client, base: &str| match action {
+                DlqAction::List => Ok(c.get(format!("{base}/dlq"))),
+                DlqAction::Show { id } => Ok(c.get(format!("{base}/dlq/{id}"))),
+                DlqAction::Replay { ids, all } => Ok(c.post(format!("{base}/dlq/replay")).json(&selection(ids, all)?)),
+                DlqAction::Purge { ids, all } => Ok(c.post(format!("{base}/dlq/purge")).json(&selection(ids, all)?)),
+            };
+            admin_call(&admin, req).await
+        }
+        Command::Plugins { admin, action: PluginsAction::Reload } => {
+            admin_call(&admin, |c, base| Ok(c.post(format!("{base}/plugins/reload")))).await
+        }
+        Command::CompilePlugin { settings } => data_exporter::runtime::compile::child_main(&settings),
     }
 }
 
@@ -123,7 +159,20 @@ fn toml_string(cfg: &Config) -> anyhow::Result<String> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     init_tracing(&cfg);
+    // New plugin files compile in a child process of this binary, with bounded memory and CPU.
+    data_exporter::runtime::compile::compile_in_child_processes(
+        std::env::current_exe().context("finding this program's path (for the plugin compiler)")?,
+    );
     let host = data_exporter::build(&cfg).await?;
+    // SIGHUP: rescan the plugins directory and release quarantined plugins.
+    let plugins = host.state.registry.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let (_, released) = plugins.reload_releasing().await;
+            tracing::info!(?released, "plugins reloaded on SIGHUP");
+        }
+    });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}: is another process using it? (--listen)", cfg.listen))?;
@@ -166,20 +215,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `data-exporter dlq ...`: call the admin API and print the answer for people.
-async fn dlq(admin: &str, action: DlqAction) -> anyhow::Result<()> {
+fn selection(ids: Vec<String>, all: bool) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(all || !ids.is_empty(), "name report ids, or pass --all");
+    Ok(serde_json::json!({ "ids": ids, "all": all }))
+}
+
+/// `data-exporter dlq ...` and `plugins ...`: call the admin API and print the answer for people.
+async fn admin_call(
+    admin: &str,
+    request: impl FnOnce(&reqwest::Client, &str) -> anyhow::Result<reqwest::RequestBuilder>,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let base = admin.trim_end_matches('/');
-    let selection = |ids: Vec<String>, all: bool| {
-        anyhow::ensure!(all || !ids.is_empty(), "name report ids, or pass --all");
-        Ok(serde_json::json!({ "ids": ids, "all": all }))
-    };
-    let req = match action {
-        DlqAction::List => client.get(format!("{base}/dlq")),
-        DlqAction::Show { id } => client.get(format!("{base}/dlq/{id}")),
-        DlqAction::Replay { ids, all } => client.post(format!("{base}/dlq/replay")).json(&selection(ids, all)?),
-        DlqAction::Purge { ids, all } => client.post(format!("{base}/dlq/purge")).json(&selection(ids, all)?),
-    };
+    let req = request(&client, base)?;
     let resp = req
         .send()
         .await

@@ -49,7 +49,8 @@ impl ConsumerState {
 
 struct Entry {
     consumers: BTreeMap<String, ConsumerState>,
-    done: watch::Sender<bool>,
+    /// Made only when someone waits (`?wait=`): most reports are never watched.
+    done: Option<watch::Sender<bool>>,
 }
 
 /// Report states by id.
@@ -68,8 +69,7 @@ impl StatusBook {
     /// Track a report with these consumers (replaces an older entry with the same id).
     pub fn insert(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
         let all_final = consumers.values().all(ConsumerState::is_final);
-        let (done, _) = watch::channel(all_final);
-        self.map.insert(id, Entry { consumers, done });
+        self.map.insert(id, Entry { consumers, done: None });
         if all_final {
             self.retire(id);
         }
@@ -79,10 +79,15 @@ impl StatusBook {
     pub fn set(&self, id: Uuid, consumer: &str, state: ConsumerState) {
         let finished = {
             let Some(mut e) = self.map.get_mut(&id) else { return };
-            e.consumers.insert(consumer.to_string(), state);
+            match e.consumers.get_mut(consumer) {
+                Some(s) => *s = state,
+                None => {
+                    e.consumers.insert(consumer.to_string(), state);
+                }
+            }
             let fin = e.consumers.values().all(ConsumerState::is_final);
-            if fin {
-                e.done.send_replace(true);
+            if fin && let Some(done) = &e.done {
+                done.send_replace(true);
             }
             fin
         };
@@ -108,7 +113,9 @@ impl StatusBook {
 
     /// A receiver that turns `true` when every consumer is final.
     pub fn watch(&self, id: Uuid) -> Option<watch::Receiver<bool>> {
-        self.map.get(&id).map(|e| e.done.subscribe())
+        let mut e = self.map.get_mut(&id)?;
+        let fin = e.consumers.values().all(ConsumerState::is_final);
+        Some(e.done.get_or_insert_with(|| watch::channel(fin).0).subscribe())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The outbound HTTP capability: per-plugin pooled reqwest clients, TLS options, the allow-list, typed errors.
 
-use super::outbound::{Denied, Policy, PolicyResolver};
+use super::outbound::{Denied, Policy, PolicyResolver, StaticHosts};
 use crate::bindings::http::{Method, Request, RequestError, Response};
 use crate::config::HttpConfig;
 use anyhow::Context;
@@ -11,6 +11,7 @@ use std::time::Duration;
 pub struct HttpCapability {
     ca: Vec<reqwest::Certificate>,
     identity: Option<reqwest::Identity>,
+    hosts: StaticHosts,
     cfg: HttpConfig,
 }
 
@@ -58,7 +59,8 @@ impl HttpCapability {
             (None, None) => None,
             _ => anyhow::bail!("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
         };
-        let cap = HttpCapability { ca, identity, cfg: cfg.clone() };
+        let hosts = Arc::new(cfg.hosts.iter().map(|(name, ips)| (name.to_ascii_lowercase(), ips.clone())).collect());
+        let cap = HttpCapability { ca, identity, hosts, cfg: cfg.clone() };
         // Build one set now so a bad certificate or key stops start-up, not the first request.
         cap.for_plugin(Policy::parse("check", &[]).expect("no rules parse"))?;
         Ok(cap)
@@ -74,7 +76,7 @@ impl HttpCapability {
             }
             let mut b = reqwest::Client::builder()
                 .use_rustls_tls()
-                .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
+                .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone(), hosts: self.hosts.clone() }))
                 .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
                 .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
                 .redirect(reqwest::redirect::Policy::none())

@@ -125,16 +125,27 @@ impl Policy {
     }
 }
 
+/// Fixed addresses for host names (`http.hosts`), consulted before DNS.
+pub type StaticHosts = Arc<std::collections::BTreeMap<String, Vec<IpAddr>>>;
+
 /// A DNS resolver that hands the HTTP client only the addresses the policy allows, so the
 /// connection goes exactly where the check said (no rebinding between check and connect).
-pub struct PolicyResolver(pub Arc<Policy>);
+pub struct PolicyResolver {
+    /// What the plugin may reach.
+    pub policy: Arc<Policy>,
+    /// Names answered without DNS.
+    pub hosts: StaticHosts,
+}
 
 impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
+        let (policy, hosts) = (self.policy.clone(), self.hosts.clone());
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = match hosts.get(&host.to_ascii_lowercase()) {
+                Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
             let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| policy.allows(&host, a.ip())).collect();
             if allowed.is_empty() {
                 let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();

@@ -17,6 +17,31 @@ const NONCE: usize = 12;
 #[derive(Clone)]
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// Nonces: a random 96-bit start per process, incremented per seal (no system call per
+    /// seal, and no repeat while the counter runs).
+    nonces: std::sync::Arc<NonceSeq>,
+}
+
+struct NonceSeq {
+    prefix: [u8; 4],
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl NonceSeq {
+    fn random() -> Self {
+        let mut b = [0u8; NONCE];
+        getrandom::fill(&mut b).expect("the OS random source failed");
+        let counter = u64::from_le_bytes(b[4..].try_into().expect("8 bytes"));
+        NonceSeq { prefix: b[..4].try_into().expect("4 bytes"), counter: counter.into() }
+    }
+
+    fn next(&self) -> [u8; NONCE] {
+        let c = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut n = [0u8; NONCE];
+        n[..4].copy_from_slice(&self.prefix);
+        n[4..].copy_from_slice(&c.to_le_bytes());
+        n
+    }
 }
 
 impl std::fmt::Debug for Sealer {
@@ -28,7 +53,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer from 32 key bytes.
     pub fn new(key: &[u8; 32]) -> Self {
-        Sealer { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)) }
+        Sealer { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)), nonces: NonceSeq::random().into() }
     }
 
     /// Load the key from `key_file`, or from (creating if needed) `<data_dir>/queue.key`.
@@ -79,8 +104,7 @@ impl Sealer {
 
     /// `nonce | ciphertext+tag`.
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE];
-        getrandom::fill(&mut nonce).expect("the OS random source failed");
+        let nonce = self.nonces.next();
         let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), plaintext).expect("AES-GCM encryption cannot fail");
         let mut out = Vec::with_capacity(NONCE + ct.len());
         out.extend_from_slice(&nonce);

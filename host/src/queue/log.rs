@@ -105,8 +105,10 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(&[u8])) -> io::Result<Dama
         }
     }
     if bad_start.is_some() {
-        // Nothing valid after the damage: a torn tail. Cut it off.
-        damage.torn_tail_bytes = (data.len() - valid_end) as u64;
+        // Nothing valid after the damage: a torn tail. Cut it off. A segment zero-filled in
+        // advance ends in zeros after its last frame: that is its end, not damage.
+        let tail = &data[valid_end..];
+        damage.torn_tail_bytes = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
         let f = OpenOptions::new().write(true).open(path)?;
         f.set_len(valid_end as u64)?;
         f.sync_all()?;
@@ -151,9 +153,18 @@ impl LogWriter {
     pub fn start(dir: &Path, last_seq: u64, segment_bytes: u64) -> io::Result<LogWriter> {
         let (tx, rx) = mpsc::unbounded_channel();
         let seq = last_seq + 1;
-        let file = open_segment(dir, seq)?;
+        // The first segment starts empty (a quick start); later ones are zero-filled ahead.
+        let file = open_segment(dir, seq, 0)?;
         let active = Arc::new(AtomicU64::new(seq));
-        let mut w = WriterThread { dir: dir.to_owned(), file, seq, written: 0, segment_bytes, active: active.clone() };
+        let mut w = WriterThread {
+            dir: dir.to_owned(),
+            file,
+            seq,
+            written: 0,
+            segment_bytes,
+            active: active.clone(),
+            next: None,
+        };
         std::thread::Builder::new().name("queue-writer".into()).spawn(move || w.run(rx))?;
         Ok(LogWriter { tx, active })
     }
@@ -179,10 +190,35 @@ impl LogWriter {
     }
 }
 
-fn open_segment(dir: &Path, seq: u64) -> io::Result<File> {
+/// Create segment `seq`, `zero_fill` bytes of zeros long (synced), positioned at its start.
+/// Appends into a zero-filled file are overwrites that do not change its size, so their
+/// `fdatasync` writes no file-system metadata: about half the cost per group commit.
+fn open_segment(dir: &Path, seq: u64, zero_fill: u64) -> io::Result<File> {
+    use std::io::{Seek, SeekFrom};
     let path = dir.join(segment_name(seq));
-    let f = OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+    let mut f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    if zero_fill > 0 {
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = zero_fill;
+        let filled = (|| {
+            // In small synced steps: one big flush would hold up the commits meanwhile.
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n])?;
+                f.sync_data()?;
+                left -= n as u64;
+                std::thread::sleep(std::time::Duration::from_millis(4));
+            }
+            f.sync_all()
+        })();
+        if let Err(e) = filled {
+            // e.g. the disk is full: give the space back; the writer falls back to an empty file.
+            let _ = f.set_len(0);
+            return Err(e);
+        }
+    }
+    f.seek(SeekFrom::Start(0))?;
     File::open(dir)?.sync_all()?;
     Ok(f)
 }
@@ -194,6 +230,9 @@ struct WriterThread {
     written: u64,
     segment_bytes: u64,
     active: Arc<AtomicU64>,
+    /// The next segment, created (and its directory entry synced) by a helper thread ahead
+    /// of the roll, so a commit never waits for a file creation and a directory sync.
+    next: Option<std::thread::JoinHandle<io::Result<File>>>,
 }
 
 impl WriterThread {
@@ -223,10 +262,18 @@ impl WriterThread {
     }
 
     fn write_batch(&mut self, batch: &[Append]) -> io::Result<()> {
+        if self.next.is_none() && self.written >= self.segment_bytes / 8 {
+            let (dir, seq, size) = (self.dir.clone(), self.seq + 1, self.segment_bytes);
+            self.next = Some(std::thread::spawn(move || open_segment(&dir, seq, size)));
+        }
         if self.written >= self.segment_bytes {
             self.file.sync_data()?;
             let next = self.seq + 1;
-            self.file = open_segment(&self.dir, next)?;
+            self.file = match self.next.take().map(|h| h.join()) {
+                Some(Ok(Ok(f))) => f,
+                // The helper failed: try once more here, reporting the error if it persists.
+                _ => open_segment(&self.dir, next, 0)?,
+            };
             self.seq = next;
             self.written = 0;
             self.active.store(next, Ordering::Release);
@@ -288,6 +335,29 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), whole as u64, "the torn tail stays on disk");
         // A second read finds a clean file.
         assert!(!read_all(&p).1.any());
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_the_end_of_a_prepared_segment_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("1.log");
+        let mut data = frames(&[b"one", b"two"]);
+        let clean = data.len() as u64;
+        data.extend(vec![0u8; 4096]);
+        std::fs::write(&p, &data).unwrap();
+        let (got, d) = read_all(&p);
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(!d.any(), "{d:?}");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), clean, "the unused zeros are given back");
+        // A frame torn while being written into the zeros is still a torn tail.
+        let mut data = frames(&[b"one"]);
+        let torn = frames(&[b"three"]);
+        data.extend_from_slice(&torn[..torn.len() - 2]);
+        data.extend(vec![0u8; 4096]);
+        std::fs::write(&p, &data).unwrap();
+        let (got, d) = read_all(&p);
+        assert_eq!(got, vec![b"one".to_vec()]);
+        assert_eq!(d.torn_tail_bytes, (torn.len() - 2) as u64);
     }
 
     #[test]

@@ -218,18 +218,31 @@ impl Queue {
 
     /// Record that destination `key` of report `id` is done.
     pub fn complete(&self, id: Uuid, key: &str, how: Done) {
+        self.complete_all(&[id], key, how);
+    }
+
+    /// Record that destination `key` of each report in `ids` is done (one log append).
+    pub fn complete_all(&self, ids: &[Uuid], key: &str, how: Done) {
+        if ids.is_empty() {
+            return;
+        }
         if let Some(log) = &self.log {
+            let mut frames = Vec::with_capacity(ids.len() * (32 + key.len()));
             let mut body = Vec::with_capacity(20 + key.len());
-            body.push(DONE);
-            body.extend_from_slice(id.as_bytes());
-            put_str16(&mut body, key);
-            body.push(how as u8);
-            let mut f = Vec::with_capacity(body.len() + 12);
-            log::frame(&mut f, &body);
-            log.append_lazy(f);
+            for id in ids {
+                body.clear();
+                body.push(DONE);
+                body.extend_from_slice(id.as_bytes());
+                put_str16(&mut body, key);
+                body.push(how as u8);
+                log::frame(&mut frames, &body);
+            }
+            log.append_lazy(frames);
         }
         let mut g = self.inner.lock().unwrap();
-        finish(&mut g, id);
+        for id in ids {
+            finish(&mut g, *id);
+        }
     }
 
     /// Sync, and stop collecting garbage (another process may own the directory next).
@@ -259,13 +272,28 @@ impl Queue {
         };
         if let Ok(segs) = log::segments(&self.dir) {
             for (seq, path) in segs.into_iter().filter(|(s, _)| *s < floor) {
-                if std::fs::remove_file(&path).is_ok() {
+                if shrink_then_remove(&path).is_ok() {
                     tracing::debug!(segment = seq, "queue segment deleted");
                 }
             }
         }
         self.inner.lock().unwrap().live.retain(|s, n| *n > 0 || *s >= floor);
     }
+}
+
+/// Delete a segment file a few MiB at a time: freeing a whole segment's blocks in one
+/// filesystem transaction stalls the `fdatasync` of concurrent accepts for tens of ms (ext4).
+fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
+    const STEP: u64 = 4 << 20;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut len = file.metadata()?.len();
+    while len > STEP {
+        len -= STEP;
+        file.set_len(len)?;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(file);
+    std::fs::remove_file(path)
 }
 
 fn finish(g: &mut Inner, id: Uuid) {

@@ -1,5 +1,6 @@
 //! The plugin runtime: compile components once, instantiate a fresh sandbox per call session.
 
+pub mod compile;
 pub mod engine;
 pub mod registry;
 
@@ -96,14 +97,23 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// Identifies this engine and host build in cache keys.
     engine_key: String,
+    /// How instances are allocated.
+    pub allocator: engine::Allocator,
+    /// One permit per pool slot (None: on demand, unbounded here), so a full pool makes a
+    /// new instance wait instead of failing.
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl Runtime {
     /// Build the engine, start its epoch ticker, and link WASI (granting
     /// nothing) and the `narrows:exporter` imports.
     pub fn new(cfg: RuntimeConfig, http: Arc<HttpCapability>, cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
-        let engine = engine::new_engine(&cfg)?;
+        let (engine, allocator) = engine::new_engine(&cfg)?;
         engine::spawn_epoch_ticker(&engine);
+        let slots = match allocator {
+            engine::Allocator::Pooling { instances } => Some(Arc::new(Semaphore::new(instances as usize))),
+            engine::Allocator::OnDemand => None,
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
@@ -113,7 +123,7 @@ impl Runtime {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         }
         let engine_key = engine_key(&engine);
-        Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg, cache_dir, engine_key }))
+        Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg, cache_dir, engine_key, allocator, slots }))
     }
 
     /// Compile a component (or load its compiled code from the cache) and pre-link it.
@@ -134,20 +144,36 @@ impl Runtime {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)?;
-        if let Some(path) = &cached {
-            let tmp = path.with_extension("tmp");
-            let written = component.serialize().map_err(anyhow::Error::from).and_then(|code| {
-                std::fs::write(&tmp, code)?;
-                std::fs::rename(&tmp, path)?;
-                Ok(())
-            });
-            if let Err(e) = written {
-                tracing::warn!(path = %path.display(), error = %e, "could not cache compiled code");
+        let component = match compile::in_child(&self.cfg, bytes) {
+            Some(code) => {
+                let code = code?;
+                self.store_in_cache(cached.as_deref(), &code);
+                // SAFETY: `code` is what our own binary's `compile-plugin` serialized, with an
+                // engine built from the same settings, just now, from these bytes.
+                unsafe { Component::deserialize(&self.engine, &code)? }
             }
-        }
+            None => {
+                let component = Component::new(&self.engine, bytes)?;
+                if cached.is_some() {
+                    match component.serialize() {
+                        Ok(code) => self.store_in_cache(cached.as_deref(), &code),
+                        Err(e) => tracing::warn!(error = %e, "could not serialize compiled code for the cache"),
+                    }
+                }
+                component
+            }
+        };
         let pre = self.linker.instantiate_pre(&component)?;
         Ok((PluginPre::new(pre)?, false))
+    }
+
+    fn store_in_cache(&self, path: Option<&std::path::Path>, code: &[u8]) {
+        let Some(path) = path else { return };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, code).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "could not cache compiled code");
+        }
     }
 
     /// The limits of plugin `name`.
@@ -345,6 +371,8 @@ pub struct Session {
     /// Fuel granted to each call, when metering is on.
     fuel: Option<u64>,
     permit: Option<OwnedSemaphorePermit>,
+    /// This instance's pool slot (dropped after the store, which frees it).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Session {
@@ -355,6 +383,10 @@ impl Session {
         limits: &PluginLimits,
         http: Arc<PluginHttp>,
     ) -> Result<Session, CallError> {
+        let slot = match &runtime.slots {
+            Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
+            None => None,
+        };
         let mut store = runtime.new_store(name, limits, http);
         let timeout = Duration::from_millis(limits.call_timeout_ms);
         let fuel = runtime.engine.get_consume_fuel().then_some(if limits.fuel_per_call == 0 {
@@ -378,6 +410,7 @@ impl Session {
             max_boundary_bytes: limits.max_boundary_bytes,
             fuel,
             permit: None,
+            _slot: slot,
         })
     }
 

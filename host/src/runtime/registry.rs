@@ -131,6 +131,11 @@ impl Plugins {
         self.current.read().unwrap().clone()
     }
 
+    /// The runtime plugins are compiled and run with.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// Bumped by every reload that changed something (callers cache per generation).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -166,6 +171,17 @@ impl Plugins {
 
     /// Rescan the directory and swap in the result. Returns the new registry.
     pub async fn reload(&self) -> Arc<Registry> {
+        self.reload_with(false).await.0
+    }
+
+    /// The operator's reload command: rescan the directory, and release every quarantined
+    /// plugin (its crash record starts over). Returns the new registry and the released names.
+    pub async fn reload_releasing(&self) -> (Arc<Registry>, Vec<String>) {
+        self.reload_with(true).await
+    }
+
+    async fn reload_with(&self, release: bool) -> (Arc<Registry>, Vec<String>) {
+        let mut released = Vec::new();
         let _one_at_a_time = self.reload_lock.lock().await;
         let old = self.current();
         let mut new = Registry { dir: self.dir.clone(), ..Default::default() };
@@ -181,7 +197,12 @@ impl Plugins {
         let (same, changed): (Vec<_>, Vec<_>) =
             files.iter().partition(|f| old.by_file(f).is_some_and(|p| p.stamp.is_some() && p.stamp == stamp(f)));
         for f in same {
-            let p = old.by_file(f).expect("partitioned on it").clone();
+            let mut p = old.by_file(f).expect("partitioned on it").clone();
+            if release && p.health.quarantined() {
+                tracing::info!(plugin = %p.info.name, "plugin released from quarantine by a reload command");
+                released.push(p.info.name.clone());
+                p = Arc::new(p.renewed());
+            }
             if let Err(e) = new.insert(p) {
                 new.fail(f, e);
             }
@@ -218,7 +239,7 @@ impl Plugins {
         let new = Arc::new(new);
         *self.current.write().unwrap() = new.clone();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        new
+        (new, released)
     }
 
     /// Compile and validate one file (pinned hash, component, `info`, key). A file whose bytes

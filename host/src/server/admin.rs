@@ -18,7 +18,19 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/dlq/{id}", get(show))
         .route("/dlq/replay", post(replay))
         .route("/dlq/purge", post(purge))
+        .route("/plugins/reload", post(reload_plugins))
         .with_state(state)
+}
+
+/// `POST /plugins/reload`: rescan the plugins directory now and release quarantined plugins.
+async fn reload_plugins(State(state): State<AppState>) -> Json<Value> {
+    let (registry, released) = state.registry.reload_releasing().await;
+    let loaded: Vec<Value> = registry
+        .plugins()
+        .map(|p| json!({"name": p.info.name, "version": p.info.version, "config_key": p.info.config_key}))
+        .collect();
+    let failed: Vec<Value> = registry.failures().iter().map(|f| json!({"file": f.file, "error": f.error})).collect();
+    Json(json!({"loaded": loaded, "failed": failed, "released": released}))
 }
 
 async fn list(State(state): State<AppState>) -> Json<Value> {

@@ -264,7 +264,8 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!({ "dir": reg.dir(), "plugins": loaded, "failed": reg.failures() }))
+    let allocator = state.registry.runtime().allocator;
+    Json(json!({ "dir": reg.dir(), "instance_allocator": allocator, "plugins": loaded, "failed": reg.failures() }))
 }
 
 fn param_type_name(t: crate::bindings::ParamType) -> &'static str {

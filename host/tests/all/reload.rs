@@ -182,3 +182,66 @@ async fn a_call_in_flight_finishes_on_the_version_it_started_with() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// GET `path` of a real binary's API as JSON, once it answers.
+async fn binary_get(url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(url).await {
+            return r.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_compiles_plugins_in_a_child_process_held_to_a_memory_cap() {
+    // 16 MiB is far too little to compile the OpenSearch plugin: the child is stopped, the
+    // load fails naming the setting, and the host itself keeps serving.
+    let plugins = plugins_dir(&["opensearch"]);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("DATA_EXPORTER_RUNTIME__COMPILE_MEMORY_MIB", "16")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let v = binary_get(&format!("http://127.0.0.1:{port}/plugins")).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let error = v["failed"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("runtime.compile_memory_mib (16 MiB)"), "{v}");
+    assert!(v["plugins"].as_array().unwrap().is_empty(), "{v}");
+}
+
+#[tokio::test]
+async fn sighup_rescans_the_plugins_directory_when_polling_is_off() {
+    let plugins = plugins_dir(&["opensearch"]);
+    let data = tempfile::tempdir().unwrap();
+    let exporter = Exporter::start(plugins.path(), data.path(), free_port(), |c| {
+        c.env("DATA_EXPORTER_RUNTIME__RELOAD_POLL_MS", "0");
+    })
+    .await;
+    put("readme_example", &plugins.path().join("webhook.wasm"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = binary_get(&format!("{}/plugins", exporter.url)).await;
+    assert_eq!(keys(&v), ["openSearch"], "no polling: not picked up yet: {v}");
+    std::process::Command::new("kill").args(["-HUP", &exporter.child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = binary_get(&format!("{}/plugins", exporter.url)).await;
+        if keys(&v).contains(&"webhook".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not load the new plugin: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

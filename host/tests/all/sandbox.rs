@@ -69,6 +69,15 @@ async fn an_infinite_loop_times_out_is_retried_and_quarantines_the_plugin() {
     let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"data_exporter_plugin_quarantined{plugin="hostile"} 1"#), "{metrics}");
     others_keep_delivering(&app).await;
+
+    // The operator's reload command releases it: its crash record starts over.
+    let resp = app.client.post(format!("{}/plugins/reload", app.admin_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["released"], json!(["hostile"]), "{v}");
+    assert!(!quarantined(&app).await);
+    // Still a loop, so it crashes again from zero (and is quarantined again after three).
+    reason_contains(&app, &id, "did not finish `deliver`").await;
 }
 
 #[tokio::test]
@@ -190,6 +199,44 @@ async fn the_allow_list_is_checked_on_resolved_addresses_and_metadata_is_refused
     assert!(reason.contains("169.254.169.254") && reason.contains("not in the outbound allow-list"), "{reason}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // The plugin allowed to reach loopback still does.
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_a_metadata_address_is_refused() {
+    // `http.hosts` answers for the name before DNS would: the same resolver path, and the
+    // allow-list is checked on what it returns, whatever the name.
+    let app = spawn_app_with(&["opensearch", "hostile"], |c| {
+        c.http.hosts.insert("metadata.test".into(), vec!["169.254.169.254".parse().unwrap()]);
+        c.http.hosts.insert("rebound.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+        c.runtime.limits.outbound_allow = vec!["*".into()];
+        c.delivery.max_attempts = 1;
+    })
+    .await;
+    let t = Instant::now();
+    let reason = http_attack(&app, "http://metadata.test/latest/meta-data/", None).await;
+    assert!(reason.contains("metadata.test") && reason.contains("169.254.169.254"), "{reason}");
+    assert!(reason.contains("not in the outbound allow-list"), "{reason}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refused without a connection attempt: {:?}", t.elapsed());
+    // A name resolving to an allowed address is reached (the check is on the address, not the name).
+    let s = servers();
+    let port = url::Url::parse(&s.os_url).unwrap().port().unwrap();
+    let reason = http_attack(&app, &format!("http://rebound.test:{port}/"), None).await;
+    assert!(reason.starts_with("REACHED http://rebound.test"), "{reason}");
+    others_keep_delivering(&app).await;
+}
+
+#[tokio::test]
+async fn without_room_for_the_instance_pool_instances_are_allocated_on_demand() {
+    // 100 million pooled instances cannot fit in any address space: the host falls back.
+    let app = spawn_app_with(&["opensearch"], |c| c.runtime.pool_instances = 100_000_000).await;
+    let (_, v) = app.get("/plugins").await;
+    assert_eq!(v["instance_allocator"], json!("on-demand"), "{v}");
+    others_keep_delivering(&app).await;
+    // The default pool fits, and is used.
+    let app = spawn_app().await;
+    let (_, v) = app.get("/plugins").await;
+    assert_eq!(v["instance_allocator"], json!({"pooling": {"instances": 64}}), "{v}");
     others_keep_delivering(&app).await;
 }
 

@@ -1,0 +1,386 @@
+//! `make bench`: the host next to its baselines, in one run, as ratios (results: BENCHMARKS.md).
+//!
+//! Scenarios (each server is its own process, measured through `/proc`; the load generator runs
+//! here, on the same machine):
+//! - ingest: `POST /forward` as fast as answers come, over keep-alive connections, into the
+//!   baseline server (parse + 202), the host with its queue in memory, and with its durable queue;
+//!   then the durable host at half its maximum rate (latency at a sustainable load);
+//! - end to end: reports from `/forward` until acknowledged downstream, into the OpenSearch-API
+//!   server (vs. bulk-loading the same documents into it directly) and into the minimal `_bulk`
+//!   acknowledger (vs. the ingest baseline);
+//! - overload: a stuck downstream and many connections: memory stays bounded, excess is shed 503;
+//! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache.
+
+use dx_bench::load::{self, Load, Stop};
+use dx_bench::process::{Server, cpu_seconds_of, free_addr, get};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Keep-alive connections of the load (`DX_BENCH_CONNECTIONS`, default 64: many agents
+/// posting at once, as in front of a fleet).
+fn connections() -> usize {
+    std::env::var("DX_BENCH_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+}
+const WARMUP: Duration = Duration::from_secs(2);
+const MEASURE: Duration = Duration::from_secs(8);
+
+struct Paths {
+    bin: PathBuf,
+    plugins: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Paths {
+    fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+}
+
+/// The host as a process: its address, admin address and data directory.
+struct Host {
+    server: Server,
+    addr: SocketAddr,
+    /// From spawn to the first 200 from `/readyz`.
+    ready_after: Duration,
+}
+
+fn host(p: &Paths, data: &Path, env: &[(&str, &str)]) -> anyhow::Result<Host> {
+    let addr = free_addr();
+    let mut cmd = Command::new(p.tool("data-exporter"));
+    cmd.args(["serve", "--listen", &addr.to_string(), "--admin-listen", &free_addr().to_string()])
+        .arg("--plugins")
+        .arg(&p.plugins)
+        .arg("--data-dir")
+        .arg(data)
+        .env("DATA_EXPORTER_LOG__FILTER", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut server = Server::spawn(cmd)?;
+    let ready_after = server.wait_ready(addr, "/readyz")?;
+    Ok(Host { server, addr, ready_after })
+}
+
+fn helper(p: &Paths, name: &str, extra: &[&str]) -> anyhow::Result<(Server, SocketAddr)> {
+    let addr = free_addr();
+    let mut cmd = Command::new(p.tool(name));
+    cmd.arg(addr.to_string()).args(extra);
+    let mut s = Server::spawn(cmd)?;
+    s.wait_ready(addr, "/readyz")?;
+    Ok((s, addr))
+}
+
+/// Throughput, latency and the server's CPU and memory under one load.
+struct Ingest {
+    out: load::Outcome,
+    cpu_per_100k: f64,
+    peak_rss_mib: f64,
+}
+
+fn ingest(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    addr: SocketAddr,
+    rate: Option<f64>,
+) -> anyhow::Result<Ingest> {
+    let req = dx_bench::post(addr, "/forward", "application/json", body(ACK_PLACEHOLDER).as_bytes());
+    ingest_with(rt, server, addr, Arc::new(move |_| req.clone()), rate, connections())
+}
+
+fn ingest_with(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    addr: SocketAddr,
+    requests: load::Requests,
+    rate: Option<f64>,
+    connections: usize,
+) -> anyhow::Result<Ingest> {
+    measure(
+        rt,
+        server,
+        Load { addr, requests, connections, rate, stop: Stop::After { warmup: WARMUP, measure: MEASURE } },
+    )
+}
+
+/// Apply `load` (a `Stop::After`) and measure the server's CPU over the measured window.
+fn measure(rt: &tokio::runtime::Runtime, server: &Server, load: Load) -> anyhow::Result<Ingest> {
+    let Stop::After { warmup, measure } = load.stop else { anyhow::bail!("a timed load is needed") };
+    // CPU is sampled at the edges of the measured window, from a thread of its own.
+    let pid = server.child.id();
+    let sampler = std::thread::spawn(move || {
+        std::thread::sleep(warmup);
+        let a = cpu_seconds_of(pid);
+        std::thread::sleep(measure);
+        cpu_seconds_of(pid) - a
+    });
+    let out = rt.block_on(load::run(load))?;
+    let cpu = sampler.join().unwrap();
+    anyhow::ensure!(out.other == 0, "{} answers were neither 2xx nor 503", out.other);
+    Ok(Ingest { cpu_per_100k: cpu / out.requests.max(1) as f64 * 100_000.0, peak_rss_mib: server.rss_mib().1, out })
+}
+
+/// The downstream address stands in the body; replaced per scenario.
+const ACK_PLACEHOLDER: &str = "http://127.0.0.1:1";
+fn body(downstream: &str) -> String {
+    dx_bench::report_data(downstream, "bench")
+}
+
+fn row(out: &mut String, label: &str, i: &Ingest, base: Option<&Ingest>) {
+    let ratio = base.map(|b| format!("{:.2}x", i.out.rps() / b.out.rps())).unwrap_or_else(|| "1.00x".into());
+    let _ = writeln!(
+        out,
+        "| {label} | {:.0} | {ratio} | {:.2} | {:.2} | {:.2} | {:.1} |",
+        i.out.rps(),
+        i.out.p50_us as f64 / 1000.0,
+        i.out.p99_us as f64 / 1000.0,
+        i.cpu_per_100k,
+        i.peak_rss_mib
+    );
+}
+
+fn count_at(addr: SocketAddr, path: &str) -> u64 {
+    let body = get(addr, path).map(|(_, b)| b).unwrap_or_default();
+    let at = body.find("\"count\":").map(|i| i + 8).unwrap_or(body.len());
+    body[at..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0)
+}
+
+/// Post `n` reports and wait until `count` reaches `n`: reports per second, end to end.
+fn end_to_end(
+    rt: &tokio::runtime::Runtime,
+    host: &Host,
+    downstream: &str,
+    index: &str,
+    n: u64,
+    count: impl Fn() -> u64,
+) -> anyhow::Result<f64> {
+    let req =
+        dx_bench::post(host.addr, "/forward", "application/json", dx_bench::report_data(downstream, index).as_bytes());
+    let start = Instant::now();
+    let load = Load {
+        addr: host.addr,
+        requests: Arc::new(move |_| req.clone()),
+        connections: connections(),
+        rate: None,
+        stop: Stop::Count(n),
+    };
+    let out = rt.block_on(load::run(load))?;
+    anyhow::ensure!(out.ok == n, "{} of {n} reports accepted", out.ok);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let c = count();
+        if c >= n {
+            return Ok(n as f64 / start.elapsed().as_secs_f64());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {c} of {n} documents arrived downstream within 10 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bulk-load `n` documents straight into the server, `batch` per request: documents per second.
+fn direct_bulk(rt: &tokio::runtime::Runtime, addr: SocketAddr, index: &str, n: u64, batch: u64) -> anyhow::Result<f64> {
+    let doc = dx_bench::payload();
+    let bodies: Vec<bytes::Bytes> = (0..n.div_ceil(batch))
+        .map(|b| {
+            let mut nd = String::new();
+            for i in b * batch..((b + 1) * batch).min(n) {
+                let _ = writeln!(nd, r#"{{"index":{{"_index":"{index}","_id":"direct-{i}"}}}}"#);
+                nd.push_str(&doc);
+                nd.push('\n');
+            }
+            dx_bench::post(addr, "/_bulk", "application/x-ndjson", nd.as_bytes())
+        })
+        .collect();
+    let requests = bodies.len() as u64;
+    let bodies = Arc::new(bodies);
+    let start = Instant::now();
+    let load = Load {
+        addr,
+        requests: Arc::new(move |i| bodies[i as usize].clone()),
+        connections: 4,
+        rate: None,
+        stop: Stop::Count(requests),
+    };
+    let out = rt.block_on(load::run(load))?;
+    anyhow::ensure!(out.ok == requests, "{} of {requests} bulk requests succeeded", out.ok);
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
+    let bin = std::env::current_exe()?.parent().unwrap().to_owned();
+    let scratch = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let p = Paths { bin, plugins: root.join("target/plugins"), scratch };
+    anyhow::ensure!(p.plugins.join("opensearch.wasm").exists(), "run `make plugins` first (make bench does)");
+    anyhow::ensure!(p.tool("data-exporter").exists(), "build the host in release mode first (make bench does)");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {} cores; load generator in the same machine ({} keep-alive connections, \
+        {} s warm-up, {} s measured); report body {} bytes.\n",
+        std::thread::available_parallelism()?,
+        connections(),
+        WARMUP.as_secs(),
+        MEASURE.as_secs(),
+        body(ACK_PLACEHOLDER).len()
+    );
+
+    let (ack, ack_addr) = helper(&p, "bulk-ack", &[])?;
+    let ack_url = format!("http://{ack_addr}");
+    if wants("ingest") {
+        let _ = writeln!(md, "### Ingest: `POST /forward`, 202 answers\n");
+        let _ = writeln!(md, "| server | req/s | vs baseline | p50 ms | p99 ms | CPU s per 100k | peak RSS MiB |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let (baseline, baddr) = helper(&p, "baseline", &[])?;
+        let base = ingest(&rt, &baseline, baddr, None)?;
+        drop(baseline);
+        row(&mut md, "baseline (axum, parse envelope, 202)", &base, None);
+        let req_for = |addr| dx_bench::post(addr, "/forward", "application/json", body(&ack_url).as_bytes());
+        for (label, durable) in
+            [("host, queue in memory", "false"), ("host, durable queue (fsync, group commit)", "true")]
+        {
+            let data = p.scratch.join(format!("ingest-{durable}"));
+            let h = host(&p, &data, &[("DATA_EXPORTER_QUEUE__DURABLE", durable)])?;
+            let req = req_for(h.addr);
+            let r = ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), None, connections())?;
+            row(&mut md, label, &r, Some(&base));
+            let half = r.out.rps() / 2.0;
+            let req = req_for(h.addr);
+            let at_half =
+                ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), Some(half), connections())?;
+            row(&mut md, &format!("{label}, paced at half its max ({half:.0} req/s)"), &at_half, Some(&base));
+            println!("{md}");
+        }
+        // Where the host's time goes: the same ingest, delivering to the `discard` test plugin
+        // (no downstream I/O), queue in memory.
+        let discard = p.scratch.join("plugins-discard");
+        std::fs::create_dir_all(&discard)?;
+        std::fs::copy(p.plugins.join("../test-plugins/discard.wasm"), discard.join("discard.wasm"))?;
+        let paths = Paths { bin: p.bin.clone(), plugins: discard, scratch: p.scratch.clone() };
+        let h = host(&paths, &p.scratch.join("ingest-discard"), &[("DATA_EXPORTER_QUEUE__DURABLE", "false")])?;
+        let body =
+            serde_json::json!({"config": {"discard": {"sink": "none"}}, "payload": dx_bench::payload()}).to_string();
+        let req = dx_bench::post(h.addr, "/forward", "application/json", body.as_bytes());
+        let r = ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), None, connections())?;
+        row(&mut md, "host, queue in memory, to the `discard` plugin (no downstream I/O)", &r, Some(&base));
+        drop(h);
+    }
+
+    if wants("e2e") {
+        let _ = writeln!(md, "\n### End to end: `/forward` until acknowledged downstream\n");
+        let _ = writeln!(md, "| downstream | via host reports/s | reference | reference/s | ratio |");
+        let _ = writeln!(md, "|---|---:|---|---:|---:|");
+        let n = 200_000;
+        let data = p.scratch.join("e2e-ack");
+        let h = host(&p, &data, &[])?;
+        let via = end_to_end(&rt, &h, &ack_url, "e2e", n, || count_at(ack_addr, "/_count"))?;
+        drop(h);
+        let (baseline, baddr) = helper(&p, "baseline", &[])?;
+        let base = ingest(&rt, &baseline, baddr, None)?.out.rps();
+        drop(baseline);
+        let _ = writeln!(
+            md,
+            "| minimal `_bulk` acknowledger ({n} reports) | {via:.0} | ingest baseline | {base:.0} | {:.2}x |",
+            via / base
+        );
+        match std::env::var("DX_TEST_OPENSEARCH_URL") {
+            Ok(os) => {
+                let os_addr: SocketAddr = os.trim_start_matches("http://").parse()?;
+                let n = 20_000;
+                let direct = direct_bulk(&rt, os_addr, "e2e-direct", n, 500)?;
+                let data = p.scratch.join("e2e-os");
+                let h = host(&p, &data, &[])?;
+                let via = end_to_end(&rt, &h, &os, "e2e-host", n, || count_at(os_addr, "/e2e-host/_count"))?;
+                let _ = writeln!(
+                    md,
+                    "| OpenSearch-API server, osmem ({n} reports) | {via:.0} | direct `_bulk` load, 500 per request | {direct:.0} | {:.2}x |",
+                    via / direct
+                );
+            }
+            Err(_) => {
+                let _ = writeln!(
+                    md,
+                    "| OpenSearch-API server | skipped: DX_TEST_OPENSEARCH_URL is not set (make bench starts it) | | | |"
+                );
+            }
+        }
+        println!("{md}");
+    }
+
+    if wants("overload") {
+        let (stuck, stuck_addr) = helper(&p, "bulk-ack", &["--hang"])?;
+        let data = p.scratch.join("overload");
+        let h = host(
+            &p,
+            &data,
+            &[("DATA_EXPORTER_QUEUE__DURABLE", "false"), ("DATA_EXPORTER_QUEUE__MAX_BYTES", "67108864")],
+        )?;
+        let req =
+            dx_bench::post(h.addr, "/forward", "application/json", body(&format!("http://{stuck_addr}")).as_bytes());
+        let load = Load {
+            addr: h.addr,
+            requests: Arc::new(move |_| req.clone()),
+            connections: 256,
+            rate: None,
+            stop: Stop::After { warmup: Duration::ZERO, measure: MEASURE },
+        };
+        let r = measure(&rt, &h.server, load)?;
+        let _ = writeln!(
+            md,
+            "\n### Overload: downstream never answers, queue in memory capped at 64 MiB, 256 connections\n"
+        );
+        let _ = writeln!(
+            md,
+            "{} answered in {} s: {} accepted (202) until the queue was full, {} shed (503 + Retry-After); peak RSS {:.1} MiB.",
+            r.out.requests,
+            MEASURE.as_secs(),
+            r.out.ok,
+            r.out.shed,
+            r.peak_rss_mib
+        );
+        drop(stuck);
+        println!("{md}");
+    }
+
+    if wants("startup") {
+        let _ = writeln!(md, "\n### Start-up: process start to `/readyz` 200, shipped plugins\n");
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        let mut idle = 0.0;
+        for i in 0..5 {
+            let data = p.scratch.join(format!("startup-{i}"));
+            let h = host(&p, &data, &[])?;
+            cold.push(h.ready_after);
+            drop(h);
+            let h = host(&p, &data, &[])?;
+            warm.push(h.ready_after);
+            std::thread::sleep(Duration::from_secs(1));
+            idle = h.server.rss_mib().0;
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1000.0
+        };
+        let _ = writeln!(
+            md,
+            "| start | median of 5, ms |\n|---|---:|\n| cold (compiles the plugins) | {:.0} |\n| with the compiled-code cache | {:.0} |\n\nIdle RSS with the shipped plugins loaded: {idle:.1} MiB.",
+            median(&mut cold),
+            median(&mut warm)
+        );
+    }
+    drop(ack);
+    println!("{md}");
+    std::fs::write(p.scratch.join("results.md"), &md)?;
+    println!("(also written to {})", p.scratch.join("results.md").display());
+    Ok(())
+}
