@@ -78,6 +78,12 @@ fn push_single_line(out: &mut Vec<u8>, json: &str) {
 }
 
 #[derive(Deserialize)]
+struct BulkSummary {
+    errors: bool,
+    items: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
 struct BulkResponse {
     items: Vec<BTreeMap<String, BulkItem>>,
 }
@@ -106,6 +112,14 @@ pub fn outcomes(resp: &Response, n: usize, host_port: &str) -> Vec<Outcome> {
             )));
         }
         _ => return whole(Outcome::from_response(resp)),
+    }
+    // Fast path: `"errors": false` means every item succeeded; count them without building
+    // anything per item.
+    if let Ok(summary) = serde_json::from_slice::<BulkSummary>(&resp.body)
+        && !summary.errors
+        && summary.items.len() == n
+    {
+        return vec![Outcome::Delivered; n];
     }
     let parsed: BulkResponse = match serde_json::from_slice(&resp.body) {
         Ok(p) => p,
@@ -204,6 +218,15 @@ mod tests {
             matches!(&out[2], Outcome::Permanent(r) if r.contains("mapper_parsing_exception") && r.contains("field [x]"))
         );
         assert!(matches!(&out[3], Outcome::Retryable(_)));
+    }
+
+    #[test]
+    fn an_all_successful_answer_delivers_every_report_and_a_short_one_does_not() {
+        let ok = r#"{"took":3,"errors":false,"items":[{"index":{"_id":"a","status":201}},{"index":{"_id":"b","status":200}}]}"#;
+        assert_eq!(outcomes(&resp(200, ok), 2, "x"), vec![Outcome::Delivered; 2]);
+        // `errors: false` with too few items is not taken on trust.
+        let out = outcomes(&resp(200, ok), 3, "x");
+        assert!(out.iter().all(|o| matches!(o, Outcome::Retryable(r) if r.reason.contains("2 bulk items for 3"))));
     }
 
     #[test]
