@@ -47,7 +47,7 @@ bench: plugins ## Benchmarks in release mode, each next to its baseline, as rati
 	@set -a; . target/test-servers/env; set +a; \
 	rc=0; ./target/release/dx-bench || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
-	$(CARGO) bench -p data-exporter --bench plugin_call
+	$(CARGO) bench -p dx-bench --bench plugin_call
 
 lint: ## rustfmt and clippy (warnings are errors) on host and plugins
 	$(CARGO) fmt --all -- --check

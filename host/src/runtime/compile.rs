@@ -6,7 +6,7 @@
 use crate::config::RuntimeConfig;
 use anyhow::Context;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
@@ -29,7 +29,7 @@ pub fn in_child(cfg: &RuntimeConfig, wasm: &[u8]) -> Option<anyhow::Result<Vec<u
     Some(run_child(exe, cfg, wasm))
 }
 
-fn run_child(exe: &PathBuf, cfg: &RuntimeConfig, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn run_child(exe: &Path, cfg: &RuntimeConfig, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let settings = serde_json::to_string(cfg)?;
     let memory = cfg.compile_memory_mib.saturating_mul(1024 * 1024);
@@ -74,7 +74,10 @@ fn run_child(exe: &PathBuf, cfg: &RuntimeConfig, wasm: &[u8]) -> anyhow::Result<
         Some(sig) => anyhow::bail!(
             "the compiler process died of signal {sig} (memory cap runtime.compile_memory_mib = {mib} MiB): {said}"
         ),
-        None => anyhow::bail!("{said}"),
+        None => anyhow::bail!(
+            "{}",
+            if said.is_empty() { format!("the plugin compiler exited with {}", out.status) } else { said.to_string() }
+        ),
     }
 }
 

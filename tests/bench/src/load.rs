@@ -49,10 +49,10 @@ pub struct Outcome {
     pub other: u64,
     /// Length of the measured window.
     pub elapsed: Duration,
-    /// Latency percentiles of measured requests, microseconds: p50, p99, max.
+    /// Median latency of measured requests, microseconds.
     pub p50_us: u64,
+    /// 99th percentile latency of measured requests, microseconds.
     pub p99_us: u64,
-    pub max_us: u64,
 }
 
 impl Outcome {
@@ -144,7 +144,6 @@ pub async fn run(load: Load) -> anyhow::Result<Outcome> {
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     out.p50_us = pct(0.5).unwrap_or(0);
     out.p99_us = pct(0.99).unwrap_or(0);
-    out.max_us = lat.last().copied().unwrap_or(0);
     Ok(out)
 }
 

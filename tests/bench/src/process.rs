@@ -35,11 +35,6 @@ impl Server {
         anyhow::bail!("{addr}{path} did not answer 200 within 120 s")
     }
 
-    /// CPU seconds (user + system) the process has used so far.
-    pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds_of(self.child.id())
-    }
-
     /// Resident memory now and its peak, in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();

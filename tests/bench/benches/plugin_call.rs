@@ -23,7 +23,7 @@ static RT: LazyLock<tokio::runtime::Runtime> =
 
 /// The `discard` plugin, loaded the way the host loads every plugin (pooled instances).
 static PLUGIN: LazyLock<Arc<LoadedPlugin>> = LazyLock::new(|| {
-    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugins/discard.wasm");
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-plugins/discard.wasm");
     assert!(built.exists(), "run `make plugins` first (make bench does)");
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::copy(&built, dir.join("discard.wasm")).unwrap();
@@ -36,7 +36,7 @@ static PLUGIN: LazyLock<Arc<LoadedPlugin>> = LazyLock::new(|| {
 });
 
 fn reports(n: usize) -> Vec<Report> {
-    let payload = dx_payload();
+    let payload = dx_bench::payload();
     (0..n)
         .map(|i| Report {
             id: format!("0193a1b2-c3d4-7e5f-8a9b-{i:012x}"),
@@ -44,19 +44,6 @@ fn reports(n: usize) -> Vec<Report> {
             received_at_ms: 1,
         })
         .collect()
-}
-
-/// About 1.4 KB of scanner JSON, as in the ingest benchmark.
-fn dx_payload() -> String {
-    let checks: Vec<_> = (0..12)
-        .map(|i| {
-            serde_json::json!({"id": format!("1.2.{i}"), "text": "Ensure that the --anonymous-auth argument is set to false",
-                "status": if i % 3 == 0 { "FAIL" } else { "PASS" }, "scored": true})
-        })
-        .collect();
-    serde_json::json!({"cluster": "prod-eu-1", "node": "ip-10-0-3-17", "scanner": "kube-bench", "version": "cis-1.8",
-        "time": "2026-11-22T18:00:00Z", "results": checks})
-    .to_string()
 }
 
 /// Baseline: the plugin's work (parse the destination, touch each payload, one outcome per
