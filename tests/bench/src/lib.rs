@@ -3,6 +3,7 @@
 
 pub mod load;
 pub mod process;
+pub mod scale;
 
 /// A realistic scanner report (kube-bench style), about 1.4 KB of JSON.
 pub fn payload() -> String {

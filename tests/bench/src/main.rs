@@ -9,6 +9,8 @@
 //!   server (vs. bulk-loading the same documents into it directly) and into the minimal `_bulk`
 //!   acknowledger (vs. the ingest baseline);
 //! - overload: a stuck downstream and many connections: memory stays bounded, excess is shed 503;
+//! - scale: the Kafka topology at 1M reports/s, sized from this run's CPU per report and checked
+//!   by the simulation in `dx_bench::scale` (spread vs keyed partitions, losing a delivery pod);
 //! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache.
 
 use dx_bench::load::{self, Load, Stop};
@@ -212,6 +214,129 @@ fn direct_bulk(rt: &tokio::runtime::Runtime, addr: SocketAddr, index: &str, n: u
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The ingest of the in-memory host delivering to the `discard` test plugin (no downstream
+/// I/O): where the host's time goes without delivery.
+fn to_discard(rt: &tokio::runtime::Runtime, p: &Paths) -> anyhow::Result<Ingest> {
+    let discard = p.scratch.join("plugins-discard");
+    std::fs::create_dir_all(&discard)?;
+    std::fs::copy(p.plugins.join("../test-plugins/discard.wasm"), discard.join("discard.wasm"))?;
+    let paths = Paths { bin: p.bin.clone(), plugins: discard, scratch: p.scratch.clone() };
+    let h = host(&paths, &p.scratch.join("ingest-discard"), &[("DATA_EXPORTER_QUEUE__DURABLE", "false")])?;
+    let body = serde_json::json!({"config": {"discard": {"sink": "none"}}, "payload": dx_bench::payload()}).to_string();
+    let req = dx_bench::post(h.addr, "/forward", "application/json", body.as_bytes());
+    ingest_with(rt, &h.server, h.addr, Arc::new(move |_| req.clone()), None, connections())
+}
+
+/// Host CPU per report, microseconds, from two measured rows of this run.
+struct PerReport {
+    /// The `discard` row: HTTP, envelope, routing, queue, 202 (and a trivial plugin call).
+    ingest_us: f64,
+    /// The in-memory row into the acknowledger minus the `discard` row: the delivery path.
+    deliver_us: f64,
+}
+
+impl PerReport {
+    fn from(to_ack: &Ingest, to_discard: &Ingest) -> PerReport {
+        // CPU seconds per 100k reports x 10 = microseconds per report.
+        let ingest_us = to_discard.cpu_per_100k * 10.0;
+        PerReport { ingest_us, deliver_us: (to_ack.cpu_per_100k * 10.0 - ingest_us).max(1.0) }
+    }
+}
+
+/// The Kafka topology at 1M reports/s: sized on paper from this run's CPU per report, then
+/// checked by the simulation in `dx_bench::scale`.
+fn scale_section(pr: &PerReport) -> String {
+    use dx_bench::scale::{Costs, Keying, Topology, fewest, simulate, size};
+    let rate = 1_000_000.0;
+    let c = Costs {
+        ingest_us: pr.ingest_us,
+        produce_us: 5.0,
+        deliver_us: pr.deliver_us,
+        consume_us: 2.0,
+        report_bytes: body(ACK_PLACEHOLDER).len() as f64,
+        partition_mb_s: 10.0,
+        jitter: 0.1,
+    };
+    let (ingest_pods, delivery_pods, partitions) = size(rate, &c, 2.0, 0.7);
+    let sized = Topology {
+        rate,
+        ingest_pods,
+        delivery_pods,
+        cores_per_pod: 2.0,
+        partitions,
+        keying: Keying::Spread,
+        lose_delivery_pod: None,
+        seconds: 20.0,
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "### Scale: the Kafka topology at 1M reports/s, sized then simulated\n");
+    let _ = writeln!(
+        md,
+        "Inputs: host CPU per report measured in this run, ingest {:.1} us (the `discard` row), delivery \
+        {:.1} us (in-memory row minus `discard` row); assumed: Kafka produce {} us and consume {} us per \
+        report (batched), {} MB/s per partition, pod capacity noise {:.0}% per step; {:.0} bytes per report; \
+        2-core pods. Sized at 70% CPU: {ingest_pods} ingest pods, {delivery_pods} delivery pods, \
+        {partitions} partitions.\n",
+        c.ingest_us,
+        c.deliver_us,
+        c.produce_us,
+        c.consume_us,
+        c.partition_mb_s,
+        c.jitter * 100.0,
+        c.report_bytes
+    );
+    let _ = writeln!(
+        md,
+        "| simulated (20 s, 2 ms steps) | delivered/s | backlog at end | max backlog | p50 ms | p99 ms | max ms | ingest CPU | busiest delivery pod | hottest partition |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // Delays are counted in whole 2 ms steps.
+    let ms = |v: f64| if v < 2.0 { "< 2".to_string() } else { format!("{v:.0}") };
+    let mut line = |label: &str, t: &Topology| {
+        let o = simulate(t, &c);
+        let _ = writeln!(
+            md,
+            "| {label} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.0}% | {:.0}% | {:.2}x{} |",
+            o.delivered_per_s,
+            o.backlog_end,
+            o.backlog_max,
+            ms(o.p50_ms),
+            ms(o.p99_ms),
+            ms(o.max_ms),
+            o.ingest_util * 100.0,
+            o.delivery_util_max * 100.0,
+            o.hottest_partition_load,
+            o.recovered_after_s.map(|s| format!("; caught up {s:.1} s after reassignment")).unwrap_or_default()
+        );
+    };
+    line("as sized, keys spread over partitions", &sized);
+    line(
+        "as sized, keyed by tenant (10k tenants, Zipf s=1)",
+        &Topology { keying: Keying::ByTenant { tenants: 10_000, s: 1.0 }, ..sized.clone() },
+    );
+    line(
+        "as sized, a delivery pod lost at 5 s, its partitions reassigned at 15 s",
+        &Topology { lose_delivery_pod: Some((5.0, 15.0)), seconds: 30.0, ..sized.clone() },
+    );
+    line(
+        &format!("the same loss with {} partitions", partitions * 2),
+        &Topology { lose_delivery_pod: Some((5.0, 15.0)), seconds: 30.0, partitions: partitions * 2, ..sized.clone() },
+    );
+    let keeps_up = |t: Topology| simulate(&t, &c).keeps_up(rate);
+    let min_ingest = fewest(ingest_pods * 2, |n| keeps_up(Topology { ingest_pods: n, seconds: 5.0, ..sized.clone() }));
+    let min_delivery =
+        fewest(delivery_pods * 2, |n| keeps_up(Topology { delivery_pods: n, seconds: 5.0, ..sized.clone() }));
+    let show = |n: Option<usize>| n.map(|n| n.to_string()).unwrap_or_else(|| "more than twice the sizing".into());
+    let _ = writeln!(
+        md,
+        "\nFewest pods that keep up (backlog under 100 ms of traffic after 5 s, keys spread): {} ingest \
+        (sized {ingest_pods}), {} delivery (sized {delivery_pods}).",
+        show(min_ingest),
+        show(min_delivery)
+    );
+    md
+}
+
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
     let bin = std::env::current_exe()?.parent().unwrap().to_owned();
@@ -238,6 +363,9 @@ fn main() -> anyhow::Result<()> {
 
     let (ack, ack_addr) = helper(&p, "bulk-ack", &[])?;
     let ack_url = format!("http://{ack_addr}");
+    // CPU per report of the ingest and delivery paths, for the scale model.
+    let mut per_report: Option<PerReport> = None;
+    let mut in_memory: Option<Ingest> = None;
     if wants("ingest") {
         let _ = writeln!(md, "### Ingest: `POST /forward`, 202 answers\n");
         let _ = writeln!(md, "| server | req/s | vs baseline | p50 ms | p99 ms | CPU s per 100k | peak RSS MiB |");
@@ -256,25 +384,18 @@ fn main() -> anyhow::Result<()> {
             let r = ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), None, connections())?;
             row(&mut md, label, &r, Some(&base));
             let half = r.out.rps() / 2.0;
+            if durable == "false" {
+                in_memory = Some(r);
+            }
             let req = req_for(h.addr);
             let at_half =
                 ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), Some(half), connections())?;
             row(&mut md, &format!("{label}, paced at half its max ({half:.0} req/s)"), &at_half, Some(&base));
             println!("{md}");
         }
-        // Where the host's time goes: the same ingest, delivering to the `discard` test plugin
-        // (no downstream I/O), queue in memory.
-        let discard = p.scratch.join("plugins-discard");
-        std::fs::create_dir_all(&discard)?;
-        std::fs::copy(p.plugins.join("../test-plugins/discard.wasm"), discard.join("discard.wasm"))?;
-        let paths = Paths { bin: p.bin.clone(), plugins: discard, scratch: p.scratch.clone() };
-        let h = host(&paths, &p.scratch.join("ingest-discard"), &[("DATA_EXPORTER_QUEUE__DURABLE", "false")])?;
-        let body =
-            serde_json::json!({"config": {"discard": {"sink": "none"}}, "payload": dx_bench::payload()}).to_string();
-        let req = dx_bench::post(h.addr, "/forward", "application/json", body.as_bytes());
-        let r = ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), None, connections())?;
+        let r = to_discard(&rt, &p)?;
         row(&mut md, "host, queue in memory, to the `discard` plugin (no downstream I/O)", &r, Some(&base));
-        drop(h);
+        per_report = Some(PerReport::from(in_memory.as_ref().expect("measured above"), &r));
     }
 
     if wants("e2e") {
@@ -350,6 +471,26 @@ fn main() -> anyhow::Result<()> {
             r.peak_rss_mib
         );
         drop(stuck);
+        println!("{md}");
+    }
+
+    if wants("scale") {
+        // `DX_BENCH_SCALE_US=<ingest us>,<delivery us>` projects from given costs instead.
+        let given = std::env::var("DX_BENCH_SCALE_US").ok().and_then(|v| {
+            let (a, b) = v.split_once(',')?;
+            Some(PerReport { ingest_us: a.trim().parse().ok()?, deliver_us: b.trim().parse().ok()? })
+        });
+        let pr = match given.or(per_report) {
+            Some(pr) => pr,
+            None => {
+                let h = host(&p, &p.scratch.join("scale-ack"), &[("DATA_EXPORTER_QUEUE__DURABLE", "false")])?;
+                let req = dx_bench::post(h.addr, "/forward", "application/json", body(&ack_url).as_bytes());
+                let r = ingest_with(&rt, &h.server, h.addr, Arc::new(move |_| req.clone()), None, connections())?;
+                drop(h);
+                PerReport::from(&r, &to_discard(&rt, &p)?)
+            }
+        };
+        let _ = writeln!(md, "\n{}", scale_section(&pr));
         println!("{md}");
     }
 
