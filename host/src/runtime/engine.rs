@@ -3,7 +3,7 @@
 
 use crate::config::RuntimeConfig;
 use std::time::Duration;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances. A running plugin yields to the async runtime
 /// at every tick, so a busy loop cannot hold a worker thread, and the call's
@@ -82,15 +82,21 @@ fn pool(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
         .max_memories_per_component(PER_COMPONENT)
         .max_tables_per_component(PER_COMPONENT)
         .max_memory_size((largest_mib as usize).saturating_mul(1024 * 1024))
-        // A fresh instance reuses a warm slot: the first pages of its memory, table and stack
-        // are cleared in place rather than unmapped and faulted in again (more costs more to
-        // clear than it saves: measured with `plugin_call`), and slots are released in batches.
-        .linear_memory_keep_resident(32 << 10)
+        // A fresh instance reuses a warm slot. Where the kernel has PAGEMAP_SCAN (Linux 6.7+),
+        // only the pages the last instance wrote are reset, by copying, and stay mapped, so the
+        // next instance takes no page faults on them (up to the keep-resident sizes); elsewhere
+        // the first pages are cleared in place and the rest unmapped. Slots are released in
+        // batches. Measured with `plugin_call`: see BENCHMARKS.md.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
         .table_keep_resident(16 << 10)
         .async_stack_keep_resident(16 << 10)
         .decommit_batch_size(8);
     p
 }
+
+/// Pages of a pooled memory reset in place (not unmapped) when its instance ends.
+const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
 
 /// Core instances, memories and tables one component may hold in the pool.
 const PER_COMPONENT: u32 = 16;
