@@ -67,7 +67,10 @@ pub struct Receipt {
 /// Destinations already validated, by (consumer key, destination JSON).
 /// Bounded: cleared when it reaches `VALIDATION_CACHE_MAX` entries, and when plugins reload.
 #[derive(Default)]
-pub struct ValidationCache(DashMap<(String, Arc<str>), Result<(), String>>, std::sync::atomic::AtomicU64);
+pub struct ValidationCache(
+    DashMap<(String, Arc<str>), Result<(), String>, foldhash::fast::RandomState>,
+    std::sync::atomic::AtomicU64,
+);
 
 impl ValidationCache {
     /// Forget everything when the plugins changed since the last call.

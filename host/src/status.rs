@@ -55,7 +55,7 @@ struct Entry {
 
 /// Report states by id.
 pub struct StatusBook {
-    map: DashMap<Uuid, Entry>,
+    map: DashMap<Uuid, Entry, foldhash::fast::RandomState>,
     finished: Mutex<VecDeque<Uuid>>,
     keep_finished: usize,
 }
@@ -63,7 +63,7 @@ pub struct StatusBook {
 impl StatusBook {
     /// A book that remembers up to `keep_finished` finished reports.
     pub fn new(keep_finished: usize) -> Self {
-        StatusBook { map: DashMap::new(), finished: Mutex::new(VecDeque::new()), keep_finished }
+        StatusBook { map: DashMap::default(), finished: Mutex::new(VecDeque::new()), keep_finished }
     }
 
     /// Track a report with these consumers (replaces an older entry with the same id).

@@ -94,7 +94,7 @@ struct Pending {
 
 #[derive(Default)]
 struct Inner {
-    pending: HashMap<Uuid, Pending>,
+    pending: HashMap<Uuid, Pending, foldhash::fast::RandomState>,
     /// Live reports per segment.
     live: BTreeMap<u64, usize>,
     bytes: u64,
