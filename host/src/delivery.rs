@@ -202,14 +202,12 @@ impl Delivery {
                 }
                 continue;
             }
-            // Fill the batch: wait up to `linger` for more, then take what is there.
-            if ready.len() < self.cfg.batch_max_reports && !linger.is_zero() {
-                let until = Instant::now() + linger;
-                while ready.len() < self.cfg.batch_max_reports {
-                    tokio::select! {
-                        job = rx.recv() => match job { Some(j) => ready.push_back(j), None => break },
-                        _ = tokio::time::sleep_until(until) => break,
-                    }
+            // Fill the batch: unless a full batch is already waiting, wait `linger` for more
+            // (one timer, not a wake-up per arriving report), then take what is there.
+            if ready.len() + rx.len() < self.cfg.batch_max_reports && !linger.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(linger) => {}
+                    _ = stop.changed() => {}
                 }
             }
             while ready.len() < self.cfg.batch_max_reports {
