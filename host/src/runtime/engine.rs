@@ -84,19 +84,20 @@ fn pool(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
         .max_memory_size((largest_mib as usize).saturating_mul(1024 * 1024))
         // A fresh instance reuses a warm slot. Where the kernel has PAGEMAP_SCAN (Linux 6.7+),
         // only the pages the last instance wrote are reset, by copying, and stay mapped, so the
-        // next instance takes no page faults on them (up to the keep-resident sizes); elsewhere
-        // the first pages are cleared in place and the rest unmapped. Slots are released in
-        // batches. Measured with `plugin_call`: see BENCHMARKS.md.
+        // next instance takes no page faults on them (up to 1 MiB); elsewhere the first 32 KiB
+        // are cleared in place and the rest unmapped (clearing more costs more than the faults
+        // it saves). Slots are released in batches. Measured with `plugin_call`: BENCHMARKS.md.
         .pagemap_scan(Enabled::Auto)
-        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .linear_memory_keep_resident(if PoolingAllocationConfig::is_pagemap_scan_available() {
+            1 << 20
+        } else {
+            32 << 10
+        })
         .table_keep_resident(16 << 10)
         .async_stack_keep_resident(16 << 10)
         .decommit_batch_size(8);
     p
 }
-
-/// Pages of a pooled memory reset in place (not unmapped) when its instance ends.
-const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
 
 /// Core instances, memories and tables one component may hold in the pool.
 const PER_COMPONENT: u32 = 16;
