@@ -221,6 +221,18 @@ impl Exporter {
         port: u16,
         extra: impl FnOnce(&mut std::process::Command),
     ) -> Exporter {
+        let exporter = Exporter::spawn(plugins, data, port, extra);
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !client.get(format!("{}/readyz", exporter.url)).send().await.is_ok_and(|r| r.status() == 200) {
+            assert!(std::time::Instant::now() < deadline, "the exporter did not become ready");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        exporter
+    }
+
+    /// As `start`, without waiting for readiness (for a host that is not meant to get ready).
+    pub fn spawn(plugins: &Path, data: &Path, port: u16, extra: impl FnOnce(&mut std::process::Command)) -> Exporter {
         let admin_port = free_port();
         let mut cmd = std::process::Command::new(BIN);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -231,18 +243,11 @@ impl Exporter {
             .arg(data)
             .stdout(std::process::Stdio::null());
         extra(&mut cmd);
-        let exporter = Exporter {
+        Exporter {
             child: cmd.spawn().unwrap(),
             url: format!("http://127.0.0.1:{port}"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !client.get(format!("{}/readyz", exporter.url)).send().await.is_ok_and(|r| r.status() == 200) {
-            assert!(std::time::Instant::now() < deadline, "the exporter did not become ready");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        exporter
     }
 
     /// SIGTERM, then wait for the exit.

@@ -201,22 +201,11 @@ async fn the_binary_compiles_plugins_in_a_child_process_held_to_a_memory_cap() {
     // load fails naming the setting, and the host itself keeps serving.
     let plugins = plugins_dir(&["opensearch"]);
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("DATA_EXPORTER_RUNTIME__COMPILE_MEMORY_MIB", "16")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let v = binary_get(&format!("http://127.0.0.1:{port}/plugins")).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let exporter = Exporter::spawn(plugins.path(), data.path(), free_port(), |c| {
+        c.env("DATA_EXPORTER_RUNTIME__COMPILE_MEMORY_MIB", "16").stderr(std::process::Stdio::null());
+    });
+    let v = binary_get(&format!("{}/plugins", exporter.url)).await;
+    drop(exporter);
     let error = v["failed"][0]["error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("runtime.compile_memory_mib (16 MiB)"), "{v}");
     assert!(v["plugins"].as_array().unwrap().is_empty(), "{v}");
