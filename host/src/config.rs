@@ -22,6 +22,13 @@ pub struct Config {
     /// Directory of mounted secrets (`<name>/username` + `password`, or `<name>/token`)
     /// that destinations may name with `"secretRef": "<name>"` instead of carrying credentials.
     pub secrets_dir: Option<PathBuf>,
+    /// Where each secret may be sent: secret name -> origins (`scheme://host:port`, e.g.
+    /// `prod = ["https://opensearch.prod.svc:9200"]`). The host attaches a secret only to a
+    /// request for one of its origins; a secret with none listed is never sent.
+    pub secret_origins: std::collections::BTreeMap<String, Vec<String>>,
+    /// File holding the admin API's bearer token (used by `data-exporter dlq` and `plugins`).
+    /// Unset: generated once as `<data_dir>/admin.token` (mode 0600).
+    pub admin_token_file: Option<PathBuf>,
     /// Time allowed on SIGTERM to finish in-flight deliveries before exiting, in
     /// milliseconds. Whatever is unfinished stays queued on disk for the next start.
     pub shutdown_grace_ms: u64,
@@ -49,6 +56,8 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6781)),
             secrets_dir: None,
+            secret_origins: Default::default(),
+            admin_token_file: None,
             shutdown_grace_ms: 10_000,
             queue: QueueConfig::default(),
             delivery: DeliveryConfig::default(),
@@ -127,7 +136,9 @@ impl Default for DeliveryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DlqConfig {
-    /// Most dead letters kept; when full, new ones are dropped, counted and logged.
+    /// Most dead letters kept. When full, a report that failed for good stays queued (its
+    /// status says why; counted in `data_exporter_dlq_blocked_total` and logged) and is moved
+    /// here once there is room: nothing acknowledged is dropped.
     pub max_entries: usize,
     /// Most bytes of dead letters kept.
     pub max_bytes: u64,
@@ -205,8 +216,23 @@ pub struct RuntimeConfig {
     pub max_wasm_stack_kib: usize,
     /// Limits of every plugin, unless overridden below.
     pub limits: PluginLimits,
-    /// Per-plugin overrides, keyed by the plugin's name (as `GET /plugins` shows it).
+    /// Per-plugin overrides, keyed by the plugin file's name without `.wasm` (what the
+    /// operator controls, never what the plugin says about itself): `[runtime.plugins.opensearch]`
+    /// applies to `opensearch.wasm`.
     pub plugins: std::collections::BTreeMap<String, LimitOverrides>,
+    /// Config keys bound to plugin files: `bindings = { openSearch = "opensearch.wasm" }`.
+    /// A bound key is served only by its file. An unbound key claimed by two files at start
+    /// is served by neither until the operator binds it (the conflict shows in the log,
+    /// `/plugins` and `/readyz`); on a reload, the file already serving a key keeps it.
+    pub bindings: std::collections::BTreeMap<String, String>,
+    /// Deadline of a plugin's `info` call when it is loaded, in ms. Plugins load in parallel:
+    /// one that hangs delays neither the others nor readiness by more than this.
+    pub info_timeout_ms: u64,
+    /// Deadline of a plugin's `validate` call (a producer waits for it), in ms.
+    pub validate_timeout_ms: u64,
+    /// How long a destination whose validation crashed or timed out is answered from a
+    /// negative cache (so a burst of such requests does not pin every instance), in ms.
+    pub validate_failure_cache_ms: u64,
     /// How often the plugins directory is checked for added, replaced or removed
     /// files, in ms; 0 turns hot reload off.
     pub reload_poll_ms: u64,
@@ -233,6 +259,10 @@ impl Default for RuntimeConfig {
             max_wasm_stack_kib: 512,
             limits: PluginLimits::default(),
             plugins: Default::default(),
+            bindings: Default::default(),
+            info_timeout_ms: 5_000,
+            validate_timeout_ms: 5_000,
+            validate_failure_cache_ms: 10_000,
             reload_poll_ms: 2000,
             pins: Default::default(),
             code_cache: true,
@@ -243,7 +273,7 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// The limits of plugin `name`: the defaults with its overrides applied.
+    /// The limits of the plugin loaded from file stem `name`: the defaults with its overrides applied.
     pub fn limits_for(&self, name: &str) -> PluginLimits {
         let mut l = self.limits.clone();
         if let Some(o) = self.plugins.get(name) {
@@ -270,7 +300,9 @@ pub enum QuarantinePolicy {
 pub struct PluginLimits {
     /// Largest linear memory of one instance, in MiB; growing past it traps.
     pub memory_limit_mib: u64,
-    /// Wall-clock deadline of one call (validate or deliver, HTTP requests included), in ms.
+    /// Wall-clock deadline of one `deliver` call (HTTP requests included), in ms. Load-time
+    /// and validation calls have their own, shorter deadlines (`runtime.info_timeout_ms`,
+    /// `runtime.validate_timeout_ms`).
     pub call_timeout_ms: u64,
     /// Fuel (roughly, wasm instructions) one call may burn; 0 = unmetered. Any
     /// non-zero value turns metering on for every plugin (a few % slower).
@@ -288,12 +320,20 @@ pub struct PluginLimits {
     pub quarantined_reports: QuarantinePolicy,
     /// Where the plugin may send HTTP requests, checked on resolved addresses:
     /// `"*"`, IPs and CIDRs (`"10.0.0.0/8"`), host names with an optional port
-    /// (`"opensearch.svc:9200"`, `"*.example.com"`). Link-local and cloud
-    /// metadata addresses are refused unless an IP/CIDR rule names them.
+    /// (`"opensearch.svc:9200"`, `"*.example.com"`). `"*"` admits public and private
+    /// addresses; loopback, unspecified, link-local and cloud metadata addresses are
+    /// refused unless an IP/CIDR rule names them. The host's own listeners are always refused.
     pub outbound_allow: Vec<String>,
     /// Host capabilities the plugin may import: `http`, `log`. A plugin that
     /// imports one it was not granted fails to load, naming it.
     pub grants: Vec<String>,
+    /// Most log lines (log capability, stdout and stderr together) the plugin may write per
+    /// second, across its instances (0: none); the excess is counted and summarised in one line.
+    pub log_lines_per_sec: u32,
+    /// Most log bytes the plugin may write per second, across its instances.
+    pub log_bytes_per_sec: u64,
+    /// Longest log line, in bytes; longer lines are cut.
+    pub log_line_max: usize,
 }
 
 impl Default for PluginLimits {
@@ -308,6 +348,9 @@ impl Default for PluginLimits {
             quarantined_reports: QuarantinePolicy::Wait,
             outbound_allow: vec!["*".into()],
             grants: vec!["http".into(), "log".into()],
+            log_lines_per_sec: 100,
+            log_bytes_per_sec: 64 * 1024,
+            log_line_max: 4096,
         }
     }
 }
@@ -334,6 +377,12 @@ pub struct LimitOverrides {
     pub outbound_allow: Option<Vec<String>>,
     /// See `PluginLimits::grants`.
     pub grants: Option<Vec<String>>,
+    /// See `PluginLimits::log_lines_per_sec`.
+    pub log_lines_per_sec: Option<u32>,
+    /// See `PluginLimits::log_bytes_per_sec`.
+    pub log_bytes_per_sec: Option<u64>,
+    /// See `PluginLimits::log_line_max`.
+    pub log_line_max: Option<usize>,
 }
 
 impl LimitOverrides {
@@ -350,7 +399,10 @@ impl LimitOverrides {
             quarantine_after,
             quarantined_reports,
             outbound_allow,
-            grants
+            grants,
+            log_lines_per_sec,
+            log_bytes_per_sec,
+            log_line_max
         );
     }
 }
@@ -465,6 +517,9 @@ mod tests {
             quarantined_reports: Some(QuarantinePolicy::DeadLetter),
             outbound_allow: Some(vec!["10.0.0.0/8".into()]),
             grants: Some(vec!["log".into()]),
+            log_lines_per_sec: Some(7),
+            log_bytes_per_sec: Some(8),
+            log_line_max: Some(9),
         };
         let cfg = RuntimeConfig { plugins: [("p".to_string(), o)].into(), ..RuntimeConfig::default() };
         let want = PluginLimits {
@@ -477,6 +532,9 @@ mod tests {
             quarantined_reports: QuarantinePolicy::DeadLetter,
             outbound_allow: vec!["10.0.0.0/8".into()],
             grants: vec!["log".into()],
+            log_lines_per_sec: 7,
+            log_bytes_per_sec: 8,
+            log_line_max: 9,
         };
         assert_eq!(cfg.limits_for("p"), want);
         assert_eq!(cfg.limits_for("other"), PluginLimits::default());
@@ -499,7 +557,10 @@ mod tests {
         // In a jail so that concurrent tests' environment variables cannot leak in.
         figment::Jail::expect_with(|_| {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/data-exporter.toml");
-            let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+            let mut c = Config::load(Some(&path), &Overrides::default()).unwrap();
+            // The quick-start file allows loopback on purpose (the README's examples run there).
+            assert_eq!(c.runtime.limits.outbound_allow, ["*", "127.0.0.0/8", "::1"]);
+            c.runtime.limits.outbound_allow = PluginLimits::default().outbound_allow;
             assert_eq!(c, Config::default(), "deploy/config/data-exporter.toml drifted from Config::default()");
             Ok(())
         });

@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+/// How long a report that failed for good waits before its dead letter is stored again, when the
+/// dead-letter store was full or could not write.
+const DLQ_RETRY: Duration = Duration::from_secs(5);
 /// How long a worker with nothing to do stays around.
 const IDLE: Duration = Duration::from_secs(30);
 /// How long an idle worker keeps its plugin instance for the next batch before giving it back.
@@ -43,6 +46,8 @@ struct Job {
     report: Arc<QueuedReport>,
     dest: usize,
     attempts: u32,
+    /// Failed for good with this reason, but the dead-letter store could not take it yet.
+    dead: Option<String>,
 }
 
 impl Job {
@@ -98,6 +103,17 @@ pub fn backoff(cfg: &DeliveryConfig, attempt: u32) -> Duration {
     Duration::from_millis(fastrand::u64(0..=cap))
 }
 
+/// The delay before retry number `attempt` of a report `age_ms` old: the destination's
+/// `Retry-After` when it gave one, else `backoff`; never past `retry_max_ms` nor past the
+/// report's remaining age (a destination cannot park a report beyond `max_age_secs`).
+pub fn retry_delay(cfg: &DeliveryConfig, attempt: u32, retry_after_ms: Option<u64>, age_ms: u64) -> Duration {
+    let remaining_ms = cfg.max_age_secs.saturating_mul(1000).saturating_sub(age_ms);
+    match retry_after_ms {
+        Some(ms) => Duration::from_millis(ms.min(cfg.retry_max_ms).min(remaining_ms)),
+        None => backoff(cfg, attempt).min(Duration::from_millis(remaining_ms)),
+    }
+}
+
 impl Delivery {
     /// A delivery service; workers start on demand.
     pub fn new(
@@ -128,7 +144,7 @@ impl Delivery {
     /// Hand every destination of `report` to its worker.
     pub fn dispatch(self: &Arc<Self>, report: &Arc<QueuedReport>) {
         for dest in 0..report.dests.len() {
-            self.send(Job { report: report.clone(), dest, attempts: 0 });
+            self.send(Job { report: report.clone(), dest, attempts: 0, dead: None });
         }
     }
 
@@ -251,8 +267,26 @@ impl Delivery {
         true
     }
 
-    /// Deliver one batch; returns the jobs to retry and when.
+    /// Deliver one batch (and store the dead letters the store could not take before); returns
+    /// the jobs to retry and when.
     async fn deliver_batch(
+        &self,
+        dk: &DestKey,
+        batch: Vec<Job>,
+        session: &mut Option<(Arc<LoadedPlugin>, Session)>,
+    ) -> Vec<(Job, Duration)> {
+        let (dead, live): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.dead.is_some());
+        let mut retries = self.dead_letter_all(dead.into_iter().map(|mut j| {
+            let reason = j.dead.take().expect("partitioned on it");
+            (j, reason)
+        }));
+        if !live.is_empty() {
+            retries.extend(self.deliver_live(dk, live, session).await);
+        }
+        retries
+    }
+
+    async fn deliver_live(
         &self,
         dk: &DestKey,
         batch: Vec<Job>,
@@ -263,26 +297,18 @@ impl Delivery {
                 "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",
                 dk.key
             );
-            for job in batch {
-                self.dead_letter(job, &reason);
-            }
-            return Vec::new();
+            return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone())));
         };
         let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
         if plugin.health.quarantined() {
             let reason = format!(
-                "plugin `{}` is quarantined after {} consecutive crashed calls (last: {}); replace or touch its file (hot reload) or restart the host to release it",
+                "plugin `{}` is quarantined after {} consecutive crashed calls (last: {}); an operator releases it with `data-exporter plugins reload` (or SIGHUP), a new file or a restart",
                 plugin.info.name,
                 plugin.health.consecutive_crashes(),
                 plugin.health.last_crash()
             );
             return match plugin.limits.quarantined_reports {
-                QuarantinePolicy::DeadLetter => {
-                    for job in batch {
-                        self.dead_letter(job, &reason);
-                    }
-                    Vec::new()
-                }
+                QuarantinePolicy::DeadLetter => self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))),
                 QuarantinePolicy::Wait => batch
                     .into_iter()
                     .map(|job| {
@@ -308,12 +334,7 @@ impl Delivery {
                     return batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)).collect();
                 }
             },
-            Err(reason) => {
-                for job in batch {
-                    self.dead_letter(job, &reason);
-                }
-                return Vec::new();
-            }
+            Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))),
         };
         let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
         if session.as_ref().is_some_and(|(p, _)| !Arc::ptr_eq(p, &plugin)) {
@@ -376,10 +397,7 @@ impl Delivery {
                             None
                         }
                         Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, &labels),
-                        Outcome::Permanent(reason) => {
-                            self.dead_letter(job, &reason);
-                            None
-                        }
+                        Outcome::Permanent(reason) => self.dead_letter(job, &reason),
                     };
                     retries.extend(settled);
                 }
@@ -410,19 +428,16 @@ impl Delivery {
         labels: &metrics::Consumer,
     ) -> Option<(Job, Duration)> {
         job.attempts += 1;
-        let age_s = now_ms().saturating_sub(job.report.received_at_ms) / 1000;
+        let age_ms = now_ms().saturating_sub(job.report.received_at_ms);
+        let age_s = age_ms / 1000;
         if job.attempts >= self.cfg.max_attempts || age_s >= self.cfg.max_age_secs {
             let why = format!(
                 "gave up after {} attempts over {age_s} s (delivery.max_attempts {}, delivery.max_age_secs {}); last error: {reason}",
                 job.attempts, self.cfg.max_attempts, self.cfg.max_age_secs
             );
-            self.dead_letter(job, &why);
-            return None;
+            return self.dead_letter(job, &why);
         }
-        let delay = match retry_after_ms {
-            Some(ms) => Duration::from_millis(ms),
-            None => backoff(&self.cfg, job.attempts),
-        };
+        let delay = retry_delay(&self.cfg, job.attempts, retry_after_ms, age_ms);
         self.metrics.retried.get_or_create(labels).inc();
         let key = job.key().to_string();
         tracing::debug!(consumer = %key, report = %job.report.id, attempts = job.attempts, delay_ms = delay.as_millis() as u64, %reason, "delivery will be retried");
@@ -435,34 +450,58 @@ impl Delivery {
         Some((job, delay))
     }
 
-    fn dead_letter(&self, job: Job, reason: &str) {
+    fn dead_letter_all(&self, jobs: impl Iterator<Item = (Job, String)>) -> Vec<(Job, Duration)> {
+        jobs.filter_map(|(job, reason)| self.dead_letter(job, &reason)).collect()
+    }
+
+    /// Move a report that failed for good to the dead-letter store. When the store is full or
+    /// cannot write, the report stays queued (it was acknowledged: it is never dropped), its
+    /// state says why, and it is returned to be tried again after `DLQ_RETRY`.
+    fn dead_letter(&self, mut job: Job, reason: &str) -> Option<(Job, Duration)> {
         let dest = &job.report.dests[job.dest];
         let plugin =
             self.registry.current().get(&dest.key).map(|p| p.info.name.clone()).unwrap_or_else(|| "none".into());
         let labels = metrics::Consumer { consumer: dest.key.clone(), plugin };
-        match self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
-            Ok(()) => {
-                tracing::warn!(consumer = %dest.key, report = %job.report.id, %reason, "report dead-lettered");
-            }
-            Err(e @ DlqError::Full { .. }) => {
-                self.metrics.dlq_dropped.inc();
-                tracing::error!(consumer = %dest.key, report = %job.report.id, %reason, error = %e, "dead letter dropped");
-            }
-            Err(e @ DlqError::Io { .. }) => {
-                // Keep the report queued rather than lose it; a restart retries it.
-                tracing::error!(consumer = %dest.key, report = %job.report.id, error = %e, "could not store a dead letter; the report stays queued");
-                return;
-            }
+        if let Err(e) = self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
+            self.metrics.dlq_blocked.inc();
+            let what = match e {
+                DlqError::Full { .. } => "the dead-letter store is full",
+                DlqError::Io { .. } => "the dead-letter store cannot write",
+            };
+            tracing::error!(consumer = %dest.key, report = %job.report.id, %reason, error = %e, "{what}; the report stays queued and is moved there once it can be");
+            let state = ConsumerState::DeadLetterPending {
+                reason: reason.to_string(),
+                blocked_by: format!(
+                    "{what}: the report stays queued until it can be stored; an operator replays or purges dead letters with `data-exporter dlq`"
+                ),
+                next_attempt_at_ms: now_ms() + DLQ_RETRY.as_millis() as u64,
+            };
+            self.status.set(job.report.id, &dest.key, state);
+            job.dead = Some(reason.to_string());
+            return Some((job, DLQ_RETRY));
         }
+        tracing::warn!(consumer = %dest.key, report = %job.report.id, %reason, "report dead-lettered");
         self.queue.complete(job.report.id, &dest.key, Done::DeadLettered);
         self.status.set(job.report.id, &dest.key, ConsumerState::DeadLettered { reason: reason.to_string() });
         self.metrics.dead_lettered.get_or_create(&labels).inc();
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_clamped_to_retry_max_and_the_remaining_age() {
+        let cfg = DeliveryConfig { retry_max_ms: 60_000, max_age_secs: 3600, ..DeliveryConfig::default() };
+        let hour = 3_600_000;
+        assert_eq!(retry_delay(&cfg, 1, Some(5_000), 0), Duration::from_millis(5_000), "a modest Retry-After is kept");
+        assert_eq!(retry_delay(&cfg, 1, Some(u64::MAX), 0), Duration::from_millis(60_000), "no parking for ages");
+        assert_eq!(retry_delay(&cfg, 1, Some(50_000), hour - 1_000), Duration::from_millis(1_000));
+        assert_eq!(retry_delay(&cfg, 1, Some(50_000), hour + 5), Duration::ZERO, "past its age: due now");
+        assert!(retry_delay(&cfg, 30, None, hour - 10) <= Duration::from_millis(10));
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_full_jitter_and_a_cap() {

@@ -80,7 +80,7 @@ pub struct DeadLetters {
     sealer: Sealer,
     cfg: DlqConfig,
     usage: Mutex<(usize, u64)>,
-    dropped: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl DeadLetters {
@@ -97,7 +97,7 @@ impl DeadLetters {
                 usage.1 += e.metadata()?.len();
             }
         }
-        Ok(DeadLetters { dir, sealer, cfg, usage: Mutex::new(usage), dropped: AtomicU64::new(0) })
+        Ok(DeadLetters { dir, sealer, cfg, usage: Mutex::new(usage), refused: AtomicU64::new(0) })
     }
 
     /// Entries and bytes held.
@@ -105,9 +105,10 @@ impl DeadLetters {
         *self.usage.lock().unwrap()
     }
 
-    /// Dead letters dropped because the store was full, since start.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// Dead letters refused because the store was full, since start (their reports stay
+    /// queued and are offered again).
+    pub fn refused_while_full(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     fn path(&self, id: Uuid, consumer: &str) -> PathBuf {
@@ -138,7 +139,7 @@ impl DeadLetters {
         {
             let mut u = self.usage.lock().unwrap();
             if u.0 >= self.cfg.max_entries || u.1 + bytes.len() as u64 > self.cfg.max_bytes {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(DlqError::Full { entries: u.0, bytes: u.1 });
             }
             u.0 += 1;
@@ -292,7 +293,7 @@ mod tests {
         store.put(&a, &a.dests[0], "mapping error", 1, 10).unwrap();
         store.put(&b, &b.dests[0], "401", 2, 11).unwrap();
         assert!(matches!(store.put(&c, &c.dests[0], "x", 1, 12), Err(DlqError::Full { entries: 2, .. })));
-        assert_eq!(store.dropped(), 1);
+        assert_eq!(store.refused_while_full(), 1);
         for p in store.files() {
             let text = std::fs::read_to_string(p).unwrap();
             assert!(!text.contains("pw-9f8e7d"), "a password is stored in plain text");

@@ -42,17 +42,29 @@ pub enum RouteError {
         /// The plugin's message.
         message: String,
     },
-    /// The plugin failed while validating (crash, timeout).
-    #[error("could not validate the `{key}` destination: {error}")]
+    /// The plugin failed while validating (crash, timeout), now or lately (`cached_ms` ago).
+    #[error("could not validate the `{key}` destination: {error}{}", cached_note(*cached_ms))]
     Plugin {
         /// The key.
         key: String,
         /// What happened.
         error: CallError,
+        /// Answered from the negative cache: the failure happened this many ms ago.
+        cached_ms: Option<u64>,
     },
     /// The queue refused the reports.
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+fn cached_note(cached_ms: Option<u64>) -> String {
+    match cached_ms {
+        Some(ms) => format!(
+            " (answered from the cache of failed validations: it happened {ms} ms ago; it is tried again once \
+             runtime.validate_failure_cache_ms has passed)"
+        ),
+        None => String::new(),
+    }
 }
 
 /// Per-report answer to a producer.
@@ -64,20 +76,47 @@ pub struct Receipt {
     pub consumers: BTreeMap<String, ConsumerState>,
 }
 
-/// Destinations already validated, by (consumer key, destination JSON).
+type DestinationKey = (String, Arc<str>);
+
+/// Destinations already validated, by (consumer key, destination JSON), and destinations whose
+/// validation crashed or timed out lately (answered from here until their entry expires, so a
+/// burst of them does not pin every instance of the plugin).
 /// Bounded: cleared when it reaches `VALIDATION_CACHE_MAX` entries, and when plugins reload.
 #[derive(Default)]
-pub struct ValidationCache(
-    DashMap<(String, Arc<str>), Result<(), String>, foldhash::fast::RandomState>,
-    std::sync::atomic::AtomicU64,
-);
+pub struct ValidationCache {
+    verdicts: DashMap<DestinationKey, Result<(), String>, foldhash::fast::RandomState>,
+    /// (when it failed, until when it is answered from here, the error).
+    failed: DashMap<DestinationKey, (std::time::Instant, std::time::Instant, CallError), foldhash::fast::RandomState>,
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl ValidationCache {
     /// Forget everything when the plugins changed since the last call.
     fn follow(&self, generation: u64) {
-        if self.1.swap(generation, std::sync::atomic::Ordering::AcqRel) != generation {
-            self.0.clear();
+        if self.generation.swap(generation, std::sync::atomic::Ordering::AcqRel) != generation {
+            self.verdicts.clear();
+            self.failed.clear();
         }
+    }
+
+    /// The recent crash or timeout of this destination's validation and how many ms ago it
+    /// happened, if its entry has not expired.
+    fn recent_failure(&self, key: &DestinationKey) -> Option<(CallError, u64)> {
+        let hit = self.failed.get(key)?;
+        if hit.1 > std::time::Instant::now() {
+            return Some((hit.2.clone(), hit.0.elapsed().as_millis() as u64));
+        }
+        drop(hit);
+        self.failed.remove(key);
+        None
+    }
+
+    fn remember_failure(&self, key: DestinationKey, error: &CallError, for_ms: u64) {
+        if self.failed.len() >= VALIDATION_CACHE_MAX {
+            self.failed.clear();
+        }
+        let now = std::time::Instant::now();
+        self.failed.insert(key, (now, now + std::time::Duration::from_millis(for_ms), error.clone()));
     }
 }
 
@@ -88,13 +127,13 @@ pub struct Ingest<'a> {
     /// Loaded plugins.
     pub registry: &'a Plugins,
     /// The queue.
-    pub queue: &'a Queue,
+    pub queue: &'a Arc<Queue>,
     /// Delivery workers.
     pub delivery: &'a Arc<Delivery>,
     /// Report states.
-    pub status: &'a StatusBook,
+    pub status: &'a Arc<StatusBook>,
     /// Metrics.
-    pub metrics: &'a Metrics,
+    pub metrics: &'a Arc<Metrics>,
     /// Validation results.
     pub validated: &'a ValidationCache,
     /// Mounted secrets that destinations may refer to.
@@ -170,15 +209,28 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     for g in &groups {
         validate(&ctx, g, batch).await?;
     }
-    let queued = ctx.queue.accept(reports).await?;
-    for (r, receipt) in queued.iter().zip(&receipts) {
-        ctx.status.insert(r.id, receipt.consumers.clone());
-        ctx.delivery.dispatch(r);
-    }
-    for g in &groups {
-        let labels = metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() };
-        ctx.metrics.accepted.get_or_create(&labels).inc_by(g.members.len() as u64);
-    }
+    // Append and dispatch in a task of its own: a producer that hangs up mid-append drops this
+    // future, and must neither strand a report that reached the disk nor leak queue capacity.
+    let (queue, status, delivery, metrics) =
+        (ctx.queue.clone(), ctx.status.clone(), ctx.delivery.clone(), ctx.metrics.clone());
+    let states: Vec<_> = receipts.iter().map(|r| r.consumers.clone()).collect();
+    let counts: Vec<_> = groups
+        .iter()
+        .map(|g| (metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() }, g.members.len()))
+        .collect();
+    tokio::spawn(async move {
+        let queued = queue.accept(reports).await?;
+        for (r, consumers) in queued.iter().zip(states) {
+            status.insert(r.id, consumers);
+            delivery.dispatch(r);
+        }
+        for (labels, n) in counts {
+            metrics.accepted.get_or_create(&labels).inc_by(n as u64);
+        }
+        Ok::<_, QueueError>(())
+    })
+    .await
+    .expect("appending does not panic")?;
     Ok(receipts)
 }
 
@@ -194,23 +246,31 @@ fn plugin_view(ctx: &Ingest<'_>, destination: &str) -> Result<String, String> {
 
 async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -> Result<(), RouteError> {
     let cache_key = (g.key.clone(), g.destination.clone());
-    let verdict = match ctx.validated.0.get(&cache_key).map(|v| v.clone()) {
+    if let Some((error, ago)) = ctx.validated.recent_failure(&cache_key) {
+        return Err(RouteError::Plugin { key: g.key.clone(), error, cached_ms: Some(ago) });
+    }
+    let verdict = match ctx.validated.verdicts.get(&cache_key).map(|v| v.clone()) {
         Some(v) => v,
         // A missing secret is not cached: it may be mounted later.
         None => match plugin_view(ctx, &g.destination) {
             Err(message) => Err(message),
             Ok(view) => {
                 let started = std::time::Instant::now();
-                let mut session =
-                    g.plugin.session().await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
-                let v =
-                    session.validate(&view).await.map_err(|error| RouteError::Plugin { key: g.key.clone(), error })?;
+                let called = match g.plugin.session().await {
+                    Ok(mut session) => session.validate(&view).await,
+                    Err(e) => Err(e),
+                };
+                let v = called.map_err(|error| {
+                    let for_ms = ctx.registry.runtime().config().validate_failure_cache_ms;
+                    ctx.validated.remember_failure(cache_key.clone(), &error, for_ms);
+                    RouteError::Plugin { key: g.key.clone(), error, cached_ms: None }
+                })?;
                 let call = metrics::Call { plugin: g.plugin.info.name.clone(), call: "validate".into() };
                 ctx.metrics.plugin_call.get_or_create(&call).observe(started.elapsed().as_secs_f64());
-                if ctx.validated.0.len() >= VALIDATION_CACHE_MAX {
-                    ctx.validated.0.clear();
+                if ctx.validated.verdicts.len() >= VALIDATION_CACHE_MAX {
+                    ctx.validated.verdicts.clear();
                 }
-                ctx.validated.0.insert(cache_key, v.clone());
+                ctx.validated.verdicts.insert(cache_key, v.clone());
                 v
             }
         },

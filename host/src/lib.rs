@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod forward;
 pub mod metrics;
 pub mod queue;
+pub mod redact;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -43,6 +44,12 @@ impl Host {
         self.state.queue.close().await;
     }
 
+    /// Refuse a listener of this host (`what`: "public", "admin") to every plugin: call it
+    /// for each listener once bound, before serving.
+    pub fn guard_listener(&self, addr: std::net::SocketAddr, what: &'static str) {
+        self.state.registry.runtime().own_listeners().add(addr, what);
+    }
+
     /// The configured grace period (`shutdown_grace_ms`).
     pub fn grace(&self) -> Duration {
         self.grace
@@ -54,9 +61,17 @@ impl Host {
 pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}: check --data-dir and permissions", cfg.data_dir.display()))?;
+    let admin_token = server::AdminToken::load(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
     let cache = cfg.runtime.code_cache.then(|| cfg.data_dir.join("code-cache"));
     let runtime = runtime::Runtime::new(cfg.runtime.clone(), http, cache)?;
+    // Refuse the configured listeners to plugins from the first call (the bound addresses are
+    // added again once known: `Host::guard_listener`).
+    for (addr, what) in [(cfg.listen, "public"), (cfg.admin_listen, "admin")] {
+        if addr.port() != 0 {
+            runtime.own_listeners().add(addr, what);
+        }
+    }
     let registry = runtime::registry::Plugins::load(runtime, &cfg.plugins_dir, cfg.runtime.pins.clone()).await;
     if cfg.runtime.reload_poll_ms > 0 {
         registry.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));
@@ -84,7 +99,10 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     );
     let dlq = Arc::new(dlq::DeadLetters::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?);
     let status = Arc::new(status::StatusBook::new(KEEP_FINISHED));
-    let secrets = Arc::new(capabilities::secrets::SecretStore::new(cfg.secrets_dir.as_deref()));
+    let secrets = Arc::new(
+        capabilities::secrets::SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins)
+            .map_err(anyhow::Error::msg)?,
+    );
     let delivery = delivery::Delivery::new(
         registry.clone(),
         secrets.clone(),
@@ -122,6 +140,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         validated: Arc::default(),
         secrets,
         limits: cfg.limits.clone(),
+        admin_token,
     };
     Ok(Host { state, recovery, grace: Duration::from_millis(cfg.shutdown_grace_ms) })
 }

@@ -29,18 +29,26 @@ enum Command {
     /// Print the effective configuration (defaults, file, environment, flags) as TOML and exit.
     Config(ServeArgs),
     /// Inspect and act on dead letters of a running host (through its admin API).
+    ///
+    /// The admin API wants the host's admin token: read from --admin-token-file FILE (env
+    /// DATA_EXPORTER_ADMIN_TOKEN_FILE, the same variable the host reads for its
+    /// admin_token_file), else from DIR/admin.token with --data-dir DIR (env
+    /// DATA_EXPORTER_DATA_DIR, default `data`), where the host generates it on first start.
     Dlq {
-        /// Base URL of the host's admin API (`admin_listen`).
-        #[arg(long, env = "DATA_EXPORTER_ADMIN_URL", default_value = "http://127.0.0.1:6781", global = true)]
-        admin: String,
+        #[command(flatten)]
+        conn: AdminArgs,
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Act on the plugins of a running host (through its admin API).
+    /// Inspect and act on the plugins of a running host (through its admin API).
+    ///
+    /// The admin API wants the host's admin token: read from --admin-token-file FILE (env
+    /// DATA_EXPORTER_ADMIN_TOKEN_FILE, the same variable the host reads for its
+    /// admin_token_file), else from DIR/admin.token with --data-dir DIR (env
+    /// DATA_EXPORTER_DATA_DIR, default `data`), where the host generates it on first start.
     Plugins {
-        /// Base URL of the host's admin API (`admin_listen`).
-        #[arg(long, env = "DATA_EXPORTER_ADMIN_URL", default_value = "http://127.0.0.1:6781", global = true)]
-        admin: String,
+        #[command(flatten)]
+        conn: AdminArgs,
         #[command(subcommand)]
         action: PluginsAction,
     },
@@ -53,8 +61,43 @@ enum Command {
     },
 }
 
+/// How the `dlq` and `plugins` commands reach the admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Base URL of the host's admin API (`admin_listen`).
+    #[arg(long, env = "DATA_EXPORTER_ADMIN_URL", default_value = "http://127.0.0.1:6781", global = true)]
+    admin: String,
+    /// File holding the admin API's token: the host's `admin_token_file` [default: DIR/admin.token
+    /// of --data-dir].
+    #[arg(long, env = "DATA_EXPORTER_ADMIN_TOKEN_FILE", value_name = "FILE", global = true)]
+    admin_token_file: Option<PathBuf>,
+    /// The host's data directory (`data_dir`), whose admin.token the host generated when its
+    /// admin_token_file is unset.
+    #[arg(long, env = "DATA_EXPORTER_DATA_DIR", value_name = "DIR", default_value = "data", global = true)]
+    data_dir: PathBuf,
+}
+
+impl AdminArgs {
+    /// The token file and the token in it.
+    fn token(&self) -> anyhow::Result<(PathBuf, String)> {
+        let path = self.admin_token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"));
+        let how = "The host reads its token from its admin_token_file, or generates <data_dir>/admin.token on \
+                   first start when that is unset; point this command at the file with --admin-token-file FILE \
+                   (env DATA_EXPORTER_ADMIN_TOKEN_FILE), or at the host's data directory with --data-dir DIR \
+                   (env DATA_EXPORTER_DATA_DIR)";
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the admin API token from {}. {how}", path.display()))?;
+        let token = text.trim().to_string();
+        anyhow::ensure!(!token.is_empty(), "the admin API token file {} is empty. {how}", path.display());
+        Ok((path, token))
+    }
+}
+
 #[derive(Subcommand)]
 enum PluginsAction {
+    /// List loaded plugins (config key, version, file, sha256, quarantine), contested config keys
+    /// and files that failed to load.
+    List,
     /// Rescan the plugins directory now and release quarantined plugins (as SIGHUP does).
     Reload,
 }
@@ -137,17 +180,23 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args.load()?).await,
-        Command::Dlq { admin, action } => {
+        Command::Dlq { conn, action } => {
+            let list = matches!(action, DlqAction::List);
             let req = |c: &reqwest::Client, base: &str| match action {
                 DlqAction::List => Ok(c.get(format!("{base}/dlq"))),
                 DlqAction::Show { id } => Ok(c.get(format!("{base}/dlq/{id}"))),
                 DlqAction::Replay { ids, all } => Ok(c.post(format!("{base}/dlq/replay")).json(&selection(ids, all)?)),
                 DlqAction::Purge { ids, all } => Ok(c.post(format!("{base}/dlq/purge")).json(&selection(ids, all)?)),
             };
-            admin_call(&admin, req).await
+            let body = admin_call(&conn, req).await?;
+            if list { print_dead_letters(&body) } else { print_json(&body) }
         }
-        Command::Plugins { admin, action: PluginsAction::Reload } => {
-            admin_call(&admin, |c, base| Ok(c.post(format!("{base}/plugins/reload")))).await
+        Command::Plugins { conn, action: PluginsAction::List } => {
+            print_plugins(&admin_call(&conn, |c, base| Ok(c.get(format!("{base}/plugins")))).await?);
+            Ok(())
+        }
+        Command::Plugins { conn, action: PluginsAction::Reload } => {
+            print_json(&admin_call(&conn, |c, base| Ok(c.post(format!("{base}/plugins/reload")))).await?)
         }
         Command::CompilePlugin { settings } => data_exporter::runtime::compile::child_main(&settings),
     }
@@ -179,6 +228,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("listening on {}: is another process using it? (--admin-listen)", cfg.admin_listen))?;
+    // No plugin may send requests to this host's own listeners.
+    host.guard_listener(listener.local_addr()?, "public");
+    host.guard_listener(admin.local_addr()?, "admin");
     tracing::info!(
         listen = %listener.local_addr()?,
         admin_listen = %admin.local_addr()?,
@@ -193,7 +245,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let public = axum::serve(listener, data_exporter::server::app(host.state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin = axum::serve(admin, data_exporter::server::admin_app(host.state.clone()))
+    let admin_addr = admin.local_addr()?;
+    let admin = axum::serve(admin, data_exporter::server::admin_app(host.state.clone(), admin_addr))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let mut servers = tokio::spawn(async move {
         let (a, b) = tokio::join!(public.into_future(), admin.into_future());
@@ -220,38 +273,98 @@ fn selection(ids: Vec<String>, all: bool) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "ids": ids, "all": all }))
 }
 
-/// `data-exporter dlq ...` and `plugins ...`: call the admin API and print the answer for people.
+/// `data-exporter dlq ...` and `plugins ...`: call the admin API with the token; its answer.
 async fn admin_call(
-    admin: &str,
+    conn: &AdminArgs,
     request: impl FnOnce(&reqwest::Client, &str) -> anyhow::Result<reqwest::RequestBuilder>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
+    let (token_file, token) = conn.token()?;
     let client = reqwest::Client::new();
-    let base = admin.trim_end_matches('/');
-    let req = request(&client, base)?;
+    let base = conn.admin.trim_end_matches('/');
+    let req = request(&client, base)?.bearer_auth(token);
     let resp = req
         .send()
         .await
         .with_context(|| format!("reaching the admin API at {base}: is the host running? (--admin / admin_listen)"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.context("reading the admin API's answer")?;
-    if !status.is_success() {
-        anyhow::bail!("{}", body["error"]["message"].as_str().unwrap_or("the admin API refused the request"));
-    }
-    if let Some(entries) = body["entries"].as_array().filter(|_| body.get("count").is_some()) {
-        println!("{} dead letters ({} bytes, {} dropped while full)", body["count"], body["bytes"], body["dropped"]);
-        for e in entries {
-            println!(
-                "{}  {:<14} attempts={:<3} {}",
-                e["id"].as_str().unwrap_or("?"),
-                e["consumer"].as_str().unwrap_or("?"),
-                e["attempts"],
-                e["reason"].as_str().unwrap_or("")
-            );
+    let message = body["error"]["message"].as_str().unwrap_or("the admin API refused the request");
+    match status {
+        s if s.is_success() => Ok(body),
+        reqwest::StatusCode::UNAUTHORIZED => anyhow::bail!(
+            "the admin API at {base} refused the token from {}: it is not the host's (its admin_token_file, \
+             or <data_dir>/admin.token when that is unset); pass that file with --admin-token-file FILE",
+            token_file.display()
+        ),
+        reqwest::StatusCode::MISDIRECTED_REQUEST => {
+            anyhow::bail!("{message}. Pass --admin with the host's admin_listen address (e.g. http://127.0.0.1:6781)")
         }
-    } else {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        _ => anyhow::bail!("{message}"),
+    }
+}
+
+fn print_json(body: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(body)?);
+    Ok(())
+}
+
+/// `dlq list`: one line per dead letter.
+fn print_dead_letters(body: &serde_json::Value) -> anyhow::Result<()> {
+    println!(
+        "{} dead letters ({} bytes; {} refused while full, their reports kept queued)",
+        body["count"], body["bytes"], body["refused_while_full"]
+    );
+    for e in body["entries"].as_array().into_iter().flatten() {
+        println!(
+            "{}  {:<14} attempts={:<3} {}",
+            e["id"].as_str().unwrap_or("?"),
+            e["consumer"].as_str().unwrap_or("?"),
+            e["attempts"],
+            e["reason"].as_str().unwrap_or("")
+        );
     }
     Ok(())
+}
+
+/// `plugins list`: one line per loaded plugin, then the files that failed to load.
+fn print_plugins(body: &serde_json::Value) {
+    let plugins = body["plugins"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    println!(
+        "{} plugins loaded from {} (instance allocator: {})",
+        plugins.len(),
+        s(&body["dir"]),
+        body["instance_allocator"]
+    );
+    for p in plugins {
+        let sha = s(&p["sha256"]);
+        let state = if p["quarantined"].as_bool() == Some(true) {
+            format!("QUARANTINED (last crash: {})", s(&p["last_crash"]))
+        } else {
+            match p["consecutive_crashes"].as_u64() {
+                Some(0) | None => "ok".to_string(),
+                Some(n) => format!("ok, {n} crashes in a row (last: {})", s(&p["last_crash"])),
+            }
+        };
+        println!(
+            "{:<16} {} {:<10} {}  sha256:{}  {state}",
+            s(&p["config_key"]),
+            s(&p["name"]),
+            s(&p["version"]),
+            s(&p["file"]),
+            &sha[..sha.len().min(16)],
+        );
+    }
+    for c in body["conflicts"].as_array().into_iter().flatten() {
+        println!("CONFLICT {}", s(&c["message"]));
+    }
+    let failed = body["failed"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !failed.is_empty() {
+        println!("{} files failed to load:", failed.len());
+        for f in failed {
+            println!("  {}: {}", s(&f["file"]), s(&f["error"]));
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 //! Labels carry only consumer keys, plugin names, calls and error codes:
 //! never destinations, which may hold credentials.
 
+use crate::capabilities::log_budget::LogBudget;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -56,8 +57,9 @@ pub struct Metrics {
     pub dead_lettered: Family<Consumer, Counter>,
     /// Requests refused, by error code.
     pub rejected: Family<Rejection, Counter>,
-    /// Dead letters dropped because the store was full.
-    pub dlq_dropped: Counter,
+    /// Reports that failed for good but stayed queued because the dead-letter store was full
+    /// or could not write (each is tried again).
+    pub dlq_blocked: Counter,
     /// Dead letters held.
     pub dlq_entries: Gauge,
     /// Reports waiting in the queue.
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub plugin_call: Family<Call, Histogram>,
     /// 1 while a plugin is quarantined.
     pub plugin_quarantined: Family<Plugin, Gauge>,
+    /// Plugin log lines (log capability, stdout, stderr) suppressed over the plugin's log budget.
+    pub plugin_log_dropped: Family<Plugin, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,7 +100,7 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             rejected: Family::default(),
-            dlq_dropped: Counter::default(),
+            dlq_blocked: Counter::default(),
             dlq_entries: Gauge::default(),
             queue_depth: Gauge::default(),
             queue_bytes: Gauge::default(),
@@ -105,6 +109,7 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(latency_histogram),
             plugin_call: Family::new_with_constructor(latency_histogram),
             plugin_quarantined: Family::default(),
+            plugin_log_dropped: Family::default(),
             registry: Registry::default(),
         };
         r.register("reports_accepted", "Reports accepted into the queue, per consumer", m.accepted.clone());
@@ -116,7 +121,11 @@ impl Metrics {
             m.dead_lettered.clone(),
         );
         r.register("requests_rejected", "Requests refused, by error code", m.rejected.clone());
-        r.register("dlq_dropped", "Dead letters dropped because the store was full", m.dlq_dropped.clone());
+        r.register(
+            "dlq_blocked",
+            "Reports that failed for good but stayed queued: the dead-letter store was full or could not write",
+            m.dlq_blocked.clone(),
+        );
         r.register("dlq_entries", "Dead letters held", m.dlq_entries.clone());
         r.register("queue_depth", "Reports waiting for delivery", m.queue_depth.clone());
         r.register("queue_bytes", "Bytes of reports waiting for delivery", m.queue_bytes.clone());
@@ -137,6 +146,11 @@ impl Metrics {
             "1 while a plugin is quarantined after repeated crashes",
             m.plugin_quarantined.clone(),
         );
+        r.register(
+            "plugin_log_dropped",
+            "Plugin log lines suppressed over the plugin's budget (runtime.limits.log_lines_per_sec, log_bytes_per_sec)",
+            m.plugin_log_dropped.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -145,6 +159,19 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+
+    /// Add the log lines each of these plugins suppressed since the previous call (at scrape
+    /// time). The counter outlives a plugin's reloads: each budget is counted from where it was.
+    pub fn count_log_drops<'a>(&self, budgets: impl IntoIterator<Item = (&'a str, &'a LogBudget)>) {
+        for (plugin, budget) in budgets {
+            let n = budget.take_unreported_drops();
+            let counter = self.plugin_log_dropped.get_or_create(&Plugin { plugin: plugin.to_string() });
+            // Created at 0 for a plugin that dropped nothing, so the series exists.
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
     }
 
     /// Count a refused request.

@@ -28,6 +28,16 @@ pub enum ConsumerState {
     },
     /// The destination acknowledged it.
     Delivered,
+    /// It failed for good, but the dead-letter store could not take it (full, or not
+    /// writable): it stays queued, and is moved there once the store can take it.
+    DeadLetterPending {
+        /// Why it failed for good.
+        reason: String,
+        /// Why it is not in the dead-letter store yet, and what to do.
+        blocked_by: String,
+        /// Milliseconds since the epoch of the next attempt to store it.
+        next_attempt_at_ms: u64,
+    },
     /// It failed for good and is in the dead-letter store (`data-exporter dlq show ID`).
     DeadLettered {
         /// Why.

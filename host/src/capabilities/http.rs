@@ -1,6 +1,7 @@
 //! The outbound HTTP capability: per-plugin pooled reqwest clients, TLS options, the allow-list, typed errors.
 
-use super::outbound::{Denied, Policy, PolicyResolver, StaticHosts};
+use super::outbound::{Denied, OwnListeners, Policy, PolicyResolver, StaticHosts, TARGET_PORT};
+use super::secrets::{Bound, Credential};
 use crate::bindings::http::{Method, Request, RequestError, Response};
 use crate::config::HttpConfig;
 use anyhow::Context;
@@ -13,6 +14,7 @@ pub struct HttpCapability {
     identity: Option<reqwest::Identity>,
     hosts: StaticHosts,
     cfg: HttpConfig,
+    own: Arc<OwnListeners>,
 }
 
 /// One plugin's HTTP: one pooled client per TLS mode, resolving names only to
@@ -60,10 +62,15 @@ impl HttpCapability {
             _ => anyhow::bail!("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
         };
         let hosts = Arc::new(cfg.hosts.iter().map(|(name, ips)| (name.to_ascii_lowercase(), ips.clone())).collect());
-        let cap = HttpCapability { ca, identity, hosts, cfg: cfg.clone() };
+        let cap = HttpCapability { ca, identity, hosts, cfg: cfg.clone(), own: Arc::default() };
         // Build one set now so a bad certificate or key stops start-up, not the first request.
-        cap.for_plugin(Policy::parse("check", &[]).expect("no rules parse"))?;
+        cap.for_plugin(Policy::parse("check", &[], cap.own_listeners()).expect("no rules parse"))?;
         Ok(cap)
+    }
+
+    /// The host's own listeners: every plugin's policy refuses them (register each once bound).
+    pub fn own_listeners(&self) -> Arc<OwnListeners> {
+        self.own.clone()
     }
 
     /// The clients of one plugin, enforcing `policy`.
@@ -101,8 +108,9 @@ impl HttpCapability {
 }
 
 impl PluginHttp {
-    /// Perform `req` for plugin `plugin`.
-    pub async fn send(&self, plugin: &str, req: Request) -> Result<Response, RequestError> {
+    /// Perform `req` for plugin `plugin`, with the destination's secret when it names one
+    /// (attached only if the request's origin is one the operator bound the secret to).
+    pub async fn send(&self, plugin: &str, req: Request, secret: Option<&Bound>) -> Result<Response, RequestError> {
         let url = reqwest::Url::parse(&req.url)
             .map_err(|e| RequestError::InvalidRequest(format!("bad URL {:?}: {e}", redact(&req.url))))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -120,6 +128,25 @@ impl PluginHttp {
                 "plugins may not set the Host header: the host sends the URL's host, which the allow-list checked"
                     .into(),
             ));
+        }
+        let mut req = req;
+        if let Some(secret) = secret {
+            if req.basic_auth.is_some() || req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+                return Err(RequestError::Denied(
+                    "this destination uses a secret reference: the host sets Authorization, the plugin may not".into(),
+                ));
+            }
+            if !secret.may_go_to(&url) {
+                return Err(RequestError::Denied(format!(
+                    "the destination's secret `{}` is not bound to {shown}: the host sends a secret only to the \
+                     origins the operator lists for it in secret_origins.{}",
+                    secret.name, secret.name
+                )));
+            }
+            match &secret.credential {
+                Credential::Basic { user, password } => req.basic_auth = Some((user.clone(), password.clone())),
+                Credential::Bearer(token) => req.headers.push(("authorization".into(), format!("Bearer {token}"))),
+            }
         }
         let tls = req.tls;
         let client = self.clients[tls.verify_server as usize * 2 + tls.client_certificate as usize]
@@ -155,7 +182,9 @@ impl PluginHttp {
             builder = builder.body(body);
         }
         let started = std::time::Instant::now();
-        let mut resp = builder.send().await.map_err(|e| classify(&shown, e, tls.verify_server))?;
+        // The resolver judges each address with the port it will be reached on.
+        let mut resp =
+            TARGET_PORT.scope(port, builder.send()).await.map_err(|e| classify(&shown, e, tls.verify_server))?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -177,16 +206,15 @@ impl PluginHttp {
     }
 }
 
-/// A URL as it may be shown: no user info, no query (either may carry secrets).
+/// A URL as it may be shown in logs and reasons: its origin only (user info, path and query
+/// may all carry secrets: webhook tokens live in paths).
 fn redact(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string()
-        }
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
+            (Some(host), None) => format!("{}://{host}", u.scheme()),
+            _ => format!("{}:<redacted>", u.scheme()),
+        },
         Err(_) => "<unparseable URL>".into(),
     }
 }
@@ -250,7 +278,9 @@ mod tests {
 
     #[test]
     fn shown_urls_carry_no_credentials_or_query() {
-        assert_eq!(redact("https://u:secret@os:9200/_bulk?token=abc"), "https://os:9200/_bulk");
+        assert_eq!(redact("https://u:secret@os:9200/_bulk?token=abc"), "https://os:9200");
+        assert_eq!(redact("https://hooks.example/services/T0/B0/SECRET"), "https://hooks.example:443");
+        assert_eq!(redact("http://[::1]/x"), "http://[::1]:80");
         assert_eq!(redact("not a url"), "<unparseable URL>");
     }
 }

@@ -1,6 +1,7 @@
 //! Host capabilities granted to plugins: outbound HTTP and logging. Nothing else.
 
 pub mod http;
+pub mod log_budget;
 pub mod outbound;
 pub mod output;
 pub mod secrets;
@@ -8,9 +9,6 @@ pub mod secrets;
 use crate::bindings::{self, log::Level};
 use crate::runtime::PluginState;
 use std::sync::Arc;
-
-/// Longest log line a plugin may write; longer lines are cut.
-const MAX_LOG_LINE: usize = 4096;
 
 /// The capabilities one plugin instance holds.
 pub struct HostCapabilities {
@@ -20,8 +18,10 @@ pub struct HostCapabilities {
     pub http: Arc<http::PluginHttp>,
     /// Largest request body a plugin may hand the host (`runtime.limits.max_boundary_bytes`).
     pub max_boundary_bytes: usize,
-    /// The credential of the current call's destination, when it names a secret.
-    pub credential: Option<secrets::Credential>,
+    /// The secret of the current call's destination, when it names one, with where it may go.
+    pub credential: Option<secrets::Bound>,
+    /// The plugin's log budget (log capability, stdout, stderr), shared by its instances.
+    pub log: Arc<log_budget::LogBudget>,
 }
 
 impl bindings::narrows::exporter::types::Host for PluginState {}
@@ -31,38 +31,26 @@ impl bindings::http::Host for PluginState {
         &mut self,
         request: bindings::http::Request,
     ) -> Result<bindings::http::Response, bindings::http::RequestError> {
-        let mut request = request;
-        if let Some(cred) = &self.caps.credential {
-            if request.basic_auth.is_some()
-                || request.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            {
-                return Err(bindings::http::RequestError::Denied(
-                    "this destination uses a secret reference: the host sets Authorization, the plugin may not".into(),
-                ));
-            }
-            match cred {
-                secrets::Credential::Basic { user, password } => {
-                    request.basic_auth = Some((user.clone(), password.clone()))
-                }
-                secrets::Credential::Bearer(token) => {
-                    request.headers.push(("authorization".into(), format!("Bearer {token}")));
-                }
-            }
-        }
-        self.caps.http.send(&self.caps.plugin, request).await
+        self.caps.http.send(&self.caps.plugin, request, self.caps.credential.as_ref()).await
     }
 }
 
 impl bindings::log::Host for PluginState {
+    /// One line to the host log, tagged with the plugin, through the plugin's log budget
+    /// (`runtime.limits.log_lines_per_sec`, `log_bytes_per_sec`, `log_line_max`).
     async fn log(&mut self, level: Level, message: String) {
-        let mut msg = message.as_str();
-        if msg.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !msg.is_char_boundary(end) {
-                end -= 1;
-            }
-            msg = &msg[..end];
+        // A level the host does not log costs no budget.
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: "plugin", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "plugin", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "plugin", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "plugin", tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
         }
+        let Some(msg) = self.caps.log.admit(&message) else { return };
         let plugin = self.caps.plugin.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, "{msg}"),

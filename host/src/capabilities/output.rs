@@ -1,67 +1,84 @@
-//! A plugin's stdout and stderr: each line goes to the host log, tagged with the plugin; past a
-//! budget per instance the rest is dropped (once logged). Writes never fail, so a chatty plugin
-//! is silenced, not crashed (Rust's `println!` panics when a write fails).
+//! A plugin's stdout and stderr: each line goes to the host log, tagged with the plugin, through
+//! the plugin's log budget (shared with its log capability and its other instances): lines past
+//! `runtime.limits.log_line_max` are cut, lines over the per-second budget are counted and
+//! summarised instead of logged. Writes never fail, so a chatty plugin is silenced, not crashed
+//! (Rust's `println!` panics when a write fails).
 
+use super::log_budget::LogBudget;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-/// Bytes of output one instance may log per stream.
-pub const OUTPUT_BUDGET: usize = 64 * 1024;
-/// Longest line logged; longer lines are split.
-const MAX_LINE: usize = 4096;
+/// The line being written, shared by the clones of one stream.
+struct Line {
+    plugin: Arc<str>,
+    stream: &'static str,
+    budget: Arc<LogBudget>,
+    /// Its first bytes, up to the budget's longest line.
+    buf: Vec<u8>,
+    /// Bytes past that were discarded.
+    cut: bool,
+}
 
-struct State {
-    line: Vec<u8>,
-    budget: usize,
-    truncated: bool,
+impl Line {
+    fn push(&mut self, mut bytes: &[u8]) {
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            self.append(&bytes[..nl]);
+            self.emit();
+            bytes = &bytes[nl + 1..];
+        }
+        self.append(bytes);
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        // A few bytes over the longest line, so that a char cut in two at the end is dropped
+        // (at a char boundary, by the budget) rather than shown as a replacement character.
+        let room = (self.budget.line_max() + 3).saturating_sub(self.buf.len());
+        if bytes.len() > room {
+            self.cut = true;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        let text = text.trim_end_matches('\r');
+        if let Some(line) = self.budget.admit(text) {
+            tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{line}");
+        }
+        self.buf.clear();
+        self.cut = false;
+    }
+}
+
+impl Drop for Line {
+    /// The instance is gone: its last, unterminated line is logged too.
+    fn drop(&mut self) {
+        if !self.buf.is_empty() || self.cut {
+            self.emit();
+        }
+    }
 }
 
 /// One stream (`stdout` or `stderr`) of one plugin instance.
 #[derive(Clone)]
 pub struct PluginOutput {
-    plugin: Arc<str>,
-    stream: &'static str,
-    state: Arc<Mutex<State>>,
+    line: Arc<Mutex<Line>>,
 }
 
 impl PluginOutput {
-    /// A stream of `plugin` named `stream`.
-    pub fn new(plugin: &str, stream: &'static str) -> Self {
-        let state = State { line: Vec::new(), budget: OUTPUT_BUDGET, truncated: false };
-        PluginOutput { plugin: plugin.into(), stream, state: Arc::new(Mutex::new(state)) }
-    }
-
-    fn emit(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{}", text.trim_end_matches('\r'));
+    /// A stream of `plugin` named `stream`, logging through `budget` (the plugin's).
+    pub fn new(plugin: &str, stream: &'static str, budget: Arc<LogBudget>) -> Self {
+        let line = Line { plugin: plugin.into(), stream, budget, buf: Vec::new(), cut: false };
+        PluginOutput { line: Arc::new(Mutex::new(line)) }
     }
 
     fn accept(&self, buf: &[u8]) {
-        let mut s = self.state.lock().unwrap();
-        let take = buf.len().min(s.budget);
-        s.budget -= take;
-        for &b in &buf[..take] {
-            if b == b'\n' || s.line.len() >= MAX_LINE {
-                let line = std::mem::take(&mut s.line);
-                self.emit(&line);
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            s.line.push(b);
-        }
-        if take < buf.len() && !s.truncated {
-            s.truncated = true;
-            tracing::warn!(
-                target: "plugin",
-                plugin = %self.plugin,
-                stream = self.stream,
-                "plugin output over {OUTPUT_BUDGET} bytes; the rest of this instance's output is dropped"
-            );
-        }
+        // A poisoned lock (a panic while logging) must not make writes fail.
+        let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        line.push(buf);
     }
 }
 
@@ -87,5 +104,46 @@ impl tokio::io::AsyncWrite for PluginOutput {
     }
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginLimits;
+
+    fn output(lines_per_sec: u32, line_max: usize) -> (PluginOutput, Arc<LogBudget>) {
+        let limits = PluginLimits { log_lines_per_sec: lines_per_sec, log_line_max: line_max, ..Default::default() };
+        let budget = Arc::new(LogBudget::new("p", &limits));
+        (PluginOutput::new("p", "stdout", budget.clone()), budget)
+    }
+
+    #[test]
+    fn lines_split_across_writes_count_once_each_and_long_ones_are_cut() {
+        let (out, budget) = output(1000, 8);
+        out.accept(b"hel");
+        out.accept(b"lo\nworld\n");
+        out.accept(&[b'x'; 100_000]);
+        assert_eq!(out.line.lock().unwrap().buf.len(), 11, "a long line holds only its first bytes");
+        out.accept(b"\n");
+        assert_eq!(budget.dropped_lines(), 0);
+        assert!(out.line.lock().unwrap().buf.is_empty());
+    }
+
+    #[test]
+    fn output_past_the_budget_is_counted_and_writes_never_fail() {
+        let (out, budget) = output(3, 4096);
+        let mut w = out.clone();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..10 {
+            let r = tokio::io::AsyncWrite::poll_write(Pin::new(&mut w), &mut cx, b"chatter\n");
+            assert!(matches!(r, Poll::Ready(Ok(8))));
+        }
+        assert_eq!(budget.dropped_lines(), 7);
+        // The last, unterminated line is counted when the instance goes.
+        out.accept(b"no newline");
+        drop((out, w));
+        assert_eq!(budget.dropped_lines(), 8);
     }
 }

@@ -2,8 +2,14 @@
 //! carrying a password; the host reads it from `secrets_dir/<name>/` (as Kubernetes mounts a
 //! Secret: files `username` and `password`, or `token`) and puts it on the plugin's requests.
 //! The plugin never sees the reference or the secret.
+//!
+//! A secret goes only where the operator said: `secret_origins.<name>` lists the origins
+//! (scheme, host, port) it may be attached to. The destination's URL is producer input, so it
+//! cannot widen that: a request for any other origin is refused, naming the setting.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The destination key holding a secret reference; the host removes it before the plugin sees the destination.
 pub const SECRET_REF: &str = "secretRef";
@@ -46,20 +52,98 @@ pub fn split(destination: &str) -> Result<(String, Option<String>), String> {
     }
 }
 
-/// Where secrets are mounted.
+/// An origin a secret may be sent to: scheme, host (lower-case) and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// `scheme://host[:port]`, nothing else (no path, user or query).
+    pub fn parse(text: &str) -> Result<Origin, String> {
+        let bad = |why: &str| {
+            format!(
+                "{text:?} is not an origin ({why}): write scheme://host:port, e.g. https://opensearch.prod.svc:9200"
+            )
+        };
+        let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("the scheme must be http or https"));
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("it carries more than an origin"));
+        }
+        if url.path() != "/" && !url.path().is_empty() {
+            return Err(bad("it has a path"));
+        }
+        Origin::of(&url).ok_or_else(|| bad("it has no host"))
+    }
+
+    /// The origin of `url`.
+    fn of(url: &url::Url) -> Option<Origin> {
+        let host = match url.host()? {
+            url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => format!("[{ip}]"),
+        };
+        Some(Origin { scheme: url.scheme().to_string(), host, port: url.port_or_known_default()? })
+    }
+}
+
+/// A secret read for one call, with the origins it may be sent to.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The secret's name (not secret: the destination names it).
+    pub name: String,
+    /// The credential.
+    pub credential: Credential,
+    origins: Arc<[Origin]>,
+}
+
+impl Bound {
+    /// Whether the operator bound this secret to `url`'s origin.
+    pub fn may_go_to(&self, url: &url::Url) -> bool {
+        Origin::of(url).is_some_and(|o| self.origins.contains(&o))
+    }
+}
+
+/// Where secrets are mounted, and where each may be sent.
 #[derive(Debug, Clone)]
 pub struct SecretStore {
     dir: Option<PathBuf>,
+    origins: BTreeMap<String, Arc<[Origin]>>,
 }
 
 impl SecretStore {
-    /// Secrets under `dir` (none configured: every reference is refused).
-    pub fn new(dir: Option<&Path>) -> Self {
-        SecretStore { dir: dir.map(Path::to_path_buf) }
+    /// Secrets under `dir` (none configured: every reference is refused), each sent only to
+    /// its `origins` (`secret_origins` in config). A malformed origin is an error naming it.
+    pub fn new(dir: Option<&Path>, origins: &BTreeMap<String, Vec<String>>) -> Result<Self, String> {
+        let origins = origins
+            .iter()
+            .map(|(name, list)| {
+                let parsed: Result<Vec<Origin>, String> = list.iter().map(|o| Origin::parse(o)).collect();
+                Ok((name.clone(), parsed.map_err(|e| format!("secret_origins.{name}: {e}"))?.into()))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(SecretStore { dir: dir.map(Path::to_path_buf), origins })
     }
 
-    /// Read secret `name` now (files are read on every call, so a rotated Secret takes effect).
-    pub fn load(&self, name: &str) -> Result<Credential, String> {
+    /// Read secret `name` now (files are read on every call, so a rotated Secret takes effect),
+    /// with the origins it may go to; a secret bound to none is refused.
+    pub fn load(&self, name: &str) -> Result<Bound, String> {
+        let credential = self.read(name)?;
+        match self.origins.get(name).filter(|o| !o.is_empty()) {
+            Some(origins) => Ok(Bound { name: name.to_string(), credential, origins: origins.clone() }),
+            None => Err(format!(
+                "secret `{name}` is bound to no origin, so the host sends it nowhere: an operator lists where it \
+                 may go in secret_origins.{name} (e.g. [\"https://opensearch.prod.svc:9200\"])"
+            )),
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Credential, String> {
         let Some(dir) = &self.dir else {
             return Err(format!(
                 "the destination refers to secret `{name}`, but the host has no secrets_dir configured"
@@ -105,13 +189,48 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("os")).unwrap();
         std::fs::write(dir.path().join("os/username"), "u\n").unwrap();
         std::fs::write(dir.path().join("os/password"), "p\n").unwrap();
-        let store = SecretStore::new(Some(dir.path()));
+        let origins = BTreeMap::from([("os".to_string(), vec!["https://OS.example:9200".to_string()])]);
+        let store = SecretStore::new(Some(dir.path()), &origins).unwrap();
         assert!(
-            matches!(store.load("os").unwrap(), Credential::Basic { user, password } if user == "u" && password == "p")
+            matches!(store.load("os").unwrap().credential, Credential::Basic { user, password } if user == "u" && password == "p")
         );
         assert!(store.load("missing").unwrap_err().contains("not found"));
         assert!(store.load("../etc").unwrap_err().contains("must be"));
-        assert!(SecretStore::new(None).load("os").unwrap_err().contains("secrets_dir"));
-        assert_eq!(format!("{:?}", store.load("os").unwrap()), "Basic(<redacted>)");
+        assert!(SecretStore::new(None, &origins).unwrap().load("os").unwrap_err().contains("secrets_dir"));
+        assert_eq!(format!("{:?}", store.load("os").unwrap().credential), "Basic(<redacted>)");
+    }
+
+    #[test]
+    fn a_secret_goes_only_to_the_origins_it_is_bound_to() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["os", "unbound"] {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("token"), "tok-SECRET").unwrap();
+        }
+        let origins = BTreeMap::from([("os".to_string(), vec!["https://OS.example:9200".to_string()])]);
+        let store = SecretStore::new(Some(dir.path()), &origins).unwrap();
+        let bound = store.load("os").unwrap();
+        assert!(!format!("{bound:?}").contains("tok-SECRET"));
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        assert!(bound.may_go_to(&url("https://os.example:9200/_bulk?x=1")));
+        assert!(bound.may_go_to(&url("https://os.example.:9200/")), "a trailing dot is the same name");
+        for other in [
+            "http://os.example:9200/",
+            "https://os.example/",
+            "https://os.example:9201/",
+            "https://attacker.example:9200/",
+            "https://os.example.attacker.example:9200/",
+            "https://os.example:9200@attacker.example/",
+        ] {
+            assert!(!bound.may_go_to(&url(other)), "{other}");
+        }
+        let err = store.load("unbound").unwrap_err();
+        assert!(err.contains("secret_origins.unbound"), "{err}");
+        let default_port = SecretStore::new(None, &BTreeMap::from([("h".into(), vec!["https://h.example".into()])]));
+        assert!(default_port.is_ok());
+        for bad in ["h.example:443", "https://h.example/path", "https://u:p@h.example", "ftp://h.example"] {
+            let err = SecretStore::new(None, &BTreeMap::from([("h".into(), vec![bad.into()])])).unwrap_err();
+            assert!(err.contains("secret_origins.h") && err.contains("scheme://host:port"), "{bad}: {err}");
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod registry;
 
 use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
+use crate::capabilities::log_budget::LogBudget;
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::output::PluginOutput;
 use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
@@ -45,7 +46,7 @@ fn trap_reason(e: &wasmtime::Error) -> String {
 }
 
 /// Why a plugin call did not return a value. The store is discarded in every case.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The component could not be instantiated (e.g. its start function trapped).
     #[error("plugin `{plugin}` could not be instantiated: {reason}")]
@@ -65,8 +66,8 @@ pub enum CallError {
         /// The trap message.
         reason: String,
     },
-    /// The call ran past its `call_timeout_ms`.
-    #[error("plugin `{plugin}` did not finish `{call}` within {timeout:?} (runtime.limits.call_timeout_ms)")]
+    /// The call ran past its deadline.
+    #[error("plugin `{plugin}` did not finish `{call}` within {timeout:?} ({setting})")]
     Timeout {
         /// Plugin name.
         plugin: String,
@@ -74,6 +75,8 @@ pub enum CallError {
         call: &'static str,
         /// The deadline.
         timeout: Duration,
+        /// The setting that holds the deadline.
+        setting: &'static str,
     },
     /// The plugin broke the contract (e.g. wrong number of outcomes).
     #[error("plugin `{plugin}` broke the plugin contract: {reason}")]
@@ -117,7 +120,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
-        let no_http = Arc::new(http.for_plugin(Policy::parse("(loading)", &[]).expect("no rules parse"))?);
+        let no_http =
+            Arc::new(http.for_plugin(Policy::parse("(loading)", &[], http.own_listeners()).expect("no rules parse"))?);
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
@@ -176,12 +180,28 @@ impl Runtime {
         }
     }
 
-    /// The limits of plugin `name`.
-    pub fn limits_for(&self, name: &str) -> PluginLimits {
-        self.cfg.limits_for(name)
+    /// The limits of the plugin from file stem `id`.
+    pub fn limits_for(&self, id: &str) -> PluginLimits {
+        self.cfg.limits_for(id)
     }
 
-    fn new_store(&self, plugin: &str, limits: &PluginLimits, http: Arc<PluginHttp>) -> Store<PluginState> {
+    /// The runtime's settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// The host's own listeners, which every plugin's outbound policy refuses.
+    pub fn own_listeners(&self) -> Arc<crate::capabilities::outbound::OwnListeners> {
+        self.http.own_listeners()
+    }
+
+    fn new_store(
+        &self,
+        plugin: &str,
+        limits: &PluginLimits,
+        http: Arc<PluginHttp>,
+        log: Arc<LogBudget>,
+    ) -> Store<PluginState> {
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
         // stdout and stderr go to the host log, bounded.
@@ -189,8 +209,8 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .stdout(PluginOutput::new(plugin, "stdout"))
-            .stderr(PluginOutput::new(plugin, "stderr"))
+            .stdout(PluginOutput::new(plugin, "stdout", log.clone()))
+            .stderr(PluginOutput::new(plugin, "stderr", log.clone()))
             .build();
         let store_limits = StoreLimitsBuilder::new()
             .memory_size((limits.memory_limit_mib as usize).saturating_mul(1024 * 1024))
@@ -204,6 +224,7 @@ impl Runtime {
             http,
             max_boundary_bytes: limits.max_boundary_bytes,
             credential: None,
+            log,
         };
         let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
         let mut store = Store::new(&self.engine, state);
@@ -235,15 +256,15 @@ fn engine_key(engine: &Engine) -> String {
 /// Capabilities a plugin can import, by WIT interface (any version of our package).
 const CAPABILITIES: &[(&str, &str)] = &[("narrows:exporter/http@", "http"), ("narrows:exporter/log@", "log")];
 
-/// Refuse a component that imports a capability the operator did not grant `plugin`.
-/// (WASI imports are always linked; their context grants nothing.)
-fn check_grants(engine: &Engine, component: &Component, plugin: &str, grants: &[String]) -> Result<(), String> {
+/// Refuse a component that imports a capability the operator did not grant the plugin from
+/// file stem `id`. (WASI imports are always linked; their context grants nothing.)
+fn check_grants(engine: &Engine, component: &Component, id: &str, grants: &[String]) -> Result<(), String> {
     for (import, _) in component.component_type().imports(engine) {
         for (prefix, cap) in CAPABILITIES {
             if import.starts_with(prefix) && !grants.iter().any(|g| g == cap) {
                 return Err(format!(
-                    "plugin `{plugin}` imports the `{cap}` capability ({import}), which the operator has not granted it; \
-                     to allow it, add \"{cap}\" to runtime.plugins.{plugin}.grants"
+                    "plugin file `{id}.wasm` imports the `{cap}` capability ({import}), which the operator has not \
+                     granted it; to allow it, add \"{cap}\" to runtime.plugins.{id}.grants"
                 ));
             }
         }
@@ -274,12 +295,22 @@ impl Health {
     }
 }
 
+/// The name the operator knows a plugin file by: its file name without `.wasm`. Limits,
+/// grants and allow-lists are looked up by it, never by what the plugin says about itself.
+pub fn file_id(file: &std::path::Path) -> String {
+    file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string()
+}
+
 /// A compiled plugin, ready to instantiate.
 pub struct LoadedPlugin {
     /// What the plugin said about itself at load.
     pub info: bindings::PluginInfo,
     /// The file it was loaded from.
     pub file: PathBuf,
+    /// The file's name without `.wasm`: the key of its `[runtime.plugins.<id>]` settings.
+    pub id: String,
+    /// Its log budget, shared by its instances.
+    pub log: Arc<LogBudget>,
     /// Its sandbox.
     pub limits: PluginLimits,
     /// Crash count and quarantine.
@@ -302,14 +333,19 @@ impl LoadedPlugin {
         pre: PluginPre<PluginState>,
         runtime: Arc<Runtime>,
     ) -> Result<Self, String> {
-        let limits = runtime.limits_for(&info.name);
-        check_grants(&runtime.engine, pre.instance_pre().component(), &info.name, &limits.grants)?;
-        let policy = Policy::parse(&info.name, &limits.outbound_allow)?;
+        let id = file_id(&file);
+        let limits = runtime.limits_for(&id);
+        check_grants(&runtime.engine, pre.instance_pre().component(), &id, &limits.grants)?;
+        let policy = Policy::parse(&id, &limits.outbound_allow, runtime.http.own_listeners())
+            .map_err(|e| format!("runtime.plugins.{id}.outbound_allow: {e}"))?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
+        let log = Arc::new(LogBudget::new(&info.name, &limits));
         Ok(LoadedPlugin {
             info,
             file,
+            id,
+            log,
             limits,
             health: Health::default(),
             sha256: String::new(),
@@ -327,6 +363,8 @@ impl LoadedPlugin {
         LoadedPlugin {
             info: self.info.clone(),
             file: self.file.clone(),
+            id: self.id.clone(),
+            log: self.log.clone(),
             limits: self.limits.clone(),
             health: Health::default(),
             sha256: self.sha256.clone(),
@@ -342,7 +380,15 @@ impl LoadedPlugin {
     /// A fresh instance in a fresh store, once one of `max_instances` is free.
     pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
         let permit = self.instances.clone().acquire_owned().await.expect("never closed");
-        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, self.http.clone()).await?;
+        let mut s = Session::start(
+            &self.runtime,
+            &self.info.name,
+            &self.pre,
+            &self.limits,
+            self.http.clone(),
+            self.log.clone(),
+        )
+        .await?;
         s.permit = Some(permit);
         Ok(s)
     }
@@ -367,6 +413,8 @@ pub struct Session {
     instance: Plugin,
     plugin: String,
     timeout: Duration,
+    /// Deadline of `validate` (`runtime.validate_timeout_ms`).
+    validate_timeout: Duration,
     max_boundary_bytes: usize,
     /// Fuel granted to each call, when metering is on.
     fuel: Option<u64>,
@@ -382,12 +430,13 @@ impl Session {
         pre: &PluginPre<PluginState>,
         limits: &PluginLimits,
         http: Arc<PluginHttp>,
+        log: Arc<LogBudget>,
     ) -> Result<Session, CallError> {
         let slot = match &runtime.slots {
             Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
             None => None,
         };
-        let mut store = runtime.new_store(name, limits, http);
+        let mut store = runtime.new_store(name, limits, http, log);
         let timeout = Duration::from_millis(limits.call_timeout_ms);
         let fuel = runtime.engine.get_consume_fuel().then_some(if limits.fuel_per_call == 0 {
             u64::MAX
@@ -400,13 +449,17 @@ impl Session {
         let instance = match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => return Err(CallError::Instantiate { plugin: name.into(), reason: format!("{e:#}") }),
-            Err(_) => return Err(CallError::Instantiate { plugin: name.into(), reason: "timed out".into() }),
+            Err(_) => {
+                let reason = format!("timed out after {timeout:?}");
+                return Err(CallError::Instantiate { plugin: name.into(), reason });
+            }
         };
         Ok(Session {
             store,
             instance,
             plugin: name.into(),
             timeout,
+            validate_timeout: Duration::from_millis(runtime.cfg.validate_timeout_ms),
             max_boundary_bytes: limits.max_boundary_bytes,
             fuel,
             permit: None,
@@ -414,37 +467,43 @@ impl Session {
         })
     }
 
-    /// Run one export under the call deadline, turning traps into `CallError`.
+    /// Run one export under `deadline` (`setting` names it), turning traps into `CallError`.
     async fn guarded<T>(
         &mut self,
         call: &'static str,
+        (deadline, setting): (Duration, &'static str),
         f: impl AsyncFnOnce(&Plugin, &mut Store<PluginState>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
         if let Some(fuel) = self.fuel {
             // Each call gets the full budget, also on a reused instance.
             self.store.set_fuel(fuel).expect("fuel is enabled");
         }
-        match tokio::time::timeout(self.timeout, f(&self.instance, &mut self.store)).await {
+        match tokio::time::timeout(deadline, f(&self.instance, &mut self.store)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: trap_reason(&e) }),
-            Err(_) => Err(CallError::Timeout { plugin: self.plugin.clone(), call, timeout: self.timeout }),
+            Err(_) => Err(CallError::Timeout { plugin: self.plugin.clone(), call, timeout: deadline, setting }),
         }
     }
 
-    /// The credential the host adds to this session's requests (a destination's secret reference).
-    pub fn set_credential(&mut self, credential: Option<crate::capabilities::secrets::Credential>) {
+    /// The secret the host adds to this session's requests (a destination's secret reference).
+    pub fn set_credential(&mut self, credential: Option<crate::capabilities::secrets::Bound>) {
         self.store.data_mut().caps.credential = credential;
     }
 
-    /// The plugin's self-description.
+    /// The plugin's self-description. Load-time sessions are started with the
+    /// `runtime.info_timeout_ms` deadline as their call deadline.
     pub async fn info(mut self) -> Result<bindings::PluginInfo, CallError> {
-        self.guarded("info", async |p, s| p.narrows_exporter_consumer().call_info(s).await).await
+        let deadline = (self.timeout, "runtime.info_timeout_ms");
+        self.guarded("info", deadline, async |p, s| p.narrows_exporter_consumer().call_info(s).await).await
     }
 
-    /// Ask the plugin whether `destination` (JSON text) is usable.
+    /// Ask the plugin whether `destination` (JSON text) is usable, within `runtime.validate_timeout_ms`.
     pub async fn validate(&mut self, destination: &str) -> Result<Result<(), String>, CallError> {
+        let deadline = (self.validate_timeout, "runtime.validate_timeout_ms");
         let v = self
-            .guarded("validate", async |p, s| p.narrows_exporter_consumer().call_validate(s, destination).await)
+            .guarded("validate", deadline, async |p, s| {
+                p.narrows_exporter_consumer().call_validate(s, destination).await
+            })
             .await?;
         if let Err(msg) = &v
             && msg.len() > self.max_boundary_bytes
@@ -460,8 +519,11 @@ impl Session {
     /// Deliver `reports` to `destination`: one outcome per report, in order.
     pub async fn deliver(&mut self, destination: &str, reports: &[Report]) -> Result<Vec<Outcome>, CallError> {
         let n = reports.len();
+        let deadline = (self.timeout, "runtime.limits.call_timeout_ms");
         let out = self
-            .guarded("deliver", async |p, s| p.narrows_exporter_consumer().call_deliver(s, destination, reports).await)
+            .guarded("deliver", deadline, async |p, s| {
+                p.narrows_exporter_consumer().call_deliver(s, destination, reports).await
+            })
             .await?;
         if out.len() != n {
             return Err(CallError::Contract {

@@ -3,9 +3,13 @@
 //!
 //! `Plugins` holds the current `Registry` and swaps in a new one when the directory changes
 //! (polled, which also follows Kubernetes' `..data` symlink swaps). A reload compiles new and
-//! changed files off the request path, reuses unchanged ones, keeps the previous version when a
-//! file fails validation, and keeps the incumbent when a new file claims a taken key. Calls in
-//! flight hold their `Arc<LoadedPlugin>` and finish on the version they started with.
+//! changed files off the request path, in parallel, reuses unchanged ones, and keeps the previous
+//! version when a file fails validation. Calls in flight hold their `Arc<LoadedPlugin>` and
+//! finish on the version they started with.
+//!
+//! Config keys belong to the operator: a key bound in `runtime.bindings` is served only by its
+//! file; an unbound key claimed by two files is served by neither (a conflict, shown in the log,
+//! `/plugins` and `/readyz`) unless one of them already served it before the reload.
 
 use super::{LoadedPlugin, Runtime};
 use sha2::{Digest, Sha256};
@@ -38,26 +42,47 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some(Stamp { len: m.len(), modified: m.modified().ok(), ino: m.ino() })
 }
 
-/// Loaded plugins by config key, plus the files that failed to load.
+/// A config key that several plugin files claim, none of them bound to it: nobody serves it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Conflict {
+    /// The key.
+    pub config_key: String,
+    /// The files claiming it.
+    pub files: Vec<PathBuf>,
+}
+
+impl Conflict {
+    /// For the operator: what is wrong and the setting that resolves it.
+    pub fn message(&self) -> String {
+        let names: Vec<String> = self.files.iter().map(|f| format!("`{}`", file_name(f))).collect();
+        format!(
+            "config key `{}` is claimed by {}; neither serves it until the operator binds it to one file, \
+             e.g. runtime.bindings.{} = \"{}\" (or removes the others)",
+            self.config_key,
+            names.join(" and "),
+            self.config_key,
+            self.files.first().map(|f| file_name(f)).unwrap_or_default()
+        )
+    }
+}
+
+fn file_name(f: &Path) -> String {
+    f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string()
+}
+
+/// Loaded plugins by config key, plus the files that failed to load and unresolved key conflicts.
 #[derive(Default)]
 pub struct Registry {
     by_key: BTreeMap<String, Arc<LoadedPlugin>>,
     failures: Vec<LoadFailure>,
+    conflicts: Vec<Conflict>,
     dir: PathBuf,
 }
 
 impl Registry {
-    fn insert(&mut self, plugin: Arc<LoadedPlugin>) -> Result<(), String> {
-        let key = plugin.info.config_key.clone();
-        if let Some(existing) = self.by_key.get(&key) {
-            return Err(format!(
-                "config key `{key}` is already taken by plugin `{}` from {}; remove one of the two files",
-                existing.info.name,
-                existing.file.display()
-            ));
-        }
-        self.by_key.insert(key, plugin);
-        Ok(())
+    /// Config keys several files claim and nobody serves.
+    pub fn conflicts(&self) -> &[Conflict] {
+        &self.conflicts
     }
 
     fn fail(&mut self, file: &Path, error: String) {
@@ -95,6 +120,69 @@ impl Registry {
 
     fn by_file(&self, file: &Path) -> Option<&Arc<LoadedPlugin>> {
         self.by_key.values().find(|p| p.file == file)
+    }
+
+    /// Give each config key to the one candidate that may serve it. `bindings` (key -> file
+    /// name) are the operator's word; otherwise a sole claimant serves, or the file that served
+    /// the key in `old`; several new claimants are a conflict and none serves.
+    fn assign(&mut self, candidates: Vec<Arc<LoadedPlugin>>, old: &Registry, bindings: &BTreeMap<String, String>) {
+        let bound_to = |key: &str, p: &LoadedPlugin| bindings.get(key).map(|b| *b == file_name(&p.file) || *b == p.id);
+        let mut by_key: BTreeMap<String, Vec<Arc<LoadedPlugin>>> = BTreeMap::new();
+        for p in candidates {
+            // A file the operator bound to another key may not serve this one.
+            if let Some((k, _)) =
+                bindings.iter().find(|(k, f)| **k != p.info.config_key && (**f == file_name(&p.file) || **f == p.id))
+            {
+                let error = format!(
+                    "the operator bound this file to config key `{k}` (runtime.bindings.{k}), but it declares `{}`",
+                    p.info.config_key
+                );
+                self.fail(&p.file, error);
+                continue;
+            }
+            by_key.entry(p.info.config_key.clone()).or_default().push(p);
+        }
+        for (key, claimants) in by_key {
+            let winner = if bindings.contains_key(&key) {
+                claimants.iter().find(|p| bound_to(&key, p) == Some(true)).cloned()
+            } else if claimants.len() == 1 {
+                Some(claimants[0].clone())
+            } else {
+                old.get(&key).and_then(|inc| claimants.iter().find(|p| p.file == inc.file)).cloned()
+            };
+            match &winner {
+                Some(w) => {
+                    for p in claimants.iter().filter(|p| !Arc::ptr_eq(p, w)) {
+                        let why = match bindings.get(&key) {
+                            Some(b) => format!("config key `{key}` is bound to `{b}` (runtime.bindings.{key})"),
+                            None => format!(
+                                "config key `{key}` is already served by `{}`; remove one of the two files, or bind \
+                                 the key with runtime.bindings.{key}",
+                                file_name(&w.file)
+                            ),
+                        };
+                        self.fail(&p.file, why);
+                    }
+                    self.by_key.insert(key, w.clone());
+                }
+                None if claimants.len() > 1 => {
+                    let conflict =
+                        Conflict { config_key: key, files: claimants.iter().map(|p| p.file.clone()).collect() };
+                    tracing::error!(config_key = %conflict.config_key, files = ?conflict.files, "{}", conflict.message());
+                    for p in &claimants {
+                        self.failures.push(LoadFailure { file: p.file.clone(), error: conflict.message() });
+                    }
+                    self.conflicts.push(conflict);
+                }
+                None => {
+                    let b = bindings.get(&key).map(String::as_str).unwrap_or_default();
+                    self.fail(
+                        &claimants[0].file,
+                        format!("config key `{key}` is bound to `{b}` (runtime.bindings.{key})"),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -193,9 +281,9 @@ impl Plugins {
                 Vec::new()
             }
         };
-        // Unchanged files first, so an incumbent keeps its key against a newcomer.
         let (same, changed): (Vec<_>, Vec<_>) =
             files.iter().partition(|f| old.by_file(f).is_some_and(|p| p.stamp.is_some() && p.stamp == stamp(f)));
+        let mut candidates = Vec::new();
         for f in same {
             let mut p = old.by_file(f).expect("partitioned on it").clone();
             if release && p.health.quarantined() {
@@ -203,36 +291,31 @@ impl Plugins {
                 released.push(p.info.name.clone());
                 p = Arc::new(p.renewed());
             }
-            if let Err(e) = new.insert(p) {
-                new.fail(f, e);
-            }
+            candidates.push(p);
         }
-        for f in changed {
+        // Compile and ask `info` in parallel: a slow or hung file holds up no other.
+        let loads = changed.iter().map(|f| {
             let previous = old.by_file(f).cloned();
-            match self.load_file(f, previous.as_ref()).await {
+            async move { (*f, self.load_file(f, previous.as_ref()).await, previous) }
+        });
+        for (f, loaded, previous) in futures::future::join_all(loads).await {
+            match loaded {
                 Ok(p) => {
-                    let (name, version, key) = (p.info.name.clone(), p.info.version.clone(), p.info.config_key.clone());
-                    match new.insert(p) {
-                        Ok(()) => {
-                            tracing::info!(plugin = %name, %version, config_key = %key, file = %f.display(), "plugin loaded")
-                        }
-                        Err(e) => new.fail(f, e),
-                    }
+                    tracing::info!(plugin = %p.info.name, version = %p.info.version, config_key = %p.info.config_key, file = %f.display(), "plugin loaded");
+                    candidates.push(p);
                 }
                 Err(error) => {
                     // A broken new version never replaces a working one.
-                    let kept = previous.filter(|p| new.get(&p.info.config_key).is_none());
-                    let error = match &kept {
+                    let error = match &previous {
                         Some(p) => format!("{error}; version {} keeps serving", p.info.version),
                         None => error,
                     };
                     new.fail(f, error);
-                    if let Some(p) = kept {
-                        let _ = new.insert(p);
-                    }
+                    candidates.extend(previous);
                 }
             }
         }
+        new.assign(candidates, &old, &self.runtime.config().bindings);
         for f in old.plugins().map(|p| &p.file).filter(|f| !files.contains(f)) {
             tracing::info!(file = %f.display(), "plugin removed");
         }
@@ -269,16 +352,14 @@ impl Plugins {
             .map_err(|_| format!("compiling took longer than {COMPILE_TIMEOUT:?}"))?
             .map_err(|e| format!("compilation task failed: {e}"))?
             .map_err(|e| format!("not a loadable plugin component: {e:#}"))?;
-        let limits = self.runtime.limits_for("");
-        let session = super::Session::start(
-            &self.runtime,
-            &file.display().to_string(),
-            &pre,
-            &limits,
-            self.runtime.no_http.clone(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        // Load-time calls run under their own short deadline, with no HTTP.
+        let mut limits = self.runtime.limits_for(&super::file_id(file));
+        limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
+        let shown = file.display().to_string();
+        let log = Arc::new(super::LogBudget::new(&shown, &limits));
+        let session = super::Session::start(&self.runtime, &shown, &pre, &limits, self.runtime.no_http.clone(), log)
+            .await
+            .map_err(|e| e.to_string())?;
         let info = session.info().await.map_err(|e| e.to_string())?;
         check_info(&info)?;
         let mut p = LoadedPlugin::new(info, file.to_owned(), pre, self.runtime.clone())?;

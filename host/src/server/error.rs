@@ -81,6 +81,8 @@ impl From<crate::forward::RouteError> for ApiError {
             E::Queue(Q::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(2)),
             E::Queue(Q::Disk(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
         };
-        ApiError { status, code, message: e.to_string(), retry_after }
+        // Only the public port answers with these: URLs in a plugin's message or a call error
+        // are cut to their origin (a webhook's token lives in its path).
+        ApiError { status, code, message: crate::redact::public_reason(&e.to_string()), retry_after }
     }
 }

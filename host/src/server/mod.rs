@@ -1,9 +1,13 @@
-//! The HTTP APIs: the public one (`/forward`, `/reports`, health, plugins, metrics) and the admin one (dead letters).
+//! The HTTP APIs: the public one (`/forward`, `/reports`, health, plugins, metrics) and the admin
+//! one (dead letters, plugins in full; bearer token).
+//!
+//! What the public port shows of a reason (report states, receipts, validation errors) has every
+//! URL cut to `scheme://host[:port]` (`crate::redact`); the admin API shows reasons whole.
 
 mod admin;
 mod error;
 
-pub use admin::admin_app;
+pub use admin::{AdminToken, admin_app};
 pub use error::ApiError;
 
 use crate::config::Limits;
@@ -12,6 +16,7 @@ use crate::dlq::DeadLetters;
 use crate::forward::{self, Ingest, Receipt, ValidationCache};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::redact::{public_reason, public_value};
 use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use axum::body::Bytes;
@@ -48,6 +53,8 @@ pub struct AppState {
     pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
     /// Producer limits.
     pub limits: Limits,
+    /// The admin API's bearer token.
+    pub admin_token: AdminToken,
 }
 
 impl AppState {
@@ -152,10 +159,11 @@ async fn forward_inner(
         }
         status = outcome_status(&receipts);
     }
+    // Reasons (after a wait) through `public_reason`.
     Ok(if batch {
-        (status, Json(json!({ "reports": receipts }))).into_response()
+        (status, Json(json!({ "reports": public_value(&receipts) }))).into_response()
     } else {
-        (status, Json(&receipts[0])).into_response()
+        (status, Json(public_value(&receipts[0]))).into_response()
     })
 }
 
@@ -181,13 +189,13 @@ async fn report_status(State(state): State<AppState>, Path(id): Path<String>) ->
         )
     })?;
     if let Some(consumers) = state.status.get(uuid) {
-        return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
+        return Ok(Json(json!({ "id": uuid, "consumers": public_value(&consumers) })).into_response());
     }
     let dead = state.dlq.get(uuid);
     if !dead.is_empty() {
         let consumers: serde_json::Map<_, _> = dead
             .into_iter()
-            .map(|(d, _)| (d.consumer, json!({ "status": "dead_lettered", "reason": d.reason })))
+            .map(|(d, _)| (d.consumer, json!({ "status": "dead_lettered", "reason": public_reason(&d.reason) })))
             .collect();
         return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
     }
@@ -199,11 +207,14 @@ async fn report_status(State(state): State<AppState>, Path(id): Path<String>) ->
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    let registry = state.registry.current();
     let problem = if !state.queue.healthy() {
         Some("the queue cannot write to disk; see the log for the error".to_string())
-    } else if state.registry.current().plugins().next().is_none() {
+    } else if let Some(conflict) = registry.conflicts().first() {
+        Some(conflict.message())
+    } else if registry.plugins().next().is_none() {
         Some(format!(
-            "no plugin is loaded from {}: put plugin components (*.wasm) there; see GET /plugins for load errors",
+            "no plugin is loaded from {}: put plugin components (*.wasm) there; `data-exporter plugins list` (admin GET /plugins) shows load errors",
             state.registry.current().dir().display()
         ))
     } else {
@@ -224,48 +235,63 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let age = state.queue.oldest_ms().map(|t| crate::now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
     m.queue_oldest_age.set(age);
     m.dlq_entries.set(state.dlq.usage().0 as i64);
+    let registry = state.registry.current();
+    m.count_log_drops(registry.plugins().map(|p| (p.info.name.as_str(), &*p.log)));
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
         .into_response()
 }
 
+/// `GET /plugins`: what a producer needs to address a consumer. Files, hashes, limits,
+/// allow-lists, crash details and load failures are on the admin API's `GET /plugins`.
+/// `quarantined` stays: it tells a producer why its reports wait, and nothing about the host;
+/// so do contested config keys (nobody serves them), without the files that claim them.
 async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
     let reg = state.registry.current();
     let loaded: Vec<_> = reg
         .plugins()
         .map(|p| {
-            let params: Vec<_> = p
-                .info
-                .parameters
-                .iter()
-                .map(|q| {
-                    json!({
-                        "name": q.name,
-                        "type": param_type_name(q.type_),
-                        "required": q.required,
-                        "default": q.default.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
-                        "usage": q.usage,
-                        "secret": q.secret,
-                    })
-                })
-                .collect();
             json!({
                 "name": p.info.name,
                 "version": p.info.version,
                 "config_key": p.info.config_key,
                 "description": p.info.description,
-                "file": p.file,
-                "sha256": p.sha256,
-                "compiled_from_cache": p.from_cache,
-                "parameters": params,
-                "limits": p.limits,
+                "parameters": parameters(p),
                 "quarantined": p.health.quarantined(),
-                "consecutive_crashes": p.health.consecutive_crashes(),
-                "last_crash": p.health.last_crash(),
             })
         })
         .collect();
-    let allocator = state.registry.runtime().allocator;
-    Json(json!({ "dir": reg.dir(), "instance_allocator": allocator, "plugins": loaded, "failed": reg.failures() }))
+    let conflicts: Vec<_> = reg
+        .conflicts()
+        .iter()
+        .map(|c| {
+            json!({
+                "config_key": c.config_key,
+                "message": format!(
+                    "no plugin serves `{}`: several plugin files claim it and the operator has not bound it to one",
+                    c.config_key
+                ),
+            })
+        })
+        .collect();
+    Json(json!({ "plugins": loaded, "conflicts": conflicts }))
+}
+
+/// A plugin's destination parameters, for people and tools.
+fn parameters(p: &crate::runtime::LoadedPlugin) -> Vec<serde_json::Value> {
+    p.info
+        .parameters
+        .iter()
+        .map(|q| {
+            json!({
+                "name": q.name,
+                "type": param_type_name(q.type_),
+                "required": q.required,
+                "default": q.default.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
+                "usage": q.usage,
+                "secret": q.secret,
+            })
+        })
+        .collect()
 }
 
 fn param_type_name(t: crate::bindings::ParamType) -> &'static str {

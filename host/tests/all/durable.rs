@@ -56,7 +56,8 @@ async fn a_429_storm_is_retried_no_sooner_than_retry_after() {
     let s = servers();
     let inj = FaultInjector::start(&s.os_url).await;
     inj.then(vec![Fault::Status { status: 429, retry_after: Some(1), body: "slow down".into() }; 2]);
-    let app = spawn_app().await;
+    // Retry-After is honoured up to delivery.retry_max_ms (the test helpers' 200 ms would cut it).
+    let app = spawn_app_with(&["opensearch"], |c| c.delivery.retry_max_ms = 5_000).await;
     let index = index();
     let (status, receipt) = app
         .forward_wait(report_data("openSearch", json!({"host_port": inj.url, "index": index}), &json!({"b": 1})))
@@ -247,7 +248,7 @@ async fn a_torn_tail_and_a_flipped_byte_are_cut_reported_and_the_rest_delivered(
     assert!(cut >= 12.0, "{cut}");
 }
 
-fn metric(text: &str, series: &str) -> f64 {
+pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())

@@ -52,10 +52,17 @@ pub fn index() -> String {
     format!("t-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The outbound allow-list of test hosts: everything `"*"` admits, plus loopback.
+pub const LOOPBACK_ALLOWED: &[&str] = &["*", "127.0.0.0/8", "::1"];
+
 /// A host running in this process on 127.0.0.1:0 (public API) and another port (admin API).
 pub struct TestApp {
     pub url: String,
     pub admin_url: String,
+    /// The admin API's bearer token (generated in the data directory).
+    pub admin_token: String,
+    /// Where it is: `<data_dir>/admin.token`.
+    pub admin_token_file: PathBuf,
     pub client: reqwest::Client,
     pub host: data_exporter::Host,
     _plugins_dir: tempfile::TempDir,
@@ -95,6 +102,9 @@ pub async fn spawn_app_at(plugins_dir: tempfile::TempDir, data_dir: &Path, tweak
         data_dir: data_dir.to_owned(),
         ..Config::default()
     };
+    // The real test servers listen on loopback, which the outbound allow-list refuses unless
+    // named: the tests name it, as an operator with a consumer beside the host would.
+    cfg.runtime.limits.outbound_allow = LOOPBACK_ALLOWED.iter().map(|s| s.to_string()).collect();
     // Tests wait for retries: keep them short.
     cfg.delivery.retry_initial_ms = 20;
     cfg.delivery.retry_max_ms = 200;
@@ -102,13 +112,27 @@ pub async fn spawn_app_at(plugins_dir: tempfile::TempDir, data_dir: &Path, tweak
     let host = data_exporter::build(&cfg).await.expect("building the host");
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    host.guard_listener(listener.local_addr().unwrap(), "public");
     let app = data_exporter::server::app(host.state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen).await.unwrap();
-    let admin_url = format!("http://{}", admin.local_addr().unwrap());
-    let app = data_exporter::server::admin_app(host.state.clone());
+    let admin_addr = admin.local_addr().unwrap();
+    host.guard_listener(admin_addr, "admin");
+    let admin_url = format!("http://{admin_addr}");
+    let app = data_exporter::server::admin_app(host.state.clone(), admin_addr);
     tokio::spawn(async move { axum::serve(admin, app).await.unwrap() });
-    TestApp { url, admin_url, client: reqwest::Client::new(), host, _plugins_dir: plugins_dir, _data_dir: None }
+    let admin_token_file = cfg.admin_token_file.clone().unwrap_or_else(|| data_dir.join("admin.token"));
+    let admin_token = std::fs::read_to_string(&admin_token_file).expect("reading the admin token").trim().to_string();
+    TestApp {
+        url,
+        admin_url,
+        admin_token,
+        admin_token_file,
+        client: reqwest::Client::new(),
+        host,
+        _plugins_dir: plugins_dir,
+        _data_dir: None,
+    }
 }
 
 /// A host with the shipped plugins.
@@ -127,8 +151,13 @@ impl TestApp {
         self.post(&format!("{}/forward?wait=30s", self.url), body.into()).await
     }
 
+    /// POST a JSON body to `url`; with the admin token when `url` is on the admin API.
     pub async fn post(&self, url: &str, body: String) -> (u16, Value) {
-        let resp = self.client.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+        let mut req = self.client.post(url).header("content-type", "application/json").body(body);
+        if url.starts_with(&self.admin_url) {
+            req = req.bearer_auth(&self.admin_token);
+        }
+        let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap();
         let json = serde_json::from_slice(&bytes)
@@ -141,10 +170,17 @@ impl TestApp {
         self._plugins_dir.path()
     }
 
+    /// GET `path` on the admin API, with the token.
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
-        let resp = self.client.get(format!("{}{path}", self.admin_url)).send().await.unwrap();
+        let resp =
+            self.client.get(format!("{}{path}", self.admin_url)).bearer_auth(&self.admin_token).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json_value().await)
+    }
+
+    /// POST `body` (JSON) to `path` on the admin API, with the token.
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post(&format!("{}{path}", self.admin_url), body.to_string()).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -210,6 +246,8 @@ pub struct Exporter {
     pub child: std::process::Child,
     pub url: String,
     pub admin_url: String,
+    /// The data directory (`--data-dir`).
+    pub data: PathBuf,
 }
 
 impl Exporter {
@@ -241,13 +279,32 @@ impl Exporter {
             .arg(plugins)
             .arg("--data-dir")
             .arg(data)
+            .env("DATA_EXPORTER_RUNTIME__LIMITS__OUTBOUND_ALLOW", format!("{LOOPBACK_ALLOWED:?}"))
             .stdout(std::process::Stdio::null());
         extra(&mut cmd);
         Exporter {
             child: cmd.spawn().unwrap(),
             url: format!("http://127.0.0.1:{port}"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
+            data: data.to_owned(),
         }
+    }
+
+    /// The admin token the host generated (`<data>/admin.token`; exists once it is ready).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token")).expect("reading the admin token").trim().to_string()
+    }
+
+    /// GET `path` on the admin API, with the token: the status and the JSON answer.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.admin_url))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json_value().await)
     }
 
     /// SIGTERM, then wait for the exit.

@@ -1,6 +1,7 @@
 //! Integration tests of the host, one binary: real OpenSearch-API server (osmem) behind real nginx
 //! TLS, real plugin components built from this repo. Start the servers with `make test`.
 
+mod admin;
 mod cli;
 mod crash;
 mod durable;
@@ -8,7 +9,9 @@ mod fault_injector;
 mod forward;
 mod helpers;
 mod input;
+mod logs;
 mod plugins;
 mod reload;
 mod sandbox;
 mod tls;
+mod trust;

@@ -18,11 +18,11 @@ fn plugins_dir_of(app: &TestApp) -> &Path {
     app.plugins_dir()
 }
 
-/// Poll /plugins until `ok` holds.
+/// Poll the admin API's /plugins (files and failures included) until `ok` holds.
 async fn until(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, v) = app.get("/plugins").await;
+        let (_, v) = app.admin_get("/plugins").await;
         if ok(&v) {
             return v;
         }
@@ -109,7 +109,7 @@ async fn a_new_file_claiming_a_taken_key_is_refused_and_the_incumbent_keeps_it()
     let v = until(&app, "the clash", |v| !v["failed"].as_array().unwrap().is_empty()).await;
     assert_eq!(v["plugins"][0]["file"].as_str().unwrap(), dir.join("opensearch.wasm").to_str().unwrap());
     let error = v["failed"][0]["error"].as_str().unwrap();
-    assert!(error.contains("`openSearch` is already taken"), "{error}");
+    assert!(error.contains("`openSearch` is already served by `opensearch.wasm`"), "{error}");
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn a_pinned_file_with_another_hash_is_refused() {
         c.runtime.pins.insert("readme_example.wasm".into(), "00".repeat(32));
     })
     .await;
-    let (_, v) = app.get("/plugins").await;
+    let (_, v) = app.admin_get("/plugins").await;
     assert_eq!(keys(&v), ["openSearch"]);
     let error = v["failed"][0]["error"].as_str().unwrap();
     assert!(error.contains("does not match the pinned") && error.contains("runtime.pins"), "{error}");
@@ -129,7 +129,7 @@ async fn a_pinned_file_with_another_hash_is_refused() {
         c.runtime.pins.insert("readme_example.wasm".into(), sha.clone());
     })
     .await;
-    let (_, v) = app.get("/plugins").await;
+    let (_, v) = app.admin_get("/plugins").await;
     assert_eq!(keys(&v), ["webhook"], "{v}");
     assert_eq!(v["plugins"][0]["sha256"], sha);
 }
@@ -138,7 +138,7 @@ async fn a_pinned_file_with_another_hash_is_refused() {
 async fn compiled_code_is_cached_by_hash_and_reused_on_restart() {
     let data = tempfile::tempdir().unwrap();
     let first = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
-    let (_, v) = first.get("/plugins").await;
+    let (_, v) = first.admin_get("/plugins").await;
     assert_eq!(v["plugins"][0]["compiled_from_cache"], false);
     let sha = v["plugins"][0]["sha256"].as_str().unwrap().to_string();
     let cached: Vec<String> = std::fs::read_dir(data.path().join("code-cache"))
@@ -149,11 +149,11 @@ async fn compiled_code_is_cached_by_hash_and_reused_on_restart() {
     first.host.shutdown(tokio::time::Instant::now()).await;
 
     let second = spawn_app_at(plugins_dir(&["opensearch"]), data.path(), |_| {}).await;
-    let (_, v) = second.get("/plugins").await;
+    let (_, v) = second.admin_get("/plugins").await;
     assert_eq!(v["plugins"][0]["compiled_from_cache"], true, "{v}");
     // A different file (another hash) is compiled, never served stale code.
     let third = spawn_app_at(plugins_dir(&["readme_example"]), data.path(), |_| {}).await;
-    let (_, v) = third.get("/plugins").await;
+    let (_, v) = third.admin_get("/plugins").await;
     assert_eq!(
         (v["plugins"][0]["config_key"].as_str(), v["plugins"][0]["compiled_from_cache"].as_bool()),
         (Some("webhook"), Some(false))
@@ -195,6 +195,22 @@ async fn binary_get(url: &str) -> Value {
     }
 }
 
+/// GET `path` of a real binary's admin API (with its token) as JSON, once it answers.
+async fn binary_admin_get(exporter: &Exporter, path: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The token is written at start-up, before the admin API listens.
+        if let Ok(token) = std::fs::read_to_string(exporter.data.join("admin.token")) {
+            let req = reqwest::Client::new().get(format!("{}{path}", exporter.admin_url)).bearer_auth(token.trim());
+            if let Ok(r) = req.send().await {
+                return r.json().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "{path} on the admin API never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_binary_compiles_plugins_in_a_child_process_held_to_a_memory_cap() {
     // 16 MiB is far too little to compile the OpenSearch plugin: the child is stopped, the
@@ -204,7 +220,7 @@ async fn the_binary_compiles_plugins_in_a_child_process_held_to_a_memory_cap() {
     let exporter = Exporter::spawn(plugins.path(), data.path(), free_port(), |c| {
         c.env("DATA_EXPORTER_RUNTIME__COMPILE_MEMORY_MIB", "16").stderr(std::process::Stdio::null());
     });
-    let v = binary_get(&format!("{}/plugins", exporter.url)).await;
+    let v = binary_admin_get(&exporter, "/plugins").await;
     drop(exporter);
     let error = v["failed"][0]["error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("runtime.compile_memory_mib (16 MiB)"), "{v}");

@@ -71,7 +71,13 @@ async fn an_infinite_loop_times_out_is_retried_and_quarantines_the_plugin() {
     others_keep_delivering(&app).await;
 
     // The operator's reload command releases it: its crash record starts over.
-    let resp = app.client.post(format!("{}/plugins/reload", app.admin_url)).send().await.unwrap();
+    let resp = app
+        .client
+        .post(format!("{}/plugins/reload", app.admin_url))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["released"], json!(["hostile"]), "{v}");
@@ -104,7 +110,7 @@ async fn a_memory_bomb_traps_at_the_limit() {
     let v = reason_contains(&app, &id, "crashed in `deliver`").await;
     assert!(v.to_string().contains("memory"), "{v}");
     assert_eq!(v["consumers"]["hostile"]["status"], "retrying");
-    let (_, p) = app.get("/plugins").await;
+    let (_, p) = app.admin_get("/plugins").await;
     assert_eq!(p["plugins"][0]["limits"]["memory_limit_mib"], 64, "{p}");
 }
 
@@ -175,8 +181,8 @@ async fn the_allow_list_is_checked_on_resolved_addresses_and_metadata_is_refused
     let s = servers();
     let os = url::Url::parse(&s.os_url).unwrap();
     let port = os.port().unwrap();
+    // Everything plus loopback (the test servers' home), but for hostile only 10.0.0.0/8.
     let app = spawn_app_with(&["opensearch", "hostile"], |c| {
-        c.runtime.limits.outbound_allow = vec!["*".into()];
         c.runtime.plugins.insert(
             "hostile".into(),
             data_exporter::config::LimitOverrides {
@@ -190,13 +196,17 @@ async fn the_allow_list_is_checked_on_resolved_addresses_and_metadata_is_refused
     let reason = http_attack(&app, &format!("http://localhost:{port}/"), None).await;
     assert!(reason.contains("request denied by the host") && reason.contains("127.0.0.1"), "{reason}");
     assert!(reason.contains("runtime.plugins.hostile.outbound_allow"), "{reason}");
-    // Cloud metadata is refused even where everything else is allowed ("*"), without a connection attempt.
+    // Cloud metadata is refused even where everything else is allowed, without a connection attempt.
     let t = Instant::now();
     let metadata = json!({"host_port": "http://169.254.169.254", "index": "x"});
     let (status, r) = app.forward_wait(report_data("openSearch", metadata, &json!({}))).await;
     assert_eq!(status, 502, "{r}");
     let reason = r["consumers"]["openSearch"]["reason"].as_str().unwrap();
-    assert!(reason.contains("169.254.169.254") && reason.contains("not in the outbound allow-list"), "{reason}");
+    assert!(reason.contains("169.254.169.254 is a link-local address"), "{reason}");
+    assert!(
+        reason.contains(r#"add "169.254.169.254" (or its CIDR) to runtime.plugins.opensearch.outbound_allow"#),
+        "{reason}"
+    );
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // The plugin allowed to reach loopback still does.
     others_keep_delivering(&app).await;
@@ -209,16 +219,16 @@ async fn a_name_that_resolves_to_a_metadata_address_is_refused() {
     let app = spawn_app_with(&["opensearch", "hostile"], |c| {
         c.http.hosts.insert("metadata.test".into(), vec!["169.254.169.254".parse().unwrap()]);
         c.http.hosts.insert("rebound.test".into(), vec!["127.0.0.1".parse().unwrap()]);
-        c.runtime.limits.outbound_allow = vec!["*".into()];
         c.delivery.max_attempts = 1;
     })
     .await;
     let t = Instant::now();
     let reason = http_attack(&app, "http://metadata.test/latest/meta-data/", None).await;
     assert!(reason.contains("metadata.test") && reason.contains("169.254.169.254"), "{reason}");
-    assert!(reason.contains("not in the outbound allow-list"), "{reason}");
+    assert!(reason.contains("link-local address"), "{reason}");
     assert!(t.elapsed() < Duration::from_secs(5), "refused without a connection attempt: {:?}", t.elapsed());
-    // A name resolving to an allowed address is reached (the check is on the address, not the name).
+    // A name resolving to an allowed address (loopback, which the tests allow by IP) is reached:
+    // the check is on the address, not the name.
     let s = servers();
     let port = url::Url::parse(&s.os_url).unwrap().port().unwrap();
     let reason = http_attack(&app, &format!("http://rebound.test:{port}/"), None).await;
@@ -230,12 +240,12 @@ async fn a_name_that_resolves_to_a_metadata_address_is_refused() {
 async fn without_room_for_the_instance_pool_instances_are_allocated_on_demand() {
     // 100 million pooled instances cannot fit in any address space: the host falls back.
     let app = spawn_app_with(&["opensearch"], |c| c.runtime.pool_instances = 100_000_000).await;
-    let (_, v) = app.get("/plugins").await;
+    let (_, v) = app.admin_get("/plugins").await;
     assert_eq!(v["instance_allocator"], json!("on-demand"), "{v}");
     others_keep_delivering(&app).await;
     // The default pool fits, and is used.
     let app = spawn_app().await;
-    let (_, v) = app.get("/plugins").await;
+    let (_, v) = app.admin_get("/plugins").await;
     assert_eq!(v["instance_allocator"], json!({"pooling": {"instances": 64}}), "{v}");
     others_keep_delivering(&app).await;
 }
@@ -248,8 +258,14 @@ async fn a_forged_host_header_is_refused() {
     assert!(reason.contains("may not set the Host header"), "{reason}");
 }
 
+/// `scheme://host:port` of a URL, as `secret_origins` lists it.
+pub fn origin(url: &str) -> String {
+    let u = url::Url::parse(url).unwrap();
+    format!("{}://{}:{}", u.scheme(), u.host_str().unwrap(), u.port_or_known_default().unwrap())
+}
+
 /// A secrets directory as Kubernetes mounts a Secret, holding the test server's basic auth.
-fn mounted_secret() -> tempfile::TempDir {
+pub fn mounted_secret() -> tempfile::TempDir {
     let s = servers();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("os-creds")).unwrap();
@@ -265,6 +281,7 @@ async fn a_destination_may_name_a_secret_instead_of_carrying_a_password() {
     let app = spawn_app_with(&["opensearch", "hostile"], |c| {
         c.http.ca_file = Some(s.certs.join("ca.pem"));
         c.secrets_dir = Some(secrets.path().to_owned());
+        c.secret_origins.insert("os-creds".into(), vec![origin(&s.tls_url)]);
     })
     .await;
     let index = index();
@@ -300,7 +317,7 @@ async fn a_plugin_importing_an_ungranted_capability_does_not_load_and_says_which
         );
     })
     .await;
-    let (_, v) = app.get("/plugins").await;
+    let (_, v) = app.admin_get("/plugins").await;
     let loaded: Vec<&str> = v["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(loaded, ["opensearch"], "{v}");
     let error = v["failed"][0]["error"].as_str().unwrap();

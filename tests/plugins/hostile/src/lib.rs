@@ -32,11 +32,19 @@ impl Consumer for Hostile {
     type Destination = Attack;
 
     fn info() -> PluginInfo {
-        PluginInfo::new("hostile", "0.1.0", "hostile").param(
-            Parameter::string("attack")
-                .required()
-                .usage("loop, memory, recursion, panic, huge-string, file, socket, http (with url, host_header)"),
-        )
+        PluginInfo::new("hostile", "0.1.0", "hostile").param(Parameter::string("attack").required().usage(
+            "loop, memory, recursion, panic, huge-string, file, socket, http (with url, host_header), \
+                     sleep, print, log-flood, echo; validate-loop loops in validate",
+        ))
+    }
+
+    fn validate(d: &Attack) -> Result<(), String> {
+        if d.attack == "validate-loop" {
+            loop {
+                black_box(());
+            }
+        }
+        Ok(())
     }
 
     fn deliver(d: &Attack, reports: Vec<Report>) -> Vec<Outcome> {
@@ -87,6 +95,14 @@ impl Consumer for Hostile {
                     println!("chatter chatter chatter chatter chatter chatter chatter");
                 }
                 vec![Outcome::permanent("printed"); n]
+            }
+            // 200 000 lines of 1 KiB through the log capability: 200 MiB if the host let it all through.
+            "log-flood" => {
+                let line = "flood ".repeat(170);
+                for i in 0..200_000 {
+                    data_exporter_sdk::log::info(&format!("{i} {line}"));
+                }
+                vec![Outcome::permanent("flooded"); n]
             }
             "echo" => {
                 let keys: Vec<&str> = d.rest.keys().map(String::as_str).collect();

@@ -1,0 +1,151 @@
+//! What producers may see of a reason: URLs cut to their origin.
+//!
+//! Reasons come from plugins and from the host's HTTP stack, and often quote the URL a request
+//! went to. A webhook URL carries its credential in the path (`/services/T000/B000/XXXX`), a
+//! URL may carry userinfo or a token in its query. On the public port every URL in a reason is
+//! therefore shown as `scheme://host[:port]`: the port only when it is not the scheme's default
+//! (as a producer would write it); path, query, fragment and userinfo are dropped. The admin API
+//! keeps reasons whole.
+
+use serde_json::Value;
+
+/// `text` with every `scheme://…` in it reduced to `scheme://host[:port]`; a URL whose
+/// authority cannot be parsed becomes `scheme://<redacted>`. A URL runs to whitespace or one of
+/// `"'<>` and backtick; trailing `.,;:!?)]}` are left as text (they end sentences and
+/// parentheses; they cannot hide anything).
+pub fn public_reason(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    // Copied up to here.
+    let mut done = 0;
+    let mut search = 0;
+    while let Some(found) = text[search..].find("://") {
+        let sep = search + found;
+        // The scheme: letters, digits, `+ - .` before `://`, starting with a letter.
+        let mut start = sep;
+        while start > done && matches!(bytes[start - 1], b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'+' | b'-' | b'.') {
+            start -= 1;
+        }
+        while start < sep && !bytes[start].is_ascii_alphabetic() {
+            start += 1;
+        }
+        let rest = &text[sep + 3..];
+        let len =
+            rest.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`')).unwrap_or(rest.len());
+        let body = rest[..len].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '}']);
+        let end = sep + 3 + body.len();
+        search = end.max(sep + 3);
+        if body.is_empty() {
+            // `http://` alone (e.g. "must start with http:// or https://"): nothing to hide.
+            continue;
+        }
+        let scheme = &text[start..sep];
+        out.push_str(&text[done..start]);
+        out.push_str(scheme);
+        out.push_str("://");
+        out.push_str(&origin(scheme, body).unwrap_or_else(|| "<redacted>".into()));
+        done = end;
+    }
+    out.push_str(&text[done..]);
+    out
+}
+
+/// `host[:port]` of the URL `scheme://body`.
+fn origin(scheme: &str, body: &str) -> Option<String> {
+    let scheme = if scheme.is_empty() { "unknown" } else { scheme };
+    let url = url::Url::parse(&format!("{scheme}://{body}")).ok()?;
+    let host = url.host_str().filter(|h| !h.is_empty())?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
+/// Every string in `v` (not the object keys) through [`public_reason`].
+pub fn public_json(v: &mut Value) {
+    match v {
+        Value::String(s) if s.contains("://") => *s = public_reason(s),
+        Value::Array(items) => items.iter_mut().for_each(public_json),
+        Value::Object(map) => map.values_mut().for_each(public_json),
+        _ => {}
+    }
+}
+
+/// `value` serialised, with every string in it through [`public_reason`].
+pub fn public_value(value: &impl serde::Serialize) -> Value {
+    let mut v = serde_json::to_value(value).unwrap_or(Value::Null);
+    public_json(&mut v);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_url_keeps_only_its_origin() {
+        let r = public_reason("POST https://hooks.example/services/T000/B000/XXXXSECRET?x=1 answered 404");
+        assert_eq!(r, "POST https://hooks.example answered 404");
+        assert!(!r.contains("SECRET"));
+    }
+
+    #[test]
+    fn ports_are_kept_unless_default_and_userinfo_is_dropped() {
+        assert_eq!(public_reason("http://u:pw@10.0.0.5:9200/idx/_bulk"), "http://10.0.0.5:9200");
+        assert_eq!(public_reason("https://h.example:443/a"), "https://h.example");
+        assert_eq!(public_reason("redis://:secret@cache:6380/0"), "redis://cache:6380");
+        assert_eq!(public_reason("HTTPS://H.Example/x"), "HTTPS://h.example");
+    }
+
+    #[test]
+    fn ipv6_hosts() {
+        assert_eq!(public_reason("to http://[::1]:8080/secret-token failed"), "to http://[::1]:8080 failed");
+        assert_eq!(
+            public_reason("(https://[2001:db8::1]/p?q=1)"),
+            "(https://[2001:db8::1])",
+            "the closing parenthesis is text"
+        );
+    }
+
+    #[test]
+    fn several_urls_and_punctuation() {
+        let text = "error sending request for url (http://127.0.0.1:1/secret-path-token): \
+                    connection refused; tried \"https://a.example/t/1\", then <https://b.example:8443/t/2>, \
+                    and https://c.example/x.";
+        assert_eq!(
+            public_reason(text),
+            "error sending request for url (http://127.0.0.1:1): connection refused; tried \
+             \"https://a.example\", then <https://b.example:8443>, and https://c.example."
+        );
+    }
+
+    #[test]
+    fn punctuation_inside_a_url_does_not_end_it() {
+        let r = public_reason("at https://h.example/a),SECRET,b/c) now");
+        assert_eq!(r, "at https://h.example) now");
+        let r = public_reason("at https://h.example/a/SECRET),");
+        assert_eq!(r, "at https://h.example),");
+    }
+
+    #[test]
+    fn unparseable_authorities_are_redacted_and_bare_schemes_kept() {
+        assert_eq!(public_reason("see http://exa%mple/secret"), "see http://<redacted>");
+        assert_eq!(public_reason("http://[zz/secret"), "http://<redacted>");
+        assert_eq!(
+            public_reason("`host_port` must start with http:// or https://, got \"x\""),
+            "`host_port` must start with http:// or https://, got \"x\""
+        );
+        assert_eq!(public_reason("e.g. https://opensearch:9200"), "e.g. https://opensearch:9200");
+        assert_eq!(public_reason("no urls: a:b, ://, x"), "no urls: a:b, ://, x");
+        assert_eq!(public_reason("odd ://host/secret"), "odd ://host");
+        assert_eq!(public_reason(""), "");
+        assert_eq!(public_reason("ü https://ü.example/ä ü"), "ü https://xn--tda.example ü");
+    }
+
+    #[test]
+    fn json_strings_are_redacted_keys_are_not() {
+        let mut v = serde_json::json!({"a": {"reason": "to https://h/x/y", "n": 1}, "l": ["s3://b/k"]});
+        public_json(&mut v);
+        assert_eq!(v, serde_json::json!({"a": {"reason": "to https://h", "n": 1}, "l": ["s3://b"]}));
+    }
+}
