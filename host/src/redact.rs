@@ -50,6 +50,17 @@ pub fn public_reason(text: &str) -> String {
     out
 }
 
+/// One URL as `scheme://host[:port]` (as the host's own logs and reasons show URLs);
+/// `<unparseable URL>` when it is not one.
+pub fn url_origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, body)) if !scheme.is_empty() => {
+            format!("{scheme}://{}", origin(scheme, body).unwrap_or_else(|| "<redacted>".into()))
+        }
+        _ => "<unparseable URL>".into(),
+    }
+}
+
 /// `host[:port]` of the URL `scheme://body`.
 fn origin(scheme: &str, body: &str) -> Option<String> {
     let scheme = if scheme.is_empty() { "unknown" } else { scheme };

@@ -209,14 +209,7 @@ impl PluginHttp {
 /// A URL as it may be shown in logs and reasons: its origin only (user info, path and query
 /// may all carry secrets: webhook tokens live in paths).
 fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
-            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
-            (Some(host), None) => format!("{}://{host}", u.scheme()),
-            _ => format!("{}:<redacted>", u.scheme()),
-        },
-        Err(_) => "<unparseable URL>".into(),
-    }
+    crate::redact::url_origin(url)
 }
 
 /// Map a reqwest error to the WIT error kind, with the full cause chain (and no URL secrets).
@@ -279,8 +272,8 @@ mod tests {
     #[test]
     fn shown_urls_carry_no_credentials_or_query() {
         assert_eq!(redact("https://u:secret@os:9200/_bulk?token=abc"), "https://os:9200");
-        assert_eq!(redact("https://hooks.example/services/T0/B0/SECRET"), "https://hooks.example:443");
-        assert_eq!(redact("http://[::1]/x"), "http://[::1]:80");
+        assert_eq!(redact("https://hooks.example/services/T0/B0/SECRET"), "https://hooks.example");
+        assert_eq!(redact("http://[::1]:8080/x"), "http://[::1]:8080");
         assert_eq!(redact("not a url"), "<unparseable URL>");
     }
 }

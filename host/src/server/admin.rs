@@ -240,20 +240,20 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
     let loaded: Vec<_> = reg
         .plugins()
         .map(|p| {
-            json!({
-                "name": p.info.name,
-                "version": p.info.version,
-                "config_key": p.info.config_key,
-                "description": p.info.description,
+            let mut full = super::public_description(p);
+            let more = json!({
+                "id": p.id,
                 "file": p.file,
                 "sha256": p.sha256,
                 "compiled_from_cache": p.from_cache,
-                "parameters": super::parameters(p),
                 "limits": p.limits,
-                "quarantined": p.health.quarantined(),
                 "consecutive_crashes": p.health.consecutive_crashes(),
                 "last_crash": p.health.last_crash(),
-            })
+            });
+            if let Value::Object(more) = more {
+                full.extend(more);
+            }
+            Value::Object(full)
         })
         .collect();
     let allocator = state.registry.runtime().allocator;

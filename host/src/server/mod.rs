@@ -241,25 +241,30 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// What anyone may know of a loaded plugin: name, version, config key, description,
+/// parameters, and whether it is quarantined.
+fn public_description(p: &crate::runtime::LoadedPlugin) -> serde_json::Map<String, serde_json::Value> {
+    let v = json!({
+        "name": p.info.name,
+        "version": p.info.version,
+        "config_key": p.info.config_key,
+        "description": p.info.description,
+        "parameters": parameters(p),
+        "quarantined": p.health.quarantined(),
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
 /// `GET /plugins`: what a producer needs to address a consumer. Files, hashes, limits,
 /// allow-lists, crash details and load failures are on the admin API's `GET /plugins`.
 /// `quarantined` stays: it tells a producer why its reports wait, and nothing about the host;
 /// so do contested config keys (nobody serves them), without the files that claim them.
 async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
     let reg = state.registry.current();
-    let loaded: Vec<_> = reg
-        .plugins()
-        .map(|p| {
-            json!({
-                "name": p.info.name,
-                "version": p.info.version,
-                "config_key": p.info.config_key,
-                "description": p.info.description,
-                "parameters": parameters(p),
-                "quarantined": p.health.quarantined(),
-            })
-        })
-        .collect();
+    let loaded: Vec<_> = reg.plugins().map(|p| serde_json::Value::Object(public_description(p))).collect();
     let conflicts: Vec<_> = reg
         .conflicts()
         .iter()
