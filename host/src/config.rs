@@ -187,6 +187,10 @@ pub struct HttpConfig {
     pub client_cert_file: Option<PathBuf>,
     /// Private key (PEM) of `client_cert_file`. Keep it readable only by the service user.
     pub client_key_file: Option<PathBuf>,
+    /// Origins (`https://host:port`) the client certificate may be presented to, when a
+    /// destination asks for mutual TLS. A destination is producer input: without this list
+    /// the certificate is presented nowhere, and the refusal names this setting.
+    pub client_cert_origins: Vec<String>,
     /// Fixed addresses for host names, consulted before DNS (like /etc/hosts, for plugins'
     /// requests only), e.g. `hosts = { "opensearch.internal" = ["10.0.4.2"] }`. The outbound
     /// allow-list applies to these addresses exactly as to resolved ones.
@@ -203,6 +207,7 @@ impl Default for HttpConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            client_cert_origins: Vec::new(),
             hosts: Default::default(),
         }
     }
@@ -224,6 +229,8 @@ pub struct RuntimeConfig {
     /// A bound key is served only by its file. An unbound key claimed by two files at start
     /// is served by neither until the operator binds it (the conflict shows in the log,
     /// `/plugins` and `/readyz`); on a reload, the file already serving a key keeps it.
+    /// Set bindings in the config file: environment variable names are lower-cased, so they
+    /// cannot spell a camelCase key.
     pub bindings: std::collections::BTreeMap<String, String>,
     /// Deadline of a plugin's `info` call when it is loaded, in ms. Plugins load in parallel:
     /// one that hangs delays neither the others nor readiness by more than this.

@@ -29,6 +29,8 @@ use tokio::time::Instant;
 /// How long a report that failed for good waits before its dead letter is stored again, when the
 /// dead-letter store was full or could not write.
 const DLQ_RETRY: Duration = Duration::from_secs(5);
+/// How long reports for a config key that several plugin files claim wait before looking again.
+const CONTESTED_WAIT: Duration = Duration::from_secs(5);
 /// How long a worker with nothing to do stays around.
 const IDLE: Duration = Duration::from_secs(30);
 /// How long an idle worker keeps its plugin instance for the next batch before giving it back.
@@ -103,15 +105,14 @@ pub fn backoff(cfg: &DeliveryConfig, attempt: u32) -> Duration {
     Duration::from_millis(fastrand::u64(0..=cap))
 }
 
-/// The delay before retry number `attempt` of a report `age_ms` old: the destination's
-/// `Retry-After` when it gave one, else `backoff`; never past `retry_max_ms` nor past the
-/// report's remaining age (a destination cannot park a report beyond `max_age_secs`).
+/// The delay before retry number `attempt` of a report `age_ms` old: `backoff`, or the
+/// destination's `Retry-After` when it asks for longer (a `Retry-After: 0` cannot burn the
+/// attempts in a burst); never past `retry_max_ms` nor past the report's remaining age (a
+/// destination cannot park a report beyond `max_age_secs`).
 pub fn retry_delay(cfg: &DeliveryConfig, attempt: u32, retry_after_ms: Option<u64>, age_ms: u64) -> Duration {
-    let remaining_ms = cfg.max_age_secs.saturating_mul(1000).saturating_sub(age_ms);
-    match retry_after_ms {
-        Some(ms) => Duration::from_millis(ms.min(cfg.retry_max_ms).min(remaining_ms)),
-        None => backoff(cfg, attempt).min(Duration::from_millis(remaining_ms)),
-    }
+    let remaining = Duration::from_millis(cfg.max_age_secs.saturating_mul(1000).saturating_sub(age_ms));
+    let asked = Duration::from_millis(retry_after_ms.unwrap_or(0).min(cfg.retry_max_ms));
+    backoff(cfg, attempt).max(asked).min(remaining)
 }
 
 impl Delivery {
@@ -292,7 +293,14 @@ impl Delivery {
         batch: Vec<Job>,
         session: &mut Option<(Arc<LoadedPlugin>, Session)>,
     ) -> Vec<(Job, Duration)> {
-        let Some(plugin) = self.registry.current().get(&dk.key).cloned() else {
+        let registry = self.registry.current();
+        let Some(plugin) = registry.get(&dk.key).cloned() else {
+            // Contested by several files (e.g. a stray copy at a restart): the operator resolves
+            // it with a binding; until then the reports wait rather than become dead letters.
+            if let Some(conflict) = registry.conflicts().iter().find(|c| c.config_key == dk.key) {
+                let reason = conflict.public_message();
+                return batch.into_iter().map(|job| self.wait(job, &reason, CONTESTED_WAIT)).collect();
+            }
             let reason = format!(
                 "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",
                 dk.key
@@ -309,19 +317,9 @@ impl Delivery {
             );
             return match plugin.limits.quarantined_reports {
                 QuarantinePolicy::DeadLetter => self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))),
-                QuarantinePolicy::Wait => batch
-                    .into_iter()
-                    .map(|job| {
-                        let wait = Duration::from_secs(5);
-                        let state = ConsumerState::Retrying {
-                            attempts: job.attempts,
-                            reason: reason.clone(),
-                            next_attempt_at_ms: now_ms() + wait.as_millis() as u64,
-                        };
-                        self.status.set(job.report.id, job.key(), state);
-                        (job, wait)
-                    })
-                    .collect(),
+                QuarantinePolicy::Wait => {
+                    batch.into_iter().map(|job| self.wait(job, &reason, Duration::from_secs(5))).collect()
+                }
             };
         }
         // The plugin sees the destination without its secret reference; the host holds the secret.
@@ -450,6 +448,17 @@ impl Delivery {
         Some((job, delay))
     }
 
+    /// Hold `job` for `wait` without counting an attempt (the plugin is not to blame), saying why.
+    fn wait(&self, job: Job, reason: &str, wait: Duration) -> (Job, Duration) {
+        let state = ConsumerState::Retrying {
+            attempts: job.attempts,
+            reason: reason.to_string(),
+            next_attempt_at_ms: now_ms() + wait.as_millis() as u64,
+        };
+        self.status.set(job.report.id, job.key(), state);
+        (job, wait)
+    }
+
     fn dead_letter_all(&self, jobs: impl Iterator<Item = (Job, String)>) -> Vec<(Job, Duration)> {
         jobs.filter_map(|(job, reason)| self.dead_letter(job, &reason)).collect()
     }
@@ -463,12 +472,15 @@ impl Delivery {
             self.registry.current().get(&dest.key).map(|p| p.info.name.clone()).unwrap_or_else(|| "none".into());
         let labels = metrics::Consumer { consumer: dest.key.clone(), plugin };
         if let Err(e) = self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
-            self.metrics.dlq_blocked.inc();
             let what = match e {
                 DlqError::Full { .. } => "the dead-letter store is full",
                 DlqError::Io { .. } => "the dead-letter store cannot write",
             };
-            tracing::error!(consumer = %dest.key, report = %job.report.id, %reason, error = %e, "{what}; the report stays queued and is moved there once it can be");
+            if job.dead.is_none() {
+                // Counted and logged once per report, not at every try.
+                self.metrics.dlq_blocked.inc();
+                tracing::error!(consumer = %dest.key, report = %job.report.id, %reason, error = %e, "{what}; the report stays queued and is moved there once it can be");
+            }
             let state = ConsumerState::DeadLetterPending {
                 reason: reason.to_string(),
                 blocked_by: format!(
@@ -501,6 +513,10 @@ mod tests {
         assert_eq!(retry_delay(&cfg, 1, Some(50_000), hour - 1_000), Duration::from_millis(1_000));
         assert_eq!(retry_delay(&cfg, 1, Some(50_000), hour + 5), Duration::ZERO, "past its age: due now");
         assert!(retry_delay(&cfg, 30, None, hour - 10) <= Duration::from_millis(10));
+        // Retry-After: 0 does not make a retry storm: the backoff still grows.
+        let cfg = DeliveryConfig { retry_initial_ms: 100, retry_max_ms: 1000, ..cfg };
+        let delays: Vec<Duration> = (0..200).map(|_| retry_delay(&cfg, 5, Some(0), 0)).collect();
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(500)), "{delays:?}");
     }
 
     #[test]

@@ -125,6 +125,15 @@ impl DeadLetters {
         attempts: u32,
         now_ms: u64,
     ) -> Result<(), DlqError> {
+        // The cheap refusal first: a full store is asked again every few seconds per report.
+        let full = |u: &(usize, u64)| DlqError::Full { entries: u.0, bytes: u.1 };
+        {
+            let u = self.usage.lock().unwrap();
+            if u.0 >= self.cfg.max_entries || u.1 >= self.cfg.max_bytes {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(full(&u));
+            }
+        }
         let dl = DeadLetter {
             id: report.id,
             consumer: dest.key.clone(),
@@ -140,7 +149,7 @@ impl DeadLetters {
             let mut u = self.usage.lock().unwrap();
             if u.0 >= self.cfg.max_entries || u.1 + bytes.len() as u64 > self.cfg.max_bytes {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(DlqError::Full { entries: u.0, bytes: u.1 });
+                return Err(full(&u));
             }
             u.0 += 1;
             u.1 += bytes.len() as u64;

@@ -256,10 +256,21 @@ async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -
             Err(message) => Err(message),
             Ok(view) => {
                 let started = std::time::Instant::now();
-                let called = match g.plugin.session().await {
-                    Ok(mut session) => session.validate(&view).await,
-                    Err(e) => Err(e),
+                // The producer waits: one deadline for waiting for an instance, starting it and
+                // validating.
+                let deadline = std::time::Duration::from_millis(ctx.registry.runtime().config().validate_timeout_ms);
+                let call = async {
+                    let mut session = g.plugin.session().await?;
+                    session.validate(&view).await
                 };
+                let called = tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+                    Err(CallError::Timeout {
+                        plugin: g.plugin.info.name.clone(),
+                        call: "validate",
+                        timeout: deadline,
+                        setting: "runtime.validate_timeout_ms",
+                    })
+                });
                 let v = called.map_err(|error| {
                     let for_ms = ctx.registry.runtime().config().validate_failure_cache_ms;
                     ctx.validated.remember_failure(cache_key.clone(), &error, for_ms);

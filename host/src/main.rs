@@ -279,7 +279,8 @@ async fn admin_call(
     request: impl FnOnce(&reqwest::Client, &str) -> anyhow::Result<reqwest::RequestBuilder>,
 ) -> anyhow::Result<serde_json::Value> {
     let (token_file, token) = conn.token()?;
-    let client = reqwest::Client::new();
+    // Never through an HTTP(S)_PROXY: the admin token must go straight to the admin API.
+    let client = reqwest::Client::builder().no_proxy().build().context("building the HTTP client")?;
     let base = conn.admin.trim_end_matches('/');
     let req = request(&client, base)?.bearer_auth(token);
     let resp = req

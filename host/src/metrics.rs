@@ -123,7 +123,7 @@ impl Metrics {
         r.register("requests_rejected", "Requests refused, by error code", m.rejected.clone());
         r.register(
             "dlq_blocked",
-            "Reports that failed for good but stayed queued: the dead-letter store was full or could not write",
+            "Reports that failed for good but stayed queued (each counted once): the dead-letter store was full or could not write",
             m.dlq_blocked.clone(),
         );
         r.register("dlq_entries", "Dead letters held", m.dlq_entries.clone());

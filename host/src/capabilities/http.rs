@@ -1,9 +1,11 @@
 //! The outbound HTTP capability: per-plugin pooled reqwest clients, TLS options, the allow-list, typed errors.
 
 use super::outbound::{Denied, OwnListeners, Policy, PolicyResolver, StaticHosts, TARGET_PORT};
-use super::secrets::{Bound, Credential};
+use super::secrets::{Bound, Credential, Origin};
+// URLs are shown by their origin only: user info, path and query may carry secrets.
 use crate::bindings::http::{Method, Request, RequestError, Response};
 use crate::config::HttpConfig;
+use crate::redact::url_origin as redact;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ pub struct HttpCapability {
     hosts: StaticHosts,
     cfg: HttpConfig,
     own: Arc<OwnListeners>,
+    client_cert_origins: Arc<[Origin]>,
 }
 
 /// One plugin's HTTP: one pooled client per TLS mode, resolving names only to
@@ -26,6 +29,7 @@ pub struct PluginHttp {
     policy: Arc<Policy>,
     timeout: Duration,
     max_response_bytes: usize,
+    client_cert_origins: Arc<[Origin]>,
 }
 
 impl HttpCapability {
@@ -62,7 +66,13 @@ impl HttpCapability {
             _ => anyhow::bail!("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
         };
         let hosts = Arc::new(cfg.hosts.iter().map(|(name, ips)| (name.to_ascii_lowercase(), ips.clone())).collect());
-        let cap = HttpCapability { ca, identity, hosts, cfg: cfg.clone(), own: Arc::default() };
+        let client_cert_origins = cfg
+            .client_cert_origins
+            .iter()
+            .map(|o| Origin::parse(o).map_err(|e| anyhow::anyhow!("http.client_cert_origins: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into();
+        let cap = HttpCapability { ca, identity, hosts, cfg: cfg.clone(), own: Arc::default(), client_cert_origins };
         // Build one set now so a bad certificate or key stops start-up, not the first request.
         cap.for_plugin(Policy::parse("check", &[], cap.own_listeners()).expect("no rules parse"))?;
         Ok(cap)
@@ -103,6 +113,7 @@ impl HttpCapability {
             policy,
             timeout: Duration::from_millis(cfg.timeout_ms),
             max_response_bytes: cfg.max_response_bytes,
+            client_cert_origins: self.client_cert_origins.clone(),
         })
     }
 }
@@ -129,12 +140,26 @@ impl PluginHttp {
                     .into(),
             ));
         }
+        let tls = req.tls;
         let mut req = req;
         if let Some(secret) = secret {
-            if req.basic_auth.is_some() || req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            if req.basic_auth.is_some()
+                || req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                || !url.username().is_empty()
+                || url.password().is_some()
+            {
                 return Err(RequestError::Denied(
-                    "this destination uses a secret reference: the host sets Authorization, the plugin may not".into(),
+                    "this destination uses a secret reference: the host sets Authorization, the plugin may not \
+                     (nor put credentials in the URL)"
+                        .into(),
                 ));
+            }
+            if url.scheme() == "https" && !tls.verify_server {
+                return Err(RequestError::Denied(format!(
+                    "the destination's secret `{}` is sent only over verified TLS: this request to {shown} skips \
+                     certificate verification (checkCert=false); trust the server's CA with http.ca_file instead",
+                    secret.name
+                )));
             }
             if !secret.may_go_to(&url) {
                 return Err(RequestError::Denied(format!(
@@ -148,7 +173,6 @@ impl PluginHttp {
                 Credential::Bearer(token) => req.headers.push(("authorization".into(), format!("Bearer {token}"))),
             }
         }
-        let tls = req.tls;
         let client = self.clients[tls.verify_server as usize * 2 + tls.client_certificate as usize]
             .as_ref()
             .ok_or_else(|| {
@@ -157,6 +181,15 @@ impl PluginHttp {
                      (set http.client_cert_file and http.client_key_file)"
                 ))
             })?;
+        if tls.client_certificate
+            && url.scheme() == "https"
+            && !self.client_cert_origins.iter().any(|o| o.matches(&url))
+        {
+            return Err(RequestError::Denied(format!(
+                "{shown}: the host presents its client certificate only to the origins the operator lists in \
+                 http.client_cert_origins, and this is not one"
+            )));
+        }
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
             Method::Head => reqwest::Method::HEAD,
@@ -204,12 +237,6 @@ impl PluginHttp {
         tracing::debug!(plugin, url = %shown, status, elapsed_ms = started.elapsed().as_millis() as u64, "http request");
         Ok(Response { status, headers, body })
     }
-}
-
-/// A URL as it may be shown in logs and reasons: its origin only (user info, path and query
-/// may all carry secrets: webhook tokens live in paths).
-fn redact(url: &str) -> String {
-    crate::redact::url_origin(url)
 }
 
 /// Map a reqwest error to the WIT error kind, with the full cause chain (and no URL secrets).

@@ -50,14 +50,18 @@ impl bindings::log::Host for PluginState {
         if !enabled {
             return;
         }
-        let Some(msg) = self.caps.log.admit(&message) else { return };
         let plugin = self.caps.plugin.as_str();
-        match level {
-            Level::Trace => tracing::trace!(target: "plugin", plugin, "{msg}"),
-            Level::Debug => tracing::debug!(target: "plugin", plugin, "{msg}"),
-            Level::Info => tracing::info!(target: "plugin", plugin, "{msg}"),
-            Level::Warn => tracing::warn!(target: "plugin", plugin, "{msg}"),
-            Level::Error => tracing::error!(target: "plugin", plugin, "{msg}"),
+        // Each line of the message is a line of the log, and is budgeted as one: a message
+        // cannot forge host log lines or slip past log_lines_per_sec.
+        for line in message.lines() {
+            let Some(msg) = self.caps.log.admit(line) else { continue };
+            match level {
+                Level::Trace => tracing::trace!(target: "plugin", plugin, "{msg}"),
+                Level::Debug => tracing::debug!(target: "plugin", plugin, "{msg}"),
+                Level::Info => tracing::info!(target: "plugin", plugin, "{msg}"),
+                Level::Warn => tracing::warn!(target: "plugin", plugin, "{msg}"),
+                Level::Error => tracing::error!(target: "plugin", plugin, "{msg}"),
+            }
         }
     }
 }

@@ -32,10 +32,15 @@ impl OwnListeners {
     }
 
     /// Which listener `ip:port` reaches, if any. `port` unknown: any listener port matches.
+    /// Connecting to the unspecified address reaches this machine (Linux treats it as
+    /// loopback), so it counts as every local address.
     fn reached(&self, ip: IpAddr, port: Option<u16>) -> Option<(SocketAddr, &'static str)> {
+        let this_machine = ip.is_unspecified() || ip.is_loopback();
         self.0.read().unwrap().iter().copied().find(|(l, _)| {
             port.is_none_or(|p| p == l.port())
-                && (l.ip() == ip || (l.ip().is_unspecified() && (ip.is_loopback() || is_local(ip))))
+                && (l.ip() == ip
+                    || (this_machine && l.ip().is_loopback())
+                    || (l.ip().is_unspecified() && (this_machine || is_local(ip))))
         })
     }
 }
@@ -160,8 +165,14 @@ impl Policy {
             return Err(Refusal::Own(addr, what));
         }
         let listed = self.rules.iter().any(|r| matches!(r, Rule::Net(n) if n.contains(&ip)));
-        if let Some((_, what)) = self.sensitive.iter().find(|(n, _)| n.contains(&ip)) {
-            return if listed { Ok(()) } else { Err(Refusal::Sensitive(what)) };
+        if let Some((range, what)) = self.sensitive.iter().find(|(n, _)| n.contains(&ip)) {
+            // Only a rule as narrow as the sensitive range names it: "0.0.0.0/0" written to mean
+            // "anything" does not open loopback or metadata.
+            let named = self
+                .rules
+                .iter()
+                .any(|r| matches!(r, Rule::Net(n) if n.contains(&ip) && n.prefix_len() >= range.prefix_len()));
+            return if named { Ok(()) } else { Err(Refusal::Sensitive(what)) };
         }
         if listed || self.rules.contains(&Rule::Any) || self.host_rule_matches(host, None) {
             Ok(())
@@ -262,13 +273,15 @@ impl reqwest::dns::Resolve for PolicyResolver {
             let mut refused = Vec::new();
             for a in addrs {
                 match policy.judge(&host, a.ip(), port) {
-                    // Connect to the canonical address: the one that was judged.
-                    Ok(()) => allowed.push(SocketAddr::new(canonical(a.ip()), 0)),
+                    // Judged as its canonical address, reached as resolved (NAT64 needs the IPv6 one).
+                    Ok(()) => allowed.push(a),
                     Err(why) => refused.push((a.ip(), why)),
                 }
             }
-            // The client connects only to allowed addresses, so a refused one among them is harmless.
-            if allowed.is_empty() {
+            // The client connects only to allowed addresses; but a name that also points at
+            // this host's own listener is refused whole, and says so.
+            let own = refused.iter().any(|(_, r)| matches!(r, Refusal::Own(..)));
+            if allowed.is_empty() || own {
                 let shown = match port {
                     Some(p) => format!("{host}:{p}"),
                     None => host,
@@ -309,6 +322,13 @@ mod tests {
         assert!(policy(&["*", "169.254.169.254/32"]).allows("metadata", ip("169.254.169.254"), None));
         assert!(policy(&["*", "127.0.0.1"]).allows("localhost", ip("127.0.0.1"), None));
         assert!(!policy(&["*", "127.0.0.1"]).allows("localhost", ip("127.0.0.2"), None));
+        // A catch-all CIDR is not a name for a sensitive range: only a rule as narrow does.
+        let catch_all = policy(&["0.0.0.0/0", "::/0"]);
+        for refused in ["127.0.0.1", "169.254.169.254", "::1", "fe80::1", "0.0.0.0"] {
+            assert!(!catch_all.allows("x", ip(refused), None), "{refused} under a catch-all CIDR");
+        }
+        assert!(catch_all.allows("x", ip("10.0.0.1"), None));
+        assert!(policy(&["127.0.0.0/8"]).allows("x", ip("127.0.0.9"), None));
     }
 
     #[test]
@@ -339,6 +359,11 @@ mod tests {
         assert!(!p.allows("x", ip("127.0.0.5"), Some(6780)));
         assert!(!p.allows("x", ip("127.0.0.1"), None), "an unknown port counts as a listener's");
         assert!(p.allows("x", ip("203.0.113.1"), Some(6780)), "another machine's port 6780 is not ours");
+        // Connecting to 0.0.0.0 reaches this machine: never a way round, even where it is named.
+        let open = policy_with(&["*", "0.0.0.0/8", "127.0.0.0/8"], p.own.clone());
+        assert!(!open.allows("x", ip("0.0.0.0"), Some(6781)));
+        assert!(!open.allows("x", ip("::ffff:0.0.0.0"), Some(6781)));
+        assert!(!open.allows("x", ip("::"), Some(6780)));
         let err = p.check_url(&url::Host::Ipv4("127.0.0.1".parse().unwrap()), 6781).unwrap_err().to_string();
         assert!(err.contains("own admin listener") && err.contains("no plugin may"), "{err}");
     }

@@ -81,6 +81,11 @@ impl Origin {
         Origin::of(&url).ok_or_else(|| bad("it has no host"))
     }
 
+    /// Whether `url` is of this origin.
+    pub fn matches(&self, url: &url::Url) -> bool {
+        Origin::of(url).is_some_and(|o| o == *self)
+    }
+
     /// The origin of `url`.
     fn of(url: &url::Url) -> Option<Origin> {
         let host = match url.host()? {

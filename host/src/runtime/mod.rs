@@ -340,7 +340,7 @@ impl LoadedPlugin {
             .map_err(|e| format!("runtime.plugins.{id}.outbound_allow: {e}"))?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
-        let log = Arc::new(LogBudget::new(&info.name, &limits));
+        let log = Arc::new(LogBudget::new(&id, &limits));
         Ok(LoadedPlugin {
             info,
             file,

@@ -26,6 +26,9 @@ pub struct LoadFailure {
     pub file: PathBuf,
     /// Why it was not loaded, for the operator.
     pub error: String,
+    /// The file's version when it failed.
+    #[serde(skip)]
+    stamp: Option<Stamp>,
 }
 
 /// What identifies a file's version cheaply (following symlinks).
@@ -52,6 +55,16 @@ pub struct Conflict {
 }
 
 impl Conflict {
+    /// For anyone (the public port, report states): what is wrong and the setting that
+    /// resolves it, without the files.
+    pub fn public_message(&self) -> String {
+        let key = &self.config_key;
+        format!(
+            "no plugin serves `{key}`: several plugin files claim it and the operator has not bound it to one \
+             (runtime.bindings.{key}; `data-exporter plugins list` names the files)"
+        )
+    }
+
     /// For the operator: what is wrong and the setting that resolves it.
     pub fn message(&self) -> String {
         let names: Vec<String> = self.files.iter().map(|f| format!("`{}`", file_name(f))).collect();
@@ -87,7 +100,7 @@ impl Registry {
 
     fn fail(&mut self, file: &Path, error: String) {
         tracing::error!(file = %file.display(), %error, "plugin not loaded");
-        self.failures.push(LoadFailure { file: file.to_owned(), error });
+        self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: stamp(file) });
     }
 
     /// The plugin that declared `config_key`.
@@ -103,7 +116,7 @@ impl Registry {
     /// The config keys of loaded plugins, comma-separated, for error messages.
     pub fn keys_list(&self) -> String {
         if self.by_key.is_empty() {
-            return format!("none: no plugin is loaded from {}", self.dir.display());
+            return "none: no plugin is loaded".to_string();
         }
         self.by_key.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
     }
@@ -170,7 +183,8 @@ impl Registry {
                         Conflict { config_key: key, files: claimants.iter().map(|p| p.file.clone()).collect() };
                     tracing::error!(config_key = %conflict.config_key, files = ?conflict.files, "{}", conflict.message());
                     for p in &claimants {
-                        self.failures.push(LoadFailure { file: p.file.clone(), error: conflict.message() });
+                        let (file, error) = (p.file.clone(), conflict.message());
+                        self.failures.push(LoadFailure { stamp: p.stamp, file, error });
                     }
                     self.conflicts.push(conflict);
                 }
@@ -249,12 +263,11 @@ impl Plugins {
     fn changed(&self) -> bool {
         let cur = self.current();
         let files = plugin_files(&self.dir).unwrap_or_default();
-        let known: Vec<(PathBuf, Option<Stamp>)> = cur
-            .plugins()
-            .map(|p| (p.file.clone(), p.stamp))
-            .chain(cur.failures.iter().map(|f| (f.file.clone(), f.stamp())))
-            .collect();
-        files.len() != known.len() || files.iter().any(|f| !known.iter().any(|(k, s)| k == f && *s == stamp(f)))
+        // The stamp each file had when last tried; a file both serving (its previous version)
+        // and failed (its new one) counts once, with the stamp of the failed try.
+        let mut known: BTreeMap<&Path, Option<Stamp>> = cur.plugins().map(|p| (p.file.as_path(), p.stamp)).collect();
+        known.extend(cur.failures.iter().map(|f| (f.file.as_path(), f.stamp)));
+        files.len() != known.len() || files.iter().any(|f| known.get(f.as_path()).is_none_or(|s| *s != stamp(f)))
     }
 
     /// Rescan the directory and swap in the result. Returns the new registry.
@@ -316,6 +329,7 @@ impl Plugins {
             }
         }
         new.assign(candidates, &old, &self.runtime.config().bindings);
+        self.warn_about_settings_for_absent_files(&files);
         for f in old.plugins().map(|p| &p.file).filter(|f| !files.contains(f)) {
             tracing::info!(file = %f.display(), "plugin removed");
         }
@@ -323,6 +337,26 @@ impl Plugins {
         *self.current.write().unwrap() = new.clone();
         self.generation.fetch_add(1, Ordering::AcqRel);
         (new, released)
+    }
+
+    /// Settings keyed by a file that is not there apply to nothing: say so, since a typo (or
+    /// a config written for a plugin's own name) would leave a plugin on the defaults.
+    fn warn_about_settings_for_absent_files(&self, files: &[PathBuf]) {
+        let cfg = self.runtime.config();
+        let present = |name: &str| files.iter().any(|f| file_name(f) == name || super::file_id(f) == name);
+        for id in cfg.plugins.keys().filter(|id| !present(id)) {
+            tracing::warn!(
+                setting = %format!("runtime.plugins.{id}"),
+                "no plugin file `{id}.wasm` is in the plugins directory: these settings apply to nothing \
+                 (they are keyed by file name without .wasm)"
+            );
+        }
+        for (key, file) in cfg.bindings.iter().filter(|(_, f)| !present(f)) {
+            tracing::warn!(
+                setting = %format!("runtime.bindings.{key}"),
+                "config key `{key}` is bound to `{file}`, which is not in the plugins directory: nobody serves it"
+            );
+        }
     }
 
     /// Compile and validate one file (pinned hash, component, `info`, key). A file whose bytes
@@ -356,7 +390,7 @@ impl Plugins {
         let mut limits = self.runtime.limits_for(&super::file_id(file));
         limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
         let shown = file.display().to_string();
-        let log = Arc::new(super::LogBudget::new(&shown, &limits));
+        let log = Arc::new(super::LogBudget::new(&super::file_id(file), &limits));
         let session = super::Session::start(&self.runtime, &shown, &pre, &limits, self.runtime.no_http.clone(), log)
             .await
             .map_err(|e| e.to_string())?;
@@ -372,12 +406,6 @@ impl Plugins {
 
 /// Longest a plugin may take to compile.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl LoadFailure {
-    fn stamp(&self) -> Option<Stamp> {
-        stamp(&self.file)
-    }
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

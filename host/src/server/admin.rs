@@ -83,13 +83,15 @@ impl AdminToken {
         };
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "reading the admin API token from {source}: mount a readable file holding the token there,                  or unset admin_token_file to have one generated as <data_dir>/{DEFAULT_TOKEN_FILE}"
+                "reading the admin API token from {source}: mount a readable file holding the token there, \
+                 or unset admin_token_file to have one generated as <data_dir>/{DEFAULT_TOKEN_FILE}"
             )
         })?;
         let token = text.trim();
         anyhow::ensure!(
             !token.is_empty(),
-            "the admin API token file {source} is empty: put a token in it (e.g. `openssl rand -hex 32 > FILE`),              or point admin_token_file at another file"
+            "the admin API token file {source} is empty: put a token in it (e.g. `openssl rand -hex 32 > FILE`), \
+             or point admin_token_file at another file"
         );
         if token.len() < 16 {
             tracing::warn!(path = %path.display(), "the admin token is shorter than 16 characters: use a long random one (`openssl rand -hex 32`)");
@@ -167,7 +169,8 @@ async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Res
             StatusCode::MISDIRECTED_REQUEST,
             "wrong_host",
             format!(
-                "this is the admin API at {}: requests must name that address (or localhost with its port,                  when it listens on loopback) in Host, so that a web page whose name resolves here cannot use it",
+                "this is the admin API at {}: requests must name that address (or localhost with its port, \
+                 when it listens on loopback) in Host, so that a web page whose name resolves here cannot use it",
                 guard.addr
             ),
         )
@@ -183,7 +186,9 @@ async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Res
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         format!(
-            "{problem}: send `Authorization: Bearer <token>` with the token in {}.              `data-exporter dlq` and `data-exporter plugins` read it from --admin-token-file FILE              (env DATA_EXPORTER_ADMIN_TOKEN_FILE), else from <--data-dir, default data>/{DEFAULT_TOKEN_FILE}",
+            "{problem}: send `Authorization: Bearer <token>` with the token in {}. \
+             `data-exporter dlq` and `data-exporter plugins` read it from --admin-token-file FILE \
+             (env DATA_EXPORTER_ADMIN_TOKEN_FILE), else from <--data-dir, default data>/{DEFAULT_TOKEN_FILE}",
             guard.token.source
         ),
     )
@@ -382,6 +387,12 @@ impl Selection {
 
 async fn replay(State(state): State<AppState>, Json(sel): Json<Selection>) -> Result<Json<Value>, ApiError> {
     let ids = sel.ids()?;
+    // In a task of its own: a client that hangs up mid-replay must not strand a report that
+    // was appended, nor leave its dead letter behind to be replayed twice.
+    tokio::spawn(replay_now(state, ids)).await.expect("replaying does not panic")
+}
+
+async fn replay_now(state: AppState, ids: Option<Vec<Uuid>>) -> Result<Json<Value>, ApiError> {
     let mut replayed = Vec::new();
     for (report, path) in state.dlq.take(ids.as_deref()) {
         let consumer = report.dests[0].key.clone();
@@ -404,9 +415,10 @@ async fn replay(State(state): State<AppState>, Json(sel): Json<Selection>) -> Re
                 format!("{e}. Replayed so far: {}", replayed.len()),
             )
         })?;
+        // Out of the store before delivery starts: a quick second failure writes a new dead letter.
+        state.dlq.remove(&path);
         state.status.insert(id, BTreeMap::from([(consumer, ConsumerState::Queued)]));
         state.delivery.dispatch(&queued[0]);
-        state.dlq.remove(&path);
         replayed.push(id);
     }
     tracing::info!(count = replayed.len(), "dead letters replayed");

@@ -211,12 +211,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let problem = if !state.queue.healthy() {
         Some("the queue cannot write to disk; see the log for the error".to_string())
     } else if let Some(conflict) = registry.conflicts().first() {
-        Some(conflict.message())
+        Some(conflict.public_message())
     } else if registry.plugins().next().is_none() {
-        Some(format!(
-            "no plugin is loaded from {}: put plugin components (*.wasm) there; `data-exporter plugins list` (admin GET /plugins) shows load errors",
-            state.registry.current().dir().display()
-        ))
+        Some(
+            "no plugin is loaded: the operator puts plugin components (*.wasm) in the plugins directory; \
+             `data-exporter plugins list` (admin GET /plugins) shows load errors"
+                .to_string(),
+        )
     } else {
         None
     };
@@ -265,19 +266,8 @@ fn public_description(p: &crate::runtime::LoadedPlugin) -> serde_json::Map<Strin
 async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
     let reg = state.registry.current();
     let loaded: Vec<_> = reg.plugins().map(|p| serde_json::Value::Object(public_description(p))).collect();
-    let conflicts: Vec<_> = reg
-        .conflicts()
-        .iter()
-        .map(|c| {
-            json!({
-                "config_key": c.config_key,
-                "message": format!(
-                    "no plugin serves `{}`: several plugin files claim it and the operator has not bound it to one",
-                    c.config_key
-                ),
-            })
-        })
-        .collect();
+    let conflicts: Vec<_> =
+        reg.conflicts().iter().map(|c| json!({ "config_key": c.config_key, "message": c.public_message() })).collect();
     Json(json!({ "plugins": loaded, "conflicts": conflicts }))
 }
 

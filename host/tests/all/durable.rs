@@ -20,7 +20,7 @@ async fn wait_for_state(app: &TestApp, id: &str, consumer: &str, want: &str) -> 
 }
 
 /// Poll until `index` holds `n` documents.
-async fn wait_for_count(index: &str, n: u64) {
+pub async fn wait_for_count(index: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(index).await != n {
         assert!(Instant::now() < deadline, "index {index} has {} documents, expected {n}", count(index).await);
@@ -190,7 +190,10 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_accepted() 
 
 /// A host on `data` accepts `n` reports for a failing destination, then shuts down:
 /// they stay queued. Returns the (still failing) destination, the index and the report ids.
-async fn queue_behind_a_failing_destination(data: &std::path::Path, n: usize) -> (FaultInjector, String, Vec<String>) {
+pub async fn queue_behind_a_failing_destination(
+    data: &std::path::Path,
+    n: usize,
+) -> (FaultInjector, String, Vec<String>) {
     let inj = FaultInjector::start(&servers().os_url).await;
     inj.then(failing(10_000));
     let index = index();

@@ -40,13 +40,27 @@ impl Run {
         let receipt: Value = resp.json().await.unwrap();
         // The host keeps serving.
         assert_eq!(client.get(format!("{}/healthz", exporter.url)).send().await.unwrap().status(), 200);
-        // The last window's summary is logged when the window ends, even with no line after it.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let metrics = client.get(format!("{}/metrics", exporter.url)).send().await.unwrap().text().await.unwrap();
-        let dropped_metric = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(r#"data_exporter_plugin_log_dropped_total{plugin="hostile"} "#))
-            .map(|v| v.trim().parse().unwrap());
+        // The last window's summary is logged when the window ends, even with no line after it:
+        // wait until the summaries in the log account for every line the metric counts.
+        let summarised = || -> u64 {
+            let text = std::fs::read_to_string(&path).unwrap();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|l| l["fields"]["suppressed_lines"].as_u64())
+                .sum()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let dropped_metric = loop {
+            let metrics = client.get(format!("{}/metrics", exporter.url)).send().await.unwrap().text().await.unwrap();
+            let dropped: Option<u64> = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(r#"data_exporter_plugin_log_dropped_total{plugin="hostile"} "#))
+                .map(|v| v.trim().parse().unwrap());
+            if dropped.is_some_and(|d| d > 0 && d == summarised()) || Instant::now() > deadline {
+                break dropped;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         exporter.terminate();
         let text = std::fs::read_to_string(&path).unwrap();
         let log = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();

@@ -64,9 +64,16 @@ async fn mutual_tls_presents_the_operator_certificate() {
         c.http.ca_file = Some(s.certs.join("ca.pem"));
         c.http.client_cert_file = Some(s.certs.join("client.pem"));
         c.http.client_key_file = Some(s.certs.join("client-key.pem"));
+        c.http.client_cert_origins = vec![crate::sandbox::origin(&s.mtls_url)];
     })
     .await;
     let index = index();
+    // A producer cannot have the certificate presented to an origin the operator did not list.
+    let elsewhere = dest(&s.tls_url, &index, json!({"checkCert": true, "mutualTLS": true}));
+    let (status, receipt) = app.forward_wait(report_data("openSearch", elsewhere, &json!({"m": 0}))).await;
+    assert_eq!(status, 502, "{receipt}");
+    let reason = receipt["consumers"]["openSearch"]["reason"].as_str().unwrap();
+    assert!(reason.contains("http.client_cert_origins"), "{reason}");
     let with = dest(&s.mtls_url, &index, json!({"checkCert": true, "mutualTLS": true}));
     let (status, receipt) = app.forward_wait(report_data("openSearch", with, &json!({"m": 1}))).await;
     assert_eq!(status, 200, "{receipt}");

@@ -64,7 +64,6 @@ async fn loopback_and_unspecified_addresses_need_an_explicit_rule() {
         (s.os_url.clone(), "127.0.0.1"),
         (format!("http://[::ffff:127.0.0.1]:{port}"), "127.0.0.1"),
         (format!("http://0.0.0.0:{port}"), "0.0.0.0"),
-        (format!("http://localhost:{port}"), "127.0.0.1"),
     ] {
         let reason = dead_letter_reason(&app, "openSearch", json!({"host_port": url, "index": "x"})).await;
         assert!(
@@ -72,6 +71,11 @@ async fn loopback_and_unspecified_addresses_need_an_explicit_rule() {
             "{url}: {reason}"
         );
     }
+    // A name is judged by what it resolves to (`localhost`: 127.0.0.1, and ::1 on some machines).
+    let reason =
+        dead_letter_reason(&app, "openSearch", json!({"host_port": format!("http://localhost:{port}"), "index": "x"}))
+            .await;
+    assert!(reason.contains("is a loopback address") && reason.contains("outbound_allow"), "{reason}");
     // Named by the operator, loopback is reached.
     let app =
         spawn_app_with(&["opensearch"], |c| c.runtime.limits.outbound_allow = vec!["*".into(), "127.0.0.1".into()])
@@ -143,6 +147,10 @@ async fn a_secret_goes_only_to_the_origins_the_operator_bound_it_to() {
         dead_letter_reason(&app, "openSearch", json!({"host_port": plain, "index": "x", "secretRef": "os-creds"}))
             .await;
     assert!(reason.contains("is not bound to"), "{reason}");
+    // The bound origin without certificate verification: anyone on the path could read it.
+    let lax = json!({"host_port": s.tls_url, "index": "x", "secretRef": "os-creds", "checkCert": false});
+    let reason = dead_letter_reason(&app, "openSearch", lax).await;
+    assert!(reason.contains("sent only over verified TLS") && reason.contains("http.ca_file"), "{reason}");
     // A secret the operator bound to nothing is refused up front, naming the setting.
     let (status, r) = app
         .forward(report_data(
@@ -175,15 +183,16 @@ async fn a_config_key_claimed_by_two_files_is_served_by_neither_unless_the_opera
     let app = spawn_app_in(dir, |_| {}).await;
     let (status, message) = readiness(&app).await;
     assert_eq!(status, 503, "{message}");
-    assert!(message.contains("`openSearch` is claimed by `a.wasm` and `opensearch.wasm`"), "{message}");
-    assert!(message.contains("runtime.bindings.openSearch"), "{message}");
+    assert!(message.contains("no plugin serves `openSearch`: several plugin files claim it"), "{message}");
+    assert!(message.contains("runtime.bindings.openSearch") && !message.contains(".wasm"), "{message}");
     let s = servers();
     let (status, r) =
         app.forward(report_data("openSearch", json!({"host_port": s.os_url, "index": index()}), &json!({}))).await;
     assert_eq!((status, r["error"]["code"].as_str()), (422, Some("unknown_consumer")), "{r}");
     let (_, v) = app.admin_get("/plugins").await;
     let failed: Vec<&str> = v["failed"].as_array().unwrap().iter().filter_map(|f| f["error"].as_str()).collect();
-    assert_eq!(failed.iter().filter(|e| e.contains("claimed by")).count(), 2, "{v}");
+    let named = "`openSearch` is claimed by `a.wasm` and `opensearch.wasm`";
+    assert_eq!(failed.iter().filter(|e| e.contains(named)).count(), 2, "{v}");
 
     // Bound by the operator: the bound file serves, the other is refused and says why.
     let dir = plugins_dir(&["opensearch"]);
@@ -274,35 +283,52 @@ async fn a_plugin_stuck_in_validate_answers_within_its_deadline_then_from_a_shor
     }
 }
 
+/// Poll the report until its `hostile` consumer reaches `status`; that consumer's state.
+async fn hostile_state(app: &TestApp, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = app.get(&format!("/reports/{id}")).await;
+        if v["consumers"]["hostile"]["status"] == status {
+            return v["consumers"]["hostile"].clone();
+        }
+        assert!(Instant::now() < deadline, "never {status}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_full_dead_letter_store_keeps_the_report_queued_says_why_and_pushes_back() {
     let app = spawn_app_with(&["hostile"], |c| {
-        c.dlq.max_entries = 0;
+        c.dlq.max_entries = 1;
         c.queue.max_bytes = 4096;
     })
     .await;
-    // `echo` fails every report for good: it must go to the dead-letter store, which is full.
+    // `echo` fails every report for good: each must go to the dead-letter store, which holds one.
     let payload = json!({"pad": "x".repeat(3000)});
-    let (status, r) = app.forward(report_data("hostile", json!({"attack": "echo"}), &payload)).await;
-    assert_eq!(status, 202, "{r}");
-    let id = r["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let state = loop {
-        let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"]["hostile"]["status"] == "dead_letter_pending" {
-            break v["consumers"]["hostile"].clone();
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let send = || app.forward(report_data("hostile", json!({"attack": "echo"}), &payload));
+    let (status, first) = send().await;
+    assert_eq!(status, 202, "{first}");
+    let first = first["id"].as_str().unwrap().to_string();
+    hostile_state(&app, &first, "dead_lettered").await;
+    let (status, second) = send().await;
+    assert_eq!(status, 202, "{second}");
+    let second = second["id"].as_str().unwrap().to_string();
+    let state = hostile_state(&app, &second, "dead_letter_pending").await;
     assert!(state["reason"].as_str().unwrap().contains("destination keys seen"), "{state}");
     assert!(state["blocked_by"].as_str().unwrap().contains("the dead-letter store is full"), "{state}");
     let text = metrics_text(&app).await;
-    assert!(metric(&text, "data_exporter_dlq_blocked_total") >= 1.0, "{text}");
+    assert_eq!(metric(&text, "data_exporter_dlq_blocked_total"), 1.0, "{text}");
     assert_eq!(metric(&text, "data_exporter_queue_depth"), 1.0, "the report stays queued");
     // The queue holds it, so ingest pushes back once the queue is full.
-    let (status, r) = app.forward(report_data("hostile", json!({"attack": "echo"}), &payload)).await;
+    let (status, r) = send().await;
     assert_eq!((status, r["error"]["code"].as_str()), (503, Some("queue_full")), "{r}");
+    // Room in the store: the waiting report moves there, and out of the queue.
+    let (status, purged) = app.admin_post("/dlq/purge", json!({"ids": [first]})).await;
+    assert_eq!((status, purged["purged"].as_u64()), (200, Some(1)), "{purged}");
+    hostile_state(&app, &second, "dead_lettered").await;
+    let (_, dlq) = app.admin_get("/dlq").await;
+    assert_eq!(dlq["entries"][0]["id"], second.as_str(), "{dlq}");
+    assert_eq!(metric(&metrics_text(&app).await, "data_exporter_queue_depth"), 0.0);
 }
 
 #[tokio::test]
@@ -345,4 +371,40 @@ async fn producers_hanging_up_mid_append_lose_nothing_and_leak_no_capacity() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn reports_for_a_contested_key_wait_at_a_restart_instead_of_being_dead_lettered() {
+    let data = tempfile::tempdir().unwrap();
+    let (inj, index, ids) = crate::durable::queue_behind_a_failing_destination(data.path(), 3).await;
+    inj.clear();
+    // A stray copy of the plugin appears while the host is down.
+    let with_stray_copy = || {
+        let dir = plugins_dir(&["opensearch"]);
+        std::fs::copy(component("opensearch"), dir.path().join("a.wasm")).unwrap();
+        dir
+    };
+    let app = spawn_app_at(with_stray_copy(), data.path(), |_| {}).await;
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, v) = app.get(&format!("/reports/{id}")).await;
+            let state = &v["consumers"]["openSearch"];
+            if state["status"] == "retrying"
+                && state["reason"].as_str().unwrap().contains("no plugin serves `openSearch`")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline && state["status"] != "dead_lettered", "{v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(app.admin_get("/dlq").await.1["count"], 0);
+    app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
+    // Once the operator binds the key, they are delivered.
+    let _app = spawn_app_at(with_stray_copy(), data.path(), |c| {
+        c.runtime.bindings.insert("openSearch".into(), "opensearch.wasm".into());
+    })
+    .await;
+    crate::durable::wait_for_count(&index, 3).await;
 }
