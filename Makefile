@@ -21,8 +21,9 @@ host: ## Build the host (release)
 plugins: wasm-target ## Build the plugin components: shipped ones to target/plugins, test fixtures to target/test-plugins
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path plugins/Cargo.toml --workspace
 	mkdir -p target/plugins target/test-plugins
-	cp $(WASM_OUT)/opensearch.wasm target/plugins/
-	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm $(WASM_OUT)/discard.wasm $(WASM_OUT)/stuck_info.wasm target/test-plugins/
+	cp $(WASM_OUT)/opensearch.wasm $(WASM_OUT)/file.wasm $(WASM_OUT)/stdout.wasm target/plugins/
+	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm $(WASM_OUT)/discard.wasm $(WASM_OUT)/stuck_info.wasm \
+	  $(WASM_OUT)/legacy_v1.wasm target/test-plugins/
 
 run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
 	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \

@@ -1,7 +1,8 @@
-//! The one `bindgen!` of the host: Rust types and traits for the `narrows:exporter` WIT package.
+//! The host's bindings: one `bindgen!` per contract version, in this one module.
 //!
-//! Imports are async (the HTTP capability awaits reqwest); exports are called
-//! with `call_*` on a store with async support.
+//! Imports are async (the HTTP capability awaits reqwest); exports are called with `call_*` on a
+//! store with async support. Version 0.2 imports 0.1.0's `http` and `log` unchanged, so their
+//! types and host implementations are shared (`with`).
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -14,3 +15,22 @@ pub use exports::narrows::exporter::consumer::Guest as Consumer;
 pub use narrows::exporter::http;
 pub use narrows::exporter::log;
 pub use narrows::exporter::types::{Outcome, ParamType, Parameter, PluginInfo, Report, Retry};
+
+/// `narrows:exporter@0.2.0`: destinations as resources, settings, metadata, files.
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.2",
+        world: "plugin",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "narrows:exporter/http@0.1.0": crate::bindings::http,
+            "narrows:exporter/log@0.1.0": crate::bindings::log,
+        },
+    });
+
+    pub use exports::narrows::exporter0_2_0::consumer::{Destination, Guest as Consumer};
+    pub use narrows::exporter0_2_0::files;
+    pub use narrows::exporter0_2_0::types;
+    pub use narrows::exporter0_2_0::types::{BatchFailure, Metadata, Outcome, Parameter, PluginInfo, Report};
+}

@@ -110,6 +110,9 @@ pub struct DeliveryConfig {
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub retry_max_ms: u64,
+    /// How long a destination of a 0.2.0 plugin stays open with nothing to deliver, in ms;
+    /// then it is flushed and closed (and opened again for the next report).
+    pub destination_idle_ms: u64,
     /// Attempts after which a report goes to the dead-letter store.
     pub max_attempts: u32,
     /// Age (since accepted) after which a report that still fails goes to the
@@ -126,6 +129,7 @@ impl Default for DeliveryConfig {
             max_concurrent_calls: 64,
             retry_initial_ms: 200,
             retry_max_ms: 60_000,
+            destination_idle_ms: 5_000,
             max_attempts: 20,
             max_age_secs: 24 * 3600,
         }
@@ -280,6 +284,25 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
+    /// These settings with every relative `files_dir` taken as under `data_dir`.
+    pub fn with_files_under(&self, data_dir: &Path) -> RuntimeConfig {
+        let mut c = self.clone();
+        let absolute = |d: &mut Option<PathBuf>| {
+            if let Some(dir) = d.as_mut().filter(|d| d.is_relative()) {
+                *dir = data_dir.join(&*dir);
+            }
+        };
+        absolute(&mut c.limits.files_dir);
+        c.plugins.values_mut().for_each(|o| absolute(&mut o.files_dir));
+        c
+    }
+
+    /// The settings the operator gave the plugin from file stem `id`, as a JSON object.
+    pub fn settings_for(&self, id: &str) -> String {
+        let settings = self.plugins.get(id).and_then(|o| o.settings.clone()).unwrap_or_default();
+        serde_json::to_string(&settings).expect("settings serialise")
+    }
+
     /// The limits of the plugin loaded from file stem `name`: the defaults with its overrides applied.
     pub fn limits_for(&self, name: &str) -> PluginLimits {
         let mut l = self.limits.clone();
@@ -331,9 +354,15 @@ pub struct PluginLimits {
     /// addresses; loopback, unspecified, link-local and cloud metadata addresses are
     /// refused unless an IP/CIDR rule names them. The host's own listeners are always refused.
     pub outbound_allow: Vec<String>,
-    /// Host capabilities the plugin may import: `http`, `log`. A plugin that
-    /// imports one it was not granted fails to load, naming it.
+    /// Host capabilities the plugin may import: `http`, `log`, `files` (contract 0.2; needs
+    /// `files_dir`). A plugin that imports one it was not granted fails to load, naming it.
     pub grants: Vec<String>,
+    /// The one directory the `files` capability reaches (relative paths are under `data_dir`).
+    /// Set it per plugin: each plugin should have its own.
+    pub files_dir: Option<PathBuf>,
+    /// Most bytes the plugin's `files_dir` may hold, in MiB; an append past it fails with
+    /// `quota-exceeded` (the plugin's reports are retried).
+    pub files_quota_mib: u64,
     /// Most log lines (log capability, stdout and stderr together) the plugin may write per
     /// second, across its instances (0: none); the excess is counted and summarised in one line.
     pub log_lines_per_sec: u32,
@@ -358,6 +387,8 @@ impl Default for PluginLimits {
             log_lines_per_sec: 100,
             log_bytes_per_sec: 64 * 1024,
             log_line_max: 4096,
+            files_dir: None,
+            files_quota_mib: 1024,
         }
     }
 }
@@ -390,6 +421,13 @@ pub struct LimitOverrides {
     pub log_bytes_per_sec: Option<u64>,
     /// See `PluginLimits::log_line_max`.
     pub log_line_max: Option<usize>,
+    /// See `PluginLimits::files_dir`.
+    pub files_dir: Option<PathBuf>,
+    /// See `PluginLimits::files_quota_mib`.
+    pub files_quota_mib: Option<u64>,
+    /// The plugin's settings (contract 0.2), a table the plugin describes in its `settings`
+    /// parameters and receives in `init`, e.g. `settings = { flush_every = 100 }`.
+    pub settings: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl LimitOverrides {
@@ -409,8 +447,12 @@ impl LimitOverrides {
             grants,
             log_lines_per_sec,
             log_bytes_per_sec,
-            log_line_max
+            log_line_max,
+            files_quota_mib
         );
+        if self.files_dir.is_some() {
+            l.files_dir = self.files_dir.clone();
+        }
     }
 }
 
@@ -527,6 +569,9 @@ mod tests {
             log_lines_per_sec: Some(7),
             log_bytes_per_sec: Some(8),
             log_line_max: Some(9),
+            files_dir: Some("f".into()),
+            files_quota_mib: Some(10),
+            settings: None,
         };
         let cfg = RuntimeConfig { plugins: [("p".to_string(), o)].into(), ..RuntimeConfig::default() };
         let want = PluginLimits {
@@ -542,6 +587,8 @@ mod tests {
             log_lines_per_sec: 7,
             log_bytes_per_sec: 8,
             log_line_max: 9,
+            files_dir: Some("f".into()),
+            files_quota_mib: 10,
         };
         assert_eq!(cfg.limits_for("p"), want);
         assert_eq!(cfg.limits_for("other"), PluginLimits::default());

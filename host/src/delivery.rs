@@ -6,16 +6,15 @@
 //! full jitter, or the destination's `Retry-After`; only the failed items of
 //! a batch), or dead-lettered (permanent failure, too many attempts, too old).
 
-use crate::bindings::{Outcome, Report};
+use crate::bindings::Outcome;
 use crate::capabilities::secrets::{self, SecretStore};
 use crate::config::{DeliveryConfig, QuarantinePolicy};
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
 use crate::now_ms;
 use crate::queue::{Done, Queue, QueuedReport};
-use crate::runtime::LoadedPlugin;
-use crate::runtime::Session;
 use crate::runtime::registry::Plugins;
+use crate::runtime::{Delivered, Item, LoadedPlugin, Session};
 use crate::status::{ConsumerState, StatusBook};
 use prometheus_client::metrics::histogram::Histogram;
 use std::cmp::Reverse;
@@ -96,6 +95,18 @@ pub struct Delivery {
     stop: watch::Sender<bool>,
     running: AtomicUsize,
     stopped: Notify,
+}
+
+/// End a worker's session in order: a 0.2.0 plugin's destination is flushed and closed.
+async fn close(session: &mut Option<(Arc<LoadedPlugin>, Session)>, dk: &DestKey) {
+    let Some((plugin, mut s)) = session.take() else { return };
+    match s.close().await {
+        Ok(None) => {}
+        Ok(Some(reason)) => {
+            tracing::warn!(consumer = %dk.key, plugin = %plugin.info.name, %reason, "flushing the destination failed")
+        }
+        Err(e) => tracing::warn!(consumer = %dk.key, error = %e, "closing the destination failed"),
+    }
 }
 
 /// The delay before retry number `attempt` (1-based): uniform in
@@ -209,7 +220,7 @@ impl Delivery {
                 let holding = session.is_some();
                 tokio::select! {
                     job = rx.recv() => if let Some(job) = job { ready.push_back(job) },
-                    _ = tokio::time::sleep(SESSION_IDLE), if holding => session = None,
+                    _ = tokio::time::sleep(self.session_idle(&session)), if holding => close(&mut session, &dk).await,
                     _ = tokio::time::sleep_until(next_due.unwrap_or(now + IDLE)) => {
                         if next_due.is_none() && self.retire_if_idle(&dk, &rx) {
                             break;
@@ -252,8 +263,18 @@ impl Delivery {
             }
         }
         // Jobs still here stay in the queue on disk; the next start delivers them.
+        close(&mut session, &dk).await;
         if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.stopped.notify_waiters();
+        }
+    }
+
+    /// How long an idle worker keeps its session: a 0.2.0 plugin's open destination for
+    /// `delivery.destination_idle_ms`, a 0.1.0 plugin's instance briefly.
+    fn session_idle(&self, session: &Option<(Arc<LoadedPlugin>, Session)>) -> Duration {
+        match session {
+            Some((p, _)) if p.contract != "0.1.0" => Duration::from_millis(self.cfg.destination_idle_ms),
+            _ => SESSION_IDLE,
         }
     }
 
@@ -336,7 +357,7 @@ impl Delivery {
         };
         let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
         if session.as_ref().is_some_and(|(p, _)| !Arc::ptr_eq(p, &plugin)) {
-            *session = None; // reloaded: new calls go to the new version
+            close(session, dk).await; // reloaded: new calls go to the new version
         }
         if session.is_none() {
             match plugin.session().await {
@@ -347,18 +368,22 @@ impl Delivery {
                 }
             }
         }
-        let reports: Vec<Report> = batch
+        let reports: Vec<Item> = batch
             .iter()
-            .map(|j| Report {
+            .map(|j| Item {
                 id: j.report.id.to_string(),
                 payload: j.report.payload.clone(),
                 received_at_ms: j.report.received_at_ms,
+                attempt: j.attempts + 1,
+                source: None,
+                tenant: None,
+                labels: j.report.labels.clone(),
             })
             .collect();
         let started = Instant::now();
         let (_, s) = session.as_mut().expect("set above");
         s.set_credential(credential);
-        let result = s.deliver(&view, &reports).await;
+        let result = s.deliver(&view, reports).await;
         self.metrics
             .plugin_call
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
@@ -383,7 +408,12 @@ impl Delivery {
             }
         }
         match result {
-            Ok(outcomes) => {
+            Ok(Delivered::BatchFailed { reason, retry_after_ms }) => {
+                let reason = format!("the plugin failed the whole batch: {reason}");
+                retries
+                    .extend(batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, retry_after_ms, &labels)));
+            }
+            Ok(Delivered::Outcomes(outcomes)) => {
                 let latency = self.metrics.delivery_latency.get_or_create(&labels).clone();
                 let now = now_ms();
                 let mut delivered = Vec::with_capacity(batch.len());

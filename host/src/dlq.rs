@@ -32,6 +32,9 @@ pub struct DeadLetter {
     pub dead_at_ms: u64,
     /// The payload, JSON text.
     pub payload: String,
+    /// The producer's labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<(String, String)>,
     /// The destination config, sealed, hex.
     destination_sealed: String,
 }
@@ -142,6 +145,7 @@ impl DeadLetters {
             received_at_ms: report.received_at_ms,
             dead_at_ms: now_ms,
             payload: report.payload.clone(),
+            labels: report.labels.clone(),
             destination_sealed: hex(&self.sealer.seal(dest.config.as_bytes())),
         };
         let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
@@ -238,6 +242,7 @@ impl DeadLetters {
                 received_at_ms: d.received_at_ms,
                 payload: d.payload,
                 dests: vec![QueuedDest { key: d.consumer, config: config.into() }],
+                labels: d.labels,
             };
             out.push((report, p));
         }
@@ -290,6 +295,7 @@ mod tests {
             received_at_ms: 1,
             payload: "{\"a\":1}".into(),
             dests: vec![QueuedDest { key: "openSearch".into(), config: r#"{"password":"pw-9f8e7d"}"#.into() }],
+            labels: vec![("team".into(), "sec".into())],
         }
     }
 

@@ -13,12 +13,18 @@ use std::collections::BTreeMap;
 pub struct Envelope {
     /// Consumers to deliver to: config key and destination JSON text, in key order.
     pub destinations: Vec<(String, Box<RawValue>)>,
-    /// Config keys whose destination is empty (all zero values, or null): the
-    /// seed's Go producers send every consumer's struct, set or not.
+    /// Config keys whose destination is `null`. (A destination whose plugin's required fields
+    /// are all empty is skipped too, when it is routed: the seed's Go producers send every
+    /// consumer's struct, set or not.)
     pub skipped: Vec<String>,
     /// The payload, JSON text exactly as sent (unescaped from its string).
     pub payload: String,
+    /// Labels the producer attached (`"labels": {"team": "sec"}`), in name order.
+    pub labels: Vec<(String, String)>,
 }
+
+/// Most labels one report may carry.
+pub const MAX_LABELS: usize = 32;
 
 /// What is wrong with a request body. Messages say what to send instead.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -58,6 +64,11 @@ pub enum EnvelopeError {
         /// The JSON type found.
         found: &'static str,
     },
+    /// `labels` is not an object of short strings.
+    #[error(
+        "`labels` must be an object of at most 32 names (1-64 letters, digits, `_`, `-`, `.`) with string values of at most 256 bytes: {0}"
+    )]
+    InvalidLabels(String),
     /// An array body with no element.
     #[error("the request body is an empty array: send at least one ReportData")]
     EmptyBatch,
@@ -119,6 +130,8 @@ struct Wire<'a> {
     config: Option<&'a RawValue>,
     #[serde(default)]
     payload: Option<Payload>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The `payload` field read in the same pass as the envelope: the unescaped string, or the
@@ -181,12 +194,12 @@ fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
     let config_raw = wire.config.filter(|c| c.get() != "null").ok_or(EnvelopeError::MissingConfig)?;
     let config: BTreeMap<String, &RawValue> = serde_json::from_str(config_raw.get())
         .map_err(|_| EnvelopeError::ConfigNotObject(json_type(config_raw.get())))?;
+    let labels = labels(wire.labels.unwrap_or_default())?;
     let mut destinations = Vec::with_capacity(config.len());
     let mut skipped = Vec::new();
     for (key, raw) in config {
         match json_type(raw.get()) {
             "null" => skipped.push(key),
-            "an object" if is_empty_destination(raw) => skipped.push(key),
             "an object" => destinations.push((key, raw.to_owned())),
             found => return Err(EnvelopeError::DestinationNotObject { key, found }),
         }
@@ -199,24 +212,39 @@ fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
         };
         return Err(EnvelopeError::NoConsumer(note));
     }
-    Ok(Envelope { destinations, skipped, payload })
+    Ok(Envelope { destinations, skipped, payload, labels })
 }
 
-/// True when every field is a zero value (`""`, `false`, `0`, `null`, `{}`, `[]`),
-/// which is what the seed's Go structs send for a consumer that is not set.
-fn is_empty_destination(raw: &RawValue) -> bool {
-    fn zero(v: &serde_json::Value) -> bool {
-        use serde_json::Value::*;
-        match v {
-            Null => true,
-            Bool(b) => !b,
-            Number(n) => n.as_f64() == Some(0.0),
-            String(s) => s.is_empty(),
-            Array(a) => a.is_empty(),
-            Object(o) => o.values().all(zero),
-        }
+fn labels(given: BTreeMap<String, serde_json::Value>) -> Result<Vec<(String, String)>, EnvelopeError> {
+    if given.len() > MAX_LABELS {
+        return Err(EnvelopeError::InvalidLabels(format!("{} labels sent", given.len())));
     }
-    serde_json::from_str::<serde_json::Value>(raw.get()).is_ok_and(|v| zero(&v))
+    given
+        .into_iter()
+        .map(|(k, v)| {
+            let name_ok = !k.is_empty()
+                && k.len() <= 64
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            match v {
+                serde_json::Value::String(s) if name_ok && s.len() <= 256 => Ok((k, s)),
+                _ => Err(EnvelopeError::InvalidLabels(format!("label {k:?}"))),
+            }
+        })
+        .collect()
+}
+
+/// True for a zero value (`""`, `false`, `0`, `null`, `{}` of zero values, `[]`): what the
+/// seed's Go structs send for a field that is not set.
+pub fn is_zero(v: &serde_json::Value) -> bool {
+    use serde_json::Value::*;
+    match v {
+        Null => true,
+        Bool(b) => !b,
+        Number(n) => n.as_f64() == Some(0.0),
+        String(s) => s.is_empty(),
+        Array(a) => a.is_empty(),
+        Object(o) => o.values().all(is_zero),
+    }
 }
 
 /// The JSON type of a value, for messages ("a string", "an array", ...).
@@ -256,14 +284,19 @@ mod tests {
     }
 
     #[test]
-    fn go_zero_value_destinations_are_skipped_not_delivered() {
-        let body = r#"{"config":{"openSearch":{"host_port":"","index":"","username":"","password":"","checkCert":false,"mutualTLS":false},"webhook":{"url":"http://x"}},"payload":"{}"}"#;
+    fn null_destinations_are_skipped_and_labels_are_short_strings() {
+        let body = r#"{"config":{"openSearch":null,"stdout":{}},"payload":"{}","labels":{"team":"sec","env":"prod"}}"#;
         let e = one(body).unwrap();
         assert_eq!(e.skipped, vec!["openSearch".to_string()]);
-        assert_eq!(e.destinations[0].0, "webhook");
-        let only_empty = r#"{"config":{"openSearch":{"host_port":"","checkCert":false}},"payload":"{}"}"#;
-        let err = one(only_empty).unwrap_err();
-        assert!(err.to_string().contains("`openSearch`"), "{err}");
+        assert_eq!(e.destinations[0].0, "stdout");
+        assert_eq!(e.labels, [("env".to_string(), "prod".to_string()), ("team".to_string(), "sec".to_string())]);
+        assert!(
+            one(r#"{"config":{"openSearch":null},"payload":"{}"}"#).unwrap_err().to_string().contains("`openSearch`")
+        );
+        for bad in [r#"{"a":1}"#, r#"{"a b":"x"}"#, r#"{"":"x"}"#] {
+            let body = format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","labels":{bad}}}"#);
+            assert!(matches!(one(&body), Err(EnvelopeError::InvalidLabels(_))), "{bad}");
+        }
     }
 
     #[test]

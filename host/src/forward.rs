@@ -52,6 +52,16 @@ pub enum RouteError {
         /// Answered from the negative cache: the failure happened this many ms ago.
         cached_ms: Option<u64>,
     },
+    /// Every destination of a report was skipped.
+    #[error(
+        "{at}`config` names no consumer with settings (empty: {skipped}): fill in a destination's required fields, e.g. \"openSearch\": {{\"host_port\": \"https://os:9200\", \"index\": \"scans\"}}"
+    )]
+    NoConsumer {
+        /// Position prefix for batches, else empty.
+        at: String,
+        /// The skipped consumer keys.
+        skipped: String,
+    },
     /// The queue refused the reports.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -157,10 +167,19 @@ struct Plan<P> {
     receipts: Vec<Receipt>,
 }
 
-/// Resolve each consumer key with `lookup` and group reports by (key,
-/// destination JSON). Fails on the first key nobody consumes.
+/// A destination as one canonical JSON text: keys sorted, no whitespace, so destinations that
+/// differ only in key order or spacing are one destination (one worker, one batch).
+fn canonical(value: &serde_json::Value) -> String {
+    // serde_json's maps are ordered by key (no `preserve_order`): writing one sorts it.
+    value.to_string()
+}
+
+/// Resolve each consumer key with `lookup` (the plugin and its required parameters) and group
+/// reports by (key, canonical destination). A destination whose plugin's required parameters
+/// are all empty (the seed's Go zero values) is skipped; a plugin with none required is never
+/// skipped (`{}` reaches it). Fails on the first key nobody consumes.
 fn plan<P: Clone>(
-    lookup: impl Fn(&str) -> Option<P>,
+    lookup: impl Fn(&str) -> Option<(P, Vec<String>)>,
     loaded: impl Fn() -> String,
     envelopes: Vec<Envelope>,
     batch: bool,
@@ -173,28 +192,44 @@ fn plan<P: Clone>(
     for (i, env) in envelopes.into_iter().enumerate() {
         let mut consumers = BTreeMap::new();
         for key in env.skipped {
-            let reason = "every field of this destination is empty; nothing to deliver".to_string();
+            let reason = "the destination is null; nothing to deliver".to_string();
             consumers.insert(key, ConsumerState::Skipped { reason });
         }
         let mut dests = Vec::with_capacity(env.destinations.len());
         for (key, dest) in env.destinations {
-            let plugin = lookup(&key).ok_or_else(|| RouteError::UnknownConsumer {
+            let (plugin, required) = lookup(&key).ok_or_else(|| RouteError::UnknownConsumer {
                 at: at(i),
                 key: key.clone(),
                 loaded: loaded(),
             })?;
-            let group = groups.entry((key.clone(), dest.get().to_owned())).or_insert_with(|| Group {
+            let value: serde_json::Value = serde_json::from_str(dest.get()).expect("the envelope checked it is JSON");
+            let unset = |name: &String| value.get(name).is_none_or(crate::envelope::is_zero);
+            if !required.is_empty() && required.iter().all(unset) {
+                let names: Vec<String> = required.iter().map(|n| format!("`{n}`")).collect();
+                let reason = format!(
+                    "every required field of this destination ({}) is empty; nothing to deliver",
+                    names.join(", ")
+                );
+                consumers.insert(key, ConsumerState::Skipped { reason });
+                continue;
+            }
+            let text = canonical(&value);
+            let group = groups.entry((key.clone(), text.clone())).or_insert_with(|| Group {
                 key: key.clone(),
                 plugin,
-                destination: dest.get().into(),
+                destination: text.into(),
                 members: Vec::new(),
             });
             group.members.push(i);
             dests.push(QueuedDest { key: key.clone(), config: group.destination.clone() });
             consumers.insert(key, ConsumerState::Queued);
         }
+        if dests.is_empty() {
+            let skipped: Vec<String> = consumers.keys().map(|k| format!("`{k}`")).collect();
+            return Err(RouteError::NoConsumer { at: at(i), skipped: skipped.join(", ") });
+        }
         let id = Uuid::now_v7();
-        reports.push(QueuedReport { id, received_at_ms: now_ms, payload: env.payload, dests });
+        reports.push(QueuedReport { id, received_at_ms: now_ms, payload: env.payload, dests, labels: env.labels });
         receipts.push(Receipt { id, consumers });
     }
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
@@ -204,8 +239,13 @@ fn plan<P: Clone>(
 pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
     let registry = ctx.registry.current();
     ctx.validated.follow(ctx.registry.generation());
-    let Plan { groups, reports, receipts } =
-        plan(|k| registry.get(k).cloned(), || registry.keys_list(), envelopes, batch, now_ms())?;
+    let Plan { groups, reports, receipts } = plan(
+        |k| registry.get(k).map(|p| (p.clone(), p.required())),
+        || registry.keys_list(),
+        envelopes,
+        batch,
+        now_ms(),
+    )?;
     for g in &groups {
         validate(&ctx, g, batch).await?;
     }
@@ -300,11 +340,12 @@ mod tests {
     fn plan_for(body: &str) -> Result<Plan<&'static str>, RouteError> {
         let (envelopes, batch) = parse_body(body.as_bytes(), 100).unwrap();
         let lookup = |k: &str| match k {
-            "openSearch" => Some("os-plugin"),
-            "webhook" => Some("hook-plugin"),
+            "openSearch" => Some(("os-plugin", vec!["host_port".to_string(), "index".to_string()])),
+            "webhook" => Some(("hook-plugin", vec!["url".to_string()])),
+            "stdout" => Some(("stdout-plugin", vec![])),
             _ => None,
         };
-        plan(lookup, || "`openSearch`, `webhook`".into(), envelopes, batch, 7)
+        plan(lookup, || "`openSearch`, `stdout`, `webhook`".into(), envelopes, batch, 7)
     }
 
     #[test]
@@ -339,17 +380,40 @@ mod tests {
         let err = plan_for(&format!("[{good},{bad}]")).unwrap_err().to_string();
         assert_eq!(
             err,
-            "report [1]: unknown consumer `kafka` under `config`: no loaded plugin consumes it; loaded: `openSearch`, `webhook`"
+            "report [1]: unknown consumer `kafka` under `config`: no loaded plugin consumes it; loaded: `openSearch`, `stdout`, `webhook`"
         );
     }
 
     #[test]
     fn skipped_consumers_get_a_receipt_and_no_group() {
-        let body =
-            r#"{"config":{"openSearch":{"host_port":"","index":""},"webhook":{"url":"http://h"}},"payload":"{}"}"#;
+        // The seed's Go structs send every consumer: required fields empty means "not set".
+        let body = r#"{"config":{"openSearch":{"host_port":"","index":"","username":"u","checkCert":true},"webhook":{"url":"http://h"}},"payload":"{}"}"#;
         let p = plan_for(body).unwrap();
         assert_eq!(p.groups.len(), 1);
-        assert!(matches!(p.receipts[0].consumers["openSearch"], ConsumerState::Skipped { .. }));
+        match &p.receipts[0].consumers["openSearch"] {
+            ConsumerState::Skipped { reason } => assert!(reason.contains("`host_port`, `index`"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(p.receipts[0].consumers["webhook"], ConsumerState::Queued);
+        let only_empty = r#"{"config":{"openSearch":{"host_port":"","checkCert":false}},"payload":"{}"}"#;
+        let err = plan_for(only_empty).unwrap_err().to_string();
+        assert!(err.contains("names no consumer") && err.contains("`openSearch`"), "{err}");
+    }
+
+    #[test]
+    fn a_plugin_without_required_fields_is_reached_by_an_empty_destination() {
+        let p = plan_for(r#"{"config":{"stdout":{}},"payload":"{}"}"#).unwrap();
+        assert_eq!(p.receipts[0].consumers["stdout"], ConsumerState::Queued);
+        assert_eq!(&*p.groups[0].destination, "{}");
+    }
+
+    #[test]
+    fn key_order_and_spacing_do_not_split_a_destination() {
+        let a = r#"{"config":{"openSearch":{"host_port":"http://a","index":"i"}},"payload":"{}"}"#;
+        let b = r#"{"config":{"openSearch":{ "index" : "i", "host_port":"http://a" }},"payload":"{}"}"#;
+        let p = plan_for(&format!("[{a},{b}]")).unwrap();
+        assert_eq!(p.groups.len(), 1);
+        assert_eq!(&*p.groups[0].destination, r#"{"host_port":"http://a","index":"i"}"#);
+        assert_eq!(p.groups[0].members, [0, 1]);
     }
 }

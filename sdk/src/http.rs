@@ -3,7 +3,7 @@
 //! The host performs the request, owns TLS and client certificates, and
 //! enforces the operator's policy. Errors come back as values, never panics.
 
-use crate::bindings::narrows::exporter::http as wit;
+use crate::bindings::narrows::exporter0_1_0::http as wit;
 
 pub use wit::Method;
 
@@ -140,8 +140,18 @@ impl Request {
         self.inner.timeout_ms = Some(ms);
         self
     }
+    /// The body, created empty when there is none: fill it in place to reuse one buffer
+    /// across requests (keep the `Request` and call [`Request::send_ref`]).
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        self.inner.body.get_or_insert_with(Vec::new)
+    }
     /// Send it and wait for the whole response.
     pub fn send(self) -> Result<Response, Error> {
+        self.send_ref()
+    }
+    /// Send it, keeping it (and its body's buffer) for another request, and wait for the
+    /// whole response.
+    pub fn send_ref(&self) -> Result<Response, Error> {
         let r = wit::send(&self.inner).map_err(Error)?;
         Ok(Response { status: r.status, headers: r.headers, body: r.body })
     }

@@ -1,8 +1,8 @@
-//! Builders for a plugin's self-description: name, version, config key, parameters.
+//! Builders for a plugin's self-description: name, version, config key, parameters, settings.
 
-use crate::bindings::narrows::exporter::types as wit;
+use crate::bindings::narrows::exporter0_2_0::types as wit;
 
-/// The JSON type of a destination parameter.
+/// The JSON type of a parameter.
 pub use wit::ParamType;
 
 /// What a plugin says about itself (`GET /plugins` shows it).
@@ -16,8 +16,10 @@ pub struct PluginInfo {
     pub config_key: String,
     /// One line on what the plugin does.
     pub description: String,
-    /// The destination's parameters.
+    /// The destination config's parameters.
     pub parameters: Vec<Parameter>,
+    /// The plugin's settings, set by the operator in `[runtime.plugins.<file>.settings]`.
+    pub settings: Vec<Parameter>,
 }
 
 impl PluginInfo {
@@ -29,6 +31,7 @@ impl PluginInfo {
             config_key: config_key.into(),
             description: String::new(),
             parameters: Vec::new(),
+            settings: Vec::new(),
         }
     }
 
@@ -38,9 +41,15 @@ impl PluginInfo {
         self
     }
 
-    /// Add a parameter.
+    /// Add a destination config parameter.
     pub fn param(mut self, p: Parameter) -> Self {
         self.parameters.push(p);
+        self
+    }
+
+    /// Add a setting (a field of the operator's `[runtime.plugins.<file>.settings]`).
+    pub fn setting(mut self, p: Parameter) -> Self {
+        self.settings.push(p);
         self
     }
 
@@ -51,11 +60,12 @@ impl PluginInfo {
             config_key: self.config_key,
             description: self.description,
             parameters: self.parameters.into_iter().map(Parameter::into_wit).collect(),
+            settings: self.settings.into_iter().map(Parameter::into_wit).collect(),
         }
     }
 }
 
-/// One parameter of the destination config.
+/// One parameter: a field of the destination config or of the plugin's settings.
 #[derive(Debug, Clone)]
 pub struct Parameter {
     name: String,
@@ -82,11 +92,19 @@ impl Parameter {
     pub fn integer(name: &str) -> Self {
         Self::new(name, ParamType::Integer)
     }
+    /// A number parameter (fractions allowed).
+    pub fn number(name: &str) -> Self {
+        Self::new(name, ParamType::Number)
+    }
     /// An object parameter.
     pub fn object(name: &str) -> Self {
         Self::new(name, ParamType::Object)
     }
-    /// Destinations must set it.
+    /// An array parameter.
+    pub fn array(name: &str) -> Self {
+        Self::new(name, ParamType::Array)
+    }
+    /// It must be set.
     pub fn required(mut self) -> Self {
         self.required = true;
         self

@@ -1,12 +1,14 @@
 //! Write data-exporter consumer plugins in Rust: implement [`Consumer`], call [`plugin!`].
 //!
-//! A plugin receives batches of reports for one destination (the JSON object
-//! under its config key in a report) and says, per report, whether it was
-//! delivered, should be retried, or failed for good. The host does the rest:
-//! queueing, batching, retries, TLS and credentials. See the crate README for
-//! a complete plugin.
+//! A plugin opens destinations (the JSON object under its config key in a report), keeps each
+//! one's state across batches, and says, per report, whether it was delivered, should be retried,
+//! or failed for good; or that the whole batch failed. The host does the rest: queueing, batching,
+//! retries, TLS and credentials. See the crate README for a complete plugin.
+//!
+//! The contract is `narrows:exporter@0.2.0` (`wit/0.2/exporter.wit`).
 #![deny(missing_docs)]
 
+pub mod files;
 pub mod http;
 mod info;
 
@@ -14,13 +16,13 @@ pub use info::{ParamType, Parameter, PluginInfo};
 pub use serde;
 pub use serde_json;
 
-/// Generated bindings for the `narrows:exporter` WIT package. Plugin authors
-/// rarely need these directly.
+/// Generated bindings for the `narrows:exporter` WIT packages (0.2.0, and the 0.1.0 `http` and
+/// `log` interfaces it imports). Plugin authors rarely need these directly.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "plugin",
+        world: "narrows:exporter/plugin@0.2.0",
         pub_export_macro: true,
         default_bindings_module: "::data_exporter_sdk::bindings",
         generate_all,
@@ -28,14 +30,22 @@ pub mod bindings {
     });
 }
 
+use bindings::narrows::exporter0_2_0::types as wit;
+
+/// The whole call failed: the host retries every report of the batch. Build one with
+/// [`BatchFailure::new`], [`BatchFailure::retry_after`] or from an [`http::Error`] or a
+/// [`files::Error`] (`?` converts them).
+pub use wit::BatchFailure;
+/// What the host knows about a report besides its payload: `source` and `tenant` (when known),
+/// `received_at_ms`, `attempt` (1 for the first delivery attempt) and producer `labels`.
+pub use wit::Metadata;
 /// What happened to one report: `Delivered`, `Retryable(Retry)` or `Permanent(reason)`.
-pub use bindings::narrows::exporter::types::Outcome;
-/// One report to deliver: a host-assigned `id` (stable across retries, use it
-/// as an idempotency key), the producer's `payload` as JSON text, and
-/// `received_at_ms`.
-pub use bindings::narrows::exporter::types::Report;
+pub use wit::Outcome;
+/// One report to deliver: a host-assigned `id` (stable across retries, use it as an idempotency
+/// key), the producer's `payload` as JSON text, and its [`Metadata`].
+pub use wit::Report;
 /// Details of a retryable failure.
-pub use bindings::narrows::exporter::types::Retry;
+pub use wit::Retry;
 
 impl Outcome {
     /// A retryable failure with a reason and no requested delay.
@@ -74,10 +84,55 @@ impl Outcome {
     }
 }
 
+impl BatchFailure {
+    /// The whole batch failed for `reason`; the host retries it after its own backoff.
+    pub fn new(reason: impl Into<String>) -> Self {
+        BatchFailure { reason: reason.into(), retry_after_ms: None }
+    }
+
+    /// The whole batch failed for `reason`; retry after `ms` milliseconds when given.
+    pub fn retry_after(reason: impl Into<String>, ms: Option<u64>) -> Self {
+        BatchFailure { reason: reason.into(), retry_after_ms: ms }
+    }
+}
+
+impl From<http::Error> for BatchFailure {
+    fn from(e: http::Error) -> Self {
+        BatchFailure::new(e.to_string())
+    }
+}
+
+impl From<files::Error> for BatchFailure {
+    fn from(e: files::Error) -> Self {
+        BatchFailure::new(e.to_string())
+    }
+}
+
+impl Default for Metadata {
+    /// Nothing known, first attempt.
+    fn default() -> Self {
+        Metadata { source: None, tenant: None, received_at_ms: 0, attempt: 1, labels: Vec::new() }
+    }
+}
+
+impl Metadata {
+    /// The value of label `name`, when the report has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Report {
+    /// A report with `id` and `payload` and default [`Metadata`] (for tests).
+    pub fn new(id: impl Into<String>, payload: impl Into<String>) -> Self {
+        Report { id: id.into(), payload: payload.into(), metadata: Metadata::default() }
+    }
+}
+
 /// Log a line into the host's log, tagged with this plugin's name.
 pub mod log {
-    pub use crate::bindings::narrows::exporter::log::Level;
-    use crate::bindings::narrows::exporter::log::log;
+    pub use crate::bindings::narrows::exporter0_1_0::log::Level;
+    use crate::bindings::narrows::exporter0_1_0::log::log;
 
     /// Log at debug level.
     pub fn debug(msg: &str) {
@@ -97,57 +152,133 @@ pub mod log {
     }
 }
 
-/// A consumer plugin. Implement it on a unit struct and pass that to [`plugin!`].
-pub trait Consumer {
-    /// The destination config: the JSON object under the plugin's key in a
-    /// report's `config`, deserialised with serde. A field that is missing or
-    /// of the wrong type is reported to the producer by the host.
-    type Destination: serde::de::DeserializeOwned;
+/// Settings for a plugin that has none: accepts any settings object and keeps nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoSettings {}
 
-    /// Name, version, config key and parameters.
+impl<'de> serde::Deserialize<'de> for NoSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(NoSettings {})
+    }
+}
+
+/// A consumer plugin. The implementing type is one open destination: [`Consumer::open`] builds
+/// it from the destination's config, [`Consumer::deliver`] and [`Consumer::flush`] use it for
+/// as many batches as the host sends, and closing it is dropping it: implement [`Drop`] for
+/// anything to do at close (the host calls `flush` first).
+pub trait Consumer: Sized + 'static {
+    /// The destination config, parsed with serde from the JSON under the plugin's key.
+    type Config: serde::de::DeserializeOwned;
+    /// The operator's settings (`[runtime.plugins.<file>.settings]`), parsed with serde from a
+    /// JSON object; use [`NoSettings`] when there are none.
+    type Settings: serde::de::DeserializeOwned + 'static;
+
+    /// Name, version, config key, parameters and settings.
     fn info() -> PluginInfo;
 
-    /// Further checks of a parsed destination. Return a message a person can
-    /// act on. The default accepts any destination that parsed.
-    fn validate(_destination: &Self::Destination) -> Result<(), String> {
+    /// Once per instance, before any destination opens. Default: accept.
+    fn init(_settings: &Self::Settings) -> Result<(), String> {
         Ok(())
     }
 
-    /// Deliver `reports` to `destination`; return one [`Outcome`] per report, in order.
-    fn deliver(destination: &Self::Destination, reports: Vec<Report>) -> Vec<Outcome>;
-}
+    /// Further checks of a parsed config, without opening it. Default: accept.
+    fn validate(_config: &Self::Config) -> Result<(), String> {
+        Ok(())
+    }
 
-/// Parse a destination, turning a serde error into a message for people.
-fn parse_destination<C: Consumer>(destination: &str) -> Result<C::Destination, String> {
-    serde_json::from_str(destination).map_err(|e| {
-        let key = C::info().config_key;
-        format!("invalid `{key}` destination: {e}")
-    })
+    /// Open a destination: parse once, keep state (buffers, templates) in Self.
+    fn open(config: Self::Config, settings: &Self::Settings) -> Result<Self, String>;
+
+    /// One outcome per report, in order; or Err(BatchFailure) when the whole call failed (all retried).
+    fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure>;
+
+    /// Make what was delivered durable. Default: nothing to do.
+    fn flush(&mut self) -> Result<(), BatchFailure> {
+        Ok(())
+    }
 }
 
 /// Glue between the generated bindings and a [`Consumer`]; used by [`plugin!`].
 #[doc(hidden)]
 pub mod __private {
     use super::*;
+    use crate::bindings::exports::narrows::exporter0_2_0::consumer as export;
+    use std::any::Any;
+    use std::cell::RefCell;
+    use std::rc::Rc;
 
-    pub fn info<C: Consumer>() -> bindings::narrows::exporter::types::PluginInfo {
+    pub use export::Guest;
+
+    thread_local! {
+        /// The settings `init` parsed (a `C::Settings`); components are single-threaded.
+        static SETTINGS: RefCell<Option<Rc<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    fn parse_settings<C: Consumer>(settings: &str) -> Result<C::Settings, String> {
+        serde_json::from_str(settings).map_err(|e| {
+            let name = C::info().name;
+            format!("invalid settings for plugin `{name}`: {e}")
+        })
+    }
+
+    /// The settings `init` stored; `{}` parsed (and stored) when `init` was never called.
+    fn settings<C: Consumer>() -> Result<Rc<dyn Any>, String> {
+        if let Some(s) = SETTINGS.with(|s| s.borrow().clone()) {
+            return Ok(s);
+        }
+        let parsed: Rc<dyn Any> = Rc::new(parse_settings::<C>("{}")?);
+        SETTINGS.with(|s| *s.borrow_mut() = Some(parsed.clone()));
+        Ok(parsed)
+    }
+
+    /// Parse a destination config, turning a serde error into a message for people.
+    fn parse_config<C: Consumer>(config: &str) -> Result<C::Config, String> {
+        serde_json::from_str(config).map_err(|e| {
+            let key = C::info().config_key;
+            format!("invalid `{key}` destination: {e}")
+        })
+    }
+
+    pub fn info<C: Consumer>() -> wit::PluginInfo {
         C::info().into_wit()
     }
 
-    pub fn validate<C: Consumer>(destination: &str) -> Result<(), String> {
-        C::validate(&parse_destination::<C>(destination)?)
+    pub fn init<C: Consumer>(settings: &str) -> Result<(), String> {
+        let parsed = parse_settings::<C>(settings)?;
+        C::init(&parsed)?;
+        let parsed: Rc<dyn Any> = Rc::new(parsed);
+        SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
+        Ok(())
     }
 
-    pub fn deliver<C: Consumer>(destination: &str, reports: Vec<Report>) -> Vec<Outcome> {
-        let n = reports.len();
-        let dest = match parse_destination::<C>(destination) {
-            Ok(d) => d,
-            Err(e) => return vec![Outcome::Permanent(e); n],
-        };
-        let mut out = C::deliver(&dest, reports);
-        // The host checks this too; keep the contract even if a plugin slips.
-        out.resize_with(n, || Outcome::permanent("plugin returned no outcome for this report"));
-        out
+    pub fn validate<C: Consumer>(config: &str) -> Result<(), String> {
+        C::validate(&parse_config::<C>(config)?)
+    }
+
+    /// The exported `destination` resource: one open `C`. Resource methods take `&self`.
+    pub struct Destination<C: Consumer>(RefCell<C>);
+
+    impl<C: Consumer> export::GuestDestination for Destination<C> {
+        fn open(config: String) -> Result<export::Destination, String> {
+            let config = parse_config::<C>(&config)?;
+            let settings = settings::<C>()?;
+            let settings = settings.downcast_ref::<C::Settings>().expect("settings of this plugin's type");
+            let c = C::open(config, settings)?;
+            Ok(export::Destination::new(Destination(RefCell::new(c))))
+        }
+
+        fn deliver(&self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
+            let n = reports.len();
+            let mut out = self.0.borrow_mut().deliver(reports)?;
+            // The host checks this too; keep the contract even if a plugin slips.
+            out.resize_with(n, || Outcome::permanent("plugin returned no outcome for this report"));
+            Ok(out)
+        }
+
+        fn flush(&self) -> Result<(), BatchFailure> {
+            self.0.borrow_mut().flush()
+        }
     }
 }
 
@@ -157,21 +288,98 @@ macro_rules! plugin {
     ($ty:ty) => {
         const _: () = {
             struct __DataExporterPlugin;
-            impl $crate::bindings::exports::narrows::exporter::consumer::Guest for __DataExporterPlugin {
-                fn info() -> $crate::bindings::narrows::exporter::types::PluginInfo {
+            impl $crate::__private::Guest for __DataExporterPlugin {
+                type Destination = $crate::__private::Destination<$ty>;
+                fn info() -> $crate::bindings::narrows::exporter0_2_0::types::PluginInfo {
                     $crate::__private::info::<$ty>()
+                }
+                fn init(settings: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::init::<$ty>(&settings)
                 }
                 fn validate(destination: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::validate::<$ty>(&destination)
-                }
-                fn deliver(
-                    destination: ::std::string::String,
-                    reports: ::std::vec::Vec<$crate::Report>,
-                ) -> ::std::vec::Vec<$crate::Outcome> {
-                    $crate::__private::deliver::<$ty>(&destination, reports)
                 }
             }
     $crate::bindings::export!(__DataExporterPlugin with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Conf {
+        url: String,
+    }
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Set {
+        #[serde(default)]
+        level: u32,
+    }
+
+    struct T;
+
+    impl Consumer for T {
+        type Config = Conf;
+        type Settings = Set;
+        fn info() -> PluginInfo {
+            PluginInfo::new("t", "0.0.1", "tKey").setting(Parameter::integer("level"))
+        }
+        fn init(s: &Set) -> Result<(), String> {
+            if s.level > 9 { Err("level goes to 9".into()) } else { Ok(()) }
+        }
+        fn validate(c: &Conf) -> Result<(), String> {
+            if c.url.is_empty() { Err("`url` is empty".into()) } else { Ok(()) }
+        }
+        fn open(_: Conf, _: &Set) -> Result<Self, String> {
+            Ok(T)
+        }
+        fn deliver(&mut self, _: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn no_settings_accepts_any_settings() {
+        for text in ["{}", r#"{"a": 1, "b": [true]}"#, "null"] {
+            assert_eq!(serde_json::from_str::<NoSettings>(text).unwrap(), NoSettings {});
+        }
+    }
+
+    #[test]
+    fn config_and_settings_errors_name_the_key_or_plugin() {
+        let e = __private::validate::<T>(r#"{"uri": "x"}"#).unwrap_err();
+        assert!(e.contains("invalid `tKey` destination") && e.contains("url"), "{e}");
+        assert_eq!(__private::validate::<T>(r#"{"url": ""}"#).unwrap_err(), "`url` is empty");
+        assert!(__private::validate::<T>(r#"{"url": "http://x"}"#).is_ok());
+        let e = __private::init::<T>(r#"{"level": "high"}"#).unwrap_err();
+        assert!(e.contains("invalid settings for plugin `t`"), "{e}");
+        assert_eq!(__private::init::<T>(r#"{"level": 10}"#).unwrap_err(), "level goes to 9");
+        assert!(__private::init::<T>(r#"{"level": 3}"#).is_ok());
+        assert_eq!(__private::info::<T>().settings[0].name, "level");
+    }
+
+    #[test]
+    fn errors_read_well_and_become_batch_failures() {
+        let e = files::Error(files::ErrorKind::QuotaExceeded("100 MiB used".into()));
+        assert_eq!(e.to_string(), "quota exceeded: 100 MiB used");
+        assert!(!e.is_not_found() && e.is_quota_exceeded());
+        assert!(files::Error(files::ErrorKind::NotFound("a.log".into())).is_not_found());
+        assert_eq!(BatchFailure::from(e).reason, "quota exceeded: 100 MiB used");
+        let h = http::Error(http::ErrorKind::Timeout("after 10 s".into()));
+        assert_eq!(BatchFailure::from(h), BatchFailure::new("timed out: after 10 s"));
+        assert_eq!(BatchFailure::retry_after("busy", Some(5)).retry_after_ms, Some(5));
+    }
+
+    #[test]
+    fn metadata_defaults_to_a_first_attempt_and_finds_labels() {
+        let mut r = Report::new("id1", "{}");
+        assert_eq!(r.metadata.attempt, 1);
+        r.metadata.labels.push(("team".into(), "blue".into()));
+        assert_eq!(r.metadata.label("team"), Some("blue"));
+        assert_eq!(r.metadata.label("nope"), None);
+    }
 }

@@ -1,5 +1,7 @@
-//! Host capabilities granted to plugins: outbound HTTP and logging. Nothing else.
+//! Host capabilities granted to plugins: outbound HTTP, logging and (contract 0.2) one granted
+//! directory. Nothing else.
 
+pub mod files;
 pub mod http;
 pub mod log_budget;
 pub mod outbound;
@@ -22,9 +24,49 @@ pub struct HostCapabilities {
     pub credential: Option<secrets::Bound>,
     /// The plugin's log budget (log capability, stdout, stderr), shared by its instances.
     pub log: Arc<log_budget::LogBudget>,
+    /// The directory granted to the plugin (`files_dir`), when it was.
+    pub files: Option<Arc<files::FilesGrant>>,
 }
 
 impl bindings::narrows::exporter::types::Host for PluginState {}
+impl bindings::v2::types::Host for PluginState {}
+
+impl PluginState {
+    fn files(&self) -> Result<&files::FilesGrant, bindings::v2::files::FileError> {
+        self.caps.files.as_deref().ok_or_else(|| {
+            bindings::v2::files::FileError::NotGranted(format!(
+                "no directory is granted to plugin `{}`: an operator sets runtime.plugins.<file>.files_dir \
+                 and grants \"files\"",
+                self.caps.plugin
+            ))
+        })
+    }
+}
+
+/// The `files` capability: every call goes to the plugin's `FilesGrant`.
+impl bindings::v2::files::Host for PluginState {
+    async fn append(&mut self, path: String, data: Vec<u8>) -> Result<u64, bindings::v2::files::FileError> {
+        self.files()?.append(&path, &data)
+    }
+    async fn sync(&mut self, path: String) -> Result<(), bindings::v2::files::FileError> {
+        self.files()?.sync(&path)
+    }
+    async fn size(&mut self, path: String) -> Result<u64, bindings::v2::files::FileError> {
+        self.files()?.size(&path)
+    }
+    async fn created_at_ms(&mut self, path: String) -> Result<u64, bindings::v2::files::FileError> {
+        self.files()?.created_at_ms(&path)
+    }
+    async fn rename(&mut self, from: String, to: String) -> Result<(), bindings::v2::files::FileError> {
+        self.files()?.rename(&from, &to)
+    }
+    async fn entries(&mut self, path: String) -> Result<Vec<String>, bindings::v2::files::FileError> {
+        self.files()?.entries(&path)
+    }
+    async fn remove(&mut self, path: String) -> Result<(), bindings::v2::files::FileError> {
+        self.files()?.remove(&path)
+    }
+}
 
 impl bindings::http::Host for PluginState {
     async fn send(

@@ -28,6 +28,8 @@ pub struct QueuedReport {
     pub payload: String,
     /// Where it goes.
     pub dests: Vec<QueuedDest>,
+    /// Labels the producer attached (plugins see them as report metadata).
+    pub labels: Vec<(String, String)>,
 }
 
 /// One destination of a queued report.
@@ -41,7 +43,9 @@ pub struct QueuedDest {
 
 impl QueuedReport {
     fn size(&self) -> u64 {
-        (self.payload.len() + self.dests.iter().map(|d| d.key.len() + d.config.len()).sum::<usize>() + 64) as u64
+        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        (self.payload.len() + self.dests.iter().map(|d| d.key.len() + d.config.len()).sum::<usize>() + labels + 64)
+            as u64
     }
 }
 
@@ -353,6 +357,14 @@ fn encode_report(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
         put_bytes32(&mut b, &sealer.seal(d.config.as_bytes()));
     }
     put_bytes32(&mut b, r.payload.as_bytes());
+    // After the payload, so records written before labels existed read as having none.
+    if !r.labels.is_empty() {
+        b.extend_from_slice(&(r.labels.len() as u16).to_le_bytes());
+        for (k, v) in &r.labels {
+            put_str16(&mut b, k);
+            put_str16(&mut b, v);
+        }
+    }
     b
 }
 
@@ -398,7 +410,13 @@ fn decode_report(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
         dests.push(QueuedDest { key, config: config.into() });
     }
     let payload = String::from_utf8(r.bytes32()?.to_vec()).ok()?;
-    Some(QueuedReport { id, received_at_ms, payload, dests })
+    let mut labels = Vec::new();
+    if let Some(n) = r.u16() {
+        for _ in 0..n {
+            labels.push((r.str16()?, r.str16()?));
+        }
+    }
+    Some(QueuedReport { id, received_at_ms, payload, dests, labels })
 }
 
 #[cfg(test)]
@@ -418,6 +436,7 @@ mod tests {
                 QueuedDest { key: "openSearch".into(), config: r#"{"password":"s3cret-pw"}"#.into() },
                 QueuedDest { key: "webhook".into(), config: r#"{"url":"http://h"}"#.into() },
             ],
+            labels: if n.is_multiple_of(2) { vec![("team".into(), format!("t{n}"))] } else { vec![] },
         }
     }
 
@@ -446,6 +465,8 @@ mod tests {
         assert_eq!(back[0].id, acc[30].id);
         assert_eq!(back[0].payload, "{\"n\":30}");
         assert_eq!(&*back[0].dests[0].config, r#"{"password":"s3cret-pw"}"#);
+        assert_eq!(back[0].labels, [("team".to_string(), "t30".to_string())], "labels survive a restart");
+        assert!(back[1].labels.is_empty());
         assert_eq!(q.depth().0, 20);
     }
 

@@ -3,8 +3,12 @@
 pub mod compile;
 pub mod engine;
 pub mod registry;
+pub mod session;
 
-use crate::bindings::{self, Outcome, Plugin, PluginPre, Report};
+pub use session::{Delivered, Described, Item, Pre, Session};
+
+use crate::bindings::{self, Plugin};
+use crate::capabilities::files::FilesGrant;
 use crate::capabilities::log_budget::LogBudget;
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::output::PluginOutput;
@@ -14,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -120,6 +124,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        // 0.2.0 shares 0.1.0's http and log (linked above) and adds files.
+        bindings::v2::files::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         let no_http =
             Arc::new(http.for_plugin(Policy::parse("(loading)", &[], http.own_listeners()).expect("no rules parse"))?);
         if let Some(dir) = &cache_dir {
@@ -132,7 +138,7 @@ impl Runtime {
 
     /// Compile a component (or load its compiled code from the cache) and pre-link it.
     /// CPU-heavy: call off the request path. Returns whether the cache served it.
-    pub fn compile_bytes(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(PluginPre<PluginState>, bool)> {
+    pub fn compile_bytes(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Pre, bool)> {
         let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_key)));
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `serialize` below for exactly these bytes
@@ -141,7 +147,7 @@ impl Runtime {
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(component) => {
                     let pre = self.linker.instantiate_pre(&component)?;
-                    return Ok((PluginPre::new(pre)?, true));
+                    return Ok((Pre::new(pre)?, true));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-code cache entry")
@@ -168,7 +174,7 @@ impl Runtime {
             }
         };
         let pre = self.linker.instantiate_pre(&component)?;
-        Ok((PluginPre::new(pre)?, false))
+        Ok((Pre::new(pre)?, false))
     }
 
     fn store_in_cache(&self, path: Option<&std::path::Path>, code: &[u8]) {
@@ -199,8 +205,7 @@ impl Runtime {
         &self,
         plugin: &str,
         limits: &PluginLimits,
-        http: Arc<PluginHttp>,
-        log: Arc<LogBudget>,
+        (http, log, files): (Arc<PluginHttp>, Arc<LogBudget>, Option<Arc<FilesGrant>>),
     ) -> Store<PluginState> {
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
@@ -225,6 +230,7 @@ impl Runtime {
             max_boundary_bytes: limits.max_boundary_bytes,
             credential: None,
             log,
+            files,
         };
         let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
         let mut store = Store::new(&self.engine, state);
@@ -253,8 +259,23 @@ fn engine_key(engine: &Engine) -> String {
     h.0.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The directory granted to the plugin from file stem `id`, when its grants include `files`.
+fn files_grant(id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>>, String> {
+    if !limits.grants.iter().any(|g| g == "files") {
+        return Ok(None);
+    }
+    let Some(dir) = &limits.files_dir else {
+        return Err(format!(
+            "plugin file `{id}.wasm` is granted `files` but has no directory: set runtime.plugins.{id}.files_dir"
+        ));
+    };
+    let quota = limits.files_quota_mib.saturating_mul(1024 * 1024);
+    Ok(Some(Arc::new(FilesGrant::open(dir, quota, id)?)))
+}
+
 /// Capabilities a plugin can import, by WIT interface (any version of our package).
-const CAPABILITIES: &[(&str, &str)] = &[("narrows:exporter/http@", "http"), ("narrows:exporter/log@", "log")];
+const CAPABILITIES: &[(&str, &str)] =
+    &[("narrows:exporter/http@", "http"), ("narrows:exporter/log@", "log"), ("narrows:exporter/files@", "files")];
 
 /// Refuse a component that imports a capability the operator did not grant the plugin from
 /// file stem `id`. (WASI imports are always linked; their context grants nothing.)
@@ -311,6 +332,14 @@ pub struct LoadedPlugin {
     pub id: String,
     /// Its log budget, shared by its instances.
     pub log: Arc<LogBudget>,
+    /// The contract version it was built against.
+    pub contract: &'static str,
+    /// The operator settings it takes (contract 0.2.0).
+    pub settings: Vec<bindings::Parameter>,
+    /// The settings the operator gave it, JSON object text, handed to `init`.
+    settings_json: String,
+    /// Its granted directory, when it has `files`.
+    files: Option<Arc<FilesGrant>>,
     /// Its sandbox.
     pub limits: PluginLimits,
     /// Crash count and quarantine.
@@ -322,26 +351,27 @@ pub struct LoadedPlugin {
     pub(crate) stamp: Option<registry::Stamp>,
     http: Arc<PluginHttp>,
     instances: Arc<Semaphore>,
-    pre: PluginPre<PluginState>,
+    pre: Pre,
     runtime: Arc<Runtime>,
 }
 
 impl LoadedPlugin {
-    pub(crate) fn new(
-        info: bindings::PluginInfo,
-        file: PathBuf,
-        pre: PluginPre<PluginState>,
-        runtime: Arc<Runtime>,
-    ) -> Result<Self, String> {
+    pub(crate) fn new(described: Described, file: PathBuf, pre: Pre, runtime: Arc<Runtime>) -> Result<Self, String> {
+        let Described { info, settings } = described;
         let id = file_id(&file);
         let limits = runtime.limits_for(&id);
-        check_grants(&runtime.engine, pre.instance_pre().component(), &id, &limits.grants)?;
+        check_grants(&runtime.engine, pre.component(), &id, &limits.grants)?;
         let policy = Policy::parse(&id, &limits.outbound_allow, runtime.http.own_listeners())
             .map_err(|e| format!("runtime.plugins.{id}.outbound_allow: {e}"))?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
         let log = Arc::new(LogBudget::new(&id, &limits));
+        let files = files_grant(&id, &limits)?;
         Ok(LoadedPlugin {
+            contract: pre.contract(),
+            settings,
+            settings_json: runtime.cfg.settings_for(&id),
+            files,
             info,
             file,
             id,
@@ -365,6 +395,10 @@ impl LoadedPlugin {
             file: self.file.clone(),
             id: self.id.clone(),
             log: self.log.clone(),
+            contract: self.contract,
+            settings: self.settings.clone(),
+            settings_json: self.settings_json.clone(),
+            files: self.files.clone(),
             limits: self.limits.clone(),
             health: Health::default(),
             sha256: self.sha256.clone(),
@@ -377,20 +411,30 @@ impl LoadedPlugin {
         }
     }
 
-    /// A fresh instance in a fresh store, once one of `max_instances` is free.
+    /// A fresh instance in a fresh store, once one of `max_instances` is free; a 0.2.0 plugin
+    /// is initialised with the operator's settings.
     pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
         let permit = self.instances.clone().acquire_owned().await.expect("never closed");
-        let mut s = Session::start(
-            &self.runtime,
-            &self.info.name,
-            &self.pre,
-            &self.limits,
-            self.http.clone(),
-            self.log.clone(),
-        )
-        .await?;
+        let caps = (self.http.clone(), self.log.clone(), self.files.clone());
+        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, caps).await?;
+        s.init(&self.settings_json, Duration::from_millis(self.runtime.cfg.info_timeout_ms)).await?;
         s.permit = Some(permit);
         Ok(s)
+    }
+
+    /// The names of its required destination parameters.
+    pub fn required(&self) -> Vec<String> {
+        self.info.parameters.iter().filter(|p| p.required).map(|p| p.name.clone()).collect()
+    }
+
+    /// The settings the operator gave this plugin, JSON object text.
+    pub fn settings_json(&self) -> &str {
+        &self.settings_json
+    }
+
+    /// Its granted directory, when it has one.
+    pub fn files_dir(&self) -> Option<&std::path::Path> {
+        self.files.as_deref().map(FilesGrant::root)
     }
 
     /// Count a crashed call; true when this one quarantines the plugin.
@@ -403,151 +447,5 @@ impl LoadedPlugin {
     /// A call worked: the crash streak ends.
     pub fn record_success(&self) {
         self.health.consecutive_crashes.store(0, Ordering::Release);
-    }
-}
-
-/// One instance of a plugin in its own store. Dropped after any error: a
-/// trapped store is never reused.
-pub struct Session {
-    store: Store<PluginState>,
-    instance: Plugin,
-    plugin: String,
-    timeout: Duration,
-    /// Deadline of `validate` (`runtime.validate_timeout_ms`).
-    validate_timeout: Duration,
-    max_boundary_bytes: usize,
-    /// Fuel granted to each call, when metering is on.
-    fuel: Option<u64>,
-    permit: Option<OwnedSemaphorePermit>,
-    /// This instance's pool slot (dropped after the store, which frees it).
-    _slot: Option<OwnedSemaphorePermit>,
-}
-
-impl Session {
-    pub(crate) async fn start(
-        runtime: &Runtime,
-        name: &str,
-        pre: &PluginPre<PluginState>,
-        limits: &PluginLimits,
-        http: Arc<PluginHttp>,
-        log: Arc<LogBudget>,
-    ) -> Result<Session, CallError> {
-        let slot = match &runtime.slots {
-            Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
-            None => None,
-        };
-        let mut store = runtime.new_store(name, limits, http, log);
-        let timeout = Duration::from_millis(limits.call_timeout_ms);
-        let fuel = runtime.engine.get_consume_fuel().then_some(if limits.fuel_per_call == 0 {
-            u64::MAX
-        } else {
-            limits.fuel_per_call
-        });
-        if let Some(f) = fuel {
-            store.set_fuel(f).expect("fuel is enabled");
-        }
-        let instance = match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => return Err(CallError::Instantiate { plugin: name.into(), reason: format!("{e:#}") }),
-            Err(_) => {
-                let reason = format!("timed out after {timeout:?}");
-                return Err(CallError::Instantiate { plugin: name.into(), reason });
-            }
-        };
-        Ok(Session {
-            store,
-            instance,
-            plugin: name.into(),
-            timeout,
-            validate_timeout: Duration::from_millis(runtime.cfg.validate_timeout_ms),
-            max_boundary_bytes: limits.max_boundary_bytes,
-            fuel,
-            permit: None,
-            _slot: slot,
-        })
-    }
-
-    /// Run one export under `deadline` (`setting` names it), turning traps into `CallError`.
-    async fn guarded<T>(
-        &mut self,
-        call: &'static str,
-        (deadline, setting): (Duration, &'static str),
-        f: impl AsyncFnOnce(&Plugin, &mut Store<PluginState>) -> wasmtime::Result<T>,
-    ) -> Result<T, CallError> {
-        if let Some(fuel) = self.fuel {
-            // Each call gets the full budget, also on a reused instance.
-            self.store.set_fuel(fuel).expect("fuel is enabled");
-        }
-        match tokio::time::timeout(deadline, f(&self.instance, &mut self.store)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(CallError::Trap { plugin: self.plugin.clone(), call, reason: trap_reason(&e) }),
-            Err(_) => Err(CallError::Timeout { plugin: self.plugin.clone(), call, timeout: deadline, setting }),
-        }
-    }
-
-    /// The secret the host adds to this session's requests (a destination's secret reference).
-    pub fn set_credential(&mut self, credential: Option<crate::capabilities::secrets::Bound>) {
-        self.store.data_mut().caps.credential = credential;
-    }
-
-    /// The plugin's self-description. Load-time sessions are started with the
-    /// `runtime.info_timeout_ms` deadline as their call deadline.
-    pub async fn info(mut self) -> Result<bindings::PluginInfo, CallError> {
-        let deadline = (self.timeout, "runtime.info_timeout_ms");
-        self.guarded("info", deadline, async |p, s| p.narrows_exporter_consumer().call_info(s).await).await
-    }
-
-    /// Ask the plugin whether `destination` (JSON text) is usable, within `runtime.validate_timeout_ms`.
-    pub async fn validate(&mut self, destination: &str) -> Result<Result<(), String>, CallError> {
-        let deadline = (self.validate_timeout, "runtime.validate_timeout_ms");
-        let v = self
-            .guarded("validate", deadline, async |p, s| {
-                p.narrows_exporter_consumer().call_validate(s, destination).await
-            })
-            .await?;
-        if let Err(msg) = &v
-            && msg.len() > self.max_boundary_bytes
-        {
-            return Err(CallError::Contract {
-                plugin: self.plugin.clone(),
-                reason: format!("`validate` passed back a {} byte message", msg.len()),
-            });
-        }
-        Ok(v)
-    }
-
-    /// Deliver `reports` to `destination`: one outcome per report, in order.
-    pub async fn deliver(&mut self, destination: &str, reports: &[Report]) -> Result<Vec<Outcome>, CallError> {
-        let n = reports.len();
-        let deadline = (self.timeout, "runtime.limits.call_timeout_ms");
-        let out = self
-            .guarded("deliver", deadline, async |p, s| {
-                p.narrows_exporter_consumer().call_deliver(s, destination, reports).await
-            })
-            .await?;
-        if out.len() != n {
-            return Err(CallError::Contract {
-                plugin: self.plugin.clone(),
-                reason: format!("`deliver` returned {} outcomes for {n} reports", out.len()),
-            });
-        }
-        let bytes: usize = out
-            .iter()
-            .map(|o| match o {
-                Outcome::Delivered => 0,
-                Outcome::Retryable(r) => r.reason.len(),
-                Outcome::Permanent(r) => r.len(),
-            })
-            .sum();
-        if bytes > self.max_boundary_bytes {
-            return Err(CallError::Contract {
-                plugin: self.plugin.clone(),
-                reason: format!(
-                    "`deliver` passed back {bytes} bytes of outcomes, over runtime.limits.max_boundary_bytes ({})",
-                    self.max_boundary_bytes
-                ),
-            });
-        }
-        Ok(out)
     }
 }

@@ -391,16 +391,22 @@ impl Plugins {
         limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
         let shown = file.display().to_string();
         let log = Arc::new(super::LogBudget::new(&super::file_id(file), &limits));
-        let session = super::Session::start(&self.runtime, &shown, &pre, &limits, self.runtime.no_http.clone(), log)
-            .await
-            .map_err(|e| e.to_string())?;
-        let info = session.info().await.map_err(|e| e.to_string())?;
-        check_info(&info)?;
-        let mut p = LoadedPlugin::new(info, file.to_owned(), pre, self.runtime.clone())?;
+        let caps = (self.runtime.no_http.clone(), log, None);
+        let mut session =
+            super::Session::start(&self.runtime, &shown, &pre, &limits, caps).await.map_err(|e| e.to_string())?;
+        let described = session.info().await.map_err(|e| e.to_string())?;
+        drop(session);
+        check_info(&described.info)?;
+        let mut p = LoadedPlugin::new(described, file.to_owned(), pre, self.runtime.clone())?;
         p.stamp = st;
         p.sha256 = sha;
         p.from_cache = from_cache;
-        Ok(Arc::new(p))
+        let p = Arc::new(p);
+        // A 0.2.0 plugin takes its settings now: one it refuses does not load.
+        if p.contract != "0.1.0" {
+            p.session().await.map_err(|e| e.to_string())?;
+        }
+        Ok(p)
     }
 }
 

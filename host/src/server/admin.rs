@@ -252,6 +252,8 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
                 "sha256": p.sha256,
                 "compiled_from_cache": p.from_cache,
                 "limits": p.limits,
+                "settings": super::parameter_table(&p.settings),
+                "files_dir": p.files_dir(),
                 "consecutive_crashes": p.health.consecutive_crashes(),
                 "last_crash": p.health.last_crash(),
             });

@@ -64,6 +64,7 @@ fn code_of(e: &crate::envelope::EnvelopeError) -> &'static str {
         E::PayloadNotJson(_) => "payload_not_json",
         E::MissingConfig | E::ConfigNotObject(_) | E::DestinationNotObject { .. } => "invalid_config",
         E::NoConsumer(_) => "no_consumer",
+        E::InvalidLabels(_) => "invalid_labels",
         E::EmptyBatch => "empty_batch",
         E::TooManyReports { .. } => "too_many_reports",
         E::InBatch { error, .. } => code_of(error),
@@ -78,6 +79,7 @@ impl From<crate::forward::RouteError> for ApiError {
             E::UnknownConsumer { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_consumer", None),
             E::InvalidDestination { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_destination", None),
             E::Plugin { .. } => (StatusCode::BAD_GATEWAY, "plugin_failed", None),
+            E::NoConsumer { .. } => (StatusCode::BAD_REQUEST, "no_consumer", None),
             E::Queue(Q::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(2)),
             E::Queue(Q::Disk(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
         };

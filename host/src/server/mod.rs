@@ -251,6 +251,7 @@ fn public_description(p: &crate::runtime::LoadedPlugin) -> serde_json::Map<Strin
         "config_key": p.info.config_key,
         "description": p.info.description,
         "parameters": parameters(p),
+        "contract": p.contract,
         "quarantined": p.health.quarantined(),
     });
     match v {
@@ -273,8 +274,12 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// A plugin's destination parameters, for people and tools.
 fn parameters(p: &crate::runtime::LoadedPlugin) -> Vec<serde_json::Value> {
-    p.info
-        .parameters
+    parameter_table(&p.info.parameters)
+}
+
+/// A parameter table (destination fields or settings) as `/plugins` shows it.
+fn parameter_table(params: &[crate::bindings::Parameter]) -> Vec<serde_json::Value> {
+    params
         .iter()
         .map(|q| {
             json!({

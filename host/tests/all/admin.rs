@@ -321,7 +321,11 @@ async fn public_plugins_shows_what_producers_need_and_the_admin_api_the_rest() {
     let os = &public["plugins"][0];
     let mut fields: Vec<&str> = os.as_object().unwrap().keys().map(String::as_str).collect();
     fields.sort();
-    assert_eq!(fields, ["config_key", "description", "name", "parameters", "quarantined", "version"], "{os}");
+    assert_eq!(
+        fields,
+        ["config_key", "contract", "description", "name", "parameters", "quarantined", "version"],
+        "{os}"
+    );
     assert!(os["parameters"].as_array().unwrap().len() >= 2);
     let text = public.to_string();
     for hidden in [".wasm", "sha256", "outbound_allow", "memory_limit_mib", app.plugins_dir().to_str().unwrap()] {

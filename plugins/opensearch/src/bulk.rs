@@ -47,10 +47,12 @@ fn validate_index(index: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The NDJSON body: an `index` action with the report id as `_id`, then the payload.
-pub fn request_body(index: &str, reports: &[Report]) -> Vec<u8> {
+/// Fill `body` (cleared first, its capacity kept) with the NDJSON body: an `index` action with
+/// the report id as `_id`, then the payload.
+pub fn write_request_body(body: &mut Vec<u8>, index: &str, reports: &[Report]) {
     let index_json = serde_json::to_string(index).expect("a string always serialises");
-    let mut body = Vec::with_capacity(reports.iter().map(|r| r.payload.len() + index_json.len() + 64).sum());
+    body.clear();
+    body.reserve(reports.iter().map(|r| r.payload.len() + index_json.len() + 64).sum());
     for r in reports {
         let id_json = serde_json::to_string(&r.id).expect("a string always serialises");
         body.extend_from_slice(br#"{"index":{"_index":"#);
@@ -58,10 +60,9 @@ pub fn request_body(index: &str, reports: &[Report]) -> Vec<u8> {
         body.extend_from_slice(br#","_id":"#);
         body.extend_from_slice(id_json.as_bytes());
         body.extend_from_slice(b"}}\n");
-        push_single_line(&mut body, &r.payload);
+        push_single_line(body, &r.payload);
         body.push(b'\n');
     }
-    body
 }
 
 /// Append JSON text on one line. Raw CR/LF can only be whitespace between
@@ -169,7 +170,7 @@ mod tests {
     use data_exporter_sdk::Retry;
 
     fn report(id: &str, payload: &str) -> Report {
-        Report { id: id.into(), payload: payload.into(), received_at_ms: 0 }
+        Report::new(id, payload)
     }
 
     fn resp(status: u16, body: &str) -> Response {
@@ -189,7 +190,12 @@ mod tests {
 
     #[test]
     fn body_has_one_action_and_one_source_line_per_report_with_the_id() {
-        let body = request_body("scans", &[report("a1", "{\"x\": 1}"), report("b\"2", "{\n  \"y\": \"l1\\nl2\"\n}")]);
+        let mut body = b"left over from the previous batch".to_vec();
+        write_request_body(
+            &mut body,
+            "scans",
+            &[report("a1", "{\"x\": 1}"), report("b\"2", "{\n  \"y\": \"l1\\nl2\"\n}")],
+        );
         let text = String::from_utf8(body).unwrap();
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         assert_eq!(lines.len(), 4);

@@ -3,11 +3,14 @@
 //! Destination (the seed's `OpensearchOutputConfig`): `host_port`, `index`,
 //! `username`, `password`, `checkCert`, `mutualTLS`. The report id becomes the
 //! document id, so a retried batch overwrites instead of duplicating.
+//!
+//! An open destination keeps its parsed config and one `_bulk` request (URL, headers, auth and
+//! TLS options fixed at open) whose body buffer is refilled, not reallocated, for every batch.
 
 mod bulk;
 
 use data_exporter_sdk::http::Request;
-use data_exporter_sdk::{Consumer, Outcome, Parameter, PluginInfo, Report, plugin};
+use data_exporter_sdk::{BatchFailure, Consumer, NoSettings, Outcome, Parameter, PluginInfo, Report, plugin};
 use serde::Deserialize;
 
 /// One OpenSearch destination, field names as in the seed protocol.
@@ -36,10 +39,17 @@ fn yes() -> bool {
     true
 }
 
-struct OpenSearch;
+/// One open destination.
+struct OpenSearch {
+    /// The parsed config.
+    config: Destination,
+    /// The `_bulk` request; its body is the bulk buffer, reused across batches.
+    request: Request,
+}
 
 impl Consumer for OpenSearch {
-    type Destination = Destination;
+    type Config = Destination;
+    type Settings = NoSettings;
 
     fn info() -> PluginInfo {
         PluginInfo::new("opensearch", env!("CARGO_PKG_VERSION"), "openSearch")
@@ -66,19 +76,28 @@ impl Consumer for OpenSearch {
         bulk::validate(d)
     }
 
-    fn deliver(d: &Destination, reports: Vec<Report>) -> Vec<Outcome> {
-        let url = format!("{}/_bulk", d.host_port.trim_end_matches('/'));
-        let mut req = Request::post(url)
+    fn open(config: Destination, _: &NoSettings) -> Result<Self, String> {
+        let url = format!("{}/_bulk", config.host_port.trim_end_matches('/'));
+        let mut request = Request::post(url)
             .header("content-type", "application/x-ndjson")
-            .body(bulk::request_body(&d.index, &reports))
-            .verify_server(d.check_cert)
-            .client_certificate(d.mutual_tls);
-        if !d.username.is_empty() {
-            req = req.basic_auth(&d.username, &d.password);
+            .verify_server(config.check_cert)
+            .client_certificate(config.mutual_tls);
+        if !config.username.is_empty() {
+            request = request.basic_auth(&config.username, &config.password);
         }
-        match req.send() {
-            Ok(resp) => bulk::outcomes(&resp, reports.len(), &d.host_port),
-            Err(e) => vec![Outcome::from_http_error(&e); reports.len()],
+        Ok(OpenSearch { config, request })
+    }
+
+    fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
+        bulk::write_request_body(self.request.body_mut(), &self.config.index, &reports);
+        match self.request.send_ref() {
+            Ok(resp) => Ok(bulk::outcomes(&resp, reports.len(), &self.config.host_port)),
+            // Unreachable, timed out, cut off: the whole batch is retried.
+            Err(e) if e.is_retryable() => {
+                Err(BatchFailure::new(format!("OpenSearch at {}: {e}", self.config.host_port)))
+            }
+            // TLS, policy, a bad URL: retrying will not help.
+            Err(e) => Ok(vec![Outcome::from_http_error(&e); reports.len()]),
         }
     }
 }

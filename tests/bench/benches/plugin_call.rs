@@ -3,11 +3,11 @@
 //! reused instance and on a fresh one per call; next to a native baseline doing the plugin's
 //! work in plain Rust, so what is left is the sandbox's cost. `make bench` runs it.
 
-use data_exporter::bindings::{Outcome, Report};
+use data_exporter::bindings::Outcome;
 use data_exporter::capabilities::http::HttpCapability;
 use data_exporter::config::{HttpConfig, RuntimeConfig};
 use data_exporter::runtime::registry::Plugins;
-use data_exporter::runtime::{LoadedPlugin, Runtime};
+use data_exporter::runtime::{Item, LoadedPlugin, Runtime};
 use divan::Bencher;
 use divan::counter::ItemsCount;
 use std::sync::{Arc, LazyLock};
@@ -35,13 +35,17 @@ static PLUGIN: LazyLock<Arc<LoadedPlugin>> = LazyLock::new(|| {
     })
 });
 
-fn reports(n: usize) -> Vec<Report> {
+fn reports(n: usize) -> Vec<Item> {
     let payload = dx_bench::payload();
     (0..n)
-        .map(|i| Report {
+        .map(|i| Item {
             id: format!("0193a1b2-c3d4-7e5f-8a9b-{i:012x}"),
             payload: payload.clone(),
             received_at_ms: 1,
+            attempt: 1,
+            source: None,
+            tenant: None,
+            labels: Vec::new(),
         })
         .collect()
 }
@@ -64,7 +68,10 @@ fn native_baseline(bencher: Bencher, n: usize) {
 fn reused_instance(bencher: Bencher, n: usize) {
     let reports = reports(n);
     let mut session = RT.block_on(PLUGIN.session()).unwrap();
-    bencher.counter(ItemsCount::new(n)).bench_local(|| RT.block_on(session.deliver("{}", &reports)).unwrap());
+    bencher
+        .counter(ItemsCount::new(n))
+        .with_inputs(|| reports.clone())
+        .bench_local_values(|r| RT.block_on(session.deliver("{}", r)).map(|_| ()).unwrap());
 }
 
 /// A fresh instance (new store, instantiation from the pool) for every call, as after a trap.
@@ -72,10 +79,10 @@ fn reused_instance(bencher: Bencher, n: usize) {
 fn fresh_instance(bencher: Bencher, n: usize) {
     let reports = reports(n);
     let plugin = &*PLUGIN;
-    bencher.counter(ItemsCount::new(n)).bench_local(|| {
+    bencher.counter(ItemsCount::new(n)).with_inputs(|| reports.clone()).bench_local_values(|r| {
         RT.block_on(async {
             let mut session = plugin.session().await.unwrap();
-            session.deliver("{}", &reports).await.unwrap()
+            session.deliver("{}", r).await.map(|_| ()).unwrap()
         })
     });
 }

@@ -1,6 +1,6 @@
 //! Accepts every report and does nothing else: what is left of a `deliver` call is the host's cost.
 
-use data_exporter_sdk::{Consumer, Outcome, PluginInfo, Report, plugin};
+use data_exporter_sdk::{BatchFailure, Consumer, NoSettings, Outcome, PluginInfo, Report, plugin};
 
 #[derive(serde::Deserialize)]
 struct Anywhere {}
@@ -8,17 +8,22 @@ struct Anywhere {}
 struct Discard;
 
 impl Consumer for Discard {
-    type Destination = Anywhere;
+    type Config = Anywhere;
+    type Settings = NoSettings;
 
     fn info() -> PluginInfo {
-        PluginInfo::new("discard", "0.1.0", "discard")
+        PluginInfo::new("discard", "0.2.0", "discard")
     }
 
-    fn deliver(_: &Anywhere, reports: Vec<Report>) -> Vec<Outcome> {
+    fn open(_: Anywhere, _: &NoSettings) -> Result<Self, String> {
+        Ok(Discard)
+    }
+
+    fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
         // Touch every payload so the call cannot skip reading what it was given.
         let bytes: usize = reports.iter().map(|r| r.payload.len()).sum();
         std::hint::black_box(bytes);
-        vec![Outcome::Delivered; reports.len()]
+        Ok(vec![Outcome::Delivered; reports.len()])
     }
 }
 

@@ -1,14 +1,18 @@
-//! A hostile plugin: each destination names an attack on the host, run inside `deliver`.
-//! The host's tests prove the host keeps serving and other plugins keep delivering.
+//! A hostile plugin: each destination names an attack on the host, run inside `deliver`
+//! (`validate-loop` in `validate`). The host's tests prove the host keeps serving and other
+//! plugins keep delivering. Some "attacks" are probes of the 0.2 contract instead: `lifecycle`
+//! reports each open, deliver (with the first report's metadata), flush and close to `url`;
+//! `batch-fail` fails whole batches; `settings` answers with the settings `init` got.
 
 use data_exporter_sdk::http::Request;
-use data_exporter_sdk::{Consumer, Outcome, Parameter, PluginInfo, Report, plugin};
+use data_exporter_sdk::serde_json::{self, Value};
+use data_exporter_sdk::{BatchFailure, Consumer, Outcome, Parameter, PluginInfo, Report, plugin};
 use std::hint::black_box;
 
 #[derive(serde::Deserialize)]
 struct Attack {
     attack: String,
-    /// For `http`: where to send a request.
+    /// For `http`: where to send a request; for `lifecycle`: where to report events.
     #[serde(default)]
     url: String,
     /// For `http`: a forged Host header.
@@ -19,23 +23,62 @@ struct Attack {
     auth_header: Option<String>,
     /// Every other field of the destination, as the plugin received it (for `echo`).
     #[serde(flatten)]
-    rest: std::collections::BTreeMap<String, data_exporter_sdk::serde_json::Value>,
+    rest: std::collections::BTreeMap<String, Value>,
 }
 
-struct Hostile;
+/// One open destination: its attack, and the settings the plugin was given at `init`.
+struct Hostile {
+    d: Attack,
+    settings: Value,
+}
+
+/// `s` with everything but unreserved characters percent-encoded, for a query string.
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Hostile {
+    /// For `lifecycle`: GET `{url}?event=...&<query>`, ignoring the answer.
+    fn event(&self, query: &str) {
+        if self.d.attack != "lifecycle" {
+            return;
+        }
+        let sep = if self.d.url.contains('?') { '&' } else { '?' };
+        let _ = Request::get(format!("{}{sep}event={query}", self.d.url)).send();
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.event("close");
+    }
+}
 
 fn recurse(n: u64) -> u64 {
     if n == 0 { 0 } else { 1 + recurse(black_box(n - 1)) }
 }
 
 impl Consumer for Hostile {
-    type Destination = Attack;
+    type Config = Attack;
+    /// Any JSON: the `settings` attack shows it back.
+    type Settings = Value;
 
     fn info() -> PluginInfo {
-        PluginInfo::new("hostile", "0.1.0", "hostile").param(Parameter::string("attack").required().usage(
-            "loop, memory, recursion, panic, huge-string, file, socket, http (with url, host_header), \
-                     sleep, print, log-flood, echo; validate-loop loops in validate",
-        ))
+        PluginInfo::new("hostile", "0.2.0", "hostile")
+            .param(Parameter::string("attack").required().usage(
+                "loop, memory, recursion, panic, huge-string, file, socket, http (with url, host_header), \
+                 sleep, print, log-flood, echo, lifecycle (with url), batch-fail, settings; \
+                 validate-loop loops in validate",
+            ))
+            .param(Parameter::string("url").usage("For http: the URL to request; for lifecycle: where events go"))
     }
 
     fn validate(d: &Attack) -> Result<(), String> {
@@ -47,9 +90,16 @@ impl Consumer for Hostile {
         Ok(())
     }
 
-    fn deliver(d: &Attack, reports: Vec<Report>) -> Vec<Outcome> {
+    fn open(d: Attack, settings: &Value) -> Result<Self, String> {
+        let h = Hostile { d, settings: settings.clone() };
+        h.event("open");
+        Ok(h)
+    }
+
+    fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
         let n = reports.len();
-        match d.attack.as_str() {
+        let d = &self.d;
+        Ok(match d.attack.as_str() {
             "loop" => loop {
                 black_box(());
             },
@@ -108,8 +158,31 @@ impl Consumer for Hostile {
                 let keys: Vec<&str> = d.rest.keys().map(String::as_str).collect();
                 vec![Outcome::permanent(format!("destination keys seen: {keys:?}")); n]
             }
+            "lifecycle" => {
+                let mut query = format!("deliver&n={n}");
+                if let Some(first) = reports.first() {
+                    let m = &first.metadata;
+                    let labels = serde_json::to_string(&m.labels).expect("labels serialise");
+                    query.push_str(&format!(
+                        "&attempt={}&labels={}&source={}&received={}",
+                        m.attempt,
+                        urlencode(&labels),
+                        urlencode(m.source.as_deref().unwrap_or("")),
+                        m.received_at_ms
+                    ));
+                }
+                self.event(&query);
+                vec![Outcome::Delivered; n]
+            }
+            "batch-fail" => return Err(BatchFailure::new("the hostile plugin fails the whole batch")),
+            "settings" => vec![Outcome::permanent(self.settings.to_string()); n],
             other => vec![Outcome::permanent(format!("unknown attack {other:?}")); n],
-        }
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), BatchFailure> {
+        self.event("flush");
+        Ok(())
     }
 }
 

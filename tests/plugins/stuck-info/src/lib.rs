@@ -1,6 +1,6 @@
 //! Loops forever in `info`, the first call the host makes when it loads a plugin.
 
-use data_exporter_sdk::{Consumer, Outcome, PluginInfo, Report, plugin};
+use data_exporter_sdk::{BatchFailure, Consumer, NoSettings, Outcome, PluginInfo, Report, plugin};
 
 #[derive(serde::Deserialize)]
 struct Anywhere {}
@@ -8,7 +8,8 @@ struct Anywhere {}
 struct StuckInfo;
 
 impl Consumer for StuckInfo {
-    type Destination = Anywhere;
+    type Config = Anywhere;
+    type Settings = NoSettings;
 
     fn info() -> PluginInfo {
         loop {
@@ -16,8 +17,12 @@ impl Consumer for StuckInfo {
         }
     }
 
-    fn deliver(_: &Anywhere, reports: Vec<Report>) -> Vec<Outcome> {
-        vec![Outcome::Delivered; reports.len()]
+    fn open(_: Anywhere, _: &NoSettings) -> Result<Self, String> {
+        Ok(StuckInfo)
+    }
+
+    fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
+        Ok(vec![Outcome::Delivered; reports.len()])
     }
 }
 
