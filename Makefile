@@ -39,7 +39,7 @@ test: plugins test-servers ## Run every test against real servers
 	@set -a; . target/test-servers/env; set +a; \
 	rc=0; \
 	$(CARGO) test --workspace || rc=$$?; \
-	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch --lib || rc=$$?; \
+	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch -p file -p stdout -p data-exporter-sdk --lib || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
 
 bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md)

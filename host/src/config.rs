@@ -615,6 +615,10 @@ mod tests {
             // The quick-start file allows loopback on purpose (the README's examples run there).
             assert_eq!(c.runtime.limits.outbound_allow, ["*", "127.0.0.0/8", "::1"]);
             c.runtime.limits.outbound_allow = PluginLimits::default().outbound_allow;
+            // And it grants the shipped `file` plugin its directory, so the quick start writes files.
+            let file = c.runtime.plugins.remove("file").expect("the quick start configures the file plugin");
+            assert_eq!(file.grants, Some(vec!["log".to_string(), "files".to_string()]));
+            assert_eq!(file.files_dir, Some(PathBuf::from("files")));
             assert_eq!(c, Config::default(), "deploy/config/data-exporter.toml drifted from Config::default()");
             Ok(())
         });

@@ -204,6 +204,7 @@ impl Delivery {
         // The instance and the plugin version it belongs to (a reload swaps the version).
         let mut session: Option<(Arc<LoadedPlugin>, Session)> = None;
         let mut stop = self.stop.subscribe();
+        let mut reloaded = self.registry.subscribe();
         let linger = Duration::from_millis(self.cfg.linger_ms);
         loop {
             if *stop.borrow() {
@@ -221,6 +222,13 @@ impl Delivery {
                 tokio::select! {
                     job = rx.recv() => if let Some(job) = job { ready.push_back(job) },
                     _ = tokio::time::sleep(self.session_idle(&session)), if holding => close(&mut session, &dk).await,
+                    // A reload that replaced the plugin: close its destination now, in order.
+                    _ = reloaded.changed(), if holding => {
+                        let current = self.registry.current().get(&dk.key).cloned();
+                        if session.as_ref().is_some_and(|(p, _)| current.is_none_or(|c| !Arc::ptr_eq(p, &c))) {
+                            close(&mut session, &dk).await;
+                        }
+                    }
                     _ = tokio::time::sleep_until(next_due.unwrap_or(now + IDLE)) => {
                         if next_due.is_none() && self.retire_if_idle(&dk, &rx) {
                             break;

@@ -208,6 +208,8 @@ pub struct Plugins {
     /// sha256 (hex) each file name must have, from the operator's config.
     pins: BTreeMap<String, String>,
     generation: AtomicU64,
+    /// Told the generation after every reload (delivery workers close what a reload replaced).
+    reloaded: tokio::sync::watch::Sender<u64>,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -222,6 +224,7 @@ impl Plugins {
             dir: dir.to_owned(),
             pins,
             generation: AtomicU64::new(0),
+            reloaded: tokio::sync::watch::channel(0).0,
             reload_lock: tokio::sync::Mutex::new(()),
         });
         p.reload().await;
@@ -236,6 +239,11 @@ impl Plugins {
     /// The runtime plugins are compiled and run with.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Changes after every reload.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 
     /// Bumped by every reload that changed something (callers cache per generation).
@@ -335,7 +343,8 @@ impl Plugins {
         }
         let new = Arc::new(new);
         *self.current.write().unwrap() = new.clone();
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.reloaded.send_replace(generation);
         (new, released)
     }
 

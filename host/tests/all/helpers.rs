@@ -320,3 +320,68 @@ impl Drop for Exporter {
         let _ = self.child.wait();
     }
 }
+
+/// One request a `Recorder` received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, as sent.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// A query parameter, decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let url = url::Url::parse(&format!("http://x{}", self.uri)).ok()?;
+        url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+}
+
+/// A real HTTP server on loopback that answers 200 to everything and keeps every request.
+pub struct Recorder {
+    pub url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let keep = keep.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default().to_vec();
+                let headers =
+                    parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+                let uri = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                keep.lock().unwrap().push(Recorded { method: parts.method.to_string(), uri, headers, body });
+                "{}"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Recorder { url, seen }
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Wait (30 s at most) until `done` holds for what was received; return it.
+    pub async fn until(&self, what: &str, done: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let seen = self.seen();
+            if done(&seen) {
+                return seen;
+            }
+            assert!(std::time::Instant::now() < deadline, "never saw {what}: {seen:#?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
