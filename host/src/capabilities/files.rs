@@ -70,6 +70,9 @@ impl FilesGrant {
     fn io(&self, path: &str, e: std::io::Error) -> FileError {
         if e.kind() == std::io::ErrorKind::NotFound {
             FileError::NotFound(format!("{path}: no such file"))
+        } else if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            // Retrying will not make a name shorter.
+            FileError::InvalidPath(format!("{path:?}: a name in it is too long for the file system ({e})"))
         } else {
             FileError::Io(format!("{path}: {e}"))
         }
@@ -79,7 +82,15 @@ impl FilesGrant {
     pub fn append(&self, path: &str, data: &[u8]) -> Result<u64, FileError> {
         let full = self.resolve(path, false)?;
         let n = data.len() as u64;
-        let before = self.used.fetch_add(n, Ordering::AcqRel);
+        let mut before = self.used.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.quota {
+            // Count again before refusing: the operator may have removed or archived files.
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            if let Ok(actual) = usage(&self.root) {
+                self.used.store(actual, Ordering::Release);
+            }
+            before = self.used.fetch_add(n, Ordering::AcqRel);
+        }
         if before + n > self.quota {
             self.used.fetch_sub(n, Ordering::AcqRel);
             return Err(FileError::QuotaExceeded(format!(

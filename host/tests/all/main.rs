@@ -3,9 +3,11 @@
 
 mod admin;
 mod cli;
+mod contract;
 mod crash;
 mod durable;
 mod fault_injector;
+mod files;
 mod forward;
 mod helpers;
 mod input;
