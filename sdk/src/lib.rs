@@ -11,6 +11,7 @@
 pub mod files;
 pub mod http;
 mod info;
+pub mod line;
 
 pub use info::{ParamType, Parameter, PluginInfo};
 pub use serde;

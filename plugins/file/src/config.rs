@@ -1,7 +1,7 @@
 //! The destination config: the JSON object under `file` in a report's `config`.
 
-use crate::line::Format;
 use crate::template::Template;
+use data_exporter_sdk::line::Format;
 use serde::Deserialize;
 
 /// Most rotated files a destination may keep (`keep_files`).

@@ -11,14 +11,14 @@
 //! this file connects it to the SDK's `files` and `log` capabilities.
 
 mod config;
-mod line;
+
 mod sink;
 mod template;
 
 use config::{Config, DEFAULT_FSYNC_INTERVAL_MS, DEFAULT_KEEP_FILES, MAX_KEEP_FILES};
 use data_exporter_sdk::files::{self, ErrorKind};
+use data_exporter_sdk::line::Meta;
 use data_exporter_sdk::{BatchFailure, Consumer, NoSettings, Outcome, Parameter, PluginInfo, Report, log, plugin};
-use line::Meta;
 use sink::{Fail, Fs, FsError, FsErrorKind, Sink};
 
 /// One open `file` destination.
@@ -135,17 +135,7 @@ impl Consumer for File {
     }
 
     fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
-        let metas: Vec<Meta<'_>> = reports
-            .iter()
-            .map(|r| Meta {
-                id: &r.id,
-                payload: &r.payload,
-                source: r.metadata.source.as_deref(),
-                tenant: r.metadata.tenant.as_deref(),
-                received_at_ms: r.metadata.received_at_ms,
-                labels: &r.metadata.labels,
-            })
-            .collect();
+        let metas: Vec<Meta<'_>> = reports.iter().map(Meta::of).collect();
         Ok(self
             .sink
             .deliver(&mut HostFs, &metas)

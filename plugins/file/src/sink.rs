@@ -4,8 +4,8 @@
 //! the plugin and on an in-memory fake in the unit tests.
 
 use crate::config::{Config, Fsync};
-use crate::line::{Format, Meta, write_line};
 use crate::template::Template;
+use data_exporter_sdk::line::{Format, Meta, write_line};
 use std::collections::{BTreeMap, HashMap};
 
 /// Why a file operation failed, as far as this plugin cares.

@@ -4,7 +4,7 @@
 //! Values from metadata are sanitised to `[A-Za-z0-9._-]`, never start or end with `.`, never hold `..`,
 //! so whatever a producer sends, a value cannot add a directory, climb out with `..` or hide a file.
 
-use crate::line::Meta;
+use data_exporter_sdk::line::Meta;
 
 /// What `{consumer}` renders to.
 pub const CONSUMER: &str = "file";

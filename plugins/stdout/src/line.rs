@@ -1,6 +1,8 @@
 //! The destination config and how a report becomes one log line.
 
 use data_exporter_sdk::Report;
+pub use data_exporter_sdk::line::Format;
+use data_exporter_sdk::line::{Meta, line};
 use serde::Deserialize;
 
 /// One `stdout` destination; `{}` is a valid one.
@@ -15,67 +17,11 @@ pub struct Config {
     pub format: Format,
 }
 
-/// How a report becomes a line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// The payload's JSON text, as the producer sent it.
-    #[default]
-    Payload,
-    /// `{"id","received_at_ms","source","tenant","labels","payload"}`.
-    Envelope,
-}
-
-/// The log line for `report` (one line: line breaks in the payload, which JSON allows only as
-/// whitespace between tokens, become spaces).
+/// The log line for `report`: the prefix, then the payload or the envelope on one line.
 pub fn render(config: &Config, report: &Report) -> String {
     let mut out = config.prefix.replace(['\n', '\r'], " ");
-    match config.format {
-        Format::Payload => push_one_line(&mut out, &report.payload),
-        Format::Envelope => {
-            let m = &report.metadata;
-            out.push_str("{\"id\":");
-            push_json_string(&mut out, &report.id);
-            out.push_str(&format!(",\"received_at_ms\":{}", m.received_at_ms));
-            out.push_str(",\"source\":");
-            push_opt(&mut out, m.source.as_deref());
-            out.push_str(",\"tenant\":");
-            push_opt(&mut out, m.tenant.as_deref());
-            out.push_str(",\"labels\":{");
-            for (i, (k, v)) in m.labels.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                push_json_string(&mut out, k);
-                out.push(':');
-                push_json_string(&mut out, v);
-            }
-            out.push_str("},\"payload\":");
-            push_one_line(&mut out, &report.payload);
-            out.push('}');
-        }
-    }
+    out.push_str(&line(&Meta::of(report), config.format));
     out
-}
-
-fn push_one_line(out: &mut String, json: &str) {
-    let json = json.trim();
-    if json.is_empty() {
-        out.push_str("null");
-    } else {
-        out.extend(json.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }));
-    }
-}
-
-fn push_opt(out: &mut String, value: Option<&str>) {
-    match value {
-        Some(v) => push_json_string(out, v),
-        None => out.push_str("null"),
-    }
-}
-
-fn push_json_string(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).expect("a string always serialises"));
 }
 
 #[cfg(test)]

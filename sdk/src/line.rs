@@ -1,16 +1,38 @@
-//! One report as one JSON line: its payload, or an envelope with its metadata.
+//! One report as one JSON line: its payload, or an envelope with its metadata (the `file` and
+//! `stdout` plugins write these; any plugin writing lines may).
 
 use serde::Deserialize;
 
 /// What a line and a file name are made from: a view of one report.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta<'a> {
+    /// The report id.
     pub id: &'a str,
+    /// The payload, JSON text.
     pub payload: &'a str,
+    /// Where it came from, when known.
     pub source: Option<&'a str>,
+    /// Its tenant, when known.
     pub tenant: Option<&'a str>,
+    /// When the host accepted it, ms since the Unix epoch.
     pub received_at_ms: u64,
+    /// Producer labels.
     pub labels: &'a [(String, String)],
+}
+
+impl<'a> Meta<'a> {
+    /// The view of `report`.
+    pub fn of(report: &'a crate::Report) -> Meta<'a> {
+        let m = &report.metadata;
+        Meta {
+            id: &report.id,
+            payload: &report.payload,
+            source: m.source.as_deref(),
+            tenant: m.tenant.as_deref(),
+            received_at_ms: m.received_at_ms,
+            labels: &m.labels,
+        }
+    }
 }
 
 /// How a report becomes a line.
@@ -58,7 +80,6 @@ pub fn write_line(out: &mut Vec<u8>, meta: &Meta<'_>, format: Format) {
 }
 
 /// One line as a `String` (without its `\n`).
-#[cfg(test)]
 pub fn line(meta: &Meta<'_>, format: Format) -> String {
     let mut out = Vec::new();
     write_line(&mut out, meta, format);
