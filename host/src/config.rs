@@ -297,6 +297,39 @@ impl RuntimeConfig {
         c
     }
 
+    /// Refuse `files_dir`s that would hand a plugin the host's own state or plugins, or one
+    /// plugin's directory to another (call on `with_files_under`'s result).
+    pub fn check_files_dirs(&self, data_dir: &Path, plugins_dir: &Path) -> Result<(), String> {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let (data, plugins) = (abs(data_dir), abs(plugins_dir));
+        let state: Vec<PathBuf> = ["queue", "dlq", "code-cache"].iter().map(|d| data.join(d)).collect();
+        let mut seen: Vec<(PathBuf, String)> = Vec::new();
+        let dirs = std::iter::once(("limits".to_string(), &self.limits.files_dir))
+            .chain(self.plugins.iter().map(|(id, o)| (format!("plugins.{id}"), &o.files_dir)));
+        for (section, dir) in dirs {
+            let Some(dir) = dir else { continue };
+            let dir = abs(dir);
+            let overlaps = |other: &Path| dir.starts_with(other) || other.starts_with(&dir);
+            let clash = if data.starts_with(&dir) {
+                Some("holds the host's data_dir (queue, dead letters, keys)".to_string())
+            } else if let Some(s) = state.iter().find(|s| overlaps(s)) {
+                Some(format!("overlaps the host's {}", s.display()))
+            } else if overlaps(&plugins) {
+                Some("overlaps the plugins directory".to_string())
+            } else {
+                seen.iter().find(|(d, _)| overlaps(d)).map(|(_, s)| format!("overlaps runtime.{s}.files_dir"))
+            };
+            if let Some(why) = clash {
+                return Err(format!(
+                    "runtime.{section}.files_dir {} {why}: give each plugin a directory of its own",
+                    dir.display()
+                ));
+            }
+            seen.push((dir, section));
+        }
+        Ok(())
+    }
+
     /// The settings the operator gave the plugin from file stem `id`, as a JSON object.
     pub fn settings_for(&self, id: &str) -> String {
         let settings = self.plugins.get(id).and_then(|o| o.settings.clone()).unwrap_or_default();
@@ -592,6 +625,31 @@ mod tests {
         };
         assert_eq!(cfg.limits_for("p"), want);
         assert_eq!(cfg.limits_for("other"), PluginLimits::default());
+    }
+
+    #[test]
+    fn a_files_dir_may_not_reach_the_hosts_state_the_plugins_or_another_plugins_directory() {
+        let with = |dirs: &[(&str, &str)]| {
+            let mut c = RuntimeConfig::default();
+            for (id, d) in dirs {
+                let o = LimitOverrides { files_dir: Some(PathBuf::from(d)), ..Default::default() };
+                c.plugins.insert(id.to_string(), o);
+            }
+            c.with_files_under(Path::new("/srv/data"))
+                .check_files_dirs(Path::new("/srv/data"), Path::new("/srv/plugins"))
+        };
+        assert!(with(&[("file", "files"), ("other", "other-files")]).is_ok());
+        for (dirs, want) in [
+            (vec![("file", ".")], "holds the host's data_dir"),
+            (vec![("file", "/srv")], "holds the host's data_dir"),
+            (vec![("file", "dlq")], "overlaps the host's /srv/data/dlq"),
+            (vec![("file", "code-cache/x")], "code-cache"),
+            (vec![("file", "/srv/plugins")], "plugins directory"),
+            (vec![("a", "files"), ("b", "files/sub")], "overlaps runtime.plugins.a.files_dir"),
+        ] {
+            let err = with(&dirs).unwrap_err();
+            assert!(err.contains(want) && err.contains("files_dir"), "{dirs:?}: {err}");
+        }
     }
 
     #[test]

@@ -363,7 +363,8 @@ impl Delivery {
             },
             Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))),
         };
-        let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
+        // The instance first, then a call permit: a worker waiting for one of its plugin's
+        // instances must not hold a permit other plugins' workers need.
         if session.as_ref().is_some_and(|(p, _)| !Arc::ptr_eq(p, &plugin)) {
             close(session, dk).await; // reloaded: new calls go to the new version
         }
@@ -376,6 +377,7 @@ impl Delivery {
                 }
             }
         }
+        let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
         let reports: Vec<Item> = batch
             .iter()
             .map(|j| Item {

@@ -64,7 +64,9 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     let admin_token = server::AdminToken::load(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
     let cache = cfg.runtime.code_cache.then(|| cfg.data_dir.join("code-cache"));
-    let runtime = runtime::Runtime::new(cfg.runtime.with_files_under(&cfg.data_dir), http, cache)?;
+    let runtime_cfg = cfg.runtime.with_files_under(&cfg.data_dir);
+    runtime_cfg.check_files_dirs(&cfg.data_dir, &cfg.plugins_dir).map_err(anyhow::Error::msg)?;
+    let runtime = runtime::Runtime::new(runtime_cfg, http, cache)?;
     // Refuse the configured listeners to plugins from the first call (the bound addresses are
     // added again once known: `Host::guard_listener`).
     for (addr, what) in [(cfg.listen, "public"), (cfg.admin_listen, "admin")] {

@@ -27,7 +27,10 @@ impl FilesGrant {
     pub fn open(dir: &Path, quota: u64, id: &str) -> Result<FilesGrant, String> {
         let section = format!("runtime.plugins.{id}");
         let fail = |e: std::io::Error| format!("{section}.files_dir {}: {e}", dir.display());
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(fail)?;
+        }
         let root = dir.canonicalize().map_err(fail)?;
         let used = usage(&root).map_err(fail)?;
         Ok(FilesGrant { root, quota, used: AtomicU64::new(used), section })
@@ -70,9 +73,9 @@ impl FilesGrant {
     fn io(&self, path: &str, e: std::io::Error) -> FileError {
         if e.kind() == std::io::ErrorKind::NotFound {
             FileError::NotFound(format!("{path}: no such file"))
-        } else if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
-            // Retrying will not make a name shorter.
-            FileError::InvalidPath(format!("{path:?}: a name in it is too long for the file system ({e})"))
+        } else if matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::ENOTDIR | libc::EISDIR | libc::ELOOP)) {
+            // Retrying will not make a name shorter, or a directory a file.
+            FileError::InvalidPath(format!("{path:?} cannot be used as a file here: {e}"))
         } else {
             FileError::Io(format!("{path}: {e}"))
         }
@@ -83,16 +86,16 @@ impl FilesGrant {
         let full = self.resolve(path, false)?;
         let n = data.len() as u64;
         let mut before = self.used.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.quota {
+        if before.saturating_add(n) > self.quota {
             // Count again before refusing: the operator may have removed or archived files.
-            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.release(n);
             if let Ok(actual) = usage(&self.root) {
                 self.used.store(actual, Ordering::Release);
             }
             before = self.used.fetch_add(n, Ordering::AcqRel);
         }
-        if before + n > self.quota {
-            self.used.fetch_sub(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.quota {
+            self.release(n);
             return Err(FileError::QuotaExceeded(format!(
                 "{path}: appending {n} bytes would take the directory past its quota ({} of {} bytes used; \
                  {}.files_quota_mib)",
@@ -113,16 +116,28 @@ impl FilesGrant {
             Ok(f.metadata()?.len())
         })();
         written.map_err(|e| {
-            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.release(n);
             self.io(path, e)
         })
     }
 
-    /// Make `path` durable.
+    /// Make `path` durable: its data, and the directory entries that lead to it (a new file, a
+    /// new directory or a rename is lost at a power cut until its directory is synced).
     pub fn sync(&self, path: &str) -> Result<(), FileError> {
         let full = self.resolve(path, false)?;
         let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&full);
-        f.and_then(|f| f.sync_data()).map_err(|e| self.io(path, e))
+        f.and_then(|f| f.sync_data()).map_err(|e| self.io(path, e))?;
+        let mut dir = full.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
+            std::fs::File::open(d).and_then(|d| d.sync_all()).map_err(|e| self.io(path, e))?;
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    /// Take `n` bytes off the count, never below zero.
+    fn release(&self, n: u64) {
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
     }
 
     /// The size of `path`.
@@ -139,15 +154,28 @@ impl FilesGrant {
         Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
     }
 
-    /// Rename `from` to `to`, replacing `to`.
+    /// Rename the file `from` to `to`, replacing the file `to`.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), FileError> {
+        use std::os::unix::fs::MetadataExt;
         let (src, dst) = (self.resolve(from, false)?, self.resolve(to, false)?);
-        let replaced = std::fs::symlink_metadata(&dst).map(|m| m.len()).unwrap_or(0);
+        let src_meta = std::fs::symlink_metadata(&src).map_err(|e| self.io(from, e))?;
+        if !src_meta.is_file() {
+            return Err(FileError::InvalidPath(format!("{from:?} is not a file: only files are renamed")));
+        }
+        let replaced = match std::fs::symlink_metadata(&dst) {
+            Ok(m) if !m.is_file() => {
+                return Err(FileError::InvalidPath(format!("{to:?} is not a file: only files are replaced")));
+            }
+            // The same file under both names: nothing is freed.
+            Ok(m) if (m.dev(), m.ino()) == (src_meta.dev(), src_meta.ino()) => 0,
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        };
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).map_err(|e| self.io(to, e))?;
         }
         std::fs::rename(&src, &dst).map_err(|e| self.io(from, e))?;
-        self.used.fetch_sub(replaced.min(self.used.load(Ordering::Acquire)), Ordering::AcqRel);
+        self.release(replaced);
         Ok(())
     }
 
@@ -165,9 +193,12 @@ impl FilesGrant {
     /// Remove the file `path`.
     pub fn remove(&self, path: &str) -> Result<(), FileError> {
         let full = self.resolve(path, false)?;
-        let size = std::fs::symlink_metadata(&full).map_err(|e| self.io(path, e))?.len();
+        let meta = std::fs::symlink_metadata(&full).map_err(|e| self.io(path, e))?;
+        if !meta.is_file() {
+            return Err(FileError::InvalidPath(format!("{path:?} is not a file")));
+        }
         std::fs::remove_file(&full).map_err(|e| self.io(path, e))?;
-        self.used.fetch_sub(size.min(self.used.load(Ordering::Acquire)), Ordering::AcqRel);
+        self.release(meta.len());
         Ok(())
     }
 }
@@ -229,5 +260,16 @@ mod tests {
         assert_eq!(g.size("a").unwrap(), 40);
         g.append("c", &[b'c'; 60]).unwrap();
         assert!(matches!(g.append("c", b"!"), Err(FileError::QuotaExceeded(_))));
+        // Renaming a file onto itself frees nothing, and directories are not renamed.
+        g.rename("c", "c").unwrap();
+        assert!(matches!(g.append("c", b"!"), Err(FileError::QuotaExceeded(_))));
+        g.append("d/e", b"").unwrap();
+        g.remove("d/e").unwrap();
+        g.append("f/g", b"").unwrap();
+        g.remove("f/g").unwrap();
+        assert!(matches!(g.rename("d", "f"), Err(FileError::InvalidPath(_))));
+        // An operator who frees space outside the plugin is noticed before a refusal.
+        std::fs::remove_file(base.path().join("a")).unwrap();
+        g.append("h", &[b'h'; 40]).unwrap();
     }
 }

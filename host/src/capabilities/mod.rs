@@ -8,6 +8,7 @@ pub mod outbound;
 pub mod output;
 pub mod secrets;
 
+use crate::bindings::v2::files::FileError;
 use crate::bindings::{self, log::Level};
 use crate::runtime::PluginState;
 use std::sync::Arc;
@@ -32,9 +33,10 @@ impl bindings::narrows::exporter::types::Host for PluginState {}
 impl bindings::v2::types::Host for PluginState {}
 
 impl PluginState {
-    fn files(&self) -> Result<&files::FilesGrant, bindings::v2::files::FileError> {
-        self.caps.files.as_deref().ok_or_else(|| {
-            bindings::v2::files::FileError::NotGranted(format!(
+    /// The plugin's granted directory.
+    fn grant(&self) -> Result<Arc<files::FilesGrant>, FileError> {
+        self.caps.files.clone().ok_or_else(|| {
+            FileError::NotGranted(format!(
                 "no directory is granted to plugin `{}`: an operator sets runtime.plugins.<file>.files_dir \
                  and grants \"files\"",
                 self.caps.plugin
@@ -43,28 +45,39 @@ impl PluginState {
     }
 }
 
+/// Run `op` on a granted directory off the async threads (an fsync may take long).
+async fn blocking<T: Send + 'static>(
+    grant: Result<Arc<files::FilesGrant>, FileError>,
+    op: impl FnOnce(&files::FilesGrant) -> Result<T, FileError> + Send + 'static,
+) -> Result<T, FileError> {
+    let grant = grant?;
+    tokio::task::spawn_blocking(move || op(&grant))
+        .await
+        .unwrap_or_else(|e| Err(FileError::Io(format!("the file operation did not finish: {e}"))))
+}
+
 /// The `files` capability: every call goes to the plugin's `FilesGrant`.
 impl bindings::v2::files::Host for PluginState {
-    async fn append(&mut self, path: String, data: Vec<u8>) -> Result<u64, bindings::v2::files::FileError> {
-        self.files()?.append(&path, &data)
+    async fn append(&mut self, path: String, data: Vec<u8>) -> Result<u64, FileError> {
+        blocking(self.grant(), move |g| g.append(&path, &data)).await
     }
-    async fn sync(&mut self, path: String) -> Result<(), bindings::v2::files::FileError> {
-        self.files()?.sync(&path)
+    async fn sync(&mut self, path: String) -> Result<(), FileError> {
+        blocking(self.grant(), move |g| g.sync(&path)).await
     }
-    async fn size(&mut self, path: String) -> Result<u64, bindings::v2::files::FileError> {
-        self.files()?.size(&path)
+    async fn size(&mut self, path: String) -> Result<u64, FileError> {
+        blocking(self.grant(), move |g| g.size(&path)).await
     }
-    async fn created_at_ms(&mut self, path: String) -> Result<u64, bindings::v2::files::FileError> {
-        self.files()?.created_at_ms(&path)
+    async fn created_at_ms(&mut self, path: String) -> Result<u64, FileError> {
+        blocking(self.grant(), move |g| g.created_at_ms(&path)).await
     }
-    async fn rename(&mut self, from: String, to: String) -> Result<(), bindings::v2::files::FileError> {
-        self.files()?.rename(&from, &to)
+    async fn rename(&mut self, from: String, to: String) -> Result<(), FileError> {
+        blocking(self.grant(), move |g| g.rename(&from, &to)).await
     }
-    async fn entries(&mut self, path: String) -> Result<Vec<String>, bindings::v2::files::FileError> {
-        self.files()?.entries(&path)
+    async fn entries(&mut self, path: String) -> Result<Vec<String>, FileError> {
+        blocking(self.grant(), move |g| g.entries(&path)).await
     }
-    async fn remove(&mut self, path: String) -> Result<(), bindings::v2::files::FileError> {
-        self.files()?.remove(&path)
+    async fn remove(&mut self, path: String) -> Result<(), FileError> {
+        blocking(self.grant(), move |g| g.remove(&path)).await
     }
 }
 

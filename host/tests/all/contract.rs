@@ -45,7 +45,9 @@ async fn a_plugin_built_against_contract_0_1_still_loads_and_delivers_beside_0_2
 
 #[tokio::test]
 async fn a_destination_is_opened_once_for_many_batches_and_closed_in_order_when_idle() {
-    let app = spawn_app_with(&["hostile"], |c| c.delivery.destination_idle_ms = 300).await;
+    // Idle long enough that the three sequential batches below share the destination on a busy
+    // machine, short enough to see it close.
+    let app = spawn_app_with(&["hostile"], |c| c.delivery.destination_idle_ms = 3_000).await;
     let recorder = Recorder::start().await;
     let dest = json!({"attack": "lifecycle", "url": recorder.url});
     for n in 0..3 {

@@ -1,7 +1,8 @@
 //! The shipped `file` plugin on the host's `files` capability: what a user finds on disk and in
 //! the receipts. Templates (labels, seed 003's two streams, seed 004's file per key), refusals
-//! and sanitising that keep every write inside the granted directory, rotation by size and age,
-//! each fsync policy, the quota, and loading without a grant or a directory.
+//! and sanitising that keep every write inside the granted directory, rotation by size and age
+//! (the operator's settings, which no producer can set), each fsync policy, the quota, and loading
+//! without a grant or a directory.
 
 use crate::helpers::*;
 use serde_json::{Value, json};
@@ -86,6 +87,18 @@ fn grant(c: &mut data_exporter::config::Config, dir: &Path, quota_mib: u64) {
 async fn file_app(g: &Granted) -> TestApp {
     let dir = g.dir();
     spawn_app_with(&["file"], |c| grant(c, &dir, 1)).await
+}
+
+/// A host with the `file` plugin granted `g`'s directory and these operator settings
+/// (`[runtime.plugins.file.settings]`, a JSON object here).
+async fn file_app_with_settings(g: &Granted, settings: Value) -> TestApp {
+    let dir = g.dir();
+    spawn_app_with(&["file"], |c| {
+        grant(c, &dir, 1);
+        let settings = settings.as_object().expect("settings are an object").clone().into_iter().collect();
+        c.runtime.plugins.get_mut("file").unwrap().settings = Some(settings);
+    })
+    .await
 }
 
 /// One report to the `file` destination `dest`, with these labels.
@@ -231,9 +244,9 @@ fn sized(n: usize, len: usize) -> Value {
 #[tokio::test]
 async fn rotation_by_size_keeps_keep_files_rotated_files() {
     let g = Granted::new();
-    let app = file_app(&g).await;
     // 40-byte lines, 80 bytes a file: two lines each; the next append rotates.
-    let dest = json!({"path": "x.jsonl", "rotate_bytes": 80, "keep_files": 2});
+    let app = file_app_with_settings(&g, json!({"rotate_bytes": 80, "keep_files": 2})).await;
+    let dest = json!({"path": "x.jsonl"});
     let total = 9;
     for n in 0..total {
         let payload = sized(n, 40);
@@ -260,20 +273,59 @@ async fn rotation_by_size_keeps_keep_files_rotated_files() {
 #[tokio::test]
 async fn rotation_by_age() {
     let g = Granted::new();
-    let app = file_app(&g).await;
-    let dest = json!({"path": "x.jsonl", "rotate_secs": 1});
+    let app = file_app_with_settings(&g, json!({"rotate_secs": 1})).await;
+    let dest = json!({"path": "x.jsonl"});
     let created = Instant::now();
     deliver(&app, report(dest.clone(), &json!({"n": 1}), json!({}))).await;
     deliver(&app, report(dest.clone(), &json!({"n": 2}), json!({}))).await;
+    // On a loaded machine more than rotate_secs may pass between these two; then the second
+    // already rotated, and only what holds whatever the timing is asserted below.
     if created.elapsed() < Duration::from_millis(900) {
         assert_eq!(g.files(), ["x.jsonl"], "younger than rotate_secs: no rotation");
     }
     // Time is the subject here: let the file grow older than rotate_secs.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     deliver(&app, report(dest, &json!({"n": 3}), json!({}))).await;
-    assert_eq!(g.files(), ["x.jsonl", "x.jsonl.1"]);
-    assert_eq!(g.lines("x.jsonl.1"), [r#"{"n":1}"#, r#"{"n":2}"#]);
-    assert_eq!(g.lines("x.jsonl"), [r#"{"n":3}"#]);
+    // Whichever write created x.jsonl did so more than rotate_secs ago: the last one rotated it out.
+    let files = g.files();
+    assert_eq!(g.lines("x.jsonl"), [r#"{"n":3}"#], "{files:?}");
+    let rotated = files.iter().filter(|f| f.starts_with("x.jsonl.")).count();
+    assert!(rotated >= 1, "{files:?}");
+    assert_eq!(files.len(), rotated + 1, "only x.jsonl and its rotations: {files:?}");
+    // Every line kept once, in order from the oldest rotation (x.jsonl.N) to x.jsonl.
+    let lines: Vec<String> = (1..=rotated)
+        .rev()
+        .map(|n| format!("x.jsonl.{n}"))
+        .chain(["x.jsonl".into()])
+        .flat_map(|f| g.lines(&f))
+        .collect();
+    assert_eq!(lines, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#], "{files:?}");
+    g.assert_nothing_outside();
+}
+
+#[tokio::test]
+async fn a_producer_cannot_set_rotation_or_retention() {
+    let g = Granted::new();
+    let app = file_app(&g).await;
+    // Another producer's acknowledged alarms.
+    let alarm = json!({"alarm": "up"});
+    deliver(&app, report(json!({"path": "alarms.jsonl"}), &alarm, json!({}))).await;
+    // The review's attack: rotate at every byte and keep nothing, which would delete alarms.jsonl.
+    for dest in [
+        json!({"path": "alarms.jsonl", "rotate_bytes": 1, "keep_files": 0}),
+        json!({"path": "alarms.jsonl", "keep_files": 0}),
+        json!({"path": "alarms.jsonl", "rotate_secs": 1}),
+    ] {
+        let (status, r) = app.forward(report(dest.clone(), &json!({"n": 1}), json!({}))).await;
+        assert_eq!(status, 422, "{dest}: {r}");
+        assert_eq!(r["error"]["code"], "invalid_destination", "{dest}: {r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains("operator setting"), "{dest}: {message}");
+        assert!(message.contains("[runtime.plugins.file.settings]"), "{dest}: {message}");
+    }
+    assert_eq!(g.files(), ["alarms.jsonl"]);
+    assert_eq!(g.lines("alarms.jsonl"), [alarm.to_string()]);
+    g.assert_nothing_outside();
 }
 
 #[tokio::test]

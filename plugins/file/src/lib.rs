@@ -1,9 +1,12 @@
 //! The shipped `file` consumer: each report as one JSON line in a file of the directory the
 //! operator granted this plugin.
 //!
-//! A destination names its file with a template over report metadata (`{"path":"{source}.jsonl"}`),
-//! rotates by size and age, and syncs by policy (`always`: a report is delivered only once its
-//! line is durable). Seed 003's data and alarm streams are two destinations
+//! A destination names its file with a template over report metadata (`{"path":"{source}.jsonl"}`)
+//! and syncs by policy (`always`: a report is delivered only once its line is durable). Rotation
+//! by size and age and how many rotated files are kept are the operator's settings
+//! (`[runtime.plugins.file.settings]`), never a producer's: the directory is shared, and a
+//! destination that could rotate or delete a file could destroy lines other producers had
+//! acknowledged. Seed 003's data and alarm streams are two destinations
 //! (`{"path":"data.jsonl"}`, `{"path":"alarms.jsonl"}`); seed 004's file per access key is
 //! `{"path":"{source}.jsonl"}`.
 //!
@@ -15,10 +18,10 @@ mod config;
 mod sink;
 mod template;
 
-use config::{Config, DEFAULT_FSYNC_INTERVAL_MS, DEFAULT_KEEP_FILES, MAX_KEEP_FILES};
+use config::{Config, DEFAULT_FSYNC_INTERVAL_MS, DEFAULT_KEEP_FILES, MAX_KEEP_FILES, Settings};
 use data_exporter_sdk::files::{self, ErrorKind};
 use data_exporter_sdk::line::Meta;
-use data_exporter_sdk::{BatchFailure, Consumer, NoSettings, Outcome, Parameter, PluginInfo, Report, log, plugin};
+use data_exporter_sdk::{BatchFailure, Consumer, Outcome, Parameter, PluginInfo, Report, log, plugin};
 use sink::{Fail, Fs, FsError, FsErrorKind, Sink};
 
 /// One open `file` destination.
@@ -75,13 +78,13 @@ Examples: \"data.jsonl\" and \"alarms.jsonl\" as two destinations for a data and
 
 impl Consumer for File {
     type Config = Config;
-    type Settings = NoSettings;
+    type Settings = Settings;
 
     fn info() -> PluginInfo {
         PluginInfo::new("file", env!("CARGO_PKG_VERSION"), "file")
             .description(
                 "Writes each report as one JSON line into a file of the plugin's granted directory; \
-                 templated names, size and age rotation, fsync policy.",
+                 templated names, fsync policy; size and age rotation set by the operator.",
             )
             .param(Parameter::string("path").required().usage(PATH_USAGE))
             .param(Parameter::string("format").default("\"payload\"").usage(
@@ -89,19 +92,6 @@ impl Consumer for File {
                  \"envelope\": {\"id\",\"received_at_ms\",\"source\",\"tenant\",\"labels\",\"payload\"} with the \
                  payload as JSON (source and tenant null when not known, labels an object)",
             ))
-            .param(Parameter::integer("rotate_bytes").default("0").usage(
-                "Before a batch's append would take a non-empty file past this many bytes, rotate it: \
-                 x.jsonl -> x.jsonl.1, x.jsonl.1 -> x.jsonl.2 ... 0 never rotates by size. One batch's lines go \
-                 to one file, so a single batch larger than this still lands whole",
-            ))
-            .param(Parameter::integer("rotate_secs").default("0").usage(
-                "Rotate a non-empty file created more than this many seconds ago, at the next batch written to \
-                 it (the same renames as rotate_bytes). 0 never rotates by age",
-            ))
-            .param(Parameter::integer("keep_files").default(&DEFAULT_KEEP_FILES.to_string()).usage(&format!(
-                "Rotated files kept per file (x.jsonl.1 newest ... x.jsonl.N oldest); rotating replaces the \
-                 oldest. 0 deletes a file when it rotates. At most {MAX_KEEP_FILES}"
-            )))
             .param(Parameter::string("fsync").default("\"always\"").usage(
                 "When lines are made durable. \"always\": every file a batch wrote is synced before its reports \
                  count as delivered (delivered means on disk; a failed sync is retried, so a line may be written \
@@ -115,14 +105,33 @@ impl Consumer for File {
                     .default(&DEFAULT_FSYNC_INTERVAL_MS.to_string())
                     .usage("With fsync \"interval\": the time a written file may stay unsynced while batches arrive"),
             )
+            .setting(Parameter::integer("rotate_bytes").default("0").usage(
+                "Before a batch's append would take a non-empty file past this many bytes, rotate it: \
+                 x.jsonl -> x.jsonl.1, x.jsonl.1 -> x.jsonl.2 ... 0 never rotates by size. Applies to every \
+                 file of every destination. One batch's lines go to one file, so a single batch larger than \
+                 this still lands whole",
+            ))
+            .setting(Parameter::integer("rotate_secs").default("0").usage(
+                "Rotate a non-empty file created more than this many seconds ago, at the next batch written to \
+                 it (the same renames as rotate_bytes). Applies to every file of every destination. 0 never \
+                 rotates by age",
+            ))
+            .setting(Parameter::integer("keep_files").default(&DEFAULT_KEEP_FILES.to_string()).usage(&format!(
+                "Rotated files kept per file (x.jsonl.1 newest ... x.jsonl.N oldest); rotating replaces the \
+                 oldest. 0 deletes a file when it rotates. At most {MAX_KEEP_FILES}"
+            )))
+    }
+
+    fn init(settings: &Settings) -> Result<(), String> {
+        settings.check()
     }
 
     fn validate(config: &Config) -> Result<(), String> {
         config.check().map(|_| ())
     }
 
-    fn open(config: Config, _settings: &NoSettings) -> Result<Self, String> {
-        let sink = Sink::new(config)?;
+    fn open(config: Config, settings: &Settings) -> Result<Self, String> {
+        let sink = Sink::new(config, settings)?;
         // Say at once, and clearly, when the operator granted no directory.
         if let Err(e) = files::entries("")
             && matches!(e.0, ErrorKind::NotGranted(_))

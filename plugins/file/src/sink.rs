@@ -3,7 +3,7 @@
 //! It reaches files only through [`Fs`], so the same code runs on the host's `files` capability in
 //! the plugin and on an in-memory fake in the unit tests.
 
-use crate::config::{Config, Fsync};
+use crate::config::{Config, Fsync, Settings};
 use crate::template::Template;
 use data_exporter_sdk::line::{Format, Meta, write_line};
 use std::collections::{BTreeMap, HashMap};
@@ -62,15 +62,16 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Open a destination from its (already parsed) config.
-    pub fn new(config: Config) -> Result<Sink, String> {
+    /// Open a destination from its (already parsed) config and the operator's settings.
+    pub fn new(config: Config, settings: &Settings) -> Result<Sink, String> {
         let template = config.check()?;
+        settings.check()?;
         Ok(Sink {
             template,
             format: config.format,
-            rotate_bytes: config.rotate_bytes,
-            rotate_ms: config.rotate_secs.saturating_mul(1000),
-            keep_files: config.keep_files,
+            rotate_bytes: settings.rotate_bytes,
+            rotate_ms: settings.rotate_secs.saturating_mul(1000),
+            keep_files: settings.keep_files,
             fsync: config.fsync,
             fsync_interval_ms: config.fsync_interval_ms,
             dirty: BTreeMap::new(),
@@ -148,7 +149,8 @@ impl Sink {
 
     /// Rotate `path` when appending `adding` bytes would take it past `rotate_bytes`, or when it was
     /// created more than `rotate_secs` ago: `path.N-1` -> `path.N` .. `path` -> `path.1`, so the
-    /// oldest kept file is replaced; with `keep_files: 0` the file is removed.
+    /// oldest kept file is replaced; with `keep_files = 0` the file is removed. All three are the
+    /// operator's settings: no destination can rotate or delete a file of the shared directory.
     fn rotate_if_due<F: Fs>(&mut self, fs: &mut F, path: &str, adding: u64, now: u64) -> Result<(), FsError> {
         if self.rotate_bytes == 0 && self.rotate_ms == 0 {
             return Ok(());
@@ -232,7 +234,7 @@ fn fail(e: FsError, what: &str) -> Fail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Settings};
 
     #[derive(Debug, Default, Clone)]
     struct File {
@@ -319,8 +321,15 @@ mod tests {
         }
     }
 
+    /// A destination from its JSON, with the default settings (no rotation).
     fn sink(json: &str) -> Sink {
-        Sink::new(serde_json::from_str::<Config>(json).unwrap()).unwrap()
+        sink_with(json, "{}")
+    }
+
+    /// A destination from its JSON, with these operator settings.
+    fn sink_with(json: &str, settings: &str) -> Sink {
+        let settings = serde_json::from_str::<Settings>(settings).unwrap();
+        Sink::new(serde_json::from_str::<Config>(json).unwrap(), &settings).unwrap()
     }
 
     struct R {
@@ -393,7 +402,7 @@ mod tests {
     #[test]
     fn rotates_by_size_keeping_n_files() {
         let mut fs = FakeFs::default();
-        let mut s = sink(r#"{"path":"d.jsonl","rotate_bytes":20,"keep_files":2}"#);
+        let mut s = sink_with(r#"{"path":"d.jsonl"}"#, r#"{"rotate_bytes":20,"keep_files":2}"#);
         let line = "{\"n\":12345}"; // 11 bytes + newline = 12
         for i in 0..5 {
             assert_eq!(s.deliver(&mut fs, &metas(&[r(&i.to_string(), None, line)])), ok(1));
@@ -405,7 +414,7 @@ mod tests {
         assert_eq!(fs.notes.iter().filter(|n| n.contains("rotate_bytes 20")).count(), 4);
         // A batch that fits does not rotate; an empty or missing file never rotates.
         let mut fs = FakeFs::default();
-        let mut s = sink(r#"{"path":"d.jsonl","rotate_bytes":100}"#);
+        let mut s = sink_with(r#"{"path":"d.jsonl"}"#, r#"{"rotate_bytes":100}"#);
         s.deliver(&mut fs, &metas(&[r("a", None, line), r("b", None, line)]));
         s.deliver(&mut fs, &metas(&[r("c", None, line)]));
         assert_eq!(fs.names(), ["d.jsonl"]);
@@ -415,14 +424,14 @@ mod tests {
     #[test]
     fn keep_files_zero_removes_and_keep_one_replaces() {
         let mut fs = FakeFs::default();
-        let mut s = sink(r#"{"path":"d.jsonl","rotate_bytes":5,"keep_files":0}"#);
+        let mut s = sink_with(r#"{"path":"d.jsonl"}"#, r#"{"rotate_bytes":5,"keep_files":0}"#);
         s.deliver(&mut fs, &metas(&[r("a", None, "{\"n\":1}")]));
         s.deliver(&mut fs, &metas(&[r("b", None, "{\"n\":2}")]));
         assert_eq!(fs.names(), ["d.jsonl"]);
         assert_eq!(fs.text("d.jsonl"), "{\"n\":2}\n");
 
         let mut fs = FakeFs::default();
-        let mut s = sink(r#"{"path":"d.jsonl","rotate_bytes":5,"keep_files":1}"#);
+        let mut s = sink_with(r#"{"path":"d.jsonl"}"#, r#"{"rotate_bytes":5,"keep_files":1}"#);
         for n in 1..=3 {
             s.deliver(&mut fs, &metas(&[r("x", None, &format!("{{\"n\":{n}}}"))]));
         }
@@ -434,7 +443,7 @@ mod tests {
     #[test]
     fn rotates_by_age() {
         let mut fs = FakeFs { now: 1_000_000, ..FakeFs::default() };
-        let mut s = sink(r#"{"path":"d.jsonl","rotate_secs":60}"#);
+        let mut s = sink_with(r#"{"path":"d.jsonl"}"#, r#"{"rotate_secs":60}"#);
         s.deliver(&mut fs, &metas(&[r("a", None, "1")]));
         fs.now += 60_000; // exactly 60 s: not yet "more than"
         s.deliver(&mut fs, &metas(&[r("b", None, "2")]));
@@ -474,7 +483,7 @@ mod tests {
     #[test]
     fn fsync_interval_syncs_before_rotating() {
         let mut fs = FakeFs::default();
-        let mut s = sink(r#"{"path":"d","fsync":"interval","fsync_interval_ms":60000,"rotate_bytes":3}"#);
+        let mut s = sink_with(r#"{"path":"d","fsync":"interval","fsync_interval_ms":60000}"#, r#"{"rotate_bytes":3}"#);
         s.deliver(&mut fs, &metas(&[r("a", None, "11")]));
         s.deliver(&mut fs, &metas(&[r("b", None, "22")]));
         assert_eq!(fs.unsynced("d.1"), 0);
@@ -528,5 +537,22 @@ mod tests {
         );
         assert_eq!(s.deliver(&mut fs, &[]), ok(0));
         assert_eq!(fs.count("append"), 0);
+    }
+
+    #[test]
+    fn settings_apply_to_every_destination_and_destinations_cannot_override_them() {
+        // The operator's rotation applies to a destination that says nothing about it...
+        let mut fs = FakeFs::default();
+        let mut s = sink_with(r#"{"path":"alarms.jsonl"}"#, r#"{"rotate_bytes":5,"keep_files":3}"#);
+        s.deliver(&mut fs, &metas(&[r("a", None, "{\"n\":1}")]));
+        s.deliver(&mut fs, &metas(&[r("b", None, "{\"n\":2}")]));
+        assert_eq!(fs.names(), ["alarms.jsonl", "alarms.jsonl.1"]);
+        // ...and a destination asking for its own rotation does not open.
+        let config = serde_json::from_str::<Config>(r#"{"path":"alarms.jsonl","rotate_bytes":1,"keep_files":0}"#);
+        let err = Sink::new(config.unwrap(), &Settings::default()).unwrap_err();
+        assert!(err.contains("operator settings") && err.contains("[runtime.plugins.file.settings]"), "{err}");
+        // Settings out of bounds do not open either.
+        let err = Sink::new(Config::new("d"), &Settings { keep_files: 1001, ..Settings::default() }).unwrap_err();
+        assert!(err.contains("at most 1000"), "{err}");
     }
 }
