@@ -1,4 +1,4 @@
-//! The `data-exporter` command: `serve` runs the forwarding host.
+//! The `data-exporter` command: `serve` runs the forwarding host; `send` posts a report to one.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -52,6 +52,9 @@ enum Command {
         #[command(subcommand)]
         action: PluginsAction,
     },
+    /// Send one report to a running host (POST /forward), retrying while it is busy or unreachable.
+    #[command(after_long_help = SEND_EXAMPLES)]
+    Send(SendArgs),
     /// Compile one plugin component (stdin) to native code (stdout); the host runs this in a
     /// child process with bounded memory and CPU.
     #[command(hide = true)]
@@ -198,8 +201,185 @@ async fn main() -> anyhow::Result<()> {
         Command::Plugins { conn, action: PluginsAction::Reload } => {
             print_json(&admin_call(&conn, |c, base| Ok(c.post(format!("{base}/plugins/reload")))).await?)
         }
+        Command::Send(args) => std::process::exit(send(args).await),
         Command::CompilePlugin { settings } => data_exporter::runtime::compile::child_main(&settings),
     }
+}
+
+const SEND_EXAMPLES: &str = "\
+Examples:
+  data-exporter send --to 'stdout={}' --payload scan.json
+  kube-bench --json | data-exporter send --wait 10s --label team=blue \\
+      --to 'openSearch={\"host_port\":\"https://os:9200\",\"index\":\"scans\"}'
+
+Exit status:
+  0  accepted (queued on the host's disk); with --wait: delivered (or skipped) everywhere
+  1  gave up: the host stayed unreachable or busy (503) for --attempts / --max-time
+  2  invalid input here (payload not JSON, bad --to/--label/--config, unreadable file); usage errors
+  3  the host refused the report (4xx): the message is the host's code and what to change
+  4  --wait: a consumer dead-lettered the report (the receipt says why)
+  5  --wait: still pending when the wait ended (the receipt shows the retry state)
+
+On success the receipt is printed on stdout as JSON; `GET /reports/{id}` tells where it stands.";
+
+/// `data-exporter send`.
+#[derive(clap::Args)]
+struct SendArgs {
+    /// Base URL of the host's public API.
+    #[arg(long, env = "DATA_EXPORTER_URL", default_value = "http://127.0.0.1:6780")]
+    url: String,
+    /// File holding the payload, one JSON document; `-` or no flag: stdin.
+    #[arg(long, value_name = "FILE")]
+    payload: Option<PathBuf>,
+    /// A consumer and its destination settings as JSON, e.g.
+    /// --to 'openSearch={"host_port":"https://os:9200","index":"scans"}' (repeatable).
+    #[arg(long = "to", value_name = "KEY=JSON")]
+    to: Vec<String>,
+    /// File holding a JSON object of destinations keyed by consumer (the `config` of ReportData);
+    /// --to adds to it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A label to attach, NAME=VALUE (repeatable).
+    #[arg(long = "label", value_name = "NAME=VALUE")]
+    labels: Vec<String>,
+    /// Have the host wait this long (e.g. 10s, at most 5m) for the outcome; the exit status then
+    /// tells it (see below).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    wait: Option<std::time::Duration>,
+    /// Most attempts while the host is unreachable or answers 503 (the first one included).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    attempts: u32,
+    /// Stop retrying after this long (a started attempt is not cut).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    max_time: std::time::Duration,
+}
+
+/// `data-exporter send`: the exit status (see `SEND_EXAMPLES`).
+async fn send(args: SendArgs) -> i32 {
+    use data_exporter_client::{Client, Outcome, RetryPolicy, SendError};
+    let report = match send_report(&args) {
+        Ok(r) => r,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return 2;
+        }
+    };
+    let policy = RetryPolicy { max_attempts: args.attempts, max_elapsed: args.max_time, ..RetryPolicy::default() };
+    let client = Client::new(&args.url).retry(policy).on_retry(|attempt, delay, error| {
+        eprintln!("attempt {attempt} failed ({error}); retrying in {:.1}s", delay.as_secs_f64());
+    });
+    let sent = match args.wait {
+        Some(wait) => client.send_wait(&report, wait).await,
+        None => client.send(&report).await,
+    };
+    let receipt = match sent {
+        Ok(r) => r,
+        Err(e @ SendError::Refused { .. }) => {
+            eprintln!("error: {e}");
+            return 3;
+        }
+        Err(SendError::GaveUp { attempts, last }) => {
+            eprintln!(
+                "error: gave up after {attempts} attempt{}: {last}. Is the host running at {}? \
+                 (--url, DATA_EXPORTER_URL; more patience: --attempts, --max-time)",
+                if attempts == 1 { "" } else { "s" },
+                args.url
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&receipt).expect("a receipt is JSON"));
+    let pending = |r: &data_exporter_client::Receipt| {
+        r.consumers
+            .iter()
+            .map(|(k, c)| {
+                format!("{k}: {}{}", c.status, c.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match (args.wait, receipt.outcome()) {
+        (None, _) | (Some(_), Outcome::Delivered) => 0,
+        (Some(_), Outcome::DeadLettered) => {
+            eprintln!(
+                "error: report {} was dead-lettered: {}. See `data-exporter dlq show {}`",
+                receipt.id,
+                pending(&receipt),
+                receipt.id
+            );
+            4
+        }
+        (Some(w), Outcome::Pending) => {
+            eprintln!(
+                "error: report {} is still pending after {w:?}: {}. The host keeps trying; GET /reports/{} tells the outcome",
+                receipt.id,
+                pending(&receipt),
+                receipt.id
+            );
+            5
+        }
+    }
+}
+
+/// The report `send` posts, from its flags; or what to fix.
+fn send_report(args: &SendArgs) -> Result<data_exporter_client::ReportData, String> {
+    use std::io::{IsTerminal, Read};
+    let (text, from) = match args.payload.as_deref() {
+        Some(path) if path != std::path::Path::new("-") => (
+            std::fs::read_to_string(path).map_err(|e| format!("reading the payload from {}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        _ => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err("no payload: pass --payload FILE, or pipe the JSON document into stdin".into());
+            }
+            let mut text = String::new();
+            stdin.lock().read_to_string(&mut text).map_err(|e| format!("reading the payload from stdin: {e}"))?;
+            (text, "stdin".into())
+        }
+    };
+    let mut report = data_exporter_client::ReportData::from_json_text(text.trim());
+    report.check_payload().map_err(|e| format!("the payload from {from} is not one JSON document: {e}"))?;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading --config {}: {e}", path.display()))?;
+        report.config = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "--config {} must hold a JSON object of destinations keyed by consumer, \
+                 e.g. {{\"stdout\": {{}}}}: {e}",
+                path.display()
+            )
+        })?;
+    }
+    for to in &args.to {
+        let (key, json) = to
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| format!("--to {to:?} must be KEY=JSON, e.g. --to 'stdout={{}}'"))?;
+        let destination: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+            format!(
+                "--to {key}=...: the destination is not JSON ({e}); quote it, e.g. --to '{key}={{\"index\":\"scans\"}}'"
+            )
+        })?;
+        if report.config.insert(key.to_string(), destination).is_some() {
+            return Err(format!("consumer {key:?} is named twice (--to, --config): name it once"));
+        }
+    }
+    if report.config.is_empty() {
+        return Err("no consumer: name one with --to KEY=JSON (e.g. --to 'stdout={}') or --config FILE".into());
+    }
+    for label in &args.labels {
+        let (name, value) = label
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty())
+            .ok_or_else(|| format!("--label {label:?} must be NAME=VALUE"))?;
+        report.labels.insert(name.to_string(), value.to_string());
+    }
+    Ok(report)
 }
 
 fn toml_string(cfg: &Config) -> anyhow::Result<String> {

@@ -15,5 +15,7 @@ mod logs;
 mod plugins;
 mod reload;
 mod sandbox;
+mod send;
 mod tls;
 mod trust;
+mod webhook;

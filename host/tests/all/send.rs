@@ -1,0 +1,165 @@
+//! `data-exporter send`, the real binary against a real host: exit status, receipt, messages.
+
+use crate::helpers::*;
+use serde_json::Value;
+use std::process::Output;
+use std::time::Duration;
+
+/// Run `data-exporter send ARGS` with `stdin` piped in; its output.
+async fn send(args: &[&str], stdin: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("send")
+        .args(args)
+        .env_remove("DATA_EXPORTER_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("send hung").unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_from_a_file_is_queued_and_the_receipt_printed() {
+    let app = spawn_app_with(&["stdout"], |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scan.json");
+    std::fs::write(&file, "{\"cluster\": \"c1\", \"scanner\": \"kube-bench\"}\n").unwrap();
+    let out = send(
+        &["--url", &app.url, "--to", "stdout={}", "--label", "team=blue", "--payload", file.to_str().unwrap()],
+        "",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let receipt: Value = serde_json::from_slice(&out.stdout).expect("the receipt on stdout");
+    let id = receipt["id"].as_str().unwrap();
+    assert!(receipt["consumers"]["stdout"]["status"].is_string(), "{receipt}");
+    let (status, state) = app.get(&format!("/reports/{id}")).await;
+    assert_eq!(status, 200, "{state}");
+    assert!(state["consumers"]["stdout"].is_object(), "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_from_stdin_exits_0_once_delivered() {
+    let app = spawn_app_with(&["stdout"], |_| {}).await;
+    let out = send(&["--url", &app.url, "--to", "stdout={}", "--wait", "30s"], r#"{"cluster":"c1"}"#).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipt["consumers"]["stdout"]["status"], "delivered", "{receipt}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_exits_4_when_dead_lettered_and_5_when_still_pending() {
+    let app = spawn_app_with(&["hostile"], |_| {}).await;
+    // `echo` fails for good at once.
+    let out = send(&["--url", &app.url, "--to", r#"hostile={"attack":"echo"}"#, "--wait", "30s"], "{}").await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipt["consumers"]["hostile"]["status"], "dead_lettered", "{receipt}");
+    assert!(err.contains("dead-lettered") && err.contains("dlq show"), "{err}");
+    // `batch-fail` fails every batch as a whole: retried, so still pending when the wait ends.
+    let out = send(&["--url", &app.url, "--to", r#"hostile={"attack":"batch-fail"}"#, "--wait", "300ms"], "{}").await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("still pending after 300ms"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_exits_3_with_the_hosts_code_and_message() {
+    let app = spawn_app_with(&["stdout"], |_| {}).await;
+    let out = send(&["--url", &app.url, "--to", "openSearch={\"index\":\"scans\"}"], "{}").await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("422 unknown_consumer") && err.contains("openSearch") && err.contains("stdout"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_local_input_exits_2_naming_what_to_fix() {
+    // Nothing listens there: none of these may get as far as sending.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    for (args, stdin, expect) in [
+        (vec!["--to", "stdout={}"], "{not json", "not one JSON document"),
+        (vec!["--to", "stdout={oops}"], "{}", "--to stdout=...: the destination is not JSON"),
+        (vec!["--to", "stdout"], "{}", "must be KEY=JSON"),
+        (vec![], "{}", "no consumer"),
+        (vec!["--to", "stdout={}", "--label", "team"], "{}", "must be NAME=VALUE"),
+        (vec!["--to", "stdout={}", "--payload", "/nonexistent/scan.json"], "", "reading the payload from /nonexistent"),
+    ] {
+        let mut all = vec!["--url", url.as_str()];
+        all.extend(args.iter());
+        let out = send(&all, stdin).await;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(expect) && err.lines().count() == 1, "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_host_exits_1_after_the_attempts_naming_the_last_error() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = send(&["--url", &url, "--to", "stdout={}", "--attempts", "3"], "{}").await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(last.contains("gave up after 3 attempts") && last.contains("refused") && last.contains(&url), "{err}");
+    assert_eq!(err.matches("retrying in").count(), 2, "{err}");
+}
+
+/// The host is not up yet when `send` starts: it retries until a real `data-exporter serve`
+/// process answers on that port.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_retries_until_the_host_comes_up() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let sender = tokio::spawn({
+        let url = url.clone();
+        async move {
+            send(&["--url", &url, "--to", "stdout={}", "--attempts", "30", "--max-time", "90s"], "{\"n\":1}").await
+        }
+    });
+    // Let it fail at least once against the closed port.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let plugins = plugins_dir(&["stdout"]);
+    let data = tempfile::tempdir().unwrap();
+    let exporter = Exporter::start(plugins.path(), data.path(), port, |_| {}).await;
+    let out = sender.await.unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("retrying in") && err.contains("refused"), "no retry was logged: {err}");
+    let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = receipt["id"].as_str().unwrap();
+    let state: Value = reqwest::get(format!("{}/reports/{id}", exporter.url)).await.unwrap().json().await.unwrap();
+    assert!(state["consumers"]["stdout"].is_object(), "{state}");
+}
+
+#[test]
+fn send_help_documents_flags_and_exit_statuses() {
+    let out = std::process::Command::new(BIN).args(["send", "--help"]).output().unwrap();
+    let help = text(&out.stdout);
+    for needle in [
+        "--url",
+        "DATA_EXPORTER_URL",
+        "--payload",
+        "--to",
+        "--config",
+        "--label",
+        "--wait",
+        "--attempts",
+        "--max-time",
+        "Exit status",
+        "dead-lettered",
+    ] {
+        assert!(help.contains(needle), "send --help lacks {needle}:\n{help}");
+    }
+}
