@@ -47,6 +47,17 @@ impl PluginInfo {
         self
     }
 
+    /// Add the seed protocol's TLS parameters, `checkCert` (verify the server's certificate,
+    /// default true) and `mutualTLS` (present the operator's client certificate, default false).
+    pub fn tls_params(self) -> Self {
+        self.param(Parameter::boolean("checkCert").default("true").usage("Verify the server's TLS certificate")).param(
+            Parameter::boolean("mutualTLS").default("false").usage(
+                "Present the client certificate configured by the operator (http.client_cert_file), to the \
+                 origins it allows (http.client_cert_origins)",
+            ),
+        )
+    }
+
     /// Add a setting (a field of the operator's `[runtime.plugins.<file>.settings]`).
     pub fn setting(mut self, p: Parameter) -> Self {
         self.settings.push(p);

@@ -339,18 +339,29 @@ impl Recorded {
     }
 }
 
-/// A real HTTP server on loopback that answers 200 to everything and keeps every request.
+/// One scripted answer: status, headers, body.
+pub type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+/// A real HTTP server on loopback that keeps every request and answers the scripted answers in
+/// order, then `200 {}`.
 pub struct Recorder {
     pub url: String,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
 }
 
 impl Recorder {
+    /// Answers `200 {}` to everything.
     pub async fn start() -> Recorder {
+        Recorder::scripted(Vec::new()).await
+    }
+
+    /// Answers `script` in order, then `200 {}`.
+    pub async fn scripted(script: Vec<Answer>) -> Recorder {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(script)));
         let keep = seen.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let keep = keep.clone();
+            let (keep, script) = (keep.clone(), script.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default().to_vec();
@@ -358,7 +369,13 @@ impl Recorder {
                     parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
                 let uri = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
                 keep.lock().unwrap().push(Recorded { method: parts.method.to_string(), uri, headers, body });
-                "{}"
+                let (status, headers, body) = script.lock().unwrap().pop_front().unwrap_or((200, vec![], "{}"));
+                let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+                *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                for (k, v) in headers {
+                    resp.headers_mut().insert(k, v.parse().unwrap());
+                }
+                resp
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -5,52 +5,6 @@
 use crate::helpers::*;
 use crate::sandbox::origin;
 use serde_json::{Value, json};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-
-/// A receiver on loopback that answers the scripted responses in order (then 200) and keeps
-/// every request.
-struct Receiver {
-    url: String,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-}
-
-/// One scripted answer: status, headers, body.
-type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
-
-impl Receiver {
-    async fn start(script: Vec<Answer>) -> Receiver {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(VecDeque::from(script)));
-        let keep = seen.clone();
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let (keep, script) = (keep.clone(), script.clone());
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default().to_vec();
-                let headers =
-                    parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
-                let uri = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                keep.lock().unwrap().push(Recorded { method: parts.method.to_string(), uri, headers, body });
-                let (status, headers, body) = script.lock().unwrap().pop_front().unwrap_or((200, vec![], "{}"));
-                let mut resp = axum::response::Response::new(axum::body::Body::from(body));
-                *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
-                for (k, v) in headers {
-                    resp.headers_mut().insert(k, v.parse().unwrap());
-                }
-                resp
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { url, seen }
-    }
-
-    fn seen(&self) -> Vec<Recorded> {
-        self.seen.lock().unwrap().clone()
-    }
-}
 
 fn header<'a>(r: &'a Recorded, name: &str) -> Option<&'a str> {
     r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -81,7 +35,7 @@ fn payloads() -> Vec<Value> {
 #[tokio::test]
 async fn array_batches_are_one_request_whose_body_is_the_payloads_in_order() {
     let app = app().await;
-    let rx = Receiver::start(vec![]).await;
+    let rx = Recorder::scripted(vec![]).await;
     let ids = send(&app, &json!({"url": format!("{}/hook", rx.url)}), &payloads()).await;
     let seen = rx.seen();
     assert_eq!(seen.len(), 1, "one request for the batch: {seen:#?}");
@@ -96,7 +50,7 @@ async fn array_batches_are_one_request_whose_body_is_the_payloads_in_order() {
 #[tokio::test]
 async fn ndjson_batches_have_one_payload_per_line_with_the_method_and_headers_asked_for() {
     let app = app().await;
-    let rx = Receiver::start(vec![]).await;
+    let rx = Recorder::scripted(vec![]).await;
     let dest = json!({"url": rx.url, "batch": "ndjson", "method": "PUT", "headers": {"X-Api-Key": "k1"}});
     let ids = send(&app, &dest, &payloads()).await;
     let seen = rx.seen();
@@ -114,7 +68,7 @@ async fn ndjson_batches_have_one_payload_per_line_with_the_method_and_headers_as
 #[tokio::test]
 async fn single_sends_one_request_per_report_with_its_id() {
     let app = app().await;
-    let rx = Receiver::start(vec![]).await;
+    let rx = Recorder::scripted(vec![]).await;
     let dest = json!({"url": rx.url, "batch": "single", "bearer_token": "t0ken"});
     let ids = send(&app, &dest, &payloads()).await;
     let seen = rx.seen();
@@ -129,7 +83,7 @@ async fn single_sends_one_request_per_report_with_its_id() {
 #[tokio::test]
 async fn gzip_bodies_decompress_to_the_batch() {
     let app = app().await;
-    let rx = Receiver::start(vec![]).await;
+    let rx = Recorder::scripted(vec![]).await;
     send(&app, &json!({"url": rx.url, "gzip": true, "batch": "ndjson"}), &payloads()).await;
     let seen = rx.seen();
     assert_eq!(seen.len(), 1, "{seen:#?}");
@@ -152,7 +106,7 @@ async fn gzip_bodies_decompress_to_the_batch() {
 
 #[tokio::test]
 async fn basic_auth_by_secret_reference_is_added_by_the_host_for_its_origin() {
-    let rx = Receiver::start(vec![]).await;
+    let rx = Recorder::scripted(vec![]).await;
     let secrets = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(secrets.path().join("hook")).unwrap();
     std::fs::write(secrets.path().join("hook/username"), "hooker\n").unwrap();
@@ -179,7 +133,7 @@ async fn a_retry_status_with_retry_after_is_retried_then_delivered() {
         c.delivery.retry_max_ms = 5_000;
     })
     .await;
-    let rx = Receiver::start(vec![(503, vec![("retry-after", "1")], "busy")]).await;
+    let rx = Recorder::scripted(vec![(503, vec![("retry-after", "1")], "busy")]).await;
     let started = std::time::Instant::now();
     send(&app, &json!({"url": rx.url}), &[json!({"a": 1}), json!({"a": 2})]).await;
     let seen = rx.seen();
@@ -191,7 +145,7 @@ async fn a_retry_status_with_retry_after_is_retried_then_delivered() {
 #[tokio::test]
 async fn a_status_listed_in_retry_status_is_retried() {
     let app = app().await;
-    let rx = Receiver::start(vec![(409, vec![], "locked")]).await;
+    let rx = Recorder::scripted(vec![(409, vec![], "locked")]).await;
     send(&app, &json!({"url": rx.url, "retry_status": [409]}), &[json!({"a": 1})]).await;
     assert_eq!(rx.seen().len(), 2, "409 then 200");
 }
@@ -199,7 +153,7 @@ async fn a_status_listed_in_retry_status_is_retried() {
 #[tokio::test]
 async fn a_client_error_is_dead_lettered_with_the_status_and_body() {
     let app = app().await;
-    let rx = Receiver::start(vec![(400, vec![], "field `a` is required")]).await;
+    let rx = Recorder::scripted(vec![(400, vec![], "field `a` is required")]).await;
     let dest = json!({"url": rx.url});
     let (status, receipt) = app.forward_wait(report_data("http", dest, &json!({"b": 1}))).await;
     assert_eq!(status, 502, "{receipt}");
@@ -213,7 +167,7 @@ async fn a_client_error_is_dead_lettered_with_the_status_and_body() {
 #[tokio::test]
 async fn a_refused_header_is_a_422_at_ingest() {
     let app = app().await;
-    let rx = Receiver::start(vec![]).await;
+    let rx = Recorder::scripted(vec![]).await;
     let dest = json!({"url": rx.url, "headers": {"Host": "metadata.internal"}});
     let (status, r) = app.forward(report_data("http", dest, &json!({}))).await;
     assert_eq!(status, 422, "{r}");

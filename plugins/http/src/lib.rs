@@ -165,12 +165,7 @@ impl Consumer for Webhook {
             .param(
                 Parameter::integer("timeout_ms").usage("Time allowed per request, in ms; absent: the host's default"),
             )
-            .param(Parameter::boolean("checkCert").default("true").usage("Verify the server's TLS certificate"))
-            .param(
-                Parameter::boolean("mutualTLS")
-                    .default("false")
-                    .usage("Present the client certificate configured by the operator (http.client_cert_file)"),
-            )
+            .tls_params()
     }
 
     fn validate(d: &Destination) -> Result<(), String> {

@@ -64,12 +64,7 @@ impl Consumer for OpenSearch {
             .param(Parameter::string("index").required().usage("Index the documents are written to, e.g. scans"))
             .param(Parameter::string("username").default("\"\"").usage("Basic-auth user name; empty for none"))
             .param(Parameter::string("password").default("\"\"").secret().usage("Basic-auth password"))
-            .param(Parameter::boolean("checkCert").default("true").usage("Verify the server's TLS certificate"))
-            .param(
-                Parameter::boolean("mutualTLS")
-                    .default("false")
-                    .usage("Present the client certificate configured by the operator (http.client_cert_file)"),
-            )
+            .tls_params()
     }
 
     fn validate(d: &Destination) -> Result<(), String> {
