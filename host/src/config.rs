@@ -162,11 +162,15 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most reports one `POST /forward` may carry as a JSON array.
     pub max_reports_per_request: usize,
+    /// Keep the report `id` a producer gives (another data-exporter relaying to this one, so the
+    /// chain is idempotent end to end). Off: a report with an `id` is refused, since a producer
+    /// choosing ids could overwrite others' documents at idempotent consumers.
+    pub accept_report_ids: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 10 * 1024 * 1024, max_reports_per_request: 10_000 }
+        Limits { max_body_bytes: 10 * 1024 * 1024, max_reports_per_request: 10_000, accept_report_ids: false }
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Envelope {
     pub payload: String,
     /// Labels the producer attached (`"labels": {"team": "sec"}`), in name order.
     pub labels: Vec<(String, String)>,
+    /// The report id the producer gave (a relaying data-exporter keeps ids end to end); only
+    /// accepted where the operator allows it (`limits.accept_report_ids`).
+    pub id: Option<uuid::Uuid>,
 }
 
 /// Most labels one report may carry.
@@ -64,6 +67,9 @@ pub enum EnvelopeError {
         /// The JSON type found.
         found: &'static str,
     },
+    /// `id` is not a UUID.
+    #[error("`id` must be a report id (a UUID, as in a receipt), got {0:?}")]
+    InvalidId(String),
     /// `labels` is not an object of short strings.
     #[error(
         "`labels` must be an object of at most 32 names (1-64 letters, digits, `_`, `-`, `.`) with string values of at most 256 bytes: {0}"
@@ -132,6 +138,8 @@ struct Wire<'a> {
     payload: Option<Payload>,
     #[serde(default)]
     labels: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// The `payload` field read in the same pass as the envelope: the unescaped string, or the
@@ -195,6 +203,10 @@ fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
     let config: BTreeMap<String, &RawValue> = serde_json::from_str(config_raw.get())
         .map_err(|_| EnvelopeError::ConfigNotObject(json_type(config_raw.get())))?;
     let labels = labels(wire.labels.unwrap_or_default())?;
+    let id = match wire.id {
+        None => None,
+        Some(text) => Some(uuid::Uuid::parse_str(&text).map_err(|_| EnvelopeError::InvalidId(text))?),
+    };
     let mut destinations = Vec::with_capacity(config.len());
     let mut skipped = Vec::new();
     for (key, raw) in config {
@@ -212,7 +224,7 @@ fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
         };
         return Err(EnvelopeError::NoConsumer(note));
     }
-    Ok(Envelope { destinations, skipped, payload, labels })
+    Ok(Envelope { destinations, skipped, payload, labels, id })
 }
 
 fn labels(given: BTreeMap<String, serde_json::Value>) -> Result<Vec<(String, String)>, EnvelopeError> {

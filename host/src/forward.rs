@@ -52,6 +52,14 @@ pub enum RouteError {
         /// Answered from the negative cache: the failure happened this many ms ago.
         cached_ms: Option<u64>,
     },
+    /// Two reports of one request carry the same id.
+    #[error("{at}report id {id} appears twice in this request: each report needs its own id")]
+    DuplicateId {
+        /// Position prefix for batches.
+        at: String,
+        /// The id.
+        id: Uuid,
+    },
     /// Every destination of a report was skipped.
     #[error(
         "{at}`config` names no consumer with settings (empty: {skipped}): fill in a destination's required fields, e.g. \"openSearch\": {{\"host_port\": \"https://os:9200\", \"index\": \"scans\"}}"
@@ -84,6 +92,9 @@ pub struct Receipt {
     pub id: Uuid,
     /// Where the report stands at each consumer named under `config`.
     pub consumers: BTreeMap<String, ConsumerState>,
+    /// The host knew this report already (a relay's retry): it was not queued again.
+    #[serde(skip)]
+    pub known: bool,
 }
 
 type DestinationKey = (String, Arc<str>);
@@ -178,9 +189,13 @@ fn canonical(value: &serde_json::Value) -> String {
 /// reports by (key, canonical destination). A destination whose plugin's required parameters
 /// are all empty (the seed's Go zero values) is skipped; a plugin with none required is never
 /// skipped (`{}` reaches it). Fails on the first key nobody consumes.
+///
+/// A report whose producer-given id the host already knows (a relay retrying after its first
+/// try was accepted) is not queued again: its receipt says where it stands.
 fn plan<P: Clone>(
     lookup: impl Fn(&str) -> Option<(P, Vec<String>)>,
     loaded: impl Fn() -> String,
+    known: impl Fn(Uuid) -> Option<BTreeMap<String, ConsumerState>>,
     envelopes: Vec<Envelope>,
     batch: bool,
     now_ms: u64,
@@ -189,7 +204,17 @@ fn plan<P: Clone>(
     let mut groups: BTreeMap<(String, String), Group<P>> = BTreeMap::new();
     let mut receipts = Vec::with_capacity(envelopes.len());
     let mut reports = Vec::with_capacity(envelopes.len());
+    let mut given = std::collections::HashSet::new();
     for (i, env) in envelopes.into_iter().enumerate() {
+        if let Some(id) = env.id {
+            if !given.insert(id) {
+                return Err(RouteError::DuplicateId { at: at(i), id });
+            }
+            if let Some(consumers) = known(id) {
+                receipts.push(Receipt { id, consumers, known: true });
+                continue;
+            }
+        }
         let mut consumers = BTreeMap::new();
         for key in env.skipped {
             let reason = "the destination is null; nothing to deliver".to_string();
@@ -228,9 +253,9 @@ fn plan<P: Clone>(
             let skipped: Vec<String> = consumers.keys().map(|k| format!("`{k}`")).collect();
             return Err(RouteError::NoConsumer { at: at(i), skipped: skipped.join(", ") });
         }
-        let id = Uuid::now_v7();
+        let id = env.id.unwrap_or_else(Uuid::now_v7);
         reports.push(QueuedReport { id, received_at_ms: now_ms, payload: env.payload, dests, labels: env.labels });
-        receipts.push(Receipt { id, consumers });
+        receipts.push(Receipt { id, consumers, known: false });
     }
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
 }
@@ -242,6 +267,7 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     let Plan { groups, reports, receipts } = plan(
         |k| registry.get(k).map(|p| (p.clone(), p.required())),
         || registry.keys_list(),
+        |id| ctx.status.get(id),
         envelopes,
         batch,
         now_ms(),
@@ -251,9 +277,13 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     }
     // Append and dispatch in a task of its own: a producer that hangs up mid-append drops this
     // future, and must neither strand a report that reached the disk nor leak queue capacity.
+    if reports.is_empty() {
+        return Ok(receipts); // every report was known already
+    }
     let (queue, status, delivery, metrics) =
         (ctx.queue.clone(), ctx.status.clone(), ctx.delivery.clone(), ctx.metrics.clone());
-    let states: Vec<_> = receipts.iter().map(|r| r.consumers.clone()).collect();
+    // The states of the reports queued now (a report already known keeps its own).
+    let states: Vec<_> = receipts.iter().filter(|r| !r.known).map(|r| r.consumers.clone()).collect();
     let counts: Vec<_> = groups
         .iter()
         .map(|g| (metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() }, g.members.len()))
@@ -345,7 +375,7 @@ mod tests {
             "stdout" => Some(("stdout-plugin", vec![])),
             _ => None,
         };
-        plan(lookup, || "`openSearch`, `stdout`, `webhook`".into(), envelopes, batch, 7)
+        plan(lookup, || "`openSearch`, `stdout`, `webhook`".into(), |_| None, envelopes, batch, 7)
     }
 
     #[test]
@@ -405,6 +435,25 @@ mod tests {
         let p = plan_for(r#"{"config":{"stdout":{}},"payload":"{}"}"#).unwrap();
         assert_eq!(p.receipts[0].consumers["stdout"], ConsumerState::Queued);
         assert_eq!(&*p.groups[0].destination, "{}");
+    }
+
+    #[test]
+    fn given_ids_are_kept_known_ones_not_queued_again_and_duplicates_refused() {
+        let (a, b) = ("0193a1b2-c3d4-7e5f-8a9b-000000000001", "0193a1b2-c3d4-7e5f-8a9b-000000000002");
+        let report = |id: &str| format!(r#"{{"id":"{id}","config":{{"stdout":{{}}}},"payload":"{{}}"}}"#);
+        let (envelopes, batch) = parse_body(format!("[{},{}]", report(a), report(b)).as_bytes(), 10).unwrap();
+        let lookup = |_: &str| Some(("stdout-plugin", vec![]));
+        let known_b = |id: Uuid| {
+            (id.to_string() == b).then(|| BTreeMap::from([("stdout".to_string(), ConsumerState::Delivered)]))
+        };
+        let p = plan(lookup, String::new, known_b, envelopes, batch, 7).unwrap();
+        assert_eq!(p.reports.len(), 1, "the known report is not queued again");
+        assert_eq!(p.reports[0].id.to_string(), a);
+        assert_eq!(p.receipts[1].id.to_string(), b);
+        assert_eq!(p.receipts[1].consumers["stdout"], ConsumerState::Delivered);
+        let (envelopes, batch) = parse_body(format!("[{},{}]", report(a), report(a)).as_bytes(), 10).unwrap();
+        let err = plan(lookup, String::new, |_| None, envelopes, batch, 7).unwrap_err().to_string();
+        assert!(err.starts_with("report [1]: report id") && err.contains("appears twice"), "{err}");
     }
 
     #[test]

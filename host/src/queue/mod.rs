@@ -71,6 +71,10 @@ pub enum QueueError {
         /// The limit.
         max: u64,
     },
+    /// A report with this id is being accepted or delivered already (a relay's retry racing its
+    /// first try): try again, and the receipt will say where it stands.
+    #[error("report {0} is already queued here: retry to get its receipt")]
+    InFlight(Uuid),
     /// Writing or syncing the queue files failed; nothing more is accepted until a write succeeds.
     #[error("the queue could not write to disk ({0}); reports are not accepted until the disk recovers")]
     Disk(String),
@@ -102,6 +106,8 @@ struct Inner {
     /// Live reports per segment.
     live: BTreeMap<u64, usize>,
     bytes: u64,
+    /// Ids being appended now (not yet pending): a second request with one of them waits its turn.
+    accepting: std::collections::HashSet<Uuid, foldhash::fast::RandomState>,
 }
 
 /// The queue. Cheap to share behind an `Arc`.
@@ -183,10 +189,14 @@ impl Queue {
         let size: u64 = reports.iter().map(QueuedReport::size).sum();
         {
             let mut g = self.inner.lock().unwrap();
+            if let Some(r) = reports.iter().find(|r| g.pending.contains_key(&r.id) || g.accepting.contains(&r.id)) {
+                return Err(QueueError::InFlight(r.id));
+            }
             if g.bytes + size > self.max_bytes && g.bytes > 0 {
                 return Err(QueueError::Full { used: g.bytes, max: self.max_bytes });
             }
             g.bytes += size; // reserved while writing
+            g.accepting.extend(reports.iter().map(|r| r.id));
         }
         let seg = match &self.log {
             None => 0,
@@ -202,7 +212,9 @@ impl Queue {
                     }
                     Err(e) => {
                         self.healthy.store(false, Ordering::Release);
-                        self.inner.lock().unwrap().bytes -= size;
+                        let mut g = self.inner.lock().unwrap();
+                        g.bytes -= size;
+                        reports.iter().for_each(|r| _ = g.accepting.remove(&r.id));
                         return Err(QueueError::Disk(e.to_string()));
                     }
                 }
@@ -214,6 +226,7 @@ impl Queue {
             let r = Arc::new(r);
             let size = r.size();
             *g.live.entry(seg).or_default() += 1;
+            g.accepting.remove(&r.id);
             g.pending.insert(r.id, Pending { report: r.clone(), remaining: r.dests.len(), seg, size });
             out.push(r);
         }

@@ -65,6 +65,7 @@ fn code_of(e: &crate::envelope::EnvelopeError) -> &'static str {
         E::MissingConfig | E::ConfigNotObject(_) | E::DestinationNotObject { .. } => "invalid_config",
         E::NoConsumer(_) => "no_consumer",
         E::InvalidLabels(_) => "invalid_labels",
+        E::InvalidId(_) => "invalid_id",
         E::EmptyBatch => "empty_batch",
         E::TooManyReports { .. } => "too_many_reports",
         E::InBatch { error, .. } => code_of(error),
@@ -80,8 +81,10 @@ impl From<crate::forward::RouteError> for ApiError {
             E::InvalidDestination { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_destination", None),
             E::Plugin { .. } => (StatusCode::BAD_GATEWAY, "plugin_failed", None),
             E::NoConsumer { .. } => (StatusCode::BAD_REQUEST, "no_consumer", None),
+            E::DuplicateId { .. } => (StatusCode::BAD_REQUEST, "duplicate_id", None),
             E::Queue(Q::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(2)),
             E::Queue(Q::Disk(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
+            E::Queue(Q::InFlight(_)) => (StatusCode::SERVICE_UNAVAILABLE, "report_in_flight", Some(1)),
         };
         // Only the public port answers with these: URLs in a plugin's message or a call error
         // are cut to their origin (a webhook's token lives in its path).

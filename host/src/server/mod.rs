@@ -144,6 +144,14 @@ async fn forward_inner(
     })?;
     tracing::Span::current().record("bytes", body.len());
     let (envelopes, batch) = crate::envelope::parse_body(&body, state.limits.max_reports_per_request)?;
+    if !state.limits.accept_report_ids && envelopes.iter().any(|e| e.id.is_some()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "report_id_not_accepted",
+            "this host does not take report ids from producers (`id` in ReportData): remove it, or, where another \
+             data-exporter relays to this one, an operator sets limits.accept_report_ids = true",
+        ));
+    }
     let mut receipts = forward::accept(state.ingest(), envelopes, batch).await?;
 
     let mut status = StatusCode::ACCEPTED;
