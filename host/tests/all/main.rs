@@ -13,6 +13,7 @@ mod helpers;
 mod input;
 mod logs;
 mod plugins;
+mod relay;
 mod reload;
 mod sandbox;
 mod send;
