@@ -11,10 +11,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is retried: connection errors and timeouts, and answers 429, 500, 502, 503 and 504 that
-//! carry no receipt (`queue_full`, `queue_unavailable`, a proxy in front of the host), honouring
-//! `Retry-After`. Never retried: any other 4xx (`SendError::Refused`: fix the report). A retry
-//! after a connection broke mid-request may queue the report twice: delivery is at least once.
+//! What is retried: what the host certainly did not take: a connection that could not be made,
+//! and answers 429 and 503 (`queue_full`, `queue_unavailable`), honouring `Retry-After`. Not
+//! retried: any other 4xx (`SendError::Refused`: fix the report), and a timeout, a broken
+//! connection or a 500/502/504 without a receipt (`SendError::Uncertain`: the host may have
+//! queued the report, and sending it again would queue it twice; look it up or resend knowingly).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -147,6 +148,10 @@ pub enum SendError {
         /// The last error.
         last: String,
     },
+    /// The request may or may not have been accepted (timeout, connection cut, 500/502/504
+    /// without a receipt): not retried, since that could queue the report twice.
+    #[error("the host may have accepted the report, or not ({0}); it was not sent again, to avoid queueing it twice")]
+    Uncertain(String),
     /// The report could not be encoded.
     #[error("encoding the report: {0}")]
     Encode(#[from] serde_json::Error),
@@ -304,7 +309,13 @@ impl Client {
             .body(body)
             .send()
             .await;
-        let resp = sent.map_err(|e| Attempt::Transient(error_chain(&e), None))?;
+        let resp = sent.map_err(|e| {
+            if e.is_connect() {
+                Attempt::Transient(error_chain(&e), None)
+            } else {
+                Attempt::Fatal(SendError::Uncertain(error_chain(&e)))
+            }
+        })?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -312,7 +323,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = resp.bytes().await.map_err(|e| Attempt::Transient(error_chain(&e), None))?;
+        let bytes = resp.bytes().await.map_err(|e| Attempt::Fatal(SendError::Uncertain(error_chain(&e))))?;
         // 200, 202 and (after a wait) 502 may carry a receipt.
         if matches!(status, 200 | 202 | 502)
             && let Ok(receipt) = serde_json::from_slice::<Receipt>(&bytes)
@@ -323,8 +334,10 @@ impl Client {
             Ok(e) => (e.error.code, e.error.message),
             Err(_) => (format!("http_{status}"), String::from_utf8_lossy(&bytes).chars().take(300).collect()),
         };
-        if matches!(status, 429 | 500 | 502 | 503 | 504) {
+        if matches!(status, 429 | 503) {
             Err(Attempt::Transient(format!("{status} {code}: {message}"), retry_after))
+        } else if matches!(status, 500 | 502 | 504) {
+            Err(Attempt::Fatal(SendError::Uncertain(format!("{status} {code}: {message}"))))
         } else {
             Err(Attempt::Fatal(SendError::Refused { status, code, message }))
         }

@@ -264,6 +264,7 @@ fn plan<P: Clone>(
 pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> Result<Vec<Receipt>, RouteError> {
     let registry = ctx.registry.current();
     ctx.validated.follow(ctx.registry.generation());
+    let given_ids = envelopes.iter().any(|e| e.id.is_some());
     let Plan { groups, reports, receipts } = plan(
         |k| registry.get(k).map(|p| (p.clone(), p.required())),
         || registry.keys_list(),
@@ -289,7 +290,7 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
         .map(|g| (metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() }, g.members.len()))
         .collect();
     tokio::spawn(async move {
-        let queued = queue.accept(reports).await?;
+        let queued = if given_ids { queue.accept_given_ids(reports).await? } else { queue.accept(reports).await? };
         for (r, consumers) in queued.iter().zip(states) {
             status.insert(r.id, consumers);
             delivery.dispatch(r);

@@ -278,6 +278,10 @@ async fn send(args: SendArgs) -> i32 {
             eprintln!("error: {e}");
             return 3;
         }
+        Err(e @ SendError::Uncertain(_)) => {
+            eprintln!("error: {e}. `GET {}/reports/<id>` knows accepted reports; resend if it is not there", args.url);
+            return 1;
+        }
         Err(SendError::GaveUp { attempts, last }) => {
             eprintln!(
                 "error: gave up after {attempts} attempt{}: {last}. Is the host running at {}? \

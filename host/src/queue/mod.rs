@@ -186,17 +186,35 @@ impl Queue {
 
     /// Make `reports` durable (one group-committed write), then hold them for delivery.
     pub async fn accept(&self, reports: Vec<QueuedReport>) -> Result<Vec<Arc<QueuedReport>>, QueueError> {
+        self.accept_checked(reports, false).await
+    }
+
+    /// As `accept`, for reports whose ids a producer gave (a relay): one already pending or
+    /// being appended is refused with `InFlight` instead of being queued twice.
+    pub async fn accept_given_ids(&self, reports: Vec<QueuedReport>) -> Result<Vec<Arc<QueuedReport>>, QueueError> {
+        self.accept_checked(reports, true).await
+    }
+
+    async fn accept_checked(
+        &self,
+        reports: Vec<QueuedReport>,
+        given_ids: bool,
+    ) -> Result<Vec<Arc<QueuedReport>>, QueueError> {
         let size: u64 = reports.iter().map(QueuedReport::size).sum();
         {
             let mut g = self.inner.lock().unwrap();
-            if let Some(r) = reports.iter().find(|r| g.pending.contains_key(&r.id) || g.accepting.contains(&r.id)) {
+            if given_ids
+                && let Some(r) = reports.iter().find(|r| g.pending.contains_key(&r.id) || g.accepting.contains(&r.id))
+            {
                 return Err(QueueError::InFlight(r.id));
             }
             if g.bytes + size > self.max_bytes && g.bytes > 0 {
                 return Err(QueueError::Full { used: g.bytes, max: self.max_bytes });
             }
             g.bytes += size; // reserved while writing
-            g.accepting.extend(reports.iter().map(|r| r.id));
+            if given_ids {
+                g.accepting.extend(reports.iter().map(|r| r.id));
+            }
         }
         let seg = match &self.log {
             None => 0,

@@ -30,6 +30,8 @@ async fn edge(plugins: &Path, data: &Path) -> Exporter {
         c.env("RUST_LOG", "warn")
             .env(IDENTITY_ENV, "edge-1")
             .env("DATA_EXPORTER_DELIVERY__RETRY_MAX_MS", "1000")
+            // A slow machine may keep the central down for many retries: never give up here.
+            .env("DATA_EXPORTER_DELIVERY__MAX_ATTEMPTS", "100000")
             .stderr(Stdio::null());
     })
     .await

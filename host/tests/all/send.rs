@@ -163,3 +163,24 @@ fn send_help_documents_flags_and_exit_statuses() {
         assert!(help.contains(needle), "send --help lacks {needle}:\n{help}");
     }
 }
+
+/// A host whose queue is full answers 503 + Retry-After; a real one cannot be made to on demand,
+/// so this is a scripted server (a named fake): `send` waits as told, then succeeds. A 502
+/// without a receipt is not retried: the host may have queued the report.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_with_retry_after_is_retried_after_the_pause_and_a_502_is_not() {
+    let full = r#"{"error":{"code":"queue_full","message":"the queue is full"}}"#;
+    let receipt = r#"{"id":"0193a1b2-c3d4-7e5f-8a9b-000000000001","consumers":{"stdout":{"status":"queued"}}}"#;
+    let host = Recorder::scripted(vec![(503, vec![("retry-after", "1")], full), (202, vec![], receipt)]).await;
+    let started = std::time::Instant::now();
+    let out = send(&["--url", &host.url, "--to", "stdout={}"], "{}").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(started.elapsed() >= Duration::from_millis(900), "retried before Retry-After: {:?}", started.elapsed());
+    assert_eq!(host.seen().len(), 2);
+    assert!(text(&out.stderr).contains("queue_full"), "{}", text(&out.stderr));
+    let proxy = Recorder::scripted(vec![(502, vec![], "bad gateway")]).await;
+    let out = send(&["--url", &proxy.url, "--to", "stdout={}"], "{}").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("may have accepted the report"), "{}", text(&out.stderr));
+    assert_eq!(proxy.seen().len(), 1, "not sent twice");
+}

@@ -223,7 +223,15 @@ impl Consumer for Webhook {
         let mut outcomes = Vec::with_capacity(reports.len());
         for (i, r) in reports.iter().enumerate() {
             match self.send(std::slice::from_ref(r)) {
-                Ok(resp) => outcomes.push(self.outcome(&resp)),
+                Ok(resp) => {
+                    let outcome = self.outcome(&resp);
+                    if matches!(outcome, Outcome::Retryable(_)) {
+                        // The receiver asked for a pause: the rest waits with this report.
+                        outcomes.resize_with(reports.len(), || outcome.clone());
+                        break;
+                    }
+                    outcomes.push(outcome);
+                }
                 Err(e) if e.is_retryable() => {
                     let reason = format!("{}: {e}", self.config.url);
                     if i == 0 {
