@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// Poll `GET /reports/{id}` until the consumer reaches `want`.
-async fn wait_for_state(app: &TestApp, id: &str, consumer: &str, want: &str) -> Value {
+pub async fn wait_for_state(app: &TestApp, id: &str, consumer: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, v) = app.get(&format!("/reports/{id}")).await;

@@ -285,15 +285,7 @@ async fn a_plugin_stuck_in_validate_answers_within_its_deadline_then_from_a_shor
 
 /// Poll the report until its `hostile` consumer reaches `status`; that consumer's state.
 async fn hostile_state(app: &TestApp, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"]["hostile"]["status"] == status {
-            return v["consumers"]["hostile"].clone();
-        }
-        assert!(Instant::now() < deadline, "never {status}: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::durable::wait_for_state(app, id, "hostile", status).await["consumers"]["hostile"].clone()
 }
 
 #[tokio::test]
