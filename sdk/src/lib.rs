@@ -14,6 +14,12 @@ mod info;
 pub mod line;
 
 pub use info::{ParamType, Parameter, PluginInfo};
+
+/// `true`, for `#[serde(default = "data_exporter_sdk::default_true")]` on fields such as the
+/// seed's `checkCert` (described by [`PluginInfo::tls_params`]).
+pub fn default_true() -> bool {
+    true
+}
 pub use serde;
 pub use serde_json;
 

@@ -28,15 +28,11 @@ pub struct Destination {
     #[serde(default)]
     pub password: String,
     /// Verify the server certificate (default true).
-    #[serde(default = "yes", rename = "checkCert")]
+    #[serde(default = "data_exporter_sdk::default_true", rename = "checkCert")]
     pub check_cert: bool,
     /// Present the operator's client certificate.
     #[serde(default, rename = "mutualTLS")]
     pub mutual_tls: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// One open destination.
