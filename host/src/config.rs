@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// Address the HTTP API listens on (`POST /forward`, health, plugins).
     pub listen: SocketAddr,
+    /// What this process does: `all` (take reports and deliver them), `ingest` (take reports
+    /// into the queue only) or `deliver` (deliver what the queue holds only). `ingest` and
+    /// `deliver` need a queue processes share (`queue.backend = "kafka"`).
+    pub role: Role,
     /// Directory whose `*.wasm` plugin components are loaded at start-up.
     pub plugins_dir: PathBuf,
     /// Directory where the host keeps its state (queue, dead letters, key); created if missing.
@@ -52,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 6780)),
+            role: Role::All,
             plugins_dir: PathBuf::from("plugins"),
             data_dir: PathBuf::from("data"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6781)),
@@ -70,15 +75,66 @@ impl Default for Config {
     }
 }
 
+/// What a process does (`role`, `--role`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Take reports and deliver them.
+    #[default]
+    All,
+    /// Take reports into the shared queue; deliver nothing.
+    Ingest,
+    /// Deliver what the shared queue holds; take no reports.
+    Deliver,
+}
+
+impl Role {
+    /// Whether this process answers `POST /forward`.
+    pub fn ingests(self) -> bool {
+        self != Role::Deliver
+    }
+    /// Whether this process runs delivery workers.
+    pub fn delivers(self) -> bool {
+        self != Role::Ingest
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Deliver => "deliver",
+        })
+    }
+}
+
+/// Where accepted reports wait (`queue.backend`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// A segment log on local disk, fsynced with group commit before a 202.
+    Embedded,
+    /// Memory only: a crash loses what is queued.
+    Memory,
+    /// A Kafka topic (`[queue.kafka]`), shared by ingest and delivery processes.
+    Kafka,
+}
+
 /// The queue between accepting and delivering.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// `embedded` (default), `memory` or `kafka`. Unset: `embedded`, or `memory` when
+    /// `durable = false`.
+    pub backend: Option<QueueBackend>,
     /// Write accepted reports to disk (fsynced, group commit) before answering
-    /// 202. `false` keeps them in memory only: a crash loses them.
+    /// 202. `false` keeps them in memory only: a crash loses them. (Older spelling of
+    /// `backend = "memory"`.)
     pub durable: bool,
     /// Most bytes of reports waiting for delivery; past it `POST /forward`
-    /// answers 503 with `Retry-After`. Waiting reports are held in memory too.
+    /// answers 503 with `Retry-After`. Waiting reports are held in memory too. With Kafka:
+    /// the most bytes of reports a delivery process leases at once (the topic holds the rest).
     pub max_bytes: u64,
     /// Size at which the on-disk log starts a new segment file, in bytes.
     pub segment_bytes: u64,
@@ -86,11 +142,74 @@ pub struct QueueConfig {
     /// destination configs (they carry passwords) in the queue and dead-letter
     /// store. Unset: a key is generated once in `<data_dir>/queue.key`.
     pub key_file: Option<PathBuf>,
+    /// The Kafka backend, when `backend = "kafka"`.
+    pub kafka: KafkaConfig,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { durable: true, max_bytes: 256 * 1024 * 1024, segment_bytes: 64 * 1024 * 1024, key_file: None }
+        QueueConfig {
+            backend: None,
+            durable: true,
+            max_bytes: 256 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            key_file: None,
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The backend in use.
+    pub fn backend(&self) -> QueueBackend {
+        self.backend.unwrap_or(if self.durable { QueueBackend::Embedded } else { QueueBackend::Memory })
+    }
+}
+
+/// The Kafka queue backend (`[queue.kafka]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic reports go through (created by the operator, with as many partitions as
+    /// delivery processes may ever share it).
+    pub topic: String,
+    /// The topic dead letters go to (created by the operator).
+    pub dead_letter_topic: String,
+    /// The consumer group of the delivery processes.
+    pub group: String,
+    /// How long ingest waits for the cluster to acknowledge a report before answering 503,
+    /// in milliseconds (the producer's `message.timeout.ms`).
+    pub ingest_timeout_ms: u64,
+    /// The group's session timeout, in milliseconds: a delivery process that stops
+    /// heartbeating this long loses its partitions to the others (a join takes about half).
+    pub session_timeout_ms: u64,
+    /// How often stored offsets are committed, in milliseconds (reports are acknowledged
+    /// before their offsets are stored; a crash re-delivers at most this much more).
+    pub commit_interval_ms: u64,
+    /// Further librdkafka properties for both the producer and the consumer (TLS, SASL:
+    /// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`, `sasl.username`...). Values
+    /// are never logged.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties read from files (a mounted Secret), e.g.
+    /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
+    pub properties_from_files: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "data-exporter-reports".into(),
+            dead_letter_topic: "data-exporter-dead-letters".into(),
+            group: "data-exporter".into(),
+            ingest_timeout_ms: 5_000,
+            session_timeout_ms: 10_000,
+            commit_interval_ms: 1_000,
+            properties: Default::default(),
+            properties_from_files: Default::default(),
+        }
     }
 }
 
@@ -534,6 +653,9 @@ pub struct Overrides {
     /// `--admin-listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
+    /// `--role`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// Errors that stop the configuration from loading.

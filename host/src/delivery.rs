@@ -153,6 +153,27 @@ impl Delivery {
         })
     }
 
+    /// Deliver what the queue leases, until shutdown: each report's destinations go to their
+    /// workers; the status book learns of reports it has not seen (recovered after a restart,
+    /// or appended by another process of a shared queue).
+    pub fn start(self: &Arc<Self>) {
+        let this = self.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let leased = tokio::select! {
+                    leased = this.queue.lease() => leased,
+                    _ = stop.changed() => None,
+                };
+                let Some(reports) = leased else { break };
+                for r in &reports {
+                    this.status.ensure_queued(r.id, r.dests.iter().map(|d| d.key.as_str()));
+                    this.dispatch(r);
+                }
+            }
+        });
+    }
+
     /// Hand every destination of `report` to its worker.
     pub fn dispatch(self: &Arc<Self>, report: &Arc<QueuedReport>) {
         for dest in 0..report.dests.len() {
@@ -439,7 +460,7 @@ impl Delivery {
                     };
                     retries.extend(settled);
                 }
-                self.queue.complete_all(&delivered, &dk.key, Done::Delivered);
+                self.queue.ack(&delivered, &dk.key, Done::Delivered);
                 self.metrics.delivered.get_or_create(&labels).inc_by(delivered.len() as u64);
             }
             Err(e) => {
@@ -533,7 +554,7 @@ impl Delivery {
             return Some((job, DLQ_RETRY));
         }
         tracing::warn!(consumer = %dest.key, report = %job.report.id, %reason, "report dead-lettered");
-        self.queue.complete(job.report.id, &dest.key, Done::DeadLettered);
+        self.queue.ack(&[job.report.id], &dest.key, Done::DeadLettered);
         self.status.set(job.report.id, &dest.key, ConsumerState::DeadLettered { reason: reason.to_string() });
         self.metrics.dead_lettered.get_or_create(&labels).inc();
         None

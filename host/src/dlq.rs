@@ -92,6 +92,18 @@ impl DeadLetters {
         let dir = data_dir.join("dlq");
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // Held for a replay when the last run stopped: whether it was queued again is not
+        // known, so it is a dead letter again (a second delivery at worst, never a loss).
+        for e in std::fs::read_dir(&dir)? {
+            let held = e?.path();
+            if held.extension().is_some_and(|x| x == "held") {
+                if held.with_extension("json").exists() {
+                    std::fs::remove_file(&held)?; // a newer dead letter of the same report
+                } else {
+                    std::fs::rename(&held, held.with_extension("json"))?;
+                }
+            }
+        }
         let mut usage = (0usize, 0u64);
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
@@ -247,6 +259,23 @@ impl DeadLetters {
             out.push((report, p));
         }
         out
+    }
+
+    /// Set a stored file aside (renamed `*.held`) while its report is queued again; a new dead
+    /// letter of the same report and consumer can then be stored meanwhile.
+    pub fn hold(&self, path: &Path) -> std::io::Result<PathBuf> {
+        let held = path.with_extension("held");
+        std::fs::rename(path, &held)?;
+        Ok(held)
+    }
+
+    /// Put a held file back (queueing it again failed), unless a newer dead letter took its name.
+    pub fn unhold(&self, held: &Path, path: &Path) {
+        if path.exists() {
+            self.remove(held);
+        } else if let Err(e) = std::fs::rename(held, path) {
+            tracing::error!(file = %held.display(), error = %e, "putting a dead letter back failed; it stays under this name");
+        }
     }
 
     /// Delete one stored file (after a replay was accepted, or a purge).

@@ -5,7 +5,6 @@
 //! whole. Accepted means durable: the queue has synced it to disk.
 
 use crate::capabilities::secrets::{self, SecretStore};
-use crate::delivery::Delivery;
 use crate::envelope::Envelope;
 use crate::metrics::{self, Metrics};
 use crate::now_ms;
@@ -149,8 +148,6 @@ pub struct Ingest<'a> {
     pub registry: &'a Plugins,
     /// The queue.
     pub queue: &'a Arc<Queue>,
-    /// Delivery workers.
-    pub delivery: &'a Arc<Delivery>,
     /// Report states.
     pub status: &'a Arc<StatusBook>,
     /// Metrics.
@@ -276,24 +273,23 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     for g in &groups {
         validate(&ctx, g, batch).await?;
     }
-    // Append and dispatch in a task of its own: a producer that hangs up mid-append drops this
+    // Append in a task of its own: a producer that hangs up mid-append drops this
     // future, and must neither strand a report that reached the disk nor leak queue capacity.
     if reports.is_empty() {
         return Ok(receipts); // every report was known already
     }
-    let (queue, status, delivery, metrics) =
-        (ctx.queue.clone(), ctx.status.clone(), ctx.delivery.clone(), ctx.metrics.clone());
+    let (queue, status, metrics) = (ctx.queue.clone(), ctx.status.clone(), ctx.metrics.clone());
     // The states of the reports queued now (a report already known keeps its own).
-    let states: Vec<_> = receipts.iter().filter(|r| !r.known).map(|r| r.consumers.clone()).collect();
+    let states: Vec<_> = receipts.iter().filter(|r| !r.known).map(|r| (r.id, r.consumers.clone())).collect();
     let counts: Vec<_> = groups
         .iter()
         .map(|g| (metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() }, g.members.len()))
         .collect();
     tokio::spawn(async move {
-        let queued = if given_ids { queue.accept_given_ids(reports).await? } else { queue.accept(reports).await? };
-        for (r, consumers) in queued.iter().zip(states) {
-            status.insert(r.id, consumers);
-            delivery.dispatch(r);
+        queue.append(reports, given_ids).await?;
+        // Delivery may have started (and even finished) meanwhile: its states stay.
+        for (id, consumers) in states {
+            status.merge(id, consumers);
         }
         for (labels, n) in counts {
             metrics.accepted.get_or_create(&labels).inc_by(n as u64);

@@ -15,7 +15,6 @@ pub mod server;
 pub mod status;
 
 use anyhow::Context;
-use status::ConsumerState;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,8 +79,8 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     }
 
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
-    let (queue, recovered, recovery) = queue::Queue::open(&cfg.queue, &cfg.data_dir, sealer.clone())
-        .with_context(|| format!("opening the queue in {}", cfg.data_dir.join("queue").display()))?;
+    let (queue, recovery) = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
+        .with_context(|| format!("opening the {:?} queue", cfg.queue.backend()))?;
     let metrics = Arc::new(metrics::Metrics::new());
     if recovery.damage.any() || recovery.unreadable_records > 0 {
         tracing::warn!(
@@ -96,7 +95,8 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     tracing::info!(
         reports = recovery.reports,
         segments = recovery.segments,
-        durable = cfg.queue.durable,
+        backend = ?cfg.queue.backend(),
+        role = %cfg.role,
         "queue opened"
     );
     let dlq = Arc::new(dlq::DeadLetters::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?);
@@ -114,24 +114,9 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         metrics.clone(),
         cfg.delivery.clone(),
     );
-    for r in &recovered {
-        status.insert(r.id, r.dests.iter().map(|d| (d.key.clone(), ConsumerState::Queued)).collect());
-        delivery.dispatch(r);
+    if cfg.role.delivers() {
+        delivery.start();
     }
-    let weak = Arc::downgrade(&queue);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                // Deleting segment files blocks: keep it off the request threads.
-                Some(q) => {
-                    let _ = tokio::task::spawn_blocking(move || q.collect_garbage()).await;
-                }
-                None => break,
-            }
-        }
-    });
     let state = server::AppState {
         registry,
         queue,

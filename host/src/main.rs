@@ -149,6 +149,10 @@ struct ServeArgs {
     /// Address of the admin API (dead letters) [config: admin_listen; default 127.0.0.1:6781].
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+    /// What this process does: all, ingest (queue reports only) or deliver (deliver queued
+    /// reports only); ingest and deliver need queue.backend = "kafka" [config: role; default all].
+    #[arg(long, value_name = "ROLE")]
+    role: Option<data_exporter::config::Role>,
 }
 
 impl ServeArgs {
@@ -158,6 +162,7 @@ impl ServeArgs {
             plugins_dir: self.plugins_dir.clone(),
             data_dir: self.data_dir.clone(),
             admin_listen: self.admin_listen,
+            role: self.role,
         };
         Ok(Config::load(self.config.as_deref(), &flags)?)
     }

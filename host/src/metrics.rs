@@ -68,6 +68,8 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     /// Age of the oldest waiting report, seconds.
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
+    /// Kafka queue: records not yet consumed by the group, over this process's partitions.
+    pub queue_lag: Gauge,
     /// Bytes cut or skipped as torn or corrupt when the queue was recovered.
     pub queue_recovery_cut_bytes: Counter,
     /// Seconds from acceptance to acknowledgement, per consumer.
@@ -105,6 +107,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             queue_bytes: Gauge::default(),
             queue_oldest_age: Gauge::default(),
+            queue_lag: Gauge::default(),
             queue_recovery_cut_bytes: Counter::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             plugin_call: Family::new_with_constructor(latency_histogram),
@@ -130,6 +133,11 @@ impl Metrics {
         r.register("queue_depth", "Reports waiting for delivery", m.queue_depth.clone());
         r.register("queue_bytes", "Bytes of reports waiting for delivery", m.queue_bytes.clone());
         r.register("queue_oldest_age_seconds", "Age of the oldest waiting report", m.queue_oldest_age.clone());
+        r.register(
+            "queue_consumer_lag",
+            "Kafka queue: records in the topic past the group's committed offsets, over this process's partitions",
+            m.queue_lag.clone(),
+        );
         r.register(
             "queue_recovery_cut_bytes",
             "Torn or corrupt bytes cut or skipped when the queue was recovered",

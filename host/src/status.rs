@@ -85,6 +85,40 @@ impl StatusBook {
         }
     }
 
+    /// Add the consumers' states a report does not have yet (a state delivery already set
+    /// stays): delivery may start on a report before its ingest records the receipt.
+    pub fn merge(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
+        use dashmap::mapref::entry::Entry as Slot;
+        let finished = match self.map.entry(id) {
+            Slot::Vacant(v) => {
+                let fin = consumers.values().all(ConsumerState::is_final);
+                v.insert(Entry { consumers, done: None });
+                fin
+            }
+            Slot::Occupied(mut o) => {
+                let e = o.get_mut();
+                let was = e.consumers.values().all(ConsumerState::is_final);
+                for (k, v) in consumers {
+                    e.consumers.entry(k).or_insert(v);
+                }
+                let fin = e.consumers.values().all(ConsumerState::is_final);
+                if fin && let Some(done) = &e.done {
+                    done.send_replace(true);
+                }
+                fin && !was
+            }
+        };
+        if finished {
+            self.retire(id);
+        }
+    }
+
+    /// Track a leased report (recovered after a restart, or appended by another process of a
+    /// shared queue) as queued for its consumers, keeping any state already known.
+    pub fn ensure_queued<'a>(&self, id: Uuid, consumers: impl Iterator<Item = &'a str>) {
+        self.merge(id, consumers.map(|c| (c.to_string(), ConsumerState::Queued)).collect());
+    }
+
     /// Set one consumer's state.
     pub fn set(&self, id: Uuid, consumer: &str, state: ConsumerState) {
         let finished = {

@@ -410,17 +410,25 @@ async fn replay_now(state: AppState, ids: Option<Vec<Uuid>>) -> Result<Json<Valu
             ));
         }
         let id = report.id;
-        let queued = state.queue.accept(vec![report]).await.map_err(|e| {
+        // Set aside while it is queued again: delivery may fail it quickly and store a new dead
+        // letter under the same name, which must stay.
+        let held = state.dlq.hold(&path).map_err(|e| {
             ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "dead_letter_store",
+                format!("moving {} aside failed ({e}). Replayed so far: {}", path.display(), replayed.len()),
+            )
+        })?;
+        state.status.insert(id, BTreeMap::from([(consumer, ConsumerState::Queued)]));
+        if let Err(e) = state.queue.append(vec![report], false).await {
+            state.dlq.unhold(&held, &path);
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",
                 format!("{e}. Replayed so far: {}", replayed.len()),
-            )
-        })?;
-        // Out of the store before delivery starts: a quick second failure writes a new dead letter.
-        state.dlq.remove(&path);
-        state.status.insert(id, BTreeMap::from([(consumer, ConsumerState::Queued)]));
-        state.delivery.dispatch(&queued[0]);
+            ));
+        }
+        state.dlq.remove(&held);
         replayed.push(id);
     }
     tracing::info!(count = replayed.len(), "dead letters replayed");

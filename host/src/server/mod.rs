@@ -62,7 +62,6 @@ impl AppState {
         Ingest {
             registry: &self.registry,
             queue: &self.queue,
-            delivery: &self.delivery,
             status: &self.status,
             metrics: &self.metrics,
             validated: &self.validated,
@@ -216,8 +215,8 @@ async fn report_status(State(state): State<AppState>, Path(id): Path<String>) ->
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let registry = state.registry.current();
-    let problem = if !state.queue.healthy() {
-        Some("the queue cannot write to disk; see the log for the error".to_string())
+    let problem = if let Some(problem) = state.queue.problem() {
+        Some(problem)
     } else if let Some(conflict) = registry.conflicts().first() {
         Some(conflict.public_message())
     } else if registry.plugins().next().is_none() {
@@ -238,11 +237,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
-    let (depth, bytes) = state.queue.depth();
-    m.queue_depth.set(depth as i64);
-    m.queue_bytes.set(bytes as i64);
-    let age = state.queue.oldest_ms().map(|t| crate::now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+    let q = state.queue.stats();
+    m.queue_depth.set(q.reports as i64);
+    m.queue_bytes.set(q.bytes as i64);
+    let age = q.oldest_ms.map(|t| crate::now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
     m.queue_oldest_age.set(age);
+    if let Some(lag) = q.lag {
+        m.queue_lag.set(lag as i64);
+    }
     m.dlq_entries.set(state.dlq.usage().0 as i64);
     let registry = state.registry.current();
     m.count_log_drops(registry.plugins().map(|p| (p.info.name.as_str(), &*p.log)));

@@ -1,0 +1,291 @@
+//! One suite every queue backend passes: what is appended is leased with everything it
+//! carries, in order within an append, until acknowledged; it survives a restart (durable
+//! backends); what was acknowledged is not leased again; capacity is bounded.
+//!
+//! The Kafka backend runs against the real broker `tests/servers/up.sh` starts
+//! (`DX_KAFKA_BROKERS`), one fresh topic and group per test.
+
+use super::crypto::Sealer;
+use super::{Done, Queue, QueueError, QueuedDest, QueuedReport, open};
+use crate::config::{QueueBackend, QueueConfig, Role};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where a backend keeps its state between a "crash" and the next open.
+struct Bench {
+    cfg: QueueConfig,
+    dir: tempfile::TempDir,
+    sealer: Sealer,
+}
+
+impl Bench {
+    async fn new(backend: QueueBackend, max_bytes: u64) -> Bench {
+        let mut cfg = QueueConfig { backend: Some(backend), max_bytes, segment_bytes: 8192, ..QueueConfig::default() };
+        if backend == QueueBackend::Kafka {
+            let brokers = std::env::var("DX_KAFKA_BROKERS")
+                .expect("DX_KAFKA_BROKERS is not set: start the test broker with tests/servers/up.sh and load target/test-servers/env");
+            let topic = format!("conformance-{}", Uuid::now_v7().simple());
+            super::kafka::create_topics(&brokers, &[(&topic, 3), (&format!("{topic}-dead"), 1)])
+                .await
+                .expect("creating the test topics");
+            cfg.kafka.brokers = brokers;
+            cfg.kafka.dead_letter_topic = format!("{topic}-dead");
+            cfg.kafka.group = format!("{topic}-group");
+            cfg.kafka.topic = topic;
+            cfg.kafka.session_timeout_ms = 6_000;
+        }
+        Bench { cfg, dir: tempfile::tempdir().unwrap(), sealer: Sealer::new(&[7; 32]) }
+    }
+
+    fn open(&self) -> Arc<Queue> {
+        open(&self.cfg, Role::All, self.dir.path(), self.sealer.clone()).expect("opening the queue").0
+    }
+}
+
+fn report(n: usize, batch: &str) -> QueuedReport {
+    QueuedReport {
+        id: Uuid::now_v7(),
+        received_at_ms: 1_000 + n as u64,
+        payload: format!("{{\"n\":{n},\"batch\":\"{batch}\"}}"),
+        dests: vec![
+            QueuedDest { key: "openSearch".into(), config: r#"{"host":"h","password":"pw-conformance"}"#.into() },
+            QueuedDest { key: "webhook".into(), config: r#"{"url":"http://w"}"#.into() },
+        ],
+        labels: vec![("n".into(), n.to_string())],
+    }
+}
+
+/// Lease until `n` reports came, failing after a generous bound (a consumer-group join takes
+/// a few seconds on Kafka).
+async fn lease_n(q: &Queue, n: usize) -> Vec<Arc<QueuedReport>> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, q.lease()).await {
+            Ok(Some(batch)) => got.extend(batch),
+            Ok(None) => panic!("the queue closed after {} of {n} reports", got.len()),
+            Err(_) => panic!("only {} of {n} reports were leased within 60 s", got.len()),
+        }
+    }
+    got
+}
+
+/// Whatever is leased within `wait` (to show nothing more comes).
+async fn lease_within(q: &Queue, wait: Duration) -> Vec<Arc<QueuedReport>> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, q.lease()).await {
+        got.extend(batch);
+    }
+    got
+}
+
+fn ack_all(q: &Queue, reports: &[Arc<QueuedReport>]) {
+    let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+    q.ack(&ids, "openSearch", Done::Delivered);
+    q.ack(&ids, "webhook", Done::DeadLettered);
+}
+
+async fn leases_what_was_appended_with_everything_it_carries(backend: QueueBackend) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let sent: Vec<QueuedReport> = (0..20).map(|n| report(n, "a")).collect();
+    let expect: Vec<(Uuid, String)> = sent.iter().map(|r| (r.id, r.payload.clone())).collect();
+    let (first, second): (Vec<_>, Vec<_>) = sent.into_iter().partition(|r| r.received_at_ms < 1_010);
+    q.append(first, false).await.unwrap();
+    q.append(second, false).await.unwrap();
+    let got = lease_n(&*q, 20).await;
+    let ids: HashSet<Uuid> = got.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 20, "a report was leased twice");
+    for (id, payload) in &expect {
+        let r = got.iter().find(|r| r.id == *id).expect("every appended report is leased");
+        assert_eq!(&r.payload, payload);
+        assert_eq!(r.dests.len(), 2);
+        assert_eq!(&*r.dests[0].config, r#"{"host":"h","password":"pw-conformance"}"#, "configs come back opened");
+        assert_eq!(r.labels[0].0, "n");
+    }
+    assert_eq!(q.stats().reports, 20);
+    // One destination of two is not the end of a report.
+    let ids: Vec<Uuid> = got.iter().map(|r| r.id).collect();
+    q.ack(&ids, "openSearch", Done::Delivered);
+    assert_eq!(q.stats().reports, 20, "a report with a destination still open was dropped");
+    q.ack(&ids, "webhook", Done::Delivered);
+    assert_eq!(q.stats().reports, 0);
+    assert_eq!(q.stats().bytes, 0);
+    q.close().await;
+}
+
+async fn keeps_the_order_of_each_append(backend: QueueBackend) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let mut batches = Vec::new();
+    for name in ["x", "y", "z"] {
+        let reports: Vec<QueuedReport> = (0..10).map(|n| report(n, name)).collect();
+        batches.push(reports.iter().map(|r| r.id).collect::<Vec<_>>());
+        q.append(reports, false).await.unwrap();
+    }
+    let got = lease_n(&*q, 30).await;
+    let order: Vec<Uuid> = got.iter().map(|r| r.id).collect();
+    for batch in &batches {
+        let seen: Vec<Uuid> = order.iter().filter(|id| batch.contains(id)).copied().collect();
+        assert_eq!(&seen, batch, "the reports of one append came out of order");
+    }
+    ack_all(&*q, &got);
+    q.close().await;
+}
+
+async fn a_restart_leases_again_what_was_not_acknowledged_and_only_that(backend: QueueBackend) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let reports: Vec<QueuedReport> = (0..30).map(|n| report(n, "r")).collect();
+    let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+    q.append(reports, false).await.unwrap();
+    let got = lease_n(&*q, 30).await;
+    let by_id = |id: Uuid| got.iter().find(|r| r.id == id).unwrap().clone();
+    let done: Vec<_> = ids[..10].iter().map(|id| by_id(*id)).collect();
+    ack_all(&*q, &done);
+    q.ack(&[ids[10]], "openSearch", Done::Delivered); // one destination of two
+    q.close().await;
+    drop(q);
+
+    let q = b.open();
+    let back = lease_n(&*q, 20).await;
+    let back_ids: HashSet<Uuid> = back.iter().map(|r| r.id).collect();
+    let expected: HashSet<Uuid> = ids[10..].iter().copied().collect();
+    assert_eq!(back_ids, expected, "after a restart: exactly the unfinished reports come back");
+    let more = lease_within(&*q, Duration::from_secs(2)).await;
+    assert!(more.is_empty(), "{} acknowledged reports came back", more.len());
+    ack_all(&*q, &back);
+    q.close().await;
+    drop(q);
+
+    let q = b.open();
+    let again = lease_within(&*q, Duration::from_secs(if backend == QueueBackend::Kafka { 8 } else { 1 })).await;
+    assert!(again.is_empty(), "{} finished reports came back after a second restart", again.len());
+    q.close().await;
+}
+
+/// Dropped without `close` (a crash): every report not acknowledged comes back; an
+/// acknowledged one may too (Kafka commits offsets every `commit_interval_ms`).
+async fn a_crash_loses_nothing_unacknowledged(backend: QueueBackend) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let reports: Vec<QueuedReport> = (0..40).map(|n| report(n, "k")).collect();
+    let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+    q.append(reports, false).await.unwrap();
+    let got = lease_n(&*q, 40).await;
+    let acked: Vec<_> = got.iter().filter(|r| ids[..15].contains(&r.id)).cloned().collect();
+    ack_all(&*q, &acked);
+    drop(q);
+
+    let q = b.open();
+    let mut back = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !ids[15..].iter().all(|id| back.contains(id)) {
+        match tokio::time::timeout_at(deadline, q.lease()).await {
+            Ok(Some(batch)) => back.extend(batch.iter().map(|r| r.id)),
+            _ => break,
+        }
+    }
+    let missing: Vec<_> = ids[15..].iter().filter(|id| !back.contains(id)).collect();
+    assert!(missing.is_empty(), "{} unacknowledged reports were lost in a crash", missing.len());
+    q.close().await;
+}
+
+/// Ingest never holds more than `max_bytes` unfinished in a process: the local backends
+/// refuse appends past it; Kafka holds the rest in the topic and leases no more until
+/// acknowledgements make room.
+async fn capacity_is_bounded(backend: QueueBackend) {
+    let one = report(0, "c").size();
+    let b = Bench::new(backend, one * 5).await;
+    let q = b.open();
+    if backend == QueueBackend::Kafka {
+        for n in 0..12 {
+            q.append(vec![report(n, "c")], false).await.unwrap();
+        }
+        let first = lease_n(&*q, 5).await;
+        let extra = lease_within(&*q, Duration::from_secs(2)).await;
+        assert!(first.len() + extra.len() <= 6, "leased {} reports past queue.max_bytes", first.len() + extra.len());
+        ack_all(&*q, &first);
+        ack_all(&*q, &extra);
+        // Room again: the rest comes, never more than the bound at once.
+        let mut seen = first.len() + extra.len();
+        while seen < 12 {
+            let more = lease_n(&*q, 1).await;
+            assert!(q.stats().bytes <= one * 6, "leased {} bytes past queue.max_bytes", q.stats().bytes);
+            seen += more.len();
+            ack_all(&*q, &more);
+        }
+    } else {
+        let mut accepted = 0;
+        let err = loop {
+            match q.append(vec![report(accepted, "c")], false).await {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, QueueError::Full { .. }), "{err}");
+        assert!((4..=5).contains(&accepted), "{accepted} accepted");
+        let got = lease_n(&*q, accepted).await;
+        assert_eq!(got.len(), accepted, "a full queue dropped what it held");
+        ack_all(&*q, &got);
+        q.append(vec![report(99, "c")], false).await.expect("room again after acknowledgements");
+    }
+    q.close().await;
+}
+
+async fn a_given_id_in_flight_is_refused_not_stored_twice(backend: QueueBackend) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let r = report(1, "g");
+    let twin = QueuedReport { id: r.id, ..report(1, "g") };
+    q.append(vec![r], true).await.unwrap();
+    let got = lease_n(&*q, 1).await;
+    let err = q.append(vec![twin], true).await.unwrap_err();
+    assert!(matches!(err, QueueError::InFlight(id) if id == got[0].id), "{err}");
+    ack_all(&*q, &got);
+    q.close().await;
+}
+
+macro_rules! suite {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn leases_what_was_appended() {
+                leases_what_was_appended_with_everything_it_carries($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn order_within_an_append() {
+                keeps_the_order_of_each_append($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn restart() {
+                if $backend != QueueBackend::Memory {
+                    a_restart_leases_again_what_was_not_acknowledged_and_only_that($backend).await
+                }
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn crash() {
+                if $backend != QueueBackend::Memory {
+                    a_crash_loses_nothing_unacknowledged($backend).await
+                }
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn capacity() {
+                capacity_is_bounded($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn given_ids() {
+                a_given_id_in_flight_is_refused_not_stored_twice($backend).await
+            }
+        }
+    };
+}
+
+suite!(embedded, QueueBackend::Embedded);
+suite!(memory, QueueBackend::Memory);
+suite!(kafka, QueueBackend::Kafka);

@@ -1,0 +1,443 @@
+//! The embedded queue: a segment log on local disk (or nothing, `queue.backend = "memory"`).
+//!
+//! Reports are held in memory until every destination is done, so delivery never reads the
+//! disk; the log exists for recovery after a crash. A *done* record is appended per
+//! destination as it finishes, and segments are deleted once nothing in them is pending.
+
+use super::crypto::Sealer;
+use super::log::{self, Damage, LogWriter};
+use super::record::{self, REPORT, put_str16};
+use super::{Done, QueueError, QueueStats, QueuedReport, ReportQueue};
+use crate::config::QueueConfig;
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// What recovery found on start-up.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Recovery {
+    /// Reports still to deliver.
+    pub reports: usize,
+    /// Segment files read.
+    pub segments: usize,
+    /// Torn or corrupt bytes cut or skipped.
+    pub damage: Damage,
+    /// Records whose destination could not be opened (another key) or decoded.
+    pub unreadable_records: u64,
+}
+
+struct Pending {
+    report: Arc<QueuedReport>,
+    remaining: usize,
+    seg: u64,
+    size: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<Uuid, Pending, foldhash::fast::RandomState>,
+    /// Live reports per segment.
+    live: BTreeMap<u64, usize>,
+    bytes: u64,
+    /// Ids being appended now (not yet pending): a second request with one of them waits its turn.
+    accepting: std::collections::HashSet<Uuid, foldhash::fast::RandomState>,
+}
+
+/// The embedded queue.
+pub struct EmbeddedQueue {
+    log: Option<LogWriter>,
+    dir: PathBuf,
+    sealer: Sealer,
+    inner: Mutex<Inner>,
+    max_bytes: u64,
+    healthy: AtomicBool,
+    closed: AtomicBool,
+    /// Reports appended (or recovered) and not yet handed to delivery.
+    to_lease: mpsc::UnboundedSender<Arc<QueuedReport>>,
+    leasing: tokio::sync::Mutex<mpsc::UnboundedReceiver<Arc<QueuedReport>>>,
+}
+
+const DONE: u8 = 2;
+/// Most reports one `lease` hands out.
+const LEASE_MAX: usize = 1024;
+
+impl EmbeddedQueue {
+    /// Open the queue under `data_dir/queue`, recovering what a previous run left (leased
+    /// first, oldest first). In memory when `cfg.durable` is false. Deletes finished segments
+    /// every second, off the request threads.
+    pub fn open(cfg: &QueueConfig, data_dir: &Path, sealer: Sealer) -> anyhow::Result<(Arc<EmbeddedQueue>, Recovery)> {
+        let dir = data_dir.join("queue");
+        let mut inner = Inner::default();
+        let mut rec = Recovery::default();
+        let log = if cfg.backend() == crate::config::QueueBackend::Embedded {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            let segs = log::segments(&dir)?;
+            rec.segments = segs.len();
+            for (seq, path) in &segs {
+                let d = log::read_segment(path, |body| {
+                    if !apply(&mut inner, &sealer, *seq, body) {
+                        rec.unreadable_records += 1;
+                    }
+                })?;
+                rec.damage.add(d);
+            }
+            let last = segs.last().map(|s| s.0).unwrap_or(0);
+            Some(LogWriter::start(&dir, last, cfg.segment_bytes)?)
+        } else {
+            None
+        };
+        let mut reports: Vec<_> = inner.pending.values().map(|p| p.report.clone()).collect();
+        reports.sort_by_key(|r| (r.received_at_ms, r.id));
+        rec.reports = reports.len();
+        let (to_lease, leasing) = mpsc::unbounded_channel();
+        for r in reports {
+            to_lease.send(r).expect("the receiver is held");
+        }
+        let q = Arc::new(EmbeddedQueue {
+            log,
+            dir,
+            sealer,
+            inner: Mutex::new(inner),
+            max_bytes: cfg.max_bytes,
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            to_lease,
+            leasing: tokio::sync::Mutex::new(leasing),
+        });
+        if q.log.is_some() {
+            let weak = Arc::downgrade(&q);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(q) = weak.upgrade() else { break };
+                    // Deleting segment files blocks: keep it off the request threads.
+                    let _ = tokio::task::spawn_blocking(move || q.collect_garbage()).await;
+                }
+            });
+        }
+        Ok((q, rec))
+    }
+
+    async fn append_checked(&self, reports: Vec<QueuedReport>, given_ids: bool) -> Result<(), QueueError> {
+        let size: u64 = reports.iter().map(QueuedReport::size).sum();
+        {
+            let mut g = self.inner.lock().unwrap();
+            if given_ids
+                && let Some(r) = reports.iter().find(|r| g.pending.contains_key(&r.id) || g.accepting.contains(&r.id))
+            {
+                return Err(QueueError::InFlight(r.id));
+            }
+            if g.bytes + size > self.max_bytes && g.bytes > 0 {
+                return Err(QueueError::Full { used: g.bytes, max: self.max_bytes });
+            }
+            g.bytes += size; // reserved while writing
+            if given_ids {
+                g.accepting.extend(reports.iter().map(|r| r.id));
+            }
+        }
+        let seg = match &self.log {
+            None => 0,
+            Some(log) => {
+                let mut frames = Vec::with_capacity(size as usize + 64 * reports.len());
+                for r in &reports {
+                    log::frame(&mut frames, &record::encode(r, &self.sealer));
+                }
+                match log.append_durable(frames).await {
+                    Ok(seg) => {
+                        self.healthy.store(true, Ordering::Release);
+                        seg
+                    }
+                    Err(e) => {
+                        self.healthy.store(false, Ordering::Release);
+                        let mut g = self.inner.lock().unwrap();
+                        g.bytes -= size;
+                        reports.iter().for_each(|r| _ = g.accepting.remove(&r.id));
+                        return Err(QueueError::Disk(e.to_string()));
+                    }
+                }
+            }
+        };
+        let mut g = self.inner.lock().unwrap();
+        for r in reports {
+            let r = Arc::new(r);
+            let size = r.size();
+            *g.live.entry(seg).or_default() += 1;
+            g.accepting.remove(&r.id);
+            g.pending.insert(r.id, Pending { report: r.clone(), remaining: r.dests.len(), seg, size });
+            // Under the lock, so reports of concurrent appends are leased in the order they
+            // became pending.
+            self.to_lease.send(r).ok();
+        }
+        Ok(())
+    }
+
+    /// Record that destination `key` of each report in `ids` is done (one log append).
+    fn complete_all(&self, ids: &[Uuid], key: &str, how: Done) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(log) = &self.log {
+            let mut frames = Vec::with_capacity(ids.len() * (32 + key.len()));
+            let mut body = Vec::with_capacity(20 + key.len());
+            for id in ids {
+                body.clear();
+                body.push(DONE);
+                body.extend_from_slice(id.as_bytes());
+                put_str16(&mut body, key);
+                body.push(how as u8);
+                log::frame(&mut frames, &body);
+            }
+            log.append_lazy(frames);
+        }
+        let mut g = self.inner.lock().unwrap();
+        for id in ids {
+            finish(&mut g, *id);
+        }
+    }
+
+    /// Wait until everything appended so far is on disk.
+    pub async fn flush(&self) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.append_durable(Vec::new()).await
+        {
+            tracing::error!(error = %e, "final queue sync failed");
+        }
+    }
+
+    /// Delete segment files that hold nothing still pending. Called periodically.
+    pub fn collect_garbage(&self) {
+        let Some(log) = &self.log else { return };
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let floor = {
+            let g = self.inner.lock().unwrap();
+            g.live.iter().find(|(_, n)| **n > 0).map(|(s, _)| *s).unwrap_or(u64::MAX).min(log.active_segment())
+        };
+        if let Ok(segs) = log::segments(&self.dir) {
+            for (seq, path) in segs.into_iter().filter(|(s, _)| *s < floor) {
+                if shrink_then_remove(&path).is_ok() {
+                    tracing::debug!(segment = seq, "queue segment deleted");
+                }
+            }
+        }
+        self.inner.lock().unwrap().live.retain(|s, n| *n > 0 || *s >= floor);
+    }
+}
+
+impl ReportQueue for EmbeddedQueue {
+    fn append(&self, reports: Vec<QueuedReport>, given_ids: bool) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.append_checked(reports, given_ids))
+    }
+
+    fn lease(&self) -> BoxFuture<'_, Option<Vec<Arc<QueuedReport>>>> {
+        Box::pin(async move {
+            let mut rx = self.leasing.lock().await;
+            let mut out = Vec::new();
+            if rx.recv_many(&mut out, LEASE_MAX).await == 0 {
+                return None;
+            }
+            Some(out)
+        })
+    }
+
+    fn ack(&self, ids: &[Uuid], key: &str, how: Done) {
+        self.complete_all(ids, key, how)
+    }
+
+    fn stats(&self) -> QueueStats {
+        let g = self.inner.lock().unwrap();
+        QueueStats {
+            reports: g.pending.len(),
+            bytes: g.bytes,
+            oldest_ms: g.pending.values().map(|p| p.report.received_at_ms).min(),
+            lag: None,
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        (!self.healthy.load(Ordering::Acquire))
+            .then(|| "the queue cannot write to disk; see the log for the error".to_string())
+    }
+
+    /// Sync, and stop collecting garbage (another process may own the directory next).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.closed.store(true, Ordering::Release);
+            self.flush().await;
+        })
+    }
+}
+
+/// Delete a segment file a few MiB at a time: freeing a whole segment's blocks in one
+/// filesystem transaction stalls the `fdatasync` of concurrent accepts for tens of ms (ext4).
+fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
+    const STEP: u64 = 4 << 20;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut len = file.metadata()?.len();
+    while len > STEP {
+        len -= STEP;
+        file.set_len(len)?;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    drop(file);
+    std::fs::remove_file(path)
+}
+
+fn finish(g: &mut Inner, id: Uuid) {
+    let Some(p) = g.pending.get_mut(&id) else { return };
+    p.remaining = p.remaining.saturating_sub(1);
+    if p.remaining == 0 {
+        let p = g.pending.remove(&id).expect("present");
+        g.bytes = g.bytes.saturating_sub(p.size);
+        if let Some(n) = g.live.get_mut(&p.seg) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Apply one recovered record; false when it could not be read.
+fn apply(g: &mut Inner, sealer: &Sealer, seq: u64, body: &[u8]) -> bool {
+    match body.first() {
+        Some(&REPORT) => match record::decode(body, sealer) {
+            Some(r) => {
+                let size = r.size();
+                let remaining = r.dests.len();
+                g.bytes += size;
+                *g.live.entry(seq).or_default() += 1;
+                g.pending.insert(r.id, Pending { report: Arc::new(r), remaining, seg: seq, size });
+                true
+            }
+            None => false,
+        },
+        Some(&DONE) => {
+            let Some(id) = body.get(1..17).and_then(|b| Uuid::from_slice(b).ok()) else { return false };
+            finish(g, id);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueuedDest;
+
+    fn cfg(durable: bool) -> QueueConfig {
+        QueueConfig { durable, segment_bytes: 4096, max_bytes: 1 << 20, ..QueueConfig::default() }
+    }
+
+    async fn accept(q: &EmbeddedQueue, reports: Vec<QueuedReport>) -> Vec<Arc<QueuedReport>> {
+        let n = reports.len();
+        q.append(reports, false).await.unwrap();
+        let got = q.lease().await.unwrap();
+        assert_eq!(got.len(), n);
+        got
+    }
+
+    fn report(n: u32) -> QueuedReport {
+        QueuedReport {
+            id: Uuid::now_v7(),
+            received_at_ms: n as u64,
+            payload: format!("{{\"n\":{n}}}"),
+            dests: vec![
+                QueuedDest { key: "openSearch".into(), config: r#"{"password":"s3cret-pw"}"#.into() },
+                QueuedDest { key: "webhook".into(), config: r#"{"url":"http://h"}"#.into() },
+            ],
+            labels: if n.is_multiple_of(2) { vec![("team".into(), format!("t{n}"))] } else { vec![] },
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_not_done_comes_back_after_a_restart_and_secrets_stay_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&[1; 32]);
+        let (q, rec) = EmbeddedQueue::open(&cfg(true), dir.path(), sealer.clone()).unwrap();
+        assert_eq!(rec.reports, 0);
+        let acc = accept(&q, (0..50).map(report).collect()).await;
+        for r in &acc[..30] {
+            q.ack(&[r.id], "openSearch", Done::Delivered);
+            q.ack(&[r.id], "webhook", Done::DeadLettered);
+        }
+        q.ack(&[acc[30].id], "openSearch", Done::Delivered); // one of two destinations
+        drop(q);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the writer flushes lazy records
+
+        for (_, p) in log::segments(&dir.path().join("queue")).unwrap() {
+            let bytes = std::fs::read(p).unwrap();
+            assert!(!bytes.windows(9).any(|w| w == b"s3cret-pw"), "a password is stored in plain text");
+        }
+        let (q, rec) = EmbeddedQueue::open(&cfg(true), dir.path(), sealer).unwrap();
+        let back = q.lease().await.unwrap();
+        assert_eq!(back.len(), 20);
+        assert_eq!(rec.reports, 20);
+        assert_eq!(back[0].id, acc[30].id);
+        assert_eq!(back[0].payload, "{\"n\":30}");
+        assert_eq!(&*back[0].dests[0].config, r#"{"password":"s3cret-pw"}"#);
+        assert_eq!(back[0].labels, [("team".to_string(), "t30".to_string())], "labels survive a restart");
+        assert!(back[1].labels.is_empty());
+        assert_eq!(q.stats().reports, 20);
+    }
+
+    #[tokio::test]
+    async fn full_is_refused_without_dropping_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = QueueConfig { max_bytes: 1000, ..cfg(true) };
+        let (q, _) = EmbeddedQueue::open(&c, dir.path(), Sealer::new(&[1; 32])).unwrap();
+        let mut accepted = 0;
+        let err = loop {
+            match q.append(vec![report(accepted)], false).await {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, QueueError::Full { max: 1000, .. }), "{err}");
+        assert!(accepted > 0);
+        assert_eq!(q.stats().reports, accepted as usize);
+    }
+
+    #[tokio::test]
+    async fn finished_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = EmbeddedQueue::open(&cfg(true), dir.path(), Sealer::new(&[1; 32])).unwrap();
+        let mut all = Vec::new();
+        for i in 0..100 {
+            all.extend(accept(&q, vec![report(i)]).await);
+        }
+        let qdir = dir.path().join("queue");
+        let before = log::segments(&qdir).unwrap().len();
+        assert!(before > 2);
+        for r in &all {
+            q.ack(&[r.id], "openSearch", Done::Delivered);
+            q.ack(&[r.id], "webhook", Done::Delivered);
+        }
+        q.flush().await;
+        q.collect_garbage();
+        // What may remain: the active segment and the next one, which a helper thread may
+        // already have prepared (created and zero-filled) ahead of the roll.
+        let active = q.log.as_ref().unwrap().active_segment();
+        let left: Vec<u64> = log::segments(&qdir).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert!(
+            left.iter().all(|s| *s == active || *s == active + 1),
+            "finished segments remain: {left:?} (active {active})"
+        );
+        assert_eq!((q.stats().reports, q.stats().bytes), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn memory_mode_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = EmbeddedQueue::open(&cfg(false), dir.path(), Sealer::new(&[1; 32])).unwrap();
+        accept(&q, vec![report(1)]).await;
+        assert!(!dir.path().join("queue").exists());
+        assert_eq!(q.stats().reports, 1);
+    }
+}

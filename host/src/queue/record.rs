@@ -1,0 +1,104 @@
+//! A queued report as bytes: the record the embedded log and the Kafka topic both store.
+//!
+//! `REPORT | id 16 | received_at u64 | n u16 | n * (key str16, sealed config bytes32) | payload bytes32
+//! [| labels u16 | labels * (str16, str16)]`. Destination configs (they carry passwords) are sealed
+//! with the queue key; the payload is stored as given.
+
+use super::crypto::Sealer;
+use super::{QueuedDest, QueuedReport};
+use uuid::Uuid;
+
+/// The first byte of a report record.
+pub const REPORT: u8 = 1;
+
+/// A report record read back; `None` when it is not one, is damaged, or was sealed with another key.
+pub fn decode(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
+    match body.split_first() {
+        Some((&REPORT, rest)) => decode_body(rest, sealer),
+        _ => None,
+    }
+}
+
+pub(super) fn put_str16(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// A report as a record, its destination configs sealed.
+pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
+    let mut b = Vec::with_capacity(r.payload.len() + 128);
+    b.push(REPORT);
+    b.extend_from_slice(r.id.as_bytes());
+    b.extend_from_slice(&r.received_at_ms.to_le_bytes());
+    b.extend_from_slice(&(r.dests.len() as u16).to_le_bytes());
+    for d in &r.dests {
+        put_str16(&mut b, &d.key);
+        put_bytes32(&mut b, &sealer.seal(d.config.as_bytes()));
+    }
+    put_bytes32(&mut b, r.payload.as_bytes());
+    // After the payload, so records written before labels existed read as having none.
+    if !r.labels.is_empty() {
+        b.extend_from_slice(&(r.labels.len() as u16).to_le_bytes());
+        for (k, v) in &r.labels {
+            put_str16(&mut b, k);
+            put_str16(&mut b, v);
+        }
+    }
+    b
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str16(&mut self) -> Option<String> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn bytes32(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+fn decode_body(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
+    let mut r = Reader(body);
+    let id = Uuid::from_slice(r.take(16)?).ok()?;
+    let received_at_ms = r.u64()?;
+    let n = r.u16()?;
+    let mut dests = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let key = r.str16()?;
+        let config = String::from_utf8(sealer.open(r.bytes32()?)?).ok()?;
+        dests.push(QueuedDest { key, config: config.into() });
+    }
+    let payload = String::from_utf8(r.bytes32()?.to_vec()).ok()?;
+    let mut labels = Vec::new();
+    if let Some(n) = r.u16() {
+        for _ in 0..n {
+            labels.push((r.str16()?, r.str16()?));
+        }
+    }
+    Some(QueuedReport { id, received_at_ms, payload, dests, labels })
+}
