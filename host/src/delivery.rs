@@ -535,7 +535,7 @@ impl Delivery {
         if let Err(e) = self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
             let what = match e {
                 DlqError::Full { .. } => "the dead-letter store is full",
-                DlqError::Io { .. } => "the dead-letter store cannot write",
+                DlqError::Io { .. } | DlqError::Topic { .. } => "the dead-letter store cannot write",
             };
             if job.dead.is_none() {
                 // Counted and logged once per report, not at every try.

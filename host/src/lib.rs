@@ -78,6 +78,12 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         registry.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));
     }
 
+    anyhow::ensure!(
+        cfg.queue.backend() != config::QueueBackend::Kafka || cfg.queue.key_file.is_some(),
+        "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
+         destination configs with the same key (32 random bytes, e.g. `head -c 32 /dev/urandom > queue.key`, \
+         mounted from a Secret)"
+    );
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
     let (queue, recovery) = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
         .with_context(|| format!("opening the {:?} queue", cfg.queue.backend()))?;
@@ -99,7 +105,10 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         role = %cfg.role,
         "queue opened"
     );
-    let dlq = Arc::new(dlq::DeadLetters::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?);
+    let dlq = Arc::new(match cfg.queue.backend() {
+        config::QueueBackend::Kafka => dlq::DeadLetters::Topic(dlq::TopicStore::open(&cfg.queue.kafka, sealer)?),
+        _ => dlq::DeadLetters::Files(dlq::FileStore::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?),
+    });
     let status = Arc::new(status::StatusBook::new(KEEP_FINISHED));
     let secrets = Arc::new(
         capabilities::secrets::SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins)
@@ -118,6 +127,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         delivery.start();
     }
     let state = server::AppState {
+        role: cfg.role,
         registry,
         queue,
         delivery,

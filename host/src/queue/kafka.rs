@@ -103,7 +103,6 @@ impl ConsumerContext for GroupContext {
 /// The Kafka queue.
 pub struct KafkaQueue {
     cfg: KafkaConfig,
-    ingests: bool,
     sealer: Sealer,
     producer: FutureProducer,
     consumer: Option<Arc<StreamConsumer<GroupContext>>>,
@@ -121,7 +120,7 @@ pub struct KafkaQueue {
 
 /// librdkafka properties for this cluster: the operator's `properties`, then the ones read
 /// from files (secrets).
-fn client_config(cfg: &KafkaConfig) -> anyhow::Result<ClientConfig> {
+pub fn client_config(cfg: &KafkaConfig) -> anyhow::Result<ClientConfig> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.properties {
@@ -188,7 +187,6 @@ impl KafkaQueue {
         };
         let q = Arc::new(KafkaQueue {
             cfg: cfg.clone(),
-            ingests: role.ingests(),
             sealer,
             producer,
             consumer,
@@ -400,9 +398,6 @@ impl KafkaQueue {
 impl ReportQueue for KafkaQueue {
     fn append(&self, reports: Vec<QueuedReport>, given_ids: bool) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
-            if !self.ingests {
-                return Err(QueueError::NotIngest);
-            }
             if reports.is_empty() {
                 return Ok(());
             }

@@ -6,7 +6,7 @@
 //! `Authorization: Bearer <token>`, compared in constant time. Neither check echoes what was sent.
 
 use super::{ApiError, AppState};
-use crate::status::ConsumerState;
+use crate::dlq::{DlqError, ReplayError, Requeue};
 use anyhow::Context;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -289,11 +288,12 @@ async fn reload_plugins(State(state): State<AppState>) -> Json<Value> {
     Json(json!({"loaded": loaded, "failed": failed, "released": released}))
 }
 
-async fn list(State(state): State<AppState>) -> Json<Value> {
-    let (count, bytes) = state.dlq.usage();
-    Json(
-        json!({ "count": count, "bytes": bytes, "refused_while_full": state.dlq.refused_while_full(), "entries": state.dlq.list() }),
-    )
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let entries = state.dlq.list().await.map_err(store_error)?;
+    let (count, bytes) = state.dlq.usage().unwrap_or((entries.len(), 0));
+    Ok(Json(
+        json!({ "count": count, "bytes": bytes, "refused_while_full": state.dlq.refused_while_full(), "entries": entries }),
+    ))
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -338,6 +338,8 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<J
     let entries: Vec<Value> = state
         .dlq
         .get(id)
+        .await
+        .map_err(store_error)?
         .into_iter()
         .map(|(d, dest)| {
             json!({
@@ -395,49 +397,29 @@ async fn replay(State(state): State<AppState>, Json(sel): Json<Selection>) -> Re
 }
 
 async fn replay_now(state: AppState, ids: Option<Vec<Uuid>>) -> Result<Json<Value>, ApiError> {
-    let mut replayed = Vec::new();
-    for (report, path) in state.dlq.take(ids.as_deref()) {
-        let consumer = report.dests[0].key.clone();
-        if state.registry.current().get(&consumer).is_none() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "unknown_consumer",
-                format!(
-                    "no loaded plugin consumes `{consumer}` (report {}); load one first. Replayed so far: {}",
-                    report.id,
-                    replayed.len()
-                ),
-            ));
-        }
-        let id = report.id;
-        // Set aside while it is queued again: delivery may fail it quickly and store a new dead
-        // letter under the same name, which must stay.
-        let held = state.dlq.hold(&path).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "dead_letter_store",
-                format!("moving {} aside failed ({e}). Replayed so far: {}", path.display(), replayed.len()),
-            )
-        })?;
-        state.status.insert(id, BTreeMap::from([(consumer, ConsumerState::Queued)]));
-        if let Err(e) = state.queue.append(vec![report], false).await {
-            state.dlq.unhold(&held, &path);
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue_unavailable",
-                format!("{e}. Replayed so far: {}", replayed.len()),
-            ));
-        }
-        state.dlq.remove(&held);
-        replayed.push(id);
-    }
+    let to = Requeue { queue: &*state.queue, status: &state.status, registry: &state.registry };
+    let replayed = state.dlq.replay(ids.as_deref(), &to).await.map_err(replay_error)?;
     tracing::info!(count = replayed.len(), "dead letters replayed");
     Ok(Json(json!({ "replayed": replayed.len(), "ids": replayed })))
 }
 
+fn replay_error(e: ReplayError) -> ApiError {
+    let (status, code) = match &e {
+        ReplayError::UnknownConsumer { .. } => (StatusCode::CONFLICT, "unknown_consumer"),
+        ReplayError::Queue { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
+        ReplayError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dead_letter_store"),
+        ReplayError::Selection(_) => (StatusCode::BAD_REQUEST, "invalid_selection"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+fn store_error(e: DlqError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "dead_letter_store", e.to_string())
+}
+
 async fn purge(State(state): State<AppState>, Json(sel): Json<Selection>) -> Result<Json<Value>, ApiError> {
     let ids = sel.ids()?;
-    let n = state.dlq.purge(ids.as_deref());
+    let n = state.dlq.purge(ids.as_deref()).await.map_err(replay_error)?;
     tracing::info!(count = n, "dead letters purged");
     Ok(Json(json!({ "purged": n })))
 }

@@ -35,6 +35,8 @@ use uuid::Uuid;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// What this process does (`--role`): a `deliver` process takes no reports.
+    pub role: crate::config::Role,
     /// Loaded plugins by config key (hot-reloaded).
     pub registry: Arc<Plugins>,
     /// The queue.
@@ -113,6 +115,9 @@ async fn forward_inner(
     q: ForwardQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if !state.role.ingests() {
+        return Err(crate::forward::RouteError::Queue(crate::queue::QueueError::NotIngest).into());
+    }
     let wait = match q.wait.as_deref() {
         None => None,
         Some(w) => Some(humantime::parse_duration(w).map_err(|e| {
@@ -198,7 +203,7 @@ async fn report_status(State(state): State<AppState>, Path(id): Path<String>) ->
     if let Some(consumers) = state.status.get(uuid) {
         return Ok(Json(json!({ "id": uuid, "consumers": public_value(&consumers) })).into_response());
     }
-    let dead = state.dlq.get(uuid);
+    let dead = state.dlq.get_local(uuid);
     if !dead.is_empty() {
         let consumers: serde_json::Map<_, _> = dead
             .into_iter()
@@ -245,7 +250,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(lag) = q.lag {
         m.queue_lag.set(lag as i64);
     }
-    m.dlq_entries.set(state.dlq.usage().0 as i64);
+    if let Some((entries, _)) = state.dlq.usage() {
+        m.dlq_entries.set(entries as i64);
+    }
     let registry = state.registry.current();
     m.count_log_drops(registry.plugins().map(|p| (p.info.name.as_str(), &*p.log)));
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())

@@ -1,13 +1,11 @@
-//! The dead-letter store: reports that failed for good at one consumer, kept for inspection and replay.
-//!
-//! One JSON file per (report, consumer) in `<data_dir>/dlq`, mode 0600. The
-//! destination config is sealed like in the queue (it may carry a password);
-//! `show` prints it with the plugin's secret parameters redacted.
+//! The dead-letter store on local disk: one JSON file per (report, consumer) in
+//! `<data_dir>/dlq`, mode 0600, the destination config sealed like in the queue.
 
+use super::{DeadLetter, DlqError, Summary};
 use crate::config::DlqConfig;
 use crate::queue::crypto::Sealer;
 use crate::queue::{QueuedDest, QueuedReport};
-use serde::{Deserialize, Serialize};
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -15,70 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
 
-/// One dead letter as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// The report id (also its document id at idempotent consumers).
-    pub id: Uuid,
-    /// The consumer key it failed at.
-    pub consumer: String,
-    /// Why it failed for good.
-    pub reason: String,
-    /// Delivery attempts made.
-    pub attempts: u32,
-    /// When it was accepted, ms since the epoch.
-    pub received_at_ms: u64,
-    /// When it was dead-lettered, ms since the epoch.
-    pub dead_at_ms: u64,
-    /// The payload, JSON text.
-    pub payload: String,
-    /// The producer's labels.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub labels: Vec<(String, String)>,
-    /// The destination config, sealed, hex.
-    destination_sealed: String,
-}
-
-/// A dead letter without its payload, for listings.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    /// Report id.
-    pub id: Uuid,
-    /// Consumer key.
-    pub consumer: String,
-    /// Why.
-    pub reason: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// When, ms since the epoch.
-    pub dead_at_ms: u64,
-}
-
-/// Why a dead letter was not stored.
-#[derive(Debug, thiserror::Error)]
-pub enum DlqError {
-    /// The store is at its bound.
-    #[error(
-        "the dead-letter store is full ({entries} entries, {bytes} bytes; dlq.max_entries / dlq.max_bytes): replay or purge with `data-exporter dlq`"
-    )]
-    Full {
-        /// Entries held.
-        entries: usize,
-        /// Bytes held.
-        bytes: u64,
-    },
-    /// A file operation failed.
-    #[error("dead-letter store I/O at {path}: {error}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        error: std::io::Error,
-    },
-}
-
 /// The store.
-pub struct DeadLetters {
+pub struct FileStore {
     dir: PathBuf,
     sealer: Sealer,
     cfg: DlqConfig,
@@ -86,7 +22,7 @@ pub struct DeadLetters {
     refused: AtomicU64,
 }
 
-impl DeadLetters {
+impl FileStore {
     /// Open (creating) `<data_dir>/dlq`.
     pub fn open(data_dir: &Path, cfg: DlqConfig, sealer: Sealer) -> anyhow::Result<Self> {
         let dir = data_dir.join("dlq");
@@ -112,7 +48,7 @@ impl DeadLetters {
                 usage.1 += e.metadata()?.len();
             }
         }
-        Ok(DeadLetters { dir, sealer, cfg, usage: Mutex::new(usage), refused: AtomicU64::new(0) })
+        Ok(FileStore { dir, sealer, cfg, usage: Mutex::new(usage), refused: AtomicU64::new(0) })
     }
 
     /// Entries and bytes held.
@@ -149,17 +85,7 @@ impl DeadLetters {
                 return Err(full(&u));
             }
         }
-        let dl = DeadLetter {
-            id: report.id,
-            consumer: dest.key.clone(),
-            reason: reason.to_string(),
-            attempts,
-            received_at_ms: report.received_at_ms,
-            dead_at_ms: now_ms,
-            payload: report.payload.clone(),
-            labels: report.labels.clone(),
-            destination_sealed: hex(&self.sealer.seal(dest.config.as_bytes())),
-        };
+        let dl = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
         let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
         {
             let mut u = self.usage.lock().unwrap();
@@ -233,7 +159,7 @@ impl DeadLetters {
     }
 
     fn open_dest(&self, d: &DeadLetter) -> Option<String> {
-        String::from_utf8(self.sealer.open(&unhex(&d.destination_sealed)?)?).ok()
+        d.destination(&self.sealer)
     }
 
     /// Remove and return the dead letters of `ids` (all when `None`) as
@@ -245,16 +171,9 @@ impl DeadLetters {
             if ids.is_some_and(|ids| !ids.contains(&d.id)) {
                 continue;
             }
-            let Some(config) = self.open_dest(&d) else {
+            let Some(report) = d.into_report(&self.sealer) else {
                 tracing::error!(file = %p.display(), "dead letter sealed with another key; left in place");
                 continue;
-            };
-            let report = QueuedReport {
-                id: d.id,
-                received_at_ms: d.received_at_ms,
-                payload: d.payload,
-                dests: vec![QueuedDest { key: d.consumer, config: config.into() }],
-                labels: d.labels,
             };
             out.push((report, p));
         }
@@ -306,14 +225,6 @@ impl DeadLetters {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,7 +243,7 @@ mod tests {
     fn stored_listed_replayed_and_bounded_without_plain_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = DlqConfig { max_entries: 2, ..DlqConfig::default() };
-        let store = DeadLetters::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
+        let store = FileStore::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
         let (a, b, c) = (report(), report(), report());
         store.put(&a, &a.dests[0], "mapping error", 1, 10).unwrap();
         store.put(&b, &b.dests[0], "401", 2, 11).unwrap();

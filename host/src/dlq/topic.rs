@@ -1,0 +1,235 @@
+//! Dead letters on a Kafka topic (`queue.kafka.dead_letter_topic`), for the Kafka queue: any
+//! delivery process writes them, any process's admin API lists, replays or purges them.
+//!
+//! Each dead letter is one JSON record (`DeadLetter`, destination sealed), keyed by report id.
+//! What is pending is what lies past the offsets committed by the replay group
+//! (`<queue.kafka.group>.dead-letters`); a replay queues the records again in order and then
+//! commits past them, a purge commits past them only. A topic cannot drop single records: it
+//! is replayed or purged whole.
+
+use super::{DeadLetter, DlqError, ReplayError, Requeue};
+use crate::config::KafkaConfig;
+use crate::queue::crypto::Sealer;
+use crate::queue::kafka::client_config;
+use crate::queue::{QueuedDest, QueuedReport};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A read of the topic ends when nothing arrives for this long (watermarks are not relied
+/// on: some Kafka-compatible brokers answer them below the true end).
+const READ_IDLE: Duration = Duration::from_millis(1500);
+/// Most dead letters one read returns.
+const READ_MAX: usize = 100_000;
+/// Broker calls' timeout.
+const CALL: Duration = Duration::from_secs(10);
+
+/// The dead-letter topic.
+#[derive(Clone)]
+pub struct TopicStore {
+    cfg: KafkaConfig,
+    producer: FutureProducer,
+    sealer: Sealer,
+}
+
+/// Records read, and where each came from.
+type Read = Vec<(DeadLetter, (i32, i64))>;
+
+impl TopicStore {
+    /// A producer for `cfg.dead_letter_topic` (acks from every in-sync replica).
+    pub fn open(cfg: &KafkaConfig, sealer: Sealer) -> anyhow::Result<TopicStore> {
+        let producer = client_config(cfg)?
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", cfg.ingest_timeout_ms.to_string())
+            .create()
+            .map_err(|e| anyhow::anyhow!("creating the dead-letter producer for {}: {e}", cfg.brokers))?;
+        Ok(TopicStore { cfg: cfg.clone(), producer, sealer })
+    }
+
+    fn error(&self, error: impl std::fmt::Display) -> DlqError {
+        DlqError::Topic { topic: self.cfg.dead_letter_topic.clone(), error: error.to_string() }
+    }
+
+    /// What an operator is told when selecting single dead letters.
+    pub fn whole_only(&self) -> String {
+        format!(
+            "the dead-letter topic {} is replayed or purged whole: use {{\"all\": true}} (`--all`), or read single records with Kafka tools",
+            self.cfg.dead_letter_topic
+        )
+    }
+
+    /// Store a dead letter; returns once the cluster acknowledged it. Blocks the calling
+    /// thread (a delivery worker, moved aside with `block_in_place`) for at most
+    /// `ingest_timeout_ms`.
+    pub fn put(
+        &self,
+        report: &QueuedReport,
+        dest: &QueuedDest,
+        reason: &str,
+        attempts: u32,
+        now_ms: u64,
+    ) -> Result<(), DlqError> {
+        let letter = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
+        let json = serde_json::to_vec(&letter).expect("a dead letter serialises");
+        let key = report.id.to_string();
+        let record = FutureRecord::to(&self.cfg.dead_letter_topic).key(&key).payload(&json);
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| self.error(e))?;
+        let wait = || futures::executor::block_on(delivery);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let result = if multi_thread { tokio::task::block_in_place(wait) } else { wait() };
+        match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(self.error(e)),
+            Err(_) => Err(self.error("the producer went away")),
+        }
+    }
+
+    /// The destination of a dead letter, opened.
+    pub fn destination(&self, d: &DeadLetter) -> Option<String> {
+        d.destination(&self.sealer)
+    }
+
+    /// A consumer of the replay group, assigned to every partition at the group's committed
+    /// offsets (the start when none).
+    fn reader(&self) -> Result<BaseConsumer, DlqError> {
+        let topic = &self.cfg.dead_letter_topic;
+        let consumer: BaseConsumer = client_config(&self.cfg)
+            .map_err(|e| self.error(e))?
+            .set("group.id", format!("{}.dead-letters", self.cfg.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| self.error(e))?;
+        let metadata = consumer.fetch_metadata(Some(topic), CALL).map_err(|e| self.error(e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(self.error("the topic does not exist: create it (queue.kafka.dead_letter_topic)"));
+        }
+        let mut list = TopicPartitionList::new();
+        for p in &partitions {
+            list.add_partition(topic, *p);
+        }
+        let committed = consumer.committed_offsets(list, CALL).map_err(|e| self.error(e))?;
+        let mut at = TopicPartitionList::new();
+        for e in committed.elements() {
+            let from = match e.offset() {
+                Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            at.add_partition_offset(topic, e.partition(), from).map_err(|e| self.error(e))?;
+        }
+        consumer.assign(&at).map_err(|e| self.error(e))?;
+        Ok(consumer)
+    }
+
+    /// Read what is pending, oldest first per partition.
+    fn read(&self, consumer: &BaseConsumer) -> Result<Read, DlqError> {
+        let mut out = Vec::new();
+        while out.len() < READ_MAX {
+            match consumer.poll(READ_IDLE) {
+                None => break,
+                Some(Err(e)) => return Err(self.error(e)),
+                Some(Ok(m)) => {
+                    let at = (m.partition(), m.offset());
+                    match m.payload().and_then(|p| serde_json::from_slice::<DeadLetter>(p).ok()) {
+                        Some(d) => out.push((d, at)),
+                        // A queue record this host could not open, set aside as it was.
+                        None => tracing::warn!(
+                            partition = at.0,
+                            offset = at.1,
+                            "a dead-letter record that is not a dead letter (an unreadable queue record): left in the topic, skipped"
+                        ),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, consumer: &BaseConsumer, next: &BTreeMap<i32, i64>) -> Result<(), DlqError> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (p, o) in next {
+            list.add_partition_offset(&self.cfg.dead_letter_topic, *p, Offset::Offset(*o))
+                .map_err(|e| self.error(e))?;
+        }
+        consumer.commit(&list, CommitMode::Sync).map_err(|e| self.error(e))
+    }
+
+    /// Everything pending (not replayed or purged), read now.
+    pub async fn pending(&self) -> Result<Read, DlqError> {
+        let (read, _) = self.read_pending().await?;
+        Ok(read)
+    }
+
+    /// Off the async threads: the reads block.
+    async fn read_pending(&self) -> Result<(Read, Arc<BaseConsumer>), DlqError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer = this.reader()?;
+            let read = this.read(&consumer)?;
+            Ok((read, Arc::new(consumer)))
+        })
+        .await
+        .map_err(|e| self.error(e))?
+    }
+
+    async fn commit_off_thread(&self, consumer: Arc<BaseConsumer>, next: BTreeMap<i32, i64>) -> Result<(), DlqError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.commit(&consumer, &next)).await.map_err(|e| self.error(e))?
+    }
+
+    /// Queue every pending dead letter again, in order, then commit past them.
+    pub async fn replay(&self, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
+        let (read, consumer) = self.read_pending().await.map_err(|error| ReplayError::Store { error, replayed: 0 })?;
+        let mut replayed = Vec::new();
+        let mut next = BTreeMap::new();
+        let mut outcome = Ok(());
+        for (d, (p, o)) in read {
+            let id = d.id;
+            match d.into_report(&self.sealer) {
+                None => {
+                    tracing::error!(report = %id, "dead letter sealed with another key: skipped, left in the topic")
+                }
+                Some(report) => {
+                    if let Err(e) = to.send(report, replayed.len()).await {
+                        outcome = Err(e);
+                        break;
+                    }
+                    replayed.push(id);
+                }
+            }
+            next.insert(p, o + 1);
+        }
+        let committed = self.commit_off_thread(consumer, next).await;
+        outcome?;
+        committed.map_err(|error| ReplayError::Store { error, replayed: replayed.len() })?;
+        Ok(replayed)
+    }
+
+    /// Commit past every pending dead letter; how many.
+    pub async fn purge(&self) -> Result<usize, DlqError> {
+        let (read, consumer) = self.read_pending().await?;
+        let mut next = BTreeMap::new();
+        for (_, (p, o)) in &read {
+            next.insert(*p, o + 1);
+        }
+        self.commit_off_thread(consumer, next).await?;
+        Ok(read.len())
+    }
+}
