@@ -284,11 +284,17 @@ impl KafkaQueue {
         let headers = OwnedHeaders::new().insert(Header { key: "data-exporter-reason", value: Some(reason.as_str()) });
         let rec = FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter_topic).payload(value).headers(headers);
         let timeout = Timeout::After(Duration::from_millis(self.cfg.ingest_timeout_ms));
-        match self.producer.send(rec, timeout).await {
-            Ok(_) => true,
-            Err((e, _)) => {
-                tracing::error!(error = %e, "the dead-letter topic did not take an unreadable record; it will be read again");
-                false
+        // Until it is stored: the partition's offset cannot move past it before.
+        loop {
+            match self.producer.send(rec.clone(), timeout).await {
+                Ok(_) => return true,
+                Err((e, _)) => {
+                    tracing::error!(error = %e, "the dead-letter topic did not take an unreadable record; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.closing.notified() => return false,
+                    }
+                }
             }
         }
     }
@@ -322,6 +328,13 @@ impl KafkaQueue {
                 match m {
                     Err(e) => {
                         tracing::warn!(error = %e, "consuming the queue topic failed");
+                        if out.is_empty() {
+                            // Not a busy loop while the cluster is away.
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                                _ = self.closing.notified() => return None,
+                            }
+                        }
                         break;
                     }
                     Ok(m) => {
