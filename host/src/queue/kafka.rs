@@ -282,11 +282,12 @@ impl KafkaQueue {
         );
         tracing::error!(%reason, "unreadable queue record moved to the dead-letter topic");
         let headers = OwnedHeaders::new().insert(Header { key: "data-exporter-reason", value: Some(reason.as_str()) });
-        let rec = FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter_topic).payload(value).headers(headers);
         let timeout = Timeout::After(Duration::from_millis(self.cfg.ingest_timeout_ms));
         // Until it is stored: the partition's offset cannot move past it before.
         loop {
-            match self.producer.send(rec.clone(), timeout).await {
+            let rec =
+                FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter_topic).payload(value).headers(headers.clone());
+            match self.producer.send(rec, timeout).await {
                 Ok(_) => return true,
                 Err((e, _)) => {
                     tracing::error!(error = %e, "the dead-letter topic did not take an unreadable record; trying again");
