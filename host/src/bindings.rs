@@ -2,7 +2,8 @@
 //!
 //! Imports are async (the HTTP capability awaits reqwest); exports are called with `call_*` on a
 //! store with async support. Version 0.2 imports 0.1.0's `http` and `log` unchanged, so their
-//! types and host implementations are shared (`with`).
+//! types and host implementations are shared (`with`); version 0.3 is 0.2.0's world plus the
+//! `messaging` import, so it reuses every earlier binding and adds only that.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -33,4 +34,24 @@ pub mod v2 {
     pub use narrows::exporter0_2_0::files;
     pub use narrows::exporter0_2_0::types;
     pub use narrows::exporter0_2_0::types::{BatchFailure, Metadata, Outcome, Parameter, PluginInfo, Report};
+}
+
+/// `narrows:exporter@0.3.0`: 0.2.0's world plus the `messaging` import. A 0.3 component exports
+/// 0.2.0's `consumer`, so the host instantiates it as a 0.2.0 plugin (`v2::PluginPre`); only
+/// `messaging` is bound from here.
+pub mod v3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.3",
+        world: "plugin",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "narrows:exporter/http@0.1.0": crate::bindings::http,
+            "narrows:exporter/log@0.1.0": crate::bindings::log,
+            "narrows:exporter/types@0.2.0": crate::bindings::v2::types,
+            "narrows:exporter/files@0.2.0": crate::bindings::v2::files,
+        },
+    });
+
+    pub use narrows::exporter0_3_0::messaging;
 }

@@ -459,6 +459,11 @@ impl RuntimeConfig {
         serde_json::to_string(&settings).expect("settings serialise")
     }
 
+    /// The `messaging` settings of the plugin from file stem `id`, when the operator gave some.
+    pub fn messaging_for(&self, id: &str) -> Option<&MessagingConfig> {
+        self.plugins.get(id).and_then(|o| o.messaging.as_ref())
+    }
+
     /// The limits of the plugin loaded from file stem `name`: the defaults with its overrides applied.
     pub fn limits_for(&self, name: &str) -> PluginLimits {
         let mut l = self.limits.clone();
@@ -511,7 +516,8 @@ pub struct PluginLimits {
     /// refused unless an IP/CIDR rule names them. The host's own listeners are always refused.
     pub outbound_allow: Vec<String>,
     /// Host capabilities the plugin may import: `http`, `log`, `files` (contract 0.2; needs
-    /// `files_dir`). A plugin that imports one it was not granted fails to load, naming it.
+    /// `files_dir`), `messaging` (contract 0.3; needs `[runtime.plugins.<file>.messaging]`). A
+    /// plugin that imports one it was not granted fails to load, naming it.
     pub grants: Vec<String>,
     /// The one directory the `files` capability reaches (relative paths are under `data_dir`).
     /// Set it per plugin: each plugin should have its own.
@@ -584,6 +590,10 @@ pub struct LimitOverrides {
     /// The plugin's settings (contract 0.2), a table the plugin describes in its `settings`
     /// parameters and receives in `init`, e.g. `settings = { flush_every = 100 }`.
     pub settings: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// The broker the `messaging` capability (contract 0.3) publishes to for this plugin file,
+    /// and what it may publish (`[runtime.plugins.<file>.messaging]`); used when its `grants`
+    /// include `messaging`.
+    pub messaging: Option<MessagingConfig>,
 }
 
 impl LimitOverrides {
@@ -609,6 +619,59 @@ impl LimitOverrides {
         if self.files_dir.is_some() {
             l.files_dir = self.files_dir.clone();
         }
+    }
+}
+
+/// The `messaging` capability of one plugin file (`[runtime.plugins.<file>.messaging]`, with
+/// `"messaging"` in its `grants`): the Kafka cluster its messages go to, how the host connects,
+/// and which topics it may publish to. The plugin sees none of it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topics the plugin may publish to: exact names, and `prefix*` patterns (`"*"` alone
+    /// admits every topic). Destinations, and so topics, are producer input: any other topic is
+    /// refused for good. Empty: the plugin does not load.
+    pub topics: Vec<String>,
+    /// Further librdkafka producer properties (TLS, SASL: `security.protocol`,
+    /// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`...). Values are never logged.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties read from files (a mounted Secret), e.g.
+    /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
+    pub properties_from_files: std::collections::BTreeMap<String, PathBuf>,
+    /// How long a publish waits for the cluster to acknowledge each message, in milliseconds
+    /// (the producer's `message.timeout.ms`); must be below the plugin's `call_timeout_ms`.
+    pub timeout_ms: u64,
+    /// Largest message the plugin may publish (key, header names and values, and payload), in
+    /// bytes; a larger one is refused for good.
+    pub max_message_bytes: usize,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            brokers: String::new(),
+            topics: Vec::new(),
+            properties: Default::default(),
+            properties_from_files: Default::default(),
+            timeout_ms: 10_000,
+            max_message_bytes: 1_000_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for MessagingConfig {
+    /// Property names, never their values (they may hold credentials).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("properties_from_files", &self.properties_from_files)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
     }
 }
 
@@ -731,6 +794,7 @@ mod tests {
             files_dir: Some("f".into()),
             files_quota_mib: Some(10),
             settings: None,
+            messaging: None,
         };
         let cfg = RuntimeConfig { plugins: [("p".to_string(), o)].into(), ..RuntimeConfig::default() };
         let want = PluginLimits {

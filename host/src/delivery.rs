@@ -406,8 +406,8 @@ impl Delivery {
                 payload: j.report.payload.clone(),
                 received_at_ms: j.report.received_at_ms,
                 attempt: j.attempts + 1,
-                source: None,
-                tenant: None,
+                source: j.report.source.clone(),
+                tenant: j.report.tenant.clone(),
                 labels: j.report.labels.clone(),
             })
             .collect();

@@ -24,6 +24,10 @@ pub struct Envelope {
     /// The report id the producer gave (a relaying data-exporter keeps ids end to end); only
     /// accepted where the operator allows it (`limits.accept_report_ids`).
     pub id: Option<uuid::Uuid>,
+    /// Where it came from, set by the host's ingest path (never by the producer).
+    pub source: Option<String>,
+    /// Whose it is, set by the host's ingest path (never by the producer).
+    pub tenant: Option<String>,
 }
 
 /// Most labels one report may carry.
@@ -224,7 +228,7 @@ fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
         };
         return Err(EnvelopeError::NoConsumer(note));
     }
-    Ok(Envelope { destinations, skipped, payload, labels, id })
+    Ok(Envelope { destinations, skipped, payload, labels, id, source: None, tenant: None })
 }
 
 fn labels(given: BTreeMap<String, serde_json::Value>) -> Result<Vec<(String, String)>, EnvelopeError> {

@@ -251,7 +251,15 @@ fn plan<P: Clone>(
             return Err(RouteError::NoConsumer { at: at(i), skipped: skipped.join(", ") });
         }
         let id = env.id.unwrap_or_else(Uuid::now_v7);
-        reports.push(QueuedReport { id, received_at_ms: now_ms, payload: env.payload, dests, labels: env.labels });
+        reports.push(QueuedReport {
+            id,
+            received_at_ms: now_ms,
+            payload: env.payload,
+            dests,
+            labels: env.labels,
+            source: env.source,
+            tenant: env.tenant,
+        });
         receipts.push(Receipt { id, consumers, known: false });
     }
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })

@@ -236,6 +236,8 @@ mod tests {
             payload: "{\"a\":1}".into(),
             dests: vec![QueuedDest { key: "openSearch".into(), config: r#"{"password":"pw-9f8e7d"}"#.into() }],
             labels: vec![("team".into(), "sec".into())],
+            source: None,
+            tenant: None,
         }
     }
 

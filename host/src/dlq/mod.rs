@@ -39,6 +39,12 @@ pub struct DeadLetter {
     /// The producer's labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<(String, String)>,
+    /// Where the report came from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Whose it is, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The destination config, sealed, hex.
     destination_sealed: String,
 }
@@ -62,6 +68,8 @@ impl DeadLetter {
             dead_at_ms: now_ms,
             payload: report.payload.clone(),
             labels: report.labels.clone(),
+            source: report.source.clone(),
+            tenant: report.tenant.clone(),
             destination_sealed: hex(&sealer.seal(dest.config.as_bytes())),
         }
     }
@@ -80,6 +88,8 @@ impl DeadLetter {
             payload: self.payload,
             dests: vec![QueuedDest { key: self.consumer, config: config.into() }],
             labels: self.labels,
+            source: self.source,
+            tenant: self.tenant,
         })
     }
 

@@ -54,6 +54,8 @@ fn report(n: usize, batch: &str) -> QueuedReport {
             QueuedDest { key: "webhook".into(), config: r#"{"url":"http://w"}"#.into() },
         ],
         labels: vec![("n".into(), n.to_string())],
+        source: n.is_multiple_of(2).then(|| format!("kafka:topic-{n}")),
+        tenant: n.is_multiple_of(3).then(|| format!("org-{n}")),
     }
 }
 
@@ -105,6 +107,9 @@ async fn leases_what_was_appended_with_everything_it_carries(backend: QueueBacke
         assert_eq!(r.dests.len(), 2);
         assert_eq!(&*r.dests[0].config, r#"{"host":"h","password":"pw-conformance"}"#, "configs come back opened");
         assert_eq!(r.labels[0].0, "n");
+        let n: usize = r.labels[0].1.parse().unwrap();
+        assert_eq!(r.source, n.is_multiple_of(2).then(|| format!("kafka:topic-{n}")), "source survives");
+        assert_eq!(r.tenant, n.is_multiple_of(3).then(|| format!("org-{n}")), "tenant survives");
     }
     assert_eq!(q.stats().reports, 20);
     // One destination of two is not the end of a report.

@@ -353,6 +353,8 @@ mod tests {
                 QueuedDest { key: "webhook".into(), config: r#"{"url":"http://h"}"#.into() },
             ],
             labels: if n.is_multiple_of(2) { vec![("team".into(), format!("t{n}"))] } else { vec![] },
+            source: None,
+            tenant: None,
         }
     }
 

@@ -104,7 +104,9 @@ impl ConsumerContext for GroupContext {
 pub struct KafkaQueue {
     cfg: KafkaConfig,
     sealer: Sealer,
-    producer: FutureProducer,
+    /// Replaced by a new one (a new producer id) when the cluster is back after an outage.
+    producer: Mutex<FutureProducer>,
+    producer_config: ClientConfig,
     consumer: Option<Arc<StreamConsumer<GroupContext>>>,
     leases: Arc<Mutex<Leases>>,
     /// Signalled when acknowledgements free leasing room.
@@ -157,12 +159,13 @@ impl KafkaQueue {
     /// when the cluster is not reachable.
     pub fn open(cfg: &KafkaConfig, role: Role, max_bytes: u64, sealer: Sealer) -> anyhow::Result<Arc<KafkaQueue>> {
         let base = client_config(cfg)?;
-        let producer: FutureProducer = base
-            .clone()
+        let mut producer_config = base.clone();
+        producer_config
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", cfg.ingest_timeout_ms.to_string())
-            .set("linger.ms", "2")
+            .set("linger.ms", "2");
+        let producer: FutureProducer = producer_config
             .create()
             .map_err(|e| anyhow::anyhow!("creating the Kafka producer for {}: {e}", cfg.brokers))?;
         let leases = Arc::new(Mutex::new(Leases::default()));
@@ -188,7 +191,8 @@ impl KafkaQueue {
         let q = Arc::new(KafkaQueue {
             cfg: cfg.clone(),
             sealer,
-            producer,
+            producer: Mutex::new(producer),
+            producer_config,
             consumer,
             leases,
             room: Notify::new(),
@@ -219,7 +223,11 @@ impl KafkaQueue {
                 let was = std::mem::replace(&mut *q.problem.lock().unwrap(), problem.clone());
                 match (&was, &problem) {
                     (None, Some(p)) => tracing::error!(problem = %p, "Kafka queue unavailable"),
-                    (Some(_), None) => tracing::info!("Kafka queue available again"),
+                    (Some(_), None) => {
+                        tracing::info!("Kafka queue available again");
+                        let q2 = q.clone();
+                        let _ = tokio::task::spawn_blocking(move || q2.renew_producer()).await;
+                    }
                     _ => {}
                 }
                 *q.lag.lock().unwrap() = lag;
@@ -229,10 +237,27 @@ impl KafkaQueue {
         });
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer.lock().unwrap().clone()
+    }
+
+    /// A fresh producer (a new producer id) after an outage: a cluster that lost its state
+    /// refuses the old id for good (every produce times out, the idempotent producer only bumps
+    /// its epoch). What the old one still holds is purged: those requests were answered 503.
+    fn renew_producer(&self) {
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(p) => {
+                let old = std::mem::replace(&mut *self.producer.lock().unwrap(), p);
+                drop(old); // purges and flushes: not under the lock
+            }
+            Err(e) => tracing::warn!(error = %e, "a new Kafka producer could not be made; keeping the old one"),
+        }
+    }
+
     /// Why the topic cannot be used now, if it cannot.
     fn check(&self) -> Option<String> {
         let topic = &self.cfg.topic;
-        match self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(2)) {
+        match self.producer().client().fetch_metadata(Some(topic), Duration::from_secs(2)) {
             Err(e) => Some(format!("the Kafka cluster at {} does not answer ({e})", self.cfg.brokers)),
             Ok(m) => match m.topics().iter().find(|t| t.name() == topic) {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => None,
@@ -262,10 +287,22 @@ impl KafkaQueue {
         let timeout = Timeout::After(Duration::from_millis(self.cfg.ingest_timeout_ms));
         let values: Vec<Vec<u8>> = reports.iter().map(|r| record::encode(r, &self.sealer)).collect();
         // `join_all` polls in order, so the records are enqueued (and, idempotent, stored) in order.
+        let producer = self.producer();
         let sends = values
             .iter()
-            .map(|v| self.producer.send(FutureRecord::to(&self.cfg.topic).key(&key[..]).payload(&v[..]), timeout));
-        for r in futures::future::join_all(sends).await {
+            .map(|v| producer.send(FutureRecord::to(&self.cfg.topic).key(&key[..]).payload(&v[..]), timeout));
+        // librdkafka enforces message.timeout.ms late while it backs off reconnecting to a broker
+        // that is down (up to reconnect.backoff.max.ms, 10 s): the answer must not wait for that.
+        let acks =
+            tokio::time::timeout(Duration::from_millis(self.cfg.ingest_timeout_ms), futures::future::join_all(sends))
+                .await
+                .map_err(|_| {
+                    QueueError::Broker(format!(
+                        "no acknowledgement within queue.kafka.ingest_timeout_ms = {} ms",
+                        self.cfg.ingest_timeout_ms
+                    ))
+                })?;
+        for r in acks {
             if let Err((e, _)) = r {
                 return Err(QueueError::Broker(e.to_string()));
             }
@@ -287,7 +324,7 @@ impl KafkaQueue {
         loop {
             let rec =
                 FutureRecord::<[u8], [u8]>::to(&self.cfg.dead_letter_topic).payload(value).headers(headers.clone());
-            match self.producer.send(rec, timeout).await {
+            match self.producer().send(rec, timeout).await {
                 Ok(_) => return true,
                 Err((e, _)) => {
                     tracing::error!(error = %e, "the dead-letter topic did not take an unreadable record; trying again");
@@ -483,7 +520,7 @@ impl ReportQueue for KafkaQueue {
         Box::pin(async move {
             self.closed.store(true, Ordering::Release);
             self.closing.notify_waiters();
-            let _ = self.producer.flush(Duration::from_millis(self.cfg.ingest_timeout_ms));
+            let _ = self.producer().flush(Duration::from_millis(self.cfg.ingest_timeout_ms));
             if let Some(c) = self.consumer.clone() {
                 // The stored offsets (up to the first unfinished record of each partition).
                 let done = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync)).await;

@@ -42,6 +42,10 @@ pub struct QueuedReport {
     pub dests: Vec<QueuedDest>,
     /// Labels the producer attached (plugins see them as report metadata).
     pub labels: Vec<(String, String)>,
+    /// Where it came from, when the host knows (e.g. `kafka:<topic>` for a Kafka source).
+    pub source: Option<String>,
+    /// Whose it is, when the host knows (e.g. the org id of a seed 002 record's identity).
+    pub tenant: Option<String>,
 }
 
 /// One destination of a queued report.
@@ -56,7 +60,9 @@ pub struct QueuedDest {
 impl QueuedReport {
     /// Roughly the memory it holds, in bytes (what `queue.max_bytes` counts).
     pub fn size(&self) -> u64 {
-        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        let labels: usize = self.labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+            + self.source.as_ref().map_or(0, String::len)
+            + self.tenant.as_ref().map_or(0, String::len);
         (self.payload.len() + self.dests.iter().map(|d| d.key.len() + d.config.len()).sum::<usize>() + labels + 64)
             as u64
     }

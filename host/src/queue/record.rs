@@ -41,12 +41,25 @@ pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
         put_bytes32(&mut b, &sealer.seal(d.config.as_bytes()));
     }
     put_bytes32(&mut b, r.payload.as_bytes());
-    // After the payload, so records written before labels existed read as having none.
-    if !r.labels.is_empty() {
+    // After the payload, so records written before labels existed read as having none; then
+    // source and tenant, so records written before them read as not knowing them.
+    let meta = r.source.is_some() || r.tenant.is_some();
+    if !r.labels.is_empty() || meta {
         b.extend_from_slice(&(r.labels.len() as u16).to_le_bytes());
         for (k, v) in &r.labels {
             put_str16(&mut b, k);
             put_str16(&mut b, v);
+        }
+    }
+    if meta {
+        for v in [&r.source, &r.tenant] {
+            match v {
+                Some(v) => {
+                    b.push(1);
+                    put_str16(&mut b, v);
+                }
+                None => b.push(0),
+            }
         }
     }
     b
@@ -100,5 +113,14 @@ fn decode_body(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
             labels.push((r.str16()?, r.str16()?));
         }
     }
-    Some(QueuedReport { id, received_at_ms, payload, dests, labels })
+    let mut meta = [None, None];
+    for m in &mut meta {
+        match r.take(1).map(|f| f[0]) {
+            Some(1) => *m = Some(r.str16()?),
+            Some(0) | None => {}
+            Some(_) => return None,
+        }
+    }
+    let [source, tenant] = meta;
+    Some(QueuedReport { id, received_at_ms, payload, dests, labels, source, tenant })
 }

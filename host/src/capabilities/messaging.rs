@@ -1,0 +1,349 @@
+//! The `messaging` capability (contract 0.3): publishing to the Kafka cluster the operator
+//! connected one plugin file to (`[runtime.plugins.<file>.messaging]`), within its topics.
+//!
+//! One idempotent producer (`acks=all`) per plugin file, created when the file loads and shared
+//! by its instances. A publish checks every message against the operator's policy (topic
+//! allow-list, size) before anything is produced, then waits for each accepted message's
+//! delivery report, bounded by `timeout_ms`. Payloads and property values are never logged.
+
+use crate::bindings::v3::messaging::{Message, PublishError};
+use crate::config::{KafkaConfig, MessagingConfig};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The topics a plugin may publish to: exact names and prefixes (`prefix*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topics {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl Topics {
+    /// Parse the operator's list; a pattern is a valid topic name, optionally ending in `*`.
+    pub fn parse(list: &[String]) -> Result<Topics, String> {
+        let mut t = Topics { exact: Vec::new(), prefixes: Vec::new() };
+        for entry in list {
+            match entry.strip_suffix('*') {
+                Some("") => t.prefixes.push(String::new()),
+                Some(prefix) => {
+                    check_name(prefix)
+                        .map_err(|e| format!("{entry:?}: the part before `*` {e}; write a name or `prefix*`"))?;
+                    t.prefixes.push(prefix.to_string());
+                }
+                None => {
+                    check_name(entry).map_err(|e| format!("{entry:?} {e}; write a name or `prefix*`"))?;
+                    t.exact.push(entry.clone());
+                }
+            }
+        }
+        if t.exact.is_empty() && t.prefixes.is_empty() {
+            return Err("lists no topics, so every message would be refused: list the topics the plugin may \
+                        publish to (names, or `prefix*`)"
+                .into());
+        }
+        Ok(t)
+    }
+
+    /// Whether `topic` is admitted.
+    pub fn allows(&self, topic: &str) -> bool {
+        check_name(topic).is_ok()
+            && (self.exact.iter().any(|t| t == topic) || self.prefixes.iter().any(|p| topic.starts_with(p.as_str())))
+    }
+}
+
+/// Whether `name` is a Kafka topic name: 1 to 249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err("is not 1 to 249 characters long".into());
+    }
+    if name == "." || name == ".." {
+        return Err("is `.` or `..`".into());
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err("has characters other than ASCII letters, digits, `.`, `_` and `-`".into());
+    }
+    Ok(())
+}
+
+/// One plugin file's connection to its cluster and its policy, shared by its instances.
+pub struct MessagingGrant {
+    /// `runtime.plugins.<id>.messaging`, for messages.
+    section: String,
+    topics: Topics,
+    max_message_bytes: usize,
+    timeout: Duration,
+    producer: FutureProducer,
+    published: AtomicU64,
+    failed: AtomicU64,
+    reported: (AtomicU64, AtomicU64),
+}
+
+impl std::fmt::Debug for MessagingGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingGrant").field("section", &self.section).field("topics", &self.topics).finish()
+    }
+}
+
+impl MessagingGrant {
+    /// Check the operator's settings for the plugin from file stem `id` and create its producer
+    /// (which connects in the background: an unreachable cluster shows in publishes, not here).
+    pub fn open(id: &str, cfg: &MessagingConfig, call_timeout_ms: u64) -> Result<MessagingGrant, String> {
+        let section = format!("runtime.plugins.{id}.messaging");
+        if cfg.brokers.trim().is_empty() {
+            return Err(format!(
+                "plugin file `{id}.wasm` is granted `messaging` but no broker: set {section}.brokers (host:port,...)"
+            ));
+        }
+        let topics = Topics::parse(&cfg.topics).map_err(|e| format!("{section}.topics {e}"))?;
+        if cfg.timeout_ms == 0 || cfg.timeout_ms >= call_timeout_ms {
+            return Err(format!(
+                "{section}.timeout_ms ({}) must be above 0 and below the plugin's call_timeout_ms ({call_timeout_ms}), \
+                 so that a publish ends before the call does",
+                cfg.timeout_ms
+            ));
+        }
+        if cfg.max_message_bytes == 0 {
+            return Err(format!("{section}.max_message_bytes must be above 0"));
+        }
+        // The queue's client settings (brokers, properties), files read here to name our section.
+        let base = KafkaConfig { brokers: cfg.brokers.clone(), properties: cfg.properties.clone(), ..Default::default() };
+        let mut config = crate::queue::kafka::client_config(&base).map_err(|e| format!("{section}: {e}"))?;
+        for (k, path) in &cfg.properties_from_files {
+            let v = std::fs::read_to_string(path)
+                .map_err(|e| format!("{section}.properties_from_files.{k}: reading {} failed ({e})", path.display()))?;
+            config.set(k, v.trim());
+        }
+        if !cfg.properties.contains_key("message.max.bytes") {
+            // librdkafka's own cap must not be below the operator's (it is per request).
+            config.set("message.max.bytes", (cfg.max_message_bytes + 64 * 1024).max(1_000_000).to_string());
+        }
+        // What the contract promises holds whatever the properties say.
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", cfg.timeout_ms.to_string())
+            .set("linger.ms", "2");
+        let producer: FutureProducer = config.create().map_err(|e| match e {
+            // Never the value: it may be a credential, and librdkafka's message may quote it.
+            KafkaError::ClientConfig(_, _, key, _) => format!(
+                "{section}: librdkafka refused the property `{key}` (unknown name, or a value this build does not \
+                 support)"
+            ),
+            e => format!("{section}: creating the Kafka producer failed: {e}"),
+        })?;
+        Ok(MessagingGrant {
+            section,
+            topics,
+            max_message_bytes: cfg.max_message_bytes,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            producer,
+            published: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            reported: (AtomicU64::new(0), AtomicU64::new(0)),
+        })
+    }
+
+    /// Whether the operator's policy admits `m`.
+    fn check(&self, m: &Message) -> Result<(), PublishError> {
+        if !self.topics.allows(&m.topic) {
+            let why = match check_name(&m.topic) {
+                Err(e) => format!("topic {:?} {e}", m.topic),
+                Ok(()) => format!("topic `{}` is not in the operator's allow-list ({}.topics)", m.topic, self.section),
+            };
+            return Err(PublishError::Refused(why));
+        }
+        let bytes = size(m);
+        if bytes > self.max_message_bytes {
+            return Err(PublishError::Refused(format!(
+                "the message is {bytes} bytes (key, headers and payload), over {}.max_message_bytes ({})",
+                self.section, self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Publish `messages`: one result per message, in order. Messages the policy refuses are
+    /// not produced; the rest are produced together, in order, and each awaits its delivery
+    /// report until the timeout.
+    pub async fn publish(&self, messages: Vec<Message>) -> Vec<Result<(), PublishError>> {
+        let checked: Vec<Result<(), PublishError>> = messages.iter().map(|m| self.check(m)).collect();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sends = messages.iter().zip(&checked).filter(|(_, c)| c.is_ok()).map(|(m, _)| {
+            let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+            for (name, value) in &m.headers {
+                headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&m.topic).payload(m.payload.as_slice()).headers(headers);
+            if let Some(key) = &m.key {
+                record = record.key(key.as_slice());
+            }
+            // Each future enqueues its record when first polled: `join_all` polls them in order.
+            let send = self.producer.send(record, Timeout::After(self.timeout));
+            // librdkafka reports every message by `message.timeout.ms`; this is a backstop.
+            async move {
+                match tokio::time::timeout_at(deadline + Duration::from_secs(1), send).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(self.error(&e)),
+                    Err(_) => Err(self.timed_out()),
+                }
+            }
+        });
+        let mut sent = futures::future::join_all(sends).await.into_iter();
+        let results: Vec<Result<(), PublishError>> =
+            checked.into_iter().map(|c| c.and_then(|()| sent.next().expect("one result per send"))).collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        self.published.fetch_add(ok, Ordering::Relaxed);
+        self.failed.fetch_add(results.len() as u64 - ok, Ordering::Relaxed);
+        if ok < results.len() as u64 {
+            // Counts and kinds only: never payloads, keys or headers.
+            let first = results.iter().find_map(|r| r.as_ref().err()).map(kind).unwrap_or_default();
+            tracing::debug!(section = %self.section, published = ok, failed = results.len() as u64 - ok, first, "publish");
+        }
+        results
+    }
+
+    fn timed_out(&self) -> PublishError {
+        PublishError::Timeout(format!(
+            "the cluster did not acknowledge the message within {} ms ({}.timeout_ms)",
+            self.timeout.as_millis(),
+            self.section
+        ))
+    }
+
+    /// A producer failure as the contract's error: permanent when the cluster refused this
+    /// message for good, a timeout, or unavailable.
+    fn error(&self, e: &KafkaError) -> PublishError {
+        use RDKafkaErrorCode as C;
+        match e.rdkafka_error_code() {
+            Some(C::MessageTimedOut) => self.timed_out(),
+            Some(
+                C::InvalidMessage
+                | C::InvalidMessageSize
+                | C::MessageSizeTooLarge
+                | C::InvalidRecord
+                | C::InvalidTopic
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed,
+            ) => PublishError::Refused(format!("the cluster refused the message: {e}")),
+            _ => PublishError::Unavailable(format!("the cluster did not take the message: {e}")),
+        }
+    }
+
+    /// Messages published and failed since the previous call (for the metrics, at scrape time).
+    pub fn take_unreported(&self) -> (u64, u64) {
+        let delta = |total: &AtomicU64, seen: &AtomicU64| {
+            let now = total.load(Ordering::Relaxed);
+            now.saturating_sub(seen.swap(now, Ordering::Relaxed))
+        };
+        (delta(&self.published, &self.reported.0), delta(&self.failed, &self.reported.1))
+    }
+}
+
+/// The bytes a message carries: key, header names and values, payload.
+fn size(m: &Message) -> usize {
+    let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    m.key.as_ref().map_or(0, Vec::len) + headers + m.payload.len()
+}
+
+/// The name of an error's kind, for logs.
+fn kind(e: &PublishError) -> &'static str {
+    match e {
+        PublishError::NotGranted(_) => "not-granted",
+        PublishError::Refused(_) => "refused",
+        PublishError::Unavailable(_) => "unavailable",
+        PublishError::Timeout(_) => "timeout",
+    }
+}
+
+/// The answer to a plugin that publishes without a grant (or while it is being loaded).
+pub fn not_granted(plugin: &str, n: usize) -> Vec<Result<(), PublishError>> {
+    let msg = format!(
+        "plugin `{plugin}` may not publish here: an operator grants \"messaging\" and sets \
+         runtime.plugins.<file>.messaging (brokers, topics)"
+    );
+    (0..n).map(|_| Err(PublishError::NotGranted(msg.clone()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(list: &[&str]) -> Result<Topics, String> {
+        Topics::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_allow_list_admits_exact_names_and_prefixes_only() {
+        let t = topics(&["reports", "scans-*"]).unwrap();
+        for ok in ["reports", "scans-", "scans-eu", "scans-eu.1"] {
+            assert!(t.allows(ok), "{ok}");
+        }
+        for no in ["reports2", "report", "Reports", "scans", "xscans-eu", "", "scans-../x", "scans-a b", "scans-é"] {
+            assert!(!t.allows(no), "{no}");
+        }
+        let all = topics(&["*"]).unwrap();
+        assert!(all.allows("anything") && !all.allows("not a topic"));
+    }
+
+    #[test]
+    fn a_bad_pattern_or_an_empty_list_is_refused_at_load() {
+        assert!(topics(&[]).unwrap_err().contains("lists no topics"));
+        for bad in ["a*b*", "a b", "..", "x/y*", &"a".repeat(250)] {
+            assert!(topics(&[bad]).is_err(), "{bad}");
+        }
+    }
+
+    fn config(topics: &[&str]) -> MessagingConfig {
+        MessagingConfig {
+            brokers: "127.0.0.1:1".into(),
+            topics: topics.iter().map(|s| s.to_string()).collect(),
+            max_message_bytes: 100,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_settings_are_checked_at_load_and_name_the_key() {
+        let e = MessagingGrant::open("kafka", &MessagingConfig { brokers: " ".into(), ..config(&["t"]) }, 60_000)
+            .unwrap_err();
+        assert!(e.contains("runtime.plugins.kafka.messaging.brokers"), "{e}");
+        let e = MessagingGrant::open("kafka", &config(&[]), 60_000).unwrap_err();
+        assert!(e.contains("runtime.plugins.kafka.messaging.topics"), "{e}");
+        let e = MessagingGrant::open("kafka", &config(&["t"]), 5_000).unwrap_err();
+        assert!(e.contains("timeout_ms") && e.contains("call_timeout_ms"), "{e}");
+        let mut c = config(&["t"]);
+        c.properties.insert("sasl.password".into(), "hunter2".into());
+        c.properties.insert("no.such.property".into(), "hunter3".into());
+        let e = MessagingGrant::open("kafka", &c, 60_000).unwrap_err();
+        assert!(e.contains("no.such.property") && !e.contains("hunter"), "values are never shown: {e}");
+    }
+
+    #[tokio::test]
+    async fn policy_refusals_are_permanent_and_nothing_is_produced() {
+        // No broker listens on port 1: a message that passed the policy would time out instead.
+        let g = MessagingGrant::open("kafka", &config(&["ok-*"]), 60_000).unwrap();
+        let msg = |topic: &str, n: usize| Message {
+            topic: topic.into(),
+            key: Some(b"k".to_vec()),
+            headers: vec![("h".into(), b"v".to_vec())],
+            payload: vec![b'x'; n],
+        };
+        let out = g.publish(vec![msg("other", 1), msg("ok-a", 200), msg("bad topic", 1)]).await;
+        match &out[..] {
+            [Err(PublishError::Refused(a)), Err(PublishError::Refused(b)), Err(PublishError::Refused(c))] => {
+                assert!(a.contains("runtime.plugins.kafka.messaging.topics"), "{a}");
+                assert!(b.contains("max_message_bytes"), "{b}");
+                assert!(c.contains("ASCII letters"), "{c}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(g.take_unreported(), (0, 3));
+        assert_eq!(g.take_unreported(), (0, 0));
+        assert!(matches!(&not_granted("p", 2)[..], [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]));
+    }
+}
