@@ -21,9 +21,10 @@ host: ## Build the host (release)
 plugins: wasm-target ## Build the plugin components: shipped ones to target/plugins, test fixtures to target/test-plugins
 	$(CARGO) build --release --target $(WASM_TARGET) --manifest-path plugins/Cargo.toml --workspace
 	mkdir -p target/plugins target/test-plugins
-	cp $(WASM_OUT)/opensearch.wasm $(WASM_OUT)/file.wasm $(WASM_OUT)/stdout.wasm $(WASM_OUT)/http.wasm $(WASM_OUT)/exporter.wasm target/plugins/
+	cp $(WASM_OUT)/opensearch.wasm $(WASM_OUT)/file.wasm $(WASM_OUT)/stdout.wasm $(WASM_OUT)/http.wasm $(WASM_OUT)/exporter.wasm \
+	  $(WASM_OUT)/kafka.wasm target/plugins/
 	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm $(WASM_OUT)/discard.wasm $(WASM_OUT)/stuck_info.wasm \
-	  $(WASM_OUT)/legacy_v1.wasm target/test-plugins/
+	  $(WASM_OUT)/legacy_v1.wasm $(WASM_OUT)/v2_fixture.wasm target/test-plugins/
 
 run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
 	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \
@@ -39,7 +40,7 @@ test: plugins test-servers ## Run every test against real servers
 	@set -a; . target/test-servers/env; set +a; \
 	rc=0; \
 	$(CARGO) test --workspace || rc=$$?; \
-	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch -p file -p stdout -p http -p exporter -p data-exporter-sdk --lib || rc=$$?; \
+	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch -p file -p stdout -p http -p exporter -p kafka -p data-exporter-sdk --lib || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
 
 bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md)

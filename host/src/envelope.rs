@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
 /// One report as a producer sent it, checked but not yet routed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Envelope {
     /// Consumers to deliver to: config key and destination JSON text, in key order.
     pub destinations: Vec<(String, Box<RawValue>)>,
@@ -195,7 +195,8 @@ impl<'de> Deserialize<'de> for Payload {
     }
 }
 
-fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
+/// Parse one `ReportData` object.
+pub fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
     if !text.trim_start().starts_with('{') {
         return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
     }

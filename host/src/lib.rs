@@ -12,6 +12,7 @@ pub mod queue;
 pub mod redact;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub mod status;
 
 use anyhow::Context;
@@ -30,6 +31,8 @@ const KEEP_FINISHED: usize = 20_000;
 pub struct Host {
     /// Shared by the HTTP handlers.
     pub state: server::AppState,
+    /// Sources of reports besides `/forward` (Kafka topics).
+    sources: tokio::sync::Mutex<sources::Sources>,
     /// What the queue recovered at start.
     pub recovery: queue::Recovery,
     grace: Duration,
@@ -39,6 +42,7 @@ impl Host {
     /// Finish in-flight deliveries until `deadline` and sync the queue.
     /// Whatever is unfinished stays queued on disk for the next start.
     pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        self.sources.lock().await.stop(deadline).await;
         self.state.delivery.shutdown(deadline).await;
         self.state.queue.close().await;
     }
@@ -85,7 +89,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
          mounted from a Secret)"
     );
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
-    let (queue, recovery) = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
+    let queue::Opened { queue, recovery, kafka } = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
         .with_context(|| format!("opening the {:?} queue", cfg.queue.backend()))?;
     let metrics = Arc::new(metrics::Metrics::new());
     if recovery.damage.any() || recovery.unreadable_records > 0 {
@@ -105,9 +109,9 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         role = %cfg.role,
         "queue opened"
     );
-    let dlq = Arc::new(match cfg.queue.backend() {
-        config::QueueBackend::Kafka => dlq::DeadLetters::Topic(dlq::TopicStore::open(&cfg.queue.kafka, sealer)?),
-        _ => dlq::DeadLetters::Files(dlq::FileStore::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?),
+    let dlq = Arc::new(match kafka {
+        Some(k) => dlq::DeadLetters::Topic(dlq::TopicStore::open(&cfg.queue.kafka, sealer, k)),
+        None => dlq::DeadLetters::Files(dlq::FileStore::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?),
     });
     let status = Arc::new(status::StatusBook::new(KEEP_FINISHED));
     let secrets = Arc::new(
@@ -139,5 +143,16 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         limits: cfg.limits.clone(),
         admin_token,
     };
-    Ok(Host { state, recovery, grace: Duration::from_millis(cfg.shutdown_grace_ms) })
+    // Sources feed the queue: only where this process ingests.
+    let sources = if cfg.role.ingests() {
+        sources::Sources::start(&cfg.sources, &state)?
+    } else {
+        sources::Sources::start(&Default::default(), &state)?
+    };
+    Ok(Host {
+        state,
+        sources: tokio::sync::Mutex::new(sources),
+        recovery,
+        grace: Duration::from_millis(cfg.shutdown_grace_ms),
+    })
 }

@@ -4,6 +4,7 @@
 //! never destinations, which may hold credentials.
 
 use crate::capabilities::log_budget::LogBudget;
+use crate::capabilities::messaging::MessagingGrant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,11 +45,22 @@ pub struct Plugin {
     pub plugin: String,
 }
 
+/// Labels of a source's records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOutcome {
+    /// The source's name.
+    pub source: String,
+    /// `queued` or `dead_lettered`.
+    pub outcome: String,
+}
+
 /// Every metric the host exports.
 pub struct Metrics {
     registry: Registry,
     /// Reports accepted into the queue, per consumer.
     pub accepted: Family<Consumer, Counter>,
+    /// Records a source took, by outcome.
+    pub source_records: Family<SourceOutcome, Counter>,
     /// Reports delivered, per consumer.
     pub delivered: Family<Consumer, Counter>,
     /// Delivery attempts that failed and were scheduled again.
@@ -80,6 +92,10 @@ pub struct Metrics {
     pub plugin_quarantined: Family<Plugin, Gauge>,
     /// Plugin log lines (log capability, stdout, stderr) suppressed over the plugin's log budget.
     pub plugin_log_dropped: Family<Plugin, Counter>,
+    /// Messages the cluster acknowledged, per plugin (`messaging` capability).
+    pub plugin_messages_published: Family<Plugin, Counter>,
+    /// Messages refused, timed out or not taken, per plugin (`messaging` capability).
+    pub plugin_messages_failed: Family<Plugin, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -98,6 +114,7 @@ impl Metrics {
         let mut r = Registry::with_prefix("data_exporter");
         let m = Metrics {
             accepted: Family::default(),
+            source_records: Family::default(),
             delivered: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
@@ -113,6 +130,8 @@ impl Metrics {
             plugin_call: Family::new_with_constructor(latency_histogram),
             plugin_quarantined: Family::default(),
             plugin_log_dropped: Family::default(),
+            plugin_messages_published: Family::default(),
+            plugin_messages_failed: Family::default(),
             registry: Registry::default(),
         };
         r.register("reports_accepted", "Reports accepted into the queue, per consumer", m.accepted.clone());
@@ -130,6 +149,11 @@ impl Metrics {
             m.dlq_blocked.clone(),
         );
         r.register("dlq_entries", "Dead letters held", m.dlq_entries.clone());
+        r.register(
+            "source_records",
+            "Records taken from a source (Kafka topic), queued or dead-lettered",
+            m.source_records.clone(),
+        );
         r.register("queue_depth", "Reports waiting for delivery", m.queue_depth.clone());
         r.register("queue_bytes", "Bytes of reports waiting for delivery", m.queue_bytes.clone());
         r.register("queue_oldest_age_seconds", "Age of the oldest waiting report", m.queue_oldest_age.clone());
@@ -159,6 +183,16 @@ impl Metrics {
             "Plugin log lines suppressed over the plugin's budget (runtime.limits.log_lines_per_sec, log_bytes_per_sec)",
             m.plugin_log_dropped.clone(),
         );
+        r.register(
+            "plugin_messages_published",
+            "Messages a plugin published that the cluster acknowledged (messaging capability)",
+            m.plugin_messages_published.clone(),
+        );
+        r.register(
+            "plugin_messages_failed",
+            "Messages a plugin published that were refused, timed out or not taken (messaging capability)",
+            m.plugin_messages_failed.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -179,6 +213,17 @@ impl Metrics {
             if n > 0 {
                 counter.inc_by(n);
             }
+        }
+    }
+
+    /// Add the messages each of these plugins published and failed since the previous call (at
+    /// scrape time), as `count_log_drops` does.
+    pub fn count_messages<'a>(&self, grants: impl IntoIterator<Item = (&'a str, &'a MessagingGrant)>) {
+        for (plugin, grant) in grants {
+            let (published, failed) = grant.take_unreported();
+            let label = Plugin { plugin: plugin.to_string() };
+            self.plugin_messages_published.get_or_create(&label).inc_by(published);
+            self.plugin_messages_failed.get_or_create(&label).inc_by(failed);
         }
     }
 

@@ -5,13 +5,16 @@
 //! or failed for good; or that the whole batch failed. The host does the rest: queueing, batching,
 //! retries, TLS and credentials. See the crate README for a complete plugin.
 //!
-//! The contract is `narrows:exporter@0.2.0` (`wit/0.2/exporter.wit`).
+//! The contract is `narrows:exporter@0.3.0` (`wit/0.3/exporter.wit`): 0.2.0's world plus the
+//! [`messaging`] import. A plugin that does not publish imports nothing of 0.3.0 (unused imports
+//! are left out of the component), so it loads as a 0.2.0 plugin without the `messaging` grant.
 #![deny(missing_docs)]
 
 pub mod files;
 pub mod http;
 mod info;
 pub mod line;
+pub mod messaging;
 
 pub use info::{ParamType, Parameter, PluginInfo};
 
@@ -23,13 +26,14 @@ pub fn default_true() -> bool {
 pub use serde;
 pub use serde_json;
 
-/// Generated bindings for the `narrows:exporter` WIT packages (0.2.0, and the 0.1.0 `http` and
-/// `log` interfaces it imports). Plugin authors rarely need these directly.
+/// Generated bindings for the `narrows:exporter` WIT packages (0.3.0's `messaging`, 0.2.0's
+/// world it includes, and the 0.1.0 `http` and `log` interfaces that imports). Plugin authors
+/// rarely need these directly.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "narrows:exporter/plugin@0.2.0",
+        world: "narrows:exporter/plugin@0.3.0",
         pub_export_macro: true,
         default_bindings_module: "::data_exporter_sdk::bindings",
         generate_all,
@@ -40,8 +44,8 @@ pub mod bindings {
 use bindings::narrows::exporter0_2_0::types as wit;
 
 /// The whole call failed: the host retries every report of the batch. Build one with
-/// [`BatchFailure::new`], [`BatchFailure::retry_after`] or from an [`http::Error`] or a
-/// [`files::Error`] (`?` converts them).
+/// [`BatchFailure::new`], [`BatchFailure::retry_after`] or from an [`http::Error`], a
+/// [`files::Error`] or a [`messaging::Error`] (`?` converts them).
 pub use wit::BatchFailure;
 /// What the host knows about a report besides its payload: `source` and `tenant` (when known),
 /// `received_at_ms`, `attempt` (1 for the first delivery attempt) and producer `labels`.
@@ -73,6 +77,12 @@ impl Outcome {
     /// The outcome of a failed HTTP request: retryable when the error is
     /// transient (connect, timeout, protocol), permanent otherwise.
     pub fn from_http_error(err: &http::Error) -> Self {
+        if err.is_retryable() { Outcome::retry(err.to_string()) } else { Outcome::permanent(err.to_string()) }
+    }
+
+    /// The outcome of a message that was not published: retryable when the cluster was
+    /// unavailable or timed out, permanent when the message was refused or not granted.
+    pub fn from_publish_error(err: &messaging::Error) -> Self {
         if err.is_retryable() { Outcome::retry(err.to_string()) } else { Outcome::permanent(err.to_string()) }
     }
 
@@ -111,6 +121,12 @@ impl From<http::Error> for BatchFailure {
 
 impl From<files::Error> for BatchFailure {
     fn from(e: files::Error) -> Self {
+        BatchFailure::new(e.to_string())
+    }
+}
+
+impl From<messaging::Error> for BatchFailure {
+    fn from(e: messaging::Error) -> Self {
         BatchFailure::new(e.to_string())
     }
 }
@@ -379,6 +395,31 @@ mod tests {
         let h = http::Error(http::ErrorKind::Timeout("after 10 s".into()));
         assert_eq!(BatchFailure::from(h), BatchFailure::new("timed out: after 10 s"));
         assert_eq!(BatchFailure::retry_after("busy", Some(5)).retry_after_ms, Some(5));
+    }
+
+    #[test]
+    fn publish_errors_read_well_and_only_transient_ones_are_retried() {
+        use messaging::{Error, ErrorKind};
+        let refused = Error(ErrorKind::Refused("topic `x` is not allowed".into()));
+        assert_eq!(refused.to_string(), "refused: topic `x` is not allowed");
+        assert_eq!(refused.message(), "topic `x` is not allowed");
+        assert_eq!(Outcome::from_publish_error(&refused), Outcome::permanent("refused: topic `x` is not allowed"));
+        let granted = Error(ErrorKind::NotGranted("no".into()));
+        assert!(!granted.is_retryable() && granted.is_not_granted());
+        for e in [Error(ErrorKind::Unavailable("down".into())), Error(ErrorKind::Timeout("slow".into()))] {
+            assert!(e.is_retryable());
+            assert!(matches!(Outcome::from_publish_error(&e), Outcome::Retryable(_)));
+        }
+        assert_eq!(BatchFailure::from(Error(ErrorKind::Timeout("10 s".into()))).reason, "timed out: 10 s");
+    }
+
+    #[test]
+    fn a_message_is_built_with_key_and_headers_in_order() {
+        let m = messaging::Message::new("t", "{}").key("k").header("a", "1").header("a", b"2".to_vec());
+        assert_eq!(m.topic, "t");
+        assert_eq!(m.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(m.headers, vec![("a".to_string(), b"1".to_vec()), ("a".to_string(), b"2".to_vec())]);
+        assert_eq!(m.payload, b"{}");
     }
 
     #[test]

@@ -110,7 +110,8 @@ impl MessagingGrant {
             return Err(format!("{section}.max_message_bytes must be above 0"));
         }
         // The queue's client settings (brokers, properties), files read here to name our section.
-        let base = KafkaConfig { brokers: cfg.brokers.clone(), properties: cfg.properties.clone(), ..Default::default() };
+        let base =
+            KafkaConfig { brokers: cfg.brokers.clone(), properties: cfg.properties.clone(), ..Default::default() };
         let mut config = crate::queue::kafka::client_config(&base).map_err(|e| format!("{section}: {e}"))?;
         for (k, path) in &cfg.properties_from_files {
             let v = std::fs::read_to_string(path)
@@ -344,6 +345,9 @@ mod tests {
         }
         assert_eq!(g.take_unreported(), (0, 3));
         assert_eq!(g.take_unreported(), (0, 0));
-        assert!(matches!(&not_granted("p", 2)[..], [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]));
+        assert!(matches!(
+            &not_granted("p", 2)[..],
+            [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]
+        ));
     }
 }

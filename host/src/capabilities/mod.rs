@@ -1,9 +1,10 @@
-//! Host capabilities granted to plugins: outbound HTTP, logging and (contract 0.2) one granted
-//! directory. Nothing else.
+//! Host capabilities granted to plugins: outbound HTTP, logging, (contract 0.2) one granted
+//! directory and (contract 0.3) publishing to the operator's Kafka cluster. Nothing else.
 
 pub mod files;
 pub mod http;
 pub mod log_budget;
+pub mod messaging;
 pub mod outbound;
 pub mod output;
 pub mod secrets;
@@ -27,6 +28,8 @@ pub struct HostCapabilities {
     pub log: Arc<log_budget::LogBudget>,
     /// The directory granted to the plugin (`files_dir`), when it was.
     pub files: Option<Arc<files::FilesGrant>>,
+    /// The plugin file's connection to its Kafka cluster (`messaging`), when it was granted.
+    pub messaging: Option<Arc<messaging::MessagingGrant>>,
 }
 
 impl bindings::narrows::exporter::types::Host for PluginState {}
@@ -78,6 +81,20 @@ impl bindings::v2::files::Host for PluginState {
     }
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
         blocking(self.grant(), move |g| g.remove(&path)).await
+    }
+}
+
+/// The `messaging` capability: every call goes to the plugin file's `MessagingGrant`; without
+/// one (not granted, or the load-time `info` call) every message is `not-granted`.
+impl bindings::v3::messaging::Host for PluginState {
+    async fn publish(
+        &mut self,
+        messages: Vec<bindings::v3::messaging::Message>,
+    ) -> Vec<Result<(), bindings::v3::messaging::PublishError>> {
+        match self.caps.messaging.clone() {
+            Some(grant) => grant.publish(messages).await,
+            None => messaging::not_granted(&self.caps.plugin, messages.len()),
+        }
     }
 }
 

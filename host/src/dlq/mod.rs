@@ -184,6 +184,10 @@ pub enum ReplayError {
     Selection(String),
 }
 
+/// The consumer-key prefix of dead letters a source wrote for records it could not route
+/// (`source:kafka:<name>`): kept to be read, never replayed (there is no destination).
+pub const SOURCE_PREFIX: &str = "source:";
+
 /// Where replayed reports go.
 pub struct Requeue<'a> {
     /// The queue.
@@ -288,6 +292,9 @@ impl DeadLetters {
                 let mut replayed = Vec::new();
                 for (report, path) in s.take(ids) {
                     let id = report.id;
+                    if report.dests[0].key.starts_with(SOURCE_PREFIX) {
+                        continue; // a record no route took: read it, fix the producer, purge it
+                    }
                     // Set aside while it is queued again: delivery may fail it quickly and
                     // store a new dead letter under the same name, which must stay.
                     let held = s.hold(&path).map_err(|error| ReplayError::Store {

@@ -10,11 +10,11 @@
 use super::{DeadLetter, DlqError, ReplayError, Requeue};
 use crate::config::KafkaConfig;
 use crate::queue::crypto::Sealer;
-use crate::queue::kafka::client_config;
+use crate::queue::kafka::{KafkaQueue, client_config};
 use crate::queue::{QueuedDest, QueuedReport};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +33,8 @@ const CALL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct TopicStore {
     cfg: KafkaConfig,
-    producer: FutureProducer,
+    /// Its producer is the queue's (renewed after an outage).
+    queue: Arc<KafkaQueue>,
     sealer: Sealer,
 }
 
@@ -41,15 +42,10 @@ pub struct TopicStore {
 type Read = Vec<(DeadLetter, (i32, i64))>;
 
 impl TopicStore {
-    /// A producer for `cfg.dead_letter_topic` (acks from every in-sync replica).
-    pub fn open(cfg: &KafkaConfig, sealer: Sealer) -> anyhow::Result<TopicStore> {
-        let producer = client_config(cfg)?
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", cfg.ingest_timeout_ms.to_string())
-            .create()
-            .map_err(|e| anyhow::anyhow!("creating the dead-letter producer for {}: {e}", cfg.brokers))?;
-        Ok(TopicStore { cfg: cfg.clone(), producer, sealer })
+    /// Dead letters to `cfg.dead_letter_topic`, produced like the queue's reports (acks from
+    /// every in-sync replica).
+    pub fn open(cfg: &KafkaConfig, sealer: Sealer, queue: Arc<KafkaQueue>) -> TopicStore {
+        TopicStore { cfg: cfg.clone(), queue, sealer }
     }
 
     fn error(&self, error: impl std::fmt::Display) -> DlqError {
@@ -66,7 +62,7 @@ impl TopicStore {
 
     /// Store a dead letter; returns once the cluster acknowledged it. Blocks the calling
     /// thread (a delivery worker, moved aside with `block_in_place`) for at most
-    /// `ingest_timeout_ms`.
+    /// `ingest_timeout_ms` (librdkafka may take longer to give up while it reconnects).
     pub fn put(
         &self,
         report: &QueuedReport,
@@ -79,15 +75,24 @@ impl TopicStore {
         let json = serde_json::to_vec(&letter).expect("a dead letter serialises");
         let key = report.id.to_string();
         let record = FutureRecord::to(&self.cfg.dead_letter_topic).key(&key).payload(&json);
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| self.error(e))?;
-        let wait = || futures::executor::block_on(delivery);
+        let delivery = self.queue.producer().send_result(record).map_err(|(e, _)| self.error(e))?;
+        // Awaited on a thread of its own (dead letters are rare), so the wait has a deadline
+        // whatever runtime the caller is on.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || _ = tx.send(futures::executor::block_on(delivery)));
+        let timeout = Duration::from_millis(self.cfg.ingest_timeout_ms);
+        let wait = || rx.recv_timeout(timeout);
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let result = if multi_thread { tokio::task::block_in_place(wait) } else { wait() };
         match result {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(self.error(e)),
-            Err(_) => Err(self.error("the producer went away")),
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err((e, _)))) => Err(self.error(e)),
+            Ok(Err(_)) => Err(self.error("the producer went away")),
+            Err(_) => Err(self.error(format!(
+                "no acknowledgement within queue.kafka.ingest_timeout_ms = {} ms",
+                self.cfg.ingest_timeout_ms
+            ))),
         }
     }
 
@@ -205,6 +210,9 @@ impl TopicStore {
             match d.into_report(&self.sealer) {
                 None => {
                     tracing::error!(report = %id, "dead letter sealed with another key: skipped, left in the topic")
+                }
+                Some(report) if report.dests[0].key.starts_with(super::SOURCE_PREFIX) => {
+                    tracing::warn!(report = %id, consumer = %report.dests[0].key, "a source's unroutable record is not replayed; it stays readable in the topic");
                 }
                 Some(report) => {
                     if let Err(e) = to.send(report, replayed.len()).await {

@@ -40,7 +40,7 @@ impl Bench {
     }
 
     fn open(&self) -> Arc<Queue> {
-        open(&self.cfg, Role::All, self.dir.path(), self.sealer.clone()).expect("opening the queue").0
+        open(&self.cfg, Role::All, self.dir.path(), self.sealer.clone()).expect("opening the queue").queue
     }
 }
 

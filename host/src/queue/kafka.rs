@@ -217,9 +217,14 @@ impl KafkaQueue {
                     break;
                 }
                 let q2 = q.clone();
-                let (problem, lag) = tokio::task::spawn_blocking(move || (q2.check(), q2.measure_lag()))
-                    .await
-                    .unwrap_or((Some("the broker check panicked".into()), None));
+                // Lag only while the cluster answers: its calls would only slow noticing an outage.
+                let (problem, lag) = tokio::task::spawn_blocking(move || {
+                    let problem = q2.check();
+                    let lag = if problem.is_none() { q2.measure_lag() } else { None };
+                    (problem, lag)
+                })
+                .await
+                .unwrap_or((Some("the broker check panicked".into()), None));
                 let was = std::mem::replace(&mut *q.problem.lock().unwrap(), problem.clone());
                 match (&was, &problem) {
                     (None, Some(p)) => tracing::error!(problem = %p, "Kafka queue unavailable"),
@@ -237,7 +242,8 @@ impl KafkaQueue {
         });
     }
 
-    fn producer(&self) -> FutureProducer {
+    /// The producer in use (renewed after an outage).
+    pub fn producer(&self) -> FutureProducer {
         self.producer.lock().unwrap().clone()
     }
 

@@ -155,20 +155,31 @@ pub trait ReportQueue: Send + Sync {
 /// The shared queue type.
 pub type Queue = dyn ReportQueue;
 
-/// Open the configured queue for `role`; what it recovered (embedded) is leased first.
-pub fn open(cfg: &QueueConfig, role: Role, data_dir: &Path, sealer: Sealer) -> anyhow::Result<(Arc<Queue>, Recovery)> {
+/// An opened queue: the interface, what it recovered (embedded; leased first), and the Kafka
+/// backend itself when it is one (the dead-letter topic shares its producer).
+pub struct Opened {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// What recovery found.
+    pub recovery: Recovery,
+    /// The Kafka backend, when `queue.backend = "kafka"`.
+    pub kafka: Option<Arc<kafka::KafkaQueue>>,
+}
+
+/// Open the configured queue for `role`.
+pub fn open(cfg: &QueueConfig, role: Role, data_dir: &Path, sealer: Sealer) -> anyhow::Result<Opened> {
     match cfg.backend() {
         QueueBackend::Embedded | QueueBackend::Memory => {
             anyhow::ensure!(
                 role == Role::All,
                 "--role {role} needs a queue that processes share: set queue.backend = \"kafka\" (the embedded queue lives in one process)"
             );
-            let (q, rec) = embedded::EmbeddedQueue::open(cfg, data_dir, sealer)?;
-            Ok((q, rec))
+            let (q, recovery) = embedded::EmbeddedQueue::open(cfg, data_dir, sealer)?;
+            Ok(Opened { queue: q, recovery, kafka: None })
         }
         QueueBackend::Kafka => {
             let q = kafka::KafkaQueue::open(&cfg.kafka, role, cfg.max_bytes, sealer)?;
-            Ok((q, Recovery::default()))
+            Ok(Opened { queue: q.clone(), recovery: Recovery::default(), kafka: Some(q) })
         }
     }
 }

@@ -10,6 +10,7 @@ pub use session::{Delivered, Described, Item, Pre, Session};
 use crate::bindings::{self, Plugin};
 use crate::capabilities::files::FilesGrant;
 use crate::capabilities::log_budget::LogBudget;
+use crate::capabilities::messaging::MessagingGrant;
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::output::PluginOutput;
 use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
@@ -47,6 +48,19 @@ fn trap_reason(e: &wasmtime::Error) -> String {
         // e.g. the memory limiter: the innermost cause says what happened.
         None => e.root_cause().to_string(),
     }
+}
+
+/// What one plugin instance is granted, handed to its store.
+#[derive(Clone)]
+pub(crate) struct Grants {
+    /// Outbound HTTP under the plugin's policy.
+    pub(crate) http: Arc<PluginHttp>,
+    /// The plugin's log budget.
+    pub(crate) log: Arc<LogBudget>,
+    /// Its directory, when it has `files`.
+    pub(crate) files: Option<Arc<FilesGrant>>,
+    /// Its Kafka connection and topics, when it has `messaging`.
+    pub(crate) messaging: Option<Arc<MessagingGrant>>,
 }
 
 /// Why a plugin call did not return a value. The store is discarded in every case.
@@ -126,6 +140,9 @@ impl Runtime {
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         // 0.2.0 shares 0.1.0's http and log (linked above) and adds files.
         bindings::v2::files::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        // 0.3.0 is 0.2.0 plus messaging, linked for every plugin: the grant is checked at load
+        // and an instance without one gets `not-granted`.
+        bindings::v3::messaging::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         let no_http =
             Arc::new(http.for_plugin(Policy::parse("(loading)", &[], http.own_listeners()).expect("no rules parse"))?);
         if let Some(dir) = &cache_dir {
@@ -201,12 +218,8 @@ impl Runtime {
         self.http.own_listeners()
     }
 
-    fn new_store(
-        &self,
-        plugin: &str,
-        limits: &PluginLimits,
-        (http, log, files): (Arc<PluginHttp>, Arc<LogBudget>, Option<Arc<FilesGrant>>),
-    ) -> Store<PluginState> {
+    fn new_store(&self, plugin: &str, limits: &PluginLimits, grants: Grants) -> Store<PluginState> {
+        let Grants { http, log, files, messaging } = grants;
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
         // stdout and stderr go to the host log, bounded.
@@ -231,6 +244,7 @@ impl Runtime {
             credential: None,
             log,
             files,
+            messaging,
         };
         let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
         let mut store = Store::new(&self.engine, state);
@@ -273,9 +287,31 @@ fn files_grant(id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>
     Ok(Some(Arc::new(FilesGrant::open(dir, quota, id)?)))
 }
 
+/// The Kafka connection of the plugin from file stem `id`, when its grants include `messaging`.
+fn messaging_grant(
+    id: &str,
+    limits: &PluginLimits,
+    cfg: &RuntimeConfig,
+) -> Result<Option<Arc<MessagingGrant>>, String> {
+    if !limits.grants.iter().any(|g| g == "messaging") {
+        return Ok(None);
+    }
+    let Some(messaging) = cfg.messaging_for(id) else {
+        return Err(format!(
+            "plugin file `{id}.wasm` is granted `messaging` but has no broker: set runtime.plugins.{id}.messaging \
+             (brokers, topics)"
+        ));
+    };
+    Ok(Some(Arc::new(MessagingGrant::open(id, messaging, limits.call_timeout_ms)?)))
+}
+
 /// Capabilities a plugin can import, by WIT interface (any version of our package).
-const CAPABILITIES: &[(&str, &str)] =
-    &[("narrows:exporter/http@", "http"), ("narrows:exporter/log@", "log"), ("narrows:exporter/files@", "files")];
+const CAPABILITIES: &[(&str, &str)] = &[
+    ("narrows:exporter/http@", "http"),
+    ("narrows:exporter/log@", "log"),
+    ("narrows:exporter/files@", "files"),
+    ("narrows:exporter/messaging@", "messaging"),
+];
 
 /// Refuse a component that imports a capability the operator did not grant the plugin from
 /// file stem `id`. (WASI imports are always linked; their context grants nothing.)
@@ -340,6 +376,8 @@ pub struct LoadedPlugin {
     settings_json: String,
     /// Its granted directory, when it has `files`.
     files: Option<Arc<FilesGrant>>,
+    /// Its Kafka connection (one producer per plugin file), when it has `messaging`.
+    messaging: Option<Arc<MessagingGrant>>,
     /// Its sandbox.
     pub limits: PluginLimits,
     /// Crash count and quarantine.
@@ -367,11 +405,13 @@ impl LoadedPlugin {
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
         let log = Arc::new(LogBudget::new(&id, &limits));
         let files = files_grant(&id, &limits)?;
+        let messaging = messaging_grant(&id, &limits, &runtime.cfg)?;
         Ok(LoadedPlugin {
             contract: pre.contract(),
             settings,
             settings_json: runtime.cfg.settings_for(&id),
             files,
+            messaging,
             info,
             file,
             id,
@@ -399,6 +439,7 @@ impl LoadedPlugin {
             settings: self.settings.clone(),
             settings_json: self.settings_json.clone(),
             files: self.files.clone(),
+            messaging: self.messaging.clone(),
             limits: self.limits.clone(),
             health: Health::default(),
             sha256: self.sha256.clone(),
@@ -415,8 +456,13 @@ impl LoadedPlugin {
     /// is initialised with the operator's settings.
     pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
         let permit = self.instances.clone().acquire_owned().await.expect("never closed");
-        let caps = (self.http.clone(), self.log.clone(), self.files.clone());
-        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, caps).await?;
+        let grants = Grants {
+            http: self.http.clone(),
+            log: self.log.clone(),
+            files: self.files.clone(),
+            messaging: self.messaging.clone(),
+        };
+        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, grants).await?;
         s.init(&self.settings_json, Duration::from_millis(self.runtime.cfg.info_timeout_ms)).await?;
         s.permit = Some(permit);
         Ok(s)
@@ -435,6 +481,11 @@ impl LoadedPlugin {
     /// Its granted directory, when it has one.
     pub fn files_dir(&self) -> Option<&std::path::Path> {
         self.files.as_deref().map(FilesGrant::root)
+    }
+
+    /// Its Kafka connection, when it has `messaging`.
+    pub fn messaging(&self) -> Option<&MessagingGrant> {
+        self.messaging.as_deref()
     }
 
     /// Count a crashed call; true when this one quarantines the plugin.

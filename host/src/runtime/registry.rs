@@ -400,9 +400,9 @@ impl Plugins {
         limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
         let shown = file.display().to_string();
         let log = Arc::new(super::LogBudget::new(&super::file_id(file), &limits));
-        let caps = (self.runtime.no_http.clone(), log, None);
+        let grants = super::Grants { http: self.runtime.no_http.clone(), log, files: None, messaging: None };
         let mut session =
-            super::Session::start(&self.runtime, &shown, &pre, &limits, caps).await.map_err(|e| e.to_string())?;
+            super::Session::start(&self.runtime, &shown, &pre, &limits, grants).await.map_err(|e| e.to_string())?;
         let described = session.info().await.map_err(|e| e.to_string())?;
         drop(session);
         check_info(&described.info)?;

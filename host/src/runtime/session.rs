@@ -5,18 +5,16 @@
 //! batches and flushes and drops when it is closed. A session is dropped after any error: a
 //! trapped store is never reused.
 
-use super::{CallError, PluginState, Runtime, trap_reason};
+use super::{CallError, Grants, PluginState, Runtime, trap_reason};
 use crate::bindings::{self, Outcome, v2};
-use crate::capabilities::http::PluginHttp;
-use crate::capabilities::log_budget::LogBudget;
 use crate::config::PluginLimits;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, ResourceAny};
 
-/// A compiled, pre-linked plugin of either contract version.
+/// A compiled, pre-linked plugin of any contract version (0.3.0 components export 0.2.0's
+/// `consumer`: they are `V2`).
 #[derive(Clone)]
 pub enum Pre {
     /// Built against `narrows:exporter@0.1.0`.
@@ -35,7 +33,7 @@ impl Pre {
         v2::PluginPre::new(pre).map(Pre::V2).map_err(|v2| {
             anyhow::anyhow!(
                 "the component exports neither narrows:exporter/consumer@0.2.0 ({v2:#}) nor @0.1.0 ({v1:#}): \
-                 build it with the data-exporter SDK or against wit/0.2/exporter.wit"
+                 build it with the data-exporter SDK or against wit/0.3/exporter.wit"
             )
         })
     }
@@ -48,11 +46,20 @@ impl Pre {
         }
     }
 
-    /// The contract version, as `GET /plugins` shows it.
+    /// The contract version, as `GET /plugins` shows it: for a component exporting 0.2.0's
+    /// `consumer`, 0.3.0 when it imports 0.3.0's `messaging` (a 0.3 plugin that does not
+    /// publish imports nothing of 0.3.0, and is a 0.2.0 plugin).
     pub fn contract(&self) -> &'static str {
         match self {
             Pre::V1(_) => "0.1.0",
-            Pre::V2(_) => "0.2.0",
+            Pre::V2(p) => {
+                let c = p.instance_pre().component();
+                let publishes = c
+                    .component_type()
+                    .imports(c.engine())
+                    .any(|(name, _)| name.starts_with("narrows:exporter/messaging@0.3."));
+                if publishes { "0.3.0" } else { "0.2.0" }
+            }
         }
     }
 }
@@ -126,13 +133,13 @@ impl Session {
         name: &str,
         pre: &Pre,
         limits: &PluginLimits,
-        caps: (Arc<PluginHttp>, Arc<LogBudget>, Option<Arc<crate::capabilities::files::FilesGrant>>),
+        grants: Grants,
     ) -> Result<Session, CallError> {
         let slot = match &runtime.slots {
             Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
             None => None,
         };
-        let mut store = runtime.new_store(name, limits, caps);
+        let mut store = runtime.new_store(name, limits, grants);
         let timeout = Duration::from_millis(limits.call_timeout_ms);
         let fuel = runtime.engine.get_consume_fuel().then_some(if limits.fuel_per_call == 0 {
             u64::MAX

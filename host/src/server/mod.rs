@@ -60,7 +60,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn ingest(&self) -> Ingest<'_> {
+    /// What `forward::accept` needs, borrowed from here.
+    pub fn ingest(&self) -> Ingest<'_> {
         Ingest {
             registry: &self.registry,
             queue: &self.queue,
@@ -255,6 +256,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
     let registry = state.registry.current();
     m.count_log_drops(registry.plugins().map(|p| (p.info.name.as_str(), &*p.log)));
+    m.count_messages(registry.plugins().filter_map(|p| Some((p.info.name.as_str(), p.messaging()?))));
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
         .into_response()
 }

@@ -75,7 +75,10 @@ async fn dead_letters_go_to_the_topic_sealed_and_replay_from_it() {
     // The queue topic holds both reports, their destinations sealed.
     let queued = read_topic(&brokers, &queue_topic, 2);
     assert_eq!(queued.len(), 2, "one record per report");
-    assert!(queued.iter().all(|r| !r.contains("pw-kafka-dlq-secret")), "a password reached the queue topic in plain text");
+    assert!(
+        queued.iter().all(|r| !r.contains("pw-kafka-dlq-secret")),
+        "a password reached the queue topic in plain text"
+    );
     // On the dead-letter topic, sealed too.
     let records = read_topic(&brokers, &dead_topic, 1);
     assert_eq!(records.len(), 1, "{records:?}");

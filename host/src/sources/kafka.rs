@@ -1,0 +1,389 @@
+//! A Kafka source: records of configured topics, consumed in a consumer group, routed like
+//! `POST /forward` (seed 002's pipeline entry).
+//!
+//! Records are taken in batches; a batch goes through `forward::accept` in one durable append.
+//! A record's offset is stored (and committed every `commit_interval_ms`) only once it is in
+//! the queue or, when it cannot be routed (not JSON, not `ReportData`, an unknown consumer, a
+//! destination its plugin refuses), in the dead-letter store with the reason: a crash or a
+//! rebalance re-reads what was not stored, never skips it. A record's report id is derived
+//! from its topic, partition and offset, so a record read twice is the same report (the host
+//! answers it "known" instead of queueing it again, and consumers that index by id overwrite).
+
+use crate::config::{KafkaSourceConfig, RecordFormat};
+use crate::dlq::DeadLetters;
+use crate::envelope::{self, Envelope};
+use crate::forward::{self, RouteError};
+use crate::metrics::{self, Metrics};
+use crate::queue::kafka::client_config;
+use crate::queue::{QueueError, QueuedDest, QueuedReport};
+use crate::server::AppState;
+use base64::Engine as _;
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Tries of a batch whose plugin validation crashed or timed out before its records are
+/// dead-lettered one by one.
+const VALIDATION_TRIES: u32 = 3;
+
+/// One record, read.
+struct Record {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    value: Vec<u8>,
+}
+
+impl Record {
+    fn of(m: &BorrowedMessage<'_>) -> Record {
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            value: m.payload().unwrap_or_default().to_vec(),
+        }
+    }
+
+    /// The same id every time this record is read.
+    fn report_id(&self) -> Uuid {
+        let digest = Sha256::digest(format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset));
+        uuid::Builder::from_custom_bytes(digest[..16].try_into().expect("16 bytes")).into_uuid()
+    }
+}
+
+/// A running source.
+pub struct KafkaSource {
+    cfg: KafkaSourceConfig,
+    consumer: StreamConsumer,
+    state: AppState,
+    dlq: Arc<DeadLetters>,
+    metrics: Arc<Metrics>,
+    /// The configured destinations of `payload` records, as raw JSON.
+    destinations: Vec<(String, Box<RawValue>)>,
+}
+
+impl KafkaSource {
+    /// Connect and subscribe (the group join happens on the first read).
+    pub fn open(cfg: &KafkaSourceConfig, state: AppState) -> anyhow::Result<KafkaSource> {
+        anyhow::ensure!(
+            !cfg.topics.is_empty(),
+            "sources.kafka `{}`: `topics` is empty: name the topics to consume",
+            cfg.name
+        );
+        if cfg.format == RecordFormat::Payload {
+            anyhow::ensure!(
+                !cfg.destinations.is_empty(),
+                "sources.kafka `{}`: format = \"payload\" needs `destinations` (consumer key -> destination), since the records do not say where they go",
+                cfg.name
+            );
+        }
+        let destinations = cfg
+            .destinations
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), RawValue::from_string(v.to_string())?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let consumer: StreamConsumer = client_config(&cfg.connection())?
+            .set("group.id", &cfg.group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", cfg.commit_interval_ms.to_string())
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 3).max(100).to_string())
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .map_err(|e| {
+                anyhow::anyhow!("sources.kafka `{}`: creating the consumer for {}: {e}", cfg.name, cfg.brokers)
+            })?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("sources.kafka `{}`: subscribing: {e}", cfg.name))?;
+        Ok(KafkaSource {
+            cfg: cfg.clone(),
+            consumer,
+            dlq: state.dlq.clone(),
+            metrics: state.metrics.clone(),
+            state,
+            destinations,
+        })
+    }
+
+    /// Consume until `stop` turns true; then commit what is stored.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        tracing::info!(source = %self.cfg.name, topics = ?self.cfg.topics, group = %self.cfg.group, "Kafka source started");
+        loop {
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = stop.changed() => break,
+            };
+            let mut batch = Vec::new();
+            match first {
+                Err(e) => {
+                    tracing::warn!(source = %self.cfg.name, error = %e, "consuming failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => break,
+                    }
+                    continue;
+                }
+                Ok(m) => batch.push(Record::of(&m)),
+            }
+            while batch.len() < self.cfg.batch_max.max(1) {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(Record::of(&m)),
+                    _ => break,
+                }
+            }
+            if !self.take(batch, &mut stop).await {
+                break;
+            }
+        }
+        if let Err(e) = self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(source = %self.cfg.name, error = %e, "final offset commit");
+        }
+        tracing::info!(source = %self.cfg.name, "Kafka source stopped");
+    }
+
+    /// Queue or dead-letter every record of `batch`, then store their offsets. False when
+    /// stopped before (the records are read again by the next owner).
+    async fn take(&self, batch: Vec<Record>, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut good = Vec::with_capacity(batch.len());
+        for r in &batch {
+            match self.envelope(r) {
+                Ok(env) => good.push((r, env)),
+                Err(reason) => {
+                    if !self.dead_letter(r, &reason, stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        let mut tries = 0;
+        let mut pending = good;
+        while !pending.is_empty() {
+            let envelopes = pending.iter().map(|(_, e)| e.clone()).collect();
+            match forward::accept(self.state.ingest(), envelopes, true).await {
+                Ok(receipts) => {
+                    self.count("queued", receipts.len());
+                    break;
+                }
+                Err(RouteError::Queue(e)) if !matches!(e, QueueError::InFlight(_)) => {
+                    // The queue is full or away: nothing was taken; wait and try the batch again.
+                    tracing::warn!(source = %self.cfg.name, error = %e, "the queue refused a batch; trying again");
+                    if !self.pause(stop, Duration::from_secs(1)).await {
+                        return false;
+                    }
+                }
+                Err(RouteError::Plugin { .. }) if tries + 1 < VALIDATION_TRIES => {
+                    tries += 1;
+                    if !self.pause(stop, Duration::from_secs(1)).await {
+                        return false;
+                    }
+                }
+                Err(_) if pending.len() > 1 => {
+                    // One record spoils the batch: take them one by one to find it.
+                    for (r, env) in std::mem::take(&mut pending) {
+                        if !self.take_one(r, &env, stop).await {
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let (r, _) = pending.pop().expect("one left");
+                    if !self.dead_letter(r, &e.to_string(), stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.store(&batch);
+        true
+    }
+
+    /// One record alone: queued, or dead-lettered with why.
+    async fn take_one(&self, r: &Record, env: &Envelope, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match forward::accept(self.state.ingest(), vec![env.clone()], false).await {
+                Ok(_) => {
+                    self.count("queued", 1);
+                    return true;
+                }
+                // Read again while its first reading is still queued here: taken already.
+                Err(RouteError::Queue(QueueError::InFlight(_))) => return true,
+                Err(RouteError::Queue(e)) if !matches!(e, QueueError::InFlight(_)) => {
+                    if !self.pause(stop, Duration::from_secs(1)).await {
+                        return false;
+                    }
+                }
+                Err(e) => return self.dead_letter(r, &e.to_string(), stop).await,
+            }
+        }
+    }
+
+    async fn pause(&self, stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.changed() => false,
+        }
+    }
+
+    fn count(&self, outcome: &str, n: usize) {
+        self.metrics
+            .source_records
+            .get_or_create(&metrics::SourceOutcome { source: self.cfg.name.clone(), outcome: outcome.into() })
+            .inc_by(n as u64);
+    }
+
+    /// The offsets of a batch taken: every record is queued or dead-lettered.
+    fn store(&self, batch: &[Record]) {
+        let mut last: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
+        for r in batch {
+            let e = last.entry((r.topic.as_str(), r.partition)).or_insert(r.offset);
+            *e = (*e).max(r.offset);
+        }
+        for ((topic, partition), offset) in last {
+            // `store_offset` takes the last record taken (librdkafka stores offset + 1).
+            if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
+                tracing::debug!(source = %self.cfg.name, partition, error = %e, "offset not stored (partition revoked?)");
+            }
+        }
+    }
+
+    /// The record as a report envelope, or why it cannot be one.
+    fn envelope(&self, r: &Record) -> Result<Envelope, String> {
+        let text = std::str::from_utf8(&r.value).map_err(|e| format!("the record is not UTF-8 text: {e}"))?;
+        let mut env = match self.cfg.format {
+            RecordFormat::ReportData => {
+                envelope::parse_one(text).map_err(|e| format!("the record is not a ReportData: {e}"))?
+            }
+            RecordFormat::Payload => {
+                serde_json::from_str::<serde::de::IgnoredAny>(text)
+                    .map_err(|e| format!("the record is not JSON: {e}"))?;
+                Envelope {
+                    destinations: self.destinations.clone(),
+                    skipped: Vec::new(),
+                    payload: text.to_string(),
+                    labels: Vec::new(),
+                    id: None,
+                    source: None,
+                    tenant: None,
+                }
+            }
+        };
+        if env.id.is_none() || !self.state.limits.accept_report_ids {
+            env.id = Some(r.report_id());
+        }
+        env.source = Some(format!("kafka:{}", self.cfg.name));
+        if !self.cfg.identity_field.is_empty() {
+            let (tenant, labels) = identity(text, &self.cfg.identity_field)?;
+            env.tenant = tenant;
+            for (k, v) in labels {
+                env.labels.retain(|(name, _)| *name != k);
+                env.labels.push((k, v));
+            }
+            env.labels.sort();
+        }
+        Ok(env)
+    }
+
+    /// Store a record that cannot be routed in the dead-letter store; retried until the store
+    /// takes it (its offset must not move before). False when stopped first.
+    async fn dead_letter(&self, r: &Record, reason: &str, stop: &mut watch::Receiver<bool>) -> bool {
+        let report = QueuedReport {
+            id: r.report_id(),
+            received_at_ms: crate::now_ms(),
+            payload: String::from_utf8_lossy(&r.value).into_owned(),
+            dests: Vec::new(),
+            labels: vec![
+                ("kafka_topic".into(), r.topic.clone()),
+                ("kafka_offset".into(), format!("{}@{}", r.partition, r.offset)),
+            ],
+            source: Some(format!("kafka:{}", self.cfg.name)),
+            tenant: None,
+        };
+        let dest =
+            QueuedDest { key: format!("{}kafka:{}", crate::dlq::SOURCE_PREFIX, self.cfg.name), config: "{}".into() };
+        loop {
+            match self.dlq.put(&report, &dest, reason, 0, crate::now_ms()) {
+                Ok(()) => {
+                    tracing::warn!(source = %self.cfg.name, topic = %r.topic, partition = r.partition, offset = r.offset, %reason, "record dead-lettered");
+                    self.count("dead_lettered", 1);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(source = %self.cfg.name, error = %e, "the dead-letter store did not take a record; trying again");
+                    if !self.pause(stop, Duration::from_secs(5)).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A tenant and the labels that say who a record belongs to.
+type Identity = (Option<String>, Vec<(String, String)>);
+
+/// Seed 002's identity: the base64 JSON document in field `field` of the record. Its
+/// `identity.internal.org_id` is the tenant; `org_id` and `identity.account_number` become
+/// labels.
+fn identity(record: &str, field: &str) -> Result<Identity, String> {
+    let v: serde_json::Value = serde_json::from_str(record).map_err(|e| format!("the record is not JSON: {e}"))?;
+    let Some(b64) = v.get(field) else {
+        return Err(format!("the record has no `{field}` (sources.kafka identity_field)"));
+    };
+    let b64 = b64.as_str().ok_or_else(|| format!("`{field}` is not a string"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("`{field}` is not base64: {e}"))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("`{field}` does not decode to JSON: {e}"))?;
+    let text = |p: &str| match doc.pointer(p) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let org = text("/identity/internal/org_id").or_else(|| text("/identity/org_id"));
+    let account = text("/identity/account_number");
+    let mut labels = Vec::new();
+    if let Some(o) = &org {
+        labels.push(("org_id".to_string(), o.clone()));
+    }
+    if let Some(a) = account {
+        labels.push(("account_number".to_string(), a));
+    }
+    Ok((org, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The identity of seed 002's example record.
+    const B64: &str = "eyJlbnRpdGxlbWVudHMiOnsiaW5zaWdodHMiOnsiaXNfZW50aXRsZWQiOnRydWV9LCJjb3N0X21hbmFnZW1lbnQiOnsiaXNfZW50aXRsZWQiOnRydWV9LCJhbnNpYmxlIjp7ImlzX2VudGl0bGVkIjp0cnVlfSwib3BlbnNoaWZ0Ijp7ImlzX2VudGl0bGVkIjp0cnVlfSwic21hcnRfbWFuYWdlbWVudCI6eyJpc19lbnRpdGxlZCI6dHJ1ZX0sIm1pZ3JhdGlvbnMiOnsiaXNfZW50aXRsZWQiOnRydWV9fSwiaWRlbnRpdHkiOnsiaW50ZXJuYWwiOnsiYXV0aF90aW1lIjoxNDAwLCJvcmdfaWQiOiIxMjM4MzAzMiJ9LCJhY2NvdW50X251bWJlciI6IjYyMTIzNzciLCJhdXRoX3R5cGUiOiJiYXNpYy1hdXRoIiwidXNlciI6eyJmaXJzdF9uYW1lIjoiSW5zaWdodHMiLCJpc19hY3RpdmUiOnRydWUsImlzX2ludGVybmFsIjpmYWxzZSwibGFzdF9uYW1lIjoiUUUiLCJsb2NhbGUiOiJlbl9VUyIsImlzX29yZ19hZG1pbiI6dHJ1ZSwidXNlcm5hbWUiOiJpbnNpZ2h0cy1xZSIsImVtYWlsIjoiam5lZWRsZStxYUByZWRoYXQuY29tIn0sInR5cGUiOiJVc2VyIn19";
+
+    #[test]
+    fn seed_002_identity_gives_tenant_and_labels() {
+        let record = format!(r#"{{"account": 6212377, "url": "https://x", "b64_identity": "{B64}"}}"#);
+        let (tenant, labels) = identity(&record, "b64_identity").unwrap();
+        assert_eq!(tenant.as_deref(), Some("12383032"));
+        assert_eq!(
+            labels,
+            [("org_id".to_string(), "12383032".to_string()), ("account_number".to_string(), "6212377".to_string())]
+        );
+        assert!(identity(r#"{"b64_identity": "%%%"}"#, "b64_identity").unwrap_err().contains("not base64"));
+        assert!(identity(r#"{"url": "x"}"#, "b64_identity").unwrap_err().contains("no `b64_identity`"));
+    }
+
+    #[test]
+    fn a_record_keeps_its_id_when_read_again() {
+        let r = |offset| Record { topic: "t".into(), partition: 1, offset, value: vec![] };
+        assert_eq!(r(5).report_id(), r(5).report_id());
+        assert_ne!(r(5).report_id(), r(6).report_id());
+    }
+}

@@ -1,0 +1,590 @@
+//! The Kafka queue backend with real processes: `data-exporter serve --role ingest|deliver|all`
+//! on a real Kafka-protocol broker (tansu) and the real OpenSearch-API server. Ingest and
+//! delivery run apart; delivery processes die (SIGKILL) and are replaced, share a consumer group,
+//! and outlive the broker. Every report answered 202 ends up in OpenSearch as the document whose
+//! id is the report id (so a redelivery overwrites, never duplicates). Each test has its own
+//! topics and group.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Brokers of the shared test broker.
+fn brokers() -> String {
+    std::env::var("DX_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "DX_KAFKA_BROKERS is not set: the Kafka tests need a Kafka-protocol broker (e.g. tansu); \
+             run `make test`, or start one and set DX_KAFKA_BROKERS=host:port"
+        )
+    })
+}
+
+/// A fresh topic (4 partitions), dead-letter topic and group on `brokers`, and a queue key file
+/// that every process of the test shares.
+struct KafkaQueue {
+    brokers: String,
+    topic: String,
+    dead_letters: String,
+    group: String,
+    key_dir: tempfile::TempDir,
+    ingest_timeout_ms: u64,
+}
+
+impl KafkaQueue {
+    async fn create(brokers: &str) -> KafkaQueue {
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        let q = KafkaQueue {
+            brokers: brokers.to_string(),
+            topic: format!("reports-{tag}"),
+            dead_letters: format!("dead-{tag}"),
+            group: format!("group-{tag}"),
+            key_dir: tempfile::tempdir().unwrap(),
+            ingest_timeout_ms: 5_000,
+        };
+        q.create_topics().await;
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).unwrap();
+        std::fs::write(q.key_file(), key).unwrap();
+        std::fs::set_permissions(q.key_file(), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        q
+    }
+
+    /// Create (again: a memory broker forgets them when restarted) the topics.
+    async fn create_topics(&self) {
+        data_exporter::queue::kafka::create_topics(&self.brokers, &[(&self.topic, 4), (&self.dead_letters, 1)])
+            .await
+            .unwrap_or_else(|e| panic!("creating topics on {}: {e}", self.brokers));
+    }
+
+    /// Records the group has committed, over all partitions of the topic.
+    async fn committed(&self) -> usize {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let (brokers, group, topic) = (self.brokers.clone(), self.group.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            // Reads the group's offsets only: it never joins the group.
+            let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..4 {
+                tpl.add_partition(&topic, p);
+            }
+            let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+            committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum::<i64>() as usize
+        })
+        .await
+        .unwrap()
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.key_dir.path().join("queue.key")
+    }
+
+    /// Configure `cmd` for this queue, by environment as an operator's deployment would.
+    fn configure(&self, cmd: &mut Command) {
+        cmd.env("DATA_EXPORTER_QUEUE__BACKEND", "kafka")
+            .env("DATA_EXPORTER_QUEUE__KEY_FILE", self.key_file())
+            .env("DATA_EXPORTER_QUEUE__KAFKA__BROKERS", &self.brokers)
+            .env("DATA_EXPORTER_QUEUE__KAFKA__TOPIC", &self.topic)
+            .env("DATA_EXPORTER_QUEUE__KAFKA__DEAD_LETTER_TOPIC", &self.dead_letters)
+            .env("DATA_EXPORTER_QUEUE__KAFKA__GROUP", &self.group)
+            .env("DATA_EXPORTER_QUEUE__KAFKA__SESSION_TIMEOUT_MS", "6000")
+            .env("DATA_EXPORTER_QUEUE__KAFKA__COMMIT_INTERVAL_MS", "500")
+            .env("DATA_EXPORTER_QUEUE__KAFKA__INGEST_TIMEOUT_MS", self.ingest_timeout_ms.to_string());
+    }
+}
+
+/// One `data-exporter serve` process of a test, its log kept in a file and printed when the
+/// test fails.
+struct Node {
+    name: String,
+    ex: Exporter,
+    log: PathBuf,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Node {
+    /// Start `role` on `port` with the `opensearch` plugin; returns once `/readyz` answers 200.
+    async fn start(name: &str, role: &str, q: &KafkaQueue, port: u16, extra: &[(&str, &str)]) -> Node {
+        let (plugins, data) = (plugins_dir(&["opensearch"]), tempfile::tempdir().unwrap());
+        let log = data.path().join("stderr.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let ex = Exporter::start(plugins.path(), data.path(), port, |c| {
+            c.args(["--role", role])
+                .env("RUST_LOG", "warn,data_exporter::queue=info")
+                .stdout(file.try_clone().unwrap())
+                .stderr(file);
+            q.configure(c);
+            for (k, v) in extra {
+                c.env(k, v);
+            }
+        })
+        .await;
+        Node { name: name.to_string(), ex, log, _dirs: (plugins, data) }
+    }
+
+    fn url(&self) -> &str {
+        &self.ex.url
+    }
+
+    fn sigkill(&mut self) {
+        self.ex.child.kill().unwrap();
+        self.ex.child.wait().unwrap();
+    }
+
+    /// Reports this process delivered (`data_exporter_reports_delivered_total`, all consumers).
+    async fn delivered(&self) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.url())).await.unwrap().text().await.unwrap();
+        sum_series(&text, "data_exporter_reports_delivered_total") as u64
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last log lines of {} ---", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The sum of every sample of `series` (0 when it has none yet).
+fn sum_series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A report for the `openSearch` consumer, into `index` of the plain OpenSearch-API server.
+fn report(index: &str, n: usize) -> String {
+    report_data("openSearch", json!({"host_port": servers().os_url, "index": index}), &json!({"n": n}))
+}
+
+/// POST a report to `url`/forward: the status, the JSON answer and the `Retry-After` header.
+async fn forward(client: &reqwest::Client, url: &str, body: String) -> reqwest::Result<(u16, Value, Option<String>)> {
+    let resp =
+        client.post(format!("{url}/forward")).header("content-type", "application/json").body(body).send().await?;
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let v = resp.json().await?;
+    Ok((status, v, retry_after))
+}
+
+/// Send one report that must be accepted; its id.
+async fn accepted(client: &reqwest::Client, url: &str, body: String) -> String {
+    let (status, v, _) = forward(client, url, body).await.unwrap();
+    assert_eq!(status, 202, "the ingest process refused a report: {v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Producers posting reports to one ingest process until stopped (or the process dies).
+struct Load {
+    running: Arc<AtomicBool>,
+    /// Ids of the reports answered 202.
+    accepted: Arc<Mutex<Vec<String>>>,
+    /// Requests cut by a kill: no answer, so they may or may not have been kept.
+    unanswered: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `producers` tasks, each pausing `pause` between reports, until `max` reports were
+    /// accepted in all (`accepted` may already hold some from an earlier load).
+    fn start(
+        url: &str,
+        index: &str,
+        producers: usize,
+        pause: Duration,
+        max: usize,
+        accepted: Arc<Mutex<Vec<String>>>,
+    ) -> Load {
+        let running = Arc::new(AtomicBool::new(true));
+        let unanswered = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..producers)
+            .map(|p| {
+                let (url, index, running, accepted, unanswered) =
+                    (url.to_string(), index.to_string(), running.clone(), accepted.clone(), unanswered.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut n = p * 1_000_000;
+                    while running.load(Ordering::Relaxed) && accepted.lock().unwrap().len() < max {
+                        n += 1;
+                        match forward(&client, &url, report(&index, n)).await {
+                            Ok((202, v, _)) => accepted.lock().unwrap().push(v["id"].as_str().unwrap().to_string()),
+                            Ok((status, v, _)) => panic!("the ingest process answered {status}: {v}"),
+                            Err(_) => {
+                                unanswered.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Load { running, accepted, unanswered, tasks }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    /// Stop the producers; how many requests went unanswered.
+    async fn stop(self) -> usize {
+        self.running.store(false, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.unanswered.load(Ordering::Relaxed)
+    }
+}
+
+/// Wait (up to `secs`) until `done` holds; `what` says what never happened.
+async fn until<F: std::future::Future<Output = bool>>(secs: u64, what: impl Fn() -> String, done: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until every id in `ids` is a document of `index`; then check there are at most
+/// `unanswered` others (requests cut by a kill may have been kept, under ids nobody heard).
+async fn all_arrive(index: &str, ids: &[String], unanswered: usize, secs: u64) {
+    let want: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(want.len(), ids.len(), "the exporter answered the same report id twice");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        // No index until the first document arrives.
+        let present = if count(index).await == 0 { Default::default() } else { all_ids(index).await };
+        let missing: Vec<&String> = want.difference(&present).collect();
+        if missing.is_empty() {
+            let stray: Vec<&String> = present.difference(&want).collect();
+            assert!(
+                stray.len() <= unanswered,
+                "{} documents are no accepted report ({unanswered} requests went unanswered), e.g. {:?}",
+                stray.len(),
+                stray.first()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted reports never arrived in OpenSearch, e.g. {:?}",
+            missing.len(),
+            want.len(),
+            missing.first()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_deliver_run_as_separate_processes() {
+    let started = Instant::now();
+    let q = KafkaQueue::create(&brokers()).await;
+    let index = index();
+    let ingest = Node::start("ingest", "ingest", &q, free_port(), &[]).await;
+    let deliver = Node::start("deliver", "deliver", &q, free_port(), &[]).await;
+    let client = reqwest::Client::new();
+
+    // A delivery process takes no reports, and says where to send them.
+    let (status, v, _) = forward(&client, deliver.url(), report(&index, 0)).await.unwrap();
+    assert_eq!(status, 503, "a --role deliver process answered /forward: {v}");
+    assert_eq!(v["error"]["code"], "not_ingest", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ingest process"), "the refusal does not say where reports go: {v}");
+
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(accepted(&client, ingest.url(), report(&index, n)).await);
+    }
+    all_arrive(&index, &ids, 0, 60).await;
+    assert_eq!(get_doc(&index, &ids[7]).await, Some(json!({"n": 7})), "the payload arrives as sent");
+    assert_eq!(ingest.delivered().await, 0, "the --role ingest process delivered reports itself");
+    assert_eq!(deliver.delivered().await, ids.len() as u64, "the delivery process's count is off");
+    eprintln!("separate roles: {} reports in {:?}", ids.len(), started.elapsed());
+}
+
+/// `--role ingest|deliver` with the embedded queue (which lives in one process) refuses to
+/// start and names the setting; so does the Kafka backend without a shared key.
+#[tokio::test]
+async fn split_roles_need_the_kafka_queue_and_a_shared_key() {
+    for (role, env, names) in [
+        ("ingest", None, "queue.backend"),
+        ("deliver", None, "queue.backend"),
+        ("all", Some(("DATA_EXPORTER_QUEUE__BACKEND", "kafka")), "queue.key_file"),
+    ] {
+        let (plugins, data) = (plugins_dir(&["opensearch"]), tempfile::tempdir().unwrap());
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--role", role, "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--plugins")
+            .arg(plugins.path())
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("--role {role} ({env:?}) started instead of refusing");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "--role {role} ({env:?}) exited successfully: {stderr}");
+        assert!(stderr.contains(names), "--role {role} ({env:?}) refused without naming {names}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_process_killed_mid_batch_is_replaced_without_losing_a_report() {
+    let started = Instant::now();
+    let q = KafkaQueue::create(&brokers()).await;
+    let index = index();
+    // Batches linger, so a kill lands with reports leased and not yet acknowledged.
+    let slow = [("DATA_EXPORTER_DELIVERY__LINGER_MS", "100")];
+    let ingest = Node::start("ingest", "ingest", &q, free_port(), &[]).await;
+    let mut first = Node::start("first deliver", "deliver", &q, free_port(), &slow).await;
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let load = Load::start(ingest.url(), &index, 2, Duration::from_millis(15), 400, ids.clone());
+
+    // Mid-stream: the first delivery process is delivering, and the group has committed offsets
+    // (so the replacement resumes from them rather than from the start of the topic).
+    until(
+        30,
+        || format!("the group committed no offsets ({} accepted)", load.accepted()),
+        || async { q.committed().await >= 100 },
+    )
+    .await;
+    let committed = q.committed().await;
+    let accepted_at_kill = load.accepted();
+    first.sigkill();
+    let delivered_at_kill = count(&index).await;
+    assert!(
+        delivered_at_kill < accepted_at_kill as u64,
+        "nothing was outstanding when the delivery process died ({delivered_at_kill} of {accepted_at_kill}): \
+         the test proved nothing"
+    );
+
+    // Its replacement, while the stream goes on.
+    let second = Node::start("second deliver", "deliver", &q, free_port(), &slow).await;
+    until(30, || "the replacement delivered nothing".into(), || async { second.delivered().await > 0 }).await;
+    let unanswered = load.stop().await;
+    assert_eq!(unanswered, 0, "the ingest process (never killed) left requests unanswered");
+    let ids = ids.lock().unwrap().clone();
+    all_arrive(&index, &ids, 0, 60).await;
+    let redelivered = second.delivered().await;
+    assert!(
+        redelivered <= (ids.len() - committed) as u64,
+        "the replacement delivered {redelivered} of {} reports, though the group had committed {committed}: \
+         it did not resume from the committed offsets",
+        ids.len()
+    );
+    eprintln!(
+        "delivery killed: {} accepted, {delivered_at_kill} of {accepted_at_kill} delivered and {committed} \
+         committed at the kill, the replacement delivered {redelivered}, in {:?}",
+        ids.len(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ingest_process_killed_under_load_loses_no_accepted_report() {
+    let started = Instant::now();
+    let q = KafkaQueue::create(&brokers()).await;
+    let index = index();
+    let port = free_port();
+    let _deliver = Node::start("deliver", "deliver", &q, free_port(), &[]).await;
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let mut ingest = Node::start("ingest", "ingest", &q, port, &[]).await;
+    let load = Load::start(ingest.url(), &index, 8, Duration::ZERO, 1_000, ids.clone());
+    until(30, || format!("too little load: {} accepted", load.accepted()), || async { load.accepted() >= 150 }).await;
+    ingest.sigkill();
+    let mut unanswered = load.stop().await;
+    let at_kill = ids.lock().unwrap().len();
+    assert!(at_kill < 1_000, "the load was over before the kill: the test proved nothing");
+
+    // Restarted on the same port, it takes reports again.
+    let ingest = Node::start("restarted ingest", "ingest", &q, port, &[]).await;
+    let load = Load::start(ingest.url(), &index, 8, Duration::ZERO, at_kill + 100, ids.clone());
+    until(
+        30,
+        || format!("the restarted ingest process took {} reports", load.accepted() - at_kill),
+        || async { load.accepted() >= at_kill + 100 },
+    )
+    .await;
+    unanswered += load.stop().await;
+    let ids = ids.lock().unwrap().clone();
+    all_arrive(&index, &ids, unanswered, 60).await;
+    eprintln!(
+        "ingest killed: {at_kill} accepted before the kill, {unanswered} unanswered, {} in all, delivered in {:?}",
+        ids.len(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_delivery_processes_in_one_group_share_the_work() {
+    let started = Instant::now();
+    let q = KafkaQueue::create(&brokers()).await;
+    let index = index();
+    let ingest = Node::start("ingest", "ingest", &q, free_port(), &[]).await;
+    let (one, two) = tokio::join!(
+        Node::start("deliver one", "deliver", &q, free_port(), &[]),
+        Node::start("deliver two", "deliver", &q, free_port(), &[]),
+    );
+
+    // A stream until both have joined the group and delivered: the partitions are split.
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let load = Load::start(ingest.url(), &index, 2, Duration::from_millis(20), 3_000, ids.clone());
+    until(
+        40,
+        || format!("the two processes never both delivered ({} accepted)", load.accepted()),
+        || async { one.delivered().await > 0 && two.delivered().await > 0 },
+    )
+    .await;
+    assert_eq!(load.stop().await, 0, "the ingest process left requests unanswered");
+    let first = ids.lock().unwrap().clone();
+    all_arrive(&index, &first, 0, 60).await;
+
+    // Then 100 more: each process delivers a share of them.
+    let (one_before, two_before) = (one.delivered().await, two.delivered().await);
+    let client = reqwest::Client::new();
+    let mut more = Vec::new();
+    for n in 0..100 {
+        more.push(accepted(&client, ingest.url(), report(&index, n)).await);
+    }
+    let mut all = first;
+    all.extend(more);
+    all_arrive(&index, &all, 0, 60).await;
+    let (a, b) = (one.delivered().await - one_before, two.delivered().await - two_before);
+    assert!(a + b >= 100, "the processes count {a} + {b} deliveries of 100 reports");
+    assert!(a >= 10 && b >= 10, "the group did not share the work: {a} and {b} of 100 reports");
+    eprintln!("shared: {a} and {b} of 100 reports ({} before), in {:?}", all.len() - 100, started.elapsed());
+}
+
+/// A private tansu broker on `port` (memory storage: a restart forgets every topic).
+struct Tansu {
+    child: Child,
+}
+
+impl Tansu {
+    async fn start(port: u16) -> Tansu {
+        let bin = std::env::var("DX_TANSU_BIN").unwrap_or_else(|_| {
+            panic!("DX_TANSU_BIN is not set: this test starts its own tansu broker; set it to the tansu binary")
+        });
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let mut t = Tansu { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(t.child.try_wait().unwrap().is_none(), "tansu exited at start (port {port} taken?)");
+            assert!(Instant::now() < deadline, "tansu never listened on {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        t
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
+    let started = Instant::now();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut tansu = Tansu::start(port).await;
+    let mut q = KafkaQueue::create(&brokers).await;
+    q.ingest_timeout_ms = 2_000;
+    let node = Node::start("all", "all", &q, free_port(), &[]).await;
+    let client = reqwest::Client::new();
+    let index = index();
+    let first = accepted(&client, node.url(), report(&index, 0)).await;
+    all_arrive(&index, std::slice::from_ref(&first), 0, 30).await;
+
+    // The broker dies: every report is refused, within about ingest_timeout_ms, until /readyz
+    // says why.
+    tansu.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    loop {
+        let sent = Instant::now();
+        let (status, v, retry_after) = forward(&client, node.url(), report(&index, 1)).await.unwrap();
+        let took = sent.elapsed();
+        assert_eq!(status, 503, "a report was answered {status} while the broker is down: {v}");
+        assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
+        assert!(retry_after.is_some(), "a 503 without Retry-After: {v}");
+        assert!(took < Duration::from_millis(3_500), "the refusal took {took:?} (ingest_timeout_ms = 2000)");
+        refused += 1;
+        let r = client.get(format!("{}/readyz", node.url())).send().await.unwrap();
+        if r.status() == 503 {
+            let v: Value = r.json().await.unwrap();
+            let message = v["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&brokers), "/readyz does not name the cluster {brokers}: {v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never said the broker is unreachable");
+    }
+
+    // Back (empty: memory storage), with the topics made again: reports are accepted and delivered.
+    let mut tansu = Tansu::start(port).await;
+    q.create_topics().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let (status, v, _) = forward(&client, node.url(), report(&index, 2)).await.unwrap();
+        if status == 202 {
+            break v["id"].as_str().unwrap().to_string();
+        }
+        assert_eq!((status, &v["error"]["code"]), (503, &json!("queue_unavailable")), "{v}");
+        assert!(Instant::now() < deadline, "the exporter never accepted reports again after the broker came back: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    until(
+        30,
+        || "/readyz never turned 200 again".into(),
+        || async { client.get(format!("{}/readyz", node.url())).send().await.is_ok_and(|r| r.status() == 200) },
+    )
+    .await;
+    all_arrive(&index, &[first, id], 0, 60).await;
+    tansu.kill();
+    eprintln!("broker down: {refused} refused before /readyz said so; back in {:?}", started.elapsed());
+}
