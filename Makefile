@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target bench
+.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target bench k8s-check
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -41,7 +41,11 @@ test: plugins test-servers ## Run every test against real servers
 	rc=0; \
 	$(CARGO) test --workspace || rc=$$?; \
 	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch -p file -p stdout -p http -p exporter -p kafka -p data-exporter-sdk --lib || rc=$$?; \
+	tests/k8s/check.sh || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
+
+k8s-check: ## Render, validate and lint the Kubernetes manifests (deploy/k8s)
+	tests/k8s/check.sh
 
 bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md)
 	$(CARGO) build --release -p data-exporter -p dx-bench

@@ -242,18 +242,6 @@ impl Default for KafkaSourceConfig {
     }
 }
 
-impl KafkaSourceConfig {
-    /// The librdkafka connection settings, shaped like the queue's.
-    pub fn connection(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: self.brokers.clone(),
-            properties: self.properties.clone(),
-            properties_from_files: self.properties_from_files.clone(),
-            ..KafkaConfig::default()
-        }
-    }
-}
-
 /// The Kafka queue backend (`[queue.kafka]`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -270,6 +258,9 @@ pub struct KafkaConfig {
     /// How long ingest waits for the cluster to acknowledge a report before answering 503,
     /// in milliseconds (the producer's `message.timeout.ms`).
     pub ingest_timeout_ms: u64,
+    /// Largest report the topic takes, as a record in bytes (keep it at or below the topic's
+    /// `max.message.bytes`, 1 MB by default on Kafka); a larger report is refused with 413.
+    pub max_message_bytes: usize,
     /// The group's session timeout, in milliseconds: a delivery process that stops
     /// heartbeating this long loses its partitions to the others (a join takes about half).
     pub session_timeout_ms: u64,
@@ -293,6 +284,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "data-exporter-dead-letters".into(),
             group: "data-exporter".into(),
             ingest_timeout_ms: 5_000,
+            max_message_bytes: 1_000_000,
             session_timeout_ms: 10_000,
             commit_interval_ms: 1_000,
             properties: Default::default(),
@@ -473,6 +465,11 @@ pub struct RuntimeConfig {
     /// each new plugin file in a child process held to this (and to 60 s of CPU), so a
     /// pathological module cannot exhaust the host.
     pub compile_memory_mib: u64,
+    /// Topics the host itself uses (the Kafka queue's, its dead letters', the sources'): no
+    /// plugin may publish to them, whatever its allow-list says. Filled in from the rest of the
+    /// config, not read from it.
+    #[serde(skip)]
+    pub reserved_topics: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -490,11 +487,22 @@ impl Default for RuntimeConfig {
             code_cache: true,
             pool_instances: 64,
             compile_memory_mib: 1024,
+            reserved_topics: Vec::new(),
         }
     }
 }
 
 impl RuntimeConfig {
+    /// These settings knowing the topics the host uses itself (`reserved_topics`).
+    pub fn reserving_topics_of(&self, cfg: &Config) -> RuntimeConfig {
+        let mut c = self.clone();
+        if cfg.queue.backend() == QueueBackend::Kafka {
+            c.reserved_topics.extend([cfg.queue.kafka.topic.clone(), cfg.queue.kafka.dead_letter_topic.clone()]);
+        }
+        c.reserved_topics.extend(cfg.sources.kafka.iter().flat_map(|s| s.topics.iter().cloned()));
+        c
+    }
+
     /// These settings with every relative `files_dir` taken as under `data_dir`.
     pub fn with_files_under(&self, data_dir: &Path) -> RuntimeConfig {
         let mut c = self.clone();
@@ -832,10 +840,38 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
-            .merge(Env::prefixed("DATA_EXPORTER_").ignore(&["config"]).split("__"))
+            .merge(
+                Env::prefixed("DATA_EXPORTER_")
+                    .ignore(&["config"])
+                    .filter(|k| !service_link(&k.as_str().to_ascii_lowercase()))
+                    .split("__"),
+            )
             .merge(Serialized::defaults(flags));
         fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
+}
+
+/// Whether `key` (after `DATA_EXPORTER_`, lower-cased) is one of the variables Kubernetes puts in
+/// every pod for a Service named `data-exporter` or `data-exporter-<x>` (`DATA_EXPORTER_PORT`,
+/// `DATA_EXPORTER_PORT_6780_TCP_ADDR`, `DATA_EXPORTER_INGEST_SERVICE_HOST`, ...): not
+/// configuration. Configuration keys nest with `__`, which these never contain.
+fn service_link(key: &str) -> bool {
+    let port_form = |rest: &str| {
+        let mut parts = rest.split('_');
+        parts.next().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && parts.next().is_some_and(|p| ["tcp", "udp", "sctp"].contains(&p))
+            && parts.next().is_none_or(|p| ["addr", "port", "proto"].contains(&p))
+            && parts.next().is_none()
+    };
+    let link = |k: &str| {
+        k == "port"
+            || k == "service_host"
+            || k == "service_port"
+            || k.strip_prefix("service_port_").is_some_and(|n| !n.is_empty())
+            || k.strip_prefix("port_").is_some_and(port_form)
+    };
+    // The Service's name after `data-exporter-` comes first, if any.
+    !key.contains("__") && (link(key) || key.match_indices('_').any(|(i, _)| link(&key[i + 1..])))
 }
 
 #[cfg(test)]
@@ -938,6 +974,30 @@ mod tests {
             assert!(err.contains("timeout"), "{err}");
             let err = Config::load(Some(Path::new("nope.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("nope.toml") && err.contains("--config"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            // What a pod gets for a Service named `data-exporter` on port 6780.
+            jail.set_env("DATA_EXPORTER_PORT", "tcp://10.0.0.7:6780");
+            jail.set_env("DATA_EXPORTER_PORT_6780_TCP", "tcp://10.0.0.7:6780");
+            jail.set_env("DATA_EXPORTER_PORT_6780_TCP_ADDR", "10.0.0.7");
+            jail.set_env("DATA_EXPORTER_PORT_6780_TCP_PORT", "6780");
+            jail.set_env("DATA_EXPORTER_PORT_6780_TCP_PROTO", "tcp");
+            jail.set_env("DATA_EXPORTER_SERVICE_HOST", "10.0.0.7");
+            jail.set_env("DATA_EXPORTER_SERVICE_PORT", "6780");
+            jail.set_env("DATA_EXPORTER_SERVICE_PORT_HTTP", "6780");
+            jail.set_env("DATA_EXPORTER_INGEST_SERVICE_HOST", "10.0.0.8");
+            jail.set_env("DATA_EXPORTER_INGEST_PORT_6780_TCP_PORT", "6780");
+            jail.set_env("DATA_EXPORTER_SHUTDOWN_GRACE_MS", "1234");
+            let c = Config::load(None, &Overrides::default()).expect("service links are ignored");
+            assert_eq!(c.shutdown_grace_ms, 1234, "real settings still apply");
+            // A misspelt setting is still refused.
+            jail.set_env("DATA_EXPORTER_PORTS", "1");
+            assert!(Config::load(None, &Overrides::default()).is_err());
             Ok(())
         });
     }

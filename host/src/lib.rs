@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod dlq;
 pub mod envelope;
 pub mod forward;
+pub mod kafka;
 pub mod metrics;
 pub mod queue;
 pub mod redact;
@@ -26,6 +27,9 @@ pub fn now_ms() -> u64 {
 
 /// Finished reports whose state `GET /reports/{id}` still knows (the most recent ones).
 const KEEP_FINISHED: usize = 20_000;
+/// Reports whose state it knows at all: an ingest process (or one of several sharing a Kafka
+/// queue) never learns how the reports another process delivers end.
+const KEEP_TRACKED: usize = 200_000;
 
 /// A running host: the routers' state and what shutdown needs.
 pub struct Host {
@@ -67,7 +71,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     let admin_token = server::AdminToken::load(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
     let cache = cfg.runtime.code_cache.then(|| cfg.data_dir.join("code-cache"));
-    let runtime_cfg = cfg.runtime.with_files_under(&cfg.data_dir);
+    let runtime_cfg = cfg.runtime.with_files_under(&cfg.data_dir).reserving_topics_of(cfg);
     runtime_cfg.check_files_dirs(&cfg.data_dir, &cfg.plugins_dir).map_err(anyhow::Error::msg)?;
     let runtime = runtime::Runtime::new(runtime_cfg, http, cache)?;
     // Refuse the configured listeners to plugins from the first call (the bound addresses are
@@ -113,7 +117,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         Some(k) => dlq::DeadLetters::Topic(dlq::TopicStore::open(&cfg.queue.kafka, sealer, k)),
         None => dlq::DeadLetters::Files(dlq::FileStore::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?),
     });
-    let status = Arc::new(status::StatusBook::new(KEEP_FINISHED));
+    let status = Arc::new(status::StatusBook::new(KEEP_FINISHED, KEEP_TRACKED));
     let secrets = Arc::new(
         capabilities::secrets::SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins)
             .map_err(anyhow::Error::msg)?,

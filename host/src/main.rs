@@ -26,8 +26,9 @@ enum Command {
     /// DATA_EXPORTER_HTTP__CA_FILE), then these flags. Every key, its default
     /// and its meaning: deploy/config/data-exporter.toml.
     Serve(ServeArgs),
-    /// Print the effective configuration (defaults, file, environment, flags) as TOML and exit.
-    Config(ServeArgs),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML and exit;
+    /// `config check FILE` validates a file without starting anything.
+    Config(ConfigArgs),
     /// Inspect and act on dead letters of a running host (through its admin API).
     ///
     /// The admin API wants the host's admin token: read from --admin-token-file FILE (env
@@ -132,6 +133,48 @@ enum DlqAction {
     },
 }
 
+/// `data-exporter config [flags]` and `data-exporter config check FILE`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ConfigArgs {
+    #[command(subcommand)]
+    action: Option<ConfigAction>,
+    #[command(flatten)]
+    show: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a config file as `serve --config FILE` would load it, without starting anything.
+    ///
+    /// The file is loaded exactly as `serve` loads it (defaults, the file, DATA_EXPORTER_*
+    /// environment, then the flags below, e.g. --role), then checked as start-up checks it,
+    /// short of anything that needs the network: unknown keys and bad values, role against
+    /// queue backend, queue.key_file with Kafka, secret_origins, outbound_allow rules, files_dir
+    /// overlaps, grants and their settings, messaging topics and timeouts, Kafka sources, and
+    /// the librdkafka properties this build can honour. With --files it also reads what the
+    /// file names (queue key, admin token, TLS material, properties_from_files, directories),
+    /// as in the pod. Prints `ok` and a summary (what it reads and writes), or every problem,
+    /// each naming its key. Exit status 0: ok, 1: a problem.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The config file [default: --config, or DATA_EXPORTER_CONFIG].
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Also read the files and directories the configuration names, as start-up does (run it
+    /// where they are mounted, e.g. in the pod). Without it, nothing but FILE is read.
+    #[arg(long)]
+    files: bool,
+    /// Print the outcome as one JSON object (`ok`, the summary or `errors`, `warnings`).
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML config file.
@@ -183,8 +226,11 @@ fn init_tracing(cfg: &Config) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config(args) => {
-            print!("{}", toml_string(&args.load()?)?);
+        Command::Config(ConfigArgs { action: Some(ConfigAction::Check(args)), .. }) => {
+            std::process::exit(check::run(args))
+        }
+        Command::Config(ConfigArgs { action: None, show }) => {
+            print!("{}", toml_string(&show.load()?)?);
             Ok(())
         }
         Command::Serve(args) => serve(args.load()?).await,
@@ -572,3 +618,5 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
+
+mod check;

@@ -68,20 +68,43 @@ pub struct StatusBook {
     map: DashMap<Uuid, Entry, foldhash::fast::RandomState>,
     finished: Mutex<VecDeque<Uuid>>,
     keep_finished: usize,
+    /// Every id as it was first tracked: past `keep_tracked`, the oldest are forgotten
+    /// whatever their state (reports another process delivers never finish here).
+    tracked: Mutex<VecDeque<Uuid>>,
+    keep_tracked: usize,
 }
 
 impl StatusBook {
-    /// A book that remembers up to `keep_finished` finished reports.
-    pub fn new(keep_finished: usize) -> Self {
-        StatusBook { map: DashMap::default(), finished: Mutex::new(VecDeque::new()), keep_finished }
+    /// A book that remembers up to `keep_finished` finished reports, and up to `keep_tracked`
+    /// reports in all (the oldest unfinished ones are forgotten past it).
+    pub fn new(keep_finished: usize, keep_tracked: usize) -> Self {
+        StatusBook {
+            map: DashMap::default(),
+            finished: Mutex::new(VecDeque::new()),
+            keep_finished,
+            tracked: Mutex::new(VecDeque::new()),
+            keep_tracked: keep_tracked.max(keep_finished),
+        }
     }
 
     /// Track a report with these consumers (replaces an older entry with the same id).
     pub fn insert(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
         let all_final = consumers.values().all(ConsumerState::is_final);
-        self.map.insert(id, Entry { consumers, done: None });
+        if self.map.insert(id, Entry { consumers, done: None }).is_none() {
+            self.track(id);
+        }
         if all_final {
             self.retire(id);
+        }
+    }
+
+    fn track(&self, id: Uuid) {
+        let mut t = self.tracked.lock().unwrap();
+        t.push_back(id);
+        while t.len() > self.keep_tracked {
+            if let Some(old) = t.pop_front() {
+                self.map.remove(&old);
+            }
         }
     }
 
@@ -93,6 +116,7 @@ impl StatusBook {
             Slot::Vacant(v) => {
                 let fin = consumers.values().all(ConsumerState::is_final);
                 v.insert(Entry { consumers, done: None });
+                self.track(id);
                 fin
             }
             Slot::Occupied(mut o) => {
@@ -169,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn finished_reports_notify_and_the_oldest_are_forgotten() {
-        let book = StatusBook::new(2);
+        let book = StatusBook::new(2, 10);
         let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
         for id in &ids {
             book.insert(*id, BTreeMap::from([("a".to_string(), ConsumerState::Queued)]));
@@ -183,5 +207,18 @@ mod tests {
         assert!(*w.borrow());
         assert!(book.get(ids[0]).is_none(), "the oldest finished report is forgotten");
         assert_eq!(book.get(ids[2]).unwrap()["a"], ConsumerState::Delivered);
+    }
+
+    #[test]
+    fn reports_that_never_finish_here_are_forgotten_past_the_bound() {
+        // An ingest process: it queues reports that other processes deliver.
+        let book = StatusBook::new(2, 5);
+        let ids: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            book.merge(*id, BTreeMap::from([("a".to_string(), ConsumerState::Queued)]));
+        }
+        assert_eq!(book.map.len(), 5, "unfinished reports pile up without bound");
+        assert!(book.get(ids[0]).is_none());
+        assert_eq!(book.get(ids[49]).unwrap()["a"], ConsumerState::Queued);
     }
 }

@@ -7,7 +7,7 @@
 //! delivery report, bounded by `timeout_ms`. Payloads and property values are never logged.
 
 use crate::bindings::v3::messaging::{Message, PublishError};
-use crate::config::{KafkaConfig, MessagingConfig};
+use crate::config::MessagingConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -74,6 +74,8 @@ pub struct MessagingGrant {
     /// `runtime.plugins.<id>.messaging`, for messages.
     section: String,
     topics: Topics,
+    /// The host's own topics (queue, dead letters, sources): never a plugin's.
+    reserved: Vec<String>,
     max_message_bytes: usize,
     timeout: Duration,
     producer: FutureProducer,
@@ -109,36 +111,14 @@ impl MessagingGrant {
         if cfg.max_message_bytes == 0 {
             return Err(format!("{section}.max_message_bytes must be above 0"));
         }
-        // The queue's client settings (brokers, properties), files read here to name our section.
-        let base =
-            KafkaConfig { brokers: cfg.brokers.clone(), properties: cfg.properties.clone(), ..Default::default() };
-        let mut config = crate::queue::kafka::client_config(&base).map_err(|e| format!("{section}: {e}"))?;
-        for (k, path) in &cfg.properties_from_files {
-            let v = std::fs::read_to_string(path)
-                .map_err(|e| format!("{section}.properties_from_files.{k}: reading {} failed ({e})", path.display()))?;
-            config.set(k, v.trim());
-        }
-        if !cfg.properties.contains_key("message.max.bytes") {
-            // librdkafka's own cap must not be below the operator's (it is per request).
-            config.set("message.max.bytes", (cfg.max_message_bytes + 64 * 1024).max(1_000_000).to_string());
-        }
+        let base = crate::kafka::client_config(&section, &cfg.brokers, &cfg.properties, &cfg.properties_from_files)?;
         // What the contract promises holds whatever the properties say.
-        config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", cfg.timeout_ms.to_string())
-            .set("linger.ms", "2");
-        let producer: FutureProducer = config.create().map_err(|e| match e {
-            // Never the value: it may be a credential, and librdkafka's message may quote it.
-            KafkaError::ClientConfig(_, _, key, _) => format!(
-                "{section}: librdkafka refused the property `{key}` (unknown name, or a value this build does not \
-                 support)"
-            ),
-            e => format!("{section}: creating the Kafka producer failed: {e}"),
-        })?;
+        let settings = crate::kafka::idempotent_producer(base, cfg.timeout_ms, cfg.max_message_bytes);
+        let producer: FutureProducer = crate::kafka::create(&settings, &section, "producer")?;
         Ok(MessagingGrant {
             section,
             topics,
+            reserved: Vec::new(),
             max_message_bytes: cfg.max_message_bytes,
             timeout: Duration::from_millis(cfg.timeout_ms),
             producer,
@@ -148,8 +128,20 @@ impl MessagingGrant {
         })
     }
 
+    /// Refuse the host's own topics to this plugin, whatever its allow-list admits.
+    pub fn reserving(mut self, topics: &[String]) -> MessagingGrant {
+        self.reserved = topics.to_vec();
+        self
+    }
+
     /// Whether the operator's policy admits `m`.
     fn check(&self, m: &Message) -> Result<(), PublishError> {
+        if self.reserved.contains(&m.topic) {
+            return Err(PublishError::Refused(format!(
+                "topic `{}` is one the host itself uses (its queue, dead letters or a source): no plugin may publish to it",
+                m.topic
+            )));
+        }
         if !self.topics.allows(&m.topic) {
             let why = match check_name(&m.topic) {
                 Err(e) => format!("topic {:?} {e}", m.topic),
@@ -345,6 +337,12 @@ mod tests {
         }
         assert_eq!(g.take_unreported(), (0, 3));
         assert_eq!(g.take_unreported(), (0, 0));
+        // The host's own topics are refused even when the allow-list admits everything.
+        let all = MessagingGrant::open("kafka", &config(&["*"]), 60_000).unwrap().reserving(&["ok-queue".into()]);
+        match &all.publish(vec![msg("ok-queue", 1)]).await[..] {
+            [Err(PublishError::Refused(why))] => assert!(why.contains("the host itself uses"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             &not_granted("p", 2)[..],
             [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]

@@ -163,6 +163,17 @@ pub enum ReplayError {
         /// Replayed before it.
         replayed: usize,
     },
+    /// The report is still queued for another of its consumers: queueing it again now would
+    /// merge two deliveries of one id.
+    #[error(
+        "report {id} is still queued for another consumer; replay again once it is delivered there. Replayed so far: {replayed}"
+    )]
+    InFlight {
+        /// The report.
+        id: Uuid,
+        /// Replayed before it.
+        replayed: usize,
+    },
     /// The queue refused.
     #[error("{error}. Replayed so far: {replayed}")]
     Queue {
@@ -207,7 +218,11 @@ impl Requeue<'_> {
         }
         let id = report.id;
         self.status.insert(id, BTreeMap::from([(consumer, ConsumerState::Queued)]));
-        self.queue.append(vec![report], false).await.map_err(|error| ReplayError::Queue { error, replayed })
+        // As a relay's report: refused while the same id is still queued here.
+        self.queue.append(vec![report], true).await.map_err(|error| match error {
+            crate::queue::QueueError::InFlight(id) => ReplayError::InFlight { id, replayed },
+            error => ReplayError::Queue { error, replayed },
+        })
     }
 }
 

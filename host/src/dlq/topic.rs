@@ -10,7 +10,7 @@
 use super::{DeadLetter, DlqError, ReplayError, Requeue};
 use crate::config::KafkaConfig;
 use crate::queue::crypto::Sealer;
-use crate::queue::kafka::{KafkaQueue, client_config};
+use crate::queue::kafka::KafkaQueue;
 use crate::queue::{QueuedDest, QueuedReport};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -24,14 +24,17 @@ use uuid::Uuid;
 /// A read of the topic ends when nothing arrives for this long (watermarks are not relied
 /// on: some Kafka-compatible brokers answer them below the true end).
 const READ_IDLE: Duration = Duration::from_millis(1500);
-/// Most dead letters one read returns.
-const READ_MAX: usize = 100_000;
+/// Most dead letters one read returns: a replay or purge takes this many at a time, the rest
+/// on the next run.
+const READ_MAX: usize = 10_000;
 /// Broker calls' timeout.
 const CALL: Duration = Duration::from_secs(10);
 
 /// The dead-letter topic.
 #[derive(Clone)]
 pub struct TopicStore {
+    /// One replay or purge at a time in this process (each commits explicit offsets).
+    busy: Arc<tokio::sync::Mutex<()>>,
     cfg: KafkaConfig,
     /// Its producer is the queue's (renewed after an outage).
     queue: Arc<KafkaQueue>,
@@ -45,7 +48,7 @@ impl TopicStore {
     /// Dead letters to `cfg.dead_letter_topic`, produced like the queue's reports (acks from
     /// every in-sync replica).
     pub fn open(cfg: &KafkaConfig, sealer: Sealer, queue: Arc<KafkaQueue>) -> TopicStore {
-        TopicStore { cfg: cfg.clone(), queue, sealer }
+        TopicStore { busy: Arc::default(), cfg: cfg.clone(), queue, sealer }
     }
 
     fn error(&self, error: impl std::fmt::Display) -> DlqError {
@@ -105,14 +108,20 @@ impl TopicStore {
     /// offsets (the start when none).
     fn reader(&self) -> Result<BaseConsumer, DlqError> {
         let topic = &self.cfg.dead_letter_topic;
-        let consumer: BaseConsumer = client_config(&self.cfg)
-            .map_err(|e| self.error(e))?
+        let mut settings = crate::kafka::client_config(
+            "queue.kafka",
+            &self.cfg.brokers,
+            &self.cfg.properties,
+            &self.cfg.properties_from_files,
+        )
+        .map_err(|e| self.error(e))?;
+        settings
             .set("group.id", format!("{}.dead-letters", self.cfg.group))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(|e| self.error(e))?;
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer =
+            crate::kafka::create(&settings, "queue.kafka", "dead-letter reader").map_err(|e| self.error(e))?;
         let metadata = consumer.fetch_metadata(Some(topic), CALL).map_err(|e| self.error(e))?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -155,7 +164,7 @@ impl TopicStore {
                         None => tracing::warn!(
                             partition = at.0,
                             offset = at.1,
-                            "a dead-letter record that is not a dead letter (an unreadable queue record): left in the topic, skipped"
+                            "a dead-letter record that is not a dead letter (a queue record this host could not open): not listed; it stays in the topic until its retention ends, readable with Kafka tools"
                         ),
                     }
                 }
@@ -201,6 +210,7 @@ impl TopicStore {
 
     /// Queue every pending dead letter again, in order, then commit past them.
     pub async fn replay(&self, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
+        let _one = self.busy.lock().await;
         let (read, consumer) = self.read_pending().await.map_err(|error| ReplayError::Store { error, replayed: 0 })?;
         let mut replayed = Vec::new();
         let mut next = BTreeMap::new();
@@ -209,10 +219,10 @@ impl TopicStore {
             let id = d.id;
             match d.into_report(&self.sealer) {
                 None => {
-                    tracing::error!(report = %id, "dead letter sealed with another key: skipped, left in the topic")
+                    tracing::error!(report = %id, "dead letter sealed with another key: not replayed; the replay moves past it (it stays in the topic until its retention ends, readable with Kafka tools)")
                 }
                 Some(report) if report.dests[0].key.starts_with(super::SOURCE_PREFIX) => {
-                    tracing::warn!(report = %id, consumer = %report.dests[0].key, "a source's unroutable record is not replayed; it stays readable in the topic");
+                    tracing::warn!(report = %id, consumer = %report.dests[0].key, "a source's unroutable record is not replayed; the replay moves past it (it stays in the topic until its retention ends, readable with Kafka tools)");
                 }
                 Some(report) => {
                     if let Err(e) = to.send(report, replayed.len()).await {
@@ -232,6 +242,7 @@ impl TopicStore {
 
     /// Commit past every pending dead letter; how many.
     pub async fn purge(&self) -> Result<usize, DlqError> {
+        let _one = self.busy.lock().await;
         let (read, consumer) = self.read_pending().await?;
         let mut next = BTreeMap::new();
         for (_, (p, o)) in &read {

@@ -24,6 +24,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +35,10 @@ use uuid::Uuid;
 
 /// Most reports one `lease` hands out.
 const LEASE_MAX: usize = 1024;
-/// How often broker reachability and consumer lag are checked.
+/// How often broker reachability is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// How often the consumer's librdkafka statistics (the consumer lag) are emitted.
+const STATISTICS_EVERY_MS: u64 = 5_000;
 
 /// A report leased to this process.
 struct Lease {
@@ -75,19 +78,42 @@ impl Leases {
 }
 
 /// Forgets the records of revoked partitions: their acknowledgements no longer move offsets
-/// (the partition's new owner leases them again: at least once).
+/// (the partition's new owner leases them again: at least once). Keeps the consumer lag from
+/// librdkafka's statistics.
 struct GroupContext {
     leases: Arc<Mutex<Leases>>,
+    topic: String,
+    /// The partitions of `topic` assigned to this process.
+    assigned: Mutex<HashSet<i32>>,
+    /// Records past the group's committed offsets over `assigned`, at the last statistics.
+    lag: Mutex<Option<u64>>,
 }
 
-impl ClientContext for GroupContext {}
+/// The consumer lag over `assigned`: the sum of librdkafka's per-partition `consumer_lag` (the
+/// partition's end offset, from fetch responses, minus the group's committed offset), leaving
+/// out partitions it does not know yet (-1: no committed offset or no end offset so far).
+fn lag_over(partitions: impl IntoIterator<Item = (i32, i64)>, assigned: &HashSet<i32>) -> u64 {
+    partitions.into_iter().filter(|(p, lag)| *lag >= 0 && assigned.contains(p)).map(|(_, lag)| lag as u64).sum()
+}
+
+impl ClientContext for GroupContext {
+    /// Every `statistics.interval.ms`, from the thread polling the consumer.
+    fn stats(&self, statistics: Statistics) {
+        let assigned = self.assigned.lock().unwrap().clone();
+        let partitions = statistics.topics.get(&self.topic).map(|t| &t.partitions);
+        let lag = lag_over(partitions.into_iter().flatten().map(|(p, s)| (*p, s.consumer_lag)), &assigned);
+        *self.lag.lock().unwrap() = Some(lag);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let mut g = self.leases.lock().unwrap();
+            let mut assigned = self.assigned.lock().unwrap();
             for e in list.elements() {
                 g.partitions.remove(&e.partition());
+                assigned.remove(&e.partition());
             }
             tracing::info!(partitions = list.count(), "queue partitions revoked");
         }
@@ -95,6 +121,9 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            // The whole assignment (eager protocol), or what was added (cooperative).
+            let mut assigned = self.assigned.lock().unwrap();
+            assigned.extend(list.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()));
             tracing::info!(partitions = list.count(), "queue partitions assigned");
         }
     }
@@ -115,26 +144,15 @@ pub struct KafkaQueue {
     /// Relay-given ids being produced now.
     accepting: Mutex<HashSet<Uuid, foldhash::fast::RandomState>>,
     problem: Mutex<Option<String>>,
-    lag: Mutex<Option<u64>>,
     closed: AtomicBool,
     closing: Notify,
 }
 
-/// librdkafka properties for this cluster: the operator's `properties`, then the ones read
-/// from files (secrets).
+/// librdkafka properties for the queue's cluster: the operator's `properties`, then the ones
+/// read from files (secrets).
 pub fn client_config(cfg: &KafkaConfig) -> anyhow::Result<ClientConfig> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
-    for (k, path) in &cfg.properties_from_files {
-        let v = std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!("queue.kafka.properties_from_files.{k}: reading {} failed ({e})", path.display())
-        })?;
-        c.set(k, v.trim());
-    }
-    Ok(c)
+    crate::kafka::client_config("queue.kafka", &cfg.brokers, &cfg.properties, &cfg.properties_from_files)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Create topics (name, partitions) with replication 1; those that exist are left alone. For
@@ -159,29 +177,23 @@ impl KafkaQueue {
     /// when the cluster is not reachable.
     pub fn open(cfg: &KafkaConfig, role: Role, max_bytes: u64, sealer: Sealer) -> anyhow::Result<Arc<KafkaQueue>> {
         let base = client_config(cfg)?;
-        let mut producer_config = base.clone();
-        producer_config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", cfg.ingest_timeout_ms.to_string())
-            .set("linger.ms", "2");
-        let producer: FutureProducer = producer_config
-            .create()
-            .map_err(|e| anyhow::anyhow!("creating the Kafka producer for {}: {e}", cfg.brokers))?;
+        let producer_config =
+            crate::kafka::idempotent_producer(base.clone(), cfg.ingest_timeout_ms, cfg.max_message_bytes);
+        let producer: FutureProducer =
+            crate::kafka::create(&producer_config, "queue.kafka", "producer").map_err(anyhow::Error::msg)?;
         let leases = Arc::new(Mutex::new(Leases::default()));
         let consumer = if role.delivers() {
-            let c: StreamConsumer<GroupContext> = base
-                .clone()
-                .set("group.id", &cfg.group)
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.commit.interval.ms", cfg.commit_interval_ms.to_string())
-                .set("auto.offset.reset", "earliest")
-                .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-                .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 3).max(100).to_string())
-                .set("fetch.wait.max.ms", "100")
-                .create_with_context(GroupContext { leases: leases.clone() })
-                .map_err(|e| anyhow::anyhow!("creating the Kafka consumer for {}: {e}", cfg.brokers))?;
+            let mut settings =
+                crate::kafka::group_consumer(base, &cfg.group, cfg.session_timeout_ms, cfg.commit_interval_ms);
+            settings.set("statistics.interval.ms", STATISTICS_EVERY_MS.to_string());
+            let c: StreamConsumer<GroupContext> = settings
+                .create_with_context(GroupContext {
+                    leases: leases.clone(),
+                    topic: cfg.topic.clone(),
+                    assigned: Mutex::default(),
+                    lag: Mutex::new(None),
+                })
+                .map_err(|e| anyhow::Error::msg(crate::kafka::refused(e, "queue.kafka", "consumer")))?;
             c.subscribe(&[&cfg.topic])
                 .map_err(|e| anyhow::anyhow!("subscribing to queue.kafka.topic {}: {e}", cfg.topic))?;
             Some(Arc::new(c))
@@ -199,7 +211,6 @@ impl KafkaQueue {
             max_bytes,
             accepting: Mutex::default(),
             problem: Mutex::new(None),
-            lag: Mutex::new(None),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
         });
@@ -207,7 +218,7 @@ impl KafkaQueue {
         Ok(q)
     }
 
-    /// Every `HEALTH_EVERY`: is the cluster reachable and the topic there; the group's lag.
+    /// Every `HEALTH_EVERY`: is the cluster reachable and the topic there.
     fn spawn_health(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -217,14 +228,9 @@ impl KafkaQueue {
                     break;
                 }
                 let q2 = q.clone();
-                // Lag only while the cluster answers: its calls would only slow noticing an outage.
-                let (problem, lag) = tokio::task::spawn_blocking(move || {
-                    let problem = q2.check();
-                    let lag = if problem.is_none() { q2.measure_lag() } else { None };
-                    (problem, lag)
-                })
-                .await
-                .unwrap_or((Some("the broker check panicked".into()), None));
+                let problem = tokio::task::spawn_blocking(move || q2.check())
+                    .await
+                    .unwrap_or_else(|_| Some("the broker check panicked".into()));
                 let was = std::mem::replace(&mut *q.problem.lock().unwrap(), problem.clone());
                 match (&was, &problem) {
                     (None, Some(p)) => tracing::error!(problem = %p, "Kafka queue unavailable"),
@@ -235,7 +241,6 @@ impl KafkaQueue {
                     }
                     _ => {}
                 }
-                *q.lag.lock().unwrap() = lag;
                 drop(q);
                 tokio::time::sleep(HEALTH_EVERY).await;
             }
@@ -275,42 +280,49 @@ impl KafkaQueue {
         }
     }
 
-    /// Records past the group's committed offsets, over this process's partitions.
-    fn measure_lag(&self) -> Option<u64> {
-        let c = self.consumer.as_ref()?;
-        let committed = c.committed(Duration::from_secs(2)).ok()?;
-        let mut lag = 0u64;
-        for e in committed.elements() {
-            let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2)).ok()?;
-            let from = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(low);
-            lag += (high - from).max(0) as u64;
+    /// Records past the group's committed offsets over this process's partitions, from the
+    /// consumer's last statistics (none before the first, nor while the cluster is away).
+    fn lag(&self) -> Option<u64> {
+        if self.problem.lock().unwrap().is_some() {
+            return None;
         }
-        Some(lag)
+        *self.consumer.as_ref()?.context().lag.lock().unwrap()
     }
 
     async fn produce(&self, reports: Vec<QueuedReport>) -> Result<(), QueueError> {
         let key = reports[0].id.as_bytes().to_vec();
-        let timeout = Timeout::After(Duration::from_millis(self.cfg.ingest_timeout_ms));
         let values: Vec<Vec<u8>> = reports.iter().map(|r| record::encode(r, &self.sealer)).collect();
-        // `join_all` polls in order, so the records are enqueued (and, idempotent, stored) in order.
+        if let Some(v) = values.iter().find(|v| v.len() > self.cfg.max_message_bytes) {
+            return Err(QueueError::TooLarge { size: v.len(), max: self.cfg.max_message_bytes });
+        }
+        // Enqueued one after the other, without waiting (so in order: one key, one partition,
+        // and the idempotent producer keeps that order), then every acknowledgement awaited.
         let producer = self.producer();
-        let sends = values
-            .iter()
-            .map(|v| producer.send(FutureRecord::to(&self.cfg.topic).key(&key[..]).payload(&v[..]), timeout));
+        let mut deliveries = Vec::with_capacity(values.len());
+        for v in &values {
+            match producer.send_result(FutureRecord::to(&self.cfg.topic).key(&key[..]).payload(&v[..])) {
+                Ok(d) => deliveries.push(d),
+                Err((e, _)) => return Err(QueueError::Broker(e.to_string())),
+            }
+        }
         // librdkafka enforces message.timeout.ms late while it backs off reconnecting to a broker
-        // that is down (up to reconnect.backoff.max.ms, 10 s): the answer must not wait for that.
-        let acks =
-            tokio::time::timeout(Duration::from_millis(self.cfg.ingest_timeout_ms), futures::future::join_all(sends))
-                .await
-                .map_err(|_| {
-                    QueueError::Broker(format!(
-                        "no acknowledgement within queue.kafka.ingest_timeout_ms = {} ms",
-                        self.cfg.ingest_timeout_ms
-                    ))
-                })?;
+        // that is down: the answer must not wait for that.
+        let acks = tokio::time::timeout(
+            Duration::from_millis(self.cfg.ingest_timeout_ms),
+            futures::future::join_all(deliveries),
+        )
+        .await
+        .map_err(|_| {
+            QueueError::Broker(format!(
+                "no acknowledgement within queue.kafka.ingest_timeout_ms = {} ms",
+                self.cfg.ingest_timeout_ms
+            ))
+        })?;
         for r in acks {
-            if let Err((e, _)) = r {
-                return Err(QueueError::Broker(e.to_string()));
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(QueueError::Broker(e.to_string())),
+                Err(_) => return Err(QueueError::Broker("the producer was replaced before it answered".into())),
             }
         }
         Ok(())
@@ -419,7 +431,22 @@ impl KafkaQueue {
         }
         pending.insert(offset, false);
         if let Some(l) = g.by_id.get_mut(&r.id) {
-            l.records.push((partition, offset)); // a copy: finished with the first
+            l.records.push((partition, offset));
+            // A copy of a report leased here (re-read), finished with the first; or the same id
+            // for other destinations (a dead letter replayed while the report is still leased
+            // for another consumer): those are leased too, as part of the same report.
+            let new: Vec<String> = r.dests.iter().map(|d| d.key.clone()).filter(|k| !l.open.contains(k)).collect();
+            if new.is_empty() {
+                return None;
+            }
+            l.open.extend(new.iter().cloned());
+            let dests = r.dests.iter().filter(|d| new.contains(&d.key)).cloned().collect();
+            return Some(Arc::new(QueuedReport { dests, ..r }));
+        }
+        if r.dests.is_empty() {
+            // Nothing to deliver (not written by this host): finished at once.
+            drop(g);
+            self.ack_records(&[(partition, offset)]);
             return None;
         }
         let size = r.size();
@@ -514,7 +541,7 @@ impl ReportQueue for KafkaQueue {
             reports: g.by_id.len(),
             bytes: g.bytes,
             oldest_ms: g.by_id.values().map(|l| l.report.received_at_ms).min(),
-            lag: *self.lag.lock().unwrap(),
+            lag: self.lag(),
         }
     }
 
@@ -539,5 +566,81 @@ impl ReportQueue for KafkaQueue {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueuedDest;
+
+    #[test]
+    fn lag_sums_the_assigned_partitions_it_knows() {
+        let assigned: HashSet<i32> = [0, 2, 3].into();
+        // Partition 1 is another process's, 3 has no committed offset yet (-1), -1 is librdkafka's
+        // internal unassigned partition.
+        let partitions = [(0, 4), (1, 100), (2, 0), (3, -1), (-1, -1)];
+        assert_eq!(lag_over(partitions, &assigned), 4);
+        assert_eq!(lag_over(partitions, &HashSet::new()), 0, "nothing assigned: no lag");
+        assert_eq!(lag_over([(0, 7), (2, 5)], &assigned), 12);
+    }
+
+    /// The real statistics of a consumer on the test broker: 5 records, 2 finished and
+    /// committed, is a lag of 3; all 5 finished, 0. (The broker's ListOffsets answer, which
+    /// `fetch_watermarks` reads, would be wrong on tansu: the last batch's base offset + 1.)
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lag_is_the_records_past_the_committed_offset() {
+        let brokers = std::env::var("DX_KAFKA_BROKERS")
+            .expect("DX_KAFKA_BROKERS is not set: start the test broker with tests/servers/up.sh and load target/test-servers/env");
+        let topic = format!("lag-{}", Uuid::now_v7().simple());
+        create_topics(&brokers, &[(&topic, 1), (&format!("{topic}-dead"), 1)]).await.expect("creating the test topics");
+        let cfg = KafkaConfig {
+            brokers,
+            dead_letter_topic: format!("{topic}-dead"),
+            group: format!("{topic}-group"),
+            topic,
+            session_timeout_ms: 6_000,
+            commit_interval_ms: 100,
+            ..KafkaConfig::default()
+        };
+        let q = KafkaQueue::open(&cfg, Role::All, 1 << 20, Sealer::new(&[7; 32])).unwrap();
+        let reports: Vec<QueuedReport> = (0..5)
+            .map(|n| QueuedReport {
+                id: Uuid::now_v7(),
+                received_at_ms: n,
+                payload: format!("{{\"n\":{n}}}"),
+                dests: vec![QueuedDest { key: "d".into(), config: "{}".into() }],
+                labels: vec![],
+                source: None,
+                tenant: None,
+            })
+            .collect();
+        let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+        q.append(reports, false).await.unwrap();
+        let mut leased = Vec::new();
+        while leased.len() < 5 {
+            let batch = tokio::time::timeout(Duration::from_secs(60), q.lease()).await.expect("leased within 60 s");
+            leased.extend(batch.expect("the queue is open").iter().map(|r| r.id));
+        }
+        assert_eq!(leased, ids, "one partition: leased in order");
+        // Statistics come while the consumer is polled, as the delivery loop does.
+        let polling = tokio::spawn({
+            let q = q.clone();
+            async move { while q.lease().await.is_some() {} }
+        });
+
+        let until = async |want: u64| {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while q.stats().lag != Some(want) {
+                assert!(tokio::time::Instant::now() < deadline, "the lag stayed {:?}, not {want}", q.stats().lag);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        q.ack(&ids[..2], "d", Done::Delivered);
+        until(3).await;
+        q.ack(&ids[2..], "d", Done::Delivered);
+        until(0).await;
+        q.close().await;
+        polling.await.unwrap();
     }
 }

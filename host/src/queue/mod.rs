@@ -101,9 +101,28 @@ pub enum QueueError {
     /// so the producer must send them again (the report id makes the copy recognisable).
     #[error("the Kafka cluster did not acknowledge the reports ({0}); retry later")]
     Broker(String),
+    /// One report is larger than the queue can store (a Kafka cluster's largest message):
+    /// sending it again will not help.
+    #[error(
+        "a report takes {size} bytes in the queue, more than queue.kafka.max_message_bytes = {max} (the cluster's largest message): send smaller reports, or raise both limits"
+    )]
+    TooLarge {
+        /// The report's size as a record.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// This process does not take reports (`--role deliver`).
     #[error("this process only delivers (--role deliver): send reports to an ingest process")]
     NotIngest,
+}
+
+impl QueueError {
+    /// Whether the same reports may be taken later (the queue is full or away), rather than
+    /// never (too large) or already (in flight).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QueueError::Full { .. } | QueueError::Disk(_) | QueueError::Broker(_))
+    }
 }
 
 /// What a queue holds now, for `/metrics`.

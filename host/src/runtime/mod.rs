@@ -302,7 +302,8 @@ fn messaging_grant(
              (brokers, topics)"
         ));
     };
-    Ok(Some(Arc::new(MessagingGrant::open(id, messaging, limits.call_timeout_ms)?)))
+    let grant = MessagingGrant::open(id, messaging, limits.call_timeout_ms)?.reserving(&cfg.reserved_topics);
+    Ok(Some(Arc::new(grant)))
 }
 
 /// Capabilities a plugin can import, by WIT interface (any version of our package).

@@ -407,6 +407,7 @@ fn replay_error(e: ReplayError) -> ApiError {
     let (status, code) = match &e {
         ReplayError::UnknownConsumer { .. } => (StatusCode::CONFLICT, "unknown_consumer"),
         ReplayError::Queue { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
+        ReplayError::InFlight { .. } => (StatusCode::CONFLICT, "report_in_flight"),
         ReplayError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "dead_letter_store"),
         ReplayError::Selection(_) => (StatusCode::BAD_REQUEST, "invalid_selection"),
     };

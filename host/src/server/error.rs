@@ -87,6 +87,7 @@ impl From<crate::forward::RouteError> for ApiError {
             E::Queue(Q::InFlight(_)) => (StatusCode::SERVICE_UNAVAILABLE, "report_in_flight", Some(1)),
             E::Queue(Q::Broker(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
             E::Queue(Q::NotIngest) => (StatusCode::SERVICE_UNAVAILABLE, "not_ingest", None),
+            E::Queue(Q::TooLarge { .. }) => (StatusCode::PAYLOAD_TOO_LARGE, "report_too_large", None),
         };
         // Only the public port answers with these: URLs in a plugin's message or a call error
         // are cut to their origin (a webhook's token lives in its path).

@@ -14,7 +14,6 @@ use crate::dlq::DeadLetters;
 use crate::envelope::{self, Envelope};
 use crate::forward::{self, RouteError};
 use crate::metrics::{self, Metrics};
-use crate::queue::kafka::client_config;
 use crate::queue::{QueueError, QueuedDest, QueuedReport};
 use crate::server::AppState;
 use base64::Engine as _;
@@ -28,9 +27,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// Tries of a batch whose plugin validation crashed or timed out before its records are
-/// dead-lettered one by one.
-const VALIDATION_TRIES: u32 = 3;
+/// How long a batch whose plugin validation failed (crashed, timed out, or answered from the
+/// cache of such failures) is tried again before its records are dead-lettered one by one:
+/// longer than the failure cache (`runtime.validate_failure_cache_ms`, 10 s by default), so a
+/// passing failure never turns records into dead letters.
+const VALIDATION_RETRY_FOR: Duration = Duration::from_secs(60);
+/// Most bytes of records taken into one batch.
+const BATCH_MAX_BYTES: usize = 16 << 20;
+/// Longest identity value (org id, account number) taken, as a label value.
+const IDENTITY_MAX: usize = 256;
 
 /// One record, read.
 struct Record {
@@ -51,8 +56,8 @@ impl Record {
     }
 
     /// The same id every time this record is read.
-    fn report_id(&self) -> Uuid {
-        let digest = Sha256::digest(format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset));
+    fn report_id(&self, source: &str) -> Uuid {
+        let digest = Sha256::digest(format!("kafka:{source}:{}/{}@{}", self.topic, self.partition, self.offset));
         uuid::Builder::from_custom_bytes(digest[..16].try_into().expect("16 bytes")).into_uuid()
     }
 }
@@ -88,19 +93,12 @@ impl KafkaSource {
             .iter()
             .map(|(k, v)| Ok((k.clone(), RawValue::from_string(v.to_string())?)))
             .collect::<Result<Vec<_>, serde_json::Error>>()?;
-        let consumer: StreamConsumer = client_config(&cfg.connection())?
-            .set("group.id", &cfg.group)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", cfg.commit_interval_ms.to_string())
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 3).max(100).to_string())
-            .set("fetch.wait.max.ms", "100")
-            .create()
-            .map_err(|e| {
-                anyhow::anyhow!("sources.kafka `{}`: creating the consumer for {}: {e}", cfg.name, cfg.brokers)
-            })?;
+        let section = format!("sources.kafka.{}", cfg.name);
+        let base = crate::kafka::client_config(&section, &cfg.brokers, &cfg.properties, &cfg.properties_from_files)
+            .map_err(anyhow::Error::msg)?;
+        let settings = crate::kafka::group_consumer(base, &cfg.group, cfg.session_timeout_ms, cfg.commit_interval_ms);
+        let consumer: StreamConsumer =
+            crate::kafka::create(&settings, &section, "consumer").map_err(anyhow::Error::msg)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("sources.kafka `{}`: subscribing: {e}", cfg.name))?;
         Ok(KafkaSource {
@@ -133,9 +131,13 @@ impl KafkaSource {
                 }
                 Ok(m) => batch.push(Record::of(&m)),
             }
-            while batch.len() < self.cfg.batch_max.max(1) {
+            let mut bytes = batch[0].value.len();
+            while batch.len() < self.cfg.batch_max.max(1) && bytes < BATCH_MAX_BYTES {
                 match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => batch.push(Record::of(&m)),
+                    Some(Ok(m)) => {
+                        bytes += m.payload_len();
+                        batch.push(Record::of(&m));
+                    }
                     _ => break,
                 }
             }
@@ -163,7 +165,7 @@ impl KafkaSource {
                 }
             }
         }
-        let mut tries = 0;
+        let validation_deadline = tokio::time::Instant::now() + VALIDATION_RETRY_FOR;
         let mut pending = good;
         while !pending.is_empty() {
             let envelopes = pending.iter().map(|(_, e)| e.clone()).collect();
@@ -172,16 +174,15 @@ impl KafkaSource {
                     self.count("queued", receipts.len());
                     break;
                 }
-                Err(RouteError::Queue(e)) if !matches!(e, QueueError::InFlight(_)) => {
+                Err(RouteError::Queue(e)) if e.is_transient() => {
                     // The queue is full or away: nothing was taken; wait and try the batch again.
                     tracing::warn!(source = %self.cfg.name, error = %e, "the queue refused a batch; trying again");
                     if !self.pause(stop, Duration::from_secs(1)).await {
                         return false;
                     }
                 }
-                Err(RouteError::Plugin { .. }) if tries + 1 < VALIDATION_TRIES => {
-                    tries += 1;
-                    if !self.pause(stop, Duration::from_secs(1)).await {
+                Err(RouteError::Plugin { .. }) if tokio::time::Instant::now() < validation_deadline => {
+                    if !self.pause(stop, Duration::from_secs(2)).await {
                         return false;
                     }
                 }
@@ -193,6 +194,8 @@ impl KafkaSource {
                         }
                     }
                 }
+                // Read again while its first reading is still queued here: taken already.
+                Err(RouteError::Queue(QueueError::InFlight(_))) => break,
                 Err(e) => {
                     let (r, _) = pending.pop().expect("one left");
                     if !self.dead_letter(r, &e.to_string(), stop).await {
@@ -207,6 +210,7 @@ impl KafkaSource {
 
     /// One record alone: queued, or dead-lettered with why.
     async fn take_one(&self, r: &Record, env: &Envelope, stop: &mut watch::Receiver<bool>) -> bool {
+        let validation_deadline = tokio::time::Instant::now() + VALIDATION_RETRY_FOR;
         loop {
             match forward::accept(self.state.ingest(), vec![env.clone()], false).await {
                 Ok(_) => {
@@ -215,8 +219,13 @@ impl KafkaSource {
                 }
                 // Read again while its first reading is still queued here: taken already.
                 Err(RouteError::Queue(QueueError::InFlight(_))) => return true,
-                Err(RouteError::Queue(e)) if !matches!(e, QueueError::InFlight(_)) => {
+                Err(RouteError::Queue(e)) if e.is_transient() => {
                     if !self.pause(stop, Duration::from_secs(1)).await {
+                        return false;
+                    }
+                }
+                Err(RouteError::Plugin { .. }) if tokio::time::Instant::now() < validation_deadline => {
+                    if !self.pause(stop, Duration::from_secs(2)).await {
                         return false;
                     }
                 }
@@ -276,7 +285,7 @@ impl KafkaSource {
             }
         };
         if env.id.is_none() || !self.state.limits.accept_report_ids {
-            env.id = Some(r.report_id());
+            env.id = Some(r.report_id(&self.cfg.name));
         }
         env.source = Some(format!("kafka:{}", self.cfg.name));
         if !self.cfg.identity_field.is_empty() {
@@ -295,7 +304,7 @@ impl KafkaSource {
     /// takes it (its offset must not move before). False when stopped first.
     async fn dead_letter(&self, r: &Record, reason: &str, stop: &mut watch::Receiver<bool>) -> bool {
         let report = QueuedReport {
-            id: r.report_id(),
+            id: r.report_id(&self.cfg.name),
             received_at_ms: crate::now_ms(),
             payload: String::from_utf8_lossy(&r.value).into_owned(),
             dests: Vec::new(),
@@ -350,6 +359,12 @@ fn identity(record: &str, field: &str) -> Result<Identity, String> {
     };
     let org = text("/identity/internal/org_id").or_else(|| text("/identity/org_id"));
     let account = text("/identity/account_number");
+    if let Some(long) = [&org, &account].into_iter().flatten().find(|v| v.len() > IDENTITY_MAX) {
+        return Err(format!(
+            "an identity value in `{field}` is {} bytes long, more than {IDENTITY_MAX}: not an org id or account number",
+            long.len()
+        ));
+    }
     let mut labels = Vec::new();
     if let Some(o) = &org {
         labels.push(("org_id".to_string(), o.clone()));
@@ -383,7 +398,8 @@ mod tests {
     #[test]
     fn a_record_keeps_its_id_when_read_again() {
         let r = |offset| Record { topic: "t".into(), partition: 1, offset, value: vec![] };
-        assert_eq!(r(5).report_id(), r(5).report_id());
-        assert_ne!(r(5).report_id(), r(6).report_id());
+        assert_eq!(r(5).report_id("a"), r(5).report_id("a"));
+        assert_ne!(r(5).report_id("a"), r(6).report_id("a"));
+        assert_ne!(r(5).report_id("a"), r(5).report_id("b"), "two sources of one topic make two reports");
     }
 }

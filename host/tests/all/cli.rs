@@ -247,3 +247,153 @@ async fn plugin_stdout_and_stderr_reach_the_host_log_bounded() {
     let chatter = log.lines().filter(|l| l.contains("chatter")).count();
     assert!((10..500).contains(&chatter), "{chatter} chatter lines: the output is not bounded");
 }
+
+/// `data-exporter config check FILE [flags]` with only `env` in its environment: (exit code, stdout, stderr).
+fn config_check(file: &std::path::Path, flags: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(file)
+        .args(flags)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn config_check_accepts_the_shipped_configs_and_says_what_they_read_and_write() {
+    let k8s = repo_root().join("deploy/k8s");
+    for (file, flags) in [
+        (repo_root().join("deploy/config/data-exporter.toml"), &[][..]),
+        (k8s.join("base/data-exporter.toml"), &[]),
+        (k8s.join("overlays/scaled/data-exporter.toml"), &["--role", "ingest"]),
+        (k8s.join("overlays/scaled/data-exporter.toml"), &["--role", "deliver"]),
+        (k8s.join("overlays/multi-cluster/edge/data-exporter.toml"), &[]),
+        (k8s.join("overlays/multi-cluster/central/data-exporter.toml"), &[]),
+    ] {
+        let (code, out, err) = config_check(&file, flags, &[]);
+        assert_eq!(code, 0, "{}: {err}", file.display());
+        assert!(out.starts_with(&format!("ok: {}", file.display())), "{out}");
+    }
+    // The summary, as JSON: what the pod must mount, read-only and writable.
+    let (code, out, _) = config_check(&k8s.join("base/data-exporter.toml"), &["--json"], &[]);
+    assert_eq!(code, 0);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (s["ok"].as_bool(), s["role"].as_str(), s["queue"]["backend"].as_str()),
+        (Some(true), Some("all"), Some("embedded"))
+    );
+    assert_eq!(s["admin_loopback"], true);
+    let reads: Vec<&str> = s["reads"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    for key in ["queue.key_file", "admin_token_file", "secrets_dir", "plugins_dir"] {
+        assert!(reads.contains(&key), "{key} not in {reads:?}");
+    }
+    assert_eq!(s["writes"][0], json!({"key": "data_dir", "path": "/var/lib/data-exporter"}));
+
+    // --files reads what the file names, as start-up would: here the Kubernetes paths are absent.
+    let (code, _, err) = config_check(&k8s.join("base/data-exporter.toml"), &["--files"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("admin_token_file") && err.contains("queue key /var/run/secrets"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (key, token) = (dir.path().join("queue.key"), dir.path().join("token"));
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::write(&token, "a-long-enough-admin-token").unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "plugins_dir = {:?}\ndata_dir = {:?}\nadmin_token_file = {:?}\n[queue]\nkey_file = {:?}\n",
+            dir.path().join("plugins"),
+            dir.path().join("data"),
+            token,
+            key
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = config_check(&file, &["--files"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("were not read"), "{out}");
+    assert!(!dir.path().join("data").exists(), "config check created data_dir");
+}
+
+#[test]
+fn config_check_names_a_bad_key_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[queue]\nmax_megabytes = 1\n").unwrap();
+    let (code, out, err) = config_check(&file, &[], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("max_megabytes") && err.contains("queue"), "{err}");
+    // A bad value, named with its key; and the environment is read as `serve` reads it: a
+    // misspelt variable is an unknown key (a Kubernetes service link such as DATA_EXPORTER_PORT,
+    // for a Service named data-exporter, is not configuration and passes).
+    std::fs::write(&file, "[runtime.limits]\noutbound_allow = [\"not a rule\"]\n").unwrap();
+    let (code, _, err) = config_check(&file, &[], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("runtime.limits.outbound_allow") && err.contains("not a rule"), "{err}");
+    std::fs::write(&file, "").unwrap();
+    let (code, _, err) = config_check(&file, &[], &[("DATA_EXPORTER_LISTEN_ADDR", "0.0.0.0:6780")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field") && err.contains("listen_addr"), "{err}");
+    let (code, out, err) = config_check(&file, &[], &[("DATA_EXPORTER_PORT", "tcp://10.0.0.1:6780")]);
+    assert_eq!(code, 0, "a service link is not configuration: {out} {err}");
+    let (code, out, _) = config_check(&file, &["--json"], &[("DATA_EXPORTER_HTTP__TIMEOUT_MS", "soon")]);
+    assert_eq!(code, 1);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["ok"], false);
+    assert!(s["errors"][0].as_str().unwrap().to_lowercase().contains("http.timeout_ms"), "{s}");
+}
+
+#[test]
+fn config_check_refuses_bad_combinations_of_keys_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    // A role that needs a shared queue, on the embedded one: by flag, and by environment.
+    std::fs::write(&file, "[queue]\nbackend = \"embedded\"\n").unwrap();
+    for (flags, env) in [(&["--role", "ingest"][..], &[][..]), (&[], &[("DATA_EXPORTER_ROLE", "deliver")])] {
+        let (code, _, err) = config_check(&file, flags, env);
+        assert_eq!(code, 1);
+        assert!(err.contains("queue.backend = \"kafka\"") && err.contains("--role"), "{err}");
+    }
+    // Kafka without the shared key, a secret origin with a path, a plugin granted `files` with no
+    // directory, and a files_dir inside the host's state: every problem is listed.
+    std::fs::write(
+        &file,
+        "[queue]\nbackend = \"kafka\"\n[secret_origins]\nprod = [\"https://os:9200/index\"]\n\
+         [runtime.plugins.file]\ngrants = [\"files\"]\n[runtime.plugins.other]\ngrants = [\"files\"]\nfiles_dir = \"dlq\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = config_check(&file, &["--role", "deliver"], &[]);
+    assert_eq!(code, 1);
+    for want in [
+        "4 problems",
+        "needs queue.key_file",
+        "secret_origins.prod",
+        "set runtime.plugins.file.files_dir",
+        "runtime.plugins.other.files_dir",
+    ] {
+        assert!(err.contains(want), "{want} not in {err}");
+    }
+    // A librdkafka property it does not know, named without its value; one that names a file is
+    // listed as read, and read only with --files.
+    std::fs::write(
+        &file,
+        "[queue]\nbackend = \"kafka\"\nkey_file = \"/k\"\n[queue.kafka.properties]\n\"securty.protocol\" = \"hunter2\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = config_check(&file, &[], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("queue.kafka.properties") && err.contains("securty.protocol"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    std::fs::write(
+        &file,
+        "[queue]\nbackend = \"kafka\"\nkey_file = \"/k\"\n[queue.kafka.properties]\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = config_check(&file, &["--role", "ingest"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queue.kafka.properties.ssl.ca.location /nonexistent/ca.pem"), "{out}");
+}

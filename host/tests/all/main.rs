@@ -14,6 +14,7 @@ mod input;
 mod kafka;
 mod kafka_dlq;
 mod kafka_source;
+mod kafka_tls;
 mod logs;
 mod messaging;
 mod plugins;

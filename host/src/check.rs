@@ -1,0 +1,418 @@
+//! `data-exporter config check`: the checks start-up makes of a configuration, without starting
+//! anything and without the network.
+
+use super::CheckArgs;
+use data_exporter::capabilities::messaging::Topics;
+use data_exporter::capabilities::outbound::Policy;
+use data_exporter::capabilities::secrets::{Origin, SecretStore};
+use data_exporter::config::{Config, QueueBackend, RecordFormat, Role};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Capabilities a plugin may be granted (`runtime.limits.grants`).
+const CAPABILITIES: [&str; 4] = ["http", "log", "files", "messaging"];
+
+/// What one check found: problems that stop start-up (or the loading of a plugin), and
+/// warnings; what the configuration reads and writes.
+#[derive(Default)]
+struct Findings {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    /// (key, path) of files and directories read.
+    reads: Vec<(String, PathBuf)>,
+    /// (key, path) of directories written.
+    writes: Vec<(String, PathBuf)>,
+}
+
+impl Findings {
+    fn error(&mut self, e: impl Into<String>) {
+        self.errors.push(e.into());
+    }
+    fn read(&mut self, key: impl Into<String>, path: &Path) {
+        self.reads.push((key.into(), path.to_path_buf()));
+    }
+}
+
+/// Run the check; the exit status (0 ok, 1 a problem).
+pub fn run(args: CheckArgs) -> i32 {
+    let CheckArgs { file, mut serve, files, json } = args;
+    if file.is_some() {
+        serve.config = file;
+    }
+    let Some(path) = serve.config.clone() else {
+        return report_errors(
+            json,
+            "",
+            vec![
+                "name the config file: `data-exporter config check FILE` (or --config FILE, DATA_EXPORTER_CONFIG)"
+                    .to_string(),
+            ],
+            vec![],
+        );
+    };
+    let shown = path.display().to_string();
+    let cfg = match serve.load() {
+        Ok(cfg) => cfg,
+        Err(e) => return report_errors(json, &shown, vec![format!("{e:#}")], vec![]),
+    };
+    let mut f = Findings::default();
+    check(&cfg, files, &mut f);
+    if files {
+        read_files(&cfg, &mut f);
+    }
+    if !f.errors.is_empty() {
+        return report_errors(json, &shown, f.errors, f.warnings);
+    }
+    let summary = summary(&cfg, &shown, &f, files);
+    if json {
+        println!("{summary}");
+    } else {
+        print_summary(&summary);
+        for w in &f.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    0
+}
+
+fn report_errors(json: bool, file: &str, errors: Vec<String>, warnings: Vec<String>) -> i32 {
+    if json {
+        println!("{}", json!({ "ok": false, "file": file, "errors": errors, "warnings": warnings }));
+    } else {
+        let n = errors.len();
+        eprintln!("error: {file}: {n} problem{}", if n == 1 { "" } else { "s" });
+        for e in &errors {
+            eprintln!("  - {e}");
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    1
+}
+
+/// Everything start-up checks that needs no network; the files the configuration names are
+/// read only with `files` (`--files`; see also `read_files`).
+fn check(cfg: &Config, files: bool, f: &mut Findings) {
+    let backend = cfg.queue.backend();
+    // As `build` does: plugin directories apart from the host's state and from each other.
+    let runtime = cfg.runtime.with_files_under(&cfg.data_dir);
+    if let Err(e) = runtime.check_files_dirs(&cfg.data_dir, &cfg.plugins_dir) {
+        f.error(e);
+    }
+    // As `queue::open` and `build` do.
+    if cfg.role != Role::All && backend != QueueBackend::Kafka {
+        f.error(format!(
+            "role = \"{}\" (--role) needs a queue that processes share: set queue.backend = \"kafka\" (the \
+             {} queue lives in one process)",
+            cfg.role,
+            format!("{backend:?}").to_lowercase()
+        ));
+    }
+    if backend == QueueBackend::Kafka {
+        if cfg.queue.key_file.is_none() {
+            f.error(
+                "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
+                 destination configs with the same key (32 random bytes, mounted from a Secret)",
+            );
+        }
+        let k = &cfg.queue.kafka;
+        librdkafka("queue.kafka", &k.properties, &k.properties_from_files, files, f);
+    }
+    if let Some(k) = &cfg.queue.key_file {
+        f.read("queue.key_file", k);
+    }
+    if let Some(t) = &cfg.admin_token_file {
+        f.read("admin_token_file", t);
+    }
+    // As `SecretStore::new` does at start-up.
+    if let Err(e) = SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins) {
+        f.error(e);
+    }
+    if let Some(d) = &cfg.secrets_dir {
+        f.read("secrets_dir", d);
+    }
+    for o in &cfg.http.client_cert_origins {
+        if let Err(e) = Origin::parse(o) {
+            f.error(format!("http.client_cert_origins: {e}"));
+        }
+    }
+    match (&cfg.http.client_cert_file, &cfg.http.client_key_file) {
+        (Some(c), Some(k)) => {
+            f.read("http.client_cert_file", c);
+            f.read("http.client_key_file", k);
+        }
+        (None, None) => {}
+        _ => f.error("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
+    }
+    if let Some(ca) = &cfg.http.ca_file {
+        f.read("http.ca_file", ca);
+    }
+    f.read("plugins_dir", &cfg.plugins_dir);
+    f.writes.push(("data_dir".into(), cfg.data_dir.clone()));
+    plugins(cfg, &runtime, files, f);
+    sources(cfg, files, f);
+}
+
+/// Per-plugin settings, as loading a plugin checks them.
+fn plugins(cfg: &Config, runtime: &data_exporter::config::RuntimeConfig, files: bool, f: &mut Findings) {
+    let sections = std::iter::once(("runtime.limits".to_string(), None))
+        .chain(runtime.plugins.keys().map(|id| (format!("runtime.plugins.{id}"), Some(id.as_str()))));
+    for (section, id) in sections {
+        let rules = match id {
+            Some(id) => runtime.plugins[id].outbound_allow.as_ref(),
+            None => Some(&runtime.limits.outbound_allow),
+        };
+        if let Some(rules) = rules
+            && let Err(e) = Policy::parse(id.unwrap_or("*"), rules, Default::default())
+        {
+            f.error(format!("{section}.outbound_allow: {e}"));
+        }
+        let limits = match id {
+            Some(id) => runtime.limits_for(id),
+            None => runtime.limits.clone(),
+        };
+        for g in limits.grants.iter().filter(|g| !CAPABILITIES.contains(&g.as_str())) {
+            f.warnings.push(format!(
+                "{section}.grants: `{g}` is no capability (they are {}); it grants nothing",
+                CAPABILITIES.join(", ")
+            ));
+        }
+        let Some(id) = id else {
+            continue;
+        };
+        let granted = |cap: &str| limits.grants.iter().any(|g| g == cap);
+        if granted("files") {
+            match &limits.files_dir {
+                Some(d) => f.writes.push((format!("{section}.files_dir"), d.clone())),
+                None => f.error(format!(
+                    "plugin file `{id}.wasm` is granted `files` but has no directory: set {section}.files_dir"
+                )),
+            }
+        }
+        match (granted("messaging"), runtime.messaging_for(id)) {
+            (true, None) => f.error(format!(
+                "plugin file `{id}.wasm` is granted `messaging` but has no broker: set {section}.messaging \
+                 (brokers, topics)"
+            )),
+            (true, Some(m)) => {
+                let section = format!("{section}.messaging");
+                if m.brokers.trim().is_empty() {
+                    f.error(format!("{section}.brokers is empty: set host:port,..."));
+                }
+                if let Err(e) = Topics::parse(&m.topics) {
+                    f.error(format!("{section}.topics {e}"));
+                }
+                if m.timeout_ms == 0 || m.timeout_ms >= limits.call_timeout_ms {
+                    f.error(format!(
+                        "{section}.timeout_ms ({}) must be above 0 and below the plugin's call_timeout_ms ({}), \
+                         so that a publish ends before the call does",
+                        m.timeout_ms, limits.call_timeout_ms
+                    ));
+                }
+                if m.max_message_bytes == 0 {
+                    f.error(format!("{section}.max_message_bytes must be above 0"));
+                }
+                librdkafka(&section, &m.properties, &m.properties_from_files, files, f);
+            }
+            (false, Some(_)) => f.warnings.push(format!(
+                "{section}.messaging is set but `messaging` is not in the plugin's grants: it is unused"
+            )),
+            (false, None) => {}
+        }
+    }
+    for (name, pin) in &cfg.runtime.pins {
+        if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
+            f.warnings
+                .push(format!("runtime.pins.\"{name}\" is not a sha256 in hex (64 characters): no file will match it"));
+        }
+    }
+}
+
+/// Kafka sources, as opening them checks (they run where the process ingests).
+fn sources(cfg: &Config, files: bool, f: &mut Findings) {
+    if !cfg.role.ingests() && !cfg.sources.kafka.is_empty() {
+        f.warnings.push(format!(
+            "sources.kafka is set but role = \"{}\" takes no reports: the sources do not run here",
+            cfg.role
+        ));
+        return;
+    }
+    for s in &cfg.sources.kafka {
+        let section = format!("sources.kafka `{}`", s.name);
+        if s.topics.is_empty() {
+            f.error(format!("{section}: `topics` is empty: name the topics to consume"));
+        }
+        if s.format == RecordFormat::Payload && s.destinations.is_empty() {
+            f.error(format!(
+                "{section}: format = \"payload\" needs `destinations` (consumer key -> destination), since the \
+                 records do not say where they go"
+            ));
+        }
+        librdkafka(&format!("sources.kafka.{}", s.name), &s.properties, &s.properties_from_files, files, f);
+    }
+}
+
+/// librdkafka properties that name a file (read when the client is created).
+fn names_a_file(property: &str) -> bool {
+    property.ends_with(".location") || property == "sasl.kerberos.keytab" || property == "plugin.library.paths"
+}
+
+/// Whether this build's librdkafka takes `properties` and `from_files` (names, and values
+/// such as a security protocol or SASL mechanism it was built without), as creating the
+/// client at start-up checks them. The client names no broker, so it connects nowhere. The
+/// files named (`*.location` properties, `properties_from_files`) are read only with
+/// `--files`; without, those properties are left out and listed as reads.
+fn librdkafka(
+    section: &str,
+    properties: &BTreeMap<String, String>,
+    from_files: &BTreeMap<String, PathBuf>,
+    files: bool,
+    f: &mut Findings,
+) {
+    let mut c = rdkafka::ClientConfig::new();
+    for (k, v) in properties {
+        if names_a_file(k) {
+            f.read(format!("{section}.properties.{k}"), Path::new(v));
+            if !files {
+                continue;
+            }
+        }
+        c.set(k, v);
+    }
+    for (k, path) in from_files {
+        f.read(format!("{section}.properties_from_files.{k}"), path);
+        if files {
+            match std::fs::read_to_string(path) {
+                Ok(v) => {
+                    c.set(k, v.trim());
+                }
+                Err(e) => {
+                    f.error(format!("{section}.properties_from_files.{k}: reading {} failed ({e})", path.display()))
+                }
+            }
+        }
+        if c.get(k).is_none() && !k.ends_with(".pem") {
+            // Unread (or unreadable), it is still set (a SASL password, say), as at
+            // start-up; PEM content would be parsed, so that is left out.
+            c.set(k, "not-read");
+        }
+    }
+    if c.config_map().is_empty() {
+        return;
+    }
+    match c.create::<rdkafka::producer::BaseProducer>() {
+        Ok(_) => {}
+        // Never the value: it may be a credential.
+        Err(rdkafka::error::KafkaError::ClientConfig(_, _, key, _)) => f.error(format!(
+            "{section}.properties: librdkafka refused the property `{key}` (an unknown name, or a value this \
+             build does not support)"
+        )),
+        Err(e) => f.error(format!("{section}.properties: {e}")),
+    }
+}
+
+/// `--files`: read what the configuration names, as start-up does.
+fn read_files(cfg: &Config, f: &mut Findings) {
+    if let Some(t) = &cfg.admin_token_file
+        && let Err(e) = data_exporter::server::AdminToken::load(Some(t), &cfg.data_dir)
+    {
+        f.error(format!("{e:#}"));
+    }
+    if let Some(k) = &cfg.queue.key_file
+        && let Err(e) = data_exporter::queue::crypto::Sealer::load(Some(k), &cfg.data_dir)
+    {
+        f.error(format!("queue.key_file: {e:#}"));
+    }
+    if let Err(e) = data_exporter::capabilities::http::HttpCapability::new(&cfg.http) {
+        f.error(format!("{e:#}"));
+    }
+    for (key, dir) in [("plugins_dir", Some(&cfg.plugins_dir)), ("secrets_dir", cfg.secrets_dir.as_ref())] {
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            f.error(format!("{key} {} is not a directory", dir.display()));
+        }
+    }
+    if !cfg.data_dir.exists() {
+        // start-up creates it: its parent must be writable.
+        let parent = cfg.data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            f.error(format!("data_dir {}: its parent {} does not exist", cfg.data_dir.display(), parent.display()));
+        }
+    }
+}
+
+fn summary(cfg: &Config, file: &str, f: &Findings, files_read: bool) -> Value {
+    let pairs = |list: &[(String, PathBuf)]| {
+        list.iter().map(|(k, p)| json!({ "key": k, "path": p.display().to_string() })).collect::<Vec<_>>()
+    };
+    let backend = cfg.queue.backend();
+    json!({
+        "ok": true,
+        "file": file,
+        "role": cfg.role.to_string(),
+        "queue": {
+            "backend": format!("{backend:?}").to_lowercase(),
+            "max_bytes": cfg.queue.max_bytes,
+            "kafka": (backend == QueueBackend::Kafka).then(|| json!({
+                "brokers": cfg.queue.kafka.brokers,
+                "topic": cfg.queue.kafka.topic,
+                "dead_letter_topic": cfg.queue.kafka.dead_letter_topic,
+                "group": cfg.queue.kafka.group,
+            })),
+        },
+        "listen": cfg.listen.to_string(),
+        "admin_listen": cfg.admin_listen.to_string(),
+        "admin_loopback": cfg.admin_listen.ip().is_loopback(),
+        "shutdown_grace_ms": cfg.shutdown_grace_ms,
+        "data_dir": cfg.data_dir.display().to_string(),
+        "plugins_dir": cfg.plugins_dir.display().to_string(),
+        "reload_poll_ms": cfg.runtime.reload_poll_ms,
+        "accept_report_ids": cfg.limits.accept_report_ids,
+        "plugin_settings": cfg.runtime.plugins.keys().collect::<Vec<_>>(),
+        "sources": cfg.sources.kafka.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "reads": pairs(&f.reads),
+        "writes": pairs(&f.writes),
+        "files_read": files_read,
+        "warnings": f.warnings,
+    })
+}
+
+fn print_summary(s: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let list = |v: &Value| {
+        let items: Vec<String> =
+            v.as_array().into_iter().flatten().map(|e| format!("{} {}", text(&e["key"]), text(&e["path"]))).collect();
+        if items.is_empty() { "-".to_string() } else { items.join(", ") }
+    };
+    let q = &s["queue"];
+    let queue = match q["kafka"].as_object() {
+        Some(k) => format!(
+            "kafka topic {} (dead letters {}, group {}) at {}",
+            text(&k["topic"]),
+            text(&k["dead_letter_topic"]),
+            text(&k["group"]),
+            text(&k["brokers"])
+        ),
+        None => format!("{} in {}, {} bytes at most", text(&q["backend"]), text(&s["data_dir"]), q["max_bytes"]),
+    };
+    println!("ok: {}", text(&s["file"]));
+    println!("  role      {}; queue: {queue}", text(&s["role"]));
+    println!(
+        "  listen    {}; admin API {}{}",
+        text(&s["listen"]),
+        text(&s["admin_listen"]),
+        if s["admin_loopback"].as_bool() == Some(true) { " (loopback)" } else { " (NOT loopback: keep it private)" }
+    );
+    println!("  plugins   {} (polled every {} ms)", text(&s["plugins_dir"]), s["reload_poll_ms"]);
+    if s["accept_report_ids"].as_bool() == Some(true) {
+        println!("  ids       producers' report ids are kept (limits.accept_report_ids): relays only");
+    }
+    println!("  reads     {}", list(&s["reads"]));
+    println!("  writes    {}", list(&s["writes"]));
+    if s["files_read"].as_bool() != Some(true) {
+        println!("  (the files named were not read: --files reads them, where they are mounted)");
+    }
+}

@@ -1,0 +1,120 @@
+//! Kafka client settings, one place for every part that talks to a cluster: the queue backend,
+//! the dead-letter topic, the sources and the `messaging` capability.
+//!
+//! The operator's librdkafka `properties` (and those read from files: secrets) come first; the
+//! settings a promise depends on (acknowledgement by every in-sync replica, idempotence, manual
+//! offset storing) are set after them and win; tuning defaults are set only where the operator
+//! set nothing. Errors never show a property's value: it may be a credential.
+
+use rdkafka::config::{ClientConfig, FromClientConfig};
+use rdkafka::error::KafkaError;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Bootstrap brokers and the operator's librdkafka properties; `section` names the config
+/// section in errors (`queue.kafka`, `sources.kafka.<name>`, ...).
+pub fn client_config(
+    section: &str,
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    from_files: &BTreeMap<String, PathBuf>,
+) -> Result<ClientConfig, String> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    for (k, path) in from_files {
+        let v = std::fs::read_to_string(path)
+            .map_err(|e| format!("{section}.properties_from_files.{k}: reading {} failed ({e})", path.display()))?;
+        c.set(k, v.trim());
+    }
+    Ok(c)
+}
+
+fn default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+/// A producer whose acknowledgement means stored: `acks=all`, idempotent, giving up after
+/// `timeout_ms`; messages up to `max_message_bytes`.
+pub fn idempotent_producer(mut c: ClientConfig, timeout_ms: u64, max_message_bytes: usize) -> ClientConfig {
+    // librdkafka's own cap (per request) must not be below ours.
+    default(&mut c, "message.max.bytes", &(max_message_bytes + 64 * 1024).max(1_000_000).to_string());
+    // A few ms of batching: far less CPU than librdkafka polling for each tiny request.
+    default(&mut c, "linger.ms", "5");
+    default(&mut c, "reconnect.backoff.max.ms", "1000");
+    c.set("acks", "all").set("enable.idempotence", "true").set("message.timeout.ms", timeout_ms.to_string());
+    c
+}
+
+/// A consumer in `group` that stores offsets only when told (`store_offset`), commits them
+/// every `commit_interval_ms`, and starts a new group at the earliest record.
+pub fn group_consumer(
+    mut c: ClientConfig,
+    group: &str,
+    session_timeout_ms: u64,
+    commit_interval_ms: u64,
+) -> ClientConfig {
+    default(&mut c, "session.timeout.ms", &session_timeout_ms.to_string());
+    default(&mut c, "heartbeat.interval.ms", &(session_timeout_ms / 3).max(100).to_string());
+    default(&mut c, "fetch.wait.max.ms", "100");
+    // A consumer waits (for room to lease, for a full queue) without polling: an hour before
+    // the group takes its partitions away, not librdkafka's five minutes.
+    default(&mut c, "max.poll.interval.ms", "3600000");
+    default(&mut c, "reconnect.backoff.max.ms", "1000");
+    c.set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", commit_interval_ms.to_string())
+        .set("auto.offset.reset", "earliest");
+    c
+}
+
+/// Create a client; an error names the refused property, never its value.
+pub fn create<T: FromClientConfig>(c: &ClientConfig, section: &str, what: &str) -> Result<T, String> {
+    c.create().map_err(|e| refused(e, section, what))
+}
+
+/// Why creating a Kafka `what` failed, without a property's value (it may be a credential,
+/// and librdkafka's message may quote it).
+pub fn refused(e: KafkaError, section: &str, what: &str) -> String {
+    match e {
+        KafkaError::ClientConfig(_, _, key, _) => format!(
+            "{section}: librdkafka refused the property `{key}` (an unknown name, or a value this build does not \
+             support); its value is not shown"
+        ),
+        e => format!("{section}: creating the Kafka {what} failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::FutureProducer;
+
+    #[test]
+    fn a_refused_property_is_named_and_its_value_never_shown() {
+        let props = BTreeMap::from([("sasl.password".to_string(), "hunter2-secret".to_string())]);
+        let mut c = client_config("queue.kafka", "127.0.0.1:1", &props, &BTreeMap::new()).unwrap();
+        c.set("no.such.property", "hunter2-secret");
+        let e = create::<FutureProducer>(&c, "queue.kafka", "producer").err().expect("refused");
+        assert!(e.contains("no.such.property") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn promises_win_over_properties_and_tuning_yields_to_them() {
+        let props = BTreeMap::from([
+            ("acks".to_string(), "0".to_string()),
+            ("enable.auto.offset.store".to_string(), "true".to_string()),
+            ("linger.ms".to_string(), "50".to_string()),
+        ]);
+        let base = client_config("s", "b:1", &props, &BTreeMap::new()).unwrap();
+        let p = idempotent_producer(base.clone(), 1000, 10);
+        assert_eq!((p.get("acks"), p.get("linger.ms")), (Some("all"), Some("50")));
+        let c = group_consumer(base, "g", 6000, 500);
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+}
