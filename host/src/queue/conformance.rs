@@ -255,7 +255,7 @@ async fn a_given_id_in_flight_is_refused_not_stored_twice(backend: QueueBackend)
 }
 
 macro_rules! suite {
-    ($name:ident, $backend:expr) => {
+    ($name:ident, $backend:expr $(, $durable:ident)?) => {
         mod $name {
             use super::*;
 
@@ -268,18 +268,6 @@ macro_rules! suite {
                 keeps_the_order_of_each_append($backend).await
             }
             #[tokio::test(flavor = "multi_thread")]
-            async fn restart() {
-                if $backend != QueueBackend::Memory {
-                    a_restart_leases_again_what_was_not_acknowledged_and_only_that($backend).await
-                }
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn crash() {
-                if $backend != QueueBackend::Memory {
-                    a_crash_loses_nothing_unacknowledged($backend).await
-                }
-            }
-            #[tokio::test(flavor = "multi_thread")]
             async fn capacity() {
                 capacity_is_bounded($backend).await
             }
@@ -287,10 +275,22 @@ macro_rules! suite {
             async fn given_ids() {
                 a_given_id_in_flight_is_refused_not_stored_twice($backend).await
             }
+            $(suite!(@$durable $backend);)?
+        }
+    };
+    // What only a durable backend promises.
+    (@durable $backend:expr) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn restart() {
+            a_restart_leases_again_what_was_not_acknowledged_and_only_that($backend).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn crash() {
+            a_crash_loses_nothing_unacknowledged($backend).await
         }
     };
 }
 
-suite!(embedded, QueueBackend::Embedded);
+suite!(embedded, QueueBackend::Embedded, durable);
 suite!(memory, QueueBackend::Memory);
-suite!(kafka, QueueBackend::Kafka);
+suite!(kafka, QueueBackend::Kafka, durable);
