@@ -863,8 +863,14 @@ fn service_link(key: &str) -> bool {
             && parts.next().is_none_or(|p| ["addr", "port", "proto"].contains(&p))
             && parts.next().is_none()
     };
-    let link = |k: &str| {
+    // `<name>_PORT` itself holds a URL (`tcp://10.0.0.7:6780`): a misspelt setting does not.
+    let url_port = |k: &str| {
         k == "port"
+            && std::env::var(format!("DATA_EXPORTER_{}", key.to_ascii_uppercase()))
+                .is_ok_and(|v| ["tcp://", "udp://", "sctp://"].iter().any(|p| v.starts_with(p)))
+    };
+    let link = |k: &str| {
+        url_port(k)
             || k == "service_host"
             || k == "service_port"
             || k.strip_prefix("service_port_").is_some_and(|n| !n.is_empty())
@@ -997,6 +1003,9 @@ mod tests {
             assert_eq!(c.shutdown_grace_ms, 1234, "real settings still apply");
             // A misspelt setting is still refused.
             jail.set_env("DATA_EXPORTER_PORTS", "1");
+            assert!(Config::load(None, &Overrides::default()).is_err());
+            jail.set_env("DATA_EXPORTER_PORTS", "tcp://x:1"); // (not a service-link name either)
+            jail.set_env("DATA_EXPORTER_ADMIN_PORT", "6781"); // a guess at a setting, not a link
             assert!(Config::load(None, &Overrides::default()).is_err());
             Ok(())
         });

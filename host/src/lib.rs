@@ -29,7 +29,7 @@ pub fn now_ms() -> u64 {
 const KEEP_FINISHED: usize = 20_000;
 /// Reports whose state it knows at all: an ingest process (or one of several sharing a Kafka
 /// queue) never learns how the reports another process delivers end.
-const KEEP_TRACKED: usize = 200_000;
+const KEEP_TRACKED: usize = 500_000;
 
 /// A running host: the routers' state and what shutdown needs.
 pub struct Host {

@@ -1,8 +1,9 @@
 //! Where each report stands, per consumer, for `GET /reports/{id}` and `POST /forward?wait=`.
 //!
-//! Held in memory: pending reports always, finished ones up to a bound (the
-//! oldest finished are forgotten first). Dead letters can always be found in
-//! the dead-letter store.
+//! Held in memory, bounded: finished reports up to one bound (the oldest finished are forgotten
+//! first), all reports up to a larger one (past it the oldest are forgotten whatever their state:
+//! a process sharing a Kafka queue never learns how the reports others deliver end). The queue,
+//! not this book, decides what is delivered; dead letters can always be found in their store.
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -58,6 +59,8 @@ impl ConsumerState {
 }
 
 struct Entry {
+    /// Which tracking slot is this entry's (an id tracked again gets a new one).
+    slot: u64,
     consumers: BTreeMap<String, ConsumerState>,
     /// Made only when someone waits (`?wait=`): most reports are never watched.
     done: Option<watch::Sender<bool>>,
@@ -70,8 +73,9 @@ pub struct StatusBook {
     keep_finished: usize,
     /// Every id as it was first tracked: past `keep_tracked`, the oldest are forgotten
     /// whatever their state (reports another process delivers never finish here).
-    tracked: Mutex<VecDeque<Uuid>>,
+    tracked: Mutex<VecDeque<(Uuid, u64)>>,
     keep_tracked: usize,
+    slots: std::sync::atomic::AtomicU64,
 }
 
 impl StatusBook {
@@ -84,26 +88,28 @@ impl StatusBook {
             keep_finished,
             tracked: Mutex::new(VecDeque::new()),
             keep_tracked: keep_tracked.max(keep_finished),
+            slots: Default::default(),
         }
     }
 
     /// Track a report with these consumers (replaces an older entry with the same id).
     pub fn insert(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
         let all_final = consumers.values().all(ConsumerState::is_final);
-        if self.map.insert(id, Entry { consumers, done: None }).is_none() {
-            self.track(id);
-        }
+        let slot = self.slots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.map.insert(id, Entry { slot, consumers, done: None });
+        self.track(id, slot);
         if all_final {
             self.retire(id);
         }
     }
 
-    fn track(&self, id: Uuid) {
+    fn track(&self, id: Uuid, slot: u64) {
         let mut t = self.tracked.lock().unwrap();
-        t.push_back(id);
+        t.push_back((id, slot));
         while t.len() > self.keep_tracked {
-            if let Some(old) = t.pop_front() {
-                self.map.remove(&old);
+            if let Some((old, slot)) = t.pop_front() {
+                // Only the entry that slot was for: the id may have been tracked again since.
+                self.map.remove_if(&old, |_, e| e.slot == slot);
             }
         }
     }
@@ -115,8 +121,9 @@ impl StatusBook {
         let finished = match self.map.entry(id) {
             Slot::Vacant(v) => {
                 let fin = consumers.values().all(ConsumerState::is_final);
-                v.insert(Entry { consumers, done: None });
-                self.track(id);
+                let slot = self.slots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                v.insert(Entry { slot, consumers, done: None });
+                self.track(id, slot);
                 fin
             }
             Slot::Occupied(mut o) => {

@@ -162,7 +162,7 @@ impl FileStore {
         d.destination(&self.sealer)
     }
 
-    /// Remove and return the dead letters of `ids` (all when `None`) as
+    /// The dead letters of `ids` (all when `None`), with their files (left in place), as
     /// reports ready to queue again (same id, one destination each).
     pub fn take(&self, ids: Option<&[Uuid]>) -> Vec<(QueuedReport, PathBuf)> {
         let mut out = Vec::new();

@@ -217,11 +217,20 @@ impl Requeue<'_> {
             return Err(ReplayError::UnknownConsumer { consumer, id: report.id, replayed });
         }
         let id = report.id;
-        self.status.insert(id, BTreeMap::from([(consumer, ConsumerState::Queued)]));
+        // Queued before delivery can start, without touching the report's other consumers (a
+        // refused replay puts the state back).
+        let before = self.status.get(id).and_then(|c| c.get(&consumer).cloned());
+        self.status.merge(id, BTreeMap::from([(consumer.clone(), ConsumerState::Queued)]));
+        self.status.set(id, &consumer, ConsumerState::Queued);
         // As a relay's report: refused while the same id is still queued here.
-        self.queue.append(vec![report], true).await.map_err(|error| match error {
-            crate::queue::QueueError::InFlight(id) => ReplayError::InFlight { id, replayed },
-            error => ReplayError::Queue { error, replayed },
+        self.queue.append(vec![report], true).await.map_err(|error| {
+            if let Some(state) = before {
+                self.status.set(id, &consumer, state);
+            }
+            match error {
+                crate::queue::QueueError::InFlight(id) => ReplayError::InFlight { id, replayed },
+                error => ReplayError::Queue { error, replayed },
+            }
         })
     }
 }

@@ -74,8 +74,19 @@ impl TopicStore {
         attempts: u32,
         now_ms: u64,
     ) -> Result<(), DlqError> {
-        let letter = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
-        let json = serde_json::to_vec(&letter).expect("a dead letter serialises");
+        let mut letter = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
+        let mut json = serde_json::to_vec(&letter).expect("a dead letter serialises");
+        if json.len() > self.cfg.max_message_bytes {
+            // A report near the queue's limit grows as JSON (escaping, the sealed destination):
+            // kept without its payload rather than never stored.
+            tracing::error!(report = %report.id, bytes = json.len(), "a dead letter is too large for the dead-letter topic: stored without its payload");
+            letter.reason = format!(
+                "{reason} (its payload, {} bytes, is too large for the dead-letter topic and was not kept)",
+                report.payload.len()
+            );
+            letter.payload = "null".into();
+            json = serde_json::to_vec(&letter).expect("a dead letter serialises");
+        }
         let key = report.id.to_string();
         let record = FutureRecord::to(&self.cfg.dead_letter_topic).key(&key).payload(&json);
         let delivery = self.queue.producer().send_result(record).map_err(|(e, _)| self.error(e))?;

@@ -84,8 +84,9 @@ impl Sealer {
         };
         let bytes = std::fs::read(&path).with_context(|| format!("reading the queue key {}", path.display()))?;
         let mode = std::fs::metadata(&path)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the queue key is readable by others: chmod 600 it");
+        // Group-readable is how Kubernetes mounts a Secret for a pod's fsGroup.
+        if mode & 0o007 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the queue key is readable by every user: chmod 600 (or 640) it");
         }
         let key: [u8; 32] = match bytes.len() {
             32 => bytes.try_into().expect("length checked"),

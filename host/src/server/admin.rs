@@ -97,8 +97,9 @@ impl AdminToken {
         }
         if let Ok(meta) = std::fs::metadata(&path) {
             let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the admin token file is readable by others: chmod 600 it");
+            // Group-readable is how Kubernetes mounts a Secret for a pod's fsGroup.
+            if mode & 0o007 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the admin token file is readable by every user: chmod 600 (or 640) it");
             }
         }
         Ok(AdminToken::new(token, source))

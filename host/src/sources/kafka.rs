@@ -189,7 +189,7 @@ impl KafkaSource {
                 Err(_) if pending.len() > 1 => {
                     // One record spoils the batch: take them one by one to find it.
                     for (r, env) in std::mem::take(&mut pending) {
-                        if !self.take_one(r, &env, stop).await {
+                        if !self.take_one(r, &env, validation_deadline, stop).await {
                             return false;
                         }
                     }
@@ -209,8 +209,13 @@ impl KafkaSource {
     }
 
     /// One record alone: queued, or dead-lettered with why.
-    async fn take_one(&self, r: &Record, env: &Envelope, stop: &mut watch::Receiver<bool>) -> bool {
-        let validation_deadline = tokio::time::Instant::now() + VALIDATION_RETRY_FOR;
+    async fn take_one(
+        &self,
+        r: &Record,
+        env: &Envelope,
+        validation_deadline: tokio::time::Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
         loop {
             match forward::accept(self.state.ingest(), vec![env.clone()], false).await {
                 Ok(_) => {
