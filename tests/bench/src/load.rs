@@ -47,6 +47,9 @@ pub struct Outcome {
     pub shed: u64,
     /// Other statuses (a failure of the run).
     pub other: u64,
+    /// 2xx answers over the whole run, warm-up and the answers that came after the measured
+    /// window included: every report the server took.
+    pub accepted_all: u64,
     /// Length of the measured window.
     pub elapsed: Duration,
     /// Median latency of measured requests, microseconds.
@@ -87,7 +90,7 @@ pub async fn run(load: Load) -> anyhow::Result<Outcome> {
             stream.set_nodelay(true)?;
             let mut buf = Vec::with_capacity(64 * 1024);
             let mut lat = Vec::new();
-            let (mut ok, mut shed, mut other) = (0u64, 0u64, 0u64);
+            let (mut ok, mut shed, mut other, mut accepted_all) = (0u64, 0u64, 0u64, 0u64);
             let mut due = start + offset.unwrap_or_default();
             loop {
                 if measure_until.is_some_and(|u| Instant::now() >= u) {
@@ -111,6 +114,9 @@ pub async fn run(load: Load) -> anyhow::Result<Outcome> {
                 stream.write_all(&requests(n)).await?;
                 let status = read_response(&mut stream, &mut buf).await?;
                 let done = Instant::now();
+                if (200..300).contains(&status) {
+                    accepted_all += 1;
+                }
                 if sent >= measure_from && measure_until.is_none_or(|u| done <= u) {
                     lat.push(done.duration_since(sent).as_micros() as u64);
                     match status {
@@ -123,14 +129,15 @@ pub async fn run(load: Load) -> anyhow::Result<Outcome> {
                     due += interval;
                 }
             }
-            anyhow::Ok((lat, ok, shed, other))
+            anyhow::Ok((lat, ok, shed, other, accepted_all))
         }));
     }
     let mut lat = Vec::new();
     let mut out = Outcome::default();
     for t in tasks {
-        let (l, ok, shed, other) = t.await??;
+        let (l, ok, shed, other, accepted_all) = t.await??;
         lat.extend(l);
+        out.accepted_all += accepted_all;
         out.ok += ok;
         out.shed += shed;
         out.other += other;

@@ -8,15 +8,25 @@
 //! - end to end: reports from `/forward` until acknowledged downstream, into the OpenSearch-API
 //!   server (vs. bulk-loading the same documents into it directly) and into the minimal `_bulk`
 //!   acknowledger (vs. the ingest baseline);
+//! - kafka: end to end into the acknowledger through the embedded queue (one `--role all`
+//!   process) and through Kafka (`--role ingest` + one or two `--role deliver` processes in one
+//!   consumer group), in turns: reports/s and CPU per report of each process and of the broker
+//!   (`DX_KAFKA_BROKERS`; `make bench` starts one);
+//! - pipeline: topic -> one `--role all` process (a Kafka source, `format = "payload"`, to the
+//!   `kafka` plugin) -> topic, records/s and CPU per record, next to the embedded path
+//!   (`/forward` -> acknowledger) in the same run (`DX_KAFKA_BROKERS`);
 //! - overload: a stuck downstream and many connections: memory stays bounded, excess is shed 503;
-//! - scale: the Kafka topology at 1M reports/s, sized from this run's CPU per report and checked
-//!   by the simulation in `dx_bench::scale` (spread vs keyed partitions, losing a delivery pod);
+//! - scale: the Kafka topology at 1M reports/s, sized from this run's CPU per report (Kafka's
+//!   share from the `kafka` scenario) and checked by the simulation in `dx_bench::scale` (spread
+//!   vs keyed partitions, losing a delivery pod);
 //! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache.
 
 use dx_bench::load::{self, Load, Stop};
-use dx_bench::process::{Server, cpu_seconds_of, free_addr, get};
+use dx_bench::process::{Server, cpu_seconds_of, free_addr, get, metric_sum, pid_listening_on, process_name};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -54,9 +64,15 @@ struct Host {
 }
 
 fn host(p: &Paths, data: &Path, env: &[(&str, &str)]) -> anyhow::Result<Host> {
+    host_with(p, data, &[], env)
+}
+
+/// `data-exporter serve` with further arguments (e.g. `--role deliver`).
+fn host_with(p: &Paths, data: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Host> {
     let addr = free_addr();
     let mut cmd = Command::new(p.tool("data-exporter"));
     cmd.args(["serve", "--listen", &addr.to_string(), "--admin-listen", &free_addr().to_string()])
+        .args(args)
         .arg("--plugins")
         .arg(&p.plugins)
         .arg("--data-dir")
@@ -167,7 +183,10 @@ fn ratio_range(r: &[f64]) -> String {
 /// Wait until a server has finished the work a load left behind (its CPU use falls under 5%
 /// of a core), so it does not take CPU from the next measurement; at most 10 s.
 fn settle(server: &Server) {
-    let pid = server.child.id();
+    settle_pid(server.child.id())
+}
+
+fn settle_pid(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let a = cpu_seconds_of(pid);
@@ -258,6 +277,528 @@ fn discard_host(p: &Paths) -> anyhow::Result<(Host, bytes::Bytes)> {
     Ok((h, req))
 }
 
+/// Partitions of each Kafka topology's topic: two for each of the (at most) two delivery processes.
+const KAFKA_PARTITIONS: i32 = 4;
+/// Rounds of the `kafka` scenario (every topology measured once per round, in turns).
+const KAFKA_ROUNDS: usize = 3;
+/// The delivery counter of a host's `/metrics`.
+const DELIVERED: &str = "data_exporter_reports_delivered_total";
+
+/// One topology's share of the broker in the `kafka` scenario: a fresh topic, dead-letter topic
+/// and consumer group, and the queue key its processes share, set the way an operator's
+/// deployment sets them (environment).
+struct KafkaQueue {
+    env: Vec<(&'static str, String)>,
+}
+
+impl KafkaQueue {
+    fn create(rt: &tokio::runtime::Runtime, brokers: &str, scratch: &Path, name: &str) -> anyhow::Result<KafkaQueue> {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+        let tag = format!("{name}-{}-{since}", std::process::id());
+        let (topic, dead, group) =
+            (format!("dx-bench-{tag}"), format!("dx-bench-dead-{tag}"), format!("dx-bench-{tag}"));
+        rt.block_on(data_exporter::queue::kafka::create_topics(brokers, &[(&topic, KAFKA_PARTITIONS), (&dead, 1)]))
+            .map_err(|e| anyhow::anyhow!("creating the topics on DX_KAFKA_BROKERS={brokers}: {e}"))?;
+        let key_file = scratch.join(format!("{name}.queue.key"));
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+        std::fs::create_dir_all(scratch)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file)?;
+        f.write_all(&key)?;
+        Ok(KafkaQueue {
+            env: vec![
+                ("DATA_EXPORTER_QUEUE__BACKEND", "kafka".into()),
+                ("DATA_EXPORTER_QUEUE__KEY_FILE", key_file.display().to_string()),
+                ("DATA_EXPORTER_QUEUE__KAFKA__BROKERS", brokers.into()),
+                ("DATA_EXPORTER_QUEUE__KAFKA__TOPIC", topic),
+                ("DATA_EXPORTER_QUEUE__KAFKA__DEAD_LETTER_TOPIC", dead),
+                ("DATA_EXPORTER_QUEUE__KAFKA__GROUP", group),
+                // A join takes about half of it: the default (10 s) would stretch every warm-up.
+                ("DATA_EXPORTER_QUEUE__KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+            ],
+        })
+    }
+
+    /// A `data-exporter serve --role <role>` process on this queue.
+    fn start(&self, p: &Paths, role: &str, data: &Path) -> anyhow::Result<Host> {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host_with(p, data, &["--role", role], &env)
+    }
+}
+
+/// A topology of the `kafka` scenario: the process reports are posted to, and the processes
+/// that deliver them (none: the one process delivers itself).
+struct Topology {
+    label: &'static str,
+    ingest: Host,
+    delivers: Vec<Host>,
+}
+
+impl Topology {
+    /// The processes that deliver: the delivery processes, else the one process.
+    fn delivering(&self) -> Vec<&Host> {
+        if self.delivers.is_empty() { vec![&self.ingest] } else { self.delivers.iter().collect() }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(&self.ingest).chain(&self.delivers).map(|h| h.server.child.id()).collect()
+    }
+
+    fn delivered(&self) -> Vec<f64> {
+        self.delivering().iter().map(|h| metric_sum(h.addr, DELIVERED)).collect()
+    }
+}
+
+/// One end-to-end run of a topology: reports posted closed-loop for a while, then waited for
+/// until the acknowledger has every one of them.
+struct Through {
+    /// Reports accepted (202), all of which were acknowledged downstream.
+    reports: u64,
+    /// Reports per second from the first post to the last acknowledgement.
+    rps: f64,
+    /// 202 answers per second while posting.
+    posting_rps: f64,
+    /// From the end of posting until the last acknowledgement, seconds.
+    drain_s: f64,
+    /// CPU seconds over the run: the process posted to, each delivery process, the broker.
+    ingest_cpu: f64,
+    deliver_cpu: Vec<f64>,
+    broker_cpu: Option<f64>,
+    /// Reports each delivering process counts as delivered in the run.
+    delivered: Vec<f64>,
+    /// 503 answers (the queue refused).
+    shed: u64,
+}
+
+impl Through {
+    fn us_per_report(&self, cpu: f64) -> f64 {
+        cpu / self.reports.max(1) as f64 * 1e6
+    }
+}
+
+/// Post `body` to the topology's ingest process closed-loop for `window`, then wait until the
+/// acknowledger at `ack` has counted every accepted report (at most 3 minutes).
+fn through(
+    rt: &tokio::runtime::Runtime,
+    t: &Topology,
+    ack: SocketAddr,
+    body: &str,
+    broker: Option<u32>,
+    window: Duration,
+) -> anyhow::Result<Through> {
+    let req = dx_bench::post(t.ingest.addr, "/forward", "application/json", body.as_bytes());
+    let pids = t.pids();
+    let before = count_at(ack, "/_count");
+    let delivered_before = t.delivered();
+    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds_of(*p)).collect();
+    let broker_before = broker.map(cpu_seconds_of);
+    let start = Instant::now();
+    let load = Load {
+        addr: t.ingest.addr,
+        requests: Arc::new(move |_| req.clone()),
+        connections: connections(),
+        rate: None,
+        stop: Stop::After { warmup: Duration::ZERO, measure: window },
+    };
+    let out = rt.block_on(load::run(load))?;
+    let posted = start.elapsed();
+    anyhow::ensure!(out.other == 0, "{}: {} answers were neither 2xx nor 503", t.label, out.other);
+    let n = out.accepted_all;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let c = count_at(ack, "/_count") - before;
+        if c >= n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: only {c} of {n} accepted reports were acknowledged downstream within 3 minutes of posting",
+            t.label
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = start.elapsed();
+    let cpu: Vec<f64> = pids.iter().zip(&cpu_before).map(|(p, b)| cpu_seconds_of(*p) - b).collect();
+    let delivered = t.delivered().iter().zip(&delivered_before).map(|(a, b)| a - b).collect();
+    Ok(Through {
+        reports: n,
+        rps: n as f64 / took.as_secs_f64(),
+        posting_rps: n as f64 / posted.as_secs_f64(),
+        drain_s: (took - posted).as_secs_f64(),
+        ingest_cpu: cpu[0],
+        deliver_cpu: cpu[1..].to_vec(),
+        broker_cpu: broker.zip(broker_before).map(|(p, b)| cpu_seconds_of(p) - b),
+        delivered,
+        shed: out.shed,
+    })
+}
+
+/// Load a topology until every delivering process has delivered (the group has joined and
+/// each consumer holds partitions) and everything posted is acknowledged; then let it settle.
+fn warm_up(rt: &tokio::runtime::Runtime, t: &Topology, ack: SocketAddr, body: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        through(rt, t, ack, body, None, WARMUP)?;
+        let delivered = t.delivered();
+        if delivered.iter().all(|d| *d > 0.0) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{}: the delivery processes never all got partitions within 2 minutes (delivered {delivered:?})",
+            t.label
+        );
+    }
+    // A rebalance during the warm-up may deliver a few reports twice: wait until none arrive.
+    let mut last = count_at(ack, "/_count");
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = count_at(ack, "/_count");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    t.pids().into_iter().for_each(settle_pid);
+    Ok(())
+}
+
+/// CPU per report of the Kafka topology's processes, microseconds, and where they come from.
+struct KafkaCosts {
+    /// A `--role ingest` process: HTTP, envelope, routing, sealing, producing, 202.
+    ingest_us: f64,
+    /// The `--role deliver` processes together: consuming, opening, the delivery path.
+    deliver_us: f64,
+    /// Where the figures come from, for the scale section.
+    source: String,
+}
+
+/// The `kafka` scenario: end to end through the embedded queue (one `--role all` process), and
+/// through Kafka (`--role ingest` + one or two `--role deliver` processes in one group), each
+/// into the acknowledger, measured in turns. The markdown section, and the costs of the
+/// two-delivery-process topology for the scale section.
+fn kafka_section(
+    rt: &tokio::runtime::Runtime,
+    p: &Paths,
+    ack_addr: SocketAddr,
+) -> anyhow::Result<(String, Option<KafkaCosts>)> {
+    let mut md = String::new();
+    let _ = writeln!(md, "\n### End to end through Kafka: ingest -> Kafka -> deliver, next to the embedded queue\n");
+    let Ok(brokers) = std::env::var("DX_KAFKA_BROKERS") else {
+        let msg = "skipped: DX_KAFKA_BROKERS is not set. `make bench` sets it (tests/servers/up.sh starts a \
+                   Kafka-protocol broker); or start one (e.g. `tansu broker --listener-url tcp://127.0.0.1:9092 \
+                   --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/`) and set \
+                   DX_KAFKA_BROKERS=127.0.0.1:9092.";
+        eprintln!("kafka scenario {msg}");
+        let _ = writeln!(md, "{msg}");
+        return Ok((md, None));
+    };
+    // The broker's CPU, when it runs on this machine.
+    let first = brokers.split(',').next().unwrap_or_default();
+    let broker = first.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).and_then(pid_listening_on);
+    let broker_name = broker.map(process_name).unwrap_or_else(|| "the broker".into());
+
+    let ack_url = format!("http://{ack_addr}");
+    let body = body(&ack_url);
+    let one = KafkaQueue::create(rt, &brokers, &p.scratch.join("kafka-one"), "one")?;
+    let two = KafkaQueue::create(rt, &brokers, &p.scratch.join("kafka-two"), "two")?;
+    let d = |name: &str| p.scratch.join(name);
+    let topologies = [
+        Topology {
+            label: "embedded queue (durable), one `--role all` process",
+            ingest: host(p, &d("kafka-embedded"), &[])?,
+            delivers: vec![],
+        },
+        Topology {
+            label: "Kafka, one `--role ingest` + one `--role deliver`",
+            ingest: one.start(p, "ingest", &d("kafka-one-ingest"))?,
+            delivers: vec![one.start(p, "deliver", &d("kafka-one-deliver"))?],
+        },
+        Topology {
+            label: "Kafka, one `--role ingest` + two `--role deliver`, one group",
+            ingest: two.start(p, "ingest", &d("kafka-two-ingest"))?,
+            delivers: vec![
+                two.start(p, "deliver", &d("kafka-two-deliver-1"))?,
+                two.start(p, "deliver", &d("kafka-two-deliver-2"))?,
+            ],
+        },
+    ];
+    for t in &topologies {
+        let started = Instant::now();
+        warm_up(rt, t, ack_addr, &body)?;
+        eprintln!("kafka scenario: {} warmed up in {:.1} s", t.label, started.elapsed().as_secs_f64());
+    }
+    let mut runs: Vec<Vec<Through>> = topologies.iter().map(|_| Vec::new()).collect();
+    for _ in 0..KAFKA_ROUNDS {
+        for (i, t) in topologies.iter().enumerate() {
+            runs[i].push(through(rt, t, ack_addr, &body, broker, MEASURE)?);
+            t.pids().into_iter().chain(broker).for_each(settle_pid);
+        }
+    }
+    let ratios: Vec<Vec<f64>> =
+        runs.iter().map(|r| r.iter().zip(&runs[0]).map(|(k, e)| k.rps / e.rps).collect()).collect();
+    let medians: Vec<Through> = runs
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            r.swap_remove(r.len() / 2)
+        })
+        .collect();
+
+    let _ = writeln!(
+        md,
+        "Each topology posts into the minimal `_bulk` acknowledger for {} s ({} connections, closed loop), \
+        then waits until the acknowledger has every accepted report: reports/s counts from the first post to \
+        the last acknowledgement. Kafka topologies: a topic of {KAFKA_PARTITIONS} partitions each, one consumer \
+        group, `session.timeout.ms` 6000, warmed up until every delivery process has delivered. Broker: \
+        {broker_name} at {brokers}. All processes (load generator, hosts, broker, acknowledger) share this \
+        machine's cores. Median of {KAFKA_ROUNDS} rounds; \"vs embedded\" is the median (and range) of the \
+        per-round ratios.\n",
+        MEASURE.as_secs(),
+        connections()
+    );
+    let _ = writeln!(
+        md,
+        "| topology | reports/s end to end | vs embedded | 202/s while posting | drained after posting, s | \
+        host CPU us per report | of which ingest | of which deliver | broker CPU us per report | deliveries per process |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (i, (t, r)) in topologies.iter().zip(&medians).enumerate() {
+        let deliver: f64 = r.deliver_cpu.iter().sum();
+        let host_us = r.us_per_report(r.ingest_cpu + deliver);
+        let (of_ingest, of_deliver) = if t.delivers.is_empty() {
+            ("one process".to_string(), "one process".to_string())
+        } else {
+            let each = r.deliver_cpu.iter().map(|c| format!("{:.1}", r.us_per_report(*c))).collect::<Vec<_>>();
+            let each = if each.len() > 1 { format!(" ({})", each.join(" + ")) } else { String::new() };
+            (format!("{:.1}", r.us_per_report(r.ingest_cpu)), format!("{:.1}{each}", r.us_per_report(deliver)))
+        };
+        let broker_us = match (i, r.broker_cpu) {
+            (0, _) => "-".to_string(),
+            (_, Some(c)) => format!("{:.1}", r.us_per_report(c)),
+            (_, None) => "not measured (not on this machine)".to_string(),
+        };
+        let shares = r.delivered.iter().map(|d| format!("{d:.0}")).collect::<Vec<_>>().join(" + ");
+        let extra = r.delivered.iter().sum::<f64>() - r.reports as f64;
+        let shares = if extra > 0.5 { format!("{shares} ({extra:.0} again)") } else { shares };
+        let shed = if r.shed > 0 { format!(", {} refused 503", r.shed) } else { String::new() };
+        let vs = if i == 0 { "1.00x".to_string() } else { ratio_range(&ratios[i]) };
+        let _ = writeln!(
+            md,
+            "| {} ({} reports{shed}) | {:.0} | {vs} | {:.0} | {:.1} | {host_us:.1} | {of_ingest} | {of_deliver} | {broker_us} | {shares} |",
+            t.label, r.reports, r.rps, r.posting_rps, r.drain_s
+        );
+    }
+    let two = &medians[2];
+    let costs = KafkaCosts {
+        ingest_us: two.us_per_report(two.ingest_cpu),
+        deliver_us: two.us_per_report(two.deliver_cpu.iter().sum()),
+        source: format!(
+            "measured in this run's `kafka` scenario (one ingest and two delivery processes, against {broker_name})"
+        ),
+    };
+    Ok((md, Some(costs)))
+}
+
+/// Records of the `pipeline` scenario.
+const PIPELINE_RECORDS: u64 = 50_000;
+
+/// Counts the pre-produced records the broker did not take.
+struct ProduceErrors(std::sync::atomic::AtomicU64);
+
+impl rdkafka::ClientContext for ProduceErrors {}
+
+impl rdkafka::producer::ProducerContext for ProduceErrors {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Produce `n` records of `payload` to `topic` (keys spread them over its partitions), as fast
+/// as the broker takes them: seconds taken.
+fn pre_produce(brokers: &str, topic: &str, payload: &[u8], n: u64) -> anyhow::Result<f64> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let started = Instant::now();
+    let producer: BaseProducer<ProduceErrors> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(ProduceErrors(Default::default()))?;
+    for i in 0..n {
+        let key = format!("rec-{i}");
+        let mut record = BaseRecord::to(topic).key(&key).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => anyhow::bail!("producing to {topic}: {e}"),
+            }
+        }
+        if i % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let failed = producer.context().0.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(failed == 0, "{failed} of {n} records were not taken by the broker");
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The `pipeline` scenario: topic -> one `--role all` process (a `[[sources.kafka]]` source,
+/// `format = "payload"`, to the `kafka` plugin) -> topic, next to the embedded path
+/// (`/forward` -> the acknowledger, as the end-to-end scenario measures it) in the same run.
+fn pipeline_section(rt: &tokio::runtime::Runtime, p: &Paths, ack_addr: SocketAddr) -> anyhow::Result<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::Message as _;
+    let mut md = String::new();
+    let _ = writeln!(md, "\n### Topic -> exporter -> topic, next to the embedded path\n");
+    let Ok(brokers) = std::env::var("DX_KAFKA_BROKERS") else {
+        let msg = "skipped: DX_KAFKA_BROKERS is not set (`make bench` sets it; see the kafka scenario).";
+        eprintln!("pipeline scenario {msg}");
+        let _ = writeln!(md, "{msg}");
+        return Ok(md);
+    };
+    let n = PIPELINE_RECORDS;
+    let first = brokers.split(',').next().unwrap_or_default();
+    let broker = first.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).and_then(pid_listening_on);
+    let broker_name = broker.map(process_name).unwrap_or_else(|| "the broker".into());
+
+    // The baseline: the embedded path, `/forward` until acknowledged, as the end-to-end scenario.
+    let ack_url = format!("http://{ack_addr}");
+    let h = host(p, &p.scratch.join("pipeline-embedded"), &[])?;
+    let cpu_before = cpu_seconds_of(h.server.child.id());
+    let acked_before = count_at(ack_addr, "/_count");
+    let embedded =
+        end_to_end(rt, &h, &ack_url, "pipeline-embedded", n, || count_at(ack_addr, "/_count") - acked_before)?;
+    let embedded_us = (cpu_seconds_of(h.server.child.id()) - cpu_before) / n as f64 * 1e6;
+    drop(h);
+    eprintln!("pipeline scenario: embedded path {embedded:.0} reports/s");
+
+    // The topics, and the records waiting in the input topic before the exporter starts.
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let tag = format!("{}-{since}", std::process::id());
+    let (input, output, group) =
+        (format!("dx-bench-in-{tag}"), format!("dx-bench-out-{tag}"), format!("dx-bench-pipeline-{tag}"));
+    rt.block_on(data_exporter::queue::kafka::create_topics(
+        &brokers,
+        &[(&input, KAFKA_PARTITIONS), (&output, KAFKA_PARTITIONS)],
+    ))
+    .map_err(|e| anyhow::anyhow!("creating the topics on DX_KAFKA_BROKERS={brokers}: {e}"))?;
+    let payload = dx_bench::payload();
+    let produce_s = pre_produce(&brokers, &input, payload.as_bytes(), n)?;
+    eprintln!("pipeline scenario: {n} records produced to {input} in {produce_s:.1} s");
+
+    // The counting consumer: every partition of the output topic from the beginning, no group.
+    let counter: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for part in 0..KAFKA_PARTITIONS {
+        tpl.add_partition_offset(&output, part, rdkafka::Offset::Beginning)?;
+    }
+    counter.assign(&tpl)?;
+
+    let config = p.scratch.join("pipeline.toml");
+    let q = |s: &str| serde_json::to_string(s).expect("a string");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources.kafka]]\nname = \"bench\"\nbrokers = {b}\ntopics = [{i}]\ngroup = {g}\nformat = \"payload\"\n\
+             session_timeout_ms = 6000\n[sources.kafka.destinations]\nkafka = {{ topic = {o} }}\n\n\
+             [runtime.plugins.kafka]\ngrants = [\"log\", \"messaging\"]\n\n\
+             [runtime.plugins.kafka.messaging]\nbrokers = {b}\ntopics = [{o}]\ntimeout_ms = 5000\n",
+            b = q(&brokers),
+            i = q(&input),
+            g = q(&group),
+            o = q(&output),
+        ),
+    )?;
+    let config_arg = config.display().to_string();
+    let h = host_with(p, &p.scratch.join("pipeline-exporter"), &["--role", "all", "--config", &config_arg], &[])?;
+    let pid = h.server.child.id();
+    let (cpu0, broker0) = (cpu_seconds_of(pid), broker.map(cpu_seconds_of));
+    let ready = Instant::now();
+    let (mut count, mut keys) = (0u64, std::collections::HashSet::new());
+    let mut first_at = None;
+    let deadline = ready + Duration::from_secs(120);
+    while count < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {count} of {n} records reached {output} within 2 minutes of the exporter's start"
+        );
+        match counter.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first_at.get_or_insert_with(Instant::now);
+                count += 1;
+                keys.insert(m.key().unwrap_or_default().to_vec());
+            }
+            Some(Err(e)) => anyhow::bail!("consuming {output}: {e}"),
+            None => {}
+        }
+    }
+    let done = Instant::now();
+    let cpu = cpu_seconds_of(pid) - cpu0;
+    let broker_cpu = broker.zip(broker0).map(|(b, c)| cpu_seconds_of(b) - c);
+    let first_at = first_at.expect("n > 0 records");
+    let steady = (n - 1) as f64 / (done - first_at).as_secs_f64();
+    let from_ready = n as f64 / (done - ready).as_secs_f64();
+    // Records still arriving after the n-th would be duplicates: give them a moment.
+    let settle_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < settle_until {
+        if let Some(Ok(m)) = counter.poll(Duration::from_millis(100)) {
+            count += 1;
+            keys.insert(m.key().unwrap_or_default().to_vec());
+        }
+    }
+    drop(h);
+
+    let _ = writeln!(
+        md,
+        "{n} records of {} bytes (the reports' payload) pre-produced to a topic of {KAFKA_PARTITIONS} partitions \
+        ({produce_s:.1} s, by this benchmark), then one `--role all` process (embedded durable queue) started with \
+        a `[[sources.kafka]]` source on it (`format = \"payload\"`, `session_timeout_ms` 6000) whose destination is \
+        the `kafka` plugin, granted `messaging` to an output topic of {KAFKA_PARTITIONS} partitions; timed until \
+        this benchmark has consumed {n} records from the output topic (assigned all partitions, no group). Broker: \
+        {broker_name} at {brokers}. Baseline, in the same run: a fresh `--role all` process, {n} reports `/forward` \
+        -> `_bulk` acknowledger, from the first post to the last acknowledgement (the end-to-end scenario's \
+        method). All processes share this machine's cores.\n",
+        payload.len()
+    );
+    let _ = writeln!(
+        md,
+        "| path | records/s | vs embedded | records/s from the exporter's readiness (incl. group join) | \
+        exporter CPU us per record | broker CPU us per record | output records (distinct keys) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "| embedded: `/forward` -> queue -> acknowledger | {embedded:.0} | 1.00x | - | {embedded_us:.1} | - | {n} acknowledged |"
+    );
+    let broker_us = broker_cpu.map(|c| format!("{:.1}", c / n as f64 * 1e6)).unwrap_or_else(|| "not measured".into());
+    let _ = writeln!(
+        md,
+        "| topic -> source -> queue -> `kafka` plugin -> topic (first to last output record) | {steady:.0} | {:.2}x | \
+        {from_ready:.0} | {:.1} | {broker_us} | {count} ({}) |",
+        steady / embedded,
+        cpu / n as f64 * 1e6,
+        keys.len()
+    );
+    Ok(md)
+}
+
 /// Host CPU per report, microseconds, from two measured rows of this run.
 struct PerReport {
     /// The `discard` row: HTTP, envelope, routing, queue, 202 (and a trivial plugin call).
@@ -276,14 +817,20 @@ impl PerReport {
 
 /// The Kafka topology at 1M reports/s: sized on paper from this run's CPU per report, then
 /// checked by the simulation in `dx_bench::scale`.
-fn scale_section(pr: &PerReport) -> String {
+/// Kafka's share comes from `kafka` (the `--role ingest` and `--role deliver` processes' CPU per
+/// report, minus this run's ingest and delivery paths), else from assumed constants.
+fn scale_section(pr: &PerReport, kafka: Option<&KafkaCosts>) -> String {
     use dx_bench::scale::{Costs, Keying, Topology, fewest, simulate, size};
     let rate = 1_000_000.0;
+    let (produce_us, consume_us) = match kafka {
+        Some(k) => (k.ingest_us - pr.ingest_us, k.deliver_us - pr.deliver_us),
+        None => (5.0, 2.0),
+    };
     let c = Costs {
         ingest_us: pr.ingest_us,
-        produce_us: 5.0,
+        produce_us,
         deliver_us: pr.deliver_us,
-        consume_us: 2.0,
+        consume_us,
         report_bytes: body(ACK_PLACEHOLDER).len() as f64,
         partition_mb_s: 10.0,
         jitter: 0.1,
@@ -301,17 +848,27 @@ fn scale_section(pr: &PerReport) -> String {
     };
     let mut md = String::new();
     let _ = writeln!(md, "### Scale: the Kafka topology at 1M reports/s, sized then simulated\n");
+    let kafka_inputs = match kafka {
+        Some(k) => format!(
+            "Kafka produce {:.1} us and consume {:.1} us per report, {}: a `--role ingest` process's CPU per \
+            report ({:.1} us) minus the ingest path, and the `--role deliver` processes' ({:.1} us) minus the \
+            delivery path; assumed:",
+            c.produce_us, c.consume_us, k.source, k.ingest_us, k.deliver_us
+        ),
+        None => format!(
+            "assumed: Kafka produce {} us and consume {} us per report (batched; not measured in this run: \
+            `dx-bench kafka scale` with DX_KAFKA_BROKERS measures them),",
+            c.produce_us, c.consume_us
+        ),
+    };
     let _ = writeln!(
         md,
         "Inputs: host CPU per report measured in this run, ingest {:.1} us (the `discard` row), delivery \
-        {:.1} us (in-memory row minus `discard` row); assumed: Kafka produce {} us and consume {} us per \
-        report (batched), {} MB/s per partition, pod capacity noise {:.0}% per step; {:.0} bytes per report; \
-        2-core pods. Sized at 70% CPU: {ingest_pods} ingest pods, {delivery_pods} delivery pods, \
-        {partitions} partitions.\n",
+        {:.1} us (in-memory row minus `discard` row); {kafka_inputs} {} MB/s per partition, pod capacity \
+        noise {:.0}% per step; {:.0} bytes per report; 2-core pods. Sized at 70% CPU: {ingest_pods} ingest \
+        pods, {delivery_pods} delivery pods, {partitions} partitions.\n",
         c.ingest_us,
         c.deliver_us,
-        c.produce_us,
-        c.consume_us,
         c.partition_mb_s,
         c.jitter * 100.0,
         c.report_bytes
@@ -490,6 +1047,20 @@ fn main() -> anyhow::Result<()> {
         println!("{md}");
     }
 
+    // CPU per report of the Kafka topology, for the scale model.
+    let mut kafka_costs: Option<KafkaCosts> = None;
+    if wants("kafka") {
+        let (section, costs) = kafka_section(&rt, &p, ack_addr)?;
+        md.push_str(&section);
+        kafka_costs = costs;
+        println!("{md}");
+    }
+
+    if wants("pipeline") {
+        md.push_str(&pipeline_section(&rt, &p, ack_addr)?);
+        println!("{md}");
+    }
+
     if wants("overload") {
         let (stuck, stuck_addr) = helper(&p, "bulk-ack", &["--hang"])?;
         let data = p.scratch.join("overload");
@@ -526,11 +1097,19 @@ fn main() -> anyhow::Result<()> {
     }
 
     if wants("scale") {
-        // `DX_BENCH_SCALE_US=<ingest us>,<delivery us>` projects from given costs instead.
-        let given = std::env::var("DX_BENCH_SCALE_US").ok().and_then(|v| {
-            let (a, b) = v.split_once(',')?;
-            Some(PerReport { ingest_us: a.trim().parse().ok()?, deliver_us: b.trim().parse().ok()? })
-        });
+        // `DX_BENCH_SCALE_US=<ingest us>,<delivery us>[,<produce us>,<consume us>]` projects from
+        // given costs instead.
+        let us: Vec<f64> = std::env::var("DX_BENCH_SCALE_US")
+            .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        let given = (us.len() >= 2).then(|| PerReport { ingest_us: us[0], deliver_us: us[1] });
+        if us.len() == 4 {
+            kafka_costs = Some(KafkaCosts {
+                ingest_us: us[0] + us[2],
+                deliver_us: us[1] + us[3],
+                source: "given by DX_BENCH_SCALE_US".into(),
+            });
+        }
         let pr = match given.or(per_report) {
             Some(pr) => pr,
             None => {
@@ -545,7 +1124,7 @@ fn main() -> anyhow::Result<()> {
                 )
             }
         };
-        let _ = writeln!(md, "\n{}", scale_section(&pr));
+        let _ = writeln!(md, "\n{}", scale_section(&pr, kafka_costs.as_ref()));
         println!("{md}");
     }
 

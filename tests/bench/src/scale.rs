@@ -3,13 +3,14 @@
 //!
 //! A time-stepped fluid model: every step, arrivals (Poisson) are spread over the ingest pods,
 //! each pod works off its queue at the rate its cores allow (CPU per report as measured by the
-//! ingest scenario, plus an assumed Kafka produce cost, with per-step capacity noise for GC and
-//! neighbours), the produced reports go to partitions (spread evenly, or keyed by tenant with a
-//! Zipf skew), and each live delivery pod drains its assigned partitions at the rate its cores
-//! and each partition's throughput allow. Every queue is first in, first out, so the model
-//! yields the queueing delay of every report from arrival to delivery. What it leaves out:
-//! network and broker round trips (constant per report, not load-dependent), downstream
-//! back-pressure, and replication traffic between brokers (sized separately in BENCHMARKS.md).
+//! ingest scenario, plus the Kafka produce cost the `kafka` scenario measures, with per-step
+//! capacity noise for GC and neighbours), the produced reports go to partitions (spread evenly,
+//! or keyed by tenant with a Zipf skew), and each live delivery pod drains its assigned
+//! partitions at the rate its cores and each partition's throughput allow. Every queue is first
+//! in, first out, so the model yields the queueing delay of every report from arrival to
+//! delivery. What it leaves out: network and broker round trips (constant per report, not
+//! load-dependent), downstream back-pressure, and replication traffic between brokers (sized
+//! separately in BENCHMARKS.md).
 
 use std::collections::VecDeque;
 
@@ -18,11 +19,13 @@ use std::collections::VecDeque;
 pub struct Costs {
     /// CPU per report on the ingest path (HTTP, envelope, routing, 202), microseconds: measured.
     pub ingest_us: f64,
-    /// CPU per report to produce it to Kafka, batched: assumed.
+    /// CPU per report to produce it to Kafka: measured by the `kafka` scenario (a `--role ingest`
+    /// process's CPU per report minus the ingest path), or assumed when it did not run.
     pub produce_us: f64,
     /// CPU per report on the delivery path (plugin, `_bulk`, results, bookkeeping): measured.
     pub deliver_us: f64,
-    /// CPU per report to consume it from Kafka, batched: assumed.
+    /// CPU per report to consume it from Kafka: measured by the `kafka` scenario (the `--role
+    /// deliver` processes' CPU per report minus the delivery path), or assumed when it did not run.
     pub consume_us: f64,
     /// Bytes per report on the wire and in the log.
     pub report_bytes: f64,
