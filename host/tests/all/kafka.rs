@@ -528,7 +528,7 @@ impl Drop for Tansu {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: the exporter segfaults (SIGSEGV, in about 1 of 3 runs) when a broker that lost its state (tansu, memory storage) comes back; see issue 11's note"]
+#[ignore = "open bug: the exporter segfaults (SIGSEGV, about 1 run in 3) when a broker that lost its state comes back: librdkafka 2.12.1 rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find (cf. confluentinc/librdkafka#5280); see issue 11's note"]
 async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
     let started = Instant::now();
     let port = free_port();
