@@ -289,9 +289,9 @@ impl KafkaSource {
                 }
             }
         };
-        if env.id.is_none() || !self.state.limits.accept_report_ids {
-            env.id = Some(r.report_id(&self.cfg.name));
-        }
+        // Always the record's own id: `limits.accept_report_ids` trusts relays calling /forward,
+        // not whoever can write to a topic (a chosen id could make a record "known" and skipped).
+        env.id = Some(r.report_id(&self.cfg.name));
         env.source = Some(format!("kafka:{}", self.cfg.name));
         if !self.cfg.identity_field.is_empty() {
             let (tenant, labels) = identity(text, &self.cfg.identity_field)?;
