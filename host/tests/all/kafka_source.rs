@@ -196,9 +196,9 @@ async fn two_processes_share_the_partitions_and_a_killed_one_loses_nothing() {
     let mut a = start(da.path()).await;
     let b = start(db.path()).await;
 
-    let records: Vec<String> = (0..400).map(|n| seed_record(n, &format!("{}", n % 7), "1")).collect();
-    produce(&brokers, &topic, &records[..200]).await;
-    // Both take a share before one dies.
+    let record = |n: usize| seed_record(n, &format!("{}", n % 7), "1");
+    // Both take a share before one dies: records keep coming until each process has queued some
+    // (one that joins the group late finds nothing left of a fixed burst).
     let taken = |e: &Exporter| {
         let url = format!("{}/metrics", e.url);
         async move {
@@ -206,7 +206,8 @@ async fn two_processes_share_the_partitions_and_a_killed_one_loses_nothing() {
             series(&text, "data_exporter_source_records_total", "outcome=\"queued\"")
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
     while taken(&a).await == 0.0 || taken(&b).await == 0.0 {
         assert!(
             Instant::now() < deadline,
@@ -214,13 +215,18 @@ async fn two_processes_share_the_partitions_and_a_killed_one_loses_nothing() {
             taken(&a).await,
             taken(&b).await
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let batch: Vec<String> = (sent..sent + 20).map(record).collect();
+        produce(&brokers, &topic, &batch).await;
+        sent += 20;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     a.child.kill().unwrap(); // SIGKILL, mid-stream
     a.child.wait().unwrap();
-    produce(&brokers, &topic, &records[200..]).await;
+    let rest: Vec<String> = (sent..sent + 200).map(record).collect();
+    produce(&brokers, &topic, &rest).await;
+    sent += 200;
     // The survivor takes the dead one's partitions over (a session timeout later): every record
     // arrives, once (a record read twice keeps its id, the document id).
-    wait_for_count(&index, 400).await;
+    wait_for_count(&index, sent as u64).await;
     drop(b);
 }
