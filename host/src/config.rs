@@ -50,6 +50,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Where reports come from besides `POST /forward`.
     pub sources: SourcesConfig,
+    /// Authenticated tenant ingest (`/v1/ingest`, `/v1/config`): access keys, tokens, routes.
+    pub ingest: crate::ingest::config::IngestConfig,
+    /// TLS on the public listener (`[tls]`); unset: plain HTTP.
+    pub tls: Option<crate::server::tls::TlsConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -73,6 +77,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             runtime: RuntimeConfig::default(),
             sources: SourcesConfig::default(),
+            ingest: Default::default(),
+            tls: None,
             log: LogConfig::default(),
         }
     }
@@ -365,11 +371,34 @@ pub struct Limits {
     /// chain is idempotent end to end). Off: a report with an `id` is refused, since a producer
     /// choosing ids could overwrite others' documents at idempotent consumers.
     pub accept_report_ids: bool,
+    /// Refuse `/forward` destinations that carry a credential inline (a plugin parameter marked
+    /// secret, such as OpenSearch's `password`): producers then name operator-mounted secrets
+    /// with `secretRef`, or use tenant ingest, and no password travels with reports.
+    pub forbid_inline_credentials: bool,
+    /// Requests the public API serves at once; past it a request is answered 503 with
+    /// `Retry-After` at once (load shedding), not queued.
+    pub max_concurrent_requests: usize,
+    /// Time a client has to send a request's headers, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body once its headers arrived, in milliseconds;
+    /// a slower one gets 408.
+    pub body_timeout_ms: u64,
+    /// Deepest nesting of arrays and objects accepted in a request body or payload.
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 10 * 1024 * 1024, max_reports_per_request: 10_000, accept_report_ids: false }
+        Limits {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_reports_per_request: 10_000,
+            accept_report_ids: false,
+            forbid_inline_credentials: false,
+            max_concurrent_requests: 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_json_depth: 64,
+        }
     }
 }
 

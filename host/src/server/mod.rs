@@ -6,6 +6,7 @@
 
 mod admin;
 mod error;
+pub mod tls;
 
 pub use admin::{AdminToken, admin_app};
 pub use error::ApiError;

@@ -1,0 +1,176 @@
+//! `[ingest]`: authenticated tenant ingest on `POST /v1/ingest` and `GET /v1/config`.
+//!
+//! An operator defines tenants. Each has an access key (a name, not a secret: the seed's
+//! `ACCESS_KEY`), the credentials that may use it (static bearer tokens from mounted files, or
+//! JWTs whose claim names it) and its routes: which consumers its reports go to, with the
+//! destination config (credentials by reference, `secretRef`), optionally only for reports whose
+//! metadata matches. A producer then sends only payloads.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `[ingest]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Tenants defined in this file (`[[ingest.tenants]]`).
+    pub tenants: Vec<TenantConfig>,
+    /// A TOML file of more tenants (`[[tenants]]`, same fields), re-read when it changes (every
+    /// `runtime.reload_poll_ms`): add, change or revoke an access key without a restart. A file
+    /// that does not parse is refused whole and the tenants loaded before stay (logged).
+    pub tenants_file: Option<PathBuf>,
+    /// Routes every tenant's reports take, after the tenant's own (`[[ingest.routes]]`); their
+    /// `match` may name tenants.
+    pub routes: Vec<RouteConfig>,
+    /// JSON Web Tokens: how a bearer token is verified and which claim names the access key.
+    pub jwt: Option<JwtConfig>,
+    /// The request header that carries a Fluent Bit tag (what the agent's `header_tag` names),
+    /// e.g. `"X-Fluent-Tag"`. The tag becomes the report's `tag` label; a credential that grants
+    /// several access keys uses the tag's first dot-separated part as the access key.
+    pub tag_header: Option<String>,
+    /// Most reports one request may carry (a JSON array, lines, or msgpack records).
+    pub max_reports_per_request: usize,
+    /// For msgpack records (which carry their time outside the record): the key the event time
+    /// is written under in each report's payload, as Fluent Bit's `json_date_key` does.
+    /// Empty: not written.
+    pub msgpack_date_key: String,
+    /// How that time is written: `double` (seconds, fractional), `epoch` (whole seconds),
+    /// `epoch_ms`, `iso8601` (`2024-01-31T12:00:00.000000Z`) or `java_sql_timestamp`
+    /// (`2024-01-31 12:00:00.000000`).
+    pub msgpack_date_format: DateFormat,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            tenants: Vec::new(),
+            tenants_file: None,
+            routes: Vec::new(),
+            jwt: None,
+            tag_header: None,
+            max_reports_per_request: 10_000,
+            msgpack_date_key: "date".into(),
+            msgpack_date_format: DateFormat::Double,
+        }
+    }
+}
+
+/// How an event time is written into a payload (Fluent Bit's `json_date_format`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DateFormat {
+    /// Seconds since the epoch with fractions: `1706702400.123456`.
+    #[default]
+    Double,
+    /// Whole seconds since the epoch.
+    Epoch,
+    /// Milliseconds since the epoch.
+    EpochMs,
+    /// `2024-01-31T12:00:00.123456Z`.
+    Iso8601,
+    /// `2024-01-31 12:00:00.123456`.
+    JavaSqlTimestamp,
+}
+
+/// How bearer tokens that are JWTs are verified.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Files each holding an HS256 shared secret (raw bytes, trailing newline ignored).
+    pub hs256_secret_files: Vec<PathBuf>,
+    /// PEM files each holding an RSA (RS256) or EC P-256 (ES256) public key.
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`, RSA and EC P-256 keys); a token's `kid` picks the key.
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` every token must carry. Required.
+    pub issuer: String,
+    /// The `aud` every token must carry (one of, when the token lists several). Required.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// The claim naming the access key the token grants (a string, or an array of strings).
+    pub access_key_claim: String,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret_files: Vec::new(),
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 60,
+            access_key_claim: "sub".into(),
+        }
+    }
+}
+
+/// One tenant (`[[ingest.tenants]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The access key: the tenant's name, sent by agents and written on its reports (`tenant`).
+    /// 1-64 letters, digits, `_`, `-`, `.`.
+    pub access_key: String,
+    /// Files each holding a static bearer token for this access key (e.g. a mounted Secret).
+    /// Also accepted as the password of HTTP basic auth whose user is the access key (Fluent
+    /// Bit's `http_User` / `http_Passwd`).
+    #[serde(default)]
+    pub token_files: Vec<PathBuf>,
+    /// A revoked access key is refused (403) whatever the credential.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Requests per second this access key may send (token bucket); 0: no limit.
+    #[serde(default)]
+    pub requests_per_sec: f64,
+    /// Requests it may send at once above that rate (the bucket's size); at least 1.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Largest request body for this access key, in bytes (at most `limits.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// The non-secret configuration an agent fetches with `GET /v1/config` (any JSON object:
+    /// e.g. its inputs and flush interval). Never put secrets here.
+    #[serde(default)]
+    pub agent: serde_json::Map<String, serde_json::Value>,
+    /// Where this tenant's reports go, tried in order (`[[ingest.tenants.routes]]`).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// A route: a consumer and its destination, for the reports its `match` selects. Per consumer
+/// key, the first matching route wins (put specific routes before catch-alls); one report may go
+/// to several consumers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The consumer key (a loaded plugin's, e.g. `openSearch`, `file`).
+    pub consumer: String,
+    /// The destination config, as a producer would put it under `config.<consumer>`; name
+    /// credentials with `secretRef` (operator-mounted secrets), never inline.
+    pub destination: serde_json::Value,
+    /// Which reports take this route; empty: all.
+    #[serde(default, rename = "match")]
+    pub when: Match,
+}
+
+/// Conditions on report metadata (never on the payload). Every condition given must hold;
+/// within a list, one pattern must match. Patterns are exact, or end in `*` (prefix), or `*`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Match {
+    /// Access keys (for `[[ingest.routes]]`).
+    pub tenant: Vec<String>,
+    /// Where the report came from: `ingest` (`/v1/ingest`), `forward`, `kafka:<source>`.
+    pub source: Vec<String>,
+    /// The Fluent Bit tag (`tag` label).
+    pub tag: Vec<String>,
+    /// Labels: name -> pattern.
+    pub labels: BTreeMap<String, String>,
+}
