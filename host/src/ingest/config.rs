@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use data_exporter_wire::framing::DateFormat;
+
 /// `[ingest]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -54,23 +56,6 @@ impl Default for IngestConfig {
             msgpack_date_format: DateFormat::Double,
         }
     }
-}
-
-/// How an event time is written into a payload (Fluent Bit's `json_date_format`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DateFormat {
-    /// Seconds since the epoch with fractions: `1706702400.123456`.
-    #[default]
-    Double,
-    /// Whole seconds since the epoch.
-    Epoch,
-    /// Milliseconds since the epoch.
-    EpochMs,
-    /// `2024-01-31T12:00:00.123456Z`.
-    Iso8601,
-    /// `2024-01-31 12:00:00.123456`.
-    JavaSqlTimestamp,
 }
 
 /// How bearer tokens that are JWTs are verified.

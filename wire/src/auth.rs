@@ -1,0 +1,1 @@
+//! Access tokens: static bearer tokens (compared in constant time) and JWTs.

@@ -1,0 +1,1 @@
+//! How deep a JSON text nests, found without parsing it.
