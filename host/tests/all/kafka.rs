@@ -486,19 +486,21 @@ async fn two_delivery_processes_in_one_group_share_the_work() {
     eprintln!("shared: {a} and {b} of 100 reports ({} before), in {:?}", all.len() - 100, started.elapsed());
 }
 
-/// A private tansu broker on `port` (memory storage: a restart forgets every topic).
+/// A private tansu broker listening on `port` and advertising `advertised` (the address clients
+/// reconnect to: a [`Cable`]'s, to keep them on the cable). Memory storage: the broker keeps
+/// its state while it runs, and a restart forgets every topic, group and producer id.
 struct Tansu {
     child: Child,
 }
 
 impl Tansu {
-    async fn start(port: u16) -> Tansu {
+    async fn start(port: u16, advertised: u16) -> Tansu {
         let bin = std::env::var("DX_TANSU_BIN").unwrap_or_else(|_| {
             panic!("DX_TANSU_BIN is not set: this test starts its own tansu broker; set it to the tansu binary")
         });
-        let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{advertised}")])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -527,31 +529,87 @@ impl Drop for Tansu {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: the exporter segfaults (SIGSEGV, about 1 run in 3) when a broker that lost its state comes back: librdkafka 2.12.1 rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find (cf. confluentinc/librdkafka#5280); see issue 11's note"]
-async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
-    let started = Instant::now();
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
-    let mut tansu = Tansu::start(port).await;
-    let mut q = KafkaQueue::create(&brokers).await;
-    q.ingest_timeout_ms = 2_000;
-    let mut node = Node::start("all", "all", &q, free_port(), &[]).await;
-    let client = reqwest::Client::new();
-    let index = index();
-    let first = accepted(&client, node.url(), report(&index, 0)).await;
-    all_arrive(&index, std::slice::from_ref(&first), 0, 30).await;
+/// The network between the exporter and a broker: a TCP forwarder from 127.0.0.1:`port` to
+/// 127.0.0.1:`target`, which the test cuts (the listening socket and every connection through
+/// it closed: the broker is unreachable, connecting is refused) and restores (listening on the
+/// same port again). The broker behind it keeps running, and its state, as through a real
+/// outage (a network cut, a broker restart with persistent storage).
+struct Cable {
+    port: u16,
+    target: u16,
+    /// The forwarder, and how to tell it to stop; none while cut.
+    live: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// Connections made through it, in all.
+    links: Arc<AtomicUsize>,
+}
 
-    // The broker dies: every report is refused, within about ingest_timeout_ms, until /readyz
-    // says why.
-    tansu.kill();
+impl Cable {
+    async fn connect(port: u16, target: u16) -> Cable {
+        let mut cable = Cable { port, target, live: None, links: Arc::default() };
+        cable.restore().await;
+        cable
+    }
+
+    /// Listen again on the same port and forward new connections.
+    async fn restore(&mut self) {
+        assert!(self.live.is_none(), "the cable is not cut");
+        // tokio binds with SO_REUSEADDR: the port's closed connections (TIME_WAIT) do not hold it.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap_or_else(|e| panic!("listening on {} again: {e}", self.port));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (target, links) = (self.target, self.links.clone());
+        let task = tokio::spawn(async move {
+            let mut open = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        links.fetch_add(1, Ordering::Relaxed);
+                        open.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                        while open.try_join_next().is_some() {}
+                    }
+                }
+            }
+            // Every connection through the cable closed (both ends), then the listening socket.
+            open.shutdown().await;
+            drop(listener);
+        });
+        self.live = Some((stop, task));
+    }
+
+    /// Close the listening socket and every connection through it; returns once they are closed.
+    async fn cut(&mut self) {
+        let (stop, task) = self.live.take().expect("the cable is already cut");
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+}
+
+impl Drop for Cable {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.live.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Reports accepted until the cut, then refused with 503 `queue_unavailable` (and a
+/// `Retry-After`) within about `ingest_timeout_ms`, never 202, until `/readyz` says 503 naming
+/// `brokers`; how many were refused.
+async fn refused_until_not_ready(client: &reqwest::Client, node: &Node, index: &str, brokers: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut refused = 0;
     loop {
         let sent = Instant::now();
-        let (status, v, retry_after) = forward(&client, node.url(), report(&index, 1)).await.unwrap();
+        let (status, v, retry_after) = forward(client, node.url(), report(index, 1_000 + refused)).await.unwrap();
         let took = sent.elapsed();
-        assert_eq!(status, 503, "a report was answered {status} while the broker is down: {v}");
+        assert_eq!(status, 503, "a report was answered {status} while the broker is unreachable: {v}");
         assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
         assert!(retry_after.is_some(), "a 503 without Retry-After: {v}");
         assert!(took < Duration::from_millis(3_500), "the refusal took {took:?} (ingest_timeout_ms = 2000)");
@@ -560,18 +618,19 @@ async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
         if r.status() == 503 {
             let v: Value = r.json().await.unwrap();
             let message = v["message"].as_str().unwrap_or_default();
-            assert!(message.contains(&brokers), "/readyz does not name the cluster {brokers}: {v}");
-            break;
+            assert!(message.contains(brokers), "/readyz does not name the cluster {brokers}: {v}");
+            return refused;
         }
         assert!(Instant::now() < deadline, "/readyz never said the broker is unreachable");
     }
+}
 
-    // Back (empty: memory storage), with the topics made again: reports are accepted and delivered.
-    let mut tansu = Tansu::start(port).await;
-    q.create_topics().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Once the broker is reachable again: a report is accepted (503 `queue_unavailable` until
+/// then, within `secs`) and `/readyz` answers 200; the report's id.
+async fn accepted_again(client: &reqwest::Client, node: &mut Node, index: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let id = loop {
-        let (status, v, _) = match forward(&client, node.url(), report(&index, 2)).await {
+        let (status, v, _) = match forward(client, node.url(), report(index, 2_000)).await {
             Ok(r) => r,
             Err(e) => panic!("the exporter is gone ({e}): it exited {:?}", node.ex.child.try_wait()),
         };
@@ -588,7 +647,83 @@ async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
         || async { client.get(format!("{}/readyz", node.url())).send().await.is_ok_and(|r| r.status() == 200) },
     )
     .await;
-    all_arrive(&index, &[first, id], 0, 60).await;
+    id
+}
+
+/// The network to the broker is cut (the broker keeps its topics, group and producer ids, as
+/// through any real outage) and restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
+    let started = Instant::now();
+    let (broker_port, cable_port) = (free_port(), free_port());
+    let brokers = format!("127.0.0.1:{cable_port}");
+    let _tansu = Tansu::start(broker_port, cable_port).await;
+    let mut cable = Cable::connect(cable_port, broker_port).await;
+    let mut q = KafkaQueue::create(&brokers).await;
+    q.ingest_timeout_ms = 2_000;
+    let mut node = Node::start("all", "all", &q, free_port(), &[]).await;
+    let client = reqwest::Client::new();
+    let index = index();
+    let first = accepted(&client, node.url(), report(&index, 0)).await;
+    all_arrive(&index, std::slice::from_ref(&first), 0, 30).await;
+    // More, the cut right after them: some are still to be delivered when it comes.
+    let mut before = vec![first];
+    for n in 1..=20 {
+        before.push(accepted(&client, node.url(), report(&index, n)).await);
+    }
+
+    cable.cut().await;
+    let cut_at = Instant::now();
+    let undelivered = before.len() as u64 - count(&index).await.min(before.len() as u64);
+    let refused = refused_until_not_ready(&client, &node, &index, &brokers).await;
+    let not_ready_after = cut_at.elapsed();
+
+    cable.restore().await;
+    let restored_at = Instant::now();
+    let id = accepted_again(&client, &mut node, &index, 60).await;
+    let accepting_after = restored_at.elapsed();
+    let mut all = before;
+    all.push(id);
+    // A refused report may still be stored, if its request reached the broker before the cut
+    // and only the acknowledgement was lost: its sender retries it (at least once).
+    all_arrive(&index, &all, refused, 60).await;
+    let stored_refused = count(&index).await - all.len() as u64;
+    let links = cable.links.load(Ordering::Relaxed);
+    eprintln!(
+        "cable cut: {undelivered} of {} accepted reports undelivered at the cut, {refused} refused before /readyz \
+         said so ({not_ready_after:?}; {stored_refused} of them stored all the same); accepting again \
+         {accepting_after:?} after the restore ({links} connections through the cable in all); delivered, in {:?}",
+        all.len() - 1,
+        started.elapsed()
+    );
+}
+
+/// The broker restarts having lost its state (memory storage): topics made again, group and
+/// producer ids forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open bug: the exporter segfaults (SIGSEGV, about 1 run in 3) when a broker that lost its state comes back: librdkafka 2.12.1 rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find (cf. confluentinc/librdkafka#5280); see issue 11's note. Run by hand: cargo test -p data-exporter --test all kafka::a_broker_that_lost -- --ignored"]
+async fn a_broker_that_lost_its_state_is_answered_503_then_service_resumes() {
+    let started = Instant::now();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let mut tansu = Tansu::start(port, port).await;
+    let mut q = KafkaQueue::create(&brokers).await;
+    q.ingest_timeout_ms = 2_000;
+    let mut node = Node::start("all", "all", &q, free_port(), &[]).await;
+    let client = reqwest::Client::new();
+    let index = index();
+    let first = accepted(&client, node.url(), report(&index, 0)).await;
+    all_arrive(&index, std::slice::from_ref(&first), 0, 30).await;
+
+    // The broker dies: every report is refused, within about ingest_timeout_ms, until /readyz
+    // says why.
     tansu.kill();
-    eprintln!("broker down: {refused} refused before /readyz said so; back in {:?}", started.elapsed());
+    let refused = refused_until_not_ready(&client, &node, &index, &brokers).await;
+
+    // Back (empty: memory storage), with the topics made again: reports are accepted and delivered.
+    let _tansu = Tansu::start(port, port).await;
+    q.create_topics().await;
+    let id = accepted_again(&client, &mut node, &index, 60).await;
+    all_arrive(&index, &[first, id], 0, 60).await;
+    eprintln!("broker restarted empty: {refused} refused before /readyz said so; back in {:?}", started.elapsed());
 }
