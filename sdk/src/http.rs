@@ -3,6 +3,7 @@
 //! The host performs the request, owns TLS and client certificates, and
 //! enforces the operator's policy. Errors come back as values, never panics.
 
+use crate::Outcome;
 use crate::bindings::narrows::exporter0_1_0::http as wit;
 
 pub use wit::Method;
@@ -102,6 +103,10 @@ impl Request {
     pub fn post(url: impl Into<String>) -> Self {
         Self::new(Method::Post, url)
     }
+    /// A PUT request.
+    pub fn put(url: impl Into<String>) -> Self {
+        Self::new(Method::Put, url)
+    }
     /// A GET request.
     pub fn get(url: impl Into<String>) -> Self {
         Self::new(Method::Get, url)
@@ -144,6 +149,23 @@ impl Request {
     /// across requests (keep the `Request` and call [`Request::send_ref`]).
     pub fn body_mut(&mut self) -> &mut Vec<u8> {
         self.inner.body.get_or_insert_with(Vec::new)
+    }
+    /// Send it and say what happened to the report it carries: delivered on 2xx, retryable on
+    /// 408, 429 and 5xx (with `Retry-After`) or a transient failure (connect, timeout,
+    /// protocol), permanent otherwise ([`Outcome::from_response`],
+    /// [`Outcome::from_http_error`]).
+    ///
+    /// ```no_run
+    /// # // Not run: `send` is the host's `http` import, which only a host provides.
+    /// # use data_exporter_sdk::{Outcome, Report, http::Request};
+    /// # let (url, report) = ("https://receiver/hook", Report::new("id-1", "{}"));
+    /// let outcome: Outcome = Request::put(url).json(report.payload).outcome();
+    /// ```
+    pub fn outcome(self) -> Outcome {
+        match self.send_ref() {
+            Ok(resp) => Outcome::from_response(&resp),
+            Err(e) => Outcome::from_http_error(&e),
+        }
     }
     /// Send it and wait for the whole response.
     pub fn send(self) -> Result<Response, Error> {

@@ -1,14 +1,46 @@
-//! Write data-exporter consumer plugins in Rust: implement [`Consumer`], call [`plugin!`].
+//! Write data-exporter consumer plugins in Rust.
 //!
 //! A plugin opens destinations (the JSON object under its config key in a report), keeps each
 //! one's state across batches, and says, per report, whether it was delivered, should be retried,
 //! or failed for good; or that the whole batch failed. The host does the rest: queueing, batching,
-//! retries, TLS and credentials. See the crate README for a complete plugin.
+//! retries, TLS and credentials.
+//!
+//! The short form: a serde struct is both the destination's config and the open destination;
+//! `#[derive(Parameters)]` describes its fields, [`Destination`] delivers one report, and
+//! [`plugin!`] exports it, with name, version and description taken from `Cargo.toml`:
+//!
+//! ```rust,standalone_crate
+//! use data_exporter_sdk::{Destination, Outcome, Parameters, Report, http::Request, plugin};
+//!
+//! #[derive(serde::Deserialize, Parameters)]
+//! struct Webhook {
+//!     /// Where each report is POSTed
+//!     url: String,
+//! }
+//!
+//! impl Destination for Webhook {
+//!     const CONFIG_KEY: &str = "webhook";
+//!
+//!     fn deliver(&mut self, report: Report) -> Outcome {
+//!         Request::post(&self.url).header("x-report-id", &report.id).json(report.payload).outcome()
+//!     }
+//! }
+//!
+//! plugin!(Webhook);
+//! # fn main() {}
+//! ```
+//!
+//! The full form, [`Consumer`], separates the config from the open destination, takes the
+//! operator's settings, delivers whole batches (or fails them whole) and states its
+//! [`PluginInfo`] itself. See the crate README and `docs/PLUGIN_GUIDE.md` of the repository.
 //!
 //! The contract is `narrows:exporter@0.3.0` (`wit/0.3/exporter.wit`): 0.2.0's world plus the
 //! [`messaging`] import. A plugin that does not publish imports nothing of 0.3.0 (unused imports
 //! are left out of the component), so it loads as a 0.2.0 plugin without the `messaging` grant.
 #![deny(missing_docs)]
+
+// `#[derive(Parameters)]` names this crate `::data_exporter_sdk`, in its users and here.
+extern crate self as data_exporter_sdk;
 
 pub mod files;
 pub mod http;
@@ -16,7 +48,10 @@ mod info;
 pub mod line;
 pub mod messaging;
 
-pub use info::{ParamType, Parameter, PluginInfo};
+/// `#[derive(Parameters)]`: the parameter table of a serde struct, from its fields, their types,
+/// serde attributes and doc comments (see the trait [`Parameters`] for what it infers).
+pub use data_exporter_sdk_macros::Parameters;
+pub use info::{ParamType, Parameter, Parameters, PluginInfo};
 
 /// `true`, for `#[serde(default = "data_exporter_sdk::default_true")]` on fields such as the
 /// seed's `checkCert` (described by [`PluginInfo::tls_params`]).
@@ -197,7 +232,27 @@ pub trait Consumer: Sized + 'static {
     /// JSON object; use [`NoSettings`] when there are none.
     type Settings: serde::de::DeserializeOwned + 'static;
 
-    /// Name, version, config key, parameters and settings.
+    /// Name, version, config key, description, parameters and settings. Fields left empty are
+    /// filled in by [`plugin!`] from the plugin's `Cargo.toml`: name, version and description
+    /// from the package, the config key from the name. So with `#[derive(Parameters)]` on the
+    /// config (and the settings), `PluginInfo::of::<Self>()` is often all there is to say:
+    ///
+    /// ```
+    /// # use data_exporter_sdk::*;
+    /// # #[derive(serde::Deserialize, Parameters)]
+    /// # struct Config { url: String }
+    /// # struct Hook;
+    /// # impl Consumer for Hook {
+    /// #     type Config = Config;
+    /// #     type Settings = NoSettings;
+    /// fn info() -> PluginInfo {
+    ///     PluginInfo::of::<Self>().config_key("webhook")
+    /// }
+    /// #     fn open(_: Config, _: &NoSettings) -> Result<Self, String> { Ok(Hook) }
+    /// #     fn deliver(&mut self, r: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> { Ok(vec![]) }
+    /// # }
+    /// assert_eq!(Hook::info().parameters[0].name, "url");
+    /// ```
     fn info() -> PluginInfo;
 
     /// Once per instance, before any destination opens. Default: accept.
@@ -222,73 +277,199 @@ pub trait Consumer: Sized + 'static {
     }
 }
 
-/// Glue between the generated bindings and a [`Consumer`]; used by [`plugin!`].
+/// The short form of a plugin: the destination's config is the open destination, and it
+/// delivers one report at a time.
+///
+/// Implement it on a serde struct that also derives [`Parameters`], and export it with
+/// [`plugin!`]: it is then a [`Consumer`] with no settings, whose [`PluginInfo`] comes from the
+/// derive and the package (`Cargo.toml`'s name, version and description). For batches sent as
+/// one request, settings, or state built at open, implement [`Consumer`] instead.
+///
+/// ```rust,standalone_crate
+/// use data_exporter_sdk::{Consumer, Destination, Outcome, Parameters, Report, plugin};
+///
+/// /// Accepts every report whose payload is not `null`.
+/// #[derive(serde::Deserialize, Parameters)]
+/// struct Sieve {
+///     /// Also refuse empty objects
+///     #[serde(default)]
+///     strict: bool,
+/// }
+///
+/// impl Destination for Sieve {
+///     fn deliver(&mut self, report: Report) -> Outcome {
+///         match report.payload.trim() {
+///             "null" => Outcome::permanent("the payload is null"),
+///             "{}" if self.strict => Outcome::permanent("the payload is empty"),
+///             _ => Outcome::Delivered,
+///         }
+///     }
+/// }
+///
+/// plugin!(Sieve);
+///
+/// # fn main() {
+/// // A destination is tested as plain Rust (`deliver` of `Consumer` takes a batch).
+/// let mut sieve = Sieve { strict: true };
+/// let out = Consumer::deliver(&mut sieve, vec![Report::new("1", "{}"), Report::new("2", "[1]")]);
+/// assert_eq!(out.unwrap(), [Outcome::permanent("the payload is empty"), Outcome::Delivered]);
+/// let info = <Sieve as Consumer>::info();
+/// assert_eq!(info.config_key, ""); // `plugin!` makes it the package name
+/// assert_eq!(info.parameters[0].default.as_deref(), Some("false"));
+/// # }
+/// ```
+pub trait Destination: Parameters + serde::de::DeserializeOwned + 'static {
+    /// The key under a report's `config` this plugin consumes. Default (empty): the package
+    /// name.
+    const CONFIG_KEY: &str = "";
+
+    /// Further checks of a parsed config, without opening it; return a message that tells a
+    /// person what to change. Default: accept.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Deliver one report: [`Outcome::Delivered`], [`Outcome::retry`] for what may succeed later,
+    /// [`Outcome::permanent`] for what never will. [`http::Request::outcome`] sends a request and
+    /// says which.
+    fn deliver(&mut self, report: Report) -> Outcome;
+
+    /// Make what was delivered durable. Default: nothing to do.
+    fn flush(&mut self) -> Result<(), BatchFailure> {
+        Ok(())
+    }
+}
+
+impl<D: Destination> Consumer for D {
+    type Config = D;
+    type Settings = NoSettings;
+
+    fn info() -> PluginInfo {
+        PluginInfo::of::<D>().config_key(D::CONFIG_KEY)
+    }
+
+    fn validate(config: &D) -> Result<(), String> {
+        Destination::validate(config)
+    }
+
+    fn open(config: D, _: &NoSettings) -> Result<Self, String> {
+        Ok(config)
+    }
+
+    fn deliver(&mut self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
+        Ok(reports.into_iter().map(|r| Destination::deliver(self, r)).collect())
+    }
+
+    fn flush(&mut self) -> Result<(), BatchFailure> {
+        Destination::flush(self)
+    }
+}
+
+/// Glue between the generated bindings and a [`Consumer`]; used by [`plugin!`] and
+/// `#[derive(Parameters)]`.
 #[doc(hidden)]
 pub mod __private {
     use super::*;
     use crate::bindings::exports::narrows::exporter0_2_0::consumer as export;
     use std::any::Any;
     use std::cell::RefCell;
+    use std::marker::PhantomData;
     use std::rc::Rc;
 
     pub use export::Guest;
+
+    /// The plugin's package, as `plugin!` reads it from `Cargo.toml` (`env!` in the plugin).
+    pub trait Package: 'static {
+        /// `CARGO_PKG_NAME`.
+        const NAME: &str;
+        /// `CARGO_PKG_VERSION`.
+        const VERSION: &str;
+        /// `CARGO_PKG_DESCRIPTION`.
+        const DESCRIPTION: &str;
+    }
+
+    /// `p` with its default: `value` as JSON, unless it is `null` or cannot be written.
+    pub fn with_default<T: serde::Serialize>(p: Parameter, value: &T) -> Parameter {
+        match serde_json::to_string(value) {
+            Ok(json) if json != "null" => p.default(&json),
+            _ => p,
+        }
+    }
 
     thread_local! {
         /// The settings `init` parsed (a `C::Settings`); components are single-threaded.
         static SETTINGS: RefCell<Option<Rc<dyn Any>>> = const { RefCell::new(None) };
     }
 
-    fn parse_settings<C: Consumer>(settings: &str) -> Result<C::Settings, String> {
+    /// `C::info()` with its blanks filled from the package.
+    pub fn plugin_info<C: Consumer, P: Package>() -> PluginInfo {
+        let mut i = C::info();
+        if i.name.is_empty() {
+            i.name = P::NAME.into();
+        }
+        if i.version.is_empty() {
+            i.version = P::VERSION.into();
+        }
+        if i.description.is_empty() {
+            i.description = P::DESCRIPTION.into();
+        }
+        if i.config_key.is_empty() {
+            i.config_key = i.name.clone();
+        }
+        i
+    }
+
+    fn parse_settings<C: Consumer, P: Package>(settings: &str) -> Result<C::Settings, String> {
         serde_json::from_str(settings).map_err(|e| {
-            let name = C::info().name;
+            let name = plugin_info::<C, P>().name;
             format!("invalid settings for plugin `{name}`: {e}")
         })
     }
 
     /// The settings `init` stored; `{}` parsed (and stored) when `init` was never called.
-    fn settings<C: Consumer>() -> Result<Rc<dyn Any>, String> {
+    fn settings<C: Consumer, P: Package>() -> Result<Rc<dyn Any>, String> {
         if let Some(s) = SETTINGS.with(|s| s.borrow().clone()) {
             return Ok(s);
         }
-        let parsed: Rc<dyn Any> = Rc::new(parse_settings::<C>("{}")?);
+        let parsed: Rc<dyn Any> = Rc::new(parse_settings::<C, P>("{}")?);
         SETTINGS.with(|s| *s.borrow_mut() = Some(parsed.clone()));
         Ok(parsed)
     }
 
     /// Parse a destination config, turning a serde error into a message for people.
-    fn parse_config<C: Consumer>(config: &str) -> Result<C::Config, String> {
+    fn parse_config<C: Consumer, P: Package>(config: &str) -> Result<C::Config, String> {
         serde_json::from_str(config).map_err(|e| {
-            let key = C::info().config_key;
+            let key = plugin_info::<C, P>().config_key;
             format!("invalid `{key}` destination: {e}")
         })
     }
 
-    pub fn info<C: Consumer>() -> wit::PluginInfo {
-        C::info().into_wit()
+    pub fn info<C: Consumer, P: Package>() -> wit::PluginInfo {
+        plugin_info::<C, P>().into_wit()
     }
 
-    pub fn init<C: Consumer>(settings: &str) -> Result<(), String> {
-        let parsed = parse_settings::<C>(settings)?;
+    pub fn init<C: Consumer, P: Package>(settings: &str) -> Result<(), String> {
+        let parsed = parse_settings::<C, P>(settings)?;
         C::init(&parsed)?;
         let parsed: Rc<dyn Any> = Rc::new(parsed);
         SETTINGS.with(|s| *s.borrow_mut() = Some(parsed));
         Ok(())
     }
 
-    pub fn validate<C: Consumer>(config: &str) -> Result<(), String> {
-        C::validate(&parse_config::<C>(config)?)
+    pub fn validate<C: Consumer, P: Package>(config: &str) -> Result<(), String> {
+        C::validate(&parse_config::<C, P>(config)?)
     }
 
     /// The exported `destination` resource: one open `C`. Resource methods take `&self`.
-    pub struct Destination<C: Consumer>(RefCell<C>);
+    pub struct Resource<C: Consumer, P: Package>(RefCell<C>, PhantomData<P>);
 
-    impl<C: Consumer> export::GuestDestination for Destination<C> {
+    impl<C: Consumer, P: Package> export::GuestDestination for Resource<C, P> {
         fn open(config: String) -> Result<export::Destination, String> {
-            let config = parse_config::<C>(&config)?;
-            let settings = settings::<C>()?;
+            let config = parse_config::<C, P>(&config)?;
+            let settings = settings::<C, P>()?;
             let settings = settings.downcast_ref::<C::Settings>().expect("settings of this plugin's type");
             let c = C::open(config, settings)?;
-            Ok(export::Destination::new(Destination(RefCell::new(c))))
+            Ok(export::Destination::new(Resource::<C, P>(RefCell::new(c), PhantomData)))
         }
 
         fn deliver(&self, reports: Vec<Report>) -> Result<Vec<Outcome>, BatchFailure> {
@@ -305,22 +486,31 @@ pub mod __private {
     }
 }
 
-/// Export a [`Consumer`] as this component's plugin: `data_exporter_sdk::plugin!(MyPlugin);`
+/// Export a [`Consumer`] (or a [`Destination`], which is one) as this component's plugin:
+/// `plugin!(MyPlugin);`, once, at the top level of the plugin's `lib.rs`.
+///
+/// It also reads the plugin's package name, version and description from `Cargo.toml`: they
+/// fill whatever [`Consumer::info`] left empty.
 #[macro_export]
 macro_rules! plugin {
     ($ty:ty) => {
         const _: () = {
             struct __DataExporterPlugin;
+            impl $crate::__private::Package for __DataExporterPlugin {
+                const NAME: &str = ::core::env!("CARGO_PKG_NAME");
+                const VERSION: &str = ::core::env!("CARGO_PKG_VERSION");
+                const DESCRIPTION: &str = ::core::env!("CARGO_PKG_DESCRIPTION");
+            }
             impl $crate::__private::Guest for __DataExporterPlugin {
-                type Destination = $crate::__private::Destination<$ty>;
+                type Destination = $crate::__private::Resource<$ty, __DataExporterPlugin>;
                 fn info() -> $crate::bindings::narrows::exporter0_2_0::types::PluginInfo {
-                    $crate::__private::info::<$ty>()
+                    $crate::__private::info::<$ty, __DataExporterPlugin>()
                 }
                 fn init(settings: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::init::<$ty>(&settings)
+                    $crate::__private::init::<$ty, __DataExporterPlugin>(&settings)
                 }
                 fn validate(destination: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::validate::<$ty>(&destination)
+                    $crate::__private::validate::<$ty, __DataExporterPlugin>(&destination)
                 }
             }
     $crate::bindings::export!(__DataExporterPlugin with_types_in $crate::bindings);
@@ -344,6 +534,14 @@ mod tests {
     }
 
     struct T;
+
+    /// A package with no description.
+    struct Pkg;
+    impl __private::Package for Pkg {
+        const NAME: &str = "t-plugin";
+        const VERSION: &str = "9.9.9";
+        const DESCRIPTION: &str = "";
+    }
 
     impl Consumer for T {
         type Config = Conf;
@@ -374,15 +572,15 @@ mod tests {
 
     #[test]
     fn config_and_settings_errors_name_the_key_or_plugin() {
-        let e = __private::validate::<T>(r#"{"uri": "x"}"#).unwrap_err();
+        let e = __private::validate::<T, Pkg>(r#"{"uri": "x"}"#).unwrap_err();
         assert!(e.contains("invalid `tKey` destination") && e.contains("url"), "{e}");
-        assert_eq!(__private::validate::<T>(r#"{"url": ""}"#).unwrap_err(), "`url` is empty");
-        assert!(__private::validate::<T>(r#"{"url": "http://x"}"#).is_ok());
-        let e = __private::init::<T>(r#"{"level": "high"}"#).unwrap_err();
+        assert_eq!(__private::validate::<T, Pkg>(r#"{"url": ""}"#).unwrap_err(), "`url` is empty");
+        assert!(__private::validate::<T, Pkg>(r#"{"url": "http://x"}"#).is_ok());
+        let e = __private::init::<T, Pkg>(r#"{"level": "high"}"#).unwrap_err();
         assert!(e.contains("invalid settings for plugin `t`"), "{e}");
-        assert_eq!(__private::init::<T>(r#"{"level": 10}"#).unwrap_err(), "level goes to 9");
-        assert!(__private::init::<T>(r#"{"level": 3}"#).is_ok());
-        assert_eq!(__private::info::<T>().settings[0].name, "level");
+        assert_eq!(__private::init::<T, Pkg>(r#"{"level": 10}"#).unwrap_err(), "level goes to 9");
+        assert!(__private::init::<T, Pkg>(r#"{"level": 3}"#).is_ok());
+        assert_eq!(__private::info::<T, Pkg>().settings[0].name, "level");
     }
 
     #[test]
@@ -429,5 +627,90 @@ mod tests {
         r.metadata.labels.push(("team".into(), "blue".into()));
         assert_eq!(r.metadata.label("team"), Some("blue"));
         assert_eq!(r.metadata.label("nope"), None);
+    }
+
+    #[derive(serde::Deserialize, Parameters)]
+    #[serde(rename_all = "camelCase", default)]
+    #[allow(dead_code)]
+    struct Tuned {
+        /// How long to wait,
+        ///
+        /// in milliseconds.
+        timeout_ms: u32,
+        #[serde(rename(deserialize = "TLS", serialize = "tls"))]
+        tls: bool,
+        #[param(secret, usage = "The token")]
+        r#type: String,
+        #[param(skip)]
+        hidden: u8,
+        #[serde(skip)]
+        cache: Vec<u8>,
+        #[param(default_json = "[\"a\"]")]
+        topics: Vec<String>,
+        ratio: Option<f64>,
+    }
+
+    impl Default for Tuned {
+        fn default() -> Self {
+            Tuned {
+                timeout_ms: 2500,
+                tls: true,
+                r#type: "x".into(),
+                hidden: 0,
+                cache: Vec::new(),
+                topics: vec!["a".into()],
+                ratio: Some(0.5),
+            }
+        }
+    }
+
+    #[test]
+    fn derived_parameters_follow_serde_names_and_struct_defaults() {
+        let p = Tuned::parameters();
+        let names: Vec<_> = p.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["timeoutMs", "TLS", "type", "topics", "ratio"]);
+        assert!(p.iter().all(|p| !p.required), "{p:?}");
+        assert_eq!(p[0], Parameter::integer("timeoutMs").default("2500").usage("How long to wait, in milliseconds."));
+        assert_eq!(p[1].default.as_deref(), Some("true"));
+        assert_eq!(p[2], Parameter::string("type").default("\"x\"").secret().usage("The token"));
+        assert_eq!((p[3].ty, p[3].default.as_deref()), (ParamType::Array, Some("[\"a\"]")));
+        assert_eq!((p[4].ty, p[4].default.as_deref()), (ParamType::Number, Some("0.5")));
+    }
+
+    #[derive(serde::Deserialize, Parameters)]
+    #[allow(dead_code)]
+    struct Hook {
+        /// Where to
+        url: String,
+        #[serde(default)]
+        #[param(required)]
+        index: String,
+    }
+
+    impl Destination for Hook {
+        fn deliver(&mut self, _: Report) -> Outcome {
+            Outcome::Delivered
+        }
+        fn validate(&self) -> Result<(), String> {
+            if self.url.starts_with("http") { Ok(()) } else { Err("`url` is not an http URL".into()) }
+        }
+    }
+
+    #[test]
+    fn a_destination_takes_its_info_from_the_derive_and_the_package() {
+        let i = __private::plugin_info::<Hook, Pkg>();
+        assert_eq!((i.name.as_str(), i.version.as_str(), i.config_key.as_str()), ("t-plugin", "9.9.9", "t-plugin"));
+        assert_eq!(
+            i.parameters,
+            [Parameter::string("url").required().usage("Where to"), {
+                Parameter::string("index").required().default("\"\"")
+            }]
+        );
+        assert!(i.settings.is_empty());
+        let e = __private::validate::<Hook, Pkg>(r#"{"index": "i"}"#).unwrap_err();
+        assert!(e.contains("invalid `t-plugin` destination") && e.contains("url"), "{e}");
+        assert_eq!(__private::validate::<Hook, Pkg>(r#"{"url": "ftp://x"}"#).unwrap_err(), "`url` is not an http URL");
+        let i = __private::plugin_info::<T, Pkg>();
+        assert_eq!((i.name.as_str(), i.config_key.as_str(), i.description.as_str()), ("t", "tKey", ""));
     }
 }
