@@ -149,6 +149,19 @@ fn check(cfg: &Config, files: bool, f: &mut Findings) {
     if let Some(ca) = &cfg.http.ca_file {
         f.read("http.ca_file", ca);
     }
+    if let Some(tls) = &cfg.tls {
+        f.read("tls.cert_file", &tls.cert_file);
+        f.read("tls.key_file", &tls.key_file);
+        match &tls.client_ca_file {
+            Some(ca) => f.read("tls.client_ca_file", ca),
+            None if tls.client_auth == data_exporter::server::tls::ClientAuth::Optional => f.warnings.push(
+                "tls.client_auth = \"optional\" has no effect without tls.client_ca_file: no client is asked for \
+                 a certificate"
+                    .into(),
+            ),
+            None => {}
+        }
+    }
     f.read("plugins_dir", &cfg.plugins_dir);
     f.writes.push(("data_dir".into(), cfg.data_dir.clone()));
     plugins(cfg, &runtime, files, f);
@@ -327,6 +340,12 @@ fn read_files(cfg: &Config, f: &mut Findings) {
     }
     if let Err(e) = data_exporter::capabilities::http::HttpCapability::new(&cfg.http) {
         f.error(format!("{e:#}"));
+    }
+    // As start-up does: certificate chain, key (matching the certificate), client CAs.
+    if let Some(tls) = &cfg.tls
+        && let Err(e) = data_exporter::server::tls::server_config(tls)
+    {
+        f.error(e.to_string());
     }
     for (key, dir) in [("plugins_dir", Some(&cfg.plugins_dir)), ("secrets_dir", cfg.secrets_dir.as_ref())] {
         if let Some(dir) = dir

@@ -69,6 +69,20 @@ pub enum RouteError {
         /// The skipped consumer keys.
         skipped: String,
     },
+    /// A destination carries a credential inline where the operator forbids it.
+    #[error(
+        "{at}`config.{key}.{field}` carries a credential inside the report, which this host refuses \
+         (limits.forbid_inline_credentials): remove it and name an operator-mounted secret with \
+         \"secretRef\": \"<name>\" instead, or send through an access key (POST /v1/ingest)"
+    )]
+    InlineCredential {
+        /// Position prefix for batches, else empty.
+        at: String,
+        /// The consumer key.
+        key: String,
+        /// The parameter the plugin marks secret.
+        field: String,
+    },
     /// The queue refused the reports.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -263,6 +277,31 @@ fn plan<P: Clone>(
         receipts.push(Receipt { id, consumers, known: false });
     }
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
+}
+
+/// With `limits.forbid_inline_credentials`: refuse a destination that sets a parameter its
+/// plugin marks secret (a password, a token). Unknown consumer keys are left to routing.
+pub fn refuse_inline_credentials(registry: &Plugins, envelopes: &[Envelope], batch: bool) -> Result<(), RouteError> {
+    let registry = registry.current();
+    for (i, env) in envelopes.iter().enumerate() {
+        for (key, dest) in &env.destinations {
+            let Some(plugin) = registry.get(key) else { continue };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(dest.get()) else { continue };
+            let secret = plugin
+                .info
+                .parameters
+                .iter()
+                .find(|p| p.secret && value.get(&p.name).is_some_and(|v| !crate::envelope::is_zero(v)));
+            if let Some(p) = secret {
+                return Err(RouteError::InlineCredential {
+                    at: if batch { format!("report [{i}]: ") } else { String::new() },
+                    key: key.clone(),
+                    field: p.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Route, validate, queue durably and dispatch `envelopes`; one receipt per envelope, in order.

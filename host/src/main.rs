@@ -463,11 +463,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("listening on {}: is another process using it? (--admin-listen)", cfg.admin_listen))?;
+    // TLS files are read now: a bad one stops start-up, naming it.
+    let listener = data_exporter::server::listener::PublicListener::new(
+        listener,
+        cfg.tls.as_ref(),
+        &cfg.limits,
+        host.state.metrics.clone(),
+    )?;
     // No plugin may send requests to this host's own listeners.
     host.guard_listener(listener.local_addr()?, "public");
     host.guard_listener(admin.local_addr()?, "admin");
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %listener.url()?,
         admin_listen = %admin.local_addr()?,
         plugins_dir = %cfg.plugins_dir.display(),
         plugins = host.state.registry.current().plugins().count(),
@@ -478,13 +485,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let public = axum::serve(listener, data_exporter::server::app(host.state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let public = listener.serve(data_exporter::server::app(host.state.clone()), stopped(stop_rx.clone()));
     let admin_addr = admin.local_addr()?;
     let admin = axum::serve(admin, data_exporter::server::admin_app(host.state.clone(), admin_addr))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let mut servers = tokio::spawn(async move {
-        let (a, b) = tokio::join!(public.into_future(), admin.into_future());
+        let (a, b) = tokio::join!(public, admin.into_future());
         a.context("serving HTTP")?;
         b.context("serving the admin API")
     });

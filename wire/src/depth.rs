@@ -1,1 +1,108 @@
 //! How deep a JSON text nests, found without parsing it.
+//!
+//! [`check`] runs before any parser sees hostile input: `serde_json` refuses past 128 levels
+//! with a message that names no setting, and a recursive consumer further on could run out of
+//! stack. The scan is one pass over the bytes, counts `[` and `{` outside strings (a `\`
+//! escapes the next byte inside a string) and allocates nothing. It does not validate: a
+//! malformed text that stays within the limit passes, and the parser then says what is wrong.
+
+/// A JSON text nests deeper than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "JSON nested more than {max} levels deep (at byte {offset}): flatten it, or raise the limit `limits.max_json_depth`"
+)]
+pub struct TooDeep {
+    /// The limit that was exceeded.
+    pub max: usize,
+    /// Byte offset of the `[` or `{` that went one level past it.
+    pub offset: usize,
+}
+
+/// Check that `json` nests at most `max_depth` arrays and objects deep (`{}` and `[1]` are
+/// depth 1, `{"a":[1]}` is depth 2, a scalar is depth 0).
+pub fn check(json: &[u8], max_depth: usize) -> Result<(), TooDeep> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (offset, &b) in json.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(TooDeep { max: max_depth, offset });
+                }
+            }
+            // Unbalanced closers are the parser's to report; never underflow.
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(n: usize) -> String {
+        format!("{}{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    #[test]
+    fn exactly_at_the_limit_passes_and_one_over_fails_where_it_went_over() {
+        assert_eq!(check(nested(64).as_bytes(), 64), Ok(()));
+        assert_eq!(check(nested(65).as_bytes(), 64), Err(TooDeep { max: 64, offset: 64 }));
+        assert_eq!(check(br#"{"a":{"b":[1,{"c":2}]}}"#, 4), Ok(()));
+        assert_eq!(check(br#"{"a":{"b":[1,{"c":2}]}}"#, 3), Err(TooDeep { max: 3, offset: 13 }));
+        // Siblings do not add up.
+        assert_eq!(check(b"[[],[],{},[[]]]", 3), Ok(()));
+        assert_eq!(check(b"{}{}{}", 1), Ok(()));
+    }
+
+    #[test]
+    fn scalars_and_empty_input_are_depth_zero() {
+        for text in [&b""[..], b"1", b"\"x\"", b"null", b"  "] {
+            assert_eq!(check(text, 0), Ok(()));
+        }
+        assert!(check(b"{}", 0).is_err());
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count() {
+        assert_eq!(check(br#"{"[[[[": "{{{{]]]]"}"#, 1), Ok(()));
+        assert_eq!(check(br#"["a\"[[[", "b"]"#, 1), Ok(()));
+        // An escaped backslash ends the escape: the quote after it closes the string.
+        assert_eq!(check(br#"["a\\", [[1]]]"#, 3), Ok(()));
+        assert!(check(br#"["a\\", [[1]]]"#, 2).is_err());
+        // `\u005b` is `[` escaped, still inside the string.
+        assert_eq!(check(br#"["\u005b\u007b"]"#, 1), Ok(()));
+        // A key with brackets, then real nesting.
+        assert_eq!(check(br#"{"}}}":{"x":[]}}"#, 2), Err(TooDeep { max: 2, offset: 12 }));
+    }
+
+    #[test]
+    fn malformed_text_never_panics() {
+        for text in [&b"]]]]"[..], b"}{", b"\"unterminated [[[", b"\\", b"[\"\\"] {
+            let _ = check(text, 1);
+        }
+        assert_eq!(check(b"]]]][[", 2), Ok(()));
+    }
+
+    #[test]
+    fn the_message_names_the_limit_and_the_setting() {
+        let msg = check(nested(3).as_bytes(), 2).unwrap_err().to_string();
+        assert!(msg.contains("more than 2 levels"), "{msg}");
+        assert!(msg.contains("limits.max_json_depth"), "{msg}");
+    }
+}

@@ -92,6 +92,16 @@ pub enum EnvelopeError {
         /// The limit.
         max: usize,
     },
+    /// The body, or a `payload` document, nests deeper than allowed.
+    #[error(
+        "{what} nests arrays and objects more than {max} levels deep (limits.max_json_depth): flatten it, or have the operator raise the limit"
+    )]
+    TooDeep {
+        /// `"the request body"` or `` "`payload`" ``.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// An element of an array body is wrong.
     #[error("report [{index}]: {error}")]
     InBatch {
@@ -104,9 +114,34 @@ pub enum EnvelopeError {
 
 const EXAMPLE: &str = r#"{"config": {"openSearch": {"host_port": "https://os:9200", "index": "scans"}}, "payload": "{\"cluster\":\"c1\"}"}"#;
 
-/// Parse a `POST /forward` body: one `ReportData` object, or an array of them.
+/// Limits on one `POST /forward` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeLimits {
+    /// Most reports an array body may carry (`limits.max_reports_per_request`).
+    pub max_reports: usize,
+    /// Deepest nesting of arrays and objects in the body, and separately in each `payload`
+    /// document (`limits.max_json_depth`). An array body counts one level.
+    pub max_depth: usize,
+}
+
+/// The nesting [`parse_body`] allows (the host's default `limits.max_json_depth`).
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// Parse a `POST /forward` body: one `ReportData` object, or an array of them, with at most
+/// `max_reports` of them and the default depth limit ([`DEFAULT_MAX_DEPTH`]).
 /// Returns the envelopes and whether the body was an array.
 pub fn parse_body(body: &[u8], max_reports: usize) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
+    parse_body_with(body, &EnvelopeLimits { max_reports, max_depth: DEFAULT_MAX_DEPTH })
+}
+
+/// Parse a `POST /forward` body: one `ReportData` object, or an array of them, within `limits`.
+/// Nesting is checked before anything is parsed, in the body and then in each payload.
+/// Returns the envelopes and whether the body was an array.
+pub fn parse_body_with(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
+    let max_reports = limits.max_reports;
+    let max_depth = limits.max_depth;
+    crate::depth::check(body, max_depth)
+        .map_err(|_| EnvelopeError::TooDeep { what: "the request body", max: max_depth })?;
     let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::Malformed(format!("not UTF-8: {e}")))?;
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
@@ -122,12 +157,13 @@ pub fn parse_body(body: &[u8], max_reports: usize) -> Result<(Vec<Envelope>, boo
                 .iter()
                 .enumerate()
                 .map(|(index, raw)| {
-                    parse_one(raw.get()).map_err(|e| EnvelopeError::InBatch { index, error: Box::new(e) })
+                    parse_one_with(raw.get(), max_depth)
+                        .map_err(|e| EnvelopeError::InBatch { index, error: Box::new(e) })
                 })
                 .collect::<Result<_, _>>()?;
             Ok((envelopes, true))
         }
-        Some(b'{') => Ok((vec![parse_one(text)?], false)),
+        Some(b'{') => Ok((vec![parse_one_with(text, max_depth)?], false)),
         None => Err(EnvelopeError::Malformed("the body is empty".into())),
         Some(_) => Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text)))),
     }
@@ -195,13 +231,23 @@ impl<'de> Deserialize<'de> for Payload {
     }
 }
 
-/// Parse one `ReportData` object.
+/// Parse one `ReportData` object, with the default depth limit ([`DEFAULT_MAX_DEPTH`]).
 pub fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
+    crate::depth::check(text.as_bytes(), DEFAULT_MAX_DEPTH)
+        .map_err(|_| EnvelopeError::TooDeep { what: "the request body", max: DEFAULT_MAX_DEPTH })?;
+    parse_one_with(text, DEFAULT_MAX_DEPTH)
+}
+
+/// One `ReportData` object whose own nesting was checked; `max_depth` bounds its payload.
+fn parse_one_with(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
     if !text.trim_start().starts_with('{') {
         return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
     }
     let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     let payload = wire.payload.ok_or(EnvelopeError::MissingPayload)?.0.map_err(EnvelopeError::PayloadNotString)?;
+    // Before parsing: serde_json stops at 128 levels with a message that names no setting.
+    crate::depth::check(payload.as_bytes(), max_depth)
+        .map_err(|_| EnvelopeError::TooDeep { what: "`payload`", max: max_depth })?;
     serde_json::from_str::<IgnoredAny>(&payload).map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
 
     let config_raw = wire.config.filter(|c| c.get() != "null").ok_or(EnvelopeError::MissingConfig)?;
@@ -348,5 +394,33 @@ mod tests {
         let err = parse_body(format!("[{SEED},{SEED},{SEED}]").as_bytes(), 2).unwrap_err();
         assert_eq!(err, EnvelopeError::TooManyReports { count: 3, max: 2 });
         assert_eq!(parse_body(b"[]", 2).unwrap_err(), EnvelopeError::EmptyBatch);
+    }
+
+    #[test]
+    fn depth_is_checked_before_parsing_in_the_body_and_in_each_payload() {
+        let limits = EnvelopeLimits { max_reports: 10, max_depth: 4 };
+        let payload = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let body = |depth: usize| format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{}"}}"#, payload(depth));
+        assert_eq!(parse_body_with(body(4).as_bytes(), &limits).unwrap().0[0].payload, payload(4));
+        let err = parse_body_with(body(5).as_bytes(), &limits).unwrap_err();
+        assert_eq!(err, EnvelopeError::TooDeep { what: "`payload`", max: 4 });
+        assert!(err.to_string().contains("limits.max_json_depth"), "{err}");
+        // Past serde_json's own limit (128): still our message, not the parser's.
+        let limits = EnvelopeLimits { max_reports: 10, max_depth: 200 };
+        let err = parse_body_with(body(300).as_bytes(), &limits).unwrap_err();
+        assert_eq!(err, EnvelopeError::TooDeep { what: "`payload`", max: 200 });
+        // The body itself: a deep destination, and a deep array of reports.
+        let limits = EnvelopeLimits { max_reports: 10, max_depth: 3 };
+        let deep_config = r#"{"config":{"stdout":{"a":{"b":1}}},"payload":"{}"}"#;
+        let err = parse_body_with(deep_config.as_bytes(), &limits).unwrap_err();
+        assert_eq!(err, EnvelopeError::TooDeep { what: "the request body", max: 3 });
+        let err = parse_body_with(format!("[{}]", body(1)).as_bytes(), &limits).unwrap_err();
+        assert_eq!(err, EnvelopeError::TooDeep { what: "the request body", max: 3 });
+        let err = parse_body(format!("{}1{}", "[".repeat(100), "]".repeat(100)).as_bytes(), 10).unwrap_err();
+        assert_eq!(err, EnvelopeError::TooDeep { what: "the request body", max: DEFAULT_MAX_DEPTH });
+        // In a batch, the payload error names the report.
+        let limits = EnvelopeLimits { max_reports: 10, max_depth: 6 };
+        let err = parse_body_with(format!("[{},{}]", body(2), body(7)).as_bytes(), &limits).unwrap_err();
+        assert!(err.to_string().starts_with("report [1]: `payload` nests"), "{err}");
     }
 }

@@ -68,6 +68,7 @@ fn code_of(e: &crate::envelope::EnvelopeError) -> &'static str {
         E::InvalidId(_) => "invalid_id",
         E::EmptyBatch => "empty_batch",
         E::TooManyReports { .. } => "too_many_reports",
+        E::TooDeep { .. } => "too_deep",
         E::InBatch { error, .. } => code_of(error),
     }
 }
@@ -82,6 +83,7 @@ impl From<crate::forward::RouteError> for ApiError {
             E::Plugin { .. } => (StatusCode::BAD_GATEWAY, "plugin_failed", None),
             E::NoConsumer { .. } => (StatusCode::BAD_REQUEST, "no_consumer", None),
             E::DuplicateId { .. } => (StatusCode::BAD_REQUEST, "duplicate_id", None),
+            E::InlineCredential { .. } => (StatusCode::BAD_REQUEST, "inline_credentials_forbidden", None),
             E::Queue(Q::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(2)),
             E::Queue(Q::Disk(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
             E::Queue(Q::InFlight(_)) => (StatusCode::SERVICE_UNAVAILABLE, "report_in_flight", Some(1)),

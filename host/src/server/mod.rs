@@ -6,6 +6,7 @@
 
 mod admin;
 mod error;
+pub mod listener;
 pub mod tls;
 
 pub use admin::{AdminToken, admin_app};
@@ -149,7 +150,11 @@ async fn forward_inner(
         }
     })?;
     tracing::Span::current().record("bytes", body.len());
-    let (envelopes, batch) = crate::envelope::parse_body(&body, state.limits.max_reports_per_request)?;
+    let limits = crate::envelope::EnvelopeLimits {
+        max_reports: state.limits.max_reports_per_request,
+        max_depth: state.limits.max_json_depth,
+    };
+    let (envelopes, batch) = crate::envelope::parse_body_with(&body, &limits)?;
     if !state.limits.accept_report_ids && envelopes.iter().any(|e| e.id.is_some()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -157,6 +162,9 @@ async fn forward_inner(
             "this host does not take report ids from producers (`id` in ReportData): remove it, or, where another \
              data-exporter relays to this one, an operator sets limits.accept_report_ids = true",
         ));
+    }
+    if state.limits.forbid_inline_credentials {
+        forward::refuse_inline_credentials(&state.registry, &envelopes, batch)?;
     }
     let mut receipts = forward::accept(state.ingest(), envelopes, batch).await?;
 

@@ -63,7 +63,10 @@ pub struct TestApp {
     pub admin_token: String,
     /// Where it is: `<data_dir>/admin.token`.
     pub admin_token_file: PathBuf,
+    /// A client for `url`. With `[tls]`, build one that trusts the test CA instead.
     pub client: reqwest::Client,
+    /// With `[tls]` (`url` is then https): the certificates being served, reloaded as they change.
+    pub tls: Option<std::sync::Arc<data_exporter::server::tls::TlsReloader>>,
     pub host: data_exporter::Host,
     _plugins_dir: tempfile::TempDir,
     _data_dir: Option<tempfile::TempDir>,
@@ -110,11 +113,19 @@ pub async fn spawn_app_at(plugins_dir: tempfile::TempDir, data_dir: &Path, tweak
     cfg.delivery.retry_max_ms = 200;
     tweak(&mut cfg);
     let host = data_exporter::build(&cfg).await.expect("building the host");
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let tcp = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+    let listener = data_exporter::server::listener::PublicListener::new(
+        tcp,
+        cfg.tls.as_ref(),
+        &cfg.limits,
+        host.state.metrics.clone(),
+    )
+    .expect("loading the TLS files");
+    let url = listener.url().unwrap();
+    let tls = listener.tls();
     host.guard_listener(listener.local_addr().unwrap(), "public");
     let app = data_exporter::server::app(host.state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move { listener.serve(app, std::future::pending()).await.unwrap() });
     let admin = tokio::net::TcpListener::bind(cfg.admin_listen).await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     host.guard_listener(admin_addr, "admin");
@@ -129,6 +140,7 @@ pub async fn spawn_app_at(plugins_dir: tempfile::TempDir, data_dir: &Path, tweak
         admin_token,
         admin_token_file,
         client: reqwest::Client::new(),
+        tls,
         host,
         _plugins_dir: plugins_dir,
         _data_dir: None,

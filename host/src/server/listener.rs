@@ -1,0 +1,300 @@
+//! The public listener: plain HTTP/1.1 or TLS (client certificates, certificate reload), with
+//! deadlines for slow clients, the body limit, load shedding and graceful shutdown.
+//!
+//! Every request passes `guard` before the router: past `limits.max_concurrent_requests` it is
+//! answered 503 `overloaded` at once (health and metrics excepted); then its whole body is read,
+//! at most `limits.max_body_bytes` (else 413 `body_too_large`) within `limits.body_timeout_ms`
+//! (else 408 `request_timeout`), so handlers see a complete body. A connection has
+//! `limits.header_timeout_ms` for its TLS handshake and for each request's headers.
+
+use super::tls::{TlsConfig, TlsError, TlsReloader};
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Paths never shed: probes and scrapes must see an overloaded host.
+const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// The public API's socket, its TLS configuration (if any) and its limits.
+pub struct PublicListener {
+    tcp: TcpListener,
+    tls: Option<Arc<TlsReloader>>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl PublicListener {
+    /// Serve on `tcp`; with `tls`, read its files now (an error names the file at fault).
+    pub fn new(
+        tcp: TcpListener,
+        tls: Option<&TlsConfig>,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<PublicListener, TlsError> {
+        let tls = tls.map(TlsReloader::load).transpose()?.map(Arc::new);
+        Ok(PublicListener { tcp, tls, limits: limits.clone(), metrics })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> std::io::Result<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.local_addr()?))
+    }
+
+    /// The TLS configuration being served, when TLS is on.
+    pub fn tls(&self) -> Option<Arc<TlsReloader>> {
+        self.tls.clone()
+    }
+
+    /// Serve `app` until `shutdown` completes; then stop accepting, let open requests finish
+    /// (idle connections are closed) and return once every connection is closed. The caller
+    /// bounds that wait (`shutdown_grace_ms`).
+    pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let PublicListener { tcp, tls, limits, metrics } = self;
+        let app = guarded(app, &limits, metrics);
+        let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        // Reload certificates while serving.
+        let reload = tls.clone().map(|t| AbortOnDrop(tokio::spawn(t.watch())));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = tcp.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection {
+                http: http.clone(),
+                service: TowerToHyperService::new(app.clone()),
+                watcher: graceful.watcher(),
+                peer,
+            };
+            match &tls {
+                None => {
+                    tokio::spawn(connection.serve(stream));
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => connection.serve(stream).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out (limits.header_timeout_ms)"),
+                        }
+                    });
+                }
+            }
+        }
+        drop(tcp);
+        drop(reload);
+        graceful.shutdown().await;
+        Ok(())
+    }
+}
+
+/// One accepted connection, before its (TLS) stream is ready.
+struct Connection {
+    http: hyper::server::conn::http1::Builder,
+    service: TowerToHyperService<Router>,
+    watcher: Watcher,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self.http.serve_connection(TokioIo::new(io), self.service);
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// After a failed `accept`: a connection that went away is nothing; anything else (out of file
+/// descriptors) is logged and waited out, as `axum::serve` does.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind as K;
+    if matches!(e.kind(), K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// What `guard` needs.
+struct Guard {
+    permits: Arc<Semaphore>,
+    max_concurrent: usize,
+    max_body: usize,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// When shedding was last logged (ms since the epoch): at most once every 10 s.
+    shed_logged: AtomicU64,
+}
+
+/// `app` behind the concurrency limit and the body deadline and limit.
+fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>) -> Router {
+    let max_concurrent = limits.max_concurrent_requests.min(Semaphore::MAX_PERMITS);
+    let g = Guard {
+        permits: Arc::new(Semaphore::new(max_concurrent)),
+        max_concurrent,
+        max_body: limits.max_body_bytes,
+        body_timeout: Duration::from_millis(limits.body_timeout_ms),
+        metrics,
+        shed_logged: AtomicU64::new(0),
+    };
+    app.layer(axum::middleware::from_fn_with_state(Arc::new(g), guard))
+}
+
+async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let _permit = if EXEMPT.contains(&req.uri().path()) {
+        None
+    } else {
+        match g.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return g.shed(),
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let body = match g.collect(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    next.run(Request::from_parts(parts, body)).await
+}
+
+impl Guard {
+    /// 503 `overloaded`, counted as a rejection with that code.
+    fn shed(&self) -> Response {
+        self.metrics.reject("overloaded");
+        let now = crate::now_ms();
+        let last = self.shed_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self.shed_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                max_concurrent_requests = self.max_concurrent,
+                "shedding load: requests past limits.max_concurrent_requests are answered 503 \
+                 (data_exporter_requests_rejected_total{{code=\"overloaded\"}} counts them)"
+            );
+        }
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the host is already serving limits.max_concurrent_requests ({}) requests: retry after a second",
+                self.max_concurrent
+            ),
+        );
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
+    }
+
+    /// The whole body, read within the deadline and the limit; or the answer that refuses it.
+    async fn collect(&self, headers: &axum::http::HeaderMap, body: Body) -> Result<Body, Response> {
+        if body.size_hint().exact() == Some(0) {
+            return Ok(body);
+        }
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return Err(self.too_large());
+        }
+        let read = async {
+            let mut stream = body.into_data_stream();
+            let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+            while let Some(chunk) = stream.next().await {
+                let chunk: Bytes = chunk.map_err(|e| {
+                    closing(error(
+                        StatusCode::BAD_REQUEST,
+                        "unreadable_body",
+                        format!("could not read the request body: {e}"),
+                    ))
+                })?;
+                if buf.len() + chunk.len() > self.max_body {
+                    return Err(self.too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(Body::from(buf))
+        };
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.metrics.reject("request_timeout");
+                Err(closing(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within limits.body_timeout_ms ({} ms): send it at once, \
+                         or send less per request",
+                        self.body_timeout.as_millis()
+                    ),
+                )))
+            }
+        }
+    }
+
+    /// 413 `body_too_large`, as the router answers it.
+    fn too_large(&self) -> Response {
+        self.metrics.reject("body_too_large");
+        closing(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "request body exceeds limits.max_body_bytes ({} bytes): send fewer or smaller reports per request",
+                self.max_body
+            ),
+        ))
+    }
+}
+
+/// An error answer shaped as `ApiError`'s: `{"error": {"code", "message"}}`. Not through
+/// `ApiError`, which logs every server error: one line per shed request would flood the log.
+fn error(status: StatusCode, code: &'static str, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+/// Close the connection after this answer: the rest of the body is still on its way.
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
