@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target bench k8s-check
+.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -54,6 +54,16 @@ bench: plugins ## Benchmarks in release mode, each next to its baseline, as rati
 	rc=0; ./target/release/dx-bench || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
 	$(CARGO) bench -p dx-bench --bench plugin_call
+
+FUZZ_SECS ?= 120
+FUZZ_TARGETS := envelope framing token
+
+fuzz: ## Fuzz the ingest boundary (wire/fuzz: envelope, framing, token), each FUZZ_SECS seconds (120); nightly + cargo-fuzz
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd wire/fuzz && for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 lint: ## rustfmt and clippy (warnings are errors) on host and plugins
 	$(CARGO) fmt --all -- --check
