@@ -231,11 +231,11 @@ impl<'de> Deserialize<'de> for Payload {
     }
 }
 
-/// Parse one `ReportData` object, with the default depth limit ([`DEFAULT_MAX_DEPTH`]).
-pub fn parse_one(text: &str) -> Result<Envelope, EnvelopeError> {
-    crate::depth::check(text.as_bytes(), DEFAULT_MAX_DEPTH)
-        .map_err(|_| EnvelopeError::TooDeep { what: "the request body", max: DEFAULT_MAX_DEPTH })?;
-    parse_one_with(text, DEFAULT_MAX_DEPTH)
+/// Parse one `ReportData` object (a Kafka record, say), nested at most `max_depth` deep.
+pub fn parse_one(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
+    crate::depth::check(text.as_bytes(), max_depth)
+        .map_err(|_| EnvelopeError::TooDeep { what: "the report", max: max_depth })?;
+    parse_one_with(text, max_depth)
 }
 
 /// One `ReportData` object whose own nesting was checked; `max_depth` bounds its payload.

@@ -82,7 +82,13 @@ pub struct MessagingGrant {
     published: AtomicU64,
     failed: AtomicU64,
     reported: (AtomicU64, AtomicU64),
+    /// Topics published to so far: librdkafka keeps a handle per topic for the producer's
+    /// life, so an allow-list pattern (`prefix*`) must not let a plugin grow it without bound.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most distinct topics one plugin file may publish to (for the life of its producer).
+pub const MAX_TOPICS: usize = 1_000;
 
 impl std::fmt::Debug for MessagingGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +131,7 @@ impl MessagingGrant {
             published: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reported: (AtomicU64::new(0), AtomicU64::new(0)),
+            seen: Default::default(),
         })
     }
 
@@ -148,6 +155,19 @@ impl MessagingGrant {
                 Ok(()) => format!("topic `{}` is not in the operator's allow-list ({}.topics)", m.topic, self.section),
             };
             return Err(PublishError::Refused(why));
+        }
+        {
+            let mut seen = self.seen.lock().expect("not poisoned");
+            if !seen.contains(&m.topic) {
+                if seen.len() >= MAX_TOPICS {
+                    return Err(PublishError::Refused(format!(
+                        "this plugin has published to {MAX_TOPICS} distinct topics, the most one plugin may: topic `{}` \
+                         is refused (narrow {}.topics, or spread the data over fewer topics)",
+                        m.topic, self.section
+                    )));
+                }
+                seen.insert(m.topic.clone());
+            }
         }
         let bytes = size(m);
         if bytes > self.max_message_bytes {
@@ -347,5 +367,22 @@ mod tests {
             &not_granted("p", 2)[..],
             [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]
         ));
+    }
+
+    #[test]
+    fn a_plugin_may_publish_to_a_bounded_number_of_distinct_topics() {
+        let g = MessagingGrant::open("kafka", &config(&["t-*"]), 60_000).unwrap();
+        let msg = |topic: String| Message { topic, key: None, headers: vec![], payload: vec![b'x'] };
+        for i in 0..MAX_TOPICS {
+            assert!(g.check(&msg(format!("t-{i}"))).is_ok());
+        }
+        // Topics already used stay usable; a new one is refused, naming the allow-list.
+        assert!(g.check(&msg("t-7".into())).is_ok());
+        match g.check(&msg("t-new".into())) {
+            Err(PublishError::Refused(why)) => {
+                assert!(why.contains("distinct topics") && why.contains("messaging.topics"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

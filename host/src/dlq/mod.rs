@@ -133,7 +133,10 @@ pub enum DlqError {
         bytes: u64,
     },
     /// A file operation failed.
-    #[error("dead-letter store I/O at {path}: {error}")]
+    #[error(
+        "dead-letter store I/O at {path}: {error}: check that the data directory is writable and has space \
+         (reports stay queued meanwhile)"
+    )]
     Io {
         /// The file.
         path: PathBuf,
@@ -141,7 +144,10 @@ pub enum DlqError {
         error: std::io::Error,
     },
     /// The dead-letter topic did not take or give dead letters.
-    #[error("the dead-letter topic {topic}: {error}")]
+    #[error(
+        "the dead-letter topic {topic}: {error}: check that the cluster answers (/readyz) and the topic exists \
+         (queue.kafka.dead_letter_topic)"
+    )]
     Topic {
         /// `queue.kafka.dead_letter_topic`.
         topic: String,
@@ -317,7 +323,16 @@ impl DeadLetters {
                 for (report, path) in s.take(ids) {
                     let id = report.id;
                     if report.dests[0].key.starts_with(SOURCE_PREFIX) {
-                        continue; // a record no route took: read it, fix the producer, purge it
+                        if ids.is_some() {
+                            return Err(ReplayError::Selection(format!(
+                                "report {id} is a record `{}` could not route: it has no destination to be \
+                                 replayed to; read it with `data-exporter dlq show {id}`, fix what produced it, \
+                                 and purge it. Replayed so far: {}",
+                                &report.dests[0].key[SOURCE_PREFIX.len()..],
+                                replayed.len()
+                            )));
+                        }
+                        continue; // `--all`: a record no route took stays to be read, then purged
                     }
                     // Set aside while it is queued again: delivery may fail it quickly and
                     // store a new dead letter under the same name, which must stay.

@@ -42,6 +42,9 @@ struct Record {
     topic: String,
     partition: i32,
     offset: i64,
+    /// The record's timestamp (ms), if it has one: a topic deleted and created again restarts its
+    /// offsets, and its records must not take the ids of the old ones.
+    timestamp: Option<i64>,
     value: Vec<u8>,
 }
 
@@ -51,13 +54,15 @@ impl Record {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
             value: m.payload().unwrap_or_default().to_vec(),
         }
     }
 
     /// The same id every time this record is read.
     fn report_id(&self, source: &str) -> Uuid {
-        let digest = Sha256::digest(format!("kafka:{source}:{}/{}@{}", self.topic, self.partition, self.offset));
+        let at = self.timestamp.map(|t| format!("/{t}")).unwrap_or_default();
+        let digest = Sha256::digest(format!("kafka:{source}:{}/{}@{}{at}", self.topic, self.partition, self.offset));
         uuid::Builder::from_custom_bytes(digest[..16].try_into().expect("16 bytes")).into_uuid()
     }
 }
@@ -272,9 +277,8 @@ impl KafkaSource {
     fn envelope(&self, r: &Record) -> Result<Envelope, String> {
         let text = std::str::from_utf8(&r.value).map_err(|e| format!("the record is not UTF-8 text: {e}"))?;
         let mut env = match self.cfg.format {
-            RecordFormat::ReportData => {
-                envelope::parse_one(text).map_err(|e| format!("the record is not a ReportData: {e}"))?
-            }
+            RecordFormat::ReportData => envelope::parse_one(text, self.state.limits.max_json_depth)
+                .map_err(|e| format!("the record is not a ReportData: {e}"))?,
             RecordFormat::Payload => {
                 serde_json::from_str::<serde::de::IgnoredAny>(text)
                     .map_err(|e| format!("the record is not JSON: {e}"))?;
@@ -299,6 +303,14 @@ impl KafkaSource {
             for (k, v) in labels {
                 env.labels.retain(|(name, _)| *name != k);
                 env.labels.push((k, v));
+            }
+            if env.labels.len() > envelope::MAX_LABELS {
+                return Err(format!(
+                    "the record carries {} labels with those its identity adds (`org_id`, `account_number`); at most \
+                     {} are allowed: send fewer labels",
+                    env.labels.len(),
+                    envelope::MAX_LABELS
+                ));
             }
             env.labels.sort();
         }
@@ -402,8 +414,20 @@ mod tests {
 
     #[test]
     fn a_record_keeps_its_id_when_read_again() {
-        let r = |offset| Record { topic: "t".into(), partition: 1, offset, value: vec![] };
+        let r = |offset| Record {
+            topic: "t".into(),
+            partition: 1,
+            offset,
+            timestamp: Some(1_700_000_000_000),
+            value: vec![],
+        };
         assert_eq!(r(5).report_id("a"), r(5).report_id("a"));
+        let recreated = Record { timestamp: Some(1_800_000_000_000), ..r(5) };
+        assert_ne!(
+            r(5).report_id("a"),
+            recreated.report_id("a"),
+            "a topic made again starts at offset 0 with new records"
+        );
         assert_ne!(r(5).report_id("a"), r(6).report_id("a"));
         assert_ne!(r(5).report_id("a"), r(5).report_id("b"), "two sources of one topic make two reports");
     }
