@@ -126,6 +126,10 @@ fn check(cfg: &Config, files: bool, f: &mut Findings) {
     if let Some(t) = &cfg.admin_token_file {
         f.read("admin_token_file", t);
     }
+    for problem in cfg.limits.problems() {
+        f.error(problem);
+    }
+    ingest(cfg, files, f);
     // As `SecretStore::new` does at start-up.
     if let Err(e) = SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins) {
         f.error(e);
@@ -166,6 +170,34 @@ fn check(cfg: &Config, files: bool, f: &mut Findings) {
     f.writes.push(("data_dir".into(), cfg.data_dir.clone()));
     plugins(cfg, &runtime, files, f);
     sources(cfg, files, f);
+}
+
+/// Tenant ingest: the files it reads; with `--files`, everything start-up loads (tenants, routes,
+/// tokens, JWT keys).
+fn ingest(cfg: &Config, files: bool, f: &mut Findings) {
+    let ingest = &cfg.ingest;
+    if let Some(t) = &ingest.tenants_file {
+        f.read("ingest.tenants_file", t);
+    }
+    for (i, t) in ingest.tenants.iter().enumerate() {
+        for file in &t.token_files {
+            f.read(format!("ingest.tenants[{i}].token_files"), file);
+        }
+    }
+    if let Some(jwt) = &ingest.jwt {
+        for file in &jwt.hs256_secret_files {
+            f.read("ingest.jwt.hs256_secret_files", file);
+        }
+        for file in &jwt.public_key_files {
+            f.read("ingest.jwt.public_key_files", file);
+        }
+        if let Some(file) = &jwt.jwks_file {
+            f.read("ingest.jwt.jwks_file", file);
+        }
+    }
+    if files && let Err(e) = data_exporter::ingest::tenants::Tenants::new(ingest) {
+        f.error(e);
+    }
 }
 
 /// Per-plugin settings, as loading a plugin checks them.

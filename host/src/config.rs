@@ -402,6 +402,28 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Values that would refuse every request, each named with what to set instead.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, value) in [
+            ("limits.max_body_bytes", self.max_body_bytes as u64),
+            ("limits.max_reports_per_request", self.max_reports_per_request as u64),
+            ("limits.max_concurrent_requests", self.max_concurrent_requests as u64),
+            ("limits.header_timeout_ms", self.header_timeout_ms),
+            ("limits.body_timeout_ms", self.body_timeout_ms),
+        ] {
+            if value == 0 {
+                out.push(format!("{key} = 0 would refuse every request: set a positive value (see its default)"));
+            }
+        }
+        if self.max_json_depth < 2 {
+            out.push("limits.max_json_depth must be at least 2 (an object holding a value)".into());
+        }
+        out
+    }
+}
+
 /// Outbound HTTP on behalf of plugins: timeouts, limits, TLS material.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

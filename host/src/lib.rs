@@ -93,6 +93,9 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
          destination configs with the same key (32 random bytes, e.g. `head -c 32 /dev/urandom > queue.key`, \
          mounted from a Secret)"
     );
+    if let Some(problem) = cfg.limits.problems().into_iter().next() {
+        anyhow::bail!("{problem}");
+    }
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
     let queue::Opened { queue, recovery, kafka } = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
         .with_context(|| format!("opening the {:?} queue", cfg.queue.backend()))?;
@@ -135,6 +138,12 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     if cfg.role.delivers() {
         delivery.start();
     }
+    let tenants = Arc::new(
+        ingest::tenants::Tenants::new(&cfg.ingest).map_err(|e| anyhow::anyhow!("{e}")).context("loading [ingest]")?,
+    );
+    if cfg.runtime.reload_poll_ms > 0 {
+        tenants.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));
+    }
     let state = server::AppState {
         role: cfg.role,
         registry,
@@ -147,6 +156,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         secrets,
         limits: cfg.limits.clone(),
         admin_token,
+        tenants,
     };
     // Sources feed the queue: only where this process ingests.
     let sources = if cfg.role.ingests() {

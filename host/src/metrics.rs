@@ -29,6 +29,13 @@ pub struct Rejection {
     pub code: String,
 }
 
+/// Labels of tenant ingest counts: the access key (operator-defined, so bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Tenant {
+    /// The access key.
+    pub tenant: String,
+}
+
 /// Labels of plugin calls.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Call {
@@ -69,6 +76,8 @@ pub struct Metrics {
     pub dead_lettered: Family<Consumer, Counter>,
     /// Requests refused, by error code.
     pub rejected: Family<Rejection, Counter>,
+    /// Reports accepted on `/v1/ingest`, per access key.
+    pub ingest_reports: Family<Tenant, Counter>,
     /// Reports that failed for good but stayed queued because the dead-letter store was full
     /// or could not write (each is tried again).
     pub dlq_blocked: Counter,
@@ -119,6 +128,7 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             rejected: Family::default(),
+            ingest_reports: Family::default(),
             dlq_blocked: Counter::default(),
             dlq_entries: Gauge::default(),
             queue_depth: Gauge::default(),
@@ -143,6 +153,11 @@ impl Metrics {
             m.dead_lettered.clone(),
         );
         r.register("requests_rejected", "Requests refused, by error code", m.rejected.clone());
+        r.register(
+            "ingest_reports",
+            "Reports accepted on /v1/ingest, per access key (tenant)",
+            m.ingest_reports.clone(),
+        );
         r.register(
             "dlq_blocked",
             "Reports that failed for good but stayed queued (each counted once): the dead-letter store was full or could not write",

@@ -1,3 +1,258 @@
 //! Tenant ingest: `POST /v1/ingest` and `GET /v1/config` for authenticated agents.
+//!
+//! A request is authenticated (static token, JWT, or basic auth carrying either) to one access
+//! key; that tenant's rate bucket and body limit apply; the body is decoded in whatever framing
+//! it came (a JSON object or array, JSON lines, a JSON stream, Fluent Bit msgpack; gzip or not)
+//! into one report per record; each report takes the routes its metadata matches; then it is
+//! accepted exactly as a `/forward` report is (validated, queued durably, 202).
 
+pub mod auth;
 pub mod config;
+pub mod tenants;
+
+use crate::forward::{self, RouteError};
+use crate::server::{ApiError, AppState};
+use auth::AuthRejection;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use data_exporter_wire::framing::{self, FramingOptions};
+use serde::Deserialize;
+use serde_json::json;
+use tenants::{Tenant, TenantSet};
+
+/// `?access_key=` (the seed's config exchange takes it as a request parameter).
+#[derive(Deserialize)]
+pub struct AccessKeyQuery {
+    access_key: Option<String>,
+}
+
+/// Most bytes of a tag taken (it becomes a label).
+const TAG_MAX: usize = 256;
+
+/// The Fluent Bit tag, from the configured header.
+fn tag(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(name) = state.tenants.config().tag_header.as_deref() else { return Ok(None) };
+    let Some(value) = headers.get(name) else { return Ok(None) };
+    let ok = |t: &str| {
+        (1..=TAG_MAX).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:/@+".contains(&b))
+    };
+    match value.to_str() {
+        Ok(t) if ok(t) => Ok(Some(t.to_string())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_tag",
+            format!("the `{name}` header (the Fluent Bit tag) must be 1-{TAG_MAX} letters, digits or `_-.:/@+`"),
+        )),
+    }
+}
+
+/// Why a `/v1/*` request is refused.
+enum Refusal {
+    Api(ApiError),
+    Auth(Box<AuthRejection>),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Api(e)
+    }
+}
+
+impl Refusal {
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::Api(e) => e.code,
+            Refusal::Auth(e) => e.code(),
+        }
+    }
+
+    /// Counted by code, then answered.
+    fn answer(self, state: &AppState) -> Response {
+        state.metrics.reject(self.code());
+        match self {
+            Refusal::Api(e) => e.into_response(),
+            Refusal::Auth(e) => e.into_response(),
+        }
+    }
+}
+
+/// Authenticate the request to one of the tenants in force.
+fn tenant_of<'s>(
+    set: &'s TenantSet,
+    headers: &HeaderMap,
+    query: &AccessKeyQuery,
+    tag: Option<&str>,
+) -> Result<&'s Tenant, Refusal> {
+    if set.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ingest_not_configured",
+            "this host defines no access keys ([[ingest.tenants]]): send ReportData to /forward, or ask the \
+             operator for an access key",
+        )
+        .into());
+    }
+    let key = set
+        .keys
+        .authenticate(headers, query.access_key.as_deref(), tag, |k| set.get(k).map(|t| t.cfg.revoked))
+        .map_err(|e| Refusal::Auth(Box::new(e)))?;
+    Ok(set.get(&key).expect("authenticate admits only defined access keys"))
+}
+
+/// `POST /v1/ingest`: payloads only; where they go is the access key's configuration.
+#[tracing::instrument(skip_all, fields(tenant, records))]
+pub async fn ingest_handler(
+    State(state): State<AppState>,
+    Query(query): Query<AccessKeyQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    ingest(&state, &query, &headers, body).await.unwrap_or_else(|refusal| refusal.answer(&state))
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn ingest(
+    state: &AppState,
+    query: &AccessKeyQuery,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let reject = Refusal::Api;
+    if !state.role.ingests() {
+        return Err(reject(RouteError::Queue(crate::queue::QueueError::NotIngest).into()));
+    }
+    let tag = tag(state, headers).map_err(reject)?;
+    let set = state.tenants.current();
+    let tenant = tenant_of(&set, headers, query, tag.as_deref())?;
+    let key = &tenant.cfg.access_key;
+    tracing::Span::current().record("tenant", key.as_str());
+    if let Err(secs) = state.tenants.take(&tenant.cfg) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "access key `{key}` may send {} requests per second (burst {}): try again in {secs} s",
+                tenant.cfg.requests_per_sec, tenant.cfg.burst
+            ),
+        );
+        e.retry_after = Some(secs);
+        return Err(reject(e));
+    }
+    let max_body = tenant.cfg.max_body_bytes.unwrap_or(usize::MAX).min(state.limits.max_body_bytes);
+    if body.len() > max_body {
+        return Err(reject(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "request body exceeds access key `{key}`'s limit of {max_body} bytes: send fewer records per request"
+            ),
+        )));
+    }
+    let cfg = state.tenants.config();
+    let opts = FramingOptions {
+        max_records: cfg.max_reports_per_request,
+        max_depth: state.limits.max_json_depth,
+        max_decompressed_bytes: state.limits.max_body_bytes,
+        date_key: cfg.msgpack_date_key.clone(),
+        date_format: cfg.msgpack_date_format,
+    };
+    let records = framing::decode(
+        &body,
+        header_str(headers, header::CONTENT_TYPE),
+        header_str(headers, header::CONTENT_ENCODING),
+        &opts,
+    )
+    .map_err(|e| reject(framing_error(e)))?;
+    tracing::Span::current().record("records", records.len());
+    let labels: Vec<(String, String)> = tag.iter().map(|t| ("tag".to_string(), t.clone())).collect();
+    let mut envelopes = Vec::with_capacity(records.len());
+    for (i, record) in records.into_iter().enumerate() {
+        let Some(envelope) = set.envelope(tenant, record.payload, labels.clone()) else {
+            let tag_note = tag.as_deref().map(|t| format!(", tag `{t}`")).unwrap_or_default();
+            return Err(reject(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_route",
+                format!(
+                    "record [{i}]: no route of access key `{key}` takes it (source `{}`{tag_note}): the operator \
+                     adds a route that matches it (a route without `match` takes every report)",
+                    tenants::SOURCE
+                ),
+            )));
+        };
+        envelopes.push(envelope);
+    }
+    let receipts = forward::accept(state.ingest(), envelopes, true).await.map_err(|e| reject(route_error(key, e)))?;
+    let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
+    state.metrics.ingest_reports.get_or_create(&crate::metrics::Tenant { tenant: key.clone() }).inc_by(fresh);
+    let body = json!({ "accepted": receipts.len(), "reports": crate::redact::public_value(&receipts) });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// What the operator's routes cannot do is not the agent's to fix: 503, so the agent keeps its
+/// records and tries again, and the message says the operator must act.
+fn route_error(key: &str, e: RouteError) -> ApiError {
+    match e {
+        RouteError::UnknownConsumer { .. } | RouteError::InvalidDestination { .. } | RouteError::NoConsumer { .. } => {
+            let mut api = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "route_unavailable",
+                format!(
+                    "a route of access key `{key}` cannot be used now ({e}): the operator fixes the route or loads \
+                     its plugin; records are not accepted until then"
+                ),
+            );
+            api.retry_after = Some(30);
+            api
+        }
+        other => other.into(),
+    }
+}
+
+fn framing_error(e: framing::FramingError) -> ApiError {
+    let (status, code) = match &e {
+        framing::FramingError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        framing::FramingError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
+        framing::FramingError::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_reports"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_body"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+/// `GET /v1/config`: the non-secret part of the agent's configuration (the seed's config
+/// exchange): what the operator wrote under `agent`, the limits, and which consumers its
+/// reports reach under which conditions. Destination settings are not shown.
+pub async fn config_handler(
+    State(state): State<AppState>,
+    Query(query): Query<AccessKeyQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let set = state.tenants.current();
+    let tenant = match tag(&state, &headers)
+        .map_err(Refusal::from)
+        .and_then(|tag| tenant_of(&set, &headers, &query, tag.as_deref()))
+    {
+        Ok(t) => t,
+        Err(refusal) => return refusal.answer(&state),
+    };
+    let cfg = state.tenants.config();
+    let t = &tenant.cfg;
+    Json(json!({
+        "access_key": t.access_key,
+        "agent": t.agent,
+        "limits": {
+            "requests_per_sec": t.requests_per_sec,
+            "burst": t.burst,
+            "max_body_bytes": t.max_body_bytes.unwrap_or(state.limits.max_body_bytes).min(state.limits.max_body_bytes),
+            "max_reports_per_request": cfg.max_reports_per_request,
+        },
+        "tag_header": cfg.tag_header,
+        "routes": t.routes.iter().map(|r| json!({ "consumer": r.consumer, "match": r.when })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}

@@ -59,6 +59,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The admin API's bearer token.
     pub admin_token: AdminToken,
+    /// Access keys, credentials and routes of tenant ingest (`/v1/*`).
+    pub tenants: Arc<crate::ingest::tenants::Tenants>,
 }
 
 impl AppState {
@@ -80,6 +82,8 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     Router::new()
         .route("/forward", post(forward_handler))
+        .route("/v1/ingest", post(crate::ingest::ingest_handler))
+        .route("/v1/config", get(crate::ingest::config_handler))
         .route("/reports/{id}", get(report_status))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))

@@ -1,0 +1,423 @@
+//! The tenants the operator defined: access keys, their credentials, routes and limits; the
+//! `tenants_file` re-read when it changes; one rate bucket per access key.
+
+use super::auth::Keys;
+use super::config::{IngestConfig, Match, RouteConfig, TenantConfig};
+use crate::envelope::Envelope;
+use dashmap::DashMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A route, checked: its destination as canonical JSON text.
+#[derive(Debug)]
+pub struct Route {
+    /// The consumer key.
+    pub consumer: String,
+    destination: Box<RawValue>,
+    /// Which reports take it.
+    pub when: Match,
+}
+
+/// What a report is matched on: its metadata, never its payload.
+pub struct Meta<'a> {
+    /// The access key.
+    pub tenant: &'a str,
+    /// Where it came from (`ingest`).
+    pub source: &'a str,
+    /// Its labels (the Fluent Bit tag is the `tag` label).
+    pub labels: &'a [(String, String)],
+}
+
+impl Meta<'_> {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `pattern` is exact, `prefix*`, or `*`.
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+fn any(patterns: &[String], value: Option<&str>) -> bool {
+    patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob(p, v)))
+}
+
+impl Match {
+    /// Whether a report with this metadata takes the route.
+    pub fn admits(&self, meta: &Meta<'_>) -> bool {
+        any(&self.tenant, Some(meta.tenant))
+            && any(&self.source, Some(meta.source))
+            && any(&self.tag, meta.label("tag"))
+            && self.labels.iter().all(|(name, pattern)| meta.label(name).is_some_and(|v| glob(pattern, v)))
+    }
+}
+
+impl Route {
+    fn new(cfg: &RouteConfig, at: &str) -> Result<Route, String> {
+        if cfg.consumer.is_empty() {
+            return Err(format!("{at}: `consumer` is empty: name a loaded plugin's config key, e.g. \"file\""));
+        }
+        if !cfg.destination.is_object() {
+            return Err(format!(
+                "{at}: `destination` must be a table of the `{}` destination's settings",
+                cfg.consumer
+            ));
+        }
+        let text = cfg.destination.to_string(); // serde_json maps are sorted: canonical
+        let destination = RawValue::from_string(text).map_err(|e| format!("{at}: {e}"))?;
+        for p in cfg.when.tenant.iter().chain(&cfg.when.source).chain(&cfg.when.tag).chain(cfg.when.labels.values()) {
+            if p[..p.len().saturating_sub(1)].contains('*') {
+                return Err(format!("{at}: match pattern {p:?}: `*` may only end a pattern (prefix match)"));
+            }
+        }
+        Ok(Route { consumer: cfg.consumer.clone(), destination, when: cfg.when.clone() })
+    }
+}
+
+/// One access key, as configured.
+#[derive(Debug)]
+pub struct Tenant {
+    /// As written.
+    pub cfg: TenantConfig,
+    /// Its own routes, checked.
+    pub routes: Vec<Route>,
+}
+
+/// The destinations a report takes: per consumer key the first route that admits it, the
+/// tenant's routes before everyone's.
+pub fn destinations<'r>(own: &'r [Route], global: &'r [Route], meta: &Meta<'_>) -> Vec<(String, Box<RawValue>)> {
+    let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
+    for r in own.iter().chain(global) {
+        if r.when.admits(meta) && !out.iter().any(|(k, _)| *k == r.consumer) {
+            out.push((r.consumer.clone(), r.destination.clone()));
+        }
+    }
+    out
+}
+
+/// The tenants in force at one moment.
+pub struct TenantSet {
+    by_key: HashMap<String, Tenant>,
+    global: Vec<Route>,
+    /// Credentials.
+    pub keys: Keys,
+}
+
+impl TenantSet {
+    /// The tenant of an access key.
+    pub fn get(&self, access_key: &str) -> Option<&Tenant> {
+        self.by_key.get(access_key)
+    }
+
+    /// Whether any tenant is defined (`/v1/*` answers 404 otherwise).
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The envelope of one record of `tenant`'s: its destinations chosen by the routes.
+    /// `None`: no route takes it.
+    pub fn envelope(&self, tenant: &Tenant, payload: String, labels: Vec<(String, String)>) -> Option<Envelope> {
+        let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels: &labels };
+        let destinations = destinations(&tenant.routes, &self.global, &meta);
+        if destinations.is_empty() {
+            return None;
+        }
+        Some(Envelope {
+            destinations,
+            skipped: Vec::new(),
+            payload,
+            labels,
+            id: None,
+            source: Some(SOURCE.to_string()),
+            tenant: Some(tenant.cfg.access_key.clone()),
+        })
+    }
+}
+
+/// The `source` of reports taken on `/v1/ingest`.
+pub const SOURCE: &str = "ingest";
+
+/// An access key: 1-64 letters, digits, `_`, `-`, `.`.
+fn valid_access_key(k: &str) -> bool {
+    (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// Check and index tenants and routes; load their credentials.
+pub fn build(cfg: &IngestConfig, tenants: Vec<TenantConfig>) -> Result<TenantSet, String> {
+    let mut by_key = HashMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let at = format!("ingest tenant [{i}] (`{}`)", t.access_key);
+        if !valid_access_key(&t.access_key) {
+            return Err(format!("{at}: access_key must be 1-64 letters, digits, `_`, `-` or `.`"));
+        }
+        if !(t.requests_per_sec >= 0.0 && t.requests_per_sec.is_finite()) {
+            return Err(format!("{at}: requests_per_sec must be 0 (no limit) or more"));
+        }
+        if t.burst == 0 {
+            return Err(format!("{at}: burst must be at least 1"));
+        }
+        let routes = t
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(j, r)| Route::new(r, &format!("{at} route [{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if routes.is_empty() && cfg.routes.is_empty() {
+            return Err(format!(
+                "{at}: has no route and there are no [[ingest.routes]]: its reports could go nowhere; add a route"
+            ));
+        }
+        if by_key.insert(t.access_key.clone(), Tenant { cfg: t.clone(), routes }).is_some() {
+            return Err(format!("{at}: access_key `{}` is defined twice", t.access_key));
+        }
+    }
+    let global = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(j, r)| Route::new(r, &format!("ingest route [{j}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = Keys::load(cfg.jwt.as_ref(), &tenants)?;
+    Ok(TenantSet { by_key, global, keys })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: Vec<TenantConfig>,
+}
+
+/// Read `tenants_file`.
+fn read_file(path: &Path) -> Result<Vec<TenantConfig>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading ingest.tenants_file {}: {e}", path.display()))?;
+    let file: TenantsFile =
+        toml::from_str(&text).map_err(|e| format!("ingest.tenants_file {}: {e}", path.display()))?;
+    Ok(file.tenants)
+}
+
+/// Everything configured, from the config and `tenants_file`.
+pub fn load(cfg: &IngestConfig) -> Result<TenantSet, String> {
+    let mut all = cfg.tenants.clone();
+    if let Some(path) = &cfg.tenants_file {
+        all.extend(read_file(path)?);
+    }
+    build(cfg, all)
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The tenants in force, reloaded when `tenants_file` changes, and their rate buckets.
+pub struct Tenants {
+    cfg: IngestConfig,
+    current: RwLock<Arc<TenantSet>>,
+    /// (modified, length) of `tenants_file` when it was last read.
+    stamp: Mutex<Option<(SystemTime, u64)>>,
+    buckets: DashMap<String, Mutex<Bucket>, foldhash::fast::RandomState>,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Tenants {
+    /// Load what `cfg` defines; an error names the tenant and setting.
+    pub fn new(cfg: &IngestConfig) -> Result<Tenants, String> {
+        let stamp_now = cfg.tenants_file.as_deref().and_then(stamp);
+        let set = load(cfg)?;
+        Ok(Tenants {
+            cfg: cfg.clone(),
+            current: RwLock::new(Arc::new(set)),
+            stamp: Mutex::new(stamp_now),
+            buckets: Default::default(),
+        })
+    }
+
+    /// The tenants in force now.
+    pub fn current(&self) -> Arc<TenantSet> {
+        self.current.read().expect("not poisoned").clone()
+    }
+
+    /// The ingest settings.
+    pub fn config(&self) -> &IngestConfig {
+        &self.cfg
+    }
+
+    /// Re-read `tenants_file` (and every credential file) if it changed since it was last
+    /// read. Returns whether the tenants changed; a file that does not load keeps the old ones.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let Some(path) = self.cfg.tenants_file.as_deref() else { return Ok(false) };
+        let now = stamp(path);
+        {
+            let mut last = self.stamp.lock().expect("not poisoned");
+            if *last == now {
+                return Ok(false);
+            }
+            *last = now;
+        }
+        let set = load(&self.cfg)?;
+        *self.current.write().expect("not poisoned") = Arc::new(set);
+        Ok(true)
+    }
+
+    /// Re-read `tenants_file` every `every` when it changed, for as long as the process runs.
+    pub fn spawn_watcher(self: &Arc<Self>, every: Duration) {
+        if self.cfg.tenants_file.is_none() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                let file = me.cfg.tenants_file.clone().unwrap_or_else(PathBuf::new);
+                match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
+                    Ok(Ok(true)) => tracing::info!(file = %file.display(), "tenants reloaded"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "ingest.tenants_file not reloaded; the tenants loaded before stay")
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    /// Take one request from `tenant`'s bucket, or say in how many seconds one is free.
+    pub fn take(&self, tenant: &TenantConfig) -> Result<(), u64> {
+        let rate = tenant.requests_per_sec;
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = f64::from(tenant.burst);
+        let now = Instant::now();
+        let entry = self
+            .buckets
+            .entry(tenant.access_key.clone())
+            .or_insert_with(|| Mutex::new(Bucket { tokens: burst, at: now }));
+        let mut b = entry.lock().expect("not poisoned");
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(consumer: &str, when: serde_json::Value) -> Route {
+        let cfg: RouteConfig = serde_json::from_value(json!({
+            "consumer": consumer, "destination": {"path": consumer}, "match": when
+        }))
+        .unwrap();
+        Route::new(&cfg, "test").unwrap()
+    }
+
+    fn labels(tag: Option<&str>) -> Vec<(String, String)> {
+        tag.map(|t| vec![("tag".to_string(), t.to_string())]).unwrap_or_default()
+    }
+
+    #[test]
+    fn per_consumer_the_first_matching_route_wins_and_several_consumers_fan_out() {
+        let own = [
+            route("file", json!({"tag": ["app.audit*"]})),
+            route("file", json!({})),
+            route("openSearch", json!({"tag": ["app.*"], "labels": {"env": "prod"}})),
+        ];
+        let global = [route("stdout", json!({"tenant": ["team-*"]}))];
+        let pick = |tenant: &str, labels: &[(String, String)]| -> Vec<String> {
+            destinations(&own, &global, &Meta { tenant, source: SOURCE, labels })
+                .into_iter()
+                .map(|(k, d)| format!("{k}:{}", d.get()))
+                .collect()
+        };
+        assert_eq!(
+            pick("team-a", &labels(Some("app.audit.x"))),
+            [r#"file:{"path":"file"}"#, r#"stdout:{"path":"stdout"}"#]
+        );
+        let mut prod = labels(Some("app.web"));
+        prod.push(("env".into(), "prod".into()));
+        assert_eq!(pick("other", &prod), [r#"file:{"path":"file"}"#, r#"openSearch:{"path":"openSearch"}"#]);
+        // No tag: a tag condition does not hold.
+        assert_eq!(pick("other", &[]), [r#"file:{"path":"file"}"#]);
+    }
+
+    #[test]
+    fn a_tenants_file_that_does_not_load_keeps_the_tenants_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.toml");
+        std::fs::write(dir.path().join("t.token"), "secret-token\n").unwrap();
+        let good = format!(
+            "[[tenants]]\naccess_key = \"k\"\ntoken_files = [{:?}]\n[[tenants.routes]]\nconsumer = \"file\"\ndestination = {{}}\n",
+            dir.path().join("t.token")
+        );
+        std::fs::write(&file, &good).unwrap();
+        let cfg = IngestConfig { tenants_file: Some(file.clone()), ..Default::default() };
+        let tenants = Tenants::new(&cfg).unwrap();
+        assert!(tenants.current().get("k").is_some());
+        std::fs::write(&file, "[[tenants]]\naccess_key = 7\n").unwrap();
+        let err = tenants.reload_if_changed().unwrap_err();
+        assert!(err.contains("tenants_file") && err.contains("access_key"), "{err}");
+        assert!(tenants.current().get("k").is_some(), "the tenants loaded before stay");
+        // Unchanged since the failed read: not read again.
+        assert_eq!(tenants.reload_if_changed(), Ok(false));
+        std::fs::write(&file, good.replace("\"k\"", "\"k2\"")).unwrap();
+        assert_eq!(tenants.reload_if_changed(), Ok(true));
+        assert!(tenants.current().get("k2").is_some() && tenants.current().get("k").is_none());
+    }
+
+    #[test]
+    fn a_star_inside_a_pattern_is_refused() {
+        let cfg: RouteConfig = serde_json::from_value(json!({
+            "consumer": "file", "destination": {}, "match": {"tag": ["a*b"]}
+        }))
+        .unwrap();
+        assert!(Route::new(&cfg, "r").unwrap_err().contains("may only end a pattern"));
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let t: TenantConfig = serde_json::from_value(json!({
+            "access_key": "a", "requests_per_sec": 0.5, "burst": 2
+        }))
+        .unwrap();
+        let tenants = Tenants {
+            cfg: IngestConfig::default(),
+            current: RwLock::new(Arc::new(TenantSet {
+                by_key: HashMap::new(),
+                global: Vec::new(),
+                keys: Keys::load(None, &[]).unwrap(),
+            })),
+            stamp: Mutex::new(None),
+            buckets: Default::default(),
+        };
+        assert_eq!(tenants.take(&t), Ok(()));
+        assert_eq!(tenants.take(&t), Ok(()));
+        assert_eq!(tenants.take(&t), Err(2), "one request per 2 s once the burst is spent");
+        let unlimited = TenantConfig { requests_per_sec: 0.0, ..t };
+        assert!((0..100).all(|_| tenants.take(&unlimited).is_ok()));
+    }
+}
