@@ -383,7 +383,15 @@ pub struct Limits {
     /// Time a client has to send a request's body once its headers arrived, in milliseconds;
     /// a slower one gets 408.
     pub body_timeout_ms: u64,
-    /// Deepest nesting of arrays and objects accepted in a request body or payload.
+    /// Slowest a request body may arrive after its first 5 seconds, in bytes per second: a
+    /// slower one gets 408, so a trickle cannot hold a request slot for the whole
+    /// `body_timeout_ms`. 0: no floor.
+    pub min_body_bytes_per_sec: u64,
+    /// Bytes of request bodies held at once over all requests (read, or being read); past it a
+    /// request is answered 503 with `Retry-After` at once.
+    pub max_buffered_bytes: u64,
+    /// Deepest nesting of arrays and objects accepted in a request body or payload (at most
+    /// 128, the JSON parser's own bound).
     pub max_json_depth: usize,
 }
 
@@ -397,6 +405,8 @@ impl Default for Limits {
             max_concurrent_requests: 1024,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            min_body_bytes_per_sec: 4096,
+            max_buffered_bytes: 512 * 1024 * 1024,
             max_json_depth: 64,
         }
     }
@@ -417,8 +427,19 @@ impl Limits {
                 out.push(format!("{key} = 0 would refuse every request: set a positive value (see its default)"));
             }
         }
-        if self.max_json_depth < 2 {
-            out.push("limits.max_json_depth must be at least 2 (an object holding a value)".into());
+        if !(2..=128).contains(&self.max_json_depth) {
+            out.push(
+                "limits.max_json_depth must be 2 (an object holding a value) to 128 (what the JSON parser itself \
+                 takes)"
+                    .into(),
+            );
+        }
+        if self.max_buffered_bytes < self.max_body_bytes as u64 {
+            out.push(format!(
+                "limits.max_buffered_bytes ({}) is below limits.max_body_bytes ({}): no body of the largest size could \
+                 be read; raise it",
+                self.max_buffered_bytes, self.max_body_bytes
+            ));
         }
         out
     }

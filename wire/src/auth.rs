@@ -23,6 +23,8 @@ pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 
 /// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: at least the hash's 256 bits).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Shortest static token accepted, in bytes: a guessable token is no credential.
+pub const MIN_STATIC_TOKEN_BYTES: usize = 16;
 
 /// Base64 for basic auth: the standard alphabet, padding optional.
 const BASIC_B64: GeneralPurpose = GeneralPurpose::new(
@@ -120,11 +122,16 @@ pub enum KeyError {
     /// The access-key claim name is empty.
     #[error("the JWT access-key claim name is empty: set it (e.g. `sub`)")]
     NoClaim,
-    /// A static token is empty.
-    #[error("static token [{index}] is empty")]
-    EmptyToken {
+    /// A static token is too short to be a secret.
+    #[error(
+        "static token [{index}] is {len} bytes: use at least {MIN_STATIC_TOKEN_BYTES} random characters (e.g. \
+         `openssl rand -hex 32`)"
+    )]
+    ShortToken {
         /// Position in the static-token list.
         index: usize,
+        /// Its length.
+        len: usize,
     },
     /// A static token cannot be sent in an HTTP header.
     #[error(
@@ -456,8 +463,8 @@ impl Verifier {
     pub fn new(jwt: Option<JwtOptions>, static_tokens: Vec<(String, String)>) -> Result<Verifier, KeyError> {
         let mut statics = Vec::with_capacity(static_tokens.len());
         for (index, (access_key, token)) in static_tokens.into_iter().enumerate() {
-            if token.is_empty() {
-                return Err(KeyError::EmptyToken { index });
+            if token.len() < MIN_STATIC_TOKEN_BYTES {
+                return Err(KeyError::ShortToken { index, len: token.len() });
             }
             if token.len() > MAX_CREDENTIAL_BYTES || token.trim() != token || token.chars().any(char::is_control) {
                 return Err(KeyError::UnsendableToken { index });
@@ -900,10 +907,10 @@ mod tests {
 
     fn statics() -> Vec<(String, String)> {
         [
-            ("team-a", "static-token-a"),
-            ("team-b", "static-token-b"),
-            ("team-c", "shared-token"),
-            ("team-d", "shared-token"),
+            ("team-a", "static-token-a-0123"),
+            ("team-b", "static-token-b-0123"),
+            ("team-c", "shared-token-0123456"),
+            ("team-d", "shared-token-0123456"),
         ]
         .into_iter()
         .map(|(k, t)| (k.to_string(), t.to_string()))
@@ -1000,7 +1007,7 @@ mod tests {
     #[test]
     fn unsupported_scheme() {
         let v = verifier();
-        for h in ["Digest username=x", "Token static-token-a", "static-token-a", "Bearerstatic-token-a"] {
+        for h in ["Digest username=x", "Token static-token-a", "static-token-a-0123", "Bearerstatic-token-a"] {
             assert_eq!(v.verify(Some(h), NOW).unwrap_err(), AuthError::UnsupportedScheme, "{h}");
         }
     }
@@ -1030,14 +1037,14 @@ mod tests {
     #[test]
     fn static_tokens() {
         let v = verifier();
-        let g = check(&v, "static-token-a").unwrap();
+        let g = check(&v, "static-token-a-0123").unwrap();
         assert_eq!(g, Grant { access_keys: vec!["team-a".into()], requested: None, via: Via::StaticToken });
         // The scheme in any case, extra spaces.
-        for h in ["bearer static-token-b", "BEARER   static-token-b ", "BeArEr\tstatic-token-b"] {
+        for h in ["bearer static-token-b-0123", "BEARER   static-token-b-0123 ", "BeArEr\tstatic-token-b-0123"] {
             assert_eq!(v.verify(Some(h), NOW).unwrap().access_keys, ["team-b"], "{h}");
         }
         // One token in several places grants them all.
-        assert_eq!(check(&v, "shared-token").unwrap().access_keys, ["team-c", "team-d"]);
+        assert_eq!(check(&v, "shared-token-0123456").unwrap().access_keys, ["team-c", "team-d"]);
         for wrong in ["static-token-", "static-token-aa", "Static-token-a", "nope"] {
             let e = check(&v, wrong).unwrap_err();
             assert_eq!(e, AuthError::UnknownToken);
@@ -1045,24 +1052,24 @@ mod tests {
         }
         // No static tokens at all: nothing matches.
         let none = Verifier::new(None, vec![]).unwrap();
-        assert_eq!(check(&none, "static-token-a").unwrap_err(), AuthError::UnknownToken);
+        assert_eq!(check(&none, "static-token-a-0123").unwrap_err(), AuthError::UnknownToken);
     }
 
     #[test]
     fn basic_auth_carries_a_token_and_asks_for_a_key() {
         let v = verifier();
-        let g = v.verify(Some(&basic_auth("team-a", "static-token-a")), NOW).unwrap();
+        let g = v.verify(Some(&basic_auth("team-a", "static-token-a-0123")), NOW).unwrap();
         assert_eq!(g.access_keys, ["team-a"]);
         assert_eq!(g.requested.as_deref(), Some("team-a"));
         assert_eq!(g.via, Via::StaticToken);
         // The user is only a request: it is checked by `select`, not here.
-        let g = v.verify(Some(&basic_auth("team-b", "static-token-a")), NOW).unwrap();
+        let g = v.verify(Some(&basic_auth("team-b", "static-token-a-0123")), NOW).unwrap();
         assert_eq!(select(&g, None, None), Err(Denied::NotGranted { access_key: "team-b".into() }));
         // The password may be a JWT; the scheme in any case; padding optional; empty user.
         let jwt = hs(&claims(json!({})));
         let g = v.verify(Some(&basic_auth("team-a", &jwt).replace("Basic", "bAsIc")), NOW).unwrap();
         assert_eq!((g.via, g.requested.as_deref()), (Via::Jwt, Some("team-a")));
-        let unpadded = basic_auth("", "static-token-a").trim_end_matches('=').to_string();
+        let unpadded = basic_auth("", "static-token-a-0123").trim_end_matches('=').to_string();
         let g = v.verify(Some(&unpadded), NOW).unwrap();
         assert_eq!((g.access_keys.as_slice(), g.requested), (&["team-a".to_string()][..], None));
         // A wrong password is an unknown token, and not quoted.
@@ -1317,12 +1324,12 @@ mod tests {
     fn debug_never_shows_secrets() {
         let v = verifier();
         let shown = format!("{v:?} {:?}", options());
-        for secret in ["static-token-a", "shared-token", std::str::from_utf8(SECRET).unwrap()] {
+        for secret in ["static-token-a-0123", "shared-token-0123456", std::str::from_utf8(SECRET).unwrap()] {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("static_tokens: 4"), "{shown}");
-        let g = check(&v, "static-token-a").unwrap();
-        assert!(!format!("{g:?}").contains("static-token-a"));
+        let g = check(&v, "static-token-a-0123").unwrap();
+        assert!(!format!("{g:?}").contains("static-token-a-0123"));
         let jwt = JwtOptions { hs256_secrets: vec![SECRET.to_vec()], ..options() };
         assert!(!format!("{jwt:?}").contains("test-only"), "{jwt:?}");
     }
@@ -1408,17 +1415,24 @@ mod tests {
 
     #[test]
     fn building_refuses_bad_static_tokens() {
-        let with =
-            |t: &str| Verifier::new(None, vec![("a".into(), "fine".into()), ("b".into(), t.into())]).unwrap_err();
-        assert_eq!(with(""), KeyError::EmptyToken { index: 1 });
-        for bad in ["s3cr3t\n", " s3cr3t", "s3\u{7}cr3t", &"x".repeat(MAX_CREDENTIAL_BYTES + 1)] {
+        let with = |t: &str| {
+            Verifier::new(None, vec![("a".into(), "a-fine-token-0123".into()), ("b".into(), t.into())]).unwrap_err()
+        };
+        assert_eq!(with(""), KeyError::ShortToken { index: 1, len: 0 });
+        assert_eq!(with("short-but-15-by"), KeyError::ShortToken { index: 1, len: 15 });
+        for bad in [
+            "s3cr3t-s3cr3t-s3cr3t\n",
+            " s3cr3t-s3cr3t-s3cr3t",
+            "s3\u{7}cr3t-s3cr3t-s3cr3t",
+            &"x".repeat(MAX_CREDENTIAL_BYTES + 1),
+        ] {
             let e = with(bad);
             assert_eq!(e, KeyError::UnsendableToken { index: 1 });
             assert!(!e.to_string().contains("s3"));
         }
         // Spaces inside are fine (a basic-auth password may have them).
-        let v = Verifier::new(None, vec![("a".into(), "two words".into())]).unwrap();
-        assert!(v.verify(Some(&basic_auth("a", "two words")), NOW).is_ok());
+        let v = Verifier::new(None, vec![("a".into(), "two words in one token".into())]).unwrap();
+        assert!(v.verify(Some(&basic_auth("a", "two words in one token")), NOW).is_ok());
     }
 
     #[test]

@@ -284,16 +284,18 @@ fn labels(given: BTreeMap<String, serde_json::Value>) -> Result<Vec<(String, Str
     }
     given
         .into_iter()
-        .map(|(k, v)| {
-            let name_ok = !k.is_empty()
-                && k.len() <= 64
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            match v {
-                serde_json::Value::String(s) if name_ok && s.len() <= 256 => Ok((k, s)),
-                _ => Err(EnvelopeError::InvalidLabels(format!("label {k:?}"))),
-            }
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) if valid_label(&k, &s) => Ok((k, s)),
+            _ => Err(EnvelopeError::InvalidLabels(format!("label {k:?}"))),
         })
         .collect()
+}
+
+/// A label's name is 1-64 letters, digits, `_`, `-`, `.`; its value at most 256 bytes.
+pub fn valid_label(name: &str, value: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && value.len() <= 256
 }
 
 /// True for a zero value (`""`, `false`, `0`, `null`, `{}` of zero values, `[]`): what the

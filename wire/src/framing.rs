@@ -203,6 +203,16 @@ pub enum FramingError {
         /// The limit.
         max: usize,
     },
+    /// Msgpack records grow when written as JSON: past four times the body limit, refused
+    /// before the conversion holds more.
+    #[error(
+        "the records of this body take more than {max} bytes as JSON (four times limits.max_body_bytes): send \
+         fewer records per request"
+    )]
+    TooLargeAsJson {
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// More records than one request may carry.
     #[error(
         "the request carries {count} records; at most {max} are allowed per request (ingest.max_reports_per_request): send fewer per request"
@@ -947,6 +957,8 @@ mod msgpack {
         });
         let mut records = Vec::new();
         let mut count = 0;
+        let budget = opts.max_decompressed_bytes.saturating_mul(4);
+        let mut produced = 0usize;
         // Group attributes of the open group: their JSON, and whether they are not empty.
         let mut group: Option<(String, bool)> = None;
         let mut event = 0;
@@ -967,6 +979,10 @@ mod msgpack {
                 crate::depth::check(record.payload.as_bytes(), max_depth)
                     .map_err(|_| FramingError::TooDeep { at, max: max_depth })?;
                 count += 1;
+                produced += record.payload.len();
+                if produced > budget {
+                    return Err(FramingError::TooLargeAsJson { max: budget });
+                }
                 records.push(record);
             }
         }
@@ -1135,6 +1151,26 @@ mod tests {
 
     fn one_msgpack(event: Value, o: &FramingOptions) -> Result<String, FramingError> {
         decode(&msgpack(&[event]), Some("application/msgpack"), None, o).map(|mut r| r.remove(0).payload)
+    }
+
+    #[test]
+    fn msgpack_that_grows_past_four_times_the_body_limit_as_json_is_refused() {
+        // Tiny events with an iso8601 date under a long key grow about fivefold as JSON.
+        let events: Vec<Value> = (0..50).map(|_| v1(event_time(T as u32, 0), map(&[("a", Value::from(1))]))).collect();
+        let body = msgpack(&events);
+        let o = FramingOptions {
+            max_decompressed_bytes: body.len(),
+            date_format: DateFormat::Iso8601,
+            date_key: "event_time_written_by_the_host".into(),
+            ..opts()
+        };
+        match decode(&body, Some("application/msgpack"), None, &o) {
+            Err(FramingError::TooLargeAsJson { max }) => assert_eq!(max, body.len() * 4),
+            other => panic!("{other:?}"),
+        }
+        // Within the budget, the same events convert.
+        let roomy = FramingOptions { max_decompressed_bytes: body.len() * 2, ..o };
+        assert_eq!(decode(&body, Some("application/msgpack"), None, &roomy).unwrap().len(), 50);
     }
 
     #[test]

@@ -156,6 +156,14 @@ impl MessagingGrant {
             };
             return Err(PublishError::Refused(why));
         }
+        let bytes = size(m);
+        if bytes > self.max_message_bytes {
+            return Err(PublishError::Refused(format!(
+                "the message is {bytes} bytes (key, headers and payload), over {}.max_message_bytes ({})",
+                self.section, self.max_message_bytes
+            )));
+        }
+        // Counted only once everything else admits the message.
         {
             let mut seen = self.seen.lock().expect("not poisoned");
             if !seen.contains(&m.topic) {
@@ -168,13 +176,6 @@ impl MessagingGrant {
                 }
                 seen.insert(m.topic.clone());
             }
-        }
-        let bytes = size(m);
-        if bytes > self.max_message_bytes {
-            return Err(PublishError::Refused(format!(
-                "the message is {bytes} bytes (key, headers and payload), over {}.max_message_bytes ({})",
-                self.section, self.max_message_bytes
-            )));
         }
         Ok(())
     }

@@ -319,19 +319,23 @@ impl DeadLetters {
     pub async fn replay(&self, ids: Option<&[Uuid]>, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
         match self {
             DeadLetters::Files(s) => {
+                let taken = s.take(ids);
+                // Named by id, a record no route took is refused before anything is replayed.
+                if ids.is_some()
+                    && let Some((report, _)) = taken.iter().find(|(r, _)| r.dests[0].key.starts_with(SOURCE_PREFIX))
+                {
+                    return Err(ReplayError::Selection(format!(
+                        "report {} is a record `{}` could not route: it has no destination to be replayed to; read \
+                         it with `data-exporter dlq show {}`, fix what produced it, and purge it. Nothing was replayed",
+                        report.id,
+                        &report.dests[0].key[SOURCE_PREFIX.len()..],
+                        report.id
+                    )));
+                }
                 let mut replayed = Vec::new();
-                for (report, path) in s.take(ids) {
+                for (report, path) in taken {
                     let id = report.id;
                     if report.dests[0].key.starts_with(SOURCE_PREFIX) {
-                        if ids.is_some() {
-                            return Err(ReplayError::Selection(format!(
-                                "report {id} is a record `{}` could not route: it has no destination to be \
-                                 replayed to; read it with `data-exporter dlq show {id}`, fix what produced it, \
-                                 and purge it. Replayed so far: {}",
-                                &report.dests[0].key[SOURCE_PREFIX.len()..],
-                                replayed.len()
-                            )));
-                        }
                         continue; // `--all`: a record no route took stays to be read, then purged
                     }
                     // Set aside while it is queued again: delivery may fail it quickly and

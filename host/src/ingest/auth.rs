@@ -178,7 +178,7 @@ impl Keys {
 fn describe(e: &KeyError, jwt: Option<&JwtConfig>, token_files: &[(String, &PathBuf)]) -> String {
     let file = |setting: &str, path: &Path| format!("{setting} (`{}`)", path.display());
     match (e, jwt) {
-        (KeyError::EmptyToken { index } | KeyError::UnsendableToken { index }, _) => {
+        (KeyError::ShortToken { index, .. } | KeyError::UnsendableToken { index }, _) => {
             let (setting, path) = &token_files[*index];
             format!("{}: {e}", file(setting, path))
         }
@@ -254,13 +254,13 @@ mod tests {
         path
     }
 
-    /// Tenants `a` (token `token-a`), `b` (token `token-b`, revoked), and `shared` granted to `a`
+    /// Tenants `a` (token `token-a-0123456789`), `b` (token `token-b-0123456789`, revoked), and `shared` granted to `a`
     /// and `c` alike; a JWT secret.
     fn keys() -> (tempfile::TempDir, Keys) {
         let dir = tempfile::tempdir().unwrap();
-        let a = write(&dir, "a", "token-a\n");
-        let b = write(&dir, "b", "token-b\r\n");
-        let shared = write(&dir, "shared", "shared-token");
+        let a = write(&dir, "a", "token-a-0123456789\n");
+        let b = write(&dir, "b", "token-b-0123456789\r\n");
+        let shared = write(&dir, "shared", "shared-token-0123456");
         let secret = write(&dir, "secret", &format!("{SECRET}\n"));
         let jwt = JwtConfig {
             hs256_secret_files: vec![secret],
@@ -326,15 +326,15 @@ mod tests {
     #[test]
     fn static_tokens_and_basic_auth() {
         let (_dir, keys) = keys();
-        assert_eq!(auth(&keys, &[("authorization", "Bearer token-a")], None, None).unwrap(), "a");
-        let basic = format!("Basic {}", STANDARD.encode("a:token-a"));
+        assert_eq!(auth(&keys, &[("authorization", "Bearer token-a-0123456789")], None, None).unwrap(), "a");
+        let basic = format!("Basic {}", STANDARD.encode("a:token-a-0123456789"));
         assert_eq!(auth(&keys, &[("authorization", &basic)], None, None).unwrap(), "a");
         // The basic-auth user asks for a key the token does not grant.
-        let basic = format!("Basic {}", STANDARD.encode("c:token-a"));
+        let basic = format!("Basic {}", STANDARD.encode("c:token-a-0123456789"));
         let e = auth(&keys, &[("authorization", &basic)], None, None).unwrap_err();
         assert_eq!(e, AuthRejection::Denied(Denied::NotGranted { access_key: "c".into() }));
         // Trailing `\r\n` was trimmed from b's file; b is revoked.
-        let e = auth(&keys, &[("authorization", "Bearer token-b")], None, None).unwrap_err();
+        let e = auth(&keys, &[("authorization", "Bearer token-b-0123456789")], None, None).unwrap_err();
         assert_eq!((e.status(), e.code()), (StatusCode::FORBIDDEN, "access_key_revoked"));
         assert_eq!(e.to_string(), "access key `b` is revoked: ask the operator for a new one");
         let e = auth(&keys, &[("authorization", "Bearer token-c")], None, None).unwrap_err();
@@ -344,13 +344,13 @@ mod tests {
     #[test]
     fn the_requested_key_header_then_query_then_basic_user() {
         let (_dir, keys) = keys();
-        let bearer = ("authorization", "Bearer shared-token");
+        let bearer = ("authorization", "Bearer shared-token-0123456");
         let e = auth(&keys, &[bearer], None, None).unwrap_err();
         assert_eq!((e.status(), e.code()), (StatusCode::BAD_REQUEST, "access_key_required"));
         assert_eq!(auth(&keys, &[bearer, ("x-access-key", "c")], Some("a"), None).unwrap(), "c");
         assert_eq!(auth(&keys, &[bearer], Some("a"), None).unwrap(), "a");
         assert_eq!(auth(&keys, &[bearer], None, Some("c.kube.logs")).unwrap(), "c");
-        let basic = format!("Basic {}", STANDARD.encode("c:shared-token"));
+        let basic = format!("Basic {}", STANDARD.encode("c:shared-token-0123456"));
         assert_eq!(auth(&keys, &[("authorization", &basic)], None, Some("a.x")).unwrap(), "c");
         assert_eq!(auth(&keys, &[("authorization", &basic)], Some("a"), None).unwrap(), "a");
         let e = auth(&keys, &[bearer, ("x-access-key", "not a key")], None, None).unwrap_err();
@@ -361,7 +361,7 @@ mod tests {
     fn unknown_and_not_granted_keys_answer_alike() {
         let (_dir, keys) = keys();
         // `b` exists (revoked), `zz` does not: a credential for `a` learns nothing from either.
-        let bearer = ("authorization", "Bearer token-a");
+        let bearer = ("authorization", "Bearer token-a-0123456789");
         let b = auth(&keys, &[bearer, ("x-access-key", "b")], None, None).unwrap_err();
         let zz = auth(&keys, &[bearer, ("x-access-key", "zz")], None, None).unwrap_err();
         assert_eq!((b.status(), b.code()), (zz.status(), zz.code()));
@@ -391,13 +391,18 @@ mod tests {
     #[test]
     fn malformed_headers() {
         let (_dir, keys) = keys();
-        let e = auth(&keys, &[("authorization", "Bearer token-a"), ("authorization", "Bearer token-a")], None, None);
+        let e = auth(
+            &keys,
+            &[("authorization", "Bearer token-a-0123456789"), ("authorization", "Bearer token-a-0123456789")],
+            None,
+            None,
+        );
         assert_eq!(e.unwrap_err().code(), "malformed_credentials");
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_bytes(b"Bearer t\xffoken").unwrap());
         let e = keys.authenticate_at(&h, None, None, tenants, NOW).unwrap_err();
         assert_eq!(e.code(), "malformed_credentials");
-        let mut h = headers(&[("authorization", "Bearer token-a")]);
+        let mut h = headers(&[("authorization", "Bearer token-a-0123456789")]);
         h.insert(ACCESS_KEY_HEADER, HeaderValue::from_bytes(b"\xff").unwrap());
         assert_eq!(keys.authenticate_at(&h, None, None, tenants, NOW).unwrap_err().code(), "invalid_access_key");
     }
@@ -421,7 +426,7 @@ mod tests {
         let scheme = auth(&keys, &[("authorization", "Digest x")], None, None).unwrap_err();
         assert_eq!(body(scheme.into_response()).await.1.as_deref(), Some(r#"Bearer realm="data-exporter""#));
 
-        let revoked = auth(&keys, &[("authorization", "Bearer token-b")], None, None).unwrap_err();
+        let revoked = auth(&keys, &[("authorization", "Bearer token-b-0123456789")], None, None).unwrap_err();
         let (status, challenge, json) = body(revoked.into_response()).await;
         assert_eq!((status, challenge), (StatusCode::FORBIDDEN, None));
         assert_eq!(json["error"]["code"], "access_key_revoked");
@@ -439,7 +444,7 @@ mod tests {
             e.starts_with(&format!("ingest tenant `a` token_files[0] (`{}`): cannot read", missing.display())),
             "{e}"
         );
-        let bad = write(&dir, "bad", "se\u{1}cret-value");
+        let bad = write(&dir, "bad", "se\u{1}cret-value-0123456789");
         let e = Keys::load(None, &[tenant("a", vec![bad], false)]).unwrap_err();
         assert!(e.contains("token_files[0]") && !e.contains("cret-value"), "{e}");
 

@@ -41,6 +41,15 @@ pub struct IngestConfig {
     /// `epoch_ms`, `iso8601` (`2024-01-31T12:00:00.000000Z`) or `java_sql_timestamp`
     /// (`2024-01-31 12:00:00.000000`).
     pub msgpack_date_format: DateFormat,
+    /// Keep `POST /forward` open. It takes anyone's `ReportData` unauthenticated, with any
+    /// destination (the seed protocol, for scanners inside a trusted network), so it bypasses
+    /// access keys: where tenants share this host, set `false` and `/forward` answers 403
+    /// `forward_disabled`.
+    pub allow_forward: bool,
+    /// Count reports per access key (`data_exporter_ingest_reports_total{tenant}`). Off by
+    /// default: the public `/metrics` would then list every access key, which a 403 otherwise
+    /// never confirms. Turn on where `/metrics` is not reachable by agents.
+    pub tenant_metrics: bool,
 }
 
 impl Default for IngestConfig {
@@ -54,6 +63,8 @@ impl Default for IngestConfig {
             max_reports_per_request: 10_000,
             msgpack_date_key: "date".into(),
             msgpack_date_format: DateFormat::Double,
+            allow_forward: true,
+            tenant_metrics: false,
         }
     }
 }
@@ -62,9 +73,10 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
-    /// Files each holding an HS256 shared secret (raw bytes, trailing newline ignored).
+    /// Files each holding an HS256 shared secret: text of at least 32 bytes (e.g. `openssl rand
+    /// -hex 32`); a trailing newline is ignored.
     pub hs256_secret_files: Vec<PathBuf>,
-    /// PEM files each holding an RSA (RS256) or EC P-256 (ES256) public key.
+    /// PEM files each holding an RSA (RS256, at least 2048 bits) or EC P-256 (ES256) public key.
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS file (`{"keys": [...]}`, RSA and EC P-256 keys); a token's `kid` picks the key.
     pub jwks_file: Option<PathBuf>,
@@ -113,9 +125,15 @@ pub struct TenantConfig {
     /// Requests it may send at once above that rate (the bucket's size); at least 1.
     #[serde(default = "default_burst")]
     pub burst: u32,
-    /// Largest request body for this access key, in bytes (at most `limits.max_body_bytes`).
+    /// Largest request body for this access key, in bytes, before and after gzip (at most
+    /// `limits.max_body_bytes`).
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
+    /// Labels written on every report of this access key (routes and the `file` plugin's
+    /// `{label:NAME}` can use them), e.g. `labels = { env = "prod" }`. `tag` is the Fluent Bit
+    /// tag's.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// The non-secret configuration an agent fetches with `GET /v1/config` (any JSON object:
     /// e.g. its inputs and flush interval). Never put secrets here.
     #[serde(default)]

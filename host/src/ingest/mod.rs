@@ -27,24 +27,27 @@ use tenants::{Tenant, TenantSet};
 #[derive(Deserialize)]
 pub struct AccessKeyQuery {
     access_key: Option<String>,
+    /// `?receipts=true`: answer each report's id and state, not only the count.
+    #[serde(default)]
+    receipts: bool,
 }
 
-/// Most bytes of a tag taken (it becomes a label).
-const TAG_MAX: usize = 256;
+/// Longest tag taken (Kubernetes log tags run to several hundred bytes); its label keeps the
+/// first `LABEL_VALUE_MAX` bytes, as every label does.
+const TAG_MAX: usize = 1024;
+const LABEL_VALUE_MAX: usize = 256;
 
 /// The Fluent Bit tag, from the configured header.
 fn tag(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(name) = state.tenants.config().tag_header.as_deref() else { return Ok(None) };
     let Some(value) = headers.get(name) else { return Ok(None) };
-    let ok = |t: &str| {
-        (1..=TAG_MAX).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:/@+".contains(&b))
-    };
+    let ok = |t: &str| (1..=TAG_MAX).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_graphic());
     match value.to_str() {
-        Ok(t) if ok(t) => Ok(Some(t.to_string())),
+        Ok(t) if ok(t) => Ok(Some(t[..t.len().min(LABEL_VALUE_MAX)].to_string())),
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_tag",
-            format!("the `{name}` header (the Fluent Bit tag) must be 1-{TAG_MAX} letters, digits or `_-.:/@+`"),
+            format!("the `{name}` header (the Fluent Bit tag) must be 1-{TAG_MAX} visible ASCII characters"),
         )),
     }
 }
@@ -144,7 +147,7 @@ async fn ingest(
         e.retry_after = Some(secs);
         return Err(reject(e));
     }
-    let max_body = tenant.cfg.max_body_bytes.unwrap_or(usize::MAX).min(state.limits.max_body_bytes);
+    let max_body = max_body(tenant, state);
     if body.len() > max_body {
         return Err(reject(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -158,7 +161,7 @@ async fn ingest(
     let opts = FramingOptions {
         max_records: cfg.max_reports_per_request,
         max_depth: state.limits.max_json_depth,
-        max_decompressed_bytes: state.limits.max_body_bytes,
+        max_decompressed_bytes: max_body,
         date_key: cfg.msgpack_date_key.clone(),
         date_format: cfg.msgpack_date_format,
     };
@@ -170,55 +173,84 @@ async fn ingest(
     )
     .map_err(|e| reject(framing_error(e)))?;
     tracing::Span::current().record("records", records.len());
-    let labels: Vec<(String, String)> = tag.iter().map(|t| ("tag".to_string(), t.clone())).collect();
+    let labels = TenantSet::labels(tenant, tag.as_deref());
     let mut envelopes = Vec::with_capacity(records.len());
     for (i, record) in records.into_iter().enumerate() {
         let Some(envelope) = set.envelope(tenant, record.payload, labels.clone()) else {
+            // The operator's to fix, not the agent's: 503, so an agent keeps the records and
+            // tries again (Fluent Bit drops a chunk answered with most 4xx).
             let tag_note = tag.as_deref().map(|t| format!(", tag `{t}`")).unwrap_or_default();
-            return Err(reject(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "no_route",
                 format!(
                     "record [{i}]: no route of access key `{key}` takes it (source `{}`{tag_note}): the operator \
-                     adds a route that matches it (a route without `match` takes every report)",
+                     adds a route that matches it (a route without `match` takes every report); records are not \
+                     accepted until then",
                     tenants::SOURCE
                 ),
-            )));
+            );
+            e.retry_after = Some(ROUTE_RETRY_SECS);
+            return Err(reject(e));
         };
         envelopes.push(envelope);
     }
     let receipts = forward::accept(state.ingest(), envelopes, true).await.map_err(|e| reject(route_error(key, e)))?;
-    let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
-    state.metrics.ingest_reports.get_or_create(&crate::metrics::Tenant { tenant: key.clone() }).inc_by(fresh);
-    let body = json!({ "accepted": receipts.len(), "reports": crate::redact::public_value(&receipts) });
+    if state.tenants.config().tenant_metrics {
+        let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
+        state.metrics.ingest_reports.get_or_create(&crate::metrics::Tenant { tenant: key.clone() }).inc_by(fresh);
+    }
+    // Receipts on request only: an agent logs whatever it is answered, for every chunk.
+    let body = if query.receipts {
+        json!({ "accepted": receipts.len(), "reports": crate::redact::public_value(&receipts) })
+    } else {
+        json!({ "accepted": receipts.len() })
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// The largest body `tenant` may send, before and after gzip.
+fn max_body(tenant: &Tenant, state: &AppState) -> usize {
+    tenant.cfg.max_body_bytes.unwrap_or(usize::MAX).min(state.limits.max_body_bytes)
+}
+
+/// Seconds an agent is asked to wait when the operator's routes cannot take its records.
+const ROUTE_RETRY_SECS: u64 = 30;
+
 /// What the operator's routes cannot do is not the agent's to fix: 503, so the agent keeps its
-/// records and tries again, and the message says the operator must act.
+/// records and tries again, and the message says the operator must act. It names the consumer,
+/// never the destination (`/v1/config` does not show it either) or other loaded plugins.
 fn route_error(key: &str, e: RouteError) -> ApiError {
-    match e {
-        RouteError::UnknownConsumer { .. } | RouteError::InvalidDestination { .. } | RouteError::NoConsumer { .. } => {
-            let mut api = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "route_unavailable",
-                format!(
-                    "a route of access key `{key}` cannot be used now ({e}): the operator fixes the route or loads \
-                     its plugin; records are not accepted until then"
-                ),
-            );
-            api.retry_after = Some(30);
-            api
+    let why = match &e {
+        RouteError::UnknownConsumer { key: consumer, .. } => {
+            format!("no loaded plugin consumes `{consumer}`, which a route names")
         }
-        other => other.into(),
-    }
+        RouteError::InvalidDestination { key: consumer, .. } => {
+            format!("the `{consumer}` plugin refuses a route's destination (admin GET /plugins and the log say why)")
+        }
+        RouteError::NoConsumer { .. } => "every destination of its routes is empty".to_string(),
+        _ => return e.into(),
+    };
+    tracing::error!(tenant = key, error = %e, "a route of an access key cannot be used");
+    let mut api = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "route_unavailable",
+        format!(
+            "a route of access key `{key}` cannot be used now ({why}): the operator fixes the route or loads its \
+             plugin; records are not accepted until then"
+        ),
+    );
+    api.retry_after = Some(ROUTE_RETRY_SECS);
+    api
 }
 
 fn framing_error(e: framing::FramingError) -> ApiError {
+    use framing::FramingError as F;
     let (status, code) = match &e {
-        framing::FramingError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-        framing::FramingError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
-        framing::FramingError::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_reports"),
+        F::TooLarge { .. } | F::TooLargeAsJson { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        F::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
+        F::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_reports"),
+        F::TooDeep { .. } => (StatusCode::BAD_REQUEST, "too_deep"),
         _ => (StatusCode::BAD_REQUEST, "invalid_body"),
     };
     ApiError::new(status, code, e.to_string())
@@ -248,7 +280,7 @@ pub async fn config_handler(
         "limits": {
             "requests_per_sec": t.requests_per_sec,
             "burst": t.burst,
-            "max_body_bytes": t.max_body_bytes.unwrap_or(state.limits.max_body_bytes).min(state.limits.max_body_bytes),
+            "max_body_bytes": max_body(tenant, &state),
             "max_reports_per_request": cfg.max_reports_per_request,
         },
         "tag_header": cfg.tag_header,

@@ -4,13 +4,14 @@
 use super::auth::Keys;
 use super::config::{IngestConfig, Match, RouteConfig, TenantConfig};
 use crate::envelope::Envelope;
+use crate::watch::{self, Stamp};
 use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A route, checked: its destination as canonical JSON text.
 #[derive(Debug)]
@@ -109,6 +110,9 @@ pub struct TenantSet {
     global: Vec<Route>,
     /// Credentials.
     pub keys: Keys,
+    /// Every file they were read from (`tenants_file`, token files, JWT keys): a change to any
+    /// reloads them.
+    files: Vec<PathBuf>,
 }
 
 impl TenantSet {
@@ -120,6 +124,14 @@ impl TenantSet {
     /// Whether any tenant is defined (`/v1/*` answers 404 otherwise).
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+
+    /// The labels of `tenant`'s reports: its own, and the tag's.
+    pub fn labels(tenant: &Tenant, tag: Option<&str>) -> Vec<(String, String)> {
+        let mut labels: Vec<(String, String)> = tenant.cfg.labels.clone().into_iter().collect();
+        labels.extend(tag.map(|t| ("tag".to_string(), t.to_string())));
+        labels.sort();
+        labels
     }
 
     /// The envelope of one record of `tenant`'s: its destinations chosen by the routes.
@@ -145,24 +157,33 @@ impl TenantSet {
 /// The `source` of reports taken on `/v1/ingest`.
 pub const SOURCE: &str = "ingest";
 
-/// An access key: 1-64 letters, digits, `_`, `-`, `.`.
-fn valid_access_key(k: &str) -> bool {
-    (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-}
-
 /// Check and index tenants and routes; load their credentials.
 pub fn build(cfg: &IngestConfig, tenants: Vec<TenantConfig>) -> Result<TenantSet, String> {
     let mut by_key = HashMap::new();
     for (i, t) in tenants.iter().enumerate() {
         let at = format!("ingest tenant [{i}] (`{}`)", t.access_key);
-        if !valid_access_key(&t.access_key) {
+        if !data_exporter_wire::auth::is_access_key(&t.access_key) {
             return Err(format!("{at}: access_key must be 1-64 letters, digits, `_`, `-` or `.`"));
         }
         if !(t.requests_per_sec >= 0.0 && t.requests_per_sec.is_finite()) {
             return Err(format!("{at}: requests_per_sec must be 0 (no limit) or more"));
         }
+        if t.requests_per_sec > 0.0 && t.requests_per_sec < MIN_RATE {
+            return Err(format!("{at}: requests_per_sec must be 0 (no limit) or at least {MIN_RATE}"));
+        }
         if t.burst == 0 {
             return Err(format!("{at}: burst must be at least 1"));
+        }
+        for (name, value) in &t.labels {
+            if name == "tag" || !crate::envelope::valid_label(name, value) {
+                return Err(format!(
+                    "{at}: label {name:?}: names are 1-64 letters, digits, `_`, `-`, `.` (not `tag`, the Fluent Bit \
+                     tag's), values at most 256 bytes"
+                ));
+            }
+        }
+        if t.labels.len() >= crate::envelope::MAX_LABELS {
+            return Err(format!("{at}: at most {} labels (one more is the tag's)", crate::envelope::MAX_LABELS - 1));
         }
         let routes = t
             .routes
@@ -185,9 +206,24 @@ pub fn build(cfg: &IngestConfig, tenants: Vec<TenantConfig>) -> Result<TenantSet
         .enumerate()
         .map(|(j, r)| Route::new(r, &format!("ingest route [{j}]")))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(name) = &cfg.tag_header
+        && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+    {
+        return Err(format!("ingest.tag_header {name:?} is not a valid HTTP header name"));
+    }
     let keys = Keys::load(cfg.jwt.as_ref(), &tenants)?;
-    Ok(TenantSet { by_key, global, keys })
+    let mut files: Vec<PathBuf> = cfg.tenants_file.iter().cloned().collect();
+    files.extend(tenants.iter().flat_map(|t| t.token_files.iter().cloned()));
+    if let Some(jwt) = &cfg.jwt {
+        files.extend(jwt.hs256_secret_files.iter().chain(&jwt.public_key_files).chain(&jwt.jwks_file).cloned());
+    }
+    Ok(TenantSet { by_key, global, keys, files })
 }
+
+/// Slowest rate a tenant may be given (a slower one would answer `Retry-After` in hours).
+const MIN_RATE: f64 = 0.001;
+/// Longest `Retry-After` answered.
+const RETRY_AFTER_MAX: u64 = 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,29 +256,31 @@ struct Bucket {
     at: Instant,
 }
 
-/// The tenants in force, reloaded when `tenants_file` changes, and their rate buckets.
+/// The stamps of the files the tenants in force were read from, and of a change seen once.
+#[derive(Default)]
+struct Seen {
+    loaded: Vec<Stamp>,
+    /// A change waits one poll: a file seen twice alike is not half written.
+    pending: Option<Vec<Stamp>>,
+}
+
+/// The tenants in force, reloaded when a file they come from changes, and their rate buckets.
 pub struct Tenants {
     cfg: IngestConfig,
     current: RwLock<Arc<TenantSet>>,
-    /// (modified, length) of `tenants_file` when it was last read.
-    stamp: Mutex<Option<(SystemTime, u64)>>,
-    buckets: DashMap<String, Mutex<Bucket>, foldhash::fast::RandomState>,
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    seen: Mutex<Seen>,
+    buckets: DashMap<String, Bucket, foldhash::fast::RandomState>,
 }
 
 impl Tenants {
     /// Load what `cfg` defines; an error names the tenant and setting.
     pub fn new(cfg: &IngestConfig) -> Result<Tenants, String> {
-        let stamp_now = cfg.tenants_file.as_deref().and_then(stamp);
         let set = load(cfg)?;
+        let loaded = watch::stamps(set.files.iter().map(PathBuf::as_path));
         Ok(Tenants {
             cfg: cfg.clone(),
             current: RwLock::new(Arc::new(set)),
-            stamp: Mutex::new(stamp_now),
+            seen: Mutex::new(Seen { loaded, pending: None }),
             buckets: Default::default(),
         })
     }
@@ -257,26 +295,36 @@ impl Tenants {
         &self.cfg
     }
 
-    /// Re-read `tenants_file` (and every credential file) if it changed since it was last
-    /// read. Returns whether the tenants changed; a file that does not load keeps the old ones.
+    /// Re-read everything if a file the tenants come from (`tenants_file`, a token file, a JWT
+    /// key) changed and has stayed alike since the previous call. Returns whether the tenants
+    /// changed; files that do not load keep the tenants in force (and are tried again when they
+    /// change again).
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let Some(path) = self.cfg.tenants_file.as_deref() else { return Ok(false) };
-        let now = stamp(path);
+        let files = self.current().files.clone();
+        let now = watch::stamps(files.iter().map(PathBuf::as_path));
         {
-            let mut last = self.stamp.lock().expect("not poisoned");
-            if *last == now {
+            let mut seen = self.seen.lock().expect("not poisoned");
+            if now == seen.loaded {
+                seen.pending = None;
                 return Ok(false);
             }
-            *last = now;
+            if seen.pending.as_ref() != Some(&now) {
+                seen.pending = Some(now);
+                return Ok(false);
+            }
+            seen.loaded = now;
+            seen.pending = None;
         }
         let set = load(&self.cfg)?;
+        // Newly named files (a tenant added) are watched from now on.
+        self.seen.lock().expect("not poisoned").loaded = watch::stamps(set.files.iter().map(PathBuf::as_path));
         *self.current.write().expect("not poisoned") = Arc::new(set);
         Ok(true)
     }
 
-    /// Re-read `tenants_file` every `every` when it changed, for as long as the process runs.
+    /// Look for changes every `every`, for as long as the process runs.
     pub fn spawn_watcher(self: &Arc<Self>, every: Duration) {
-        if self.cfg.tenants_file.is_none() {
+        if self.current().files.is_empty() {
             return;
         }
         let me = Arc::downgrade(self);
@@ -286,12 +334,11 @@ impl Tenants {
             loop {
                 tick.tick().await;
                 let Some(me) = me.upgrade() else { return };
-                let file = me.cfg.tenants_file.clone().unwrap_or_else(PathBuf::new);
                 match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
-                    Ok(Ok(true)) => tracing::info!(file = %file.display(), "tenants reloaded"),
+                    Ok(Ok(true)) => tracing::info!("tenants and their credentials reloaded"),
                     Ok(Ok(false)) => {}
                     Ok(Err(error)) => {
-                        tracing::error!(%error, "ingest.tenants_file not reloaded; the tenants loaded before stay")
+                        tracing::error!(%error, "tenants not reloaded; the tenants loaded before stay")
                     }
                     Err(_) => return,
                 }
@@ -307,18 +354,14 @@ impl Tenants {
         }
         let burst = f64::from(tenant.burst);
         let now = Instant::now();
-        let entry = self
-            .buckets
-            .entry(tenant.access_key.clone())
-            .or_insert_with(|| Mutex::new(Bucket { tokens: burst, at: now }));
-        let mut b = entry.lock().expect("not poisoned");
+        let mut b = self.buckets.entry(tenant.access_key.clone()).or_insert_with(|| Bucket { tokens: burst, at: now });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            Err(((1.0 - b.tokens) / rate).ceil().max(1.0) as u64)
+            Err((((1.0 - b.tokens) / rate).ceil() as u64).clamp(1, RETRY_AFTER_MAX))
         }
     }
 }
@@ -369,7 +412,7 @@ mod tests {
     fn a_tenants_file_that_does_not_load_keeps_the_tenants_in_force() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tenants.toml");
-        std::fs::write(dir.path().join("t.token"), "secret-token\n").unwrap();
+        std::fs::write(dir.path().join("t.token"), "secret-token-0123456789\n").unwrap();
         let good = format!(
             "[[tenants]]\naccess_key = \"k\"\ntoken_files = [{:?}]\n[[tenants.routes]]\nconsumer = \"file\"\ndestination = {{}}\n",
             dir.path().join("t.token")
@@ -379,14 +422,43 @@ mod tests {
         let tenants = Tenants::new(&cfg).unwrap();
         assert!(tenants.current().get("k").is_some());
         std::fs::write(&file, "[[tenants]]\naccess_key = 7\n").unwrap();
+        assert_eq!(tenants.reload_if_changed(), Ok(false), "a change waits one poll (it may be half written)");
         let err = tenants.reload_if_changed().unwrap_err();
         assert!(err.contains("tenants_file") && err.contains("access_key"), "{err}");
         assert!(tenants.current().get("k").is_some(), "the tenants loaded before stay");
         // Unchanged since the failed read: not read again.
         assert_eq!(tenants.reload_if_changed(), Ok(false));
         std::fs::write(&file, good.replace("\"k\"", "\"k2\"")).unwrap();
+        assert_eq!(tenants.reload_if_changed(), Ok(false));
         assert_eq!(tenants.reload_if_changed(), Ok(true));
         assert!(tenants.current().get("k2").is_some() && tenants.current().get("k").is_none());
+    }
+
+    #[test]
+    fn a_rotated_token_file_replaces_the_token_without_a_tenants_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t.token");
+        std::fs::write(&token, "first-token-0123456789\n").unwrap();
+        let tenant: TenantConfig = serde_json::from_value(serde_json::json!({
+            "access_key": "k", "token_files": [token],
+            "routes": [{"consumer": "file", "destination": {}}]
+        }))
+        .unwrap();
+        let tenants = Tenants::new(&IngestConfig { tenants: vec![tenant], ..Default::default() }).unwrap();
+        let bearer = |t: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+            let set = tenants.current();
+            set.keys.authenticate(&h, None, None, |k| set.get(k).map(|t| t.cfg.revoked)).map_err(|e| e.code())
+        };
+        assert_eq!(bearer("first-token-0123456789"), Ok("k".to_string()));
+        // A Secret volume swaps the file: a new inode, as a rename makes it.
+        std::fs::write(dir.path().join("new"), "second-token-0123456789\n").unwrap();
+        std::fs::rename(dir.path().join("new"), &token).unwrap();
+        assert_eq!(tenants.reload_if_changed(), Ok(false));
+        assert_eq!(tenants.reload_if_changed(), Ok(true));
+        assert_eq!(bearer("first-token-0123456789"), Err("invalid_token"));
+        assert_eq!(bearer("second-token-0123456789"), Ok("k".to_string()));
     }
 
     #[test]
@@ -410,8 +482,9 @@ mod tests {
                 by_key: HashMap::new(),
                 global: Vec::new(),
                 keys: Keys::load(None, &[]).unwrap(),
+                files: Vec::new(),
             })),
-            stamp: Mutex::new(None),
+            seen: Default::default(),
             buckets: Default::default(),
         };
         assert_eq!(tenants.take(&t), Ok(()));

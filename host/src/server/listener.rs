@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -166,6 +166,11 @@ struct Guard {
     max_concurrent: usize,
     max_body: usize,
     body_timeout: Duration,
+    /// Slowest body accepted after `BODY_GRACE`, in bytes per second (0: no floor).
+    min_rate: u64,
+    /// KiB of request bodies held at once, over all requests.
+    buffered: Arc<Semaphore>,
+    max_buffered: u64,
     metrics: Arc<Metrics>,
     /// When shedding was last logged (ms since the epoch): at most once every 10 s.
     shed_logged: AtomicU64,
@@ -179,6 +184,9 @@ fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>) -> Router {
         max_concurrent,
         max_body: limits.max_body_bytes,
         body_timeout: Duration::from_millis(limits.body_timeout_ms),
+        min_rate: limits.min_body_bytes_per_sec,
+        buffered: Arc::new(Semaphore::new(((limits.max_buffered_bytes / 1024) as usize).min(Semaphore::MAX_PERMITS))),
+        max_buffered: limits.max_buffered_bytes,
         metrics,
         shed_logged: AtomicU64::new(0),
     };
@@ -186,21 +194,25 @@ fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>) -> Router {
 }
 
 async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    let _permit = if EXEMPT.contains(&req.uri().path()) {
-        None
-    } else {
-        match g.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => return g.shed(),
-        }
-    };
+    // Probes and scrapes are never shed, and carry no body to read (one that does is not read).
+    let exempt = EXEMPT.contains(&req.uri().path()) && matches!(*req.method(), Method::GET | Method::HEAD);
+    if exempt {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = g.permits.clone().try_acquire_owned() else { return g.shed() };
     let (parts, body) = req.into_parts();
-    let body = match g.collect(&parts.headers, body).await {
-        Ok(body) => body,
+    // The body's share of the buffer budget is held until the answer is made.
+    let (body, _held) = match g.collect(&parts.headers, body).await {
+        Ok(read) => read,
         Err(refusal) => return refusal,
     };
     next.run(Request::from_parts(parts, body)).await
 }
+
+/// Time a body has before `limits.min_body_bytes_per_sec` applies.
+const BODY_GRACE: Duration = Duration::from_secs(5);
+/// Most bytes set aside for a body before it arrives (a client states `Content-Length`).
+const PREALLOCATE_MAX: usize = 64 * 1024;
 
 impl Guard {
     /// 503 `overloaded`, counted as a rejection with that code.
@@ -229,48 +241,96 @@ impl Guard {
         resp
     }
 
-    /// The whole body, read within the deadline and the limit; or the answer that refuses it.
-    async fn collect(&self, headers: &axum::http::HeaderMap, body: Body) -> Result<Body, Response> {
+    /// The whole body, read within the deadline, the minimum rate and the limits, with its share
+    /// of the buffer budget; or the answer that refuses it.
+    async fn collect(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: Body,
+    ) -> Result<(Body, Option<tokio::sync::OwnedSemaphorePermit>), Response> {
         if body.size_hint().exact() == Some(0) {
-            return Ok(body);
+            return Ok((body, None));
         }
         let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
             return Err(self.too_large());
         }
-        let read = async {
-            let mut stream = body.into_data_stream();
-            let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
-            while let Some(chunk) = stream.next().await {
-                let chunk: Bytes = chunk.map_err(|e| {
-                    closing(error(
-                        StatusCode::BAD_REQUEST,
-                        "unreadable_body",
-                        format!("could not read the request body: {e}"),
-                    ))
-                })?;
-                if buf.len() + chunk.len() > self.max_body {
-                    return Err(self.too_large());
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.body_timeout;
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::with_capacity((declared.unwrap_or(0) as usize).min(PREALLOCATE_MAX));
+        loop {
+            // The next bytes are due when the body would fall below the minimum rate.
+            let due = if self.min_rate > 0 {
+                deadline.min(start + BODY_GRACE + Duration::from_secs_f64(buf.len() as f64 / self.min_rate as f64))
+            } else {
+                deadline
+            };
+            let chunk = match tokio::time::timeout_at(due, stream.next()).await {
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk,
+                Err(_) => return Err(self.too_slow(due == deadline)),
+            };
+            let chunk: Bytes = chunk.map_err(|e| {
+                closing(error(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    format!("could not read the request body: {e}"),
+                ))
+            })?;
+            if buf.len() + chunk.len() > self.max_body {
+                return Err(self.too_large());
+            }
+            // Whole KiB of the budget, taken as the body grows.
+            let need = (buf.len() + chunk.len()).div_ceil(1024) as u32;
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if need > have {
+                let more = self.buffered.clone().try_acquire_many_owned(need - have).map_err(|_| self.full())?;
+                match &mut held {
+                    Some(p) => p.merge(more),
+                    None => held = Some(more),
                 }
-                buf.extend_from_slice(&chunk);
             }
-            Ok(Body::from(buf))
-        };
-        match tokio::time::timeout(self.body_timeout, read).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.metrics.reject("request_timeout");
-                Err(closing(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!(
-                        "the request body did not arrive within limits.body_timeout_ms ({} ms): send it at once, \
-                         or send less per request",
-                        self.body_timeout.as_millis()
-                    ),
-                )))
-            }
+            buf.extend_from_slice(&chunk);
         }
+        Ok((Body::from(buf), held))
+    }
+
+    /// 408 `request_timeout`: the body took longer than the deadline, or came slower than the
+    /// minimum rate.
+    fn too_slow(&self, deadline: bool) -> Response {
+        self.metrics.reject("request_timeout");
+        let message = if deadline {
+            format!(
+                "the request body did not arrive within limits.body_timeout_ms ({} ms): send it at once, or send less \
+                 per request",
+                self.body_timeout.as_millis()
+            )
+        } else {
+            format!(
+                "the request body arrived slower than limits.min_body_bytes_per_sec ({} bytes per second after the \
+                 first {} s): send it at once",
+                self.min_rate,
+                BODY_GRACE.as_secs()
+            )
+        };
+        closing(error(StatusCode::REQUEST_TIMEOUT, "request_timeout", message))
+    }
+
+    /// 503 `overloaded`: the bodies being read already hold `limits.max_buffered_bytes`.
+    fn full(&self) -> Response {
+        self.metrics.reject("overloaded");
+        let mut resp = closing(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the host already holds limits.max_buffered_bytes ({}) of request bodies: retry after a second",
+                self.max_buffered
+            ),
+        ));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
     }
 
     /// 413 `body_too_large`, as the router answers it.

@@ -125,6 +125,14 @@ async fn forward_inner(
     if !state.role.ingests() {
         return Err(crate::forward::RouteError::Queue(crate::queue::QueueError::NotIngest).into());
     }
+    if !state.tenants.config().allow_forward {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forward_disabled",
+            "this host takes reports only from access keys (ingest.allow_forward = false): send payloads to \
+             POST /v1/ingest with your token",
+        ));
+    }
     let wait = match q.wait.as_deref() {
         None => None,
         Some(w) => Some(humantime::parse_duration(w).map_err(|e| {

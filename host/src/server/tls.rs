@@ -156,15 +156,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// What tells that a file changed: modification and change times, size, inode (a Kubernetes
-/// Secret volume swaps a symlink, which `metadata` follows).
-type Stamp = Option<(Option<std::time::SystemTime>, i64, i64, u64, u64, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok(), m.ctime(), m.ctime_nsec(), m.len(), m.ino(), m.dev()))
-}
+use crate::watch::{Stamp, stamp};
 
 /// The listener's TLS configuration, replaced when its files change.
 pub struct TlsReloader {

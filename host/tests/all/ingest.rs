@@ -84,12 +84,12 @@ impl Tenancy {
         serde_json::from_value(t).unwrap()
     }
 
-    /// team-a (also to OpenSearch for tags `app.*`), team-b (1 request/s, burst 2, 4 KiB
+    /// team-a (label env=prod; also to OpenSearch for tags `app.*` of env=prod), team-b (1 request/s, burst 2, 4 KiB
     /// bodies), team-c (only `audit.*` tags reach anything), team-old (revoked); every report of
     /// a, b and old to `<tenant>.log`.
     fn ingest(&self, os_index: &str) -> IngestConfig {
         let s = servers();
-        let os = json!({"consumer": "openSearch", "match": {"tag": ["app.*"]},
+        let os = json!({"consumer": "openSearch", "match": {"tag": ["app.*"], "labels": {"env": "prod"}},
             "destination": {"host_port": s.tls_url, "index": os_index, "secretRef": "os", "checkCert": true}});
         let file_per_key: RouteConfig = serde_json::from_value(json!({
             "consumer": "file", "match": {"tenant": ["team-a", "team-b", "team-old"]},
@@ -98,7 +98,11 @@ impl Tenancy {
         .unwrap();
         IngestConfig {
             tenants: vec![
-                self.tenant("team-a", Some("a.token"), json!({"routes": [os], "agent": {"flush": 5, "inputs": ["tail"]}})),
+                self.tenant(
+                    "team-a",
+                    Some("a.token"),
+                    json!({"routes": [os], "labels": {"env": "prod"}, "agent": {"flush": 5, "inputs": ["tail"]}}),
+                ),
                 self.tenant("team-b", Some("b.token"), json!({"requests_per_sec": 1.0, "burst": 2, "max_body_bytes": 4096})),
                 self.tenant(
                     "team-c",
@@ -202,8 +206,9 @@ impl<'a> Send<'a> {
         (status, headers, resp.json::<Value>().await.unwrap_or(Value::Null))
     }
 
+    /// Post to `/v1/ingest`, asking for receipts.
     async fn ingest(&self, app: &TestApp, body: Vec<u8>) -> (u16, Value) {
-        let (status, _, v) = self.to(app, "/v1/ingest", body).await;
+        let (status, _, v) = self.to(app, "/v1/ingest?receipts=true", body).await;
         (status, v)
     }
 }
@@ -287,7 +292,7 @@ async fn delivered(app: &TestApp, receipt: &Value, consumer: &str) {
 async fn fluent_bit_framings_reach_one_file_per_access_key_and_opensearch() {
     let t = Tenancy::new();
     let index = index();
-    let app = t.app(&index, |_| {}).await;
+    let app = t.app(&index, |c| c.ingest.tenant_metrics = true).await;
     let jwt_a = t.jwt(json!({"sub": "team-a"}), None);
     let rec = |n: i64, who: &str| json!({"log": format!("line {n} of {who}"), "n": n});
 
@@ -368,6 +373,7 @@ async fn fluent_bit_framings_reach_one_file_per_access_key_and_opensearch() {
         assert_eq!(line["tenant"], "team-a");
         assert_eq!(line["source"], "ingest");
         assert_eq!(line["labels"]["tag"], tag.as_str(), "{line}");
+        assert_eq!(line["labels"]["env"], "prod", "the tenant's own labels: {line}");
         let payload = &line["payload"];
         assert_eq!(payload["log"], record["log"], "case {case}: {line}");
         assert_eq!(payload["n"], record["n"], "case {case}: {line}");
@@ -436,6 +442,9 @@ async fn every_credential_failure_is_401_or_403_naming_what_is_wrong_and_no_othe
         }
         messages.push((what, v["error"]["code"].as_str().unwrap().to_string(), message));
     }
+    // Without ingest.tenant_metrics the public /metrics names no access key.
+    let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("team-"), "{metrics}");
     let said = |what: &str| messages.iter().find(|m| m.0 == what).unwrap().2.to_lowercase();
     assert!(said("expired").contains("expired"), "{messages:?}");
     assert!(said("wrong issuer").contains("issuer"), "{messages:?}");
@@ -516,12 +525,13 @@ async fn limits_rate_body_size_depth_and_routes_answer_with_what_to_do() {
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("max_json_depth"), "{v}");
 
-    // team-c's only route takes `audit.*` tags: anything else is refused, naming the fix.
+    // team-c's only route takes `audit.*` tags: anything else is refused for now, naming the fix.
     let c_jwt = t.jwt(json!({"sub": "team-c"}), None);
     let c = Send { tag: Some("app.web"), ..Send::new(Auth::Bearer(&c_jwt), "application/json") };
-    let (status, v) = c.ingest(&app, small()).await;
-    assert_eq!(status, 422, "{v}");
+    let (status, headers, v) = c.to(&app, "/v1/ingest", small()).await;
+    assert_eq!(status, 503, "the operator's to fix: an agent keeps the records and tries again: {v}");
     assert_eq!(v["error"]["code"], "no_route");
+    assert_eq!(headers["retry-after"], "30");
     assert!(v["error"]["message"].as_str().unwrap().contains("app.web"), "{v}");
     let c = Send { tag: Some("audit.login"), ..c };
     let (status, v) = c.ingest(&app, small()).await;
@@ -551,6 +561,21 @@ async fn the_operator_can_forbid_credentials_inside_reports_on_forward() {
     let by_reference = json!({"host_port": s.tls_url, "index": index, "secretRef": "os", "checkCert": true});
     let (status, v) = app.forward_wait(report_data("openSearch", by_reference, &json!({"x": 2}))).await;
     assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn with_forward_closed_only_access_keys_reach_consumers() {
+    let t = Tenancy::new();
+    let app = t.app(&index(), |c| c.ingest.allow_forward = false).await;
+    // Anyone could otherwise name the operator's secret and a tenant's file from /forward.
+    let (status, v) = app.forward(report_data("file", json!({"path": "team-a.log"}), &json!({"forged": true}))).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "forward_disabled");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/v1/ingest"), "{v}");
+    let (status, v) = Send::new(Auth::Bearer(&t.token_a), "application/json").ingest(&app, b"{\"x\":1}".to_vec()).await;
+    assert_eq!(status, 202, "{v}");
+    delivered(&app, &v, "file").await;
+    assert!(t.envelopes("team-a.log").iter().all(|l| l["payload"].get("forged").is_none()));
 }
 
 #[tokio::test]
@@ -633,7 +658,7 @@ async fn tokens_and_passwords_never_reach_the_log() {
     let bad_jwt = t.jwt(json!({"sub": "team-a"}), Some("a-wrong-secret-of-the-test"));
     let post = |auth: String, tag: &'static str| {
         client
-            .post(format!("{}/v1/ingest", exporter.url))
+            .post(format!("{}/v1/ingest?receipts=true", exporter.url))
             .header("authorization", auth)
             .header(TAG_HEADER, tag)
             .header("content-type", "application/json")

@@ -299,6 +299,60 @@ async fn a_body_slower_than_the_body_timeout_gets_408() {
 }
 
 #[tokio::test]
+async fn a_trickling_body_gets_408_once_it_falls_below_the_minimum_rate() {
+    // 10 bytes in the first 5 s (the grace) then nothing: at 100 bytes per second more is due
+    // at 5.1 s, long before the 60 s body deadline.
+    let app = spawn_app_with(&["stdout"], |c| {
+        c.limits.body_timeout_ms = 60_000;
+        c.limits.min_body_bytes_per_sec = 100;
+    })
+    .await;
+    let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+    s.write_all(b"POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = parse_answer(&until_closed(&mut s).await);
+    assert_eq!(status, 408, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("limits.min_body_bytes_per_sec (100 bytes"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(50), "cut by the rate, not the deadline");
+}
+
+#[tokio::test]
+async fn bodies_in_flight_are_bounded_by_max_buffered_bytes() {
+    let app = spawn_app_with(&["stdout"], |c| {
+        c.limits.max_body_bytes = 64 * 1024;
+        c.limits.max_buffered_bytes = 64 * 1024;
+        c.limits.body_timeout_ms = 60_000;
+        c.limits.min_body_bytes_per_sec = 0;
+    })
+    .await;
+    // One client sends 40 KiB of a 60 KiB body and stalls: it holds 40 KiB of the budget.
+    let mut holder = TcpStream::connect(addr(&app)).await.unwrap();
+    holder.write_all(b"POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n").await.unwrap();
+    holder.write_all(&[b' '; 40 * 1024]).await.unwrap();
+    // Another's 30 KiB does not fit beside it: 503 at once, with Retry-After.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+        s.write_all(b"POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 30720\r\n\r\n").await.unwrap();
+        s.write_all(&[b' '; 30 * 1024]).await.unwrap();
+        let raw = until_closed(&mut s).await;
+        let (status, body) = parse_answer(&raw);
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "overloaded", "{body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("limits.max_buffered_bytes"), "{body}");
+            assert!(raw.to_ascii_lowercase().contains("retry-after: 1"), "{raw}");
+            break;
+        }
+        // The holder's bytes may not all be read yet: try again until they are.
+        assert!(std::time::Instant::now() < deadline, "never refused: {status} {body}");
+    }
+    // Once the holder leaves, its share is free again.
+    drop(holder);
+    let ok = app.forward(report_data("stdout", serde_json::json!({}), &serde_json::json!({"x": 1}))).await;
+    assert_eq!(ok.0, 202, "{}", ok.1);
+}
+
+#[tokio::test]
 async fn a_body_over_the_limit_gets_413_declared_or_chunked() {
     let app = spawn_app_with(&["stdout"], |c| c.limits.max_body_bytes = 100).await;
     let want = "request body exceeds limits.max_body_bytes (100 bytes): send fewer or smaller reports per request";
