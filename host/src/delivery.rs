@@ -95,6 +95,8 @@ pub struct Delivery {
     stop: watch::Sender<bool>,
     running: AtomicUsize,
     stopped: Notify,
+    /// Viewers of `GET /tap` (admin API): told how each plugin call fared, only while watching.
+    tap: Arc<crate::toolkit::tap::Tap>,
 }
 
 /// End a worker's session in order: a 0.2.0 plugin's destination is flushed and closed.
@@ -150,7 +152,50 @@ impl Delivery {
             stop: watch::channel(false).0,
             running: AtomicUsize::new(0),
             stopped: Notify::new(),
+            tap: Arc::default(),
         })
+    }
+
+    /// Where `GET /tap` viewers subscribe.
+    pub fn tap(&self) -> &Arc<crate::toolkit::tap::Tap> {
+        &self.tap
+    }
+
+    /// Tell tap viewers, if any, how each report of one plugin call fared.
+    fn tap_call(
+        &self,
+        dk: &DestKey,
+        plugin: &LoadedPlugin,
+        batch: &[Job],
+        result: &Result<Delivered, crate::runtime::CallError>,
+        took: Duration,
+    ) {
+        use crate::toolkit::{redact_destination, secret_params, tap::TapEvent};
+        let destination = redact_destination(&dk.config, &secret_params(&plugin.info));
+        let at_ms = now_ms();
+        for (i, job) in batch.iter().enumerate() {
+            let (outcome, reason) = match result {
+                Ok(Delivered::Outcomes(out)) => match out.get(i) {
+                    Some(Outcome::Delivered) => ("delivered", None),
+                    Some(Outcome::Retryable(r)) => ("retryable", Some(r.reason.clone())),
+                    Some(Outcome::Permanent(r)) => ("permanent", Some(r.clone())),
+                    None => ("crashed", Some("the plugin returned too few outcomes".to_string())),
+                },
+                Ok(Delivered::BatchFailed { reason, .. }) => ("batch-failed", Some(reason.clone())),
+                Err(e) => ("crashed", Some(e.to_string())),
+            };
+            self.tap.publish(TapEvent {
+                at_ms,
+                report: job.report.id.to_string(),
+                consumer: dk.key.clone(),
+                plugin: format!("{} {}", plugin.info.name, plugin.info.version),
+                destination: destination.clone(),
+                attempt: job.attempts + 1,
+                outcome,
+                reason,
+                latency_ms: took.as_millis() as u64,
+            });
+        }
     }
 
     /// Deliver what the queue leases, until shutdown: each report's destinations go to their
@@ -419,6 +464,9 @@ impl Delivery {
             .plugin_call
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
             .observe(started.elapsed().as_secs_f64());
+        if self.tap.active() {
+            self.tap_call(dk, &plugin, &batch, &result, started.elapsed());
+        }
         let mut retries = Vec::new();
         match &result {
             Ok(_) => plugin.record_success(),

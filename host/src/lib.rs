@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod server;
 pub mod sources;
 pub mod status;
+pub mod toolkit;
 pub mod watch;
 
 use anyhow::Context;

@@ -56,6 +56,22 @@ enum Command {
     /// Send one report to a running host (POST /forward), retrying while it is busy or unreachable.
     #[command(after_long_help = SEND_EXAMPLES)]
     Send(SendArgs),
+    /// Tools for plugin authors, run here without a host: scaffold a plugin (`new`), check that
+    /// a component loads (`check`), run it against recorded inputs (`test`).
+    Plugin {
+        #[command(subcommand)]
+        action: data_exporter::toolkit::cli::PluginCommand,
+    },
+    /// Watch what reaches consumers on a running host, live (through its admin API): report id,
+    /// consumer, destination (secrets redacted), outcome and latency of each delivery attempt.
+    ///
+    /// The admin API wants the host's admin token, found as for `dlq` and `plugins`.
+    Tap {
+        #[command(flatten)]
+        conn: AdminArgs,
+        #[command(flatten)]
+        args: data_exporter::toolkit::cli::TapArgs,
+    },
     /// Compile one plugin component (stdin) to native code (stdout); the host runs this in a
     /// child process with bounded memory and CPU.
     #[command(hide = true)]
@@ -104,6 +120,24 @@ enum PluginsAction {
     List,
     /// Rescan the plugins directory now and release quarantined plugins (as SIGHUP does).
     Reload,
+    /// Show one loaded plugin (by config key or name): description, parameter table, settings,
+    /// file, limits, crash state.
+    Describe {
+        /// Config key or plugin name.
+        name: String,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one synthetic report to a destination through the loaded plugin, now (not queued,
+    /// not retried), and show what happened. Exit status 0: delivered.
+    TestDestination {
+        /// The consumer (config key).
+        consumer: String,
+        /// The destination: a JSON file.
+        #[arg(long, value_name = "C.json")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +285,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Plugins { conn, action: PluginsAction::Reload } => {
             print_json(&admin_call(&conn, |c, base| Ok(c.post(format!("{base}/plugins/reload")))).await?)
+        }
+        Command::Plugins { conn, action: PluginsAction::Describe { name, json } } => {
+            let body = admin_call(&conn, |c, base| Ok(c.get(format!("{base}/plugins/{name}")))).await?;
+            if json {
+                return print_json(&body);
+            }
+            print!("{}", data_exporter::toolkit::describe::render(&body));
+            Ok(())
+        }
+        Command::Plugins { conn, action: PluginsAction::TestDestination { consumer, config } } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let destination: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", config.display()))?;
+            let body =
+                admin_call(&conn, |c, base| Ok(c.post(format!("{base}/test/{consumer}")).json(&destination))).await?;
+            std::process::exit(data_exporter::toolkit::cli::print_probe(&body))
+        }
+        Command::Plugin { action } => std::process::exit(data_exporter::toolkit::cli::run(action).await),
+        Command::Tap { conn, args } => {
+            let (_, token) = conn.token()?;
+            data_exporter::toolkit::tap::follow(&conn.admin, &token, &args.query(), args.json).await
         }
         Command::Send(args) => std::process::exit(send(args).await),
         Command::CompilePlugin { settings } => data_exporter::runtime::compile::child_main(&settings),

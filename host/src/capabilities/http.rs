@@ -1,4 +1,8 @@
 //! The outbound HTTP capability: per-plugin pooled reqwest clients, TLS options, the allow-list, typed errors.
+//!
+//! One seam exists for authoring tools: an [`AuthoringStub`] installed with
+//! [`HttpCapability::with_authoring_stub`] sees each request once every check passed and may
+//! answer it instead of the network (`data-exporter plugin test`). The host never installs one.
 
 use super::outbound::{Denied, OwnListeners, Policy, PolicyResolver, StaticHosts, TARGET_PORT};
 use super::secrets::{Bound, Credential, Origin};
@@ -18,6 +22,35 @@ pub struct HttpCapability {
     cfg: HttpConfig,
     own: Arc<OwnListeners>,
     client_cert_origins: Arc<[Origin]>,
+    stub: Option<Arc<dyn AuthoringStub>>,
+}
+
+/// A request as the host is about to send it: after the allow-list, TLS and credential rules,
+/// with the host's own `Authorization` (a secret reference's) among the headers.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// `GET`, `POST`, ...
+    pub method: &'static str,
+    /// The full URL, as the plugin gave it (it may carry secrets: redact before showing it).
+    pub url: String,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Basic-auth user and password, when set.
+    pub basic_auth: Option<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// A test and authoring stub for plugins' outbound HTTP (`data-exporter plugin test`): it sees
+/// every request that passed the host's checks, and answers it or lets it go to the network.
+/// Only authoring tools install one ([`HttpCapability::with_authoring_stub`]); the serving host
+/// never does. With a stub, the allow-list still judges the URL, but names are then resolved
+/// (and their addresses judged) only for the requests the stub lets through.
+pub trait AuthoringStub: Send + Sync + 'static {
+    /// `Some(response)` answers `request` without the network; `None` sends it.
+    fn request(&self, plugin: &str, request: &Outgoing) -> Option<Response>;
+    /// What came back for a request this stub let through.
+    fn answered(&self, plugin: &str, result: Result<&Response, &RequestError>);
 }
 
 /// One plugin's HTTP: one pooled client per TLS mode, resolving names only to
@@ -30,6 +63,7 @@ pub struct PluginHttp {
     timeout: Duration,
     max_response_bytes: usize,
     client_cert_origins: Arc<[Origin]>,
+    stub: Option<Arc<dyn AuthoringStub>>,
 }
 
 impl HttpCapability {
@@ -72,10 +106,25 @@ impl HttpCapability {
             .map(|o| Origin::parse(o).map_err(|e| anyhow::anyhow!("http.client_cert_origins: {e}")))
             .collect::<anyhow::Result<Vec<_>>>()?
             .into();
-        let cap = HttpCapability { ca, identity, hosts, cfg: cfg.clone(), own: Arc::default(), client_cert_origins };
+        let cap = HttpCapability {
+            ca,
+            identity,
+            hosts,
+            cfg: cfg.clone(),
+            own: Arc::default(),
+            client_cert_origins,
+            stub: None,
+        };
         // Build one set now so a bad certificate or key stops start-up, not the first request.
         cap.for_plugin(Policy::parse("check", &[], cap.own_listeners()).expect("no rules parse"))?;
         Ok(cap)
+    }
+
+    /// For authoring tools only (`data-exporter plugin test`): every plugin's checked requests go
+    /// to `stub` first, which answers them or lets them through.
+    pub fn with_authoring_stub(mut self, stub: Arc<dyn AuthoringStub>) -> Self {
+        self.stub = Some(stub);
+        self
     }
 
     /// The host's own listeners: every plugin's policy refuses them (register each once bound).
@@ -114,6 +163,7 @@ impl HttpCapability {
             timeout: Duration::from_millis(cfg.timeout_ms),
             max_response_bytes: cfg.max_response_bytes,
             client_cert_origins: self.client_cert_origins.clone(),
+            stub: self.stub.clone(),
         })
     }
 }
@@ -190,6 +240,33 @@ impl PluginHttp {
                  http.client_cert_origins, and this is not one"
             )));
         }
+        let Some(stub) = &self.stub else { return self.transmit(plugin, client, url, req, port, &shown).await };
+        let outgoing = Outgoing {
+            method: method_name(req.method),
+            url: url.to_string(),
+            headers: req.headers.clone(),
+            basic_auth: req.basic_auth.clone(),
+            body: req.body.clone().unwrap_or_default(),
+        };
+        if let Some(answer) = stub.request(plugin, &outgoing) {
+            return Ok(answer);
+        }
+        let result = self.transmit(plugin, client, url, req, port, &shown).await;
+        stub.answered(plugin, result.as_ref());
+        result
+    }
+
+    /// Send a checked request and read the answer, bounded.
+    async fn transmit(
+        &self,
+        plugin: &str,
+        client: &reqwest::Client,
+        url: reqwest::Url,
+        req: Request,
+        port: u16,
+        shown: &str,
+    ) -> Result<Response, RequestError> {
+        let tls = req.tls;
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
             Method::Head => reqwest::Method::HEAD,
@@ -217,7 +294,7 @@ impl PluginHttp {
         let started = std::time::Instant::now();
         // The resolver judges each address with the port it will be reached on.
         let mut resp =
-            TARGET_PORT.scope(port, builder.send()).await.map_err(|e| classify(&shown, e, tls.verify_server))?;
+            TARGET_PORT.scope(port, builder.send()).await.map_err(|e| classify(shown, e, tls.verify_server))?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -225,7 +302,7 @@ impl PluginHttp {
             .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&shown, e, tls.verify_server))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| classify(shown, e, tls.verify_server))? {
             if body.len() + chunk.len() > self.max_response_bytes {
                 return Err(RequestError::ResponseTooLarge(format!(
                     "{shown}: response body exceeds http.max_response_bytes ({} bytes)",
@@ -236,6 +313,17 @@ impl PluginHttp {
         }
         tracing::debug!(plugin, url = %shown, status, elapsed_ms = started.elapsed().as_millis() as u64, "http request");
         Ok(Response { status, headers, body })
+    }
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
     }
 }
 

@@ -100,7 +100,7 @@ fn pool(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
 }
 
 /// Core instances, memories and tables one component may hold in the pool.
-const PER_COMPONENT: u32 = 16;
+pub(crate) const PER_COMPONENT: u32 = 16;
 
 /// Advances the engine's epoch every `EPOCH_TICK` on a background thread until
 /// the engine is dropped everywhere else.

@@ -156,16 +156,31 @@ impl Runtime {
     /// Compile a component (or load its compiled code from the cache) and pre-link it.
     /// CPU-heavy: call off the request path. Returns whether the cache served it.
     pub fn compile_bytes(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Pre, bool)> {
+        let (component, from_cache) = self.compile_component(bytes, sha256)?;
+        Ok((self.link(&component)?, from_cache))
+    }
+
+    /// Link a compiled component against the host's imports and recognise the contract it
+    /// exports (`data-exporter plugin check` calls the two steps of `compile_bytes` apart).
+    pub fn link(&self, component: &Component) -> anyhow::Result<Pre> {
+        Pre::new(self.linker.instantiate_pre(component)?)
+    }
+
+    /// The engine plugins are compiled with (to inspect a component's imports and exports).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile a component (or load its compiled code from the cache), without linking it.
+    /// Returns whether the cache served it.
+    pub fn compile_component(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, bool)> {
         let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{sha256}-{}.cwasm", self.engine_key)));
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `serialize` below for exactly these bytes
             // (the name carries their sha256) and this engine and host build (the name
             // carries `engine_key`), in a 0700 directory of the service user.
             match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => {
-                    let pre = self.linker.instantiate_pre(&component)?;
-                    return Ok((Pre::new(pre)?, true));
-                }
+                Ok(component) => return Ok((component, true)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-code cache entry")
                 }
@@ -190,8 +205,7 @@ impl Runtime {
                 component
             }
         };
-        let pre = self.linker.instantiate_pre(&component)?;
-        Ok((Pre::new(pre)?, false))
+        Ok((component, false))
     }
 
     fn store_in_cache(&self, path: Option<&std::path::Path>, code: &[u8]) {
@@ -235,7 +249,9 @@ impl Runtime {
             // Growing past the limit traps at once instead of handing the guest a
             // failure it may not check.
             .trap_on_grow_failure(true)
-            .instances(8)
+            // As many core instances as the pool gives one component: componentize-py's
+            // components hold 14 (a Rust plugin, 1 to 3).
+            .instances(engine::PER_COMPONENT as usize)
             .build();
         let caps = HostCapabilities {
             plugin: plugin.to_string(),
@@ -307,7 +323,7 @@ fn messaging_grant(
 }
 
 /// Capabilities a plugin can import, by WIT interface (any version of our package).
-const CAPABILITIES: &[(&str, &str)] = &[
+pub(crate) const CAPABILITIES: &[(&str, &str)] = &[
     ("narrows:exporter/http@", "http"),
     ("narrows:exporter/log@", "log"),
     ("narrows:exporter/files@", "files"),

@@ -33,11 +33,15 @@ pub fn admin_app(state: AppState, addr: SocketAddr) -> Router {
         .route("/dlq/purge", post(purge))
         .route("/plugins", get(plugins))
         .route("/plugins/reload", post(reload_plugins))
+        .route("/plugins/{name}", get(plugin_by_name))
+        .route("/tap", get(tap))
+        .route("/test/{consumer}", post(test_destination))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such admin endpoint: /dlq, /dlq/{id}, /dlq/replay, /dlq/purge, /plugins, /plugins/reload",
+                "no such admin endpoint: /dlq, /dlq/{id}, /dlq/replay, /dlq/purge, /plugins, /plugins/{name}, \
+                 /plugins/reload, /tap, /test/{consumer}",
             )
         })
         .with_state(state)
@@ -242,27 +246,7 @@ pub(crate) fn host_is(host: &str, addr: SocketAddr) -> bool {
 /// producers need): files, hashes, limits and allow-lists, crash state, load failures.
 async fn plugins(State(state): State<AppState>) -> Json<Value> {
     let reg = state.registry.current();
-    let loaded: Vec<_> = reg
-        .plugins()
-        .map(|p| {
-            let mut full = super::public_description(p);
-            let more = json!({
-                "id": p.id,
-                "file": p.file,
-                "sha256": p.sha256,
-                "compiled_from_cache": p.from_cache,
-                "limits": p.limits,
-                "settings": super::parameter_table(&p.settings),
-                "files_dir": p.files_dir(),
-                "consecutive_crashes": p.health.consecutive_crashes(),
-                "last_crash": p.health.last_crash(),
-            });
-            if let Value::Object(more) = more {
-                full.extend(more);
-            }
-            Value::Object(full)
-        })
-        .collect();
+    let loaded: Vec<_> = reg.plugins().map(|p| full_description(p)).collect();
     let allocator = state.registry.runtime().allocator;
     let conflicts: Vec<Value> = reg
         .conflicts()
@@ -276,6 +260,85 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
         "failed": reg.failures(),
         "conflicts": conflicts,
     }))
+}
+
+/// Everything about one loaded plugin: its public description, then file, hash, limits,
+/// settings, crash state.
+fn full_description(p: &crate::runtime::LoadedPlugin) -> Value {
+    let mut full = super::public_description(p);
+    let more = json!({
+        "id": p.id,
+        "file": p.file,
+        "sha256": p.sha256,
+        "compiled_from_cache": p.from_cache,
+        "limits": p.limits,
+        "settings": super::parameter_table(&p.settings),
+        "files_dir": p.files_dir(),
+        "consecutive_crashes": p.health.consecutive_crashes(),
+        "last_crash": p.health.last_crash(),
+    });
+    if let Value::Object(more) = more {
+        full.extend(more);
+    }
+    Value::Object(full)
+}
+
+/// `GET /plugins/{name}`: one element of `GET /plugins`, by config key or plugin name.
+async fn plugin_by_name(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let reg = state.registry.current();
+    match super::find_plugin(&reg, &name) {
+        Some(p) => Ok(Json(full_description(p))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+            format!("no loaded plugin has the config key or name {name:?}; loaded (config keys): {}", reg.keys_list()),
+        )),
+    }
+}
+
+/// `GET /tap?consumer=&limit=&sample=&wait=`: JSON lines, one per report a plugin call settled
+/// (id, consumer, destination with secrets redacted, outcome, latency), until `limit` events or
+/// `wait` passed. A viewer that falls behind loses events, told as `{"lagged": n}`.
+async fn tap(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<crate::toolkit::tap::TapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_tap_query", m);
+    let axum::extract::Query(q) = query.map_err(|e| {
+        bad(format!("{e}: the query takes consumer=KEY, limit=N (at most 10000), sample=FRACTION, wait=DURATION"))
+    })?;
+    let view = q.view().map_err(bad)?;
+    let stream = crate::toolkit::tap::stream(state.delivery.tap().clone(), view);
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// `POST /test/{consumer}` with a destination (JSON object) as the body: send one synthetic
+/// report through the loaded plugin now (not queued, not retried) and answer what happened.
+async fn test_destination(
+    State(state): State<AppState>,
+    Path(consumer): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    use crate::toolkit::probe::{ProbeError, probe};
+    let destination: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_destination", format!("the body is not JSON: {e}"))
+    })?;
+    // In a task of its own: a client that hangs up does not cut a plugin call short.
+    let answer = tokio::spawn(async move { probe(&state.registry, &state.secrets, &consumer, &destination).await })
+        .await
+        .expect("a test send does not panic");
+    match answer {
+        Ok(p) => Ok(Json(serde_json::to_value(p).unwrap_or(Value::Null))),
+        Err(e @ ProbeError::UnknownConsumer { .. }) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_consumer", e.to_string()))
+        }
+        Err(e @ ProbeError::NotAnObject) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_destination", e.to_string()))
+        }
+    }
 }
 
 /// `POST /plugins/reload`: rescan the plugins directory now and release quarantined plugins.
@@ -307,11 +370,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-/// Parameter names treated as secrets even when no plugin says so.
-fn looks_secret(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["password", "secret", "token", "key", "credential", "auth"].iter().any(|w| n.contains(w))
-}
+use crate::toolkit::looks_secret;
 
 /// The destination JSON with the plugin's secret parameters (and anything named like one) redacted.
 fn redact(state: &AppState, consumer: &str, destination: Option<String>) -> Value {

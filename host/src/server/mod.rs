@@ -88,6 +88,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/plugins", get(plugins))
+        .route("/plugins/{name}", get(plugin_by_name))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -344,4 +345,36 @@ fn param_type_name(t: crate::bindings::ParamType) -> &'static str {
         T::Object => "object",
         T::Array => "array",
     }
+}
+
+/// `GET /plugins/{name}`: one element of `GET /plugins`, by config key or plugin name; 404
+/// naming the loaded plugins.
+async fn plugin_by_name(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let reg = state.registry.current();
+    match find_plugin(&reg, &name) {
+        Some(p) => Ok(Json(plugin_description(p)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+            format!("no loaded plugin has the config key or name {name:?}; loaded (config keys): {}", reg.keys_list()),
+        )),
+    }
+}
+
+/// The loaded plugin with this config key, else with this name.
+pub(crate) fn find_plugin<'r>(
+    reg: &'r crate::runtime::registry::Registry,
+    name: &str,
+) -> Option<&'r Arc<crate::runtime::LoadedPlugin>> {
+    reg.get(name).or_else(|| reg.plugins().find(|p| p.info.name == name))
+}
+
+/// A plugin's public description (an element of `GET /plugins`), for the admin API and tools.
+pub(crate) fn plugin_description(p: &crate::runtime::LoadedPlugin) -> serde_json::Value {
+    serde_json::Value::Object(public_description(p))
+}
+
+/// A parameter table as `/plugins` shows it, for the admin API and tools.
+pub(crate) fn parameters_json(params: &[crate::bindings::Parameter]) -> Vec<serde_json::Value> {
+    parameter_table(params)
 }

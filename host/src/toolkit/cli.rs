@@ -1,0 +1,187 @@
+//! The command-line side of the toolkit: `data-exporter plugin new|check|test` (local, no host
+//! needed) and the arguments of `data-exporter tap`.
+
+use super::new::Lang;
+use super::test::Answer;
+use std::path::PathBuf;
+
+/// `data-exporter plugin ...`: tools for plugin authors, run locally (no host needed).
+#[derive(clap::Subcommand)]
+pub enum PluginCommand {
+    /// Write a ready-to-build plugin project NAME (a directory) with a README, a unit test (Rust)
+    /// and its build command.
+    New {
+        /// The plugin's name: the directory, the package and the config key (lower-case letters,
+        /// digits and hyphens).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// Where to create it [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The SDK's directory (Rust) [default: the sdk/ of the checkout this binary was built
+        /// from, else a placeholder to edit].
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
+    /// Check that the host can load a component: which contract it targets, missing or
+    /// mistyped exports, imports the host does not provide or grant by default; then call
+    /// `info` and show name, version, config key, contract and parameter table.
+    ///
+    /// Exit status 0: loadable, 1: not (the problems are listed).
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Check it as if the operator granted this capability too (files, messaging); repeatable.
+        #[arg(long = "grant", value_name = "CAPABILITY")]
+        grants: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plugin in this process against recorded inputs: validate the destination, deliver
+    /// each payload, and show the requests it sent (credentials redacted) and each outcome.
+    ///
+    /// Requests are answered by a recording stub (`--answer`, default `200 {}`), or sent to the
+    /// real URL with --live. Loopback addresses are allowed (a test server on this machine).
+    /// Exit status 0: every report delivered, 1: not, 2: the plugin or the inputs are unusable.
+    Test {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The destination: a JSON object (or {"<config key>": {...}}).
+        #[arg(long, value_name = "C.json")]
+        config: PathBuf,
+        /// The payload: one JSON document, or an array of them (one report each).
+        #[arg(long, value_name = "P.json")]
+        payload: PathBuf,
+        /// Send the requests to the real URL instead of the stub.
+        #[arg(long, conflicts_with = "answer")]
+        live: bool,
+        /// What the stub answers every request with: STATUS[:BODY], e.g. 503 or 200:{"errors":false}.
+        #[arg(long, value_name = "STATUS[:BODY]", default_value = "200:{}")]
+        answer: Answer,
+        /// Grant this capability too (files gets a scratch directory); repeatable.
+        #[arg(long = "grant", value_name = "CAPABILITY")]
+        grants: Vec<String>,
+        /// Deliver all reports in one call, as the host batches them (default: one call each).
+        #[arg(long)]
+        batch: bool,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `data-exporter plugin ...`: the exit status.
+pub async fn run(cmd: PluginCommand) -> i32 {
+    match cmd {
+        PluginCommand::New { name, lang, dir, sdk } => {
+            let parent = dir.unwrap_or_else(|| PathBuf::from("."));
+            match super::new::create(&name, lang, &parent, sdk.as_deref()) {
+                Ok(c) => {
+                    println!("created {}:", c.dir.display());
+                    for f in &c.files {
+                        println!("  {f}");
+                    }
+                    if let Some(note) = &c.note {
+                        println!("first: {note}");
+                    }
+                    println!("build: {}", c.build);
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
+        PluginCommand::Check { file, grants, json } => match super::check::check(&file, &grants).await {
+            Ok(c) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&c).expect("JSON"));
+                } else {
+                    print!("{}", super::check::render(&c));
+                }
+                if c.loadable { 0 } else { 1 }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
+        PluginCommand::Test { file, config, payload, live, answer, grants, batch, json } => {
+            let args = super::test::TestArgs { file, config, payload, live, answer, grants, batch };
+            match super::test::run(&args).await {
+                Ok(run) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&run).expect("JSON"));
+                    } else {
+                        print!("{}", super::test::render(&run));
+                    }
+                    if run.all_delivered { 0 } else { 1 }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
+    }
+}
+
+/// `data-exporter tap [CONSUMER]`: what to watch.
+#[derive(clap::Args)]
+pub struct TapArgs {
+    /// Only this consumer (config key).
+    pub consumer: Option<String>,
+    /// Stop after this many events (at most 10000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Keep this fraction of events (0 < F <= 1), for busy hosts.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub sample: f64,
+    /// Stop after this long (at most 10m).
+    #[arg(long = "for", value_name = "DURATION", default_value = "60s")]
+    pub wait: String,
+    /// Print each event as the JSON line the admin API sent.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl TapArgs {
+    /// The `GET /tap` query.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q =
+            vec![("limit", self.limit.to_string()), ("sample", self.sample.to_string()), ("wait", self.wait.clone())];
+        if let Some(c) = &self.consumer {
+            q.push(("consumer", c.clone()));
+        }
+        q
+    }
+}
+
+/// `plugins test-destination`: print the admin API's answer; exit status 0 when delivered.
+pub fn print_probe(body: &serde_json::Value) -> i32 {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    println!(
+        "{} via {}: {} in {} ms",
+        s(&body["consumer"]),
+        s(&body["plugin"]),
+        s(&body["outcome"]),
+        body["latency_ms"]
+    );
+    println!("  report     {}", s(&body["report_id"]));
+    match body["validation"]["ok"].as_bool() {
+        Some(true) => println!("  validation ok"),
+        Some(false) => println!("  validation refused: {}", s(&body["validation"]["message"])),
+        None => {}
+    }
+    if let Some(m) = body["message"].as_str() {
+        println!("  message    {m}");
+    }
+    if let Some(ms) = body["retry_after_ms"].as_u64() {
+        println!("  retry after {ms} ms");
+    }
+    if body["outcome"] == "delivered" { 0 } else { 1 }
+}

@@ -1,0 +1,159 @@
+//! `POST /test/{consumer}` on the admin API (`data-exporter plugins test-destination`): send
+//! one synthetic report to a destination through the loaded plugin, now: not queued, not
+//! retried, and say what happened.
+//!
+//! The destination is handled as delivery handles it: its secret reference is resolved from
+//! the host's secrets (sent only to the origins bound to it), and the plugin's requests go
+//! through its own HTTP capability (outbound allow-list, TLS, the host's listeners refused).
+
+use crate::bindings::Outcome;
+use crate::capabilities::secrets::{self, SecretStore};
+use crate::runtime::registry::Plugins;
+use crate::runtime::{Delivered, Item};
+use serde::Serialize;
+use std::time::Instant;
+
+/// What a test send did.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    /// The config key.
+    pub consumer: String,
+    /// Plugin name and version.
+    pub plugin: String,
+    /// The synthetic report's id.
+    pub report_id: String,
+    /// `validate`'s verdict: `{"ok": true}` or `{"ok": false, "message": ...}`; null when the
+    /// plugin was not reached.
+    pub validation: serde_json::Value,
+    /// `delivered`, `retryable`, `permanent`, `batch-failed`, `crashed`, `invalid` (validation
+    /// refused the destination) or `refused` (the host refused it: e.g. its secret).
+    pub outcome: &'static str,
+    /// What the plugin (or the host) said, when not delivered.
+    pub message: Option<String>,
+    /// When the plugin asked to be retried, in ms.
+    pub retry_after_ms: Option<u64>,
+    /// How long validation and delivery took, in ms.
+    pub latency_ms: u64,
+}
+
+impl Probe {
+    /// Whether the report reached the destination.
+    pub fn delivered(&self) -> bool {
+        self.outcome == "delivered"
+    }
+}
+
+/// Why a test send could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No loaded plugin has this config key.
+    #[error("no loaded plugin consumes `{consumer}`; loaded: {loaded}")]
+    UnknownConsumer {
+        /// The key asked for.
+        consumer: String,
+        /// The loaded keys.
+        loaded: String,
+    },
+    /// The body is not a destination.
+    #[error(
+        "the body must be the destination: a JSON object, e.g. {{\"host_port\": \"https://os:9200\", \"index\": \"scans\"}}"
+    )]
+    NotAnObject,
+}
+
+/// Send one synthetic report to `destination` (JSON object text) through the plugin serving
+/// `consumer`.
+pub async fn probe(
+    registry: &Plugins,
+    secrets: &SecretStore,
+    consumer: &str,
+    destination: &serde_json::Value,
+) -> Result<Probe, ProbeError> {
+    let current = registry.current();
+    let plugin = current
+        .get(consumer)
+        .cloned()
+        .ok_or_else(|| ProbeError::UnknownConsumer { consumer: consumer.to_string(), loaded: current.keys_list() })?;
+    if !destination.is_object() {
+        return Err(ProbeError::NotAnObject);
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = crate::now_ms();
+    let mut p = Probe {
+        consumer: consumer.to_string(),
+        plugin: format!("{} {}", plugin.info.name, plugin.info.version),
+        report_id: id.clone(),
+        validation: serde_json::Value::Null,
+        outcome: "refused",
+        message: None,
+        retry_after_ms: None,
+        latency_ms: 0,
+    };
+    let started = Instant::now();
+    let (view, credential) = match secrets::split(&destination.to_string()) {
+        Ok((view, None)) => (view, None),
+        Ok((view, Some(name))) => match secrets.load(&name) {
+            Ok(c) => (view, Some(c)),
+            Err(reason) => {
+                p.message = Some(reason);
+                return Ok(p);
+            }
+        },
+        Err(reason) => {
+            p.message = Some(reason);
+            return Ok(p);
+        }
+    };
+    let mut session = match plugin.session().await {
+        Ok(s) => s,
+        Err(e) => {
+            p.outcome = "crashed";
+            p.message = Some(e.to_string());
+            return Ok(p);
+        }
+    };
+    match session.validate(&view).await {
+        Ok(Ok(())) => p.validation = serde_json::json!({"ok": true}),
+        Ok(Err(message)) => {
+            p.validation = serde_json::json!({"ok": false, "message": message});
+            p.outcome = "invalid";
+            p.message = Some(message);
+            p.latency_ms = started.elapsed().as_millis() as u64;
+            return Ok(p);
+        }
+        Err(e) => {
+            p.outcome = "crashed";
+            p.message = Some(e.to_string());
+            return Ok(p);
+        }
+    }
+    session.set_credential(credential);
+    let report = Item {
+        id: id.clone(),
+        payload: serde_json::json!({"data_exporter_test": true, "report_id": id, "sent_at_ms": now}).to_string(),
+        received_at_ms: now,
+        attempt: 1,
+        source: Some("data-exporter test-destination".into()),
+        tenant: None,
+        labels: Vec::new(),
+    };
+    let result = session.deliver(&view, vec![report]).await;
+    (p.outcome, p.message, p.retry_after_ms) = match result {
+        Ok(Delivered::Outcomes(mut out)) => match out.pop() {
+            Some(Outcome::Delivered) => ("delivered", None, None),
+            Some(Outcome::Retryable(r)) => ("retryable", Some(r.reason), r.retry_after_ms),
+            Some(Outcome::Permanent(reason)) => ("permanent", Some(reason), None),
+            None => ("crashed", Some("the plugin returned no outcome".into()), None),
+        },
+        Ok(Delivered::BatchFailed { reason, retry_after_ms }) => ("batch-failed", Some(reason), retry_after_ms),
+        Err(e) => ("crashed", Some(e.to_string()), None),
+    };
+    if p.outcome != "crashed"
+        && let Ok(Some(reason)) = session.close().await
+    {
+        p.message = Some(format!("{} (flush failed: {reason})", p.message.take().unwrap_or_default()));
+    }
+    p.latency_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(consumer, report = %p.report_id, outcome = p.outcome, "test report sent (admin POST /test)");
+    Ok(p)
+}
