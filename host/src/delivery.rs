@@ -184,6 +184,8 @@ impl Delivery {
                 Ok(Delivered::BatchFailed { reason, .. }) => ("batch-failed", Some(reason.clone())),
                 Err(e) => ("crashed", Some(e.to_string())),
             };
+            // Reasons may quote a URL whose path holds a token: cut to its origin, as the public API does.
+            let reason = reason.map(|r| crate::redact::public_reason(&r));
             self.tap.publish(TapEvent {
                 at_ms,
                 report: job.report.id.to_string(),

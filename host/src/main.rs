@@ -302,7 +302,14 @@ async fn main() -> anyhow::Result<()> {
                 admin_call(&conn, |c, base| Ok(c.post(format!("{base}/test/{consumer}")).json(&destination))).await?;
             std::process::exit(data_exporter::toolkit::cli::print_probe(&body))
         }
-        Command::Plugin { action } => std::process::exit(data_exporter::toolkit::cli::run(action).await),
+        Command::Plugin { action } => {
+            // A component under check is untrusted: it compiles in a child process with the same
+            // memory and CPU bounds as when a serving host loads it.
+            data_exporter::runtime::compile::compile_in_child_processes(
+                std::env::current_exe().context("finding this program's path (for the plugin compiler)")?,
+            );
+            std::process::exit(data_exporter::toolkit::cli::run(action).await)
+        }
         Command::Tap { conn, args } => {
             let (_, token) = conn.token()?;
             data_exporter::toolkit::tap::follow(&conn.admin, &token, &args.query(), args.json).await

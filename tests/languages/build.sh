@@ -19,6 +19,9 @@ OUT=$ROOT/target/language-plugins
 PY_SRC=$ROOT/examples/plugins/python-opensearch
 JS_SRC=$ROOT/examples/plugins/js-opensearch
 mkdir -p "$CACHE" "$OUT"
+# One build at a time (tests may run this in parallel): the others wait, then find it up to date.
+exec 9>"$CACHE/.lock"
+flock 9
 
 # The sha256 of files (their names and contents), following symbolic links.
 digest() { for f in "$@"; do printf '%s\n' "${f#"$ROOT"/}"; cat "$f"; done | sha256sum | cut -d' ' -f1; }

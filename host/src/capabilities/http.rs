@@ -240,6 +240,13 @@ impl PluginHttp {
                  http.client_cert_origins, and this is not one"
             )));
         }
+        // Checked here, so a recording stub refuses what a real send would.
+        for (name, value) in &req.headers {
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| RequestError::InvalidRequest(format!("invalid header name {name:?}")))?;
+            reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| RequestError::InvalidRequest(format!("invalid value for header `{name}`")))?;
+        }
         let Some(stub) = &self.stub else { return self.transmit(plugin, client, url, req, port, &shown).await };
         let outgoing = Outgoing {
             method: method_name(req.method),

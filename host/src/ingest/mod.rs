@@ -15,6 +15,7 @@ use crate::server::{ApiError, AppState};
 use auth::AuthRejection;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -109,11 +110,24 @@ fn tenant_of<'s>(
 #[tracing::instrument(skip_all, fields(tenant, records))]
 pub async fn ingest_handler(
     State(state): State<AppState>,
-    Query(query): Query<AccessKeyQuery>,
+    query: Result<Query<AccessKeyQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return Refusal::from(query_error(e)).answer(&state),
+    };
     ingest(&state, &query, &headers, body).await.unwrap_or_else(|refusal| refusal.answer(&state))
+}
+
+/// A query string that is not `access_key=KEY` and `receipts=true|false`, at most once each.
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("the query string is not understood ({e}): it may name `access_key` once and `receipts=true`"),
+    )
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -261,9 +275,13 @@ fn framing_error(e: framing::FramingError) -> ApiError {
 /// reports reach under which conditions. Destination settings are not shown.
 pub async fn config_handler(
     State(state): State<AppState>,
-    Query(query): Query<AccessKeyQuery>,
+    query: Result<Query<AccessKeyQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return Refusal::from(query_error(e)).answer(&state),
+    };
     let set = state.tenants.current();
     let tenant = match tag(&state, &headers)
         .map_err(Refusal::from)

@@ -34,11 +34,31 @@ pub fn redact_destination(destination: &str, secret_params: &[String]) -> Value 
         for (k, val) in obj.iter_mut() {
             if (secret_params.contains(k) || looks_secret(k)) && !val.as_str().is_some_and(str::is_empty) {
                 *val = json!("***");
+            } else {
+                hide_nested(val);
             }
         }
     }
     crate::redact::public_json(&mut v);
     v
+}
+
+/// Inside a destination's objects and arrays (headers, say): values under secret-looking keys
+/// become `"***"`, at any depth.
+fn hide_nested(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            for (k, val) in obj.iter_mut() {
+                if looks_secret(k) && !val.is_null() {
+                    *val = json!("***");
+                } else {
+                    hide_nested(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_nested),
+        _ => {}
+    }
 }
 
 /// The names of a plugin's `secret` destination parameters.
@@ -49,6 +69,19 @@ pub fn secret_params(info: &crate::bindings::PluginInfo) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_nested_in_a_destination_are_hidden_too() {
+        let shown = redact_destination(
+            r#"{"url":"https://hooks.example/x","headers":{"x-api-key":"k1","DD-API-KEY":"k2","Authorization":"Bearer t","accept":"json"},"list":[{"token":"t2"}]}"#,
+            &[],
+        );
+        let text = shown.to_string();
+        for secret in ["k1", "k2", "Bearer t", "t2"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert_eq!(shown["headers"]["accept"], "json");
+    }
 
     #[test]
     fn destinations_lose_secrets_and_url_paths() {

@@ -67,6 +67,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-')
         && !name.contains("--");
+    if ok && RESERVED.contains(&name) {
+        return Err(format!(
+            "{name:?} is a name Rust or Cargo keeps for itself (a keyword, a standard crate, or `test`): pick another, \
+             e.g. `{name}-sink`"
+        ));
+    }
     if ok {
         return Ok(());
     }
@@ -77,19 +83,83 @@ pub fn check_name(name: &str) -> Result<(), String> {
     ))
 }
 
+/// Names no crate may take: Rust keywords, the standard crates, and what Cargo refuses.
+const RESERVED: &[&str] = &[
+    "as",
+    "async",
+    "await",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "unsafe",
+    "use",
+    "where",
+    "while",
+    "yield",
+    "abstract",
+    "become",
+    "do",
+    "final",
+    "macro",
+    "override",
+    "priv",
+    "typeof",
+    "unsized",
+    "virtual",
+    "alloc",
+    "core",
+    "std",
+    "proc-macro",
+    "test",
+    "build",
+];
+
 /// `{{name}}`-style placeholders replaced.
 fn fill(text: &str, vars: &[(&str, String)]) -> String {
     vars.iter().fold(text.to_string(), |t, (k, v)| t.replace(&format!("{{{{{k}}}}}"), v))
 }
 
-/// `name` as a Rust type name: `my-webhook` -> `MyWebhook`.
+/// `name` as a Rust type name: `my-webhook` -> `MyWebhookDestination` (the suffix keeps it
+/// clear of the SDK's and the prelude's names: `report`, `string`, `result`...).
 fn type_name(name: &str) -> String {
-    name.split('-')
+    let camel: String = name
+        .split('-')
         .map(|part| {
             let mut c = part.chars();
             c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
         })
-        .collect()
+        .collect();
+    camel + "Destination"
 }
 
 /// The SDK this binary was built beside, when it is still there.
@@ -132,16 +202,11 @@ pub fn create(name: &str, lang: Lang, parent: &Path, sdk: Option<&Path>) -> anyh
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let parent = parent.canonicalize().with_context(|| format!("finding {}", parent.display()))?;
     let dir = parent.join(name);
-    // create_dir (not _all) fails on an existing directory or file: nothing is overwritten.
-    std::fs::create_dir(&dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => {
-            anyhow::anyhow!("{} already exists: pick another name, or remove it first", dir.display())
-        }
-        _ => anyhow::anyhow!("creating {}: {e}", dir.display()),
-    })?;
     let crate_name = name.replace('-', "_");
     let mut note = None;
-    let sdk_dependency = match sdk.map(Path::to_path_buf).or_else(default_sdk) {
+    // Only a Rust project depends on the SDK; it is checked before anything is created.
+    let sdk = if lang == Lang::Rust { sdk.map(Path::to_path_buf).or_else(default_sdk) } else { None };
+    let sdk_dependency = match sdk {
         Some(sdk) => {
             let sdk = sdk.canonicalize().with_context(|| format!("finding the SDK at {}", sdk.display()))?;
             anyhow::ensure!(
@@ -176,6 +241,13 @@ pub fn create(name: &str, lang: Lang, parent: &Path, sdk: Option<&Path>) -> anyh
         ("sdk_dependency", sdk_dependency),
         ("sdk_note", sdk_note),
     ];
+    // create_dir (not _all) fails on an existing directory or file: nothing is overwritten.
+    std::fs::create_dir(&dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            anyhow::anyhow!("{} already exists: pick another name, or remove it first", dir.display())
+        }
+        _ => anyhow::anyhow!("creating {}: {e}", dir.display()),
+    })?;
     let mut files = Vec::new();
     let written = (|| -> anyhow::Result<()> {
         for (path, text) in templates(lang) {
@@ -224,7 +296,11 @@ mod tests {
     #[test]
     fn placeholders_and_paths() {
         assert_eq!(fill("a {{name}} b {{name}}", &[("name", "x".into())]), "a x b x");
-        assert_eq!(type_name("my-web-hook"), "MyWebHook");
+        assert_eq!(type_name("my-web-hook"), "MyWebHookDestination");
+        assert_eq!(type_name("report"), "ReportDestination");
+        for reserved in ["test", "self", "type", "std"] {
+            assert!(check_name(reserved).unwrap_err().contains("keeps for itself"), "{reserved}");
+        }
         assert_eq!(relative(Path::new("/a/b/c"), Path::new("/a/sdk")), PathBuf::from("../../sdk"));
         // Every template placeholder is one `create` fills.
         for lang in [Lang::Rust, Lang::Python, Lang::Js] {

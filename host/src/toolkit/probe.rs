@@ -148,10 +148,15 @@ pub async fn probe(
         Ok(Delivered::BatchFailed { reason, retry_after_ms }) => ("batch-failed", Some(reason), retry_after_ms),
         Err(e) => ("crashed", Some(e.to_string()), None),
     };
-    if p.outcome != "crashed"
-        && let Ok(Some(reason)) = session.close().await
-    {
-        p.message = Some(format!("{} (flush failed: {reason})", p.message.take().unwrap_or_default()));
+    if p.outcome != "crashed" {
+        let failed = match session.close().await {
+            Ok(None) => None,
+            Ok(Some(reason)) => Some(reason),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = failed {
+            p.message = Some(format!("{} (flush failed: {reason})", p.message.take().unwrap_or_default()));
+        }
     }
     p.latency_ms = started.elapsed().as_millis() as u64;
     tracing::info!(consumer, report = %p.report_id, outcome = p.outcome, "test report sent (admin POST /test)");

@@ -2,8 +2,8 @@
 //! each settled plugin call becomes one event per report (id, consumer, destination with
 //! secrets redacted, outcome, latency).
 //!
-//! Delivery publishes into a bounded broadcast channel only while someone is watching (one
-//! atomic load otherwise). A viewer that falls behind loses the oldest events; the loss is
+//! Delivery publishes into a bounded broadcast channel only while someone is watching (otherwise
+//! it costs a check of the viewer count, an uncontended lock, per plugin call). A viewer that falls behind loses the oldest events; the loss is
 //! counted, told to the viewer and kept in [`Tap::lagged`].
 
 use serde::Serialize;

@@ -279,11 +279,20 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
         };
         run.calls.push(Call { reports: ids, requests, outcomes });
     }
-    if let Ok(Some(reason)) = session.close().await {
-        run.flush.push(json!({"failed": reason}));
-    }
+    // A flush that fails, traps or times out is a failure of the run.
+    let flushed = match session.close().await {
+        Ok(None) => true,
+        Ok(Some(reason)) => {
+            run.flush.push(json!({"failed": reason}));
+            false
+        }
+        Err(e) => {
+            run.flush.push(json!({"failed": e.to_string()}));
+            false
+        }
+    };
     run.flush.extend(stub.take().iter().map(|x| show(x, &secrets)));
-    run.all_delivered = delivered == total;
+    run.all_delivered = delivered == total && flushed;
     Ok(run)
 }
 
@@ -319,7 +328,12 @@ fn show(x: &Exchange, secrets: &[String]) -> Value {
         .iter()
         .map(|(k, v)| {
             let v = if k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("proxy-authorization") {
-                format!("{} <redacted>", v.split_whitespace().next().unwrap_or(""))
+                // The scheme only when there is one (`Bearer x`), never a bare credential.
+                let mut words = v.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some(scheme), Some(_)) => format!("{scheme} <redacted>"),
+                    _ => "<redacted>".to_string(),
+                }
             } else {
                 scrub(v, secrets)
             };

@@ -80,7 +80,7 @@ class Destination {
       } catch (e) {
         const err = e.payload;
         if (!err) throw e;
-        const why = `${this.url}: ${err.tag}: ${err.val}`;
+        const why = `${err.tag}: ${err.val}`;
         return RETRYABLE.has(err.tag)
           ? { tag: 'retryable', val: { reason: why, retryAfterMs: undefined } }
           : { tag: 'permanent', val: why };

@@ -110,7 +110,7 @@ class Destination(consumer.Destination):
             try:
                 resp = http.send(request)
             except Err as e:
-                why = f"{self.url}: {type(e.value).__name__}: {e.value.value}"
+                why = f"{type(e.value).__name__}: {e.value.value}"
                 retry = isinstance(e.value, RETRYABLE)
                 outcomes.append(Outcome_Retryable(Retry(reason=why, retry_after_ms=None)) if retry else Outcome_Permanent(why))
                 continue

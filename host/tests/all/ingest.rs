@@ -484,6 +484,9 @@ async fn an_agent_fetches_its_own_configuration_and_no_destination_settings() {
     assert_eq!(get(Some(&t.token_b), "?access_key=team-b").await.1["limits"]["requests_per_sec"], 1.0);
     assert_eq!(get(Some(&t.token_b), "?access_key=team-a").await.0, 403);
     assert_eq!(get(None, "").await.0, 401);
+    // A query string that names the key twice is refused in the API's own shape.
+    let (status, v) = get(Some(&t.token_a), "?access_key=team-a&access_key=team-b").await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_query")), "{v}");
 }
 
 #[tokio::test]
