@@ -188,27 +188,24 @@ async fn ingest(
     .map_err(|e| reject(framing_error(e)))?;
     tracing::Span::current().record("records", records.len());
     let labels = TenantSet::labels(tenant, tag.as_deref());
-    let mut envelopes = Vec::with_capacity(records.len());
-    for (i, record) in records.into_iter().enumerate() {
-        let Some(envelope) = set.envelope(tenant, record.payload, labels.clone()) else {
-            // The operator's to fix, not the agent's: 503, so an agent keeps the records and
-            // tries again (Fluent Bit drops a chunk answered with most 4xx).
-            let tag_note = tag.as_deref().map(|t| format!(", tag `{t}`")).unwrap_or_default();
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_route",
-                format!(
-                    "record [{i}]: no route of access key `{key}` takes it (source `{}`{tag_note}): the operator \
-                     adds a route that matches it (a route without `match` takes every report); records are not \
-                     accepted until then",
-                    tenants::SOURCE
-                ),
-            );
-            e.retry_after = Some(ROUTE_RETRY_SECS);
-            return Err(reject(e));
-        };
-        envelopes.push(envelope);
-    }
+    let payloads = records.into_iter().map(|r| r.payload);
+    let Some(envelopes) = set.envelopes(tenant, payloads, labels) else {
+        // The operator's to fix, not the agent's: 503, so an agent keeps the records and tries
+        // again (Fluent Bit drops a chunk answered with most 4xx).
+        let tag_note = tag.as_deref().map(|t| format!(", tag `{t}`")).unwrap_or_default();
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_route",
+            format!(
+                "no route of access key `{key}` takes these records (source `{}`{tag_note}): the operator adds a \
+                 route that matches them (a route without `match` takes every report); records are not accepted \
+                 until then",
+                tenants::SOURCE
+            ),
+        );
+        e.retry_after = Some(ROUTE_RETRY_SECS);
+        return Err(reject(e));
+    };
     let receipts = forward::accept(state.ingest(), envelopes, true).await.map_err(|e| reject(route_error(key, e)))?;
     if state.tenants.config().tenant_metrics {
         let fresh = receipts.iter().filter(|r| !r.known).count() as u64;

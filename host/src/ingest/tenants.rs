@@ -134,23 +134,29 @@ impl TenantSet {
         labels
     }
 
-    /// The envelope of one record of `tenant`'s: its destinations chosen by the routes.
-    /// `None`: no route takes it.
-    pub fn envelope(&self, tenant: &Tenant, payload: String, labels: Vec<(String, String)>) -> Option<Envelope> {
+    /// The envelopes of `tenant`'s records, which share their metadata (`labels`) and so their
+    /// destinations: the routes are matched once. `None`: no route takes them.
+    pub fn envelopes(
+        &self,
+        tenant: &Tenant,
+        payloads: impl ExactSizeIterator<Item = String>,
+        labels: Vec<(String, String)>,
+    ) -> Option<Vec<Envelope>> {
         let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels: &labels };
         let destinations = destinations(&tenant.routes, &self.global, &meta);
         if destinations.is_empty() {
             return None;
         }
-        Some(Envelope {
-            destinations,
+        let envelope = |payload| Envelope {
+            destinations: destinations.clone(),
             skipped: Vec::new(),
             payload,
-            labels,
+            labels: labels.clone(),
             id: None,
             source: Some(SOURCE.to_string()),
             tenant: Some(tenant.cfg.access_key.clone()),
-        })
+        };
+        Some(payloads.map(envelope).collect())
     }
 }
 

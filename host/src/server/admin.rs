@@ -370,26 +370,14 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-use crate::toolkit::looks_secret;
-
 /// The destination JSON with the plugin's secret parameters (and anything named like one) redacted.
 fn redact(state: &AppState, consumer: &str, destination: Option<String>) -> Value {
     let Some(mut v) = destination.and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
         return json!("<sealed with another key>");
     };
-    let declared: Vec<String> = state
-        .registry
-        .current()
-        .get(consumer)
-        .map(|p| p.info.parameters.iter().filter(|q| q.secret).map(|q| q.name.clone()).collect())
-        .unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        for (k, val) in obj.iter_mut() {
-            if (declared.contains(k) || looks_secret(k)) && !val.as_str().is_some_and(str::is_empty) {
-                *val = json!("***");
-            }
-        }
-    }
+    let declared =
+        state.registry.current().get(consumer).map(|p| crate::toolkit::secret_params(&p.info)).unwrap_or_default();
+    crate::toolkit::hide_secrets(&mut v, &declared);
     v
 }
 

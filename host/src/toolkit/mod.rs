@@ -30,6 +30,14 @@ pub fn redact_destination(destination: &str, secret_params: &[String]) -> Value 
     let Ok(mut v) = serde_json::from_str::<Value>(destination) else {
         return json!("<not JSON>");
     };
+    hide_secrets(&mut v, secret_params);
+    crate::redact::public_json(&mut v);
+    v
+}
+
+/// In a destination: the values of `secret` parameters, and of fields named like secrets at any
+/// depth (headers, say), replaced by `"***"`. URLs are left whole.
+pub fn hide_secrets(v: &mut Value, secret_params: &[String]) {
     if let Some(obj) = v.as_object_mut() {
         for (k, val) in obj.iter_mut() {
             if (secret_params.contains(k) || looks_secret(k)) && !val.as_str().is_some_and(str::is_empty) {
@@ -39,8 +47,6 @@ pub fn redact_destination(destination: &str, secret_params: &[String]) -> Value 
             }
         }
     }
-    crate::redact::public_json(&mut v);
-    v
 }
 
 /// Inside a destination's objects and arrays (headers, say): values under secret-looking keys
