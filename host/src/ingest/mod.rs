@@ -179,12 +179,14 @@ async fn ingest(
         date_key: cfg.msgpack_date_key.clone(),
         date_format: cfg.msgpack_date_format,
     };
-    let records = framing::decode(
-        &body,
-        header_str(headers, header::CONTENT_TYPE),
-        header_str(headers, header::CONTENT_ENCODING),
-        &opts,
-    )
+    // Decompressing and parsing up to a whole body is CPU work: off the async workers.
+    let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
+    let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
+    let records = tokio::task::spawn_blocking(move || {
+        framing::decode(&body, content_type.as_deref(), encoding.as_deref(), &opts)
+    })
+    .await
+    .expect("decoding does not panic")
     .map_err(|e| reject(framing_error(e)))?;
     tracing::Span::current().record("records", records.len());
     let labels = TenantSet::labels(tenant, tag.as_deref());

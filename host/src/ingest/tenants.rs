@@ -139,7 +139,7 @@ impl TenantSet {
     pub fn envelopes(
         &self,
         tenant: &Tenant,
-        payloads: impl ExactSizeIterator<Item = String>,
+        payloads: impl Iterator<Item = String>,
         labels: Vec<(String, String)>,
     ) -> Option<Vec<Envelope>> {
         let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels: &labels };
@@ -322,8 +322,11 @@ impl Tenants {
             seen.pending = None;
         }
         let set = load(&self.cfg)?;
-        // Newly named files (a tenant added) are watched from now on.
-        self.seen.lock().expect("not poisoned").loaded = watch::stamps(set.files.iter().map(PathBuf::as_path));
+        // The same files: their stamps from before the read stand (a file changed while it was
+        // read is then read again). Newly named files (a tenant added) are watched from now on.
+        if set.files != files {
+            self.seen.lock().expect("not poisoned").loaded = watch::stamps(set.files.iter().map(PathBuf::as_path));
+        }
         *self.current.write().expect("not poisoned") = Arc::new(set);
         Ok(true)
     }

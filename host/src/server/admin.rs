@@ -324,12 +324,26 @@ async fn test_destination(
 ) -> Result<Json<Value>, ApiError> {
     use crate::toolkit::probe::{ProbeError, probe};
     let destination: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_destination", format!("the body is not JSON: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_destination",
+            format!(
+                "the body is not JSON ({e}): send the destination as a JSON object, e.g. {{\"url\": \"https://...\"}}"
+            ),
+        )
     })?;
+    let consumer_name = consumer.clone();
     // In a task of its own: a client that hangs up does not cut a plugin call short.
     let answer = tokio::spawn(async move { probe(&state.registry, &state.secrets, &consumer, &destination).await })
         .await
-        .expect("a test send does not panic");
+        .map_err(|e| {
+            tracing::error!(error = %e, consumer = %consumer_name, "a test send failed unexpectedly");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "test_failed",
+                "the test send failed unexpectedly: the host log says why; try again",
+            )
+        })?;
     match answer {
         Ok(p) => Ok(Json(serde_json::to_value(p).unwrap_or(Value::Null))),
         Err(e @ ProbeError::UnknownConsumer { .. }) => {

@@ -25,7 +25,7 @@ pub struct Probe {
     /// `validate`'s verdict: `{"ok": true}` or `{"ok": false, "message": ...}`; null when the
     /// plugin was not reached.
     pub validation: serde_json::Value,
-    /// `delivered`, `retryable`, `permanent`, `batch-failed`, `crashed`, `invalid` (validation
+    /// `delivered`, `retryable`, `permanent`, `batch-failed`, `flush-failed`, `crashed`, `invalid` (validation
     /// refused the destination) or `refused` (the host refused it: e.g. its secret).
     pub outcome: &'static str,
     /// What the plugin (or the host) said, when not delivered.
@@ -109,6 +109,7 @@ pub async fn probe(
         Err(e) => {
             p.outcome = "crashed";
             p.message = Some(e.to_string());
+            p.latency_ms = started.elapsed().as_millis() as u64;
             return Ok(p);
         }
     };
@@ -124,6 +125,7 @@ pub async fn probe(
         Err(e) => {
             p.outcome = "crashed";
             p.message = Some(e.to_string());
+            p.latency_ms = started.elapsed().as_millis() as u64;
             return Ok(p);
         }
     }
@@ -155,7 +157,12 @@ pub async fn probe(
             Err(e) => Some(e.to_string()),
         };
         if let Some(reason) = failed {
-            p.message = Some(format!("{} (flush failed: {reason})", p.message.take().unwrap_or_default()));
+            // Accepted, then not written: not delivered.
+            p.outcome = "flush-failed";
+            p.message = Some(match p.message.take() {
+                Some(m) => format!("{m} (then the flush failed: {reason})"),
+                None => format!("the flush failed: {reason}"),
+            });
         }
     }
     p.latency_ms = started.elapsed().as_millis() as u64;
