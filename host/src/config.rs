@@ -693,6 +693,10 @@ pub struct PluginLimits {
     /// Most bytes the plugin's `files_dir` may hold, in MiB; an append past it fails with
     /// `quota-exceeded` (the plugin's reports are retried).
     pub files_quota_mib: u64,
+    /// Most files and directories the plugin's `files_dir` may hold (each also counts at least
+    /// one 4 KiB block against `files_quota_mib`); creating one past it fails with
+    /// `quota-exceeded`. Bounds the inodes a plugin can take and the host's count of them.
+    pub files_max_entries: u64,
     /// Most log lines (log capability, stdout and stderr together) the plugin may write per
     /// second, across its instances (0: none); the excess is counted and summarised in one line.
     pub log_lines_per_sec: u32,
@@ -719,6 +723,7 @@ impl Default for PluginLimits {
             log_line_max: 4096,
             files_dir: None,
             files_quota_mib: 1024,
+            files_max_entries: 100_000,
         }
     }
 }
@@ -755,6 +760,8 @@ pub struct LimitOverrides {
     pub files_dir: Option<PathBuf>,
     /// See `PluginLimits::files_quota_mib`.
     pub files_quota_mib: Option<u64>,
+    /// See `PluginLimits::files_max_entries`.
+    pub files_max_entries: Option<u64>,
     /// The plugin's settings (contract 0.2), a table the plugin describes in its `settings`
     /// parameters and receives in `init`, e.g. `settings = { flush_every = 100 }`.
     pub settings: Option<std::collections::BTreeMap<String, serde_json::Value>>,
@@ -782,7 +789,8 @@ impl LimitOverrides {
             log_lines_per_sec,
             log_bytes_per_sec,
             log_line_max,
-            files_quota_mib
+            files_quota_mib,
+            files_max_entries
         );
         if self.files_dir.is_some() {
             l.files_dir = self.files_dir.clone();
@@ -995,6 +1003,7 @@ mod tests {
             log_line_max: Some(9),
             files_dir: Some("f".into()),
             files_quota_mib: Some(10),
+            files_max_entries: Some(11),
             settings: None,
             messaging: None,
         };
@@ -1014,6 +1023,7 @@ mod tests {
             log_line_max: 9,
             files_dir: Some("f".into()),
             files_quota_mib: 10,
+            files_max_entries: 11,
         };
         assert_eq!(cfg.limits_for("p"), want);
         assert_eq!(cfg.limits_for("other"), PluginLimits::default());

@@ -1,30 +1,89 @@
 //! The `files` capability (contract 0.2): the one directory the operator granted a plugin
-//! (`files_dir`), with a size quota (`files_quota_mib`).
+//! (`files_dir`), with a quota of disk (`files_quota_mib`) and of entries (`files_max_entries`).
 //!
-//! Paths are relative, `/`-separated, without `.`, `..` or empty components; nothing under the
-//! directory may be a symbolic link (the host follows none, so nothing outside is reachable).
-//! The quota counts the bytes of every file in the directory, shared by the plugin's instances.
+//! The grant holds a handle to the directory, opened once; every path is resolved beneath that
+//! handle by the kernel ([`beneath`]): no symbolic link is followed, and no path is checked and
+//! then opened, so a directory swapped for a link meanwhile is refused, not followed. Paths are
+//! relative, `/`-separated, without `.`, `..` or empty components, at most [`MAX_DEPTH`] deep.
+//!
+//! The quota counts what the directory takes on disk: a file its size in whole [`BLOCK`]s (at
+//! least one, so a million empty files are not free), a directory one block; every file and
+//! directory is also an entry. What a change needs is reserved before it is made, and a plugin's
+//! changes (append, rename, remove, shared by its instances) are made one at a time, so
+//! concurrent writers cannot pass either limit.
+
+mod beneath;
 
 use crate::bindings::v2::files::FileError;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The unit the quota counts in: a file takes its size rounded up to whole blocks (at least
+/// one), a directory one block (most file systems allocate 4 KiB blocks).
+pub const BLOCK: u64 = 4096;
+/// Most names one `entries` call returns: contract 0.2 returns a whole `list<string>` and has no
+/// paging, so a bigger directory is refused rather than listed in part. With names of at most
+/// 255 bytes, a listing holds at most 2.5 MiB.
+pub const MAX_LISTING: usize = 10_000;
+/// Most components of a path (directories and the file).
+pub const MAX_DEPTH: usize = 32;
+/// How often, at most, a refusal counts the directory again (the operator may have removed
+/// files): a plugin that keeps knocking at a full quota does not make the host walk the tree
+/// on every call.
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// What a file of `len` bytes counts against the quota.
+pub fn charge(len: u64) -> u64 {
+    len.div_ceil(BLOCK).max(1).saturating_mul(BLOCK)
+}
+
+/// Disk and entries, counted or to reserve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Usage {
+    /// Bytes in whole blocks.
+    bytes: u64,
+    /// Files, directories and anything else.
+    entries: u64,
+}
+
+/// The grant's count, and when the directory was last counted.
+#[derive(Debug)]
+struct Counted {
+    usage: Usage,
+    at: Instant,
+}
 
 /// One plugin's directory and quota.
 #[derive(Debug)]
 pub struct FilesGrant {
+    /// The directory, for messages and the admin API.
     root: PathBuf,
+    /// A handle to the directory (`O_PATH`), opened once; every path is resolved beneath it.
+    dir: OwnedFd,
+    /// Whether the kernel resolves with `openat2` (else one component at a time).
+    openat2: AtomicBool,
+    /// Most bytes, in whole blocks.
     quota: u64,
-    used: AtomicU64,
+    /// Most files and directories.
+    max_entries: u64,
+    /// What the directory holds; the lock also makes one change at a time.
+    counted: Mutex<Counted>,
+    /// How often, at most, a refusal counts again.
+    recount_every: Duration,
     /// The plugin's settings section, for messages (`runtime.plugins.<id>`).
     section: String,
 }
 
 impl FilesGrant {
     /// Grant `dir` (created 0700 if missing) to the plugin from file stem `id`, holding at most
-    /// `quota` bytes.
-    pub fn open(dir: &Path, quota: u64, id: &str) -> Result<FilesGrant, String> {
+    /// `quota` bytes (in whole blocks) and `max_entries` files and directories.
+    pub fn open(dir: &Path, quota: u64, max_entries: u64, id: &str) -> Result<FilesGrant, String> {
         let section = format!("runtime.plugins.{id}");
         let fail = |e: std::io::Error| format!("{section}.files_dir {}: {e}", dir.display());
         if !dir.exists() {
@@ -32,8 +91,19 @@ impl FilesGrant {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(fail)?;
         }
         let root = dir.canonicalize().map_err(fail)?;
-        let used = usage(&root).map_err(fail)?;
-        Ok(FilesGrant { root, quota, used: AtomicU64::new(used), section })
+        let handle = rfs::open(&root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| fail(e.into()))?;
+        let usage = count(handle.as_fd()).map_err(fail)?;
+        Ok(FilesGrant {
+            root,
+            openat2: AtomicBool::new(beneath::has_openat2(handle.as_fd())),
+            dir: handle,
+            quota,
+            max_entries,
+            counted: Mutex::new(Counted { usage, at: Instant::now() }),
+            recount_every: RECOUNT_EVERY,
+            section,
+        })
     }
 
     /// The granted directory.
@@ -41,14 +111,14 @@ impl FilesGrant {
         &self.root
     }
 
-    /// `path` under the directory, or why it is refused. `""` is the directory itself when
+    /// The components of `path`, or why it is refused. `""` is the directory itself when
     /// `dir_ok`.
-    fn resolve(&self, path: &str, dir_ok: bool) -> Result<PathBuf, FileError> {
+    fn components<'a>(&self, path: &'a str, dir_ok: bool) -> Result<Vec<&'a str>, FileError> {
         let invalid = |why: &str| {
             FileError::InvalidPath(format!("{path:?} {why}: use a relative path inside the granted directory"))
         };
         if path.is_empty() {
-            return if dir_ok { Ok(self.root.clone()) } else { Err(invalid("is empty")) };
+            return if dir_ok { Ok(Vec::new()) } else { Err(invalid("is empty")) };
         }
         if path.starts_with('/') {
             return Err(invalid("is absolute"));
@@ -56,220 +126,609 @@ impl FilesGrant {
         if path.contains('\0') || path.contains('\\') {
             return Err(invalid("has a NUL or a backslash"));
         }
-        let mut full = self.root.clone();
-        for part in path.split('/') {
-            if matches!(part, "" | "." | "..") {
-                return Err(invalid("has an empty, `.` or `..` component"));
-            }
-            full.push(part);
-            // Nothing under the directory may be a symbolic link: it could point anywhere.
-            if std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(invalid("goes through a symbolic link"));
-            }
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.iter().any(|p| matches!(*p, "" | "." | "..")) {
+            return Err(invalid("has an empty, `.` or `..` component"));
         }
-        Ok(full)
+        if parts.len() > MAX_DEPTH {
+            return Err(invalid(&format!("has more than {MAX_DEPTH} components")));
+        }
+        Ok(parts)
     }
 
-    fn io(&self, path: &str, e: std::io::Error) -> FileError {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            FileError::NotFound(format!("{path}: no such file"))
-        } else if matches!(e.raw_os_error(), Some(libc::ENAMETOOLONG | libc::ENOTDIR | libc::EISDIR | libc::ELOOP)) {
-            // Retrying will not make a name shorter, or a directory a file.
-            FileError::InvalidPath(format!("{path:?} cannot be used as a file here: {e}"))
-        } else {
-            FileError::Io(format!("{path}: {e}"))
+    /// Open `path` beneath the directory (never following a link).
+    fn open_beneath(&self, path: &[&str], flags: OFlags) -> std::io::Result<OwnedFd> {
+        beneath::open(self.dir.as_fd(), &self.openat2, path, flags, Mode::empty())
+    }
+
+    /// The directory holding the last component of `path` (`None`: the granted directory).
+    fn parent(&self, path: &str, parents: &[&str]) -> Result<Option<OwnedFd>, FileError> {
+        if parents.is_empty() {
+            return Ok(None);
         }
+        self.open_beneath(parents, OFlags::PATH | OFlags::DIRECTORY).map(Some).map_err(|e| self.io(path, e))
+    }
+
+    fn io(&self, path: &str, e: impl Into<std::io::Error>) -> FileError {
+        let e = e.into();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => FileError::NotFound(format!("{path}: no such file")),
+            Some(libc::ELOOP) => FileError::InvalidPath(format!(
+                "{path:?} goes through a symbolic link: the host follows none, use a path inside the granted directory"
+            )),
+            Some(libc::EXDEV) => FileError::InvalidPath(format!("{path:?} leaves the granted directory")),
+            // Retrying will not make a name shorter, or a directory a file.
+            Some(libc::ENAMETOOLONG | libc::ENOTDIR | libc::EISDIR) => {
+                FileError::InvalidPath(format!("{path:?} cannot be used as a file here: {e}"))
+            }
+            _ => FileError::Io(format!("{path}: {e}")),
+        }
+    }
+
+    /// The count, holding the lock that makes one change at a time.
+    fn lock(&self) -> MutexGuard<'_, Counted> {
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserve `add` for a change to `path` (`what` it is, for the message), or refuse it.
+    fn reserve(&self, c: &mut Counted, add: Usage, path: &str, what: &dyn Fn() -> String) -> Result<(), FileError> {
+        let fits = |u: Usage| {
+            u.bytes.saturating_add(add.bytes) <= self.quota && u.entries.saturating_add(add.entries) <= self.max_entries
+        };
+        if add == Usage::default() || fits(c.usage) {
+            c.usage.bytes += add.bytes;
+            c.usage.entries += add.entries;
+            return Ok(());
+        }
+        // Count again before refusing: the operator may have removed or archived files.
+        if c.at.elapsed() >= self.recount_every {
+            if let Ok(u) = count(self.dir.as_fd()) {
+                c.usage = u;
+            }
+            c.at = Instant::now();
+            if fits(c.usage) {
+                c.usage.bytes += add.bytes;
+                c.usage.entries += add.entries;
+                return Ok(());
+            }
+        }
+        let u = c.usage;
+        if u.bytes.saturating_add(add.bytes) > self.quota {
+            return Err(FileError::QuotaExceeded(format!(
+                "{path}: {} would take the directory past its quota ({} of {} bytes used, each file counted in \
+                 whole {BLOCK}-byte blocks and at least one): remove files or raise {}.files_quota_mib",
+                what(),
+                u.bytes,
+                self.quota,
+                self.section
+            )));
+        }
+        Err(FileError::QuotaExceeded(format!(
+            "{path}: {} would take the directory past its limit of {} files and directories ({} there): \
+             remove files or raise {}.files_max_entries",
+            what(),
+            self.max_entries,
+            u.entries,
+            self.section
+        )))
+    }
+
+    /// Give back `u`, never below zero.
+    fn release(c: &mut Counted, u: Usage) {
+        c.usage.bytes = c.usage.bytes.saturating_sub(u.bytes);
+        c.usage.entries = c.usage.entries.saturating_sub(u.entries);
+    }
+
+    /// The directory `parents` beneath the granted one (`None`: that one), making each missing
+    /// directory (0700). The directories to make and `extra` are reserved together, before any
+    /// is made.
+    fn make_dirs(
+        &self,
+        c: &mut Counted,
+        parents: &[&str],
+        extra: Usage,
+        path: &str,
+        what: &dyn Fn() -> String,
+    ) -> Result<Option<OwnedFd>, FileError> {
+        let root = self.dir.as_fd();
+        let mut dir: Option<OwnedFd> = None;
+        let mut found = 0;
+        while found < parents.len() {
+            match beneath::through(beneath::at(root, &dir), parents[found]) {
+                Ok(d) => dir = Some(d),
+                Err(Errno::NOENT) => break,
+                Err(e) => return Err(self.io(path, e)),
+            }
+            found += 1;
+        }
+        let missing = (parents.len() - found) as u64;
+        self.reserve(c, Usage { bytes: extra.bytes + missing * BLOCK, entries: extra.entries + missing }, path, what)?;
+        for (made, name) in parents[found..].iter().enumerate() {
+            let at = beneath::at(root, &dir);
+            // Made meanwhile by someone else (the operator): counted twice until the next count.
+            let next = match rfs::mkdirat(at, *name, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => beneath::through(at, name),
+                Err(e) => Err(e),
+            };
+            match next {
+                Ok(d) => dir = Some(d),
+                Err(e) => {
+                    let left = missing - made as u64;
+                    Self::release(c, Usage { bytes: extra.bytes + left * BLOCK, entries: extra.entries + left });
+                    return Err(self.io(path, e));
+                }
+            }
+        }
+        Ok(dir)
     }
 
     /// Append `data` to `path`, creating it and its parents; the file's size afterwards.
     pub fn append(&self, path: &str, data: &[u8]) -> Result<u64, FileError> {
-        let full = self.resolve(path, false)?;
+        let parts = self.components(path, false)?;
         let n = data.len() as u64;
-        let mut before = self.used.fetch_add(n, Ordering::AcqRel);
-        if before.saturating_add(n) > self.quota {
-            // Count again before refusing: the operator may have removed or archived files.
-            self.release(n);
-            if let Ok(actual) = usage(&self.root) {
-                self.used.store(actual, Ordering::Release);
+        let what = || format!("appending {n} bytes");
+        let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::NONBLOCK;
+        let mut c = self.lock();
+        // What the file counted before, and what was reserved for it.
+        let (file, before, reserved) = match self.open_beneath(&parts, flags) {
+            Ok(f) => {
+                let st = rfs::fstat(&f).map_err(|e| self.io(path, e))?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                    return Err(FileError::InvalidPath(format!("{path:?} is not a file: only files are appended to")));
+                }
+                let len = st.st_size as u64;
+                let add = Usage { bytes: charge(len.saturating_add(n)) - charge(len), entries: 0 };
+                self.reserve(&mut c, add, path, &what)?;
+                (f, charge(len), add)
             }
-            before = self.used.fetch_add(n, Ordering::AcqRel);
-        }
-        if before.saturating_add(n) > self.quota {
-            self.release(n);
-            return Err(FileError::QuotaExceeded(format!(
-                "{path}: appending {n} bytes would take the directory past its quota ({} of {} bytes used; \
-                 {}.files_quota_mib)",
-                before, self.quota, self.section
-            )));
-        }
-        let written = (|| {
-            if let Some(parent) = full.parent() {
-                std::fs::create_dir_all(parent)?;
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // A new file, perhaps in new directories: all of it reserved before any is made.
+                let (name, parents) = parts.split_last().expect("a path has a component");
+                let add = Usage { bytes: charge(n), entries: 1 };
+                let dir = self.make_dirs(&mut c, parents, add, path, &what)?;
+                let create = flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                match rfs::openat(beneath::at(self.dir.as_fd(), &dir), *name, create, Mode::from_raw_mode(0o600)) {
+                    Ok(f) => (f, 0, add),
+                    Err(e) => {
+                        Self::release(&mut c, add);
+                        return Err(self.io(path, e));
+                    }
+                }
             }
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&full)?;
-            f.write_all(data)?;
-            Ok(f.metadata()?.len())
-        })();
-        written.map_err(|e| {
-            self.release(n);
-            self.io(path, e)
-        })
+            Err(e) => return Err(self.io(path, e)),
+        };
+        let mut file = std::fs::File::from(file);
+        let written = file.write_all(data);
+        // Count what the file takes now, whatever the write did (a failed one may write part).
+        let len = rfs::fstat(&file).map(|st| st.st_size as u64);
+        if let Ok(len) = len {
+            c.usage.bytes =
+                c.usage.bytes.saturating_sub(reserved.bytes).saturating_add(charge(len).saturating_sub(before));
+        }
+        drop(c);
+        written.map_err(|e| self.io(path, e))?;
+        len.map_err(|e| self.io(path, e))
     }
 
     /// Make `path` durable: its data, and the directory entries that lead to it (a new file, a
     /// new directory or a rename is lost at a power cut until its directory is synced).
     pub fn sync(&self, path: &str) -> Result<(), FileError> {
-        let full = self.resolve(path, false)?;
-        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&full);
-        f.and_then(|f| f.sync_data()).map_err(|e| self.io(path, e))?;
-        let mut dir = full.parent();
-        while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
-            std::fs::File::open(d).and_then(|d| d.sync_all()).map_err(|e| self.io(path, e))?;
-            dir = d.parent();
+        let parts = self.components(path, false)?;
+        let (name, parents) = parts.split_last().expect("a path has a component");
+        let read_dir = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let io = |e: Errno| self.io(path, e);
+        let mut dirs = vec![rfs::openat(&self.dir, ".", read_dir, Mode::empty()).map_err(io)?];
+        for p in parents {
+            let d = rfs::openat(dirs.last().expect("the root"), *p, read_dir, Mode::empty()).map_err(io)?;
+            dirs.push(d);
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let f = rfs::openat(dirs.last().expect("the root"), *name, flags, Mode::empty()).map_err(io)?;
+        rfs::fdatasync(&f).map_err(io)?;
+        for d in dirs.iter().rev() {
+            rfs::fsync(d).map_err(io)?;
         }
         Ok(())
     }
 
-    /// Take `n` bytes off the count, never below zero.
-    fn release(&self, n: u64) {
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+    /// What `path` is, not following a link.
+    fn metadata(&self, path: &str) -> Result<std::fs::Metadata, FileError> {
+        let parts = self.components(path, false)?;
+        let f = self.open_beneath(&parts, OFlags::PATH).map_err(|e| self.io(path, e))?;
+        let m = std::fs::File::from(f).metadata().map_err(|e| self.io(path, e))?;
+        if m.file_type().is_symlink() {
+            return Err(self.io(path, Errno::LOOP));
+        }
+        Ok(m)
     }
 
     /// The size of `path`.
     pub fn size(&self, path: &str) -> Result<u64, FileError> {
-        let full = self.resolve(path, false)?;
-        std::fs::symlink_metadata(&full).map(|m| m.len()).map_err(|e| self.io(path, e))
+        self.metadata(path).map(|m| m.len())
     }
 
     /// When `path` was created (or last modified where creation is unknown), ms since the epoch.
     pub fn created_at_ms(&self, path: &str) -> Result<u64, FileError> {
-        let full = self.resolve(path, false)?;
-        let m = std::fs::symlink_metadata(&full).map_err(|e| self.io(path, e))?;
+        let m = self.metadata(path)?;
         let t = m.created().or_else(|_| m.modified()).map_err(|e| self.io(path, e))?;
         Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
     }
 
     /// Rename the file `from` to `to`, replacing the file `to`.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), FileError> {
-        use std::os::unix::fs::MetadataExt;
-        let (src, dst) = (self.resolve(from, false)?, self.resolve(to, false)?);
-        let src_meta = std::fs::symlink_metadata(&src).map_err(|e| self.io(from, e))?;
-        if !src_meta.is_file() {
+        let (src, dst) = (self.components(from, false)?, self.components(to, false)?);
+        let (src_name, src_parents) = src.split_last().expect("a path has a component");
+        let (dst_name, dst_parents) = dst.split_last().expect("a path has a component");
+        let root = self.dir.as_fd();
+        let mut c = self.lock();
+        let src_dir = self.parent(from, src_parents)?;
+        let src_at = beneath::at(root, &src_dir);
+        let src_meta = rfs::statat(src_at, *src_name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(from, e))?;
+        if FileType::from_raw_mode(src_meta.st_mode) != FileType::RegularFile {
             return Err(FileError::InvalidPath(format!("{from:?} is not a file: only files are renamed")));
         }
-        let replaced = match std::fs::symlink_metadata(&dst) {
-            Ok(m) if !m.is_file() => {
+        let what = || "making its directories".to_string();
+        let dst_dir = self.make_dirs(&mut c, dst_parents, Usage::default(), to, &what)?;
+        let dst_at = beneath::at(root, &dst_dir);
+        let replaced = match rfs::statat(dst_at, *dst_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(m) if FileType::from_raw_mode(m.st_mode) != FileType::RegularFile => {
                 return Err(FileError::InvalidPath(format!("{to:?} is not a file: only files are replaced")));
             }
             // The same file under both names: nothing is freed.
-            Ok(m) if (m.dev(), m.ino()) == (src_meta.dev(), src_meta.ino()) => 0,
-            Ok(m) => m.len(),
-            Err(_) => 0,
+            Ok(m) if (m.st_dev, m.st_ino) == (src_meta.st_dev, src_meta.st_ino) => Usage::default(),
+            Ok(m) => Usage { bytes: charge(m.st_size as u64), entries: 1 },
+            Err(Errno::NOENT) => Usage::default(),
+            Err(e) => return Err(self.io(to, e)),
         };
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| self.io(to, e))?;
-        }
-        std::fs::rename(&src, &dst).map_err(|e| self.io(from, e))?;
-        self.release(replaced);
+        rfs::renameat(src_at, *src_name, dst_at, *dst_name).map_err(|e| self.io(from, e))?;
+        Self::release(&mut c, replaced);
         Ok(())
     }
 
-    /// The names in the directory `path` (`""`: the granted directory), sorted.
+    /// The names in the directory `path` (`""`: the granted directory), sorted; refused when it
+    /// holds more than [`MAX_LISTING`] (read no further than that).
     pub fn entries(&self, path: &str) -> Result<Vec<String>, FileError> {
-        let full = self.resolve(path, true)?;
-        let mut names: Vec<String> = std::fs::read_dir(&full)
-            .map_err(|e| self.io(path, e))?
-            .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
-            .collect();
+        let parts = self.components(path, true)?;
+        let dir = self.open_beneath(&parts, OFlags::RDONLY | OFlags::DIRECTORY).map_err(|e| self.io(path, e))?;
+        let mut names = Vec::new();
+        let mut seen = 0;
+        for e in rfs::Dir::new(dir).map_err(|e| self.io(path, e))? {
+            let e = e.map_err(|e| self.io(path, e))?;
+            let name = e.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            seen += 1;
+            if seen > MAX_LISTING {
+                return Err(FileError::QuotaExceeded(format!(
+                    "{path:?} holds more than {MAX_LISTING} names, the most one `entries` call returns (a bound \
+                     of the host; contract 0.2 has no paging): keep fewer files in one directory \
+                     (subdirectories), or remove some"
+                )));
+            }
+            // Names that are not UTF-8 were not made by a plugin and cannot be handed to one.
+            if let Ok(name) = std::str::from_utf8(name) {
+                names.push(name.to_string());
+            }
+        }
         names.sort();
         Ok(names)
     }
 
     /// Remove the file `path`.
     pub fn remove(&self, path: &str) -> Result<(), FileError> {
-        let full = self.resolve(path, false)?;
-        let meta = std::fs::symlink_metadata(&full).map_err(|e| self.io(path, e))?;
-        if !meta.is_file() {
+        let parts = self.components(path, false)?;
+        let (name, parents) = parts.split_last().expect("a path has a component");
+        let mut c = self.lock();
+        let dir = self.parent(path, parents)?;
+        let at = beneath::at(self.dir.as_fd(), &dir);
+        let meta = rfs::statat(at, *name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(path, e))?;
+        if FileType::from_raw_mode(meta.st_mode) != FileType::RegularFile {
             return Err(FileError::InvalidPath(format!("{path:?} is not a file")));
         }
-        std::fs::remove_file(&full).map_err(|e| self.io(path, e))?;
-        self.release(meta.len());
+        rfs::unlinkat(at, *name, AtFlags::empty()).map_err(|e| self.io(path, e))?;
+        Self::release(&mut c, Usage { bytes: charge(meta.st_size as u64), entries: 1 });
         Ok(())
     }
 }
 
-/// Bytes of the files under `dir` (symbolic links not followed).
-fn usage(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir)? {
+/// What the directory behind `root` holds: blocks and entries, links not followed.
+fn count(root: BorrowedFd<'_>) -> std::io::Result<Usage> {
+    let dir = rfs::openat(root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut u = Usage::default();
+    count_in(dir, &mut u)?;
+    Ok(u)
+}
+
+fn count_in(dir: OwnedFd, u: &mut Usage) -> std::io::Result<()> {
+    let mut names = rfs::Dir::new(dir)?;
+    while let Some(e) = names.read() {
         let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            total += usage(&e.path())?;
-        } else if t.is_file() {
-            total += e.metadata()?.len();
+        let name = e.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let fd = names.fd()?;
+        let mut kind = e.file_type();
+        let mut size = None;
+        if kind == FileType::Unknown || kind == FileType::RegularFile {
+            match rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => (kind, size) = (FileType::from_raw_mode(st.st_mode), Some(st.st_size as u64)),
+                // Removed meanwhile.
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        u.entries += 1;
+        match kind {
+            FileType::RegularFile => u.bytes += charge(size.unwrap_or(0)),
+            FileType::Directory => {
+                u.bytes += BLOCK;
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                match rfs::openat(fd, name, flags, Mode::empty()) {
+                    Ok(sub) => count_in(sub, u)?,
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => u.bytes += BLOCK,
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    /// A grant of `dir` to `file.wasm` that counts again on every refusal.
+    fn grant(dir: &Path, quota: u64, max_entries: u64) -> FilesGrant {
+        let mut g = FilesGrant::open(dir, quota, max_entries, "file").unwrap();
+        g.recount_every = Duration::ZERO;
+        g
+    }
+
+    /// What the grant has counted, and what counting the directory again finds.
+    fn counts(g: &FilesGrant) -> (Usage, Usage) {
+        (g.lock().usage, count(g.dir.as_fd()).unwrap())
+    }
+
+    fn quota_message(r: Result<impl std::fmt::Debug, FileError>) -> String {
+        match r {
+            Err(FileError::QuotaExceeded(m)) => m,
+            other => panic!("expected quota-exceeded, got {other:?}"),
+        }
+    }
 
     #[test]
     fn nothing_outside_the_directory_is_reachable() {
         let base = tempfile::tempdir().unwrap();
         let outside = base.path().join("outside.txt");
         std::fs::write(&outside, "keep").unwrap();
-        let g = FilesGrant::open(&base.path().join("granted"), 1 << 20, "file").unwrap();
+        let g = grant(&base.path().join("granted"), 1 << 20, 1000);
         std::os::unix::fs::symlink(&outside, g.root().join("link")).unwrap();
         std::os::unix::fs::symlink(base.path(), g.root().join("up")).unwrap();
-        for bad in ["../outside.txt", "/etc/passwd", "a/../../outside.txt", "link", "up/outside.txt", "", "a//b", "./x"]
-        {
-            assert!(matches!(g.append(bad, b"x"), Err(FileError::InvalidPath(_))), "{bad}");
+        for walk in [false, true] {
+            g.openat2.store(!walk, Ordering::Relaxed);
+            for bad in
+                ["../outside.txt", "/etc/passwd", "a/../../outside.txt", "link", "up/outside.txt", "", "a//b", "./x"]
+            {
+                assert!(matches!(g.append(bad, b"x"), Err(FileError::InvalidPath(_))), "{bad}");
+                assert!(matches!(g.size(bad), Err(FileError::InvalidPath(_))), "{bad}");
+                assert!(matches!(g.remove(bad), Err(FileError::InvalidPath(_))), "{bad}");
+            }
+            assert!(matches!(g.entries("up"), Err(FileError::InvalidPath(_))));
+            assert!(matches!(g.rename("link", "t/l"), Err(FileError::InvalidPath(_))));
+            let deep = vec!["d"; MAX_DEPTH + 1].join("/");
+            assert!(matches!(g.append(&deep, b"x"), Err(FileError::InvalidPath(_))));
         }
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 2, "only outside.txt and granted");
         assert_eq!(g.append("t/a.jsonl", b"one\n").unwrap(), 4);
+        g.openat2.store(true, Ordering::Relaxed);
         assert_eq!(g.append("t/a.jsonl", b"two\n").unwrap(), 8);
         assert_eq!(std::fs::read_to_string(g.root().join("t/a.jsonl")).unwrap(), "one\ntwo\n");
         g.sync("t/a.jsonl").unwrap();
+        assert_eq!(g.size("t/a.jsonl").unwrap(), 8);
+        assert!(g.created_at_ms("t/a.jsonl").unwrap() > 0);
         assert_eq!(g.entries("").unwrap(), ["link", "t", "up"]);
         assert!(matches!(g.size("t/none"), Err(FileError::NotFound(_))));
     }
 
+    /// The race from issue 21: a directory of the grant swapped for a symbolic link to elsewhere
+    /// (and back, atomically, by another thread) while the plugin appends through it.
+    fn appends_while_a_directory_is_swapped_for_a_link(walk: bool) {
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let g = grant(&base.path().join("granted"), 1 << 30, 100_000);
+        g.openat2.store(!walk, Ordering::Relaxed);
+        let (sub, alt) = (g.root().join("sub"), g.root().join("alt"));
+        std::fs::create_dir(&sub).unwrap();
+        std::os::unix::fs::symlink(&outside, &alt).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = std::thread::spawn({
+            let (stop, sub, alt) = (stop.clone(), sub.clone(), alt.clone());
+            move || {
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // `sub` is the directory, then the link, then the directory: never missing.
+                    rfs::renameat_with(rfs::CWD, &sub, rfs::CWD, &alt, rfs::RenameFlags::EXCHANGE).unwrap();
+                    swaps += 1;
+                }
+                swaps
+            }
+        });
+        let (mut written, mut refused, mut tries) = (0u64, 0u64, 0u64);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // At least 2,000 appends, and until both sides of the race were seen.
+        while tries < 2_000 || written == 0 || refused == 0 {
+            assert!(Instant::now() < deadline, "the swapper never raced: {written} written, {refused} refused");
+            match g.append("sub/x.txt", b"x\n") {
+                Ok(_) => written += 1,
+                Err(FileError::InvalidPath(_)) => refused += 1,
+                Err(e) => panic!("append: {e:?}"),
+            }
+            tries += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        let escaped: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(escaped.is_empty(), "written outside the granted directory through the link: {escaped:?}");
+        // Every append that succeeded is inside, in the one real directory (named `sub` or `alt`).
+        let real = if std::fs::symlink_metadata(&sub).unwrap().is_dir() { sub } else { alt };
+        let lines = std::fs::read_to_string(real.join("x.txt")).unwrap().lines().count() as u64;
+        assert_eq!(lines, written, "{tries} appends, {refused} refused, {swaps} swaps");
+    }
+
     #[test]
-    fn the_quota_counts_every_file_and_frees_on_remove_and_replace() {
+    fn a_directory_swapped_for_a_link_mid_append_is_never_followed_openat2() {
+        appends_while_a_directory_is_swapped_for_a_link(false);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_mid_append_is_never_followed_walk() {
+        appends_while_a_directory_is_swapped_for_a_link(true);
+    }
+
+    #[test]
+    fn the_quota_counts_blocks_and_frees_on_remove_and_replace() {
         let base = tempfile::tempdir().unwrap();
         std::fs::write(base.path().join("old"), vec![b'x'; 60]).unwrap();
-        let g = FilesGrant::open(base.path(), 100, "file").unwrap();
+        let g = grant(base.path(), 4 * BLOCK, 1000);
+        assert_eq!(counts(&g).0, Usage { bytes: BLOCK, entries: 1 });
         g.append("a", &[b'a'; 30]).unwrap();
-        match g.append("a", &[b'a'; 20]) {
-            Err(FileError::QuotaExceeded(m)) => assert!(m.contains("runtime.plugins.file.files_quota_mib"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+        g.append("a", &[b'a'; 5000]).unwrap(); // 5,030 bytes: two blocks
+        let m = quota_message(g.append("b", &[b'b'; 2 * BLOCK as usize]));
+        assert!(m.contains("runtime.plugins.file.files_quota_mib") && m.contains("4096-byte blocks"), "{m}");
+        assert_eq!(g.entries("").unwrap(), ["a", "old"], "a refused append creates nothing");
         g.remove("old").unwrap();
-        g.append("a", &[b'a'; 20]).unwrap();
-        g.append("b", &[b'b'; 40]).unwrap();
+        g.append("b", &[b'b'; 2 * BLOCK as usize]).unwrap();
+        quota_message(g.append("c", b"!"));
         g.rename("b", "a").unwrap();
-        assert_eq!(g.size("a").unwrap(), 40);
-        g.append("c", &[b'c'; 60]).unwrap();
-        assert!(matches!(g.append("c", b"!"), Err(FileError::QuotaExceeded(_))));
+        assert_eq!(g.size("a").unwrap(), 2 * BLOCK);
+        g.append("c", b"!").unwrap();
         // Renaming a file onto itself frees nothing, and directories are not renamed.
         g.rename("c", "c").unwrap();
-        assert!(matches!(g.append("c", b"!"), Err(FileError::QuotaExceeded(_))));
+        assert_eq!(counts(&g).0, Usage { bytes: 3 * BLOCK, entries: 2 });
+        // A new directory and its file: two blocks, reserved together; nothing is made when refused.
+        quota_message(g.append("d/e", b""));
+        assert!(!base.path().join("d").exists());
+        g.remove("c").unwrap();
         g.append("d/e", b"").unwrap();
         g.remove("d/e").unwrap();
-        g.append("f/g", b"").unwrap();
-        g.remove("f/g").unwrap();
         assert!(matches!(g.rename("d", "f"), Err(FileError::InvalidPath(_))));
+        let (counted, found) = counts(&g);
+        assert_eq!(counted, found);
+        assert_eq!(counted, Usage { bytes: 3 * BLOCK, entries: 2 });
         // An operator who frees space outside the plugin is noticed before a refusal.
         std::fs::remove_file(base.path().join("a")).unwrap();
-        g.append("h", &[b'h'; 40]).unwrap();
+        g.append("h", &[b'h'; 3 * BLOCK as usize]).unwrap();
+    }
+
+    #[test]
+    fn one_byte_files_count_a_block_each() {
+        // Issue 21: 782,081 one-byte files counted 782 KB against a 16 MiB quota and took 3.1 GiB.
+        let base = tempfile::tempdir().unwrap();
+        let quota = 16 << 20;
+        let g = grant(base.path(), quota, 1_000_000);
+        let mut made = 0u64;
+        let refusal = loop {
+            match g.append(&format!("{made}"), b"x") {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+            assert!(made <= 10_000, "{made} one-byte files fit in a 16 MiB quota");
+        };
+        assert_eq!(made, quota / BLOCK);
+        let m = quota_message(Err::<(), _>(refusal));
+        assert!(m.contains("runtime.plugins.file.files_quota_mib"), "{m}");
+        use std::os::unix::fs::MetadataExt;
+        let on_disk: u64 =
+            std::fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum();
+        assert!(on_disk <= quota, "{on_disk} bytes of disk for a {quota}-byte quota");
+    }
+
+    #[test]
+    fn files_max_entries_bounds_files_and_directories() {
+        let base = tempfile::tempdir().unwrap();
+        let g = grant(base.path(), 1 << 30, 50);
+        for i in 0..49 {
+            g.append(&format!("d/{i}"), b"").unwrap(); // `d` and 49 files: 50 entries
+        }
+        let m = quota_message(g.append("d/49", b""));
+        assert!(m.contains("runtime.plugins.file.files_max_entries") && m.contains("50 files and directories"), "{m}");
+        // A rename that would make a directory is refused too, and moves nothing.
+        let m = quota_message(g.rename("d/0", "e/0"));
+        assert!(m.contains("files_max_entries"), "{m}");
+        assert!(g.size("d/0").is_ok() && !base.path().join("e").exists());
+        g.remove("d/0").unwrap();
+        g.append("d/49", b"").unwrap();
+        // A new grant of the same directory counts what is there.
+        let again = grant(base.path(), 1 << 30, 50);
+        assert_eq!(counts(&again).0, Usage { bytes: 50 * BLOCK, entries: 50 });
+        quota_message(again.append("d/50", b""));
+    }
+
+    #[test]
+    fn sixteen_concurrent_writers_never_pass_the_quota() {
+        let base = tempfile::tempdir().unwrap();
+        let quota = 256 * BLOCK;
+        let g = Arc::new(grant(base.path(), quota, 100_000));
+        let writers: Vec<_> = (0..16)
+            .map(|t| {
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut refused) = (0, 0);
+                    for i in 0..300 {
+                        let path = if i % 3 == 0 { "shared.log".to_string() } else { format!("t{t}/{}.log", i % 4) };
+                        match g.append(&path, &vec![b'x'; fastrand::usize(1..6000)]) {
+                            Ok(_) => ok += 1,
+                            Err(FileError::QuotaExceeded(_)) => refused += 1,
+                            Err(e) => panic!("{path}: {e:?}"),
+                        }
+                        // Free some room now and then, so the writers stay near the quota.
+                        if i % 40 == 39 {
+                            let _ = g.remove(&format!("t{t}/{}.log", i % 4));
+                        }
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect();
+        let (ok, refused) = writers.into_iter().map(|w| w.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        assert!(ok > 0 && refused > 0, "{ok} appends, {refused} refused: the writers did not reach the quota");
+        let (counted, found) = counts(&g);
+        assert_eq!(counted, found, "the grant's count is what the directory holds");
+        assert!(found.bytes <= quota, "{} bytes in blocks for a {quota}-byte quota", found.bytes);
+        let mut logical = 0;
+        let mut dirs = vec![base.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let (e, m) = (e.as_ref().unwrap(), e.as_ref().unwrap().metadata().unwrap());
+                if m.is_dir() { dirs.push(e.path()) } else { logical += m.len() }
+            }
+        }
+        assert!(logical <= quota, "{logical} bytes written for a {quota}-byte quota");
+    }
+
+    #[test]
+    fn entries_lists_at_most_one_bound_and_refuses_a_bigger_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let g = grant(base.path(), 1 << 30, 1_000_000);
+        let many = base.path().join("many");
+        std::fs::create_dir(&many).unwrap();
+        for i in (0..MAX_LISTING).rev() {
+            std::fs::File::create(many.join(format!("{i:05}"))).unwrap();
+        }
+        let names = g.entries("many").unwrap();
+        assert_eq!(names.len(), MAX_LISTING);
+        assert!(names.is_sorted() && names[0] == "00000", "{:?}", &names[..3]);
+        std::fs::File::create(many.join("one-more")).unwrap();
+        let m = quota_message(g.entries("many"));
+        assert!(m.contains(&format!("more than {MAX_LISTING} names")) && m.contains("`entries`"), "{m}");
+        assert_eq!(g.entries("").unwrap(), ["many"]);
     }
 }

@@ -300,7 +300,7 @@ fn files_grant(id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>
         ));
     };
     let quota = limits.files_quota_mib.saturating_mul(1024 * 1024);
-    Ok(Some(Arc::new(FilesGrant::open(dir, quota, id)?)))
+    Ok(Some(Arc::new(FilesGrant::open(dir, quota, limits.files_max_entries, id)?)))
 }
 
 /// The Kafka connection of the plugin from file stem `id`, when its grants include `messaging`.
