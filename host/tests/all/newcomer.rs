@@ -238,9 +238,9 @@ fn toml_blocks(markdown: &str) -> Vec<(usize, String)> {
     blocks
 }
 
-/// Every ```toml block of README.md, SECURITY.md and docs/*.md is a whole configuration file (the
-/// keys it leaves out keep their defaults), and `data-exporter config check` accepts it. A block
-/// that is not one says so on its first line (`# not a config file: why`) and is counted, not
+/// Every ```toml block of README.md, SECURITY.md, docs/*.md and plugins/*/README.md is a whole
+/// configuration file (the keys it leaves out keep their defaults), and `data-exporter config
+/// check` accepts it. A block that is not one says so on its first line (`# not a config file: why`) and is counted, not
 /// checked.
 #[test]
 fn every_toml_example_in_the_docs_passes_config_check() {
@@ -251,6 +251,13 @@ fn every_toml_example_in_the_docs_passes_config_check() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "md"))
         .collect();
+    // The shipped plugins' READMEs (their operator settings).
+    more.extend(
+        std::fs::read_dir(root.join("plugins"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path().join("README.md")))
+            .filter(|p| p.is_file()),
+    );
     more.sort();
     docs.extend(more);
     let dir = tempfile::tempdir().unwrap();
@@ -277,7 +284,7 @@ fn every_toml_example_in_the_docs_passes_config_check() {
         }
     }
     eprintln!("config check: {checked} TOML blocks checked, {} marked not a config file: {exempt:?}", exempt.len());
-    assert!(checked >= 8, "found only {checked} TOML blocks: is the extraction broken?");
+    assert!(checked >= 9, "found only {checked} TOML blocks: is the extraction broken?");
     assert!(
         failed.is_empty(),
         "{} TOML blocks of the docs do not pass `config check`:\n{}",
