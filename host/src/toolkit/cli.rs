@@ -87,7 +87,7 @@ pub enum PluginCommand {
 pub struct CacheArgs {
     /// The code cache directory [default: $XDG_CACHE_HOME/data-exporter/code-cache, else
     /// ~/.cache/data-exporter/code-cache]; it must be this user's own, writable by no one else.
-    #[arg(long, value_name = "DIR", env = "DATA_EXPORTER_CODE_CACHE")]
+    #[arg(long, value_name = "DIR")]
     code_cache: Option<PathBuf>,
     /// Keep no compiled code between runs.
     #[arg(long, conflicts_with = "code_cache")]
