@@ -193,6 +193,13 @@ async fn make_run_with_the_shipped_plugins_and_default_config_logs_no_error() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A reload (SIGHUP) tries kafka.wasm again, and does not say it again.
+    Command::new("kill").arg("-HUP").arg(exporter.child.id().to_string()).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_path).unwrap().contains("plugins reloaded on SIGHUP") {
+        assert!(Instant::now() < deadline, "no reload after SIGHUP: {}", std::fs::read_to_string(&log_path).unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(exporter.terminate().success());
     let log: Vec<Value> = std::fs::read_to_string(&log_path)
         .unwrap()
@@ -201,7 +208,8 @@ async fn make_run_with_the_shipped_plugins_and_default_config_logs_no_error() {
         .collect();
     let errors: Vec<&Value> = log.iter().filter(|l| l["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "a first start logs an ERROR: {errors:#?}");
-    // The shipped kafka.wasm stays off until granted: said once, at INFO, with the setting.
+    // The shipped kafka.wasm stays off until granted: said once (not again on the reload), at
+    // INFO, with the settings to add.
     let told: Vec<&Value> = log.iter().filter(|l| l.to_string().contains("kafka.wasm")).collect();
     assert_eq!(told.len(), 1, "{told:#?}");
     assert_eq!(told[0]["level"], "INFO", "{:#}", told[0]);
