@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need, when missing: `make test` (and tests/servers/up.sh)
 # run it first, so the README's two commands are enough on a fresh Debian machine. As root it
-# runs apt-get; otherwise through `sudo -n` when that works; else it names the command to run and
-# fails. The build's own prerequisites (a Rust toolchain, libssl-dev, pkg-config) are the README's.
+# runs apt-get; otherwise through sudo (password-less, or asking at a terminal); else it names the
+# command to run and fails. The build's own prerequisites (a Rust toolchain, libssl-dev,
+# pkg-config) are the README's.
 #
 # One line per package: the package apt-get installs, then what shows it is present: a command
 # (looked up in PATH, /usr/sbin and /sbin), an absolute path, or `py:MODULE,...` (python3 imports
@@ -54,8 +55,10 @@ if [ "$(id -u)" = 0 ]; then
   SUDO=()
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
   SUDO=(sudo -n)
+elif command -v sudo >/dev/null 2>&1 && [ -t 0 ]; then
+  SUDO=(sudo)   # a person at a terminal: sudo asks for the password
 else
-  echo "not root and no password-less sudo: run \`sudo apt-get install ${missing[*]}\`, then again" >&2
+  echo "not root, and sudo would need a password nobody can type here: run \`sudo apt-get install ${missing[*]}\`, then again" >&2
   exit 1
 fi
 "${SUDO[@]}" apt-get update -qq
