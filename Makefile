@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins
+.PHONY: help build host plugins run test test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -26,20 +26,23 @@ plugins: wasm-target ## Build the plugin components: shipped ones to target/plug
 	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm $(WASM_OUT)/discard.wasm $(WASM_OUT)/stuck_info.wasm \
 	  $(WASM_OUT)/legacy_v1.wasm $(WASM_OUT)/v2_fixture.wasm target/test-plugins/
 
-language-plugins: ## Build the example plugins in Python and JavaScript (examples/plugins) to target/language-plugins, pinned toolchains under target/languages
+language-plugins: test-deps ## Build the example plugins in Python and JavaScript (examples/plugins) to target/language-plugins, pinned toolchains under target/languages
 	tests/languages/build.sh
 
 run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
 	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \
 	  --listen $(LISTEN) --plugins target/plugins --data-dir target/data
 
-test-servers: ## Install (if needed) and start the real test servers (OpenSearch API, nginx TLS)
+test-deps: ## Install the Debian packages the tests need, when missing (tests/servers/deps.sh; apt-get as root or with sudo)
+	tests/servers/deps.sh
+
+test-servers: test-deps ## Install (if needed) and start the real test servers (OpenSearch API, nginx TLS)
 	tests/servers/up.sh
 
 test-servers-down: ## Stop the test servers
 	tests/servers/down.sh
 
-test: plugins language-plugins test-servers ## Run every test against real servers
+test: test-deps plugins language-plugins test-servers ## Run every test against real servers
 	@set -a; . target/test-servers/env; set +a; \
 	rc=0; \
 	$(CARGO) test --workspace || rc=$$?; \

@@ -402,6 +402,9 @@ async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -
     };
     verdict.map_err(|message| {
         let at = if batch { format!("report [{}]: ", g.members[0]) } else { String::new() };
+        // SDK plugins start their message with this error's own prefix: say it once.
+        let prefix = format!("invalid `{}` destination: ", g.key);
+        let message = message.strip_prefix(&prefix).map(str::to_string).unwrap_or(message);
         RouteError::InvalidDestination { at, key: g.key.clone(), message }
     })
 }

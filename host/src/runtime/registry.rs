@@ -103,6 +103,19 @@ impl Registry {
         self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: stamp(file) });
     }
 
+    /// A file left unloaded because it needs a capability the operator has not granted (the
+    /// shipped `kafka.wasm` until a broker is granted): the operator's choice, not a fault. Said
+    /// once at INFO, with the setting that turns it on; `quiet` (the same as before a reload):
+    /// at DEBUG only.
+    fn not_granted(&mut self, file: &Path, error: String, quiet: bool) {
+        if quiet {
+            tracing::debug!(file = %file.display(), %error, "plugin not loaded: a capability is not granted");
+        } else {
+            tracing::info!(file = %file.display(), hint = %error, "plugin not loaded: it needs a capability the operator has not granted (grant it to use the plugin)");
+        }
+        self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: stamp(file) });
+    }
+
     /// The plugin that declared `config_key`.
     pub fn get(&self, config_key: &str) -> Option<&Arc<LoadedPlugin>> {
         self.by_key.get(config_key)
@@ -325,7 +338,11 @@ impl Plugins {
                     tracing::info!(plugin = %p.info.name, version = %p.info.version, config_key = %p.info.config_key, file = %f.display(), "plugin loaded");
                     candidates.push(p);
                 }
-                Err(error) => {
+                Err(LoadError::NotGranted(error)) if previous.is_none() => {
+                    let told = old.failures.iter().any(|o| o.file == *f && o.error == error);
+                    new.not_granted(f, error, told);
+                }
+                Err(LoadError::NotGranted(error) | LoadError::Failed(error)) => {
                     // A broken new version never replaces a working one.
                     let error = match &previous {
                         Some(p) => format!("{error}; version {} keeps serving", p.info.version),
@@ -370,7 +387,11 @@ impl Plugins {
 
     /// Compile and validate one file (pinned hash, component, `info`, key). A file whose bytes
     /// did not change reuses the compiled code of `previous` (and is released from quarantine).
-    async fn load_file(&self, file: &Path, previous: Option<&Arc<LoadedPlugin>>) -> Result<Arc<LoadedPlugin>, String> {
+    async fn load_file(
+        &self,
+        file: &Path,
+        previous: Option<&Arc<LoadedPlugin>>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let st = stamp(file);
         let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
         let sha = hex(&Sha256::digest(&bytes));
@@ -378,9 +399,9 @@ impl Plugins {
         if let Some(pin) = self.pins.get(name)
             && !pin.eq_ignore_ascii_case(&sha)
         {
-            return Err(format!(
+            return Err(LoadError::Failed(format!(
                 "sha256 {sha} does not match the pinned {pin} (runtime.pins.\"{name}\"); refusing to load it"
-            ));
+            )));
         }
         if let Some(p) = previous.filter(|p| p.sha256 == sha) {
             let mut fresh = p.renewed();
@@ -395,6 +416,9 @@ impl Plugins {
             .map_err(|_| format!("compiling took longer than {COMPILE_TIMEOUT:?}"))?
             .map_err(|e| format!("compilation task failed: {e}"))?
             .map_err(|e| format!("not a loadable plugin component: {e:#}"))?;
+        let id = super::file_id(file);
+        super::check_grants(&self.runtime.engine, pre.component(), &id, &self.runtime.limits_for(&id).grants)
+            .map_err(LoadError::NotGranted)?;
         // Load-time calls run under their own short deadline, with no HTTP.
         let mut limits = self.runtime.limits_for(&super::file_id(file));
         limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
@@ -403,7 +427,10 @@ impl Plugins {
         let grants = super::Grants { http: self.runtime.no_http.clone(), log, files: None, messaging: None };
         let mut session =
             super::Session::start(&self.runtime, &shown, &pre, &limits, grants).await.map_err(|e| e.to_string())?;
-        let described = session.info().await.map_err(|e| e.to_string())?;
+        let described = match session.info().await {
+            Ok(d) => d,
+            Err(e) => return Err(session.explain(&e).into()),
+        };
         drop(session);
         check_info(&described.info)?;
         let mut p = LoadedPlugin::new(described, file.to_owned(), pre, self.runtime.clone())?;
@@ -416,6 +443,20 @@ impl Plugins {
             p.session().await.map_err(|e| e.to_string())?;
         }
         Ok(p)
+    }
+}
+
+/// Why a file did not load.
+enum LoadError {
+    /// It imports a capability the operator has not granted it (the message names the setting).
+    NotGranted(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl From<String> for LoadError {
+    fn from(error: String) -> Self {
+        LoadError::Failed(error)
     }
 }
 

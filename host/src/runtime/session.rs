@@ -208,6 +208,22 @@ impl Session {
         })
     }
 
+    /// The last lines the instance wrote to stderr (a Python traceback before a trap, say).
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.store.data().stderr.recent()
+    }
+
+    /// `error`, followed by the last lines the instance wrote to stderr, when it wrote any: what
+    /// a guest prints before it traps (Python's traceback, a Rust panic message).
+    pub fn explain(&self, error: &CallError) -> String {
+        let tail = self.stderr_tail();
+        if tail.is_empty() {
+            return error.to_string();
+        }
+        let lines: Vec<String> = tail.iter().map(|l| format!("    {l}")).collect();
+        format!("{error}; its stderr ended with:\n{}", lines.join("\n"))
+    }
+
     /// The secret the host adds to this session's requests (a destination's secret reference).
     pub fn set_credential(&mut self, credential: Option<crate::capabilities::secrets::Bound>) {
         self.store.data_mut().caps.credential = credential;

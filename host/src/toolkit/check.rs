@@ -33,6 +33,28 @@ pub struct Checked {
     pub problems: Vec<String>,
     /// What `info` said, as `GET /plugins/{name}` shows it, plus its settings table.
     pub plugin: Option<Value>,
+    /// Where its compiled code came from (null: it was not compiled).
+    pub code_cache: Option<CodeCache>,
+}
+
+/// Where a tool's compiled code came from.
+#[derive(Debug, Serialize)]
+pub struct CodeCache {
+    /// The directory kept between runs (`--code-cache`); null: none (compiled for this run only).
+    pub dir: Option<String>,
+    /// Whether the compiled code was found there: the component was not compiled again.
+    pub hit: bool,
+}
+
+impl CodeCache {
+    /// One line for people.
+    pub fn render(&self) -> String {
+        match (&self.dir, self.hit) {
+            (Some(dir), true) => format!("compiled code  from the cache ({dir})"),
+            (Some(dir), false) => format!("compiled code  compiled now, kept in {dir}"),
+            (None, _) => "compiled code  compiled now (no code cache)".to_string(),
+        }
+    }
 }
 
 /// One import of the component.
@@ -72,10 +94,11 @@ fn provided(name: &str) -> bool {
     PROVIDED.contains(&name) || (WASI.iter().any(|p| name.starts_with(p)) && name.contains("@0.2."))
 }
 
-/// Check `file` with the default grants plus `grants`.
-pub async fn check(file: &Path, grants: &[String]) -> anyhow::Result<Checked> {
+/// Check `file` with the default grants plus `grants`, keeping compiled code in `code_cache`.
+pub async fn check(file: &Path, grants: &[String], code_cache: Option<&Path>) -> anyhow::Result<Checked> {
     let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-    let options = Options { grants: grants.to_vec(), ..Options::default() };
+    let options =
+        Options { grants: grants.to_vec(), code_cache: code_cache.map(Path::to_path_buf), ..Options::default() };
     let sandbox = Sandbox::new(file, &options)?;
     let mut c = Checked {
         file: file.display().to_string(),
@@ -87,6 +110,7 @@ pub async fn check(file: &Path, grants: &[String]) -> anyhow::Result<Checked> {
         grants: sandbox.grants.clone(),
         problems: Vec::new(),
         plugin: None,
+        code_cache: None,
     };
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -120,7 +144,10 @@ pub async fn check(file: &Path, grants: &[String]) -> anyhow::Result<Checked> {
         tokio::task::spawn_blocking(move || rt.compile_component(&b, &s)).await?
     };
     let component = match compiled {
-        Ok((component, _)) => component,
+        Ok((component, hit)) => {
+            c.code_cache = Some(CodeCache { dir: code_cache.map(|d| d.display().to_string()), hit });
+            component
+        }
         Err(e) => {
             c.problems.push(format!("not a valid component: {e:#}"));
             return Ok(c);
@@ -229,6 +256,9 @@ pub fn render(c: &Checked) -> String {
         out.push_str(&super::describe::render(plugin));
     } else if let Some(contract) = &c.contract {
         let _ = writeln!(out, "contract     narrows:exporter@{contract}");
+    }
+    if let Some(cache) = &c.code_cache {
+        let _ = writeln!(out, "{}", cache.render());
     }
     if !c.imports.is_empty() {
         let _ = writeln!(out, "\nimports (checked with grants: {}):", c.grants.join(", "));

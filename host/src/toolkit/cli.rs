@@ -39,6 +39,8 @@ pub enum PluginCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Run a plugin in this process against recorded inputs: validate the destination, deliver
     /// each payload, and show the requests it sent (credentials redacted) and each outcome.
@@ -67,10 +69,45 @@ pub enum PluginCommand {
         /// Deliver all reports in one call, as the host batches them (default: one call each).
         #[arg(long)]
         batch: bool,
+        /// Deadline of each `deliver` call, e.g. 500ms or 2m [default: the host's
+        /// runtime.limits.call_timeout_ms, 60s]. A call past it is stopped and shown as crashed.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// Print the run as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
+}
+
+/// Where `plugin check` and `plugin test` keep compiled code, so that a component (a Python or
+/// JavaScript one takes seconds) compiles once, not on every run.
+#[derive(clap::Args)]
+pub struct CacheArgs {
+    /// The code cache directory [default: $XDG_CACHE_HOME/data-exporter/code-cache, else
+    /// ~/.cache/data-exporter/code-cache]; it must be this user's own, writable by no one else.
+    #[arg(long, value_name = "DIR")]
+    code_cache: Option<PathBuf>,
+    /// Keep no compiled code between runs.
+    #[arg(long, conflicts_with = "code_cache")]
+    no_code_cache: bool,
+}
+
+impl CacheArgs {
+    /// The directory to use, if any (an unusable one is named on stderr and not used).
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_code_cache {
+            return None;
+        }
+        match super::sandbox::code_cache_dir(self.code_cache.as_deref()) {
+            Ok(dir) => Some(dir),
+            Err(why) => {
+                eprintln!("note: not keeping compiled code between runs: {why}");
+                None
+            }
+        }
+    }
 }
 
 /// `data-exporter plugin ...`: the exit status.
@@ -96,23 +133,36 @@ pub async fn run(cmd: PluginCommand) -> i32 {
                 }
             }
         }
-        PluginCommand::Check { file, grants, json } => match super::check::check(&file, &grants).await {
-            Ok(c) => {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&c).expect("JSON"));
-                } else {
-                    print!("{}", super::check::render(&c));
+        PluginCommand::Check { file, grants, json, cache } => {
+            let cache = cache.dir();
+            let checked = super::check::check(&file, &grants, cache.as_deref()).await;
+            if let Some(dir) = &cache {
+                super::sandbox::prune_code_cache(dir, super::sandbox::CACHE_KEEP);
+            }
+            match checked {
+                Ok(c) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&c).expect("JSON"));
+                    } else {
+                        print!("{}", super::check::render(&c));
+                    }
+                    if c.loadable { 0 } else { 1 }
                 }
-                if c.loadable { 0 } else { 1 }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                1
+        }
+        PluginCommand::Test { file, config, payload, live, answer, grants, batch, timeout, json, cache } => {
+            let code_cache = cache.dir();
+            let args =
+                super::test::TestArgs { file, config, payload, live, answer, grants, batch, timeout, code_cache };
+            let result = super::test::run(&args).await;
+            if let Some(dir) = &args.code_cache {
+                super::sandbox::prune_code_cache(dir, super::sandbox::CACHE_KEEP);
             }
-        },
-        PluginCommand::Test { file, config, payload, live, answer, grants, batch, json } => {
-            let args = super::test::TestArgs { file, config, payload, live, answer, grants, batch };
-            match super::test::run(&args).await {
+            match result {
                 Ok(run) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&run).expect("JSON"));

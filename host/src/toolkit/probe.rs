@@ -124,7 +124,7 @@ pub async fn probe(
         }
         Err(e) => {
             p.outcome = "crashed";
-            p.message = Some(e.to_string());
+            p.message = Some(session.explain(&e));
             p.latency_ms = started.elapsed().as_millis() as u64;
             return Ok(p);
         }
@@ -148,7 +148,8 @@ pub async fn probe(
             None => ("crashed", Some("the plugin returned no outcome".into()), None),
         },
         Ok(Delivered::BatchFailed { reason, retry_after_ms }) => ("batch-failed", Some(reason), retry_after_ms),
-        Err(e) => ("crashed", Some(e.to_string()), None),
+        // With what the plugin wrote to stderr before it failed (the admin API is the operator's).
+        Err(e) => ("crashed", Some(session.explain(&e)), None),
     };
     if p.outcome != "crashed" {
         let failed = match session.close().await {

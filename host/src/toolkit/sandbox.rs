@@ -50,6 +50,10 @@ pub struct Options {
     pub info_timeout_ms: Option<u64>,
     /// Where the plugin's HTTP requests go first (`plugin test`).
     pub stub: Option<Arc<dyn AuthoringStub>>,
+    /// Deadline of one `deliver` call, in ms (default: the host's `call_timeout_ms`).
+    pub call_timeout_ms: Option<u64>,
+    /// Where compiled code is kept between runs (`None`: a cache private to this run).
+    pub code_cache: Option<PathBuf>,
 }
 
 /// One plugin file under the host's runtime, in a scratch directory.
@@ -90,6 +94,7 @@ impl Sandbox {
         }
         let mut overrides = LimitOverrides {
             grants: Some(grants.clone()),
+            call_timeout_ms: options.call_timeout_ms,
             outbound_allow: options.outbound_allow.clone(),
             settings: options.settings.clone(),
             ..LimitOverrides::default()
@@ -111,7 +116,8 @@ impl Sandbox {
         if let Some(stub) = &options.stub {
             http = http.with_authoring_stub(stub.clone());
         }
-        let runtime = Runtime::new(cfg, Arc::new(http), Some(scratch.path().join("code-cache")))?;
+        let cache = options.code_cache.clone().unwrap_or_else(|| scratch.path().join("code-cache"));
+        let runtime = Runtime::new(cfg, Arc::new(http), Some(cache))?;
         Ok(Sandbox { runtime, id, grants, scratch })
     }
 
@@ -123,5 +129,59 @@ impl Sandbox {
         std::fs::write(dir.join(format!("{}.wasm", self.id)), bytes)?;
         let plugins = Plugins::load(self.runtime.clone(), &dir, Default::default()).await;
         Ok(plugins.current())
+    }
+}
+
+/// Most compiled components the tools' cache keeps (the newest; a Python component's code is
+/// tens of MiB).
+pub const CACHE_KEEP: usize = 16;
+
+/// Where `plugin check` and `plugin test` keep compiled code between runs, so a Python or
+/// JavaScript component compiles once, not on every call: `explicit` (`--code-cache`), else
+/// `$XDG_CACHE_HOME/data-exporter/code-cache`, else `~/.cache/data-exporter/code-cache`.
+/// Created 0700. Compiled code is loaded as native code, so a directory that is not this
+/// user's own, or that others may write, is not used (`Err` says why); nor is one when
+/// neither variable is set.
+pub fn code_cache_dir(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = match explicit {
+        Some(d) => d.to_path_buf(),
+        None => match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("data-exporter/code-cache"),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache/data-exporter/code-cache"),
+            _ => return Err("neither XDG_CACHE_HOME nor HOME is set".into()),
+        },
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not a directory of this user that only it may write (owner uid {}, mode {:o})",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(dir)
+}
+
+/// Keep the `keep` newest compiled components in `dir`, remove the others.
+pub fn prune_code_cache(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, old) in files.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(old);
     }
 }

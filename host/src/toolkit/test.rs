@@ -134,6 +134,10 @@ pub struct TestArgs {
     pub grants: Vec<String>,
     /// Deliver every report in one `deliver` call (as the host batches) instead of one each.
     pub batch: bool,
+    /// Deadline of each `deliver` call (default: the host's `runtime.limits.call_timeout_ms`).
+    pub timeout: Option<std::time::Duration>,
+    /// Where compiled code is kept between runs (`None`: compiled for this run only).
+    pub code_cache: Option<PathBuf>,
 }
 
 /// What a `plugin test` run did.
@@ -149,6 +153,8 @@ pub struct TestRun {
     pub flush: Vec<Value>,
     /// Whether every report was delivered.
     pub all_delivered: bool,
+    /// Where the plugin's compiled code came from.
+    pub code_cache: super::check::CodeCache,
 }
 
 /// One `deliver` call: its reports, the requests it made and each report's outcome.
@@ -196,6 +202,8 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
         // An author's test server usually runs on this machine.
         outbound_allow: Some(vec!["*".into(), "127.0.0.0/8".into(), "::1".into()]),
         stub: Some(stub.clone()),
+        call_timeout_ms: args.timeout.map(|t| (t.as_millis() as u64).max(1)),
+        code_cache: args.code_cache.clone(),
         ..Options::default()
     };
     let sandbox = Sandbox::new(&args.file, &options)?;
@@ -223,11 +231,19 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
         calls: Vec::new(),
         flush: Vec::new(),
         all_delivered: false,
+        code_cache: super::check::CodeCache {
+            dir: args.code_cache.as_ref().map(|d| d.display().to_string()),
+            hit: plugin.from_cache,
+        },
     };
     let mut session = plugin.session().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Err(message) = session.validate(&view).await.map_err(|e| anyhow::anyhow!("{e}"))? {
-        run.invalid = Some(message);
-        return Ok(run);
+    match session.validate(&view).await {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => {
+            run.invalid = Some(message);
+            return Ok(run);
+        }
+        Err(e) => anyhow::bail!("{}", session.explain(&e)),
     }
     let now = crate::now_ms();
     let items: Vec<Item> = payloads
@@ -269,7 +285,8 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
                 .map(|id| json!({"id": id, "outcome": "batch-failed", "reason": reason, "retry_after_ms": retry_after_ms}))
                 .collect(),
             Err(e) => {
-                let reason = e.to_string();
+                // With what the guest printed before it failed (a Python traceback).
+                let reason = session.explain(&e);
                 let outcomes = ids.iter().map(|id| json!({"id": id, "outcome": "crashed", "reason": reason})).collect();
                 run.calls.push(Call { reports: ids, requests, outcomes });
                 // A crashed instance is never reused: start another for the next reports.
@@ -287,7 +304,7 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
             false
         }
         Err(e) => {
-            run.flush.push(json!({"failed": e.to_string()}));
+            run.flush.push(json!({"failed": session.explain(&e)}));
             false
         }
     };
@@ -372,6 +389,7 @@ pub fn render(run: &TestRun) -> String {
         s(&p["config_key"]),
         s(&p["contract"])
     );
+    let _ = writeln!(out, "{}", run.code_cache.render());
     if let Some(why) = &run.invalid {
         let _ = writeln!(out, "validate refused the destination: {why}");
         return out;
@@ -405,7 +423,8 @@ pub fn render(run: &TestRun) -> String {
             request(&mut out, r);
         }
         for o in &call.outcomes {
-            let reason = o["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+            // A crash's reason may hold the guest's stderr, line by line.
+            let reason = o["reason"].as_str().map(|r| format!(": {}", r.replace('\n', "\n    "))).unwrap_or_default();
             let _ = writeln!(out, "  = {} {}{reason}", s(&o["id"]), s(&o["outcome"]));
         }
     }

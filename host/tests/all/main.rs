@@ -20,6 +20,7 @@ mod languages;
 mod listener;
 mod logs;
 mod messaging;
+mod newcomer;
 mod plugins;
 mod relay;
 mod reload;

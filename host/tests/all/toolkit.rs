@@ -9,15 +9,16 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// `data-exporter ARGS`: its output (the test fails with stderr if it cannot start).
+/// `data-exporter ARGS`: its output (the test fails with stderr if it cannot start). The tools'
+/// code cache is under target/, not the user's home.
 fn dx(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
+    Command::new(BIN).args(args).env("XDG_CACHE_HOME", repo_root().join("target/toolkit-cache")).output().unwrap()
 }
 
 /// `dx` off the test's runtime thread, which serves the host the command talks to.
 async fn dx_async(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap()).await.unwrap()
+    tokio::task::spawn_blocking(move || dx(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -415,4 +416,112 @@ async fn post_test_sends_now_and_says_what_happened() {
     let o = dx_async(&[&args[..], &["--admin-token-file", &token]].concat()).await;
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("openSearch via opensearch"), "{}", text(&o));
+}
+
+/// The compiled components in a code cache directory.
+fn cached(dir: &Path) -> Vec<PathBuf> {
+    let entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    entries.into_iter().filter(|p| p.extension().is_some_and(|x| x == "cwasm")).collect()
+}
+
+/// A Python plugin (`plugin new --lang python`, built with the pinned componentize-py) that
+/// raises on a payload holding `boom` and spins forever on one holding `spin`: `plugin test`
+/// shows the guest's traceback, stops a call at `--timeout`, and `plugin check` / `plugin test`
+/// compile it once into the code cache, then reuse it.
+#[test]
+fn plugin_test_shows_a_python_traceback_honours_timeout_and_reuses_the_code_cache() {
+    let root = repo_root();
+    let o = Command::new(root.join("tests/languages/build.sh")).output().unwrap();
+    assert!(o.status.success(), "tests/languages/build.sh: {}", text(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let o = dx(&["plugin", "new", "tk-raise", "--lang", "python", "--dir", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let project = dir.path().join("tk-raise");
+    let app = std::fs::read_to_string(project.join("app.py")).unwrap();
+    let marker = "        for report in reports:\n";
+    assert!(app.contains(marker), "the template's deliver loop changed: {app}");
+    let app = app.replacen(
+        marker,
+        &format!(
+            "{marker}            if \"boom\" in report.payload:\n                raise ValueError(\"the marked payload blew up\")\n\
+             {0}if \"spin\" in report.payload:\n                while True:\n                    pass\n",
+            "            "
+        ),
+        1,
+    );
+    std::fs::write(project.join("app.py"), app).unwrap();
+    let wasm = dir.path().join("tk-raise.wasm");
+    std::fs::create_dir_all(root.join("target/languages/no-packages")).unwrap();
+    let o = Command::new(root.join("target/languages/venv/bin/componentize-py"))
+        .args(["--wit-path", "wit", "--world", "plugin", "componentize", "app", "--python-path", ".", "--output"])
+        .arg(&wasm)
+        .current_dir(&project)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("VIRTUAL_ENV", root.join("target/languages/no-packages"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "componentize-py: {}", text(&o));
+
+    // check, twice: compiled into the cache the first time, taken from it the second.
+    let cache = dir.path().join("code-cache");
+    let cache_arg = cache.to_str().unwrap();
+    let (code, v) = check(&wasm, &["--code-cache", cache_arg]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["code_cache"], json!({"dir": cache_arg, "hit": false}), "{v:#}");
+    assert_eq!(cached(&cache).len(), 1, "one compiled component in the cache");
+    let (code, v) = check(&wasm, &["--code-cache", cache_arg]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["code_cache"], json!({"dir": cache_arg, "hit": true}), "{v:#}");
+    let o = dx(&["plugin", "check", wasm.to_str().unwrap(), "--code-cache", cache_arg]);
+    assert!(text(&o).contains(&format!("compiled code  from the cache ({cache_arg})")), "{}", text(&o));
+    assert_eq!(cached(&cache).len(), 1);
+
+    // test: a report that raises shows the traceback; the others are delivered.
+    std::fs::write(dir.path().join("c.json"), r#"{"url": "http://127.0.0.1:9/hook"}"#).unwrap();
+    let run = |payload: &str, extra: &[&str]| {
+        std::fs::write(dir.path().join("p.json"), payload).unwrap();
+        let (c, p) = (dir.path().join("c.json"), dir.path().join("p.json"));
+        let mut args = vec!["plugin", "test", wasm.to_str().unwrap(), "--config", c.to_str().unwrap()];
+        args.extend(["--payload", p.to_str().unwrap(), "--code-cache", cache_arg]);
+        args.extend_from_slice(extra);
+        dx(&args)
+    };
+    let o = run(r#"[{"a": 1}, {"boom": true}, {"a": 2}]"#, &["--json"]);
+    assert_eq!(o.status.code(), Some(1), "not every report delivered: {}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(v["code_cache"]["hit"], true, "plugin test reuses what plugin check compiled: {v:#}");
+    let outcomes: Vec<&str> =
+        v["calls"].as_array().unwrap().iter().map(|c| c["outcomes"][0]["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["delivered", "crashed", "delivered"], "{v:#}");
+    let reason = v["calls"][1]["outcomes"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("Traceback (most recent call last)"), "{reason}");
+    assert!(reason.contains("ValueError: the marked payload blew up"), "{reason}");
+    assert!(reason.contains("app.py"), "the traceback names the source file: {reason}");
+    // The text form shows it too.
+    let o = run(r#"{"boom": true}"#, &[]);
+    assert!(text(&o).contains("ValueError: the marked payload blew up"), "{}", text(&o));
+    assert_eq!(cached(&cache).len(), 1, "nothing compiled again");
+
+    // --timeout: a call that never returns is stopped at the deadline given.
+    let o = run(r#"{"spin": true}"#, &["--json", "--timeout", "1s"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let out = &v["calls"][0]["outcomes"][0];
+    assert_eq!(out["outcome"], "crashed", "{v:#}");
+    assert!(out["reason"].as_str().unwrap().contains("1s"), "the reason names the deadline: {out}");
+    let o = dx(&["plugin", "test", "--help"]);
+    assert!(text(&o).contains("--timeout <DURATION>"), "{}", text(&o));
+}
+
+/// A destination missing a required field: the SDK's message starts with the host's own
+/// `invalid `KEY` destination: `, said once.
+#[tokio::test]
+async fn an_invalid_destination_is_named_once() {
+    let app = spawn_app_with(&["opensearch"], |_| {}).await;
+    let (status, r) =
+        app.forward(report_data("openSearch", json!({"host_port": "http://127.0.0.1:9"}), &json!({}))).await;
+    assert_eq!(status, 422, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert_eq!(message.matches("invalid `openSearch` destination").count(), 1, "{message}");
+    assert!(message.contains("missing field `index`"), "{message}");
 }
