@@ -250,8 +250,9 @@ pub enum DeadLetters {
 }
 
 impl DeadLetters {
-    /// Store a dead letter durably (file fsynced, or acknowledged by the cluster).
-    pub fn put(
+    /// Store a dead letter durably (file fsynced, or acknowledged by the cluster), off the
+    /// async workers: a slow disk or cluster delays this dead letter only.
+    pub async fn put(
         &self,
         report: &QueuedReport,
         dest: &QueuedDest,
@@ -260,8 +261,8 @@ impl DeadLetters {
         now_ms: u64,
     ) -> Result<(), DlqError> {
         match self {
-            DeadLetters::Files(s) => s.put(report, dest, reason, attempts, now_ms),
-            DeadLetters::Topic(s) => s.put(report, dest, reason, attempts, now_ms),
+            DeadLetters::Files(s) => s.put(report, dest, reason, attempts, now_ms).await,
+            DeadLetters::Topic(s) => s.put(report, dest, reason, attempts, now_ms).await,
         }
     }
 
