@@ -318,10 +318,7 @@ async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
             Err(e) => break e,
         }
     };
-    assert!(
-        matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 4),
-        "{err}"
-    );
+    assert!(matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 4), "{err}");
     assert!(err.is_transient());
     assert_eq!(held.len(), 4);
     assert_eq!(q.tenant_bytes("a"), Some(one * 4));

@@ -43,7 +43,8 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
     let dir = tempfile::tempdir().unwrap();
     let granted = dir.path().join("granted");
     std::fs::create_dir_all(&granted).unwrap();
-    let (stuck_token, fine_token) = (format!("tok-stuck-{:032x}", fastrand::u128(..)), format!("tok-fine-{:032x}", fastrand::u128(..)));
+    let (stuck_token, fine_token) =
+        (format!("tok-stuck-{:032x}", fastrand::u128(..)), format!("tok-fine-{:032x}", fastrand::u128(..)));
     let closed = format!("http://127.0.0.1:{}", free_port());
     let tenants = vec![
         tenant(
