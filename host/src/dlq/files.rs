@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
-/// The store.
+/// The store. Clones share it (its counts), for reads on blocking threads.
+#[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
     sealer: Sealer,
@@ -54,6 +55,12 @@ impl FileStore {
             }
         }
         Ok(FileStore { dir, sealer, cfg, usage: Arc::new(Mutex::new(usage)), refused: Arc::default() })
+    }
+
+    /// Run `f` (it reads or deletes files) on a blocking thread.
+    pub async fn off_thread<T: Send + 'static>(&self, f: impl FnOnce(&FileStore) -> T + Send + 'static) -> T {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s)).await.expect("reading dead letters does not panic")
     }
 
     /// Entries and bytes held.
