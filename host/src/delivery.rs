@@ -374,10 +374,12 @@ impl Delivery {
         session: &mut Option<(Arc<LoadedPlugin>, Session)>,
     ) -> Vec<(Job, Duration)> {
         let (dead, live): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.dead.is_some());
-        let mut retries = self.dead_letter_all(dead.into_iter().map(|mut j| {
-            let reason = j.dead.take().expect("partitioned on it");
-            (j, reason)
-        }));
+        let mut retries = self
+            .dead_letter_all(dead.into_iter().map(|mut j| {
+                let reason = j.dead.take().expect("partitioned on it");
+                (j, reason)
+            }))
+            .await;
         if !live.is_empty() {
             retries.extend(self.deliver_live(dk, live, session).await);
         }
@@ -402,7 +404,7 @@ impl Delivery {
                 "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",
                 dk.key
             );
-            return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone())));
+            return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
         };
         let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
         if plugin.health.quarantined() {
@@ -413,7 +415,9 @@ impl Delivery {
                 plugin.health.last_crash()
             );
             return match plugin.limits.quarantined_reports {
-                QuarantinePolicy::DeadLetter => self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))),
+                QuarantinePolicy::DeadLetter => {
+                    self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await
+                }
                 QuarantinePolicy::Wait => {
                     batch.into_iter().map(|job| self.wait(job, &reason, Duration::from_secs(5))).collect()
                 }
@@ -426,10 +430,10 @@ impl Delivery {
                 Ok(c) => (view, Some(c)),
                 Err(reason) => {
                     // The Secret may be mounted late or rotated: retry rather than give up.
-                    return batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)).collect();
+                    return self.retry_or_dead_all(batch, &reason, None, &labels).await;
                 }
             },
-            Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))),
+            Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await,
         };
         // The instance first, then a call permit: a worker waiting for one of its plugin's
         // instances must not hold a permit other plugins' workers need.
@@ -441,7 +445,7 @@ impl Delivery {
                 Ok(s) => *session = Some((plugin.clone(), s)),
                 Err(e) => {
                     let reason = e.to_string();
-                    return batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)).collect();
+                    return self.retry_or_dead_all(batch, &reason, None, &labels).await;
                 }
             }
         }
@@ -491,8 +495,7 @@ impl Delivery {
         match result {
             Ok(Delivered::BatchFailed { reason, retry_after_ms }) => {
                 let reason = format!("the plugin failed the whole batch: {reason}");
-                retries
-                    .extend(batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, retry_after_ms, &labels)));
+                retries.extend(self.retry_or_dead_all(batch, &reason, retry_after_ms, &labels).await);
             }
             Ok(Delivered::Outcomes(outcomes)) => {
                 let latency = self.metrics.delivery_latency.get_or_create(&labels).clone();
@@ -505,8 +508,8 @@ impl Delivery {
                             delivered.push(job.report.id);
                             None
                         }
-                        Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, &labels),
-                        Outcome::Permanent(reason) => self.dead_letter(job, &reason),
+                        Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, &labels).await,
+                        Outcome::Permanent(reason) => self.dead_letter(job, &reason).await,
                     };
                     retries.extend(settled);
                 }
@@ -518,7 +521,7 @@ impl Delivery {
                 *session = None;
                 tracing::warn!(consumer = %dk.key, error = %e, "plugin call failed; the batch will be retried");
                 let reason = e.to_string();
-                retries.extend(batch.into_iter().filter_map(|j| self.retry_or_dead(j, &reason, None, &labels)));
+                retries.extend(self.retry_or_dead_all(batch, &reason, None, &labels).await);
             }
         }
         retries
@@ -529,7 +532,21 @@ impl Delivery {
         latency.observe(now_ms.saturating_sub(job.report.received_at_ms) as f64 / 1000.0);
     }
 
-    fn retry_or_dead(
+    async fn retry_or_dead_all(
+        &self,
+        batch: Vec<Job>,
+        reason: &str,
+        retry_after_ms: Option<u64>,
+        labels: &metrics::Consumer,
+    ) -> Vec<(Job, Duration)> {
+        let mut out = Vec::with_capacity(batch.len());
+        for job in batch {
+            out.extend(self.retry_or_dead(job, reason, retry_after_ms, labels).await);
+        }
+        out
+    }
+
+    async fn retry_or_dead(
         &self,
         mut job: Job,
         reason: &str,
@@ -544,7 +561,7 @@ impl Delivery {
                 "gave up after {} attempts over {age_s} s (delivery.max_attempts {}, delivery.max_age_secs {}); last error: {reason}",
                 job.attempts, self.cfg.max_attempts, self.cfg.max_age_secs
             );
-            return self.dead_letter(job, &why);
+            return self.dead_letter(job, &why).await;
         }
         let delay = retry_delay(&self.cfg, job.attempts, retry_after_ms, age_ms);
         self.metrics.retried.get_or_create(labels).inc();
@@ -570,19 +587,23 @@ impl Delivery {
         (job, wait)
     }
 
-    fn dead_letter_all(&self, jobs: impl Iterator<Item = (Job, String)>) -> Vec<(Job, Duration)> {
-        jobs.filter_map(|(job, reason)| self.dead_letter(job, &reason)).collect()
+    async fn dead_letter_all(&self, jobs: impl Iterator<Item = (Job, String)>) -> Vec<(Job, Duration)> {
+        let mut out = Vec::new();
+        for (job, reason) in jobs {
+            out.extend(self.dead_letter(job, &reason).await);
+        }
+        out
     }
 
     /// Move a report that failed for good to the dead-letter store. When the store is full or
     /// cannot write, the report stays queued (it was acknowledged: it is never dropped), its
     /// state says why, and it is returned to be tried again after `DLQ_RETRY`.
-    fn dead_letter(&self, mut job: Job, reason: &str) -> Option<(Job, Duration)> {
+    async fn dead_letter(&self, mut job: Job, reason: &str) -> Option<(Job, Duration)> {
         let dest = &job.report.dests[job.dest];
         let plugin =
             self.registry.current().get(&dest.key).map(|p| p.info.name.clone()).unwrap_or_else(|| "none".into());
         let labels = metrics::Consumer { consumer: dest.key.clone(), plugin };
-        if let Err(e) = self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()) {
+        if let Err(e) = self.dlq.put(&job.report, dest, reason, job.attempts.max(1), now_ms()).await {
             let what = match e {
                 DlqError::Full { .. } => "the dead-letter store is full",
                 DlqError::Io { .. } | DlqError::Topic { .. } => "the dead-letter store cannot write",

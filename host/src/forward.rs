@@ -170,6 +170,9 @@ pub struct Ingest<'a> {
     pub validated: &'a ValidationCache,
     /// Mounted secrets that destinations may refer to.
     pub secrets: &'a SecretStore,
+    /// The share of the queue the reports' tenant may hold (`/v1/ingest`); `None`: only the
+    /// whole queue's bound.
+    pub share: Option<crate::queue::TenantShare>,
 }
 
 /// One destination's share of a request: its plugin, its config and the reports (by index).
@@ -325,7 +328,7 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     if reports.is_empty() {
         return Ok(receipts); // every report was known already
     }
-    let (queue, status, metrics) = (ctx.queue.clone(), ctx.status.clone(), ctx.metrics.clone());
+    let (queue, status, metrics, share) = (ctx.queue.clone(), ctx.status.clone(), ctx.metrics.clone(), ctx.share);
     // The states of the reports queued now (a report already known keeps its own).
     let states: Vec<_> = receipts.iter().filter(|r| !r.known).map(|r| (r.id, r.consumers.clone())).collect();
     let counts: Vec<_> = groups
@@ -333,7 +336,7 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
         .map(|g| (metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() }, g.members.len()))
         .collect();
     tokio::spawn(async move {
-        queue.append(reports, given_ids).await?;
+        queue.append_within(reports, given_ids, share).await?;
         // Delivery may have started (and even finished) meanwhile: its states stay.
         for (id, consumers) in states {
             status.merge(id, consumers);

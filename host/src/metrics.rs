@@ -36,6 +36,10 @@ pub struct Tenant {
     pub tenant: String,
 }
 
+/// The `tenant` label of what no access key owns (`/forward`, Kafka sources): never an access
+/// key (those cannot hold parentheses).
+pub const OTHER_TENANT: &str = "(other)";
+
 /// Labels of plugin calls.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Call {
@@ -91,6 +95,9 @@ pub struct Metrics {
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
     /// Kafka queue: records not yet consumed by the group, over this process's partitions.
     pub queue_lag: Gauge,
+    /// Bytes of reports waiting in the queue per access key, and the rest under
+    /// [`OTHER_TENANT`] (only with `ingest.tenant_metrics`; not with the Kafka queue).
+    pub queue_tenant_bytes: Family<Tenant, Gauge>,
     /// Bytes cut or skipped as torn or corrupt when the queue was recovered.
     pub queue_recovery_cut_bytes: Counter,
     /// Seconds from acceptance to acknowledgement, per consumer.
@@ -135,6 +142,7 @@ impl Metrics {
             queue_bytes: Gauge::default(),
             queue_oldest_age: Gauge::default(),
             queue_lag: Gauge::default(),
+            queue_tenant_bytes: Family::default(),
             queue_recovery_cut_bytes: Counter::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             plugin_call: Family::new_with_constructor(latency_histogram),
@@ -176,6 +184,11 @@ impl Metrics {
             "queue_consumer_lag",
             "Kafka queue: records in the topic past the group's committed offsets, over this process's partitions",
             m.queue_lag.clone(),
+        );
+        r.register(
+            "queue_tenant_bytes",
+            "Bytes of reports waiting for delivery per access key; `(other)`: reports without one (with ingest.tenant_metrics)",
+            m.queue_tenant_bytes.clone(),
         );
         r.register(
             "queue_recovery_cut_bytes",
@@ -240,6 +253,18 @@ impl Metrics {
             self.plugin_messages_published.get_or_create(&label).inc_by(published);
             self.plugin_messages_failed.get_or_create(&label).inc_by(failed);
         }
+    }
+
+    /// Set `queue_tenant_bytes`: each access key in force, and what the rest of the queue's
+    /// `total` holds under [`OTHER_TENANT`]. Series of keys no longer defined go.
+    pub fn set_queue_tenant_bytes(&self, total: u64, per_key: Vec<(String, u64)>) {
+        self.queue_tenant_bytes.clear();
+        let keyed: u64 = per_key.iter().map(|(_, b)| b).sum();
+        for (tenant, bytes) in per_key {
+            self.queue_tenant_bytes.get_or_create(&Tenant { tenant }).set(bytes as i64);
+        }
+        let other = Tenant { tenant: OTHER_TENANT.to_string() };
+        self.queue_tenant_bytes.get_or_create(&other).set(total.saturating_sub(keyed) as i64);
     }
 
     /// Count a refused request.

@@ -1,5 +1,9 @@
 //! The dead-letter store on local disk: one JSON file per (report, consumer) in
 //! `<data_dir>/dlq`, mode 0600, the destination config sealed like in the queue.
+//!
+//! Storing one writes and syncs a file: that runs on tokio's blocking threads, never on an
+//! async worker, so a slow or stalled disk delays that dead letter only (not `/healthz`, not
+//! other deliveries).
 
 use super::{DeadLetter, DlqError, Summary};
 use crate::config::DlqConfig;
@@ -9,17 +13,19 @@ use crate::queue::{QueuedDest, QueuedReport};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
-/// The store.
+/// The store. Clones share it (its counts), for reads on blocking threads.
+#[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
     sealer: Sealer,
     cfg: DlqConfig,
-    usage: Mutex<(usize, u64)>,
-    refused: AtomicU64,
+    /// Entries and bytes held (shared with writes in flight on the blocking threads).
+    usage: Arc<Mutex<(usize, u64)>>,
+    refused: Arc<AtomicU64>,
 }
 
 impl FileStore {
@@ -48,7 +54,13 @@ impl FileStore {
                 usage.1 += e.metadata()?.len();
             }
         }
-        Ok(FileStore { dir, sealer, cfg, usage: Mutex::new(usage), refused: AtomicU64::new(0) })
+        Ok(FileStore { dir, sealer, cfg, usage: Arc::new(Mutex::new(usage)), refused: Arc::default() })
+    }
+
+    /// Run `f` (it reads or deletes files) on a blocking thread.
+    pub async fn off_thread<T: Send + 'static>(&self, f: impl FnOnce(&FileStore) -> T + Send + 'static) -> T {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s)).await.expect("reading dead letters does not panic")
     }
 
     /// Entries and bytes held.
@@ -67,8 +79,8 @@ impl FileStore {
         self.dir.join(format!("{id}.{consumer}.json"))
     }
 
-    /// Store a dead letter (fsynced).
-    pub fn put(
+    /// Store a dead letter (fsynced), on a blocking thread.
+    pub async fn put(
         &self,
         report: &QueuedReport,
         dest: &QueuedDest,
@@ -77,39 +89,44 @@ impl FileStore {
         now_ms: u64,
     ) -> Result<(), DlqError> {
         // The cheap refusal first: a full store is asked again every few seconds per report.
-        let full = |u: &(usize, u64)| DlqError::Full { entries: u.0, bytes: u.1 };
-        {
-            let u = self.usage.lock().unwrap();
-            if u.0 >= self.cfg.max_entries || u.1 >= self.cfg.max_bytes {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(full(&u));
-            }
+        if let Some(full) = self.full(0) {
+            return Err(full);
         }
         let dl = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
-        let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
-        {
-            let mut u = self.usage.lock().unwrap();
-            if u.0 >= self.cfg.max_entries || u.1 + bytes.len() as u64 > self.cfg.max_bytes {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(full(&u));
-            }
-            u.0 += 1;
-            u.1 += bytes.len() as u64;
-        }
         let path = self.path(report.id, &dest.key);
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|error| {
-            let mut u = self.usage.lock().unwrap();
-            u.0 -= 1;
-            u.1 -= bytes.len() as u64;
-            DlqError::Io { path: path.clone(), error }
+        let (dir, usage, refused, cfg) = (self.dir.clone(), self.usage.clone(), self.refused.clone(), self.cfg.clone());
+        let at = path.clone();
+        // Serialising a large payload, writing and syncing: none of it on an async worker. A
+        // caller that goes away meanwhile (shutdown) leaves the write to finish or fail alone.
+        tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
+            let len = bytes.len() as u64;
+            {
+                let mut u = usage.lock().unwrap();
+                if u.0 >= cfg.max_entries || u.1 + len > cfg.max_bytes {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(DlqError::Full { entries: u.0, bytes: u.1 });
+                }
+                u.0 += 1;
+                u.1 += len;
+            }
+            write_synced(&dir, &path, &bytes).map_err(|error| {
+                let mut u = usage.lock().unwrap();
+                u.0 -= 1;
+                u.1 -= len;
+                DlqError::Io { path, error }
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(DlqError::Io { path: at, error: std::io::Error::other(e) }))
+    }
+
+    /// `Full` when the store cannot take `more` bytes now (counted as a refusal).
+    fn full(&self, more: u64) -> Option<DlqError> {
+        let u = self.usage.lock().unwrap();
+        (u.0 >= self.cfg.max_entries || u.1 + more >= self.cfg.max_bytes).then(|| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            DlqError::Full { entries: u.0, bytes: u.1 }
         })
     }
 
@@ -225,6 +242,16 @@ impl FileStore {
     }
 }
 
+/// Write `bytes` to `path` through a synced temporary file, then sync the directory.
+fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,15 +268,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn stored_listed_replayed_and_bounded_without_plain_secrets() {
+    #[tokio::test]
+    async fn stored_listed_replayed_and_bounded_without_plain_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = DlqConfig { max_entries: 2, ..DlqConfig::default() };
         let store = FileStore::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
         let (a, b, c) = (report(), report(), report());
-        store.put(&a, &a.dests[0], "mapping error", 1, 10).unwrap();
-        store.put(&b, &b.dests[0], "401", 2, 11).unwrap();
-        assert!(matches!(store.put(&c, &c.dests[0], "x", 1, 12), Err(DlqError::Full { entries: 2, .. })));
+        store.put(&a, &a.dests[0], "mapping error", 1, 10).await.unwrap();
+        store.put(&b, &b.dests[0], "401", 2, 11).await.unwrap();
+        assert!(matches!(store.put(&c, &c.dests[0], "x", 1, 12).await, Err(DlqError::Full { entries: 2, .. })));
         assert_eq!(store.refused_while_full(), 1);
         for p in store.files() {
             let text = std::fs::read_to_string(p).unwrap();

@@ -250,8 +250,9 @@ pub enum DeadLetters {
 }
 
 impl DeadLetters {
-    /// Store a dead letter durably (file fsynced, or acknowledged by the cluster).
-    pub fn put(
+    /// Store a dead letter durably (file fsynced, or acknowledged by the cluster), off the
+    /// async workers: a slow disk or cluster delays this dead letter only.
+    pub async fn put(
         &self,
         report: &QueuedReport,
         dest: &QueuedDest,
@@ -260,8 +261,8 @@ impl DeadLetters {
         now_ms: u64,
     ) -> Result<(), DlqError> {
         match self {
-            DeadLetters::Files(s) => s.put(report, dest, reason, attempts, now_ms),
-            DeadLetters::Topic(s) => s.put(report, dest, reason, attempts, now_ms),
+            DeadLetters::Files(s) => s.put(report, dest, reason, attempts, now_ms).await,
+            DeadLetters::Topic(s) => s.put(report, dest, reason, attempts, now_ms).await,
         }
     }
 
@@ -284,7 +285,7 @@ impl DeadLetters {
     /// Every dead letter not replayed or purged yet, oldest first.
     pub async fn list(&self) -> Result<Vec<Summary>, DlqError> {
         match self {
-            DeadLetters::Files(s) => Ok(s.list()),
+            DeadLetters::Files(s) => Ok(s.off_thread(|s| s.list()).await),
             DeadLetters::Topic(s) => Ok(s.pending().await?.iter().map(|(d, _)| d.summary()).collect()),
         }
     }
@@ -292,7 +293,7 @@ impl DeadLetters {
     /// The dead letters of report `id`, with the destination opened (for the caller to redact).
     pub async fn get(&self, id: Uuid) -> Result<Vec<(DeadLetter, Option<String>)>, DlqError> {
         match self {
-            DeadLetters::Files(s) => Ok(s.get(id)),
+            DeadLetters::Files(s) => Ok(s.off_thread(move |s| s.get(id)).await),
             DeadLetters::Topic(s) => Ok(s
                 .pending()
                 .await?
@@ -365,7 +366,10 @@ impl DeadLetters {
     /// Delete the dead letters of `ids` (all when `None`); how many.
     pub async fn purge(&self, ids: Option<&[Uuid]>) -> Result<usize, ReplayError> {
         match self {
-            DeadLetters::Files(s) => Ok(s.purge(ids)),
+            DeadLetters::Files(s) => {
+                let ids = ids.map(<[Uuid]>::to_vec);
+                Ok(s.off_thread(move |s| s.purge(ids.as_deref())).await)
+            }
             DeadLetters::Topic(s) => {
                 if ids.is_some() {
                     return Err(ReplayError::Selection(s.whole_only()));

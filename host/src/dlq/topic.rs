@@ -63,10 +63,10 @@ impl TopicStore {
         )
     }
 
-    /// Store a dead letter; returns once the cluster acknowledged it. Blocks the calling
-    /// thread (a delivery worker, moved aside with `block_in_place`) for at most
-    /// `ingest_timeout_ms` (librdkafka may take longer to give up while it reconnects).
-    pub fn put(
+    /// Store a dead letter; returns once the cluster acknowledged it, or after
+    /// `ingest_timeout_ms` (librdkafka may take longer to give up while it reconnects). The wait
+    /// is awaited: no thread blocks meanwhile.
+    pub async fn put(
         &self,
         report: &QueuedReport,
         dest: &QueuedDest,
@@ -89,17 +89,11 @@ impl TopicStore {
         }
         let key = report.id.to_string();
         let record = FutureRecord::to(&self.cfg.dead_letter_topic).key(&key).payload(&json);
+        // Enqueued without waiting (a full producer queue is an error at once); the cluster's
+        // acknowledgement is awaited with a deadline.
         let delivery = self.queue.producer().send_result(record).map_err(|(e, _)| self.error(e))?;
-        // Awaited on a thread of its own (dead letters are rare), so the wait has a deadline
-        // whatever runtime the caller is on.
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::spawn(move || _ = tx.send(futures::executor::block_on(delivery)));
         let timeout = Duration::from_millis(self.cfg.ingest_timeout_ms);
-        let wait = || rx.recv_timeout(timeout);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if multi_thread { tokio::task::block_in_place(wait) } else { wait() };
-        match result {
+        match tokio::time::timeout(timeout, delivery).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err((e, _)))) => Err(self.error(e)),
             Ok(Err(_)) => Err(self.error("the producer went away")),

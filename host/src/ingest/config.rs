@@ -46,9 +46,11 @@ pub struct IngestConfig {
     /// access keys: where tenants share this host, set `false` and `/forward` answers 403
     /// `forward_disabled`.
     pub allow_forward: bool,
-    /// Count reports per access key (`data_exporter_ingest_reports_total{tenant}`). Off by
-    /// default: the public `/metrics` would then list every access key, which a 403 otherwise
-    /// never confirms. Turn on where `/metrics` is not reachable by agents.
+    /// Count reports per access key (`data_exporter_ingest_reports_total{tenant}`) and show the
+    /// bytes each holds in the queue (`data_exporter_queue_tenant_bytes{tenant}`, reports
+    /// without an access key under `tenant="(other)"`). Off by default: the public `/metrics`
+    /// would then list every access key, which a 403 otherwise never confirms. Turn on where
+    /// `/metrics` is not reachable by agents.
     pub tenant_metrics: bool,
 }
 
@@ -129,6 +131,14 @@ pub struct TenantConfig {
     /// `limits.max_body_bytes`).
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
+    /// Most bytes of this access key's reports waiting for delivery in the queue; past it
+    /// `/v1/ingest` answers this access key alone 503 `tenant_queue_full` with `Retry-After`
+    /// (others are still taken). Unset: an equal part, `queue.max_bytes` / the number of access
+    /// keys, so one tenant whose destinations are down cannot fill the queue for everyone.
+    /// Larger values overcommit the queue (then `queue.max_bytes` still bounds the whole). With
+    /// nothing waiting, a request is taken whatever its size. Not applied by the Kafka queue.
+    #[serde(default)]
+    pub max_queue_bytes: Option<u64>,
     /// Labels written on every report of this access key (routes and the `file` plugin's
     /// `{label:NAME}` can use them), e.g. `labels = { env = "prod" }`. `tag` is the Fluent Bit
     /// tag's.

@@ -208,7 +208,10 @@ async fn ingest(
         e.retry_after = Some(ROUTE_RETRY_SECS);
         return Err(reject(e));
     };
-    let receipts = forward::accept(state.ingest(), envelopes, true).await.map_err(|e| reject(route_error(key, e)))?;
+    // Within the tenant's share of the queue: one whose destinations are down is refused alone.
+    let share = crate::queue::TenantShare { max_bytes: tenant.cfg.max_queue_bytes, tenants: set.len() };
+    let ctx = forward::Ingest { share: Some(share), ..state.ingest() };
+    let receipts = forward::accept(ctx, envelopes, true).await.map_err(|e| reject(route_error(key, e)))?;
     if state.tenants.config().tenant_metrics {
         let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
         state.metrics.ingest_reports.get_or_create(&crate::metrics::Tenant { tenant: key.clone() }).inc_by(fresh);

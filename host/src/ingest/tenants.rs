@@ -121,6 +121,16 @@ impl TenantSet {
         self.by_key.get(access_key)
     }
 
+    /// The access keys defined.
+    pub fn access_keys(&self) -> impl Iterator<Item = &str> {
+        self.by_key.keys().map(String::as_str)
+    }
+
+    /// How many access keys are defined (each gets an equal share of the queue by default).
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
     /// Whether any tenant is defined (`/v1/*` answers 404 otherwise).
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
@@ -179,6 +189,9 @@ pub fn build(cfg: &IngestConfig, tenants: Vec<TenantConfig>) -> Result<TenantSet
         }
         if t.burst == 0 {
             return Err(format!("{at}: burst must be at least 1"));
+        }
+        if t.max_queue_bytes == Some(0) {
+            return Err(format!("{at}: max_queue_bytes must be at least 1 (unset: an equal part of queue.max_bytes)"));
         }
         for (name, value) in &t.labels {
             if name == "tag" || !crate::envelope::valid_label(name, value) {

@@ -6,7 +6,7 @@
 //! (`DX_KAFKA_BROKERS`), one fresh topic and group per test.
 
 use super::crypto::Sealer;
-use super::{Done, Queue, QueueError, QueuedDest, QueuedReport, open};
+use super::{Done, Queue, QueueError, QueuedDest, QueuedReport, TenantShare, open};
 use crate::config::{QueueBackend, QueueConfig, Role};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -172,6 +172,62 @@ async fn a_restart_leases_again_what_was_not_acknowledged_and_only_that(backend:
     q.close().await;
 }
 
+/// One destination of each report acknowledged, then a restart (closed, or dropped as in a
+/// crash once a later append made the acknowledgements durable): the reports come back for the
+/// other destination only, so the one that acknowledged them is not given them again; once that
+/// one is acknowledged too, nothing comes back.
+async fn a_restart_leases_only_the_destinations_not_acknowledged(backend: QueueBackend, crash: bool) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let reports: Vec<QueuedReport> = (0..12).map(|n| report(n, "p")).collect();
+    let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
+    let sizes: u64 = reports.iter().map(QueuedReport::size).sum();
+    q.append(reports, false).await.unwrap();
+    lease_n(&*q, 12).await;
+    q.ack(&ids, "webhook", Done::Delivered);
+    q.ack(&ids[..4], "webhook", Done::Delivered); // said twice: still only that destination
+    // Acknowledgements are written lazily: an append after them is durable only once they are
+    // (its report comes back too, unfinished).
+    let barrier = report(99, "barrier");
+    let barrier_id = barrier.id;
+    if crash {
+        q.append(vec![barrier], false).await.unwrap();
+    } else {
+        q.close().await;
+    }
+    drop(q);
+
+    let q = b.open();
+    let back: Vec<_> = lease_n(&*q, if crash { 13 } else { 12 }).await;
+    if crash {
+        let b = back.iter().find(|r| r.id == barrier_id).expect("the unfinished barrier comes back");
+        assert_eq!(b.dests.len(), 2);
+        ack_all(&*q, std::slice::from_ref(b));
+    }
+    let back: Vec<_> = back.into_iter().filter(|r| r.id != barrier_id).collect();
+    let back_ids: HashSet<Uuid> = back.iter().map(|r| r.id).collect();
+    assert_eq!(back_ids, ids.iter().copied().collect(), "every report with a destination open comes back");
+    for r in &back {
+        let keys: Vec<&str> = r.dests.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, ["openSearch"], "report {} comes back for a destination that acknowledged it", r.id);
+        assert_eq!(&*r.dests[0].config, r#"{"host":"h","password":"pw-conformance"}"#);
+        assert_eq!(r.labels[0].0, "n", "what the report carries survives");
+    }
+    assert_eq!(q.stats().reports, 12);
+    assert!(q.stats().bytes < sizes, "the acknowledged destinations' bytes are still counted");
+    let more = lease_within(&*q, Duration::from_millis(500)).await;
+    assert!(more.is_empty(), "{} reports were leased twice", more.len());
+    q.ack(&ids, "openSearch", Done::DeadLettered);
+    assert_eq!((q.stats().reports, q.stats().bytes), (0, 0));
+    q.close().await;
+    drop(q);
+
+    let q = b.open();
+    let again = lease_within(&*q, Duration::from_secs(1)).await;
+    assert!(again.is_empty(), "{} finished reports came back after a second restart", again.len());
+    q.close().await;
+}
+
 /// Dropped without `close` (a crash): every report not acknowledged comes back; an
 /// acknowledged one may too (Kafka commits offsets every `commit_interval_ms`).
 async fn a_crash_loses_nothing_unacknowledged(backend: QueueBackend) {
@@ -241,6 +297,46 @@ async fn capacity_is_bounded(backend: QueueBackend) {
     q.close().await;
 }
 
+/// A report of tenant `t`, all of one size.
+fn of_tenant(t: &str) -> QueuedReport {
+    QueuedReport { id: Uuid::now_v7(), source: None, tenant: Some(t.to_string()), ..report(1, "s") }
+}
+
+/// The local backends hold each tenant to its share: a tenant past it is refused alone, with
+/// its own error, and taken again once its reports are acknowledged.
+async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
+    let one = of_tenant("a").size();
+    let b = Bench::new(backend, one * 8).await;
+    let q = b.open();
+    let share = Some(TenantShare { max_bytes: None, tenants: 2 }); // 4 reports each
+    let mut held = Vec::new();
+    let err = loop {
+        let r = of_tenant("a");
+        let id = r.id;
+        match q.append_within(vec![r], false, share).await {
+            Ok(()) => held.push(id),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 4), "{err}");
+    assert!(err.is_transient());
+    assert_eq!(held.len(), 4);
+    assert_eq!(q.tenant_bytes("a"), Some(one * 4));
+    for _ in 0..4 {
+        q.append_within(vec![of_tenant("b")], false, share).await.expect("another tenant is still taken");
+    }
+    assert_eq!((q.tenant_bytes("a"), q.tenant_bytes("b")), (Some(one * 4), Some(one * 4)));
+    // An explicit share overrides the equal part; a tenant with nothing waiting is always let in.
+    let tiny = Some(TenantShare { max_bytes: Some(1), tenants: 2 });
+    assert!(matches!(q.append_within(vec![of_tenant("b")], false, tiny).await, Err(QueueError::TenantFull { .. })));
+    lease_n(&*q, 8).await;
+    q.ack(&held, "openSearch", Done::Delivered);
+    q.ack(&held, "webhook", Done::Delivered);
+    assert_eq!(q.tenant_bytes("a"), Some(0));
+    q.append_within(vec![of_tenant("a")], false, share).await.expect("room again once its reports are done");
+    q.close().await;
+}
+
 async fn a_given_id_in_flight_is_refused_not_stored_twice(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
@@ -278,6 +374,24 @@ macro_rules! suite {
             $(suite!(@$durable $backend);)?
         }
     };
+    // What only the local backends count: each tenant's bytes.
+    (@tenant_shares $backend:expr) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn tenant_shares() {
+            a_tenant_past_its_share_is_refused_alone($backend).await
+        }
+    };
+    // What a durable backend promises per destination (the Kafka queue's half is separate).
+    (@per_destination $backend:expr) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn restart_with_one_destination_acknowledged() {
+            a_restart_leases_only_the_destinations_not_acknowledged($backend, false).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn crash_with_one_destination_acknowledged() {
+            a_restart_leases_only_the_destinations_not_acknowledged($backend, true).await
+        }
+    };
     // What only a durable backend promises.
     (@durable $backend:expr) => {
         #[tokio::test(flavor = "multi_thread")]
@@ -292,5 +406,14 @@ macro_rules! suite {
 }
 
 suite!(embedded, QueueBackend::Embedded, durable);
+mod embedded_per_destination {
+    use super::*;
+    suite!(@per_destination QueueBackend::Embedded);
+    suite!(@tenant_shares QueueBackend::Embedded);
+}
+mod memory_tenant_shares {
+    use super::*;
+    suite!(@tenant_shares QueueBackend::Memory);
+}
 suite!(memory, QueueBackend::Memory);
 suite!(kafka, QueueBackend::Kafka, durable);

@@ -2,12 +2,23 @@
 //!
 //! Reports are held in memory until every destination is done, so delivery never reads the
 //! disk; the log exists for recovery after a crash. A *done* record is appended per
-//! destination as it finishes, and segments are deleted once nothing in them is pending.
+//! destination as it finishes (`DONE | id 16 | consumer key str16 | how u8`), and segments are
+//! deleted once nothing in them is pending.
+//!
+//! Recovery replays the log: a report comes back with only the destinations no done record
+//! names, so a destination that acknowledged it before a restart is not given it again. (Every
+//! done record this host has written names its destination. One whose key cannot be read is
+//! still counted, as recovery always did: the report is finished once its done records number
+//! its destinations; until then every destination not named done comes back, a repeat rather
+//! than a loss.)
+//!
+//! Bytes are counted per tenant too, so one access key whose destinations are down fills only
+//! its share of `queue.max_bytes` (`append_within`), not everyone's.
 
 use super::crypto::Sealer;
 use super::log::{self, Damage, LogWriter};
 use super::record::{self, REPORT, put_str16};
-use super::{Done, QueueError, QueueStats, QueuedReport, ReportQueue};
+use super::{Done, QueueError, QueueStats, QueuedReport, ReportQueue, TenantShare};
 use crate::config::QueueConfig;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
@@ -33,9 +44,19 @@ pub struct Recovery {
 
 struct Pending {
     report: Arc<QueuedReport>,
-    remaining: usize,
+    /// The destinations (indexes into `report.dests`) not acknowledged yet.
+    undone: Vec<u16>,
+    /// Recovery only: done records of this report that named no readable destination.
+    unnamed: usize,
     seg: u64,
     size: u64,
+}
+
+impl Pending {
+    fn new(report: Arc<QueuedReport>, seg: u64, size: u64) -> Pending {
+        let undone = (0..report.dests.len() as u16).collect();
+        Pending { report, undone, unnamed: 0, seg, size }
+    }
 }
 
 #[derive(Default)]
@@ -44,6 +65,8 @@ struct Inner {
     /// Live reports per segment.
     live: BTreeMap<u64, usize>,
     bytes: u64,
+    /// Bytes per tenant (reports that name one), included in `bytes`.
+    tenants: HashMap<String, u64, foldhash::fast::RandomState>,
     /// Ids being appended now (not yet pending): a second request with one of them waits its turn.
     accepting: std::collections::HashSet<Uuid, foldhash::fast::RandomState>,
 }
@@ -87,6 +110,7 @@ impl EmbeddedQueue {
                 })?;
                 rec.damage.add(d);
             }
+            prune_done_destinations(&mut inner);
             let last = segs.last().map(|s| s.0).unwrap_or(0);
             Some(LogWriter::start(&dir, last, cfg.segment_bytes)?)
         } else {
@@ -125,8 +149,22 @@ impl EmbeddedQueue {
         Ok((q, rec))
     }
 
-    async fn append_checked(&self, reports: Vec<QueuedReport>, given_ids: bool) -> Result<(), QueueError> {
+    async fn append_checked(
+        &self,
+        reports: Vec<QueuedReport>,
+        given_ids: bool,
+        share: Option<TenantShare>,
+    ) -> Result<(), QueueError> {
         let size: u64 = reports.iter().map(QueuedReport::size).sum();
+        // The bytes of each tenant among these reports (one, from `/v1/ingest`).
+        let mut by_tenant: Vec<(&str, u64)> = Vec::new();
+        for r in &reports {
+            let Some(t) = r.tenant.as_deref() else { continue };
+            match by_tenant.iter_mut().find(|(name, _)| *name == t) {
+                Some((_, n)) => *n += r.size(),
+                None => by_tenant.push((t, r.size())),
+            }
+        }
         {
             let mut g = self.inner.lock().unwrap();
             if given_ids
@@ -134,10 +172,24 @@ impl EmbeddedQueue {
             {
                 return Err(QueueError::InFlight(r.id));
             }
+            if let Some(share) = share {
+                let max = share.limit(self.max_bytes);
+                for (tenant, add) in &by_tenant {
+                    let used = g.tenants.get(*tenant).copied().unwrap_or(0);
+                    // As for the whole queue: a tenant with nothing waiting is always let in, so
+                    // a request larger than its share is not refused for ever.
+                    if used + add > max && used > 0 {
+                        return Err(QueueError::TenantFull { tenant: tenant.to_string(), used, max });
+                    }
+                }
+            }
             if g.bytes + size > self.max_bytes && g.bytes > 0 {
                 return Err(QueueError::Full { used: g.bytes, max: self.max_bytes });
             }
             g.bytes += size; // reserved while writing
+            for (tenant, add) in &by_tenant {
+                add_tenant(&mut g.tenants, tenant, *add as i64);
+            }
             if given_ids {
                 g.accepting.extend(reports.iter().map(|r| r.id));
             }
@@ -158,6 +210,9 @@ impl EmbeddedQueue {
                         self.healthy.store(false, Ordering::Release);
                         let mut g = self.inner.lock().unwrap();
                         g.bytes -= size;
+                        for (tenant, add) in &by_tenant {
+                            add_tenant(&mut g.tenants, tenant, -(*add as i64));
+                        }
                         reports.iter().for_each(|r| _ = g.accepting.remove(&r.id));
                         return Err(QueueError::Disk(e.to_string()));
                     }
@@ -170,7 +225,7 @@ impl EmbeddedQueue {
             let size = r.size();
             *g.live.entry(seg).or_default() += 1;
             g.accepting.remove(&r.id);
-            g.pending.insert(r.id, Pending { report: r.clone(), remaining: r.dests.len(), seg, size });
+            g.pending.insert(r.id, Pending::new(r.clone(), seg, size));
             // Under the lock, so reports of concurrent appends are leased in the order they
             // became pending.
             self.to_lease.send(r).ok();
@@ -198,7 +253,7 @@ impl EmbeddedQueue {
         }
         let mut g = self.inner.lock().unwrap();
         for id in ids {
-            finish(&mut g, *id);
+            finish(&mut g, *id, Some(key));
         }
     }
 
@@ -234,7 +289,20 @@ impl EmbeddedQueue {
 
 impl ReportQueue for EmbeddedQueue {
     fn append(&self, reports: Vec<QueuedReport>, given_ids: bool) -> BoxFuture<'_, Result<(), QueueError>> {
-        Box::pin(self.append_checked(reports, given_ids))
+        Box::pin(self.append_checked(reports, given_ids, None))
+    }
+
+    fn append_within(
+        &self,
+        reports: Vec<QueuedReport>,
+        given_ids: bool,
+        share: Option<TenantShare>,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.append_checked(reports, given_ids, share))
+    }
+
+    fn tenant_bytes(&self, tenant: &str) -> Option<u64> {
+        Some(self.inner.lock().unwrap().tenants.get(tenant).copied().unwrap_or(0))
     }
 
     fn lease(&self) -> BoxFuture<'_, Option<Vec<Arc<QueuedReport>>>> {
@@ -291,15 +359,73 @@ fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
     std::fs::remove_file(path)
 }
 
-fn finish(g: &mut Inner, id: Uuid) {
+/// Add `delta` bytes to `tenant`'s count, forgetting a tenant that holds nothing.
+fn add_tenant(tenants: &mut HashMap<String, u64, foldhash::fast::RandomState>, tenant: &str, delta: i64) {
+    match tenants.get_mut(tenant) {
+        Some(n) => {
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                tenants.remove(tenant);
+            }
+        }
+        None if delta > 0 => _ = tenants.insert(tenant.to_string(), delta as u64),
+        None => {}
+    }
+}
+
+/// Account for a report held (appended, or read back) or let go.
+fn count(g: &mut Inner, p: &Pending, held: bool) {
+    let delta = if held { p.size as i64 } else { -(p.size as i64) };
+    g.bytes = g.bytes.saturating_add_signed(delta);
+    if let Some(t) = &p.report.tenant {
+        add_tenant(&mut g.tenants, t, delta);
+    }
+}
+
+/// Destination `key` of report `id` is done (`None`: a done record whose destination could
+/// not be read); the report leaves once every destination is.
+fn finish(g: &mut Inner, id: Uuid, key: Option<&str>) {
     let Some(p) = g.pending.get_mut(&id) else { return };
-    p.remaining = p.remaining.saturating_sub(1);
-    if p.remaining == 0 {
+    match key {
+        Some(key) => {
+            // A second acknowledgement of one destination changes nothing.
+            let dests = &p.report.dests;
+            p.undone.retain(|i| dests[*i as usize].key != key);
+        }
+        None => p.unnamed += 1,
+    }
+    if p.undone.len() <= p.unnamed {
         let p = g.pending.remove(&id).expect("present");
-        g.bytes = g.bytes.saturating_sub(p.size);
+        count(g, &p, false);
         if let Some(n) = g.live.get_mut(&p.seg) {
             *n = n.saturating_sub(1);
         }
+    }
+}
+
+/// After recovery: each pending report keeps only the destinations no done record named (the
+/// rest acknowledged it before the restart and must not get it again).
+fn prune_done_destinations(g: &mut Inner) {
+    let partly: Vec<Uuid> =
+        g.pending.iter().filter(|(_, p)| p.undone.len() < p.report.dests.len()).map(|(id, _)| *id).collect();
+    for id in partly {
+        let mut p = g.pending.remove(&id).expect("listed");
+        count(g, &p, false);
+        let r = &p.report;
+        let dests = p.undone.iter().map(|i| r.dests[*i as usize].clone()).collect();
+        let report = QueuedReport {
+            id: r.id,
+            received_at_ms: r.received_at_ms,
+            payload: r.payload.clone(),
+            dests,
+            labels: r.labels.clone(),
+            source: r.source.clone(),
+            tenant: r.tenant.clone(),
+        };
+        let size = report.size();
+        p = Pending { unnamed: p.unnamed, ..Pending::new(Arc::new(report), p.seg, size) };
+        count(g, &p, true);
+        g.pending.insert(id, p);
     }
 }
 
@@ -309,21 +435,35 @@ fn apply(g: &mut Inner, sealer: &Sealer, seq: u64, body: &[u8]) -> bool {
         Some(&REPORT) => match record::decode(body, sealer) {
             Some(r) => {
                 let size = r.size();
-                let remaining = r.dests.len();
-                g.bytes += size;
+                let p = Pending::new(Arc::new(r), seq, size);
+                // The same id again (a dead letter replayed after its report finished): the
+                // newer record is the one pending.
+                if let Some(old) = g.pending.remove(&p.report.id) {
+                    count(g, &old, false);
+                    if let Some(n) = g.live.get_mut(&old.seg) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                count(g, &p, true);
                 *g.live.entry(seq).or_default() += 1;
-                g.pending.insert(r.id, Pending { report: Arc::new(r), remaining, seg: seq, size });
+                g.pending.insert(p.report.id, p);
                 true
             }
             None => false,
         },
         Some(&DONE) => {
             let Some(id) = body.get(1..17).and_then(|b| Uuid::from_slice(b).ok()) else { return false };
-            finish(g, id);
+            finish(g, id, done_key(&body[17..]));
             true
         }
         _ => false,
     }
+}
+
+/// The destination a done record names: `key str16` after the id.
+fn done_key(rest: &[u8]) -> Option<&str> {
+    let n = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    std::str::from_utf8(rest.get(2..2 + n)?).ok().filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]
@@ -383,7 +523,11 @@ mod tests {
         assert_eq!(rec.reports, 20);
         assert_eq!(back[0].id, acc[30].id);
         assert_eq!(back[0].payload, "{\"n\":30}");
-        assert_eq!(&*back[0].dests[0].config, r#"{"password":"s3cret-pw"}"#);
+        // Only the destination that had not acknowledged it.
+        let keys: Vec<&str> = back[0].dests.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, ["webhook"]);
+        assert_eq!(back[1].dests.len(), 2);
+        assert_eq!(&*back[1].dests[0].config, r#"{"password":"s3cret-pw"}"#);
         assert_eq!(back[0].labels, [("team".to_string(), "t30".to_string())], "labels survive a restart");
         assert!(back[1].labels.is_empty());
         assert_eq!(q.stats().reports, 20);

@@ -112,6 +112,22 @@ pub enum QueueError {
         /// The limit.
         max: usize,
     },
+    /// The reports' tenant (access key) has its share of the queue waiting already
+    /// (`ingest.tenants[].max_queue_bytes`): its destinations are slow or down. Other tenants
+    /// are still taken.
+    #[error(
+        "access key `{tenant}` has {used} bytes of reports waiting for delivery, its share of the queue is {max} bytes \
+         (ingest.tenants[].max_queue_bytes): its destinations are slow or down; retry after its reports drain \
+         (GET /reports/{{id}} says why they wait), or the operator raises its share"
+    )]
+    TenantFull {
+        /// The access key.
+        tenant: String,
+        /// Bytes it holds.
+        used: u64,
+        /// Its share.
+        max: u64,
+    },
     /// This process does not take reports (`--role deliver`).
     #[error("this process only delivers (--role deliver): send reports to an ingest process")]
     NotIngest,
@@ -121,7 +137,10 @@ impl QueueError {
     /// Whether the same reports may be taken later (the queue is full or away), rather than
     /// never (too large) or already (in flight).
     pub fn is_transient(&self) -> bool {
-        matches!(self, QueueError::Full { .. } | QueueError::Disk(_) | QueueError::Broker(_))
+        matches!(
+            self,
+            QueueError::Full { .. } | QueueError::TenantFull { .. } | QueueError::Disk(_) | QueueError::Broker(_)
+        )
     }
 }
 
@@ -139,6 +158,27 @@ pub struct QueueStats {
     pub lag: Option<u64>,
 }
 
+/// How much of the queue one tenant's reports may hold (`ingest.tenants[].max_queue_bytes`), so
+/// a tenant whose destinations are down cannot fill `queue.max_bytes` for everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantShare {
+    /// The tenant's own setting, when the operator gave one.
+    pub max_bytes: Option<u64>,
+    /// How many access keys are defined: without a setting, each gets an equal part.
+    pub tenants: usize,
+}
+
+impl TenantShare {
+    /// The bytes a tenant may hold in a queue of `queue_max` bytes: its setting, or
+    /// `queue_max / tenants`. The default shares add up to the queue, so however many tenants
+    /// stall, each other tenant keeps its part (reports without an access key, from `/forward`
+    /// and Kafka sources, count only against the whole queue). A tenant with nothing waiting is
+    /// always let in, so one request larger than its share still passes, alone.
+    pub fn limit(&self, queue_max: u64) -> u64 {
+        self.max_bytes.unwrap_or(queue_max / self.tenants.max(1) as u64)
+    }
+}
+
 /// The queue: append durably, stream leased reports, acknowledge outcomes.
 ///
 /// Implementations pass the shared conformance suite (`conformance.rs`): what an append
@@ -151,6 +191,26 @@ pub trait ReportQueue: Send + Sync {
     /// Ok only then. With `given_ids` (a relay's ids), a report with an id this process holds
     /// unfinished is refused with [`QueueError::InFlight`] instead of being stored twice.
     fn append(&self, reports: Vec<QueuedReport>, given_ids: bool) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// As `append`, refusing with [`QueueError::TenantFull`] when a tenant of these reports
+    /// would hold more than its `share` of the queue. The Kafka queue takes no share into
+    /// account (its capacity is the cluster's; `queue.max_bytes` bounds only what a delivery
+    /// process leases), so its default is `append`.
+    fn append_within(
+        &self,
+        reports: Vec<QueuedReport>,
+        given_ids: bool,
+        share: Option<TenantShare>,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        let _ = share;
+        self.append(reports, given_ids)
+    }
+
+    /// Bytes of `tenant`'s reports held now; `None` when the backend does not count them (Kafka).
+    fn tenant_bytes(&self, tenant: &str) -> Option<u64> {
+        let _ = tenant;
+        None
+    }
 
     /// The next reports to deliver, waiting until there are some; `None` once the queue is
     /// closed or when this process does not deliver.

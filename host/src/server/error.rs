@@ -85,6 +85,7 @@ impl From<crate::forward::RouteError> for ApiError {
             E::DuplicateId { .. } => (StatusCode::BAD_REQUEST, "duplicate_id", None),
             E::InlineCredential { .. } => (StatusCode::BAD_REQUEST, "inline_credentials_forbidden", None),
             E::Queue(Q::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full", Some(2)),
+            E::Queue(Q::TenantFull { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "tenant_queue_full", Some(5)),
             E::Queue(Q::Disk(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),
             E::Queue(Q::InFlight(_)) => (StatusCode::SERVICE_UNAVAILABLE, "report_in_flight", Some(1)),
             E::Queue(Q::Broker(_)) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", Some(5)),

@@ -73,6 +73,7 @@ impl AppState {
             metrics: &self.metrics,
             validated: &self.validated,
             secrets: &self.secrets,
+            share: None,
         }
     }
 }
@@ -272,6 +273,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
     m.queue_oldest_age.set(age);
     if let Some(lag) = q.lag {
         m.queue_lag.set(lag as i64);
+    }
+    // Labelled by access key: only where the operator lets /metrics list them.
+    if state.tenants.config().tenant_metrics {
+        let set = state.tenants.current();
+        let per_key: Option<Vec<(String, u64)>> =
+            set.access_keys().map(|k| Some((k.to_string(), state.queue.tenant_bytes(k)?))).collect();
+        if let Some(per_key) = per_key {
+            m.set_queue_tenant_bytes(q.bytes, per_key);
+        }
     }
     if let Some((entries, _)) = state.dlq.usage() {
         m.dlq_entries.set(entries as i64);

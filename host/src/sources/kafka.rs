@@ -335,7 +335,7 @@ impl KafkaSource {
         let dest =
             QueuedDest { key: format!("{}kafka:{}", crate::dlq::SOURCE_PREFIX, self.cfg.name), config: "{}".into() };
         loop {
-            match self.dlq.put(&report, &dest, reason, 0, crate::now_ms()) {
+            match self.dlq.put(&report, &dest, reason, 0, crate::now_ms()).await {
                 Ok(()) => {
                     tracing::warn!(source = %self.cfg.name, topic = %r.topic, partition = r.partition, offset = r.offset, %reason, "record dead-lettered");
                     self.count("dead_lettered", 1);
