@@ -21,6 +21,7 @@ mod listener;
 mod logs;
 mod messaging;
 mod plugins;
+mod public_port;
 mod relay;
 mod reload;
 mod sandbox;
