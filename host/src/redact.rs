@@ -137,10 +137,7 @@ fn url_fragments(destination: &str) -> Vec<String> {
         }
     }
     // And each percent-decoded.
-    let decoded: Vec<String> = out
-        .iter()
-        .filter_map(|f| percent_decoded(f))
-        .collect();
+    let decoded: Vec<String> = out.iter().filter_map(|f| percent_decoded(f)).collect();
     out.extend(decoded);
     let mut out: Vec<String> =
         out.into_iter().filter(|f| f.len() >= MIN_FRAGMENT || (f.starts_with('/') && f.len() > 1)).collect();

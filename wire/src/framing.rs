@@ -377,9 +377,8 @@ const INFLATE_CHUNK: usize = 64 * 1024;
 fn gunzip(body: &[u8], max: usize, allowance: &dyn Allowance) -> Result<Vec<u8>, FramingError> {
     // Sized at once from the size the gzip trailer states (its last member's, modulo 2^32; a
     // hint only, the decoder counts), within `max`: no garbage from growing by doubling.
-    let stated = body.len().checked_sub(4).map_or(0, |at| {
-        u32::from_le_bytes(body[at..].try_into().expect("4 bytes")) as usize
-    });
+    let stated =
+        body.len().checked_sub(4).map_or(0, |at| u32::from_le_bytes(body[at..].try_into().expect("4 bytes")) as usize);
     let first = stated.min(max);
     if !allowance.take(INFLATE_CHUNK + first) {
         return Err(FramingError::OverBudget);

@@ -11,6 +11,7 @@ pub mod config;
 pub mod tenants;
 
 use crate::forward::{self, RouteError};
+use crate::server::listener::{Budget, Charge};
 use crate::server::{ApiError, AppState};
 use auth::AuthRejection;
 use axum::Json;
@@ -20,7 +21,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use data_exporter_wire::framing::{self, FramingOptions};
-use crate::server::listener::{Budget, Charge};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;

@@ -99,13 +99,7 @@ impl From<crate::forward::RouteError> for ApiError {
         };
         // Only the public port answers with these: URLs in a plugin's message or a call error
         // are cut to their origin (a webhook's token lives in its path).
-        ApiError {
-            status,
-            code,
-            message: crate::redact::public_reason(&e.to_string()),
-            retry_after,
-            detail: None,
-        }
+        ApiError { status, code, message: crate::redact::public_reason(&e.to_string()), retry_after, detail: None }
     }
 }
 

@@ -102,7 +102,8 @@ async fn a_tenants_report_is_shown_only_to_its_credential_and_is_unknown_to_anyo
     }
     // Basic auth carrying the token, as Fluent Bit sends it, is the same credential.
     use base64::Engine as _;
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("team-a:{}", keys.token_a)));
+    let basic =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("team-a:{}", keys.token_a)));
     assert_eq!(report(&app.url, &id, Some(&basic)).await.0, 200);
 
     // Anyone else gets exactly what an id nobody knows gets: nothing confirms it exists.
@@ -141,10 +142,7 @@ async fn a_receivers_answer_quoting_its_path_shows_no_part_of_it_on_the_public_p
     let token = format!("T0K{:024x}", fastrand::u128(..));
     // Express answers an unknown route so: the path, token and all.
     let echo: &'static str = Box::leak(
-        format!(
-            "<!DOCTYPE html><html><body><pre>Cannot POST /hooks/{token}</pre></body></html>"
-        )
-        .into_boxed_str(),
+        format!("<!DOCTYPE html><html><body><pre>Cannot POST /hooks/{token}</pre></body></html>").into_boxed_str(),
     );
     let rx = Recorder::scripted(vec![(404, vec![("content-type", "text/html")], echo); 2]).await;
     let hook = format!("{}/hooks/{token}", rx.url);
