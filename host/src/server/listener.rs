@@ -277,11 +277,6 @@ impl Charge {
     pub fn never_fits(&self) -> bool {
         self.never.load(Ordering::Relaxed)
     }
-
-    /// Bytes taken so far.
-    pub fn taken(&self) -> usize {
-        self.held.lock().unwrap().0
-    }
 }
 
 impl data_exporter_wire::framing::Allowance for Charge {

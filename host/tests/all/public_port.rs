@@ -48,8 +48,13 @@ impl Keys {
 
     /// A config file for `data-exporter serve` with these tenants and `limits`.
     fn config_file(&self, consumer: &str, destination: Value, limits: Value) -> PathBuf {
+        self.config_file_with(self.ingest(consumer, destination), limits)
+    }
+
+    /// A config file for `data-exporter serve` with `ingest` and `limits`.
+    fn config_file_with(&self, ingest: IngestConfig, limits: Value) -> PathBuf {
         let mut cfg = toml::Table::new();
-        cfg.insert("ingest".into(), toml::Value::try_from(self.ingest(consumer, destination)).unwrap());
+        cfg.insert("ingest".into(), toml::Value::try_from(ingest).unwrap());
         cfg.insert("limits".into(), toml::Value::try_from(limits).unwrap());
         let path = self.path("config.toml");
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
@@ -292,20 +297,43 @@ async fn concurrent_decompression_bombs_stay_within_the_memory_budget() {
     assert!(!id.is_empty());
 }
 
+/// Wait until the refusals with `code` logged as JSON in `logs` count `sent`: the summary lines.
+async fn summarised(logs: &[PathBuf], code: &str, sent: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text: String = logs.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["code"] == code)
+            .collect();
+        let counted: u64 = lines.iter().map(|v| v["fields"]["count"].as_u64().unwrap_or(1)).sum();
+        if counted >= sent {
+            assert_eq!(counted, sent, "{lines:#?}");
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "{counted} of {sent} `{code}` refusals logged: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
-async fn unauthenticated_requests_are_logged_as_a_summary_not_a_line_each() {
+async fn refusals_and_a_broken_route_are_logged_as_a_summary_not_a_line_each() {
     let keys = Keys::new();
-    let config = keys.config_file("stdout", json!({}), json!({}));
+    // team-b's route names a consumer no plugin serves: every request of team-b is refused 503.
+    let mut ingest = keys.ingest("stdout", json!({}));
+    ingest.tenants[1].routes[0].consumer = "nowhere".into();
+    let config = keys.config_file_with(ingest, json!({}));
     let plugins = plugins_dir(&["stdout"]);
     let data = tempfile::tempdir().unwrap();
-    let log = keys.path("out.log");
+    let logs = [keys.path("out.log"), keys.path("err.log")];
     let exporter = Exporter::start(plugins.path(), data.path(), free_port(), |c| {
         c.arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("DATA_EXPORTER_LOG__FORMAT", "json")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(keys.path("err.log")).unwrap());
+            .stdout(std::fs::File::create(&logs[0]).unwrap())
+            .stderr(std::fs::File::create(&logs[1]).unwrap());
     })
     .await;
     let client = reqwest::Client::new();
@@ -315,28 +343,31 @@ async fn unauthenticated_requests_are_logged_as_a_summary_not_a_line_each() {
         let r = client.post(format!("{}/v1/ingest", exporter.url)).body("{}").send().await.unwrap();
         assert_eq!(r.status(), 401);
     }
-    // Every refusal is counted in the log, within a second of the last.
-    let summaries = |text: &str| -> Vec<Value> {
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["code"] == "missing_credentials")
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let text = std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(keys.path("err.log")).unwrap();
-        let lines = summaries(&text);
-        let counted: u64 = lines.iter().map(|v| v["fields"]["count"].as_u64().unwrap_or(1)).sum();
-        if counted >= SENT {
-            assert_eq!(counted, SENT, "{lines:#?}");
-            break lines;
-        }
-        assert!(Instant::now() < deadline, "{counted} of {SENT} refusals logged: {lines:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // At most one line a second, and the first at once.
+    const BROKEN: u64 = 100;
+    for _ in 0..BROKEN {
+        let r = client
+            .post(format!("{}/v1/ingest", exporter.url))
+            .bearer_auth(&keys.token_b)
+            .body(r#"{"log":"x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    // Every refusal is counted in the log, at most a line a second per code, the first at once.
+    let refused = summarised(&logs, "missing_credentials", SENT).await;
+    let broken = summarised(&logs, "route_unavailable", BROKEN).await;
     let seconds = started.elapsed().as_secs();
-    assert!(lines.len() as u64 <= seconds + 2, "{} lines in {seconds} s: {lines:#?}", lines.len());
-    assert_eq!(lines[0]["fields"]["count"], 1, "the first refusal of a quiet second is logged at once");
-    assert!(lines.iter().all(|l| l["fields"]["status"] == 401 && l["level"] == "INFO"), "{lines:#?}");
+    for lines in [&refused, &broken] {
+        assert!(lines.len() as u64 <= seconds + 2, "{} lines in {seconds} s: {lines:#?}", lines.len());
+        assert_eq!(lines[0]["fields"]["count"], 1, "the first refusal of a quiet second is logged at once");
+    }
+    assert!(refused.iter().all(|l| l["fields"]["status"] == 401 && l["level"] == "INFO"), "{refused:#?}");
+    // The broken route is the operator's to fix: ERROR, saying what is wrong (which the agent
+    // is not told).
+    for l in &broken {
+        assert_eq!(l["level"], "ERROR", "{l}");
+        let latest = l["fields"]["latest"].as_str().unwrap();
+        assert!(latest.contains("team-b") && latest.contains("`nowhere`"), "{latest}");
+    }
 }
