@@ -387,8 +387,10 @@ pub struct Limits {
     /// slower one gets 408, so a trickle cannot hold a request slot for the whole
     /// `body_timeout_ms`. 0: no floor.
     pub min_body_bytes_per_sec: u64,
-    /// Bytes of request bodies held at once over all requests (read, or being read); past it a
-    /// request is answered 503 with `Retry-After` at once.
+    /// Bytes of request bodies held at once over all requests (read, or being read), and of
+    /// what decoding makes of them (inflated gzip, msgpack as JSON, parsed reports), taken as it
+    /// grows; past it a request is answered 503 with `Retry-After` at once (413 when decoding
+    /// one body alone needs more).
     pub max_buffered_bytes: u64,
     /// Deepest nesting of arrays and objects accepted in a request body or payload (at most
     /// 128, the JSON parser's own bound).

@@ -214,7 +214,7 @@ impl Delivery {
                 };
                 let Some(reports) = leased else { break };
                 for r in &reports {
-                    this.status.ensure_queued(r.id, r.dests.iter().map(|d| d.key.as_str()));
+                    this.status.ensure_queued(r);
                     this.dispatch(r);
                 }
             }

@@ -219,6 +219,7 @@ fn plan<P: Clone>(
     let mut receipts = Vec::with_capacity(envelopes.len());
     let mut reports = Vec::with_capacity(envelopes.len());
     let mut given = std::collections::HashSet::new();
+    let mut fresh = new_report_ids(envelopes.iter().filter(|e| e.id.is_none()).count(), now_ms).into_iter();
     for (i, env) in envelopes.into_iter().enumerate() {
         if let Some(id) = env.id {
             if !given.insert(id) {
@@ -267,7 +268,7 @@ fn plan<P: Clone>(
             let skipped: Vec<String> = consumers.keys().map(|k| format!("`{k}`")).collect();
             return Err(RouteError::NoConsumer { at: at(i), skipped: skipped.join(", ") });
         }
-        let id = env.id.unwrap_or_else(Uuid::now_v7);
+        let id = env.id.unwrap_or_else(|| fresh.next().expect("one fresh id per envelope without an id"));
         reports.push(QueuedReport {
             id,
             received_at_ms: now_ms,
@@ -280,6 +281,31 @@ fn plan<P: Clone>(
         receipts.push(Receipt { id, consumers, known: false });
     }
     Ok(Plan { groups: groups.into_values().collect(), reports, receipts })
+}
+
+/// `n` new report ids for reports received at `now_ms`, in increasing order.
+///
+/// The layout is UUIDv7's (RFC 9562 §5.7): 48 bits of Unix time in ms, the version (7) and the
+/// variant; the other 74 bits (`rand_a`, `rand_b`) are all random, from the operating system.
+/// There is no counter (RFC 9562 §6.2 makes one optional): with one, ids of the same millisecond
+/// differ in a few bits and one tenant's receipt would tell another's ids. Ids stay UUIDs (the
+/// seed's clients and the queue take a UUID) and sort by time across milliseconds.
+///
+/// Within one call they are sorted, so the reports of one request keep their order where ids
+/// order reports of the same millisecond (the embedded queue's recovery sorts by receipt time,
+/// then id). Sorting tells nothing of another request's ids.
+pub fn new_report_ids(n: usize, now_ms: u64) -> Vec<Uuid> {
+    let mut random = vec![0u8; n * 10];
+    getrandom::fill(&mut random).expect("the operating system's random source is readable");
+    let mut ids: Vec<Uuid> = random
+        .chunks_exact(10)
+        .map(|r| {
+            let bytes: &[u8; 10] = r.try_into().expect("chunks of 10");
+            uuid::Builder::from_unix_timestamp_millis(now_ms, bytes).into_uuid()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// With `limits.forbid_inline_credentials`: refuse a destination that sets a parameter its
@@ -329,8 +355,14 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
         return Ok(receipts); // every report was known already
     }
     let (queue, status, metrics, share) = (ctx.queue.clone(), ctx.status.clone(), ctx.metrics.clone(), ctx.share);
-    // The states of the reports queued now (a report already known keeps its own).
-    let states: Vec<_> = receipts.iter().filter(|r| !r.known).map(|r| (r.id, r.consumers.clone())).collect();
+    // The states of the reports queued now (a report already known keeps its own), with their
+    // origin (whose, and where to).
+    let states: Vec<_> = receipts
+        .iter()
+        .filter(|r| !r.known)
+        .zip(&reports)
+        .map(|(r, q)| (r.id, r.consumers.clone(), crate::status::Origin::of(q)))
+        .collect();
     let counts: Vec<_> = groups
         .iter()
         .map(|g| (metrics::Consumer { consumer: g.key.clone(), plugin: g.plugin.info.name.clone() }, g.members.len()))
@@ -338,8 +370,8 @@ pub async fn accept(ctx: Ingest<'_>, envelopes: Vec<Envelope>, batch: bool) -> R
     tokio::spawn(async move {
         queue.append_within(reports, given_ids, share).await?;
         // Delivery may have started (and even finished) meanwhile: its states stay.
-        for (id, consumers) in states {
-            status.merge(id, consumers);
+        for (id, consumers, origin) in states {
+            status.merge_from(id, consumers, Some(origin));
         }
         for (labels, n) in counts {
             metrics.accepted.get_or_create(&labels).inc_by(n as u64);
@@ -504,6 +536,37 @@ mod tests {
         let (envelopes, batch) = parse_body(format!("[{},{}]", report(a), report(a)).as_bytes(), 10).unwrap();
         let err = plan(lookup, String::new, |_| None, envelopes, batch, 7).unwrap_err().to_string();
         assert!(err.starts_with("report [1]: report id") && err.contains("appears twice"), "{err}");
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_carry_74_random_bits_and_no_counter() {
+        const MS: u64 = 0x0193_a1b2_c3d4;
+        let ids = new_report_ids(4096, MS);
+        // The layout: UUIDv7's time, version and variant.
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand), "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id.get_timestamp().unwrap().to_unix(), (MS / 1000, (MS % 1000) as u32 * 1_000_000));
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids of one call are distinct and sorted");
+        // The 74 bits that are not time, version or variant.
+        let random = |id: &Uuid| {
+            let v = id.as_u128();
+            ((v >> 64) & 0xfff) << 62 | (v & ((1 << 62) - 1))
+        };
+        // Every one of them is random: about half the ids set it. A counter (as `Uuid::now_v7`
+        // keeps within a millisecond) leaves its high bits equal in every id of the millisecond.
+        for bit in 0..74 {
+            let set = ids.iter().filter(|id| random(id) >> bit & 1 == 1).count();
+            assert!((1600..=2496).contains(&set), "random bit {bit} is set in {set} of 4096 ids");
+        }
+        // Neighbours differ in many bits, not in a few as successive counter values do.
+        let mut unsorted = new_report_ids(1, MS);
+        for _ in 0..200 {
+            unsorted.extend(new_report_ids(1, MS));
+        }
+        let close = unsorted.windows(2).filter(|w| (random(&w[0]) ^ random(&w[1])).count_ones() < 12).count();
+        assert_eq!(close, 0, "ids made one after another differ in fewer than 12 of 74 bits");
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! therefore shown as `scheme://host[:port]`: the port only when it is not the scheme's default
 //! (as a producer would write it); path, query, fragment and userinfo are dropped. The admin API
 //! keeps reasons whole.
+//!
+//! A receiver may also quote its own path without the URL around it (Express answers a 404 with
+//! `Cannot POST /hooks/<token>`, and plugins pass the start of an answer on as the reason). So
+//! where the host knows the destination a reason is about, [`public_reason_for`] first replaces
+//! every path, path segment, query, query value, fragment and userinfo of the URLs in that
+//! destination, as written and percent-decoded, with `<redacted>`.
 
 use serde_json::Value;
 
@@ -48,6 +54,128 @@ pub fn public_reason(text: &str) -> String {
     }
     out.push_str(&text[done..]);
     out
+}
+
+/// What [`public_reason_for`] writes in place of a part of a destination's URL.
+pub const REDACTED: &str = "<redacted>";
+
+/// Shortest path segment, query value or userinfo part redacted on its own: tokens are long,
+/// and shorter ones (`v1`, `hooks`, `services`) are words a reason uses otherwise; they are
+/// redacted as part of the whole path.
+const MIN_FRAGMENT: usize = 8;
+
+/// `text` as the public port shows it when it is about `destination` (its config, JSON text):
+/// every part of the destination's URLs past their origin replaced by `<redacted>`, then
+/// [`public_reason`].
+pub fn public_reason_for(text: &str, destination: Option<&str>) -> String {
+    let text = public_reason(text);
+    let fragments = destination.map(url_fragments).unwrap_or_default();
+    if fragments.is_empty() {
+        return text;
+    }
+    // Outside the origins `public_reason` left (a segment may also be part of a host name).
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(sep) = rest.find("://") {
+        let b = rest.as_bytes();
+        let mut start = sep;
+        while start > 0 && matches!(b[start - 1], b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'+' | b'-' | b'.') {
+            start -= 1;
+        }
+        let authority = rest[sep + 3..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_' | '%')))
+            .unwrap_or(rest.len() - sep - 3);
+        let end = sep + 3 + authority;
+        out.push_str(&redact_fragments(&rest[..start], &fragments));
+        out.push_str(&rest[start..end]);
+        rest = &rest[end..];
+    }
+    out.push_str(&redact_fragments(rest, &fragments));
+    out
+}
+
+/// `text` with every occurrence of `fragments` (longest first) replaced by [`REDACTED`].
+fn redact_fragments(text: &str, fragments: &[String]) -> String {
+    let mut text = text.to_string();
+    for f in fragments {
+        if text.contains(f.as_str()) {
+            text = text.replace(f.as_str(), REDACTED);
+        }
+    }
+    text
+}
+
+/// The parts past the origin of every URL among the string values of `destination`, as written
+/// and percent-decoded, longest first.
+fn url_fragments(destination: &str) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(value) = serde_json::from_str::<Value>(destination) else { return Vec::new() };
+    let mut strings = Vec::new();
+    collect_strings(&value, &mut strings);
+    for s in strings {
+        let Some((_, rest)) = s.split_once("://") else { continue };
+        // As written: everything past the authority, and each piece of it.
+        let past = rest.find(['/', '?', '#']).map_or("", |i| &rest[i..]);
+        let authority = &rest[..rest.len() - past.len()];
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            out.insert(userinfo.to_string());
+            out.extend(userinfo.split(':').map(str::to_string));
+        }
+        if past.len() > 1 {
+            out.insert(past.to_string());
+            let (path_query, fragment) = past.split_once('#').unwrap_or((past, ""));
+            let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+            out.insert(path_query.to_string());
+            out.insert(path.to_string());
+            out.insert(query.to_string());
+            out.insert(fragment.to_string());
+            out.extend(path.split('/').map(str::to_string));
+            for pair in query.split('&') {
+                out.insert(pair.to_string());
+                out.extend(pair.split('=').map(str::to_string));
+            }
+        }
+    }
+    // And each percent-decoded.
+    let decoded: Vec<String> = out.iter().filter_map(|f| percent_decoded(f)).collect();
+    out.extend(decoded);
+    let mut out: Vec<String> =
+        out.into_iter().filter(|f| f.len() >= MIN_FRAGMENT || (f.starts_with('/') && f.len() > 1)).collect();
+    out.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    out
+}
+
+/// `%XX` decoded, when that changes anything and yields UTF-8.
+fn percent_decoded(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return None;
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn collect_strings<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        Value::Object(map) => map.values().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
 }
 
 /// One URL as `scheme://host[:port]` (as the host's own logs and reasons show URLs);
@@ -151,6 +279,24 @@ mod tests {
         assert_eq!(public_reason("odd ://host/secret"), "odd ://host");
         assert_eq!(public_reason(""), "");
         assert_eq!(public_reason("ü https://ü.example/ä ü"), "ü https://xn--tda.example ü");
+    }
+
+    #[test]
+    fn a_receiver_quoting_its_path_does_not_show_it() {
+        let dest = r#"{"url":"https://hooks.example/hooks/T0KEN-abc%2Fdef?sig=S1GNATURE&v=1#frag","n":1}"#;
+        let reason = "receiver answered 404: Cannot POST /hooks/T0KEN-abc%2Fdef?sig=S1GNATURE&v=1 (token T0KEN-abc/def, S1GNATURE) at https://hooks.example/hooks/T0KEN-abc%2Fdef";
+        let r = public_reason_for(reason, Some(dest));
+        for secret in ["T0KEN", "S1GNATURE", "/hooks/"] {
+            assert!(!r.contains(secret), "{r}");
+        }
+        assert_eq!(
+            r,
+            "receiver answered 404: Cannot POST <redacted> (token <redacted>, <redacted>) at https://hooks.example"
+        );
+        // Short segments alone, and text about other destinations, are kept.
+        assert_eq!(public_reason_for("v1 is fine", Some(r#"{"url":"http://h/v1/x"}"#)), "v1 is fine");
+        assert_eq!(public_reason_for("quota exceeded", None), "quota exceeded");
+        assert_eq!(public_reason_for("not json", Some("{")), "not json");
     }
 
     #[test]

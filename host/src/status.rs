@@ -4,11 +4,14 @@
 //! first), all reports up to a larger one (past it the oldest are forgotten whatever their state:
 //! a process sharing a Kafka queue never learns how the reports others deliver end). The queue,
 //! not this book, decides what is delivered; dead letters can always be found in their store.
+//!
+//! Each report also keeps its [`Origin`]: the tenant it belongs to (who may read its state on
+//! the public port) and its destinations (whose URL paths its public reasons never show).
 
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -58,10 +61,45 @@ impl ConsumerState {
     }
 }
 
+/// Whose a report is and where it goes, as the queue holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Origin {
+    /// The tenant (access key) it belongs to; `None` for a `/forward` report, which anyone
+    /// holding its id may read.
+    pub tenant: Option<String>,
+    /// Each consumer key with its destination config (JSON text, shared with the queue).
+    pub destinations: Vec<(String, Arc<str>)>,
+}
+
+impl Origin {
+    /// The origin of a queued report.
+    pub fn of(report: &crate::queue::QueuedReport) -> Origin {
+        Origin {
+            tenant: report.tenant.clone(),
+            destinations: report.dests.iter().map(|d| (d.key.clone(), d.config.clone())).collect(),
+        }
+    }
+
+    /// The destination config of `consumer`, if known.
+    pub fn destination(&self, consumer: &str) -> Option<&str> {
+        self.destinations.iter().find(|(k, _)| k == consumer).map(|(_, d)| &**d)
+    }
+}
+
+/// What the book knows of one report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    /// Its state at each consumer.
+    pub consumers: BTreeMap<String, ConsumerState>,
+    /// Whose it is and where it goes, once someone who knows has said.
+    pub origin: Option<Origin>,
+}
+
 struct Entry {
     /// Which tracking slot is this entry's (an id tracked again gets a new one).
     slot: u64,
     consumers: BTreeMap<String, ConsumerState>,
+    origin: Option<Box<Origin>>,
     /// Made only when someone waits (`?wait=`): most reports are never watched.
     done: Option<watch::Sender<bool>>,
 }
@@ -96,7 +134,7 @@ impl StatusBook {
     pub fn insert(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
         let all_final = consumers.values().all(ConsumerState::is_final);
         let slot = self.slots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.map.insert(id, Entry { slot, consumers, done: None });
+        self.map.insert(id, Entry { slot, consumers, origin: None, done: None });
         self.track(id, slot);
         if all_final {
             self.retire(id);
@@ -117,17 +155,26 @@ impl StatusBook {
     /// Add the consumers' states a report does not have yet (a state delivery already set
     /// stays): delivery may start on a report before its ingest records the receipt.
     pub fn merge(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>) {
+        self.merge_from(id, consumers, None);
+    }
+
+    /// As [`StatusBook::merge`], also recording the report's origin when the entry has none
+    /// (an origin once recorded stays).
+    pub fn merge_from(&self, id: Uuid, consumers: BTreeMap<String, ConsumerState>, origin: Option<Origin>) {
         use dashmap::mapref::entry::Entry as Slot;
         let finished = match self.map.entry(id) {
             Slot::Vacant(v) => {
                 let fin = consumers.values().all(ConsumerState::is_final);
                 let slot = self.slots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                v.insert(Entry { slot, consumers, done: None });
+                v.insert(Entry { slot, consumers, origin: origin.map(Box::new), done: None });
                 self.track(id, slot);
                 fin
             }
             Slot::Occupied(mut o) => {
                 let e = o.get_mut();
+                if e.origin.is_none() {
+                    e.origin = origin.map(Box::new);
+                }
                 let was = e.consumers.values().all(ConsumerState::is_final);
                 for (k, v) in consumers {
                     e.consumers.entry(k).or_insert(v);
@@ -146,8 +193,9 @@ impl StatusBook {
 
     /// Track a leased report (recovered after a restart, or appended by another process of a
     /// shared queue) as queued for its consumers, keeping any state already known.
-    pub fn ensure_queued<'a>(&self, id: Uuid, consumers: impl Iterator<Item = &'a str>) {
-        self.merge(id, consumers.map(|c| (c.to_string(), ConsumerState::Queued)).collect());
+    pub fn ensure_queued(&self, report: &crate::queue::QueuedReport) {
+        let consumers = report.dests.iter().map(|d| (d.key.clone(), ConsumerState::Queued)).collect();
+        self.merge_from(report.id, consumers, Some(Origin::of(report)));
     }
 
     /// Set one consumer's state.
@@ -184,6 +232,11 @@ impl StatusBook {
     /// The consumers' states, if the report is known.
     pub fn get(&self, id: Uuid) -> Option<BTreeMap<String, ConsumerState>> {
         self.map.get(&id).map(|e| e.consumers.clone())
+    }
+
+    /// The consumers' states and the origin, if the report is known.
+    pub fn known(&self, id: Uuid) -> Option<Known> {
+        self.map.get(&id).map(|e| Known { consumers: e.consumers.clone(), origin: e.origin.as_deref().cloned() })
     }
 
     /// A receiver that turns `true` when every consumer is final.

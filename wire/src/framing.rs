@@ -74,6 +74,25 @@ pub struct FramingOptions {
     pub date_format: DateFormat,
 }
 
+/// Memory a decode may take as it grows, from a budget shared with other requests (the host's
+/// `limits.max_buffered_bytes`). [`decode_within`] asks before it holds more: the gzip output
+/// as its buffer grows, each record's JSON text as it is written (msgpack: value by value), and
+/// the records kept. Bytes taken are not given back during the decode; the caller's allowance
+/// returns them all when it is dropped.
+pub trait Allowance: Send + Sync {
+    /// Take `bytes` more; `false` when the budget cannot give them now.
+    fn take(&self, bytes: usize) -> bool;
+}
+
+/// An allowance without bound ([`decode`]).
+pub struct Unbounded;
+
+impl Allowance for Unbounded {
+    fn take(&self, _bytes: usize) -> bool {
+        true
+    }
+}
+
 /// Deepest msgpack nesting [`decode`] converts, whatever [`FramingOptions::max_depth`] says:
 /// the conversion recurses, and this bounds its stack.
 pub const MSGPACK_MAX_DEPTH: usize = 256;
@@ -213,6 +232,12 @@ pub enum FramingError {
         /// The limit, in bytes.
         max: usize,
     },
+    /// The memory budget shared by requests being read and decoded has no room for this body's
+    /// decoding now.
+    #[error(
+        "the host is reading and decoding as many request bodies as its memory budget allows          (limits.max_buffered_bytes): retry after a second"
+    )]
+    OverBudget,
     /// More records than one request may carry.
     #[error(
         "the request carries {count} records; at most {max} are allowed per request (ingest.max_reports_per_request): send fewer per request"
@@ -252,9 +277,21 @@ pub fn decode(
     content_encoding: Option<&str>,
     opts: &FramingOptions,
 ) -> Result<Vec<Record>, FramingError> {
+    decode_within(body, content_type, content_encoding, opts, &Unbounded)
+}
+
+/// [`decode`], taking what it holds beyond `body` from `allowance` as it grows; refused with
+/// [`FramingError::OverBudget`] when the allowance has no more.
+pub fn decode_within(
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    opts: &FramingOptions,
+    allowance: &dyn Allowance,
+) -> Result<Vec<Record>, FramingError> {
     let inflated;
     let body = if is_gzip(content_encoding)? {
-        inflated = gunzip(body, opts.max_decompressed_bytes)?;
+        inflated = gunzip(body, opts.max_decompressed_bytes, allowance)?;
         &inflated[..]
     } else {
         body
@@ -278,10 +315,10 @@ pub fn decode(
         },
     };
     let records = match framing {
-        Framing::Msgpack => msgpack::records(body, opts)?,
+        Framing::Msgpack => msgpack::records(body, opts, allowance)?,
         Framing::Json => match text[start] {
-            b'[' => json_array(text, opts)?,
-            b'{' => json_objects(text, opts)?,
+            b'[' => json_array(text, opts, allowance)?,
+            b'{' => json_objects(text, opts, allowance)?,
             _ => {
                 return Err(unexpected(
                     "a JSON array of objects or JSON objects (Content-Type: application/json)",
@@ -290,7 +327,7 @@ pub fn decode(
             }
         },
         Framing::Lines | Framing::Stream => match text[start] {
-            b'{' => json_objects(text, opts)?,
+            b'{' => json_objects(text, opts, allowance)?,
             _ if framing == Framing::Lines => {
                 return Err(unexpected("JSON objects one per line (Content-Type: application/x-ndjson)", body));
             }
@@ -332,13 +369,42 @@ fn is_gzip(content_encoding: Option<&str>) -> Result<bool, FramingError> {
     }
 }
 
-/// Undo gzip (one member or several back to back), refusing past `max` bytes of output.
-fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, FramingError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max).min(1 << 20));
-    let mut decoder = flate2::read::MultiGzDecoder::new(body).take((max as u64).saturating_add(1));
-    decoder.read_to_end(&mut out).map_err(|e| FramingError::Gzip(e.to_string()))?;
-    if out.len() > max {
-        return Err(FramingError::TooLarge { max });
+/// Bytes inflated at a time.
+const INFLATE_CHUNK: usize = 64 * 1024;
+
+/// Undo gzip (one member or several back to back), refusing past `max` bytes of output; every
+/// byte of the output buffer's capacity is taken from `allowance` before it is allocated.
+fn gunzip(body: &[u8], max: usize, allowance: &dyn Allowance) -> Result<Vec<u8>, FramingError> {
+    // Sized at once from the size the gzip trailer states (its last member's, modulo 2^32; a
+    // hint only, the decoder counts), within `max`: no garbage from growing by doubling.
+    let stated =
+        body.len().checked_sub(4).map_or(0, |at| u32::from_le_bytes(body[at..].try_into().expect("4 bytes")) as usize);
+    let first = stated.min(max);
+    if !allowance.take(INFLATE_CHUNK + first) {
+        return Err(FramingError::OverBudget);
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(first);
+    let mut chunk = vec![0u8; INFLATE_CHUNK];
+    let mut decoder = flate2::read::MultiGzDecoder::new(body);
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FramingError::Gzip(e.to_string())),
+        };
+        if out.len() + n > max {
+            return Err(FramingError::TooLarge { max });
+        }
+        if out.len() + n > out.capacity() {
+            // Grow by doubling (at least a chunk, at most to `max`), paid for first.
+            let capacity = (out.capacity() * 2).max(out.len() + n).max(INFLATE_CHUNK).min(max);
+            if !allowance.take(capacity - out.capacity()) {
+                return Err(FramingError::OverBudget);
+            }
+            out.reserve_exact(capacity - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
     Ok(out)
 }
@@ -401,7 +467,7 @@ fn offset_in(body: &[u8], raw: &RawValue) -> usize {
 }
 
 /// `format json`: one array of objects.
-fn json_array(body: &[u8], opts: &FramingOptions) -> Result<Vec<Record>, FramingError> {
+fn json_array(body: &[u8], opts: &FramingOptions, allowance: &dyn Allowance) -> Result<Vec<Record>, FramingError> {
     let mut count = 0;
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = Capped { max: opts.max_records, count: &mut count }.deserialize(&mut de).and_then(|items| {
@@ -419,7 +485,9 @@ fn json_array(body: &[u8], opts: &FramingOptions) -> Result<Vec<Record>, Framing
     items
         .into_iter()
         .enumerate()
-        .map(|(record, raw)| json_record(raw, Position::Line { record, line: lines.at(offset_in(body, raw)) }, opts))
+        .map(|(record, raw)| {
+            json_record(raw, Position::Line { record, line: lines.at(offset_in(body, raw)) }, opts, allowance)
+        })
         .collect()
 }
 
@@ -454,7 +522,7 @@ impl<'de> Visitor<'de> for Capped<'_> {
 }
 
 /// `format json_lines` / `json_stream`: objects separated by nothing or whitespace.
-fn json_objects(body: &[u8], opts: &FramingOptions) -> Result<Vec<Record>, FramingError> {
+fn json_objects(body: &[u8], opts: &FramingOptions, allowance: &dyn Allowance) -> Result<Vec<Record>, FramingError> {
     let mut records = Vec::new();
     let mut count = 0;
     let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>();
@@ -470,7 +538,7 @@ fn json_objects(body: &[u8], opts: &FramingOptions) -> Result<Vec<Record>, Frami
         })?;
         if records.len() < opts.max_records {
             let at = Position::Line { record, line: lines.at(offset_in(body, raw)) };
-            records.push(json_record(raw, at, opts)?);
+            records.push(json_record(raw, at, opts, allowance)?);
         }
     }
     if count > opts.max_records {
@@ -479,14 +547,22 @@ fn json_objects(body: &[u8], opts: &FramingOptions) -> Result<Vec<Record>, Frami
     Ok(records)
 }
 
-/// Check one JSON record and make it compact.
-fn json_record(raw: &RawValue, at: Position, opts: &FramingOptions) -> Result<Record, FramingError> {
+/// Check one JSON record and make it compact (its copy taken from `allowance` first).
+fn json_record(
+    raw: &RawValue,
+    at: Position,
+    opts: &FramingOptions,
+    allowance: &dyn Allowance,
+) -> Result<Record, FramingError> {
     let text = raw.get();
     if !text.starts_with('{') {
         return Err(FramingError::NotAnObject { at, found: json_type(text) });
     }
     crate::depth::check(text.as_bytes(), opts.max_depth)
         .map_err(|_| FramingError::TooDeep { at, max: opts.max_depth })?;
+    if !allowance.take(text.len() + std::mem::size_of::<Record>()) {
+        return Err(FramingError::OverBudget);
+    }
     Ok(Record { payload: compact(text), time: None })
 }
 
@@ -532,6 +608,12 @@ fn compact(text: &str) -> String {
 /// Append `s` to `out` as a JSON string.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    push_escaped(out, s);
+    out.push('"');
+}
+
+/// Append `s` to `out` escaped as inside a JSON string (at most six bytes for one of `s`).
+fn push_escaped(out: &mut String, s: &str) {
     let mut clean = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape = match b {
@@ -554,7 +636,6 @@ fn push_json_str(out: &mut String, s: &str) {
         clean = i + 1;
     }
     out.push_str(&s[clean..]);
-    out.push('"');
 }
 
 /// A float as Fluent Bit's `msgpack2json` writes it: `%.1f` when integral, else `%.16g`;
@@ -662,6 +743,10 @@ mod msgpack {
     enum Bad {
         Msg(String),
         TooDeep,
+        /// Past four times the body limit as JSON.
+        TooLargeAsJson,
+        /// The allowance has no more.
+        OverBudget,
     }
 
     impl From<String> for Bad {
@@ -675,9 +760,82 @@ mod msgpack {
         pos: usize,
         max_depth: usize,
         date_format: DateFormat,
+        allowance: &'a dyn Allowance,
+        /// Bytes this decode holds, by its own count (never lowered), and bytes taken from the
+        /// allowance for them (whole `TAKE_STEP`s).
+        held: usize,
+        taken: usize,
+        /// JSON written so far (all records), and the most allowed.
+        written: usize,
+        max_json: usize,
     }
 
+    /// Bytes taken from the allowance at a time.
+    const TAKE_STEP: usize = 64 * 1024;
+    /// What one map entry costs besides its text: its place in the entry list and in the set
+    /// that finds duplicate keys.
+    const ENTRY_COST: usize = std::mem::size_of::<Entry>() + 3 * std::mem::size_of::<usize>();
+
     impl<'a> Reader<'a> {
+        /// Append `s` as a JSON string, a piece at a time: the room for each piece is taken
+        /// from the allowance before it is allocated, and the JSON limit is checked as it grows
+        /// (one string may be most of the body, and six times as long as JSON).
+        fn string(&mut self, out: &mut String, s: &str) -> Result<(), Bad> {
+            const PIECE: usize = 16 * 1024;
+            self.hold(2, true)?;
+            out.push('"');
+            let mut rest = s;
+            while !rest.is_empty() {
+                let mut end = rest.len().min(PIECE);
+                while !rest.is_char_boundary(end) {
+                    end += 1;
+                }
+                let (piece, after) = rest.split_at(end);
+                self.reserve(out, piece.len() * 6 + 1)?;
+                let before = out.len();
+                push_escaped(out, piece);
+                self.written += out.len() - before;
+                if self.written > self.max_json {
+                    return Err(Bad::TooLargeAsJson);
+                }
+                rest = after;
+            }
+            out.push('"');
+            Ok(())
+        }
+
+        /// Room for `extra` more bytes in `out`; new capacity (doubling) is taken from the
+        /// allowance first.
+        fn reserve(&mut self, out: &mut String, extra: usize) -> Result<(), Bad> {
+            if out.capacity() - out.len() >= extra {
+                return Ok(());
+            }
+            let capacity = (out.capacity() * 2).max(out.len() + extra);
+            self.hold(capacity - out.capacity(), false)?;
+            out.reserve_exact(capacity - out.len());
+            Ok(())
+        }
+
+        /// Count `bytes` more held (and, when `json`, written), taking from the allowance past
+        /// what was taken.
+        fn hold(&mut self, bytes: usize, json: bool) -> Result<(), Bad> {
+            if json {
+                self.written += bytes;
+                if self.written > self.max_json {
+                    return Err(Bad::TooLargeAsJson);
+                }
+            }
+            self.held += bytes;
+            if self.held > self.taken {
+                let more = (self.held - self.taken).next_multiple_of(TAKE_STEP);
+                if !self.allowance.take(more) {
+                    return Err(Bad::OverBudget);
+                }
+                self.taken += more;
+            }
+            Ok(())
+        }
+
         fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
             if self.buf.len() - self.pos < n {
                 return Err(Bad::Msg(format!(
@@ -759,18 +917,37 @@ mod msgpack {
         /// Append the JSON form of the value `item` starts; `depth` is the nesting of the
         /// container holding it (the record object is 1).
         fn value(&mut self, item: Item<'a>, out: &mut String, depth: usize) -> Result<(), Bad> {
+            let before = out.len();
+            self.value_text(item, out, depth)?;
+            // Containers count their punctuation, their members themselves, strings as they
+            // are written; other scalars are a few bytes.
+            if !matches!(item, Item::Array(_) | Item::Map(_) | Item::Str(_) | Item::Bin(_)) {
+                self.hold(out.len() - before, true)?;
+            }
+            Ok(())
+        }
+
+        fn value_text(&mut self, item: Item<'a>, out: &mut String, depth: usize) -> Result<(), Bad> {
             match item {
                 Item::Nil => out.push_str("null"),
                 Item::Bool(b) => out.push_str(if b { "true" } else { "false" }),
                 Item::Uint(v) => out.push_str(&v.to_string()),
                 Item::Int(v) => out.push_str(&v.to_string()),
                 Item::Float(v) => push_float(out, v),
-                Item::Str(bytes) => push_json_str(out, &String::from_utf8_lossy(bytes)),
+                Item::Str(bytes) => {
+                    let text = String::from_utf8_lossy(bytes);
+                    if let std::borrow::Cow::Owned(copy) = &text {
+                        self.hold(copy.len(), false)?;
+                    }
+                    self.string(out, &text)?;
+                }
                 Item::Bin(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(s) => push_json_str(out, s),
+                    Ok(s) => self.string(out, s)?,
                     Err(_) => {
                         use base64::Engine as _;
-                        push_json_str(out, &base64::engine::general_purpose::STANDARD.encode(bytes))
+                        self.hold(bytes.len().div_ceil(3) * 4, false)?;
+                        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+                        self.string(out, &text)?;
                     }
                 },
                 Item::Ext(ty, data) => match event_time(ty, data) {
@@ -787,6 +964,7 @@ mod msgpack {
                     if depth + 1 > self.max_depth {
                         return Err(Bad::TooDeep);
                     }
+                    self.hold(n + 2, true)?;
                     out.push('[');
                     for i in 0..n {
                         if i > 0 {
@@ -804,7 +982,7 @@ mod msgpack {
                     out.push('{');
                     let from = out.len();
                     let entries = self.entries(n, out, depth + 1)?;
-                    dedup(out, from, &entries);
+                    self.dedup(out, from, &entries)?;
                     out.push('}');
                 }
             }
@@ -816,6 +994,9 @@ mod msgpack {
         fn entries(&mut self, n: usize, out: &mut String, depth: usize) -> Result<Vec<Entry>, Bad> {
             let mut entries = Vec::new();
             for i in 0..n {
+                // Its place in the list, its `,` `:` and the map's braces.
+                self.hold(ENTRY_COST + 2, false)?;
+                self.hold(2, true)?;
                 if i > 0 {
                     out.push(',');
                 }
@@ -829,6 +1010,12 @@ mod msgpack {
                 entries.push(Entry { start, key_end, end: out.len() });
             }
             Ok(entries)
+        }
+
+        /// [`dedup`], counting the copy it makes.
+        fn dedup(&mut self, out: &mut String, from: usize, entries: &[Entry]) -> Result<(), Bad> {
+            let copied = dedup(out, from, entries);
+            self.hold(copied, false)
         }
 
         /// Append a map key as a JSON string.
@@ -856,16 +1043,18 @@ mod msgpack {
         end: usize,
     }
 
-    /// Keep only the last entry of each key, as Fluent Bit does, in `out[from..]`.
-    fn dedup(out: &mut String, from: usize, entries: &[Entry]) {
+    /// Keep only the last entry of each key, as Fluent Bit does, in `out[from..]`; the bytes
+    /// it copied to do so.
+    fn dedup(out: &mut String, from: usize, entries: &[Entry]) -> usize {
         if entries.len() < 2 {
-            return;
+            return 0;
         }
         let mut seen = std::collections::HashSet::with_capacity(entries.len());
         let keep: Vec<bool> = entries.iter().rev().map(|e| seen.insert(&out[e.start..e.key_end])).collect();
         if keep.iter().all(|&k| k) {
-            return;
+            return 0;
         }
+        let copied = out.len() - from;
         let mut kept = String::with_capacity(out.len() - from);
         for (e, keep) in entries.iter().zip(keep.iter().rev()) {
             if *keep {
@@ -877,6 +1066,7 @@ mod msgpack {
         }
         out.truncate(from);
         out.push_str(&kept);
+        copied
     }
 
     fn has_key(out: &str, entries: &[Entry], key_json: &str) -> bool {
@@ -947,9 +1137,24 @@ mod msgpack {
     }
 
     /// Convert every event of a msgpack body.
-    pub(super) fn records(body: &[u8], opts: &FramingOptions) -> Result<Vec<Record>, FramingError> {
+    pub(super) fn records(
+        body: &[u8],
+        opts: &FramingOptions,
+        allowance: &dyn Allowance,
+    ) -> Result<Vec<Record>, FramingError> {
         let max_depth = opts.max_depth.min(MSGPACK_MAX_DEPTH);
-        let mut rd = Reader { buf: body, pos: 0, max_depth, date_format: opts.date_format };
+        let budget = opts.max_decompressed_bytes.saturating_mul(4);
+        let mut rd = Reader {
+            buf: body,
+            pos: 0,
+            max_depth,
+            date_format: opts.date_format,
+            allowance,
+            held: 0,
+            taken: 0,
+            written: 0,
+            max_json: budget,
+        };
         let date_key = (!opts.date_key.is_empty()).then(|| {
             let mut k = String::new();
             push_json_str(&mut k, &opts.date_key);
@@ -957,7 +1162,6 @@ mod msgpack {
         });
         let mut records = Vec::new();
         let mut count = 0;
-        let budget = opts.max_decompressed_bytes.saturating_mul(4);
         let mut produced = 0usize;
         // Group attributes of the open group: their JSON, and whether they are not empty.
         let mut group: Option<(String, bool)> = None;
@@ -968,6 +1172,8 @@ mod msgpack {
             let fail = |bad: Bad| match bad {
                 Bad::Msg(error) => FramingError::Msgpack { at, error },
                 Bad::TooDeep => FramingError::TooDeep { at, max: max_depth },
+                Bad::TooLargeAsJson => FramingError::TooLargeAsJson { max: budget },
+                Bad::OverBudget => FramingError::OverBudget,
             };
             if count >= opts.max_records {
                 // Past the limit: only count what follows, converting nothing.
@@ -1043,6 +1249,9 @@ mod msgpack {
         };
         let mut body = String::new();
         let entries = rd.entries(n, &mut body, 1)?;
+        // The record's copy (the payload), and its place among the records.
+        let extra = metadata.as_ref().map_or(0, String::len) + group.as_ref().map_or(0, |g| g.0.len());
+        rd.hold(body.len() + extra + 64 + std::mem::size_of::<Record>(), false)?;
         let mut payload = String::with_capacity(body.len() + 64);
         payload.push('{');
         if let Some(key) = date_key
@@ -1068,7 +1277,7 @@ mod msgpack {
             payload.push_str(metadata.as_deref().unwrap_or("{}"));
             payload.push('}');
         }
-        dedup(&mut body, 0, &entries);
+        rd.dedup(&mut body, 0, &entries)?;
         if payload.len() > 1 && !body.is_empty() {
             payload.push(',');
         }
@@ -1087,7 +1296,7 @@ mod msgpack {
         }
         let mut out = String::from("{");
         let entries = rd.entries(n, &mut out, depth)?;
-        dedup(&mut out, 1, &entries);
+        rd.dedup(&mut out, 1, &entries)?;
         out.push('}');
         Ok(out)
     }
@@ -1398,6 +1607,66 @@ mod tests {
         assert!(err.to_string().contains("is not msgpack"), "{err}");
         let err = decode(br#"{"a":1}"#, Some("application/msgpack"), None, &opts()).unwrap_err();
         assert!(err.to_string().contains("looks like JSON: send `Content-Type: application/json`"), "{err}");
+    }
+
+    /// An allowance of `left` bytes that counts what it gave.
+    struct Limited {
+        left: std::sync::atomic::AtomicUsize,
+        given: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Limited {
+        fn new(left: usize) -> Limited {
+            Limited { left: left.into(), given: 0.into() }
+        }
+
+        fn given(&self) -> usize {
+            self.given.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    impl Allowance for Limited {
+        fn take(&self, bytes: usize) -> bool {
+            use std::sync::atomic::Ordering::Relaxed;
+            let ok = self.left.fetch_update(Relaxed, Relaxed, |left| left.checked_sub(bytes)).is_ok();
+            if ok {
+                self.given.fetch_add(bytes, Relaxed);
+            }
+            ok
+        }
+    }
+
+    #[test]
+    fn decoding_takes_what_it_holds_from_the_allowance_before_holding_it() {
+        // JSON lines: the inflated body and the records made of it are paid for.
+        let lines: Vec<u8> =
+            (0..20_000).flat_map(|n| format!("{{\"n\":{n},\"text\":\"some text to fill\"}}\n").into_bytes()).collect();
+        let o = FramingOptions { max_decompressed_bytes: 4 << 20, max_records: 100_000, ..opts() };
+        let all = Limited::new(usize::MAX);
+        let got = decode_within(&gzip(&lines), Some("application/x-ndjson"), Some("gzip"), &o, &all).unwrap();
+        let payloads: usize = got.iter().map(|r| r.payload.len()).sum();
+        assert!(all.given() >= lines.len() + payloads, "{} given for {} + {payloads}", all.given(), lines.len());
+        let little = Limited::new(lines.len() / 2);
+        let err = decode_within(&gzip(&lines), Some("application/x-ndjson"), Some("gzip"), &o, &little);
+        assert_eq!(err, Err(FramingError::OverBudget));
+        assert!(little.given() <= lines.len() / 2);
+
+        // Msgpack: one string six times as long as JSON is paid for as it is written.
+        let text = "\u{1}".repeat(1 << 20);
+        let events = msgpack(&[v1(Value::from(T), map(&[("log", Value::from(text.as_str()))]))]);
+        let o = FramingOptions { max_decompressed_bytes: 8 << 20, ..opts() };
+        let all = Limited::new(usize::MAX);
+        let got = decode_within(&events, Some("application/msgpack"), None, &o, &all).unwrap();
+        assert!(all.given() >= 2 * got[0].payload.len(), "the text and the payload copy: {}", all.given());
+        let little = Limited::new(1 << 20);
+        let err = decode_within(&events, Some("application/msgpack"), None, &o, &little);
+        assert_eq!(err, Err(FramingError::OverBudget));
+        // And the JSON limit holds while that one value is written, not after it.
+        let o = FramingOptions { max_decompressed_bytes: events.len(), ..opts() };
+        let all = Limited::new(usize::MAX);
+        let err = decode_within(&events, Some("application/msgpack"), None, &o, &all).unwrap_err();
+        assert!(matches!(err, FramingError::TooLargeAsJson { .. }), "{err:?}");
+        assert!(all.given() <= 9 * events.len(), "{} given before refusing", all.given());
     }
 
     #[test]

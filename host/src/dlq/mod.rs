@@ -226,7 +226,8 @@ impl Requeue<'_> {
         // Queued before delivery can start, without touching the report's other consumers (a
         // refused replay puts the state back).
         let before = self.status.get(id).and_then(|c| c.get(&consumer).cloned());
-        self.status.merge(id, BTreeMap::from([(consumer.clone(), ConsumerState::Queued)]));
+        let origin = Some(crate::status::Origin::of(&report));
+        self.status.merge_from(id, BTreeMap::from([(consumer.clone(), ConsumerState::Queued)]), origin);
         self.status.set(id, &consumer, ConsumerState::Queued);
         // As a relay's report: refused while the same id is still queued here.
         self.queue.append(vec![report], true).await.map_err(|error| {

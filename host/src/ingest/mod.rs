@@ -11,6 +11,7 @@ pub mod config;
 pub mod tenants;
 
 use crate::forward::{self, RouteError};
+use crate::server::listener::{Budget, Charge};
 use crate::server::{ApiError, AppState};
 use auth::AuthRejection;
 use axum::Json;
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use data_exporter_wire::framing::{self, FramingOptions};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use tenants::{Tenant, TenantSet};
 
 /// `?access_key=` (the seed's config exchange takes it as a request parameter).
@@ -106,11 +108,23 @@ fn tenant_of<'s>(
     Ok(set.get(&key).expect("authenticate admits only defined access keys"))
 }
 
+/// Whether the request's credential may act as access key `tenant`, and so read its reports'
+/// states: authenticated exactly as `/v1/ingest` authenticates (an `X-Access-Key` header, else
+/// `tenant`, selects among the keys a credential grants). No credential, or any other, may not.
+pub fn may_read(state: &AppState, headers: &HeaderMap, tenant: &str) -> bool {
+    let set = state.tenants.current();
+    if set.is_empty() || !headers.contains_key(header::AUTHORIZATION) {
+        return false;
+    }
+    set.keys.authenticate(headers, Some(tenant), None, |k| set.get(k).map(|t| t.cfg.revoked)).is_ok_and(|k| k == tenant)
+}
+
 /// `POST /v1/ingest`: payloads only; where they go is the access key's configuration.
 #[tracing::instrument(skip_all, fields(tenant, records))]
 pub async fn ingest_handler(
     State(state): State<AppState>,
     query: Result<Query<AccessKeyQuery>, QueryRejection>,
+    budget: Option<axum::Extension<Budget>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -118,7 +132,10 @@ pub async fn ingest_handler(
         Ok(Query(q)) => q,
         Err(e) => return Refusal::from(query_error(e)).answer(&state),
     };
-    ingest(&state, &query, &headers, body).await.unwrap_or_else(|refusal| refusal.answer(&state))
+    // What decoding makes of the body is taken from the listener's budget (none when the
+    // router is driven without one), and given back once this request is answered.
+    let charge = budget.map(|b| b.0.charge());
+    ingest(&state, &query, &headers, body, charge).await.unwrap_or_else(|refusal| refusal.answer(&state))
 }
 
 /// A query string that is not `access_key=KEY` and `receipts=true|false`, at most once each.
@@ -139,6 +156,7 @@ async fn ingest(
     query: &AccessKeyQuery,
     headers: &HeaderMap,
     body: Bytes,
+    charge: Option<Arc<Charge>>,
 ) -> Result<Response, Refusal> {
     let reject = Refusal::Api;
     if !state.role.ingests() {
@@ -182,12 +200,25 @@ async fn ingest(
     // Decompressing and parsing up to a whole body is CPU work: off the async workers.
     let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
     let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
+    // One decode per CPU at a time: more would not decode faster, and each would hold its
+    // thread's memory besides the budget.
+    let _slot = DECODES.acquire().await.expect("never closed");
+    let allowance = charge.clone();
     let records = tokio::task::spawn_blocking(move || {
-        framing::decode(&body, content_type.as_deref(), encoding.as_deref(), &opts)
+        let (ct, ce) = (content_type.as_deref(), encoding.as_deref());
+        match &allowance {
+            Some(a) => framing::decode_within(&body, ct, ce, &opts, &**a),
+            None => framing::decode(&body, ct, ce, &opts),
+        }
     })
     .await
     .expect("decoding does not panic")
-    .map_err(|e| reject(framing_error(e)))?;
+    .map_err(|e| match e {
+        framing::FramingError::OverBudget if charge.as_ref().is_some_and(|c| c.never_fits()) => {
+            reject(never_fits(state))
+        }
+        e => reject(framing_error(e)),
+    })?;
     tracing::Span::current().record("records", records.len());
     let labels = TenantSet::labels(tenant, tag.as_deref());
     let payloads = records.into_iter().map(|r| r.payload);
@@ -225,6 +256,11 @@ async fn ingest(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// Bodies being decoded at once: one per CPU.
+static DECODES: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+});
+
 /// The largest body `tenant` may send, before and after gzip.
 fn max_body(tenant: &Tenant, state: &AppState) -> usize {
     tenant.cfg.max_body_bytes.unwrap_or(usize::MAX).min(state.limits.max_body_bytes)
@@ -247,7 +283,7 @@ fn route_error(key: &str, e: RouteError) -> ApiError {
         RouteError::NoConsumer { .. } => "every destination of its routes is empty".to_string(),
         _ => return e.into(),
     };
-    tracing::error!(tenant = key, error = %e, "a route of an access key cannot be used");
+    // Logged with the refusal (one summary line a second), not on every request here too.
     let mut api = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "route_unavailable",
@@ -257,7 +293,21 @@ fn route_error(key: &str, e: RouteError) -> ApiError {
         ),
     );
     api.retry_after = Some(ROUTE_RETRY_SECS);
+    api.detail = Some(format!("a route of access key `{key}` cannot be used: {e}"));
     api
+}
+
+/// 413: decoding the body needs more than the whole of `limits.max_buffered_bytes`.
+pub(crate) fn never_fits(state: &AppState) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "decoding this body (decompressed, converted to records) needs more than limits.max_buffered_bytes ({} \
+             bytes), the memory all requests share: send fewer records per request",
+            state.limits.max_buffered_bytes
+        ),
+    )
 }
 
 fn framing_error(e: framing::FramingError) -> ApiError {
@@ -267,9 +317,14 @@ fn framing_error(e: framing::FramingError) -> ApiError {
         F::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
         F::TooManyRecords { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_reports"),
         F::TooDeep { .. } => (StatusCode::BAD_REQUEST, "too_deep"),
+        F::OverBudget => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         _ => (StatusCode::BAD_REQUEST, "invalid_body"),
     };
-    ApiError::new(status, code, e.to_string())
+    let mut api = ApiError::new(status, code, e.to_string());
+    if matches!(e, F::OverBudget) {
+        api.retry_after = Some(1);
+    }
+    api
 }
 
 /// `GET /v1/config`: the non-secret part of the agent's configuration (the seed's config

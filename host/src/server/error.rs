@@ -1,4 +1,11 @@
-//! The API's error type: a status, a stable code and a message that says what to do; logged once.
+//! The API's error type: a status, a stable code and a message that says what to do; logged as a
+//! summary.
+//!
+//! Anyone can make the host refuse requests, as fast as they can send them, so refusals are not
+//! logged one line each: per code, the first refusal after a quiet second is logged at once and
+//! the ones that follow are counted, then logged as one line a second saying how many (`count`)
+//! with the latest message for server errors. `data_exporter_requests_rejected_total` counts
+//! every one of them.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -16,23 +23,22 @@ pub struct ApiError {
     pub message: String,
     /// Seconds a client should wait before trying again (`Retry-After`).
     pub retry_after: Option<u64>,
+    /// For the log only, instead of `message`: what the operator needs to know of a server
+    /// error and the client may not see.
+    pub detail: Option<String>,
 }
 
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError { status, code, message: message.into(), retry_after: None, detail: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
-        } else {
-            // Not the message: it may quote what the producer sent, credentials included.
-            tracing::info!(status = self.status.as_u16(), code = self.code, "request rejected");
-        }
+        let logged = self.status.is_server_error().then(|| self.detail.unwrap_or_else(|| self.message.clone()));
+        summary::refused(self.status, self.code, logged);
         let mut resp =
             (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response();
         if let Some(secs) = self.retry_after {
@@ -94,6 +100,99 @@ impl From<crate::forward::RouteError> for ApiError {
         };
         // Only the public port answers with these: URLs in a plugin's message or a call error
         // are cut to their origin (a webhook's token lives in its path).
-        ApiError { status, code, message: crate::redact::public_reason(&e.to_string()), retry_after }
+        ApiError { status, code, message: crate::redact::public_reason(&e.to_string()), retry_after, detail: None }
+    }
+}
+
+/// The refusal log: per code, at most one line a second.
+pub(crate) mod summary {
+    use axum::http::StatusCode;
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// Shortest time between two lines for one code.
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    struct Tally {
+        status: StatusCode,
+        /// When its last line was written.
+        logged: Option<Instant>,
+        /// Refusals since that line.
+        count: u64,
+        /// The latest message, for server errors (a client error's message may quote what the
+        /// client sent, credentials included).
+        message: Option<String>,
+    }
+
+    #[derive(Default)]
+    struct Book {
+        tallies: HashMap<&'static str, Tally>,
+        /// Whether a task writes the counts that wait for their second.
+        flushing: bool,
+    }
+
+    static BOOK: LazyLock<Mutex<Book>> = LazyLock::new(Mutex::default);
+
+    /// Count one refusal with `code`; log it now if its code has had no line for a second.
+    pub fn refused(status: StatusCode, code: &'static str, message: Option<String>) {
+        let now = Instant::now();
+        let mut book = BOOK.lock().unwrap();
+        let tally = book.tallies.entry(code).or_insert(Tally { status, logged: None, count: 0, message: None });
+        tally.count += 1;
+        tally.status = status;
+        tally.message = message;
+        if tally.logged.is_none_or(|t| now.duration_since(t) >= EVERY) {
+            log(code, tally, now);
+            return;
+        }
+        if !book.flushing
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            book.flushing = true;
+            runtime.spawn(flush());
+        }
+    }
+
+    /// Write the counts whose second has passed, until none waits.
+    async fn flush() {
+        /// Another task may flush once this one ends, however it ends (its runtime may stop).
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                if let Ok(mut book) = BOOK.lock() {
+                    book.flushing = false;
+                }
+            }
+        }
+        let _done = Done;
+        loop {
+            tokio::time::sleep(EVERY / 4).await;
+            let now = Instant::now();
+            let mut book = BOOK.lock().unwrap();
+            let mut waiting = false;
+            for (code, tally) in book.tallies.iter_mut().filter(|(_, t)| t.count > 0) {
+                if tally.logged.is_none_or(|t| now.duration_since(t) >= EVERY) {
+                    log(code, tally, now);
+                } else {
+                    waiting = true;
+                }
+            }
+            if !waiting {
+                return;
+            }
+        }
+    }
+
+    fn log(code: &str, tally: &mut Tally, now: Instant) {
+        let (status, count) = (tally.status.as_u16(), tally.count);
+        match tally.message.take() {
+            Some(message) => {
+                tracing::error!(status, code, count, latest = %message, "requests failed (at most one line a second per code)")
+            }
+            None => tracing::info!(status, code, count, "requests refused (at most one line a second per code)"),
+        }
+        tally.count = 0;
+        tally.logged = Some(now);
     }
 }

@@ -6,6 +6,11 @@
 //! at most `limits.max_body_bytes` (else 413 `body_too_large`) within `limits.body_timeout_ms`
 //! (else 408 `request_timeout`), so handlers see a complete body. A connection has
 //! `limits.header_timeout_ms` for its TLS handshake and for each request's headers.
+//!
+//! `limits.max_buffered_bytes` bounds what requests hold at once: the bodies being read, and
+//! what handlers make of them (inflated gzip, records converted from msgpack, parsed reports).
+//! A handler takes the latter from the same budget through the request's [`Budget`] extension
+//! as it grows, and answers 503 `overloaded` with `Retry-After` when it has no room.
 
 use super::tls::{TlsConfig, TlsError, TlsReloader};
 use crate::config::Limits;
@@ -168,8 +173,8 @@ struct Guard {
     body_timeout: Duration,
     /// Slowest body accepted after `BODY_GRACE`, in bytes per second (0: no floor).
     min_rate: u64,
-    /// KiB of request bodies held at once, over all requests.
-    buffered: Arc<Semaphore>,
+    /// KiB of request bodies (and what handlers make of them) held at once, over all requests.
+    buffered: Budget,
     max_buffered: u64,
     metrics: Arc<Metrics>,
     /// When shedding was last logged (ms since the epoch): at most once every 10 s.
@@ -185,7 +190,7 @@ fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>) -> Router {
         max_body: limits.max_body_bytes,
         body_timeout: Duration::from_millis(limits.body_timeout_ms),
         min_rate: limits.min_body_bytes_per_sec,
-        buffered: Arc::new(Semaphore::new(((limits.max_buffered_bytes / 1024) as usize).min(Semaphore::MAX_PERMITS))),
+        buffered: Budget::new(limits.max_buffered_bytes),
         max_buffered: limits.max_buffered_bytes,
         metrics,
         shed_logged: AtomicU64::new(0),
@@ -200,13 +205,84 @@ async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Respons
         return next.run(req).await;
     }
     let Ok(_permit) = g.permits.clone().try_acquire_owned() else { return g.shed() };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(g.buffered.clone());
     // The body's share of the buffer budget is held until the answer is made.
     let (body, _held) = match g.collect(&parts.headers, body).await {
         Ok(read) => read,
         Err(refusal) => return refusal,
     };
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// The budget of `limits.max_buffered_bytes` (in KiB permits), as a request extension: what a
+/// handler makes of a body beyond the body itself is taken from it (see [`Budget::charge`]).
+#[derive(Clone)]
+pub struct Budget(Arc<Semaphore>, usize);
+
+impl Budget {
+    /// A budget of `bytes` (whole KiB).
+    pub fn new(bytes: u64) -> Budget {
+        let kib = ((bytes / 1024) as usize).min(Semaphore::MAX_PERMITS);
+        Budget(Arc::new(Semaphore::new(kib)), kib)
+    }
+
+    /// A charge against this budget: it takes bytes as a handler's work grows, and gives them
+    /// all back when dropped.
+    pub fn charge(&self) -> Arc<Charge> {
+        Arc::new(Charge {
+            budget: self.0.clone(),
+            capacity_kib: self.1,
+            held: std::sync::Mutex::new((0, None)),
+            never: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+/// Bytes taken from a [`Budget`] by one request, returned when dropped.
+pub struct Charge {
+    budget: Arc<Semaphore>,
+    capacity_kib: usize,
+    /// Bytes taken, and the permits (KiB) held for them.
+    held: std::sync::Mutex<(usize, Option<tokio::sync::OwnedSemaphorePermit>)>,
+    /// A take was refused that the whole budget could not give (retrying cannot help).
+    never: std::sync::atomic::AtomicBool,
+}
+
+impl Charge {
+    /// Take `bytes` more; `false` (nothing taken) when the budget has no room now.
+    pub fn take(&self, bytes: usize) -> bool {
+        let mut held = self.held.lock().unwrap();
+        let total = held.0.saturating_add(bytes);
+        let need = total.div_ceil(1024);
+        let have = held.1.as_ref().map_or(0, |p| p.num_permits());
+        if need > self.capacity_kib {
+            self.never.store(true, Ordering::Relaxed);
+            return false;
+        }
+        if need > have {
+            let Ok(more) = u32::try_from(need - have) else { return false };
+            let Ok(more) = self.budget.clone().try_acquire_many_owned(more) else { return false };
+            match &mut held.1 {
+                Some(p) => p.merge(more),
+                None => held.1 = Some(more),
+            }
+        }
+        held.0 = total;
+        true
+    }
+
+    /// Whether a refused take asked for more than the whole budget: the request can never be
+    /// served with this `limits.max_buffered_bytes` (413, not 503).
+    pub fn never_fits(&self) -> bool {
+        self.never.load(Ordering::Relaxed)
+    }
+}
+
+impl data_exporter_wire::framing::Allowance for Charge {
+    fn take(&self, bytes: usize) -> bool {
+        Charge::take(self, bytes)
+    }
 }
 
 /// Time a body has before `limits.min_body_bytes_per_sec` applies.
@@ -286,7 +362,7 @@ impl Guard {
             let need = (buf.len() + chunk.len()).div_ceil(1024) as u32;
             let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
             if need > have {
-                let more = self.buffered.clone().try_acquire_many_owned(need - have).map_err(|_| self.full())?;
+                let more = self.buffered.0.clone().try_acquire_many_owned(need - have).map_err(|_| self.full())?;
                 match &mut held {
                     Some(p) => p.merge(more),
                     None => held = Some(more),

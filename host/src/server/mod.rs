@@ -18,7 +18,7 @@ use crate::dlq::DeadLetters;
 use crate::forward::{self, Ingest, Receipt, ValidationCache};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::redact::{public_reason, public_value};
+use crate::redact::{public_reason_for, public_value};
 use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use axum::body::Bytes;
@@ -108,9 +108,13 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 async fn forward_handler(
     State(state): State<AppState>,
     Query(q): Query<ForwardQuery>,
+    budget: Option<axum::Extension<listener::Budget>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match forward_inner(&state, q, body).await {
+    // The reports parsed from the body are taken from the listener's budget, given back once
+    // answered.
+    let charge = budget.map(|b| b.0.charge());
+    match forward_inner(&state, q, body, charge.as_deref()).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.reject(e.code);
@@ -123,6 +127,7 @@ async fn forward_inner(
     state: &AppState,
     q: ForwardQuery,
     body: Result<Bytes, BytesRejection>,
+    charge: Option<&listener::Charge>,
 ) -> Result<Response, ApiError> {
     if !state.role.ingests() {
         return Err(crate::forward::RouteError::Queue(crate::queue::QueueError::NotIngest).into());
@@ -168,7 +173,28 @@ async fn forward_inner(
         max_reports: state.limits.max_reports_per_request,
         max_depth: state.limits.max_json_depth,
     };
+    // Parsed reports copy at most the body's text (payloads unescaped, destinations), plus
+    // their own size.
+    let over_budget = || {
+        if charge.is_some_and(|c| c.never_fits()) {
+            return crate::ingest::never_fits(state);
+        }
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the host is reading and parsing as many request bodies as its memory budget allows \
+             (limits.max_buffered_bytes): retry after a second",
+        );
+        e.retry_after = Some(1);
+        e
+    };
+    if charge.is_some_and(|c| !c.take(body.len())) {
+        return Err(over_budget());
+    }
     let (envelopes, batch) = crate::envelope::parse_body_with(&body, &limits)?;
+    if charge.is_some_and(|c| !c.take(envelopes.len() * std::mem::size_of::<crate::envelope::Envelope>())) {
+        return Err(over_budget());
+    }
     if !state.limits.accept_report_ids && envelopes.iter().any(|e| e.id.is_some()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -216,7 +242,16 @@ fn outcome_status(receipts: &[Receipt]) -> StatusCode {
     }
 }
 
-async fn report_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /reports/{id}`: where a report stands. A report of a tenant (accepted through an access
+/// key) is shown only to a credential of that access key, authenticated as `/v1/ingest` does;
+/// to anyone else it is unknown (the same 404, never a 403 that would confirm it exists). A
+/// `/forward` report is shown to whoever holds its id. Reasons never show the paths of the
+/// report's destinations (`redact::public_reason_for`).
+async fn report_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let uuid = Uuid::parse_str(&id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -224,22 +259,62 @@ async fn report_status(State(state): State<AppState>, Path(id): Path<String>) ->
             format!("{id:?} is not a report id (a UUID from a receipt)"),
         )
     })?;
-    if let Some(consumers) = state.status.get(uuid) {
-        return Ok(Json(json!({ "id": uuid, "consumers": public_value(&consumers) })).into_response());
-    }
-    let dead = state.dlq.get_local(uuid);
-    if !dead.is_empty() {
-        let consumers: serde_json::Map<_, _> = dead
-            .into_iter()
-            .map(|(d, _)| (d.consumer, json!({ "status": "dead_lettered", "reason": public_reason(&d.reason) })))
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_report",
+            format!("no report {uuid} is known: it was never accepted, or it finished long enough ago to be forgotten"),
+        )
+    };
+    let may_read = |tenant: Option<&str>| match tenant {
+        None => true,
+        Some(t) => crate::ingest::may_read(&state, &headers, t),
+    };
+    if let Some(known) = state.status.known(uuid) {
+        let origin = known.origin.unwrap_or_default();
+        if !may_read(origin.tenant.as_deref()) {
+            return Err(unknown());
+        }
+        let consumers: serde_json::Map<_, _> = known
+            .consumers
+            .iter()
+            .map(|(consumer, s)| (consumer.clone(), public_state(s, origin.destination(consumer))))
             .collect();
         return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
     }
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "unknown_report",
-        format!("no report {uuid} is known: it was never accepted, or it finished long enough ago to be forgotten"),
-    ))
+    let dead = state.dlq.get_local(uuid);
+    if !dead.is_empty() {
+        if !may_read(dead[0].0.tenant.as_deref()) {
+            return Err(unknown());
+        }
+        let consumers: serde_json::Map<_, _> = dead
+            .into_iter()
+            .map(|(d, destination)| {
+                let reason = public_reason_for(&d.reason, destination.as_deref());
+                (d.consumer, json!({ "status": "dead_lettered", "reason": reason }))
+            })
+            .collect();
+        return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
+    }
+    // As long as checking a credential for a known report takes.
+    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        crate::ingest::may_read(&state, &headers, "");
+    }
+    Err(unknown())
+}
+
+/// One consumer's state as the public port shows it: every string through
+/// `public_reason_for` with that consumer's destination.
+fn public_state(s: &ConsumerState, destination: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut v {
+        for value in map.values_mut() {
+            if let serde_json::Value::String(text) = value {
+                *text = public_reason_for(text, destination);
+            }
+        }
+    }
+    v
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

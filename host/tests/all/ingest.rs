@@ -206,6 +206,18 @@ impl<'a> Send<'a> {
         (status, headers, resp.json::<Value>().await.unwrap_or(Value::Null))
     }
 
+    /// GET `path` with this credential: the answer.
+    async fn get(&self, app: &TestApp, path: &str) -> (u16, Value) {
+        let mut req = app.client.get(format!("{}{path}", app.url));
+        req = match self.auth {
+            Auth::None => req,
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::Basic(u, p) => req.basic_auth(u, Some(p)),
+        };
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
     /// Post to `/v1/ingest`, asking for receipts.
     async fn ingest(&self, app: &TestApp, body: Vec<u8>) -> (u16, Value) {
         let (status, _, v) = self.to(app, "/v1/ingest?receipts=true", body).await;
@@ -270,13 +282,14 @@ fn fb_msgpack(records: &[Value], v2: bool) -> Vec<u8> {
     out
 }
 
-/// Poll until every report of `receipts` reached a final state at `consumer`.
-async fn delivered(app: &TestApp, receipt: &Value, consumer: &str) {
+/// Poll until every report of `receipts` reached a final state at `consumer`, reading their
+/// states with the credential of `sent` (a tenant's reports are shown only to it).
+async fn delivered(app: &TestApp, sent: &Send<'_>, receipt: &Value, consumer: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for r in receipt["reports"].as_array().unwrap_or_else(|| panic!("not a receipt: {receipt}")) {
         let id = r["id"].as_str().unwrap();
         loop {
-            let (_, v) = app.get(&format!("/reports/{id}")).await;
+            let (_, v) = sent.get(app, &format!("/reports/{id}")).await;
             let status = &v["consumers"][consumer]["status"];
             if status == "delivered" {
                 break;
@@ -338,9 +351,9 @@ async fn fluent_bit_framings_reach_one_file_per_access_key_and_opensearch() {
         let (status, receipt) = send.ingest(&app, body).await;
         assert_eq!(status, 202, "case {i}: {receipt}");
         assert_eq!(receipt["accepted"], records.len(), "case {i}: {receipt}");
-        delivered(&app, &receipt, "file").await;
+        delivered(&app, &send, &receipt, "file").await;
         if send.tag.unwrap().starts_with("app.") {
-            delivered(&app, &receipt, "openSearch").await;
+            delivered(&app, &send, &receipt, "openSearch").await;
             to_opensearch += records.len();
             for (r, record) in receipt["reports"].as_array().unwrap().iter().zip(&records) {
                 let doc = get_doc(&index, r["id"].as_str().unwrap()).await.expect("the document is in OpenSearch");
@@ -354,10 +367,10 @@ async fn fluent_bit_framings_reach_one_file_per_access_key_and_opensearch() {
     assert_eq!(count(&index).await, to_opensearch as u64);
 
     // team-b: one request, plain JSON lines without a tag.
-    let (status, receipt) =
-        Send::new(Auth::Bearer(&t.token_b), "application/x-ndjson").ingest(&app, fb_json_lines(&[rec(0, "b")])).await;
+    let b = Send::new(Auth::Bearer(&t.token_b), "application/x-ndjson");
+    let (status, receipt) = b.ingest(&app, fb_json_lines(&[rec(0, "b")])).await;
     assert_eq!(status, 202, "{receipt}");
-    delivered(&app, &receipt, "file").await;
+    delivered(&app, &b, &receipt, "file").await;
 
     let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
     let counted = |tenant: &str| -> Option<u64> {
@@ -539,7 +552,7 @@ async fn limits_rate_body_size_depth_and_routes_answer_with_what_to_do() {
     let c = Send { tag: Some("audit.login"), ..c };
     let (status, v) = c.ingest(&app, small()).await;
     assert_eq!(status, 202, "{v}");
-    delivered(&app, &v, "file").await;
+    delivered(&app, &c, &v, "file").await;
     assert_eq!(std::fs::read_to_string(t.files().join("audit.log")).unwrap().trim(), r#"{"x":1}"#);
 
     // A body that is no framing at all.
@@ -575,9 +588,10 @@ async fn with_forward_closed_only_access_keys_reach_consumers() {
     assert_eq!(status, 403, "{v}");
     assert_eq!(v["error"]["code"], "forward_disabled");
     assert!(v["error"]["message"].as_str().unwrap().contains("/v1/ingest"), "{v}");
-    let (status, v) = Send::new(Auth::Bearer(&t.token_a), "application/json").ingest(&app, b"{\"x\":1}".to_vec()).await;
+    let a = Send::new(Auth::Bearer(&t.token_a), "application/json");
+    let (status, v) = a.ingest(&app, b"{\"x\":1}".to_vec()).await;
     assert_eq!(status, 202, "{v}");
-    delivered(&app, &v, "file").await;
+    delivered(&app, &a, &v, "file").await;
     assert!(t.envelopes("team-a.log").iter().all(|l| l["payload"].get("forged").is_none()));
 }
 

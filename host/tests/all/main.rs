@@ -23,6 +23,7 @@ mod logs;
 mod messaging;
 mod newcomer;
 mod plugins;
+mod public_port;
 mod relay;
 mod reload;
 mod restart_acked;
