@@ -632,7 +632,17 @@ async fn accepted_again(client: &reqwest::Client, node: &mut Node, index: &str, 
     let id = loop {
         let (status, v, _) = match forward(client, node.url(), report(index, 2_000)).await {
             Ok(r) => r,
-            Err(e) => panic!("the exporter is gone ({e}): it exited {:?}", node.ex.child.try_wait()),
+            Err(e) => {
+                // A process that died (a signal: 11 is SIGSEGV) may not be reaped yet.
+                let gone = Instant::now() + Duration::from_secs(5);
+                let status = loop {
+                    match node.ex.child.try_wait() {
+                        Ok(None) if Instant::now() < gone => tokio::time::sleep(Duration::from_millis(50)).await,
+                        other => break other,
+                    }
+                };
+                panic!("the exporter is gone ({e}): it exited {status:?}")
+            }
         };
         if status == 202 {
             break v["id"].as_str().unwrap().to_string();
@@ -698,10 +708,10 @@ async fn an_unreachable_broker_is_answered_503_then_service_resumes() {
     );
 }
 
-/// The broker restarts having lost its state (memory storage): topics made again, group and
-/// producer ids forgotten.
+/// The broker restarts having lost its state (memory storage): topics made again (new topic
+/// ids), group and producer ids forgotten. With librdkafka 2.12.1 as published the exporter
+/// died of SIGSEGV here in about 1 run in 3 (a leader hint naming no topic; vendor/PATCHES.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: the exporter segfaults (SIGSEGV, about 1 run in 3) when a broker that lost its state comes back: librdkafka 2.12.1 rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find (cf. confluentinc/librdkafka#5280); see issue 11's note. Run by hand: cargo test -p data-exporter --test all kafka::a_broker_that_lost -- --ignored"]
 async fn a_broker_that_lost_its_state_is_answered_503_then_service_resumes() {
     let started = Instant::now();
     let port = free_port();
