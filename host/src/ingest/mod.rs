@@ -182,6 +182,7 @@ async fn ingest(
     // Decompressing and parsing up to a whole body is CPU work: off the async workers.
     let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
     let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
+    let sent = body.clone(); // for an idempotency key (shared bytes, not a copy)
     let records = tokio::task::spawn_blocking(move || {
         framing::decode(&body, content_type.as_deref(), encoding.as_deref(), &opts)
     })
@@ -208,6 +209,9 @@ async fn ingest(
         e.retry_after = Some(ROUTE_RETRY_SECS);
         return Err(reject(e));
     };
+    let mut envelopes = envelopes;
+    crate::server::name_by_idempotency_key(state, headers, &format!("tenant:{key}"), &sent, &mut envelopes)
+        .map_err(reject)?;
     let receipts = forward::accept(state.ingest(), envelopes, true).await.map_err(|e| reject(route_error(key, e)))?;
     if state.tenants.config().tenant_metrics {
         let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
