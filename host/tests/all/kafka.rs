@@ -993,11 +993,12 @@ async fn a_report_resent_after_a_503_that_was_stored_lands_once() {
     let id = receipt(&output);
 
     // The broker took the first try: the report is in the topic twice, under one id.
+    let payload = json!({"n": 1}).to_string();
     let copies: Vec<(i32, i64, String)> = q
         .reports()
         .await
         .into_iter()
-        .filter(|(_, _, r)| r.payload == json!({"n": 1}).to_string())
+        .filter(|(_, _, r)| r.payload == payload)
         .map(|(p, o, r)| (p, o, r.id.to_string()))
         .collect();
     assert!(copies.len() >= 2, "the broker did not keep the try answered 503, the test proved nothing: {copies:?}");
