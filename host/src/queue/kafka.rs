@@ -59,8 +59,10 @@ const STATISTICS_EVERY_MS: u64 = 5_000;
 /// destination is left out of a copy of the report arriving later, within this many reports.
 const DONE_MAX: usize = 100_000;
 /// Longest read of a newly assigned partition for done-markers; past it, leasing goes on with
-/// what was read (the rest is delivered again: at least once).
-const READ_MARKS_FOR: Duration = Duration::from_secs(60);
+/// what was read (the rest is delivered again: at least once). The consumer is not polled
+/// meanwhile: 12 partitions read to this bound stay within librdkafka's `max.poll.interval.ms`
+/// (300 s).
+const READ_MARKS_FOR: Duration = Duration::from_secs(20);
 /// Longest wait, at a rebalance, for the done-markers produced so far to reach the broker
 /// (the partition's next owner reads them).
 const FLUSH_MARKS_FOR: Duration = Duration::from_secs(5);
@@ -716,6 +718,8 @@ fn read_marks(
 ) -> anyhow::Result<(Vec<(i64, record::Mark)>, bool)> {
     use rdkafka::{Offset, TopicPartitionList};
     let mut settings = client_config(cfg)?;
+    // librdkafka assigns partitions only with a group id: the group's own (the one the
+    // operator's ACLs name), which this consumer never joins (no subscribe) nor commits to.
     settings.set("enable.partition.eof", "true").set("enable.auto.commit", "false").set("group.id", &cfg.group);
     let c: BaseConsumer<ReaderContext> = settings.create_with_context(ReaderContext)?;
     let mut tpl = TopicPartitionList::new();

@@ -94,6 +94,20 @@ impl KafkaQueue {
 
     /// Every report record in the topic (partition, offset, report), read to the end.
     async fn reports(&self) -> Vec<(i32, i64, data_exporter::queue::QueuedReport)> {
+        self.records().await.0
+    }
+
+    /// The (report id, consumer key) pairs the topic's done-markers say are done.
+    async fn done(&self) -> std::collections::HashSet<(String, String)> {
+        let marks = self.records().await.1;
+        marks.into_iter().flat_map(|m| m.ids.into_iter().map(move |id| (id.to_string(), m.key.clone()))).collect()
+    }
+
+    /// Every report record in the topic (partition, offset, report), and every done-marker,
+    /// read to the end.
+    async fn records(
+        &self,
+    ) -> (Vec<(i32, i64, data_exporter::queue::QueuedReport)>, Vec<data_exporter::queue::record::Mark>) {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::Message;
         let (brokers, topic, key_file) = (self.brokers.clone(), self.topic.clone(), self.key_file());
@@ -113,21 +127,24 @@ impl KafkaQueue {
                 tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).unwrap();
             }
             c.assign(&tpl).unwrap();
-            let (mut ended, mut out) = (std::collections::HashSet::new(), Vec::new());
+            let (mut ended, mut out, mut marks) = (std::collections::HashSet::new(), Vec::new(), Vec::new());
             let deadline = Instant::now() + Duration::from_secs(30);
             while ended.len() < 4 {
                 assert!(Instant::now() < deadline, "reading the queue topic never reached its end");
                 match c.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
-                        if let Some(r) = m.payload().and_then(|v| data_exporter::queue::record::decode(v, &sealer)) {
+                        use data_exporter::queue::record;
+                        if let Some(r) = m.payload().and_then(|v| record::decode(v, &sealer)) {
                             out.push((m.partition(), m.offset(), r));
+                        } else if let Some(mark) = m.payload().and_then(record::decode_mark) {
+                            marks.push(mark);
                         }
                     }
                     Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => _ = ended.insert(p),
                     _ => {}
                 }
             }
-            out
+            (out, marks)
         })
         .await
         .unwrap()
@@ -861,7 +878,8 @@ async fn report_state(client: &reqwest::Client, node: &Node, id: &str) -> Option
 /// until the test ends). The delivery process is killed (SIGKILL) once `file` has every report,
 /// and a replacement takes its partitions from the group's committed offsets (which cannot
 /// move: no report is finished). The done-markers say `file` is done: the replacement leases
-/// the reports for OpenSearch only, and the file gets no line twice.
+/// the reports for OpenSearch only, and the file gets no line twice; nor after a rebalance (a
+/// third process joins the group and takes some partitions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_delivery_process_repeats_no_destination_that_had_finished() {
     let started = Instant::now();
@@ -883,6 +901,17 @@ async fn a_replaced_delivery_process_repeats_no_destination_that_had_finished() 
     let out = files.path().join("out.jsonl");
     until(60, || format!("the file got {} of 20 reports", lines(&out).len()), || async { lines(&out).len() >= 20 })
         .await;
+    // `file` finished every report: acknowledged, and its done-markers in the topic (a
+    // destination killed before that, in flight, is delivered again: the documented bound).
+    until(
+        60,
+        || "the done-markers of `file` never reached the topic".into(),
+        || async {
+            let done = q.done().await;
+            ids.iter().all(|id| done.contains(&(id.clone(), "file".to_string())))
+        },
+    )
+    .await;
     first.sigkill();
     let before = lines(&out);
     assert_eq!(before.len(), 20, "the file got a report twice before the kill: {before:?}");
@@ -910,11 +939,40 @@ async fn a_replaced_delivery_process_repeats_no_destination_that_had_finished() 
             "the replacement leased report {id} for `file` again, which had delivered it before the kill: {state}"
         );
     }
+    assert_eq!(lines(&out), before, "the file got reports again after the kill");
+
+    // A rebalance: a third process joins the group and takes some of the partitions.
+    let third = Node::start_with("third deliver", "deliver", &q, free_port(), &plugins, &grant).await;
+    let mut moved = Vec::new();
+    until(
+        60,
+        || "the third process never leased a report (no rebalance?)".into(),
+        || async {
+            for id in &ids {
+                if report_state(&client, &third, id).await.is_some_and(|s| !s["consumers"]["openSearch"].is_null()) {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    for id in &ids {
+        if let Some(state) = report_state(&client, &third, id).await {
+            assert!(
+                state["consumers"].get("file").is_none(),
+                "after the rebalance, report {id} was leased for `file` again: {state}"
+            );
+            moved.push(id);
+        }
+    }
     let after = lines(&out);
-    assert_eq!(after, before, "the file got reports again after the kill");
+    assert_eq!(after, before, "the file got reports again after the rebalance");
     eprintln!(
         "delivery killed with 20 reports done at `file` and retrying at OpenSearch: the replacement leased all 20 \
-         for OpenSearch only; the file has {} lines (20 reports), in {:?}",
+         for OpenSearch only; after a rebalance the third process leased {} of them, for OpenSearch only; the file \
+         has {} lines (20 reports), in {:?}",
+        moved.len(),
         after.len(),
         started.elapsed()
     );
