@@ -721,6 +721,8 @@ fn read_marks(
     // librdkafka assigns partitions only with a group id: the group's own (the one the
     // operator's ACLs name), which this consumer never joins (no subscribe) nor commits to.
     settings.set("enable.partition.eof", "true").set("enable.auto.commit", "false").set("group.id", &cfg.group);
+    // The end is known when a fetch comes back empty: not after the broker's default 500 ms wait.
+    settings.set("fetch.wait.max.ms", "10");
     let c: BaseConsumer<ReaderContext> = settings.create_with_context(ReaderContext)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&cfg.topic, partition, Offset::Offset(from))?;

@@ -60,9 +60,16 @@ impl KafkaQueue {
             .unwrap_or_else(|e| panic!("creating topics on {}: {e}", self.brokers));
     }
 
-    /// Records the group has committed, over all partitions of the topic.
-    async fn committed(&self) -> usize {
+    /// Records (reports and done-markers) the group has committed, over all partitions.
+    async fn committed_records(&self) -> usize {
         self.committed_offsets().await.into_iter().filter(|o| *o > 0).sum::<i64>() as usize
+    }
+
+    /// Reports the group has committed (finished), over all partitions of the topic: report
+    /// records before each partition's committed offset (done-markers are records too).
+    async fn committed(&self) -> usize {
+        let offsets = self.committed_offsets().await;
+        self.reports().await.iter().filter(|(p, o, _)| *o < offsets[*p as usize]).count()
     }
 
     /// The group's committed offset of each partition (-1: none).
@@ -117,6 +124,7 @@ impl KafkaQueue {
             let c: BaseConsumer = rdkafka::config::ClientConfig::new()
                 .set("bootstrap.servers", &brokers)
                 .set("enable.partition.eof", "true")
+                .set("fetch.wait.max.ms", "10")
                 // Needed to assign partitions; it never joins nor commits.
                 .set("group.id", format!("reader-{topic}"))
                 .set("enable.auto.commit", "false")
@@ -455,13 +463,13 @@ async fn a_delivery_process_killed_mid_batch_is_replaced_without_losing_a_report
     until(
         30,
         || format!("the group committed no offsets ({} accepted)", load.accepted()),
-        || async { q.committed().await >= 100 },
+        || async { q.committed_records().await >= 100 },
     )
     .await;
-    let committed = q.committed().await;
     let accepted_at_kill = load.accepted();
     first.sigkill();
     let delivered_at_kill = count(&index).await;
+    let committed = q.committed().await;
     assert!(
         delivered_at_kill < accepted_at_kill as u64,
         "nothing was outstanding when the delivery process died ({delivered_at_kill} of {accepted_at_kill}): \
