@@ -492,8 +492,11 @@ async fn a_delivery_process_killed_mid_batch_is_replaced_without_losing_a_report
     );
     eprintln!(
         "delivery killed: {} accepted, {delivered_at_kill} of {accepted_at_kill} delivered and {committed} \
-         committed at the kill, the replacement delivered {redelivered}, in {:?}",
+         committed at the kill, the replacement delivered {redelivered} (delivered twice: {}; {} delivered but not \
+         committed at the kill, left out per their done-markers), in {:?}",
         ids.len(),
+        (redelivered as i64 - (ids.len() as i64 - delivered_at_kill as i64)).max(0),
+        delivered_at_kill.saturating_sub(committed as u64),
         started.elapsed()
     );
 }
