@@ -11,11 +11,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is retried: what the host certainly did not take: a connection that could not be made,
-//! and answers 429 and 503 (`queue_full`, `queue_unavailable`), honouring `Retry-After`. Not
+//! What is retried: a connection that could not be made, and answers 429 and 503
+//! (`queue_full`, `queue_unavailable`, `report_in_flight`), honouring `Retry-After`. Not
 //! retried: any other 4xx (`SendError::Refused`: fix the report), and a timeout, a broken
 //! connection or a 500/502/504 without a receipt (`SendError::Uncertain`: the host may have
-//! queued the report, and sending it again would queue it twice; look it up or resend knowingly).
+//! queued the report; look it up, or resend it with the same key, see below).
+//!
+//! Every send names its report with an `Idempotency-Key` header, one fresh key per `send` call
+//! kept across its retries. A 503 does not always mean the host kept nothing (with a Kafka
+//! queue, the broker may take the record after the host gave up waiting for it): under the same
+//! key the retry gets the same report id, so the host answers with that report's receipt, or
+//! its delivering side leaves the copy out where the first was delivered; one document, one
+//! line in a file. To resend yourself after `Uncertain` or `GaveUp`, make the key
+//! ([`new_idempotency_key`]) and send with [`Client::send_with_key`] both times.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -157,6 +165,14 @@ pub enum SendError {
     Encode(#[from] serde_json::Error),
 }
 
+/// The request header naming a report for the host (see the crate documentation).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// A fresh idempotency key: 32 random hexadecimal characters.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
 /// How often and how long to retry transient failures: exponential backoff with full jitter
 /// (a random delay between 0 and `min(max_delay, base_delay * 2^(retry-1))`), or the host's
 /// `Retry-After` capped at `max_delay`.
@@ -263,17 +279,32 @@ impl Client {
     }
 
     /// Send the report; the receipt says it is queued (on the host's disk) for each consumer.
+    /// A fresh idempotency key names it, kept across the retries.
     pub async fn send(&self, report: &ReportData) -> Result<Receipt, SendError> {
-        self.post(report, None).await
+        self.send_with_key(report, &new_idempotency_key(), None).await
     }
 
     /// Send the report and have the host wait up to `wait` (at most 5 min) for the outcome:
     /// see [`Receipt::outcome`]. A dead-lettered report is a receipt, not an error.
     pub async fn send_wait(&self, report: &ReportData, wait: Duration) -> Result<Receipt, SendError> {
-        self.post(report, Some(wait)).await
+        self.send_with_key(report, &new_idempotency_key(), Some(wait)).await
     }
 
-    async fn post(&self, report: &ReportData, wait: Option<Duration>) -> Result<Receipt, SendError> {
+    /// Send the report under idempotency key `key` (1 to 128 characters of `A-Z a-z 0-9 - _ . :`),
+    /// with the host waiting up to `wait` for the outcome when given. The same report under the
+    /// same key gets the same report id: a resend is answered with the first one's receipt
+    /// rather than queued twice. The key is the producer's to keep secret from other producers
+    /// of the same host.
+    pub async fn send_with_key(
+        &self,
+        report: &ReportData,
+        key: &str,
+        wait: Option<Duration>,
+    ) -> Result<Receipt, SendError> {
+        self.post(report, wait, key).await
+    }
+
+    async fn post(&self, report: &ReportData, wait: Option<Duration>, key: &str) -> Result<Receipt, SendError> {
         let body = serde_json::to_vec(report)?;
         let url = match wait {
             Some(w) => format!("{}/forward?wait={}ms", self.base, w.as_millis()),
@@ -284,7 +315,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (error, retry_after) = match self.attempt(&url, body.clone(), timeout).await {
+            let (error, retry_after) = match self.attempt(&url, body.clone(), timeout, key).await {
                 Ok(receipt) => return Ok(receipt),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Transient(error, retry_after)) => (error, retry_after),
@@ -300,11 +331,12 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, url: &str, body: Vec<u8>, timeout: Duration) -> Result<Receipt, Attempt> {
+    async fn attempt(&self, url: &str, body: Vec<u8>, timeout: Duration, key: &str) -> Result<Receipt, Attempt> {
         let sent = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(IDEMPOTENCY_KEY, key)
             .timeout(timeout)
             .body(body)
             .send()

@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod dlq;
 pub use data_exporter_wire::envelope;
 pub mod forward;
+pub mod idempotency;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
@@ -99,6 +100,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         anyhow::bail!("{problem}");
     }
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
+    let report_ids = idempotency::ReportIds::new(sealer.ids_secret());
     let queue::Opened { queue, recovery, kafka } = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
         .with_context(|| format!("opening the {:?} queue", cfg.queue.backend()))?;
     let metrics = Arc::new(metrics::Metrics::new());
@@ -159,6 +161,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         limits: cfg.limits.clone(),
         admin_token,
         tenants,
+        report_ids,
     };
     // Sources feed the queue: only where this process ingests.
     let sources = if cfg.role.ingests() {

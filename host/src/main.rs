@@ -365,6 +365,11 @@ struct SendArgs {
     /// Stop retrying after this long (a started attempt is not cut).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     max_time: std::time::Duration,
+    /// Name the report with this idempotency key (1 to 128 of A-Z a-z 0-9 - _ . :) instead of a
+    /// fresh one: sending the same report under the same key again (after exit status 1) is
+    /// answered with the first one's receipt, not queued twice.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
 }
 
 /// `data-exporter send`: the exit status (see `SEND_EXAMPLES`).
@@ -381,10 +386,10 @@ async fn send(args: SendArgs) -> i32 {
     let client = Client::new(&args.url).retry(policy).on_retry(|attempt, delay, error| {
         eprintln!("attempt {attempt} failed ({error}); retrying in {:.1}s", delay.as_secs_f64());
     });
-    let sent = match args.wait {
-        Some(wait) => client.send_wait(&report, wait).await,
-        None => client.send(&report).await,
-    };
+    // One key for every attempt (and for the user's own resend, after exit status 1).
+    let key = args.idempotency_key.clone().unwrap_or_else(data_exporter_client::new_idempotency_key);
+    let sent = client.send_with_key(&report, &key, args.wait).await;
+    let resend = format!("to resend it without queueing it twice, add --idempotency-key {key}");
     let receipt = match sent {
         Ok(r) => r,
         Err(e @ SendError::Refused { .. }) => {
@@ -392,13 +397,13 @@ async fn send(args: SendArgs) -> i32 {
             return 3;
         }
         Err(e @ SendError::Uncertain(_)) => {
-            eprintln!("error: {e}. `GET {}/reports/<id>` knows accepted reports; resend if it is not there", args.url);
+            eprintln!("error: {e}. `GET {}/reports/<id>` knows accepted reports; {resend}", args.url);
             return 1;
         }
         Err(SendError::GaveUp { attempts, last }) => {
             eprintln!(
                 "error: gave up after {attempts} attempt{}: {last}. Is the host running at {}? \
-                 (--url, DATA_EXPORTER_URL; more patience: --attempts, --max-time)",
+                 (--url, DATA_EXPORTER_URL; more patience: --attempts, --max-time); {resend}",
                 if attempts == 1 { "" } else { "s" },
                 args.url
             );

@@ -204,6 +204,7 @@ async fn ingest(
     // thread's memory besides the budget.
     let _slot = DECODES.acquire().await.expect("never closed");
     let allowance = charge.clone();
+    let sent = body.clone(); // for an idempotency key (shared bytes, not a copy)
     let records = tokio::task::spawn_blocking(move || {
         let (ct, ce) = (content_type.as_deref(), encoding.as_deref());
         match &allowance {
@@ -239,6 +240,9 @@ async fn ingest(
         e.retry_after = Some(ROUTE_RETRY_SECS);
         return Err(reject(e));
     };
+    let mut envelopes = envelopes;
+    crate::server::name_by_idempotency_key(state, headers, &format!("tenant:{key}"), &sent, &mut envelopes)
+        .map_err(reject)?;
     // Within the tenant's share of the queue: one whose destinations are down is refused alone.
     let share = crate::queue::TenantShare { max_bytes: tenant.cfg.max_queue_bytes, tenants: set.len() };
     let ctx = forward::Ingest { share: Some(share), ..state.ingest() };

@@ -20,6 +20,9 @@ pub struct Sealer {
     /// Nonces: a random 96-bit start per process, incremented per seal (no system call per
     /// seal, and no repeat while the counter runs).
     nonces: std::sync::Arc<NonceSeq>,
+    /// A secret derived from the key for report ids under idempotency keys (every process
+    /// sharing the key derives the same ids).
+    ids_secret: [u8; 32],
 }
 
 struct NonceSeq {
@@ -53,7 +56,19 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer from 32 key bytes.
     pub fn new(key: &[u8; 32]) -> Self {
-        Sealer { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)), nonces: NonceSeq::random().into() }
+        use sha2::Digest;
+        let ids_secret =
+            sha2::Sha256::new_with_prefix(b"data-exporter report ids v1\0").chain_update(key).finalize().into();
+        Sealer {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+            nonces: NonceSeq::random().into(),
+            ids_secret,
+        }
+    }
+
+    /// The secret report ids under idempotency keys are derived with (not the key itself).
+    pub fn ids_secret(&self) -> [u8; 32] {
+        self.ids_secret
     }
 
     /// Load the key from `key_file`, or from (creating if needed) `<data_dir>/queue.key`.

@@ -10,6 +10,22 @@
 //! `commit_interval_ms`, at a rebalance and at close) only up to the first record of a
 //! partition that is not finished, so a crash or a rebalance leases again what was not
 //! finished, never skips it. A process leases at most `queue.max_bytes` of reports at once.
+//!
+//! Every acknowledgement is also written to the topic as a *done-marker* (`record::MARK`: a
+//! consumer key, how it finished, the report ids; one record per partition per acknowledged
+//! batch), into the partition of the reports' records, after them. A process that gets a
+//! partition (at start, after a crash of its previous owner, at a rebalance) first reads it
+//! from the group's committed offset to its end for markers (`read_marks`), then leases each
+//! report only for the destinations no marker says are done. So after a crash only the
+//! destinations in flight at the crash are delivered again (and those acknowledged in the last
+//! moments before it whose marker the broker had not taken yet), not every destination of
+//! every report after the first unfinished one.
+//!
+//! The same book of finished destinations drops a copy of a report delivered lately (a
+//! producer's resend under an `Idempotency-Key`, after a 503 whose record the broker had taken
+//! all the same): delivered destinations are left out of any later record with that id, for
+//! the last `DONE_MAX` reports. A dead-lettered destination is left out only of records before
+//! its marker, so a replayed dead letter (a new record, the same id) is delivered.
 
 use super::crypto::Sealer;
 use super::record;
@@ -39,6 +55,17 @@ const LEASE_MAX: usize = 1024;
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// How often the consumer's librdkafka statistics (the consumer lag) are emitted.
 const STATISTICS_EVERY_MS: u64 = 5_000;
+/// Reports whose finished destinations are remembered (about 100 bytes each): a delivered
+/// destination is left out of a copy of the report arriving later, within this many reports.
+const DONE_MAX: usize = 100_000;
+/// Longest read of a newly assigned partition for done-markers; past it, leasing goes on with
+/// what was read (the rest is delivered again: at least once). The consumer is not polled
+/// meanwhile: 12 partitions read to this bound stay within librdkafka's `max.poll.interval.ms`
+/// (300 s).
+const READ_MARKS_FOR: Duration = Duration::from_secs(20);
+/// Longest wait, at a rebalance, for the done-markers produced so far to reach the broker
+/// (the partition's next owner reads them).
+const FLUSH_MARKS_FOR: Duration = Duration::from_secs(5);
 
 /// A report leased to this process.
 struct Lease {
@@ -58,6 +85,72 @@ struct Leases {
     /// unfinished one.
     partitions: HashMap<i32, BTreeMap<i64, bool>>,
     bytes: u64,
+    /// Destinations finished lately (here, or per done-markers).
+    done: DoneBook,
+}
+
+/// One finished destination of a report.
+#[derive(Debug, Clone, PartialEq)]
+struct DoneDest {
+    key: String,
+    /// Dead-lettered: the marker's partition and offset; it covers that partition's records
+    /// before it only (a replay of the dead letter comes after). `None`: delivered, it covers
+    /// every record of the report.
+    before: Option<(i32, i64)>,
+}
+
+/// Destinations finished lately, by report id; the oldest report forgotten first past
+/// `DONE_MAX`.
+#[derive(Default)]
+struct DoneBook {
+    by_id: HashMap<Uuid, Vec<DoneDest>, foldhash::fast::RandomState>,
+    order: std::collections::VecDeque<Uuid>,
+}
+
+impl DoneBook {
+    fn insert(&mut self, id: Uuid, key: &str, before: Option<(i32, i64)>) {
+        let dests = match self.by_id.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.order.push_back(id);
+                e.insert(Vec::new())
+            }
+        };
+        match dests.iter_mut().find(|d| d.key == key) {
+            // A later dead-letter marker covers more records; delivered covers them all.
+            Some(d) => match (d.before, before) {
+                (Some(old), Some(new)) => d.before = Some(old.max(new)),
+                _ => d.before = None,
+            },
+            None => dests.push(DoneDest { key: key.to_string(), before }),
+        }
+        while self.order.len() > DONE_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// Learn a done-marker read at `partition`/`offset`.
+    fn learn(&mut self, mark: &record::Mark, partition: i32, offset: i64) {
+        let before = (mark.how == Done::DeadLettered).then_some((partition, offset));
+        for id in &mark.ids {
+            self.insert(*id, &mark.key, before);
+        }
+    }
+
+    /// Whether destination `key` of report `id`, in the record at `partition`/`offset`, is done.
+    fn covers(&self, id: &Uuid, key: &str, partition: i32, offset: i64) -> bool {
+        self.by_id.get(id).is_some_and(|dests| {
+            dests.iter().any(|d| {
+                d.key == key
+                    && match d.before {
+                        None => true,
+                        Some((p, o)) => p == partition && offset < o,
+                    }
+            })
+        })
+    }
 }
 
 impl Leases {
@@ -85,6 +178,11 @@ struct GroupContext {
     topic: String,
     /// The partitions of `topic` assigned to this process.
     assigned: Mutex<HashSet<i32>>,
+    /// Assigned partitions not read for done-markers yet (read before their first record is
+    /// leased).
+    unread: Mutex<HashSet<i32>>,
+    /// The producer of done-markers, flushed when partitions are revoked.
+    producer: Arc<Mutex<FutureProducer>>,
     /// Records past the group's committed offsets over `assigned`, at the last statistics.
     lag: Mutex<Option<u64>>,
 }
@@ -109,11 +207,20 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut g = self.leases.lock().unwrap();
-            let mut assigned = self.assigned.lock().unwrap();
-            for e in list.elements() {
-                g.partitions.remove(&e.partition());
-                assigned.remove(&e.partition());
+            {
+                let mut g = self.leases.lock().unwrap();
+                let mut assigned = self.assigned.lock().unwrap();
+                let mut unread = self.unread.lock().unwrap();
+                for e in list.elements() {
+                    g.partitions.remove(&e.partition());
+                    assigned.remove(&e.partition());
+                    unread.remove(&e.partition());
+                }
+            }
+            // The partitions' next owners read the markers of what this process finished.
+            let producer = self.producer.lock().unwrap().clone();
+            if let Err(e) = producer.flush(FLUSH_MARKS_FOR) {
+                tracing::warn!(error = %e, "done-markers not flushed at a rebalance: the next owner may deliver them again");
             }
             tracing::info!(partitions = list.count(), "queue partitions revoked");
         }
@@ -123,7 +230,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Assign(list) = rebalance {
             // The whole assignment (eager protocol), or what was added (cooperative).
             let mut assigned = self.assigned.lock().unwrap();
-            assigned.extend(list.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()));
+            let mine = list.elements().into_iter().filter(|e| e.topic() == self.topic).map(|e| e.partition());
+            let mine: Vec<i32> = mine.collect();
+            assigned.extend(mine.iter().copied());
+            self.unread.lock().unwrap().extend(mine);
             tracing::info!(partitions = list.count(), "queue partitions assigned");
         }
     }
@@ -134,7 +244,7 @@ pub struct KafkaQueue {
     cfg: KafkaConfig,
     sealer: Sealer,
     /// Replaced by a new one (a new producer id) when the cluster is back after an outage.
-    producer: Mutex<FutureProducer>,
+    producer: Arc<Mutex<FutureProducer>>,
     producer_config: ClientConfig,
     consumer: Option<Arc<StreamConsumer<GroupContext>>>,
     leases: Arc<Mutex<Leases>>,
@@ -144,7 +254,9 @@ pub struct KafkaQueue {
     /// Relay-given ids being produced now.
     accepting: Mutex<HashSet<Uuid, foldhash::fast::RandomState>>,
     problem: Mutex<Option<String>>,
-    closed: AtomicBool,
+    /// The producer was fenced: replace it at the next health check.
+    renew: AtomicBool,
+    closed: Arc<AtomicBool>,
     closing: Notify,
 }
 
@@ -181,6 +293,7 @@ impl KafkaQueue {
             crate::kafka::idempotent_producer(base.clone(), cfg.ingest_timeout_ms, cfg.max_message_bytes);
         let producer: FutureProducer =
             crate::kafka::create(&producer_config, "queue.kafka", "producer").map_err(anyhow::Error::msg)?;
+        let producer = Arc::new(Mutex::new(producer));
         let leases = Arc::new(Mutex::new(Leases::default()));
         let consumer = if role.delivers() {
             let mut settings =
@@ -191,6 +304,8 @@ impl KafkaQueue {
                     leases: leases.clone(),
                     topic: cfg.topic.clone(),
                     assigned: Mutex::default(),
+                    unread: Mutex::default(),
+                    producer: producer.clone(),
                     lag: Mutex::new(None),
                 })
                 .map_err(|e| anyhow::Error::msg(crate::kafka::refused(e, "queue.kafka", "consumer")))?;
@@ -203,7 +318,7 @@ impl KafkaQueue {
         let q = Arc::new(KafkaQueue {
             cfg: cfg.clone(),
             sealer,
-            producer: Mutex::new(producer),
+            producer,
             producer_config,
             consumer,
             leases,
@@ -211,7 +326,8 @@ impl KafkaQueue {
             max_bytes,
             accepting: Mutex::default(),
             problem: Mutex::new(None),
-            closed: AtomicBool::new(false),
+            renew: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
             closing: Notify::new(),
         });
         q.spawn_health();
@@ -231,6 +347,11 @@ impl KafkaQueue {
                 let problem = tokio::task::spawn_blocking(move || q2.check())
                     .await
                     .unwrap_or_else(|_| Some("the broker check panicked".into()));
+                if problem.is_none() && q.renew.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("the Kafka producer was fenced; producing with a new one");
+                    let q2 = q.clone();
+                    let _ = tokio::task::spawn_blocking(move || q2.renew_producer()).await;
+                }
                 let was = std::mem::replace(&mut *q.problem.lock().unwrap(), problem.clone());
                 match (&was, &problem) {
                     (None, Some(p)) => tracing::error!(problem = %p, "Kafka queue unavailable"),
@@ -321,7 +442,14 @@ impl KafkaQueue {
         for r in acks {
             match r {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(QueueError::Broker(e.to_string())),
+                Ok(Err((e, _))) => {
+                    if fenced(&e) || producer.client().fatal_error().is_some() {
+                        // It will not produce again (a timed-out request bumped its epoch, and
+                        // the cluster refuses it): a new one, from the health check's task.
+                        self.renew.store(true, Ordering::Release);
+                    }
+                    return Err(QueueError::Broker(e.to_string()));
+                }
                 Err(_) => return Err(QueueError::Broker("the producer was replaced before it answered".into())),
             }
         }
@@ -395,9 +523,21 @@ impl KafkaQueue {
                     }
                     Ok(m) => {
                         let (partition, offset) = (m.partition(), m.offset());
+                        if consumer.context().unread.lock().unwrap().remove(&partition) {
+                            self.read_marks(partition, offset).await;
+                        }
                         let value = m.payload().unwrap_or_default();
                         match record::decode(value, &self.sealer) {
                             Some(r) => out.extend(self.take(r, partition, offset)),
+                            None if value.first() == Some(&record::MARK) => {
+                                // Finished as read: what it says is learnt (another process's,
+                                // or this one's own, known already).
+                                if let Some(mark) = record::decode_mark(value) {
+                                    self.leases.lock().unwrap().done.learn(&mark, partition, offset);
+                                }
+                                self.track_unreadable(partition, offset);
+                                self.ack_records(&[(partition, offset)]);
+                            }
                             None => {
                                 self.track_unreadable(partition, offset);
                                 if self.set_aside(value, partition, offset).await {
@@ -418,18 +558,81 @@ impl KafkaQueue {
         }
     }
 
+    /// Write done-markers: destination `key` of these reports (by partition) finished. Not
+    /// awaited: a marker the broker does not take only means the destination may be delivered
+    /// again after a crash or a rebalance (at least once).
+    fn mark(&self, key: &str, how: Done, marks: BTreeMap<i32, Vec<Uuid>>) {
+        if marks.is_empty() {
+            return;
+        }
+        let producer = self.producer();
+        for (partition, ids) in marks {
+            // One marker per partition and batch, within the cluster's largest message.
+            for ids in ids.chunks((self.cfg.max_message_bytes / 16).saturating_sub(64).max(1)) {
+                let value = record::encode_mark(key, how, ids);
+                let rec = FutureRecord::<[u8], [u8]>::to(&self.cfg.topic).partition(partition).payload(&value);
+                if let Err((e, _)) = producer.send_result(rec) {
+                    tracing::warn!(partition, error = %e, "a done-marker was not produced: those destinations may be delivered again after a crash");
+                }
+            }
+        }
+    }
+
+    /// Read `partition` from `from` (where this process starts it: the group's committed offset)
+    /// to its end for done-markers, and learn them, before any report of it is leased.
+    async fn read_marks(&self, partition: i32, from: i64) {
+        let (cfg, closing) = (self.cfg.clone(), self.closed.clone());
+        let started = std::time::Instant::now();
+        let read = tokio::task::spawn_blocking(move || read_marks(&cfg, partition, from, &closing)).await;
+        let (marks, complete) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                tracing::warn!(partition, error = %e, "reading a queue partition for done-markers failed: its unfinished reports go to every destination again");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "reading a queue partition for done-markers failed");
+                return;
+            }
+        };
+        let n = marks.len();
+        let mut g = self.leases.lock().unwrap();
+        for (offset, mark) in &marks {
+            g.done.learn(mark, partition, *offset);
+        }
+        tracing::info!(
+            partition,
+            from,
+            markers = n,
+            complete,
+            took_ms = started.elapsed().as_millis() as u64,
+            "queue partition read for done-markers"
+        );
+    }
+
     fn track_unreadable(&self, partition: i32, offset: i64) {
         self.leases.lock().unwrap().partitions.entry(partition).or_default().insert(offset, false);
     }
 
     /// Track a consumed report; the report if it is new to this process.
-    fn take(&self, r: QueuedReport, partition: i32, offset: i64) -> Option<Arc<QueuedReport>> {
+    fn take(&self, mut r: QueuedReport, partition: i32, offset: i64) -> Option<Arc<QueuedReport>> {
         let mut g = self.leases.lock().unwrap();
         let pending = g.partitions.entry(partition).or_default();
         if pending.contains_key(&offset) {
             return None; // fetched again after a rebalance gave the partition back
         }
         pending.insert(offset, false);
+        // Destinations finished already: by this process lately, or per done-markers.
+        let before = r.dests.len();
+        r.dests.retain(|d| !g.done.covers(&r.id, &d.key, partition, offset));
+        if r.dests.len() < before {
+            tracing::debug!(id = %r.id, done = before - r.dests.len(), "destinations done already left out");
+            if r.dests.is_empty() {
+                drop(g);
+                self.ack_records(&[(partition, offset)]);
+                return None;
+            }
+        }
         if let Some(l) = g.by_id.get_mut(&r.id) {
             l.records.push((partition, offset));
             // A copy of a report leased here (re-read), finished with the first; or the same id
@@ -479,6 +682,70 @@ impl KafkaQueue {
     }
 }
 
+/// The context of `read_marks`'s consumer: reaching the end of the partition is what it waits
+/// for, not an error to log.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(error = %error, reason, "reading the queue topic for done-markers");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// Whether a produce failed because the cluster refuses this producer id or epoch for good.
+fn fenced(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::ProducerFenced | C::InvalidProducerEpoch | C::UnknownProducerId | C::OutOfOrderSequenceNumber | C::Fatal
+        )
+    )
+}
+
+/// Read `partition` of the queue topic from offset `from` to its end (or for `READ_MARKS_FOR`,
+/// or until `closed`): the done-markers in it, with their offsets, and whether the end was
+/// reached. A consumer of its own, outside the group: it commits nothing.
+fn read_marks(
+    cfg: &KafkaConfig,
+    partition: i32,
+    from: i64,
+    closed: &AtomicBool,
+) -> anyhow::Result<(Vec<(i64, record::Mark)>, bool)> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut settings = client_config(cfg)?;
+    // librdkafka assigns partitions only with a group id: the group's own (the one the
+    // operator's ACLs name), which this consumer never joins (no subscribe) nor commits to.
+    settings.set("enable.partition.eof", "true").set("enable.auto.commit", "false").set("group.id", &cfg.group);
+    // The end is known when a fetch comes back empty: not after the broker's default 500 ms wait.
+    settings.set("fetch.wait.max.ms", "10");
+    let c: BaseConsumer<ReaderContext> = settings.create_with_context(ReaderContext)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.topic, partition, Offset::Offset(from))?;
+    c.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + READ_MARKS_FOR;
+    let mut marks = Vec::new();
+    while std::time::Instant::now() < deadline && !closed.load(Ordering::Acquire) {
+        match c.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                if let Some(mark) = m.payload().and_then(record::decode_mark)
+                    && marks.len() < DONE_MAX
+                {
+                    marks.push((m.offset(), mark));
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) if p == partition => return Ok((marks, true)),
+            Some(Err(e)) => tracing::debug!(partition, error = %e, "reading for done-markers"),
+        }
+    }
+    Ok((marks, false))
+}
+
 impl ReportQueue for KafkaQueue {
     fn append(&self, reports: Vec<QueuedReport>, given_ids: bool) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
@@ -513,8 +780,10 @@ impl ReportQueue for KafkaQueue {
         })
     }
 
-    fn ack(&self, ids: &[Uuid], key: &str, _how: Done) {
+    fn ack(&self, ids: &[Uuid], key: &str, how: Done) {
         let mut records = Vec::new();
+        // The done-markers to write: report ids by partition.
+        let mut marks: BTreeMap<i32, Vec<Uuid>> = BTreeMap::new();
         {
             let mut g = self.leases.lock().unwrap();
             for id in ids {
@@ -522,13 +791,22 @@ impl ReportQueue for KafkaQueue {
                 if let Some(i) = l.open.iter().position(|k| k == key) {
                     l.open.swap_remove(i);
                 }
+                let mut partitions: Vec<i32> = l.records.iter().map(|(p, _)| *p).collect();
+                partitions.dedup();
+                for p in partitions {
+                    marks.entry(p).or_default().push(*id);
+                }
                 if l.open.is_empty() {
                     let l = g.by_id.remove(id).expect("present");
                     g.bytes = g.bytes.saturating_sub(l.size);
                     records.extend(l.records);
                 }
+                if how == Done::Delivered {
+                    g.done.insert(*id, key, None);
+                }
             }
         }
+        self.mark(key, how, marks);
         if !records.is_empty() {
             self.ack_records(&records);
             self.room.notify_waiters();
@@ -575,6 +853,28 @@ mod tests {
     use crate::queue::QueuedDest;
 
     #[test]
+    fn delivered_covers_every_copy_and_dead_lettered_only_the_records_before_its_marker() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut book = DoneBook::default();
+        book.insert(a, "file", None);
+        assert!(book.covers(&a, "file", 0, 5) && book.covers(&a, "file", 3, 1_000), "a resend, anywhere");
+        assert!(!book.covers(&a, "openSearch", 0, 5) && !book.covers(&b, "file", 0, 5));
+        // Dead-lettered per a marker at 0@10: records before it, not a replay after it.
+        book.learn(&record::Mark { key: "openSearch".into(), how: Done::DeadLettered, ids: vec![a, b] }, 0, 10);
+        assert!(book.covers(&b, "openSearch", 0, 9));
+        assert!(!book.covers(&b, "openSearch", 0, 11), "a replayed dead letter is delivered");
+        assert!(!book.covers(&b, "openSearch", 1, 9), "another partition's record");
+        // Delivered after all (a replay): it covers every copy from then on.
+        book.insert(b, "openSearch", None);
+        assert!(book.covers(&b, "openSearch", 0, 11));
+        // Bounded: the oldest report is forgotten first.
+        for _ in 0..DONE_MAX {
+            book.insert(Uuid::now_v7(), "file", None);
+        }
+        assert!(!book.covers(&a, "file", 0, 5) && book.by_id.len() == DONE_MAX && book.order.len() == DONE_MAX);
+    }
+
+    #[test]
     fn lag_sums_the_assigned_partitions_it_knows() {
         let assigned: HashSet<i32> = [0, 2, 3].into();
         // Partition 1 is another process's, 3 has no committed offset yet (-1), -1 is librdkafka's
@@ -586,7 +886,7 @@ mod tests {
     }
 
     /// The real statistics of a consumer on the test broker: 5 records, 2 finished and
-    /// committed, is a lag of 3; all 5 finished, 0. (The broker's ListOffsets answer, which
+    /// committed, is a lag of 4 (the 3 others and the 2's done-marker); all 5 finished, 0. (The broker's ListOffsets answer, which
     /// `fetch_watermarks` reads, would be wrong on tansu: the last batch's base offset + 1.)
     #[tokio::test(flavor = "multi_thread")]
     async fn lag_is_the_records_past_the_committed_offset() {
@@ -637,7 +937,9 @@ mod tests {
             }
         };
         q.ack(&ids[..2], "d", Done::Delivered);
-        until(3).await;
+        // The 3 reports after them, and the done-marker of the two (read and finished, but
+        // behind the first unfinished report).
+        until(4).await;
         q.ack(&ids[2..], "d", Done::Delivered);
         until(0).await;
         q.close().await;

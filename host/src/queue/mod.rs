@@ -185,7 +185,8 @@ impl TenantShare {
 /// acknowledged is leased (once per process while it lives) until every destination is
 /// acknowledged, survives a crash (durable backends), comes back in append order per append,
 /// and what is acknowledged is not leased again after a restart, except that Kafka re-leases
-/// reports after the first unfinished one of a partition (it commits offsets, not ids).
+/// reports after the first unfinished one of a partition (it commits offsets, not ids), for
+/// the destinations no done-marker says are finished (`kafka.rs`).
 pub trait ReportQueue: Send + Sync {
     /// Store `reports` durably (disk synced, or acknowledged by every in-sync broker replica);
     /// Ok only then. With `given_ids` (a relay's ids), a report with an id this process holds

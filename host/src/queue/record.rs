@@ -124,3 +124,64 @@ fn decode_body(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
     let [source, tenant] = meta;
     Some(QueuedReport { id, received_at_ms, payload, dests, labels, source, tenant })
 }
+
+/// The first byte of a done-marker (the Kafka queue's): `MARK | how u8 | key str16 | n u32 |
+/// n * id 16`: destination `key` of these reports finished (`how`: 1 delivered, 2
+/// dead-lettered). Written to the partition of the reports' records, after them, so a process
+/// that leases them again (after a crash or a rebalance) leaves that destination out.
+pub const MARK: u8 = 3;
+
+/// A done-marker read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    /// The consumer key of the destination that finished.
+    pub key: String,
+    /// How it finished.
+    pub how: super::Done,
+    /// The reports.
+    pub ids: Vec<Uuid>,
+}
+
+/// A done-marker as a record.
+pub fn encode_mark(key: &str, how: super::Done, ids: &[Uuid]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(8 + key.len() + ids.len() * 16);
+    b.push(MARK);
+    b.push(how as u8);
+    put_str16(&mut b, key);
+    b.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for id in ids {
+        b.extend_from_slice(id.as_bytes());
+    }
+    b
+}
+
+/// A done-marker read back; `None` when the record is not one or is damaged.
+pub fn decode_mark(body: &[u8]) -> Option<Mark> {
+    let (&MARK, rest) = body.split_first()? else { return None };
+    let mut r = Reader(rest);
+    let how = match r.take(1)?[0] {
+        1 => super::Done::Delivered,
+        2 => super::Done::DeadLettered,
+        _ => return None,
+    };
+    let key = r.str16()?;
+    let n = r.u32()? as usize;
+    let ids = (0..n).map(|_| Uuid::from_slice(r.take(16)?).ok()).collect::<Option<Vec<_>>>()?;
+    r.0.is_empty().then_some(Mark { key, how, ids })
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_reads_back_and_is_not_a_report() {
+        let ids = [Uuid::now_v7(), Uuid::now_v7()];
+        let b = encode_mark("file", super::super::Done::Delivered, &ids);
+        let m = decode_mark(&b).unwrap();
+        assert_eq!((m.key.as_str(), m.how, &m.ids[..]), ("file", super::super::Done::Delivered, &ids[..]));
+        assert!(decode(&b, &Sealer::new(&[1; 32])).is_none(), "a mark is not a report");
+        assert!(decode_mark(&b[..b.len() - 1]).is_none(), "a cut mark is refused");
+        assert!(decode_mark(&[REPORT, 1]).is_none());
+    }
+}

@@ -61,6 +61,8 @@ pub struct AppState {
     pub admin_token: AdminToken,
     /// Access keys, credentials and routes of tenant ingest (`/v1/*`).
     pub tenants: Arc<crate::ingest::tenants::Tenants>,
+    /// Report ids of requests named by an `Idempotency-Key`.
+    pub report_ids: crate::idempotency::ReportIds,
 }
 
 impl AppState {
@@ -109,12 +111,13 @@ async fn forward_handler(
     State(state): State<AppState>,
     Query(q): Query<ForwardQuery>,
     budget: Option<axum::Extension<listener::Budget>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The reports parsed from the body are taken from the listener's budget, given back once
     // answered.
     let charge = budget.map(|b| b.0.charge());
-    match forward_inner(&state, q, body, charge.as_deref()).await {
+    match forward_inner(&state, q, &headers, body, charge.as_deref()).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.reject(e.code);
@@ -126,6 +129,7 @@ async fn forward_handler(
 async fn forward_inner(
     state: &AppState,
     q: ForwardQuery,
+    headers: &axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
     charge: Option<&listener::Charge>,
 ) -> Result<Response, ApiError> {
@@ -206,6 +210,8 @@ async fn forward_inner(
     if state.limits.forbid_inline_credentials {
         forward::refuse_inline_credentials(&state.registry, &envelopes, batch)?;
     }
+    let mut envelopes = envelopes;
+    name_by_idempotency_key(state, headers, "forward", &body, &mut envelopes)?;
     let mut receipts = forward::accept(state.ingest(), envelopes, batch).await?;
 
     let mut status = StatusCode::ACCEPTED;
@@ -227,6 +233,26 @@ async fn forward_inner(
     } else {
         (status, Json(public_value(&receipts[0]))).into_response()
     })
+}
+
+/// With an `Idempotency-Key` header: the reports' ids derived from it (`idempotency.rs`), so a
+/// resend is recognised; a report with a relay's own id keeps it.
+pub(crate) fn name_by_idempotency_key(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    scope: &str,
+    body: &[u8],
+    envelopes: &mut [crate::envelope::Envelope],
+) -> Result<(), ApiError> {
+    let key = crate::idempotency::key(headers)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", e.to_string()))?;
+    if let Some(key) = key {
+        let ids = state.report_ids.ids(scope, key, body, envelopes.len());
+        for (env, id) in envelopes.iter_mut().zip(ids) {
+            env.id.get_or_insert(id);
+        }
+    }
+    Ok(())
 }
 
 /// After a wait: 200 when everything was delivered (or skipped), 502 when a

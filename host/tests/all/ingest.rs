@@ -722,3 +722,39 @@ async fn tokens_and_passwords_never_reach_the_log() {
         assert!(!text.contains(part), "part of a credential is in the log");
     }
 }
+
+/// An `Idempotency-Key` on `/v1/ingest`: the same records resent under the same key by the same
+/// access key get the same report ids and are one report (one line in the tenant's file);
+/// another access key sending the same body under the same key gets ids of its own.
+#[tokio::test]
+async fn an_idempotency_key_names_a_tenants_records_and_no_other_tenants() {
+    let t = Tenancy::new();
+    let app = t.app(&index(), |_| {}).await;
+    let post = async |token: &str| -> Value {
+        let resp = app
+            .client
+            .post(format!("{}/v1/ingest?receipts=true", app.url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "batch-42")
+            .body(r#"[{"x":1},{"x":2}]"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        resp.json().await.unwrap()
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v["reports"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    };
+    let first = post(&t.token_a).await;
+    delivered(&app, &first, "file").await;
+    let again = post(&t.token_a).await;
+    assert_eq!(ids(&again), ids(&first), "the resend got other ids");
+    assert_eq!(again["reports"][0]["consumers"]["file"]["status"], "delivered", "{again}");
+    let other = post(&t.token_b).await;
+    delivered(&app, &other, "file").await;
+    assert!(ids(&other).iter().all(|id| !ids(&first).contains(id)), "team-b's key named team-a's reports");
+    assert_eq!(t.envelopes("team-a.log").len(), 2, "team-a's records were written twice");
+    assert_eq!(t.envelopes("team-b.log").len(), 2);
+}

@@ -60,8 +60,20 @@ impl KafkaQueue {
             .unwrap_or_else(|e| panic!("creating topics on {}: {e}", self.brokers));
     }
 
-    /// Records the group has committed, over all partitions of the topic.
+    /// Records (reports and done-markers) the group has committed, over all partitions.
+    async fn committed_records(&self) -> usize {
+        self.committed_offsets().await.into_iter().filter(|o| *o > 0).sum::<i64>() as usize
+    }
+
+    /// Reports the group has committed (finished), over all partitions of the topic: report
+    /// records before each partition's committed offset (done-markers are records too).
     async fn committed(&self) -> usize {
+        let offsets = self.committed_offsets().await;
+        self.reports().await.iter().filter(|(p, o, _)| *o < offsets[*p as usize]).count()
+    }
+
+    /// The group's committed offset of each partition (-1: none).
+    async fn committed_offsets(&self) -> Vec<i64> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let (brokers, group, topic) = (self.brokers.clone(), self.group.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
@@ -75,8 +87,72 @@ impl KafkaQueue {
             for p in 0..4 {
                 tpl.add_partition(&topic, p);
             }
-            let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
-            committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum::<i64>() as usize
+            let mut offsets = vec![-1; 4];
+            // A broker that has no offsets of the group yet may not know it.
+            let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else { return offsets };
+            for e in committed.elements() {
+                offsets[e.partition() as usize] = e.offset().to_raw().unwrap_or(-1);
+            }
+            offsets
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Every report record in the topic (partition, offset, report), read to the end.
+    async fn reports(&self) -> Vec<(i32, i64, data_exporter::queue::QueuedReport)> {
+        self.records().await.0
+    }
+
+    /// The (report id, consumer key) pairs the topic's done-markers say are done.
+    async fn done(&self) -> std::collections::HashSet<(String, String)> {
+        let marks = self.records().await.1;
+        marks.into_iter().flat_map(|m| m.ids.into_iter().map(move |id| (id.to_string(), m.key.clone()))).collect()
+    }
+
+    /// Every report record in the topic (partition, offset, report), and every done-marker,
+    /// read to the end.
+    async fn records(
+        &self,
+    ) -> (Vec<(i32, i64, data_exporter::queue::QueuedReport)>, Vec<data_exporter::queue::record::Mark>) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let (brokers, topic, key_file) = (self.brokers.clone(), self.topic.clone(), self.key_file());
+        tokio::task::spawn_blocking(move || {
+            let scratch = tempfile::tempdir().unwrap();
+            let sealer = data_exporter::queue::crypto::Sealer::load(Some(&key_file), scratch.path()).unwrap();
+            let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("enable.partition.eof", "true")
+                .set("fetch.wait.max.ms", "10")
+                // Needed to assign partitions; it never joins nor commits.
+                .set("group.id", format!("reader-{topic}"))
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..4 {
+                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            let (mut ended, mut out, mut marks) = (std::collections::HashSet::new(), Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ended.len() < 4 {
+                assert!(Instant::now() < deadline, "reading the queue topic never reached its end");
+                match c.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        use data_exporter::queue::record;
+                        if let Some(r) = m.payload().and_then(|v| record::decode(v, &sealer)) {
+                            out.push((m.partition(), m.offset(), r));
+                        } else if let Some(mark) = m.payload().and_then(record::decode_mark) {
+                            marks.push(mark);
+                        }
+                    }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => _ = ended.insert(p),
+                    _ => {}
+                }
+            }
+            (out, marks)
         })
         .await
         .unwrap()
@@ -112,7 +188,19 @@ struct Node {
 impl Node {
     /// Start `role` on `port` with the `opensearch` plugin; returns once `/readyz` answers 200.
     async fn start(name: &str, role: &str, q: &KafkaQueue, port: u16, extra: &[(&str, &str)]) -> Node {
-        let (plugins, data) = (plugins_dir(&["opensearch"]), tempfile::tempdir().unwrap());
+        Node::start_with(name, role, q, port, &["opensearch"], extra).await
+    }
+
+    /// As `start`, with these plugins.
+    async fn start_with(
+        name: &str,
+        role: &str,
+        q: &KafkaQueue,
+        port: u16,
+        plugins: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Node {
+        let (plugins, data) = (plugins_dir(plugins), tempfile::tempdir().unwrap());
         let log = data.path().join("stderr.log");
         let file = std::fs::File::create(&log).unwrap();
         let ex = Exporter::start(plugins.path(), data.path(), port, |c| {
@@ -375,13 +463,13 @@ async fn a_delivery_process_killed_mid_batch_is_replaced_without_losing_a_report
     until(
         30,
         || format!("the group committed no offsets ({} accepted)", load.accepted()),
-        || async { q.committed().await >= 100 },
+        || async { q.committed_records().await >= 100 },
     )
     .await;
-    let committed = q.committed().await;
     let accepted_at_kill = load.accepted();
     first.sigkill();
     let delivered_at_kill = count(&index).await;
+    let committed = q.committed().await;
     assert!(
         delivered_at_kill < accepted_at_kill as u64,
         "nothing was outstanding when the delivery process died ({delivered_at_kill} of {accepted_at_kill}): \
@@ -404,8 +492,11 @@ async fn a_delivery_process_killed_mid_batch_is_replaced_without_losing_a_report
     );
     eprintln!(
         "delivery killed: {} accepted, {delivered_at_kill} of {accepted_at_kill} delivered and {committed} \
-         committed at the kill, the replacement delivered {redelivered}, in {:?}",
+         committed at the kill, the replacement delivered {redelivered} (delivered twice: {}; {} delivered but not \
+         committed at the kill, left out per their done-markers), in {:?}",
         ids.len(),
+        (redelivered as i64 - (ids.len() as i64 - delivered_at_kill as i64)).max(0),
+        delivered_at_kill.saturating_sub(committed as u64),
         started.elapsed()
     );
 }
@@ -541,11 +632,43 @@ struct Cable {
     live: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     /// Connections made through it, in all.
     links: Arc<AtomicUsize>,
+    /// How long the broker's answers take through it, in ms (0: as fast as they come).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Copy the broker's answers from `from` to `to`, each chunk `delay_ms` after it arrived (read
+/// when it arrives, so a later chunk is never earlier).
+async fn copy_late(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let due = tokio::time::Instant::now() + Duration::from_millis(delay_ms.load(Ordering::Relaxed));
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 impl Cable {
     async fn connect(port: u16, target: u16) -> Cable {
-        let mut cable = Cable { port, target, live: None, links: Arc::default() };
+        let mut cable = Cable { port, target, live: None, links: Arc::default(), delay_ms: Arc::default() };
         cable.restore().await;
         cable
     }
@@ -558,18 +681,26 @@ impl Cable {
             .await
             .unwrap_or_else(|e| panic!("listening on {} again: {e}", self.port));
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let (target, links) = (self.target, self.links.clone());
+        let (target, links, delay_ms) = (self.target, self.links.clone(), self.delay_ms.clone());
         let task = tokio::spawn(async move {
             let mut open = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
                     accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let Ok((inbound, _)) = accepted else { continue };
                         links.fetch_add(1, Ordering::Relaxed);
+                        let delay_ms = delay_ms.clone();
                         open.spawn(async move {
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            if let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                                let ((mut in_read, in_write), (out_read, mut out_write)) =
+                                    (inbound.into_split(), outbound.into_split());
+                                let requests = async move {
+                                    let _ = tokio::io::copy(&mut in_read, &mut out_write).await;
+                                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut out_write).await;
+                                };
+                                let answers = copy_late(out_read, in_write, delay_ms);
+                                tokio::join!(requests, answers);
                             }
                         });
                         while open.try_join_next().is_some() {}
@@ -581,6 +712,11 @@ impl Cable {
             drop(listener);
         });
         self.live = Some((stop, task));
+    }
+
+    /// From now on, the broker's answers arrive `ms` late (0: on time again).
+    fn slow(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Close the listening socket and every connection through it; returns once they are closed.
@@ -736,4 +872,230 @@ async fn a_broker_that_lost_its_state_is_answered_503_then_service_resumes() {
     let id = accepted_again(&client, &mut node, &index, 60).await;
     all_arrive(&index, &[first, id], 0, 60).await;
     eprintln!("broker restarted empty: {refused} refused before /readyz said so; back in {:?}", started.elapsed());
+}
+
+/// Environment granting the `file` plugin `dir` (an operator's `[runtime.plugins.file]`).
+fn file_grant(dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATA_EXPORTER_RUNTIME__PLUGINS__FILE__GRANTS", r#"["log", "files"]"#.to_string()),
+        ("DATA_EXPORTER_RUNTIME__PLUGINS__FILE__FILES_DIR", dir.display().to_string()),
+        ("DATA_EXPORTER_RUNTIME__PLUGINS__FILE__FILES_QUOTA_MIB", "16".to_string()),
+    ]
+}
+
+/// The lines of `path` (none while it does not exist).
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Where report `id` stands at `node` (`GET /reports/{id}`), if it knows it.
+async fn report_state(client: &reqwest::Client, node: &Node, id: &str) -> Option<Value> {
+    let resp = client.get(format!("{}/reports/{id}", node.url())).send().await.unwrap();
+    (resp.status() == 200).then_some(())?;
+    Some(resp.json().await.unwrap())
+}
+
+/// Reports for two destinations: `file` (delivered) and OpenSearch at a closed port (retrying
+/// until the test ends). The delivery process is killed (SIGKILL) once `file` has every report,
+/// and a replacement takes its partitions from the group's committed offsets (which cannot
+/// move: no report is finished). The done-markers say `file` is done: the replacement leases
+/// the reports for OpenSearch only, and the file gets no line twice; nor after a rebalance (a
+/// third process joins the group and takes some partitions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_delivery_process_repeats_no_destination_that_had_finished() {
+    let started = Instant::now();
+    let q = KafkaQueue::create(&brokers()).await;
+    let files = tempfile::tempdir().unwrap();
+    let grant = file_grant(files.path());
+    let grant: Vec<(&str, &str)> = grant.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let plugins = ["file", "opensearch"];
+    let ingest = Node::start_with("ingest", "ingest", &q, free_port(), &plugins, &grant).await;
+    let mut first = Node::start_with("first deliver", "deliver", &q, free_port(), &plugins, &grant).await;
+    let client = reqwest::Client::new();
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let config = json!({"file": {"path": "out.jsonl"}, "openSearch": {"host_port": closed, "index": "never"}});
+        let body = json!({"config": config, "payload": json!({"n": n}).to_string()}).to_string();
+        ids.push(accepted(&client, ingest.url(), body).await);
+    }
+    let out = files.path().join("out.jsonl");
+    until(60, || format!("the file got {} of 20 reports", lines(&out).len()), || async { lines(&out).len() >= 20 })
+        .await;
+    // `file` finished every report: acknowledged, and its done-markers in the topic (a
+    // destination killed before that, in flight, is delivered again: the documented bound).
+    until(
+        60,
+        || "the done-markers of `file` never reached the topic".into(),
+        || async {
+            let done = q.done().await;
+            ids.iter().all(|id| done.contains(&(id.clone(), "file".to_string())))
+        },
+    )
+    .await;
+    first.sigkill();
+    let before = lines(&out);
+    assert_eq!(before.len(), 20, "the file got a report twice before the kill: {before:?}");
+
+    let second = Node::start_with("second deliver", "deliver", &q, free_port(), &plugins, &grant).await;
+    // Every report leased again (for OpenSearch): had `file` been leased with it, it would be
+    // among the report's consumers.
+    until(
+        60,
+        || "the replacement did not lease every report again".into(),
+        || async {
+            for id in &ids {
+                if report_state(&client, &second, id).await.is_none_or(|s| s["consumers"]["openSearch"].is_null()) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    for id in &ids {
+        let state = report_state(&client, &second, id).await.unwrap();
+        assert!(
+            state["consumers"].get("file").is_none(),
+            "the replacement leased report {id} for `file` again, which had delivered it before the kill: {state}"
+        );
+    }
+    assert_eq!(lines(&out), before, "the file got reports again after the kill");
+
+    // A rebalance: a third process joins the group and takes some of the partitions.
+    let third = Node::start_with("third deliver", "deliver", &q, free_port(), &plugins, &grant).await;
+    let mut moved = Vec::new();
+    until(
+        60,
+        || "the third process never leased a report (no rebalance?)".into(),
+        || async {
+            for id in &ids {
+                if report_state(&client, &third, id).await.is_some_and(|s| !s["consumers"]["openSearch"].is_null()) {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    for id in &ids {
+        if let Some(state) = report_state(&client, &third, id).await {
+            assert!(
+                state["consumers"].get("file").is_none(),
+                "after the rebalance, report {id} was leased for `file` again: {state}"
+            );
+            moved.push(id);
+        }
+    }
+    let after = lines(&out);
+    assert_eq!(after, before, "the file got reports again after the rebalance");
+    eprintln!(
+        "delivery killed with 20 reports done at `file` and retrying at OpenSearch: the replacement leased all 20 \
+         for OpenSearch only; after a rebalance the third process leased {} of them, for OpenSearch only; the file \
+         has {} lines (20 reports), in {:?}",
+        moved.len(),
+        after.len(),
+        started.elapsed()
+    );
+}
+
+/// A report answered 503 although the broker took it: the broker's acknowledgements come
+/// 3 s late (a slow network), after `queue.kafka.ingest_timeout_ms` (1 s). `data-exporter send`
+/// retries under the same idempotency key; the retry gets the same report id, and the delivery
+/// process leaves out the copy for the destinations that delivered the first: one document in
+/// OpenSearch, one line in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_resent_after_a_503_that_was_stored_lands_once() {
+    let started = Instant::now();
+    let (broker_port, cable_port) = (free_port(), free_port());
+    let _tansu = Tansu::start(broker_port, cable_port).await;
+    let cable = Cable::connect(cable_port, broker_port).await;
+    let mut q = KafkaQueue::create(&format!("127.0.0.1:{cable_port}")).await;
+    q.ingest_timeout_ms = 1_000;
+    let files = tempfile::tempdir().unwrap();
+    let grant = file_grant(files.path());
+    let grant: Vec<(&str, &str)> = grant.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let plugins = ["file", "opensearch"];
+    let ingest = Node::start_with("ingest", "ingest", &q, free_port(), &plugins, &grant).await;
+    let _deliver = Node::start_with("deliver", "deliver", &q, free_port(), &plugins, &grant).await;
+    let index = index();
+    let send = |n: u64| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["send", "--url", ingest.url(), "--attempts", "40", "--max-time", "120s"])
+            .args(["--to", &format!("file={}", json!({"path": "out.jsonl"}))])
+            .args(["--to", &format!("openSearch={}", json!({"host_port": servers().os_url, "index": index}))])
+            .args(["--payload", "-"])
+            .env_remove("DATA_EXPORTER_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, json!({"n": n}).to_string().as_bytes()).await.unwrap();
+        });
+        child
+    };
+    let receipt = |out: &std::process::Output| -> String {
+        assert_eq!(out.status.code(), Some(0), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    // One report through first: the delivery process holds the partitions.
+    let warm = receipt(&send(0).wait_with_output().await.unwrap());
+    let out = files.path().join("out.jsonl");
+    until(60, || "the first report never reached the file".into(), || async { lines(&out).len() == 1 }).await;
+
+    // The broker's answers slow down: the next report is stored, and answered 503.
+    cable.slow(3_000);
+    let mut child = send(1);
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let first_failure = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut line = String::new();
+            if tokio::io::AsyncBufReadExt::read_line(&mut stderr, &mut line).await.unwrap() == 0 {
+                return None;
+            }
+            said.push_str(&line);
+            if line.starts_with("attempt 1 failed") {
+                return Some(line);
+            }
+        }
+    })
+    .await
+    .expect("send never reported a failed first attempt")
+    .unwrap_or_else(|| panic!("send ended without retrying: {said}"));
+    assert!(first_failure.contains("503 queue_unavailable"), "{first_failure}");
+    cable.slow(0);
+    let output = child.wait_with_output().await.unwrap();
+    let id = receipt(&output);
+
+    // The broker took the first try: the report is in the topic twice, under one id.
+    let payload = json!({"n": 1}).to_string();
+    let copies: Vec<(i32, i64, String)> = q
+        .reports()
+        .await
+        .into_iter()
+        .filter(|(_, _, r)| r.payload == payload)
+        .map(|(p, o, r)| (p, o, r.id.to_string()))
+        .collect();
+    assert!(copies.len() >= 2, "the broker did not keep the try answered 503, the test proved nothing: {copies:?}");
+    assert!(copies.iter().all(|(_, _, c)| *c == id), "the resend got another report id than the first try: {copies:?}");
+    // Every copy finished at the delivery process (the group committed past them).
+    let (partition, last) = (copies[0].0, copies.iter().map(|(_, o, _)| *o).max().unwrap());
+    until(
+        60,
+        || format!("the group never committed past offset {last} of partition {partition}"),
+        || async { q.committed_offsets().await[partition as usize] > last },
+    )
+    .await;
+    all_arrive(&index, &[warm, id.clone()], 0, 60).await;
+    let file = lines(&out);
+    assert_eq!(file.len(), 2, "the report resent under its idempotency key reached the file twice: {file:?}");
+    eprintln!(
+        "resent after a 503: {} copies in the topic under one id, one document and one line; in {:?}",
+        copies.len(),
+        started.elapsed()
+    );
 }

@@ -184,3 +184,41 @@ async fn a_503_with_retry_after_is_retried_after_the_pause_and_a_502_is_not() {
     assert!(text(&out.stderr).contains("may have accepted the report"), "{}", text(&out.stderr));
     assert_eq!(proxy.seen().len(), 1, "not sent twice");
 }
+
+/// `send` names each report with an idempotency key: the same report sent again under the same
+/// key (`--idempotency-key`, as after exit status 1) gets the first one's id and is delivered
+/// once; another report under that key, or the same report under another key, is a new report.
+/// A malformed key is refused naming the header.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_report_under_the_same_idempotency_key_is_one_report() {
+    let app = spawn_app_with(&["stdout"], |_| {}).await;
+    let id = |out: &Output| -> String {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string()
+    };
+    let keyed =
+        |key: &'static str| ["--url", app.url.as_str(), "--to", "stdout={}", "--wait", "30s", "--idempotency-key", key];
+    let first = id(&send(&keyed("scan-7:run.1"), r#"{"n":1}"#).await);
+    let again = send(&keyed("scan-7:run.1"), r#"{"n":1}"#).await;
+    assert_eq!(id(&again), first, "the resend got another id");
+    let receipt: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(receipt["consumers"]["stdout"]["status"], "delivered", "the resend's receipt is the first's: {receipt}");
+    assert_ne!(id(&send(&keyed("scan-7:run.1"), r#"{"n":2}"#).await), first, "another report under the key");
+    assert_ne!(id(&send(&keyed("scan-7:run.2"), r#"{"n":1}"#).await), first, "the report under another key");
+    // Without the flag: a fresh key each run.
+    let plain = ["--url", app.url.as_str(), "--to", "stdout={}"];
+    assert_ne!(id(&send(&plain, r#"{"n":1}"#).await), id(&send(&plain, r#"{"n":1}"#).await));
+    let (status, v) = {
+        let resp = app
+            .client
+            .post(format!("{}/forward", app.url))
+            .header("idempotency-key", "has space")
+            .body(report_data("stdout", serde_json::json!({}), &serde_json::json!({})))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("Idempotency-Key"), "{v}");
+}
