@@ -747,13 +747,15 @@ async fn an_idempotency_key_names_a_tenants_records_and_no_other_tenants() {
     let ids = |v: &Value| -> Vec<String> {
         v["reports"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
     };
+    let (as_a, as_b) =
+        (Send::new(Auth::Bearer(&t.token_a), "application/json"), Send::new(Auth::Bearer(&t.token_b), "application/json"));
     let first = post(&t.token_a).await;
-    delivered(&app, &first, "file").await;
+    delivered(&app, &as_a, &first, "file").await;
     let again = post(&t.token_a).await;
     assert_eq!(ids(&again), ids(&first), "the resend got other ids");
     assert_eq!(again["reports"][0]["consumers"]["file"]["status"], "delivered", "{again}");
     let other = post(&t.token_b).await;
-    delivered(&app, &other, "file").await;
+    delivered(&app, &as_b, &other, "file").await;
     assert!(ids(&other).iter().all(|id| !ids(&first).contains(id)), "team-b's key named team-a's reports");
     assert_eq!(t.envelopes("team-a.log").len(), 2, "team-a's records were written twice");
     assert_eq!(t.envelopes("team-b.log").len(), 2);
