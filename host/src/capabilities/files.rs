@@ -18,10 +18,11 @@ use crate::bindings::v2::files::FileError;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// The unit the quota counts in: a file takes its size rounded up to whole blocks (at least
@@ -80,20 +81,69 @@ pub struct FilesGrant {
     section: String,
 }
 
+/// The grants open now, one per directory (by device and inode): the next load of a plugin (a
+/// reload while sessions of the version before still run) shares its count and its one change at
+/// a time, and no two plugins are granted one directory.
+#[derive(Debug, Default)]
+pub struct Grants(Mutex<HashMap<(u64, u64), Weak<FilesGrant>>>);
+
+impl Grants {
+    /// The grant of `dir` to the plugin from file stem `id`: the one open now, else a new one
+    /// ([`FilesGrant::open`]). Refused when another plugin holds that directory.
+    pub fn open(&self, dir: &Path, quota: u64, max_entries: u64, id: &str) -> Result<Arc<FilesGrant>, String> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, g| g.strong_count() > 0);
+        let (root, handle, key) = open_dir(dir, id)?;
+        if let Some(g) = open.get(&key).and_then(Weak::upgrade) {
+            let section = format!("runtime.plugins.{id}");
+            if g.section != section {
+                return Err(format!(
+                    "{section}.files_dir {} is already granted to another plugin ({}.files_dir): give each \
+                     plugin a directory of its own with {section}.files_dir",
+                    root.display(),
+                    g.section
+                ));
+            }
+            return Ok(g);
+        }
+        let g = Arc::new(FilesGrant::with_handle(root, handle, quota, max_entries, id)?);
+        open.insert(key, Arc::downgrade(&g));
+        Ok(g)
+    }
+}
+
+/// `dir` (created 0700 if missing), canonical, a handle to it, and its device and inode.
+fn open_dir(dir: &Path, id: &str) -> Result<(PathBuf, OwnedFd, (u64, u64)), String> {
+    let fail = |e: std::io::Error| format!("runtime.plugins.{id}.files_dir {}: {e}", dir.display());
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(fail)?;
+    }
+    let root = dir.canonicalize().map_err(fail)?;
+    let handle = rfs::open(&root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| fail(e.into()))?;
+    let st = rfs::fstat(&handle).map_err(|e| fail(e.into()))?;
+    Ok((root, handle, (st.st_dev, st.st_ino)))
+}
+
 impl FilesGrant {
     /// Grant `dir` (created 0700 if missing) to the plugin from file stem `id`, holding at most
-    /// `quota` bytes (in whole blocks) and `max_entries` files and directories.
+    /// `quota` bytes (in whole blocks) and `max_entries` files and directories. The host opens
+    /// grants through [`Grants`], so one directory has one grant.
     pub fn open(dir: &Path, quota: u64, max_entries: u64, id: &str) -> Result<FilesGrant, String> {
+        let (root, handle, _) = open_dir(dir, id)?;
+        FilesGrant::with_handle(root, handle, quota, max_entries, id)
+    }
+
+    fn with_handle(
+        root: PathBuf,
+        handle: OwnedFd,
+        quota: u64,
+        max_entries: u64,
+        id: &str,
+    ) -> Result<FilesGrant, String> {
         let section = format!("runtime.plugins.{id}");
-        let fail = |e: std::io::Error| format!("{section}.files_dir {}: {e}", dir.display());
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(fail)?;
-        }
-        let root = dir.canonicalize().map_err(fail)?;
-        let handle = rfs::open(&root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| fail(e.into()))?;
-        let usage = count(handle.as_fd()).map_err(fail)?;
+        let usage = count(handle.as_fd()).map_err(|e| format!("{section}.files_dir {}: {e}", root.display()))?;
         Ok(FilesGrant {
             root,
             openat2: AtomicBool::new(beneath::has_openat2(handle.as_fd())),
@@ -486,7 +536,6 @@ fn count_in(dir: OwnedFd, u: &mut Usage) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     /// A grant of `dir` to `file.wasm` that counts again on every refusal.
@@ -672,7 +721,12 @@ mod tests {
             g.append("a.jsonl", &[b'a'; 6000]).unwrap();
             let e = g.append("a.jsonl", &[b'b'; 6000]).unwrap_err();
             assert!(matches!(e, FileError::Io(ref m) if m.contains("a.jsonl")), "{e:?}");
-            assert_eq!(std::fs::read(base.path().join("a.jsonl")).unwrap(), [b'a'; 6000]);
+            let kept = std::fs::read(base.path().join("a.jsonl")).unwrap();
+            assert!(
+                kept.len() == 6000 && !kept.contains(&b'b'),
+                "{} bytes left, part of the failed append",
+                kept.len()
+            );
             // A new file that fails part-way is left empty, and counted as it is.
             assert!(g.append("new.jsonl", &[b'c'; LIMIT as usize + 1]).is_err());
             assert_eq!(g.size("new.jsonl").unwrap(), 0);
@@ -704,6 +758,30 @@ mod tests {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Issue 21 review: a reload opened a second grant of the directory while sessions of the
+    /// version before still wrote, so two counts and two locks governed it (each let the plugin
+    /// reach the quota).
+    #[test]
+    fn one_directory_has_one_grant_and_one_plugin() {
+        let base = tempfile::tempdir().unwrap();
+        let grants = Grants::default();
+        let old = grants.open(base.path(), 2 * BLOCK, 100, "file").unwrap();
+        // The next load of the plugin, by another spelling of the same directory.
+        let new = grants.open(&base.path().join("."), 2 * BLOCK, 100, "file").unwrap();
+        assert!(Arc::ptr_eq(&old, &new), "a second grant of one directory");
+        old.append("a", &[b'a'; BLOCK as usize]).unwrap();
+        new.append("b", &[b'b'; BLOCK as usize]).unwrap();
+        quota_message(old.append("c", b"c"));
+        quota_message(new.append("c", b"c"));
+        let m = grants.open(base.path(), 2 * BLOCK, 100, "other").unwrap_err();
+        assert!(m.contains("runtime.plugins.other.files_dir") && m.contains("runtime.plugins.file"), "{m}");
+        // Once no load holds it, the next grant counts the directory afresh.
+        drop((old, new));
+        std::fs::remove_file(base.path().join("a")).unwrap();
+        let again = grants.open(base.path(), 2 * BLOCK, 100, "other").unwrap();
+        again.append("c", b"c").unwrap();
     }
 
     #[test]

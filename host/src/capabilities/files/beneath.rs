@@ -13,8 +13,7 @@ use rustix::io::Errno;
 pub(super) type Components<'a> = [&'a str];
 
 /// The directory flags used to pass through a component: a handle only, never a symbolic link.
-pub(super) const THROUGH: OFlags =
-    OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+pub(super) const THROUGH: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 /// The flags to open a directory that will be synced (an `O_PATH` handle cannot be).
 pub(super) const READ_DIR: OFlags =
     OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
