@@ -601,12 +601,14 @@ impl RuntimeConfig {
                 .filter(|(id, o)| o.files_dir.is_none() && self.limits_for(id).grants.iter().any(|g| g == "files"))
                 .map(|(id, _)| id)
                 .collect();
-            if inheriting.len() > 1 || (inheriting.len() == 1 && self.limits.grants.iter().any(|g| g == "files")) {
+            let by_default = self.limits.grants.iter().any(|g| g == "files");
+            if inheriting.len() > 1 || (!inheriting.is_empty() && by_default) {
                 return Err(format!(
                     "runtime.limits.files_dir {} would be shared by plugins granted `files` ({}): give each its \
                      own with runtime.plugins.<id>.files_dir",
                     dir.display(),
                     inheriting.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        + if by_default { " and every plugin file granted it by runtime.limits.grants" } else { "" }
                 ));
             }
         }
