@@ -21,7 +21,7 @@ openssl                 openssl
 curl                    curl
 nginx-light             nginx
 libnginx-mod-stream     /usr/lib/nginx/modules/ngx_stream_module.so
-procps                  /usr/bin/kill
+procps                  /bin/kill
 nodejs                  node
 npm                     npm
 # end packages
