@@ -597,6 +597,23 @@ impl RuntimeConfig {
         let (data, plugins) = (abs(data_dir), abs(plugins_dir));
         let state: Vec<PathBuf> = ["queue", "dlq", "code-cache"].iter().map(|d| data.join(d)).collect();
         let mut seen: Vec<(PathBuf, String)> = Vec::new();
+        // The default directory serves one plugin at most: two would share one directory and quota.
+        if let Some(dir) = &self.limits.files_dir {
+            let inheriting: Vec<&String> = (self.plugins.iter())
+                .filter(|(id, o)| o.files_dir.is_none() && self.limits_for(id).grants.iter().any(|g| g == "files"))
+                .map(|(id, _)| id)
+                .collect();
+            let by_default = self.limits.grants.iter().any(|g| g == "files");
+            if inheriting.len() > 1 || (!inheriting.is_empty() && by_default) {
+                return Err(format!(
+                    "runtime.limits.files_dir {} would be shared by plugins granted `files` ({}): give each its \
+                     own with runtime.plugins.<id>.files_dir",
+                    dir.display(),
+                    inheriting.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        + if by_default { " and every plugin file granted it by runtime.limits.grants" } else { "" }
+                ));
+            }
+        }
         let dirs = std::iter::once(("limits".to_string(), &self.limits.files_dir))
             .chain(self.plugins.iter().map(|(id, o)| (format!("plugins.{id}"), &o.files_dir)));
         for (section, dir) in dirs {
@@ -1054,6 +1071,33 @@ mod tests {
             let err = with(&dirs).unwrap_err();
             assert!(err.contains(want) && err.contains("files_dir"), "{dirs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_default_files_dir_is_not_shared_by_two_plugins_granted_files() {
+        let with = |granted: &[&str], own_dir: &[&str]| {
+            let mut c = RuntimeConfig::default();
+            c.limits.files_dir = Some("files".into());
+            for id in granted {
+                let o = LimitOverrides {
+                    grants: Some(vec!["files".into()]),
+                    files_dir: own_dir.contains(id).then(|| PathBuf::from(format!("{id}-files"))),
+                    ..Default::default()
+                };
+                c.plugins.insert(id.to_string(), o);
+            }
+            c.with_files_under(Path::new("/srv/data"))
+                .check_files_dirs(Path::new("/srv/data"), Path::new("/srv/plugins"))
+        };
+        assert!(with(&["file"], &[]).is_ok());
+        assert!(with(&["file", "other"], &["other"]).is_ok());
+        let err = with(&["file", "other"], &[]).unwrap_err();
+        assert!(
+            err.contains("runtime.limits.files_dir")
+                && err.contains("file, other")
+                && err.contains("runtime.plugins.<id>.files_dir"),
+            "{err}"
+        );
     }
 
     #[test]

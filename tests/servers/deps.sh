@@ -21,7 +21,7 @@ openssl                 openssl
 curl                    curl
 nginx-light             nginx
 libnginx-mod-stream     /usr/lib/nginx/modules/ngx_stream_module.so
-procps                  kill
+procps                  /bin/kill
 nodejs                  node
 npm                     npm
 # end packages
@@ -62,7 +62,7 @@ else
   exit 1
 fi
 "${SUDO[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 still=()
 while read -r pkg probe; do
   case "$pkg" in ''|'#'*) continue ;; esac

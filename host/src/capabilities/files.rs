@@ -18,10 +18,11 @@ use crate::bindings::v2::files::FileError;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// The unit the quota counts in: a file takes its size rounded up to whole blocks (at least
@@ -80,20 +81,69 @@ pub struct FilesGrant {
     section: String,
 }
 
+/// The grants open now, one per directory (by device and inode): the next load of a plugin (a
+/// reload while sessions of the version before still run) shares its count and its one change at
+/// a time, and no two plugins are granted one directory.
+#[derive(Debug, Default)]
+pub struct Grants(Mutex<HashMap<(u64, u64), Weak<FilesGrant>>>);
+
+impl Grants {
+    /// The grant of `dir` to the plugin from file stem `id`: the one open now, else a new one
+    /// ([`FilesGrant::open`]). Refused when another plugin holds that directory.
+    pub fn open(&self, dir: &Path, quota: u64, max_entries: u64, id: &str) -> Result<Arc<FilesGrant>, String> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, g| g.strong_count() > 0);
+        let (root, handle, key) = open_dir(dir, id)?;
+        if let Some(g) = open.get(&key).and_then(Weak::upgrade) {
+            let section = format!("runtime.plugins.{id}");
+            if g.section != section {
+                return Err(format!(
+                    "{section}.files_dir {} is already granted to another plugin ({}.files_dir): give each \
+                     plugin a directory of its own with {section}.files_dir",
+                    root.display(),
+                    g.section
+                ));
+            }
+            return Ok(g);
+        }
+        let g = Arc::new(FilesGrant::with_handle(root, handle, quota, max_entries, id)?);
+        open.insert(key, Arc::downgrade(&g));
+        Ok(g)
+    }
+}
+
+/// `dir` (created 0700 if missing), canonical, a handle to it, and its device and inode.
+fn open_dir(dir: &Path, id: &str) -> Result<(PathBuf, OwnedFd, (u64, u64)), String> {
+    let fail = |e: std::io::Error| format!("runtime.plugins.{id}.files_dir {}: {e}", dir.display());
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(fail)?;
+    }
+    let root = dir.canonicalize().map_err(fail)?;
+    let handle = rfs::open(&root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| fail(e.into()))?;
+    let st = rfs::fstat(&handle).map_err(|e| fail(e.into()))?;
+    Ok((root, handle, (st.st_dev, st.st_ino)))
+}
+
 impl FilesGrant {
     /// Grant `dir` (created 0700 if missing) to the plugin from file stem `id`, holding at most
-    /// `quota` bytes (in whole blocks) and `max_entries` files and directories.
+    /// `quota` bytes (in whole blocks) and `max_entries` files and directories. The host opens
+    /// grants through [`Grants`], so one directory has one grant.
     pub fn open(dir: &Path, quota: u64, max_entries: u64, id: &str) -> Result<FilesGrant, String> {
+        let (root, handle, _) = open_dir(dir, id)?;
+        FilesGrant::with_handle(root, handle, quota, max_entries, id)
+    }
+
+    fn with_handle(
+        root: PathBuf,
+        handle: OwnedFd,
+        quota: u64,
+        max_entries: u64,
+        id: &str,
+    ) -> Result<FilesGrant, String> {
         let section = format!("runtime.plugins.{id}");
-        let fail = |e: std::io::Error| format!("{section}.files_dir {}: {e}", dir.display());
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(fail)?;
-        }
-        let root = dir.canonicalize().map_err(fail)?;
-        let handle = rfs::open(&root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| fail(e.into()))?;
-        let usage = count(handle.as_fd()).map_err(fail)?;
+        let usage = count(handle.as_fd()).map_err(|e| format!("{section}.files_dir {}: {e}", root.display()))?;
         Ok(FilesGrant {
             root,
             openat2: AtomicBool::new(beneath::has_openat2(handle.as_fd())),
@@ -175,9 +225,12 @@ impl FilesGrant {
         let fits = |u: Usage| {
             u.bytes.saturating_add(add.bytes) <= self.quota && u.entries.saturating_add(add.entries) <= self.max_entries
         };
-        if add == Usage::default() || fits(c.usage) {
+        let take = |c: &mut Counted| {
             c.usage.bytes += add.bytes;
             c.usage.entries += add.entries;
+        };
+        if add == Usage::default() || fits(c.usage) {
+            take(c);
             return Ok(());
         }
         // Count again before refusing: the operator may have removed or archived files.
@@ -187,8 +240,7 @@ impl FilesGrant {
             }
             c.at = Instant::now();
             if fits(c.usage) {
-                c.usage.bytes += add.bytes;
-                c.usage.entries += add.entries;
+                take(c);
                 return Ok(());
             }
         }
@@ -231,23 +283,21 @@ impl FilesGrant {
         what: &dyn Fn() -> String,
     ) -> Result<Option<OwnedFd>, FileError> {
         let root = self.dir.as_fd();
-        let mut dir: Option<OwnedFd> = None;
-        let mut found = 0;
-        while found < parents.len() {
-            match beneath::through(beneath::at(root, &dir), parents[found]) {
-                Ok(d) => dir = Some(d),
-                Err(Errno::NOENT) => break,
-                Err(e) => return Err(self.io(path, e)),
-            }
-            found += 1;
+        let (mut opened, stopped) = beneath::walk_dirs(root, parents, beneath::THROUGH);
+        match stopped {
+            None | Some(Errno::NOENT) => {}
+            Some(e) => return Err(self.io(path, e)),
         }
+        let found = opened.len();
+        let mut dir = opened.pop();
+        drop(opened);
         let missing = (parents.len() - found) as u64;
         self.reserve(c, Usage { bytes: extra.bytes + missing * BLOCK, entries: extra.entries + missing }, path, what)?;
         for (made, name) in parents[found..].iter().enumerate() {
             let at = beneath::at(root, &dir);
             // Made meanwhile by someone else (the operator): counted twice until the next count.
             let next = match rfs::mkdirat(at, *name, Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => beneath::through(at, name),
+                Ok(()) | Err(Errno::EXIST) => beneath::through(at, name, beneath::THROUGH),
                 Err(e) => Err(e),
             };
             match next {
@@ -269,8 +319,8 @@ impl FilesGrant {
         let what = || format!("appending {n} bytes");
         let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::NONBLOCK;
         let mut c = self.lock();
-        // What the file counted before, and what was reserved for it.
-        let (file, before, reserved) = match self.open_beneath(&parts, flags) {
+        // The file's length before, what it counted then, and what was reserved for it.
+        let (file, old_len, before, reserved) = match self.open_beneath(&parts, flags) {
             Ok(f) => {
                 let st = rfs::fstat(&f).map_err(|e| self.io(path, e))?;
                 if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -279,7 +329,7 @@ impl FilesGrant {
                 let len = st.st_size as u64;
                 let add = Usage { bytes: charge(len.saturating_add(n)) - charge(len), entries: 0 };
                 self.reserve(&mut c, add, path, &what)?;
-                (f, charge(len), add)
+                (f, len, charge(len), add)
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // A new file, perhaps in new directories: all of it reserved before any is made.
@@ -288,7 +338,7 @@ impl FilesGrant {
                 let dir = self.make_dirs(&mut c, parents, add, path, &what)?;
                 let create = flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 match rfs::openat(beneath::at(self.dir.as_fd(), &dir), *name, create, Mode::from_raw_mode(0o600)) {
-                    Ok(f) => (f, 0, add),
+                    Ok(f) => (f, 0, 0, add),
                     Err(e) => {
                         Self::release(&mut c, add);
                         return Err(self.io(path, e));
@@ -299,11 +349,17 @@ impl FilesGrant {
         };
         let mut file = std::fs::File::from(file);
         let written = file.write_all(data);
-        // Count what the file takes now, whatever the write did (a failed one may write part).
+        if written.is_err() {
+            // A failed write (no space left, a file-size limit) may have written part of `data`:
+            // cut the file back to where it was, so a reader never sees half a line. The lock is
+            // held, so no other append of this plugin wrote meanwhile.
+            let _ = file.set_len(old_len);
+        }
+        // Count what the file takes now, whatever the write did.
         let len = rfs::fstat(&file).map(|st| st.st_size as u64);
         if let Ok(len) = len {
-            c.usage.bytes =
-                c.usage.bytes.saturating_sub(reserved.bytes).saturating_add(charge(len).saturating_sub(before));
+            let now = charge(len).saturating_sub(before);
+            c.usage.bytes = c.usage.bytes.saturating_sub(reserved.bytes).saturating_add(now);
         }
         drop(c);
         written.map_err(|e| self.io(path, e))?;
@@ -315,13 +371,13 @@ impl FilesGrant {
     pub fn sync(&self, path: &str) -> Result<(), FileError> {
         let parts = self.components(path, false)?;
         let (name, parents) = parts.split_last().expect("a path has a component");
-        let read_dir = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let io = |e: Errno| self.io(path, e);
-        let mut dirs = vec![rfs::openat(&self.dir, ".", read_dir, Mode::empty()).map_err(io)?];
-        for p in parents {
-            let d = rfs::openat(dirs.last().expect("the root"), *p, read_dir, Mode::empty()).map_err(io)?;
-            dirs.push(d);
+        let root = rfs::openat(&self.dir, ".", beneath::READ_DIR, Mode::empty()).map_err(io)?;
+        let (mut dirs, stopped) = beneath::walk_dirs(root.as_fd(), parents, beneath::READ_DIR);
+        if let Some(e) = stopped {
+            return Err(io(e));
         }
+        dirs.insert(0, root);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let f = rfs::openat(dirs.last().expect("the root"), *name, flags, Mode::empty()).map_err(io)?;
         rfs::fdatasync(&f).map_err(io)?;
@@ -480,7 +536,6 @@ fn count_in(dir: OwnedFd, u: &mut Usage) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     /// A grant of `dir` to `file.wasm` that counts again on every refusal.
@@ -648,7 +703,85 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let on_disk: u64 =
             std::fs::read_dir(base.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512).sum();
-        assert!(on_disk <= quota, "{on_disk} bytes of disk for a {quota}-byte quota");
+        // The file system's own block may be bigger than `BLOCK`: then each file takes one of those.
+        let block = std::fs::metadata(base.path()).unwrap().blksize().max(BLOCK);
+        assert!(on_disk <= made * block, "{on_disk} bytes of disk for {made} one-byte files in {block}-byte blocks");
+    }
+
+    /// A write that fails part-way (`ENOSPC`, or here the file-size limit, which fails the same
+    /// way and can be set without root) leaves the file as it was: no half line. The limit is the
+    /// process's, so the test runs itself again in a child process that has it.
+    #[test]
+    fn an_append_that_fails_part_way_leaves_the_file_as_it_was() {
+        const CHILD: &str = "FILES_TEST_FSIZE_CHILD";
+        const LIMIT: u64 = 10_000;
+        if std::env::var_os(CHILD).is_some() {
+            let base = tempfile::tempdir().unwrap();
+            let g = grant(base.path(), 1 << 20, 100);
+            g.append("a.jsonl", &[b'a'; 6000]).unwrap();
+            let e = g.append("a.jsonl", &[b'b'; 6000]).unwrap_err();
+            assert!(matches!(e, FileError::Io(ref m) if m.contains("a.jsonl")), "{e:?}");
+            let kept = std::fs::read(base.path().join("a.jsonl")).unwrap();
+            assert!(
+                kept.len() == 6000 && !kept.contains(&b'b'),
+                "{} bytes left, part of the failed append",
+                kept.len()
+            );
+            // A new file that fails part-way is left empty, and counted as it is.
+            assert!(g.append("new.jsonl", &[b'c'; LIMIT as usize + 1]).is_err());
+            assert_eq!(g.size("new.jsonl").unwrap(), 0);
+            let (counted, found) = counts(&g);
+            assert_eq!(counted, found);
+            return;
+        }
+        let name = format!("{}::an_append_that_fails_part_way_leaves_the_file_as_it_was", module_path!());
+        let name = name.split_once("::").unwrap().1;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args(["--exact", name, "--test-threads=1", "--nocapture"]).env(CHILD, "1");
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            child.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit { rlim_cur: LIMIT, rlim_max: LIMIT };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Issue 21 review: a reload opened a second grant of the directory while sessions of the
+    /// version before still wrote, so two counts and two locks governed it (each let the plugin
+    /// reach the quota).
+    #[test]
+    fn one_directory_has_one_grant_and_one_plugin() {
+        let base = tempfile::tempdir().unwrap();
+        let grants = Grants::default();
+        let old = grants.open(base.path(), 2 * BLOCK, 100, "file").unwrap();
+        // The next load of the plugin, by another spelling of the same directory.
+        let new = grants.open(&base.path().join("."), 2 * BLOCK, 100, "file").unwrap();
+        assert!(Arc::ptr_eq(&old, &new), "a second grant of one directory");
+        old.append("a", &[b'a'; BLOCK as usize]).unwrap();
+        new.append("b", &[b'b'; BLOCK as usize]).unwrap();
+        quota_message(old.append("c", b"c"));
+        quota_message(new.append("c", b"c"));
+        let m = grants.open(base.path(), 2 * BLOCK, 100, "other").unwrap_err();
+        assert!(m.contains("runtime.plugins.other.files_dir") && m.contains("runtime.plugins.file"), "{m}");
+        // Once no load holds it, the next grant counts the directory afresh.
+        drop((old, new));
+        std::fs::remove_file(base.path().join("a")).unwrap();
+        let again = grants.open(base.path(), 2 * BLOCK, 100, "other").unwrap();
+        again.append("c", b"c").unwrap();
     }
 
     #[test]

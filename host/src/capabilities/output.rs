@@ -29,7 +29,35 @@ struct Line {
     /// Bytes past that were discarded.
     cut: bool,
     /// The stream's last lines, when it keeps them (stderr).
-    recent: Option<std::collections::VecDeque<String>>,
+    recent: Option<Recent>,
+}
+
+/// The last lines of a stream: at most [`RECENT_LINES`] of at most [`RECENT_BYTES`] in all.
+#[derive(Default)]
+struct Recent {
+    lines: std::collections::VecDeque<String>,
+    /// Their bytes.
+    bytes: usize,
+    /// Lines ever kept: the last one kept is number `total - 1`.
+    total: u64,
+}
+
+impl Recent {
+    fn push(&mut self, line: String) {
+        self.bytes += line.len();
+        self.lines.push_back(line);
+        self.total += 1;
+        while self.lines.len() > RECENT_LINES || self.bytes > RECENT_BYTES {
+            let gone = self.lines.pop_front().expect("over a bound, so not empty");
+            self.bytes -= gone.len();
+        }
+    }
+
+    /// The lines kept since line number `mark`.
+    fn since(&self, mark: u64) -> impl Iterator<Item = &String> {
+        let first = self.total - self.lines.len() as u64;
+        self.lines.iter().skip(mark.saturating_sub(first) as usize)
+    }
 }
 
 impl Line {
@@ -56,18 +84,13 @@ impl Line {
         let text = String::from_utf8_lossy(&self.buf);
         let text = text.trim_end_matches('\r');
         if let Some(recent) = &mut self.recent {
-            let mut kept = text.to_string();
-            if kept.len() > self.budget.line_max() {
-                let mut end = self.budget.line_max();
-                while !kept.is_char_boundary(end) {
-                    end -= 1;
-                }
-                kept.truncate(end);
+            // A line is cut to fit the tail, so one long line does not push itself out.
+            let max = self.budget.line_max().min(RECENT_BYTES);
+            let mut end = text.len().min(max);
+            while !text.is_char_boundary(end) {
+                end -= 1;
             }
-            recent.push_back(kept);
-            while recent.len() > RECENT_LINES || recent.iter().map(String::len).sum::<usize>() > RECENT_BYTES {
-                recent.pop_front();
-            }
+            recent.push(text[..end].to_string());
         }
         if let Some(line) = self.budget.admit(text) {
             tracing::info!(target: "plugin", plugin = %self.plugin, stream = self.stream, "{line}");
@@ -95,15 +118,28 @@ pub struct PluginOutput {
 impl PluginOutput {
     /// A stream of `plugin` named `stream`, logging through `budget` (the plugin's).
     pub fn new(plugin: &str, stream: &'static str, budget: Arc<LogBudget>) -> Self {
-        let recent = (stream == "stderr").then(std::collections::VecDeque::new);
+        let recent = (stream == "stderr").then(Recent::default);
         let line = Line { plugin: plugin.into(), stream, budget, buf: Vec::new(), cut: false, recent };
         PluginOutput { line: Arc::new(Mutex::new(line)) }
     }
 
     /// The last lines written (stderr only; empty for stdout), the unfinished one included.
     pub fn recent(&self) -> Vec<String> {
+        self.recent_since(0)
+    }
+
+    /// Where the stream is now: [`recent_since`](Self::recent_since) it shows only the lines
+    /// written after (a call's own, on an instance that served calls before).
+    pub fn mark(&self) -> u64 {
         let line = self.line.lock().unwrap_or_else(|e| e.into_inner());
-        let mut lines: Vec<String> = line.recent.iter().flatten().cloned().collect();
+        line.recent.as_ref().map_or(0, |r| r.total)
+    }
+
+    /// The last lines finished after `mark`, and the unfinished one.
+    pub fn recent_since(&self, mark: u64) -> Vec<String> {
+        let line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(recent) = &line.recent else { return Vec::new() };
+        let mut lines: Vec<String> = recent.since(mark).cloned().collect();
         if !line.buf.is_empty() {
             lines.push(String::from_utf8_lossy(&line.buf).into_owned());
         }
@@ -180,6 +216,40 @@ mod tests {
         assert_eq!(recent.last().unwrap(), "ValueError: boom");
         assert!(budget.dropped_lines() > 0, "the log budget still applies");
         assert!(PluginOutput::new("p", "stdout", budget).recent().is_empty());
+    }
+
+    #[test]
+    fn a_call_sees_only_its_own_stderr_lines() {
+        let (_, budget) = output(1000, 4096);
+        let err = PluginOutput::new("p", "stderr", budget);
+        err.accept(b"first call\n");
+        let mark = err.mark();
+        assert!(err.recent_since(mark).is_empty(), "the earlier call's lines are not this call's");
+        err.accept(b"second call\nstill");
+        assert_eq!(err.recent_since(mark), ["second call", "still"]);
+        assert_eq!(err.recent(), ["first call", "second call", "still"]);
+        // Lines pushed out of the tail meanwhile are simply gone.
+        for i in 0..RECENT_LINES + 3 {
+            err.accept(format!("\n{i}").as_bytes());
+        }
+        let since = err.recent_since(mark);
+        assert_eq!(since.len(), RECENT_LINES + 1, "the kept lines and the unfinished one");
+        assert_eq!(since.last().unwrap(), &(RECENT_LINES + 2).to_string());
+    }
+
+    #[test]
+    fn a_line_longer_than_the_tail_is_cut_not_lost() {
+        let (_, budget) = output(1000, 1 << 20);
+        let err = PluginOutput::new("p", "stderr", budget);
+        err.accept(b"before\n");
+        err.accept(&[b'x'; 3 * RECENT_BYTES]);
+        err.accept(b"\n");
+        let recent = err.recent();
+        assert_eq!(recent.len(), 1, "the long line fills the tail alone");
+        assert_eq!(recent[0].len(), RECENT_BYTES);
+        let r = err.line.lock().unwrap();
+        let kept = r.recent.as_ref().unwrap();
+        assert_eq!(kept.bytes, kept.lines.iter().map(String::len).sum::<usize>());
     }
 
     #[test]

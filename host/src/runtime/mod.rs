@@ -8,7 +8,7 @@ pub mod session;
 pub use session::{Delivered, Described, Item, Pre, Session};
 
 use crate::bindings::{self, Plugin};
-use crate::capabilities::files::FilesGrant;
+use crate::capabilities::files::{self, FilesGrant};
 use crate::capabilities::log_budget::LogBudget;
 use crate::capabilities::messaging::MessagingGrant;
 use crate::capabilities::outbound::Policy;
@@ -125,6 +125,8 @@ pub struct Runtime {
     /// One permit per pool slot (None: on demand, unbounded here), so a full pool makes a
     /// new instance wait instead of failing.
     slots: Option<Arc<Semaphore>>,
+    /// The `files` grants open now: one per directory, shared by the loads of one plugin.
+    files_grants: files::Grants,
 }
 
 impl Runtime {
@@ -152,7 +154,18 @@ impl Runtime {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         }
         let engine_key = engine_key(&engine);
-        Ok(Arc::new(Runtime { engine, linker, http, no_http, cfg, cache_dir, engine_key, allocator, slots }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            http,
+            no_http,
+            cfg,
+            cache_dir,
+            engine_key,
+            allocator,
+            slots,
+            files_grants: files::Grants::default(),
+        }))
     }
 
     /// Compile a component (or load its compiled code from the cache) and pre-link it.
@@ -295,7 +308,7 @@ fn engine_key(engine: &Engine) -> String {
 }
 
 /// The directory granted to the plugin from file stem `id`, when its grants include `files`.
-fn files_grant(id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>>, String> {
+fn files_grant(grants: &files::Grants, id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>>, String> {
     if !limits.grants.iter().any(|g| g == "files") {
         return Ok(None);
     }
@@ -305,7 +318,7 @@ fn files_grant(id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>
         ));
     };
     let quota = limits.files_quota_mib.saturating_mul(1024 * 1024);
-    Ok(Some(Arc::new(FilesGrant::open(dir, quota, limits.files_max_entries, id)?)))
+    Ok(Some(grants.open(dir, quota, limits.files_max_entries, id)?))
 }
 
 /// The Kafka connection of the plugin from file stem `id`, when its grants include `messaging`.
@@ -431,7 +444,7 @@ impl LoadedPlugin {
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
         let log = Arc::new(LogBudget::new(&id, &limits));
-        let files = files_grant(&id, &limits)?;
+        let files = files_grant(&runtime.files_grants, &id, &limits)?;
         let messaging = messaging_grant(&id, &limits, &runtime.cfg)?;
         Ok(LoadedPlugin {
             contract: pre.contract(),

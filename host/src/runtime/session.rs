@@ -125,6 +125,8 @@ pub struct Session {
     pub(super) permit: Option<OwnedSemaphorePermit>,
     /// This instance's pool slot (dropped after the store, which frees it).
     _slot: Option<OwnedSemaphorePermit>,
+    /// Where stderr was when the last call began ([`Session::stderr_tail`] shows what follows).
+    stderr_mark: u64,
 }
 
 impl Session {
@@ -173,6 +175,7 @@ impl Session {
             fuel,
             destination: None,
             permit: None,
+            stderr_mark: 0,
             _slot: slot,
         })
     }
@@ -184,6 +187,8 @@ impl Session {
         (deadline, setting): (Duration, &'static str),
         f: impl AsyncFnOnce(&Instance, &mut Store<PluginState>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
+        // A crash message shows this call's stderr, not the lines of calls before it.
+        self.stderr_mark = self.store.data().stderr.mark();
         if let Some(fuel) = self.fuel {
             // Each call gets the full budget, also on a reused instance.
             self.store.set_fuel(fuel).expect("fuel is enabled");
@@ -208,9 +213,10 @@ impl Session {
         })
     }
 
-    /// The last lines the instance wrote to stderr (a Python traceback before a trap, say).
+    /// The last lines the instance wrote to stderr during the last call (a Python traceback
+    /// before a trap, say).
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.store.data().stderr.recent()
+        self.store.data().stderr.recent_since(self.stderr_mark)
     }
 
     /// `error`, followed by the last lines the instance wrote to stderr, when it wrote any: what

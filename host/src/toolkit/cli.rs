@@ -85,8 +85,8 @@ pub enum PluginCommand {
 /// JavaScript one takes seconds) compiles once, not on every run.
 #[derive(clap::Args)]
 pub struct CacheArgs {
-    /// The code cache directory [default: $XDG_CACHE_HOME/data-exporter/code-cache, else
-    /// ~/.cache/data-exporter/code-cache]; it must be this user's own, writable by no one else.
+    /// Keep compiled code in DIR/data-exporter-code-cache [default: under $XDG_CACHE_HOME, else
+    /// ~/.cache]; DIR and the directories above it must be writable by no one else (or sticky).
     #[arg(long, value_name = "DIR")]
     code_cache: Option<PathBuf>,
     /// Keep no compiled code between runs.

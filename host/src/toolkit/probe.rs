@@ -7,7 +7,7 @@
 //! through its own HTTP capability (outbound allow-list, TLS, the host's listeners refused).
 
 use crate::bindings::Outcome;
-use crate::capabilities::secrets::{self, SecretStore};
+use crate::capabilities::secrets::{self, Credential, SecretStore};
 use crate::runtime::registry::Plugins;
 use crate::runtime::{Delivered, Item};
 use serde::Serialize;
@@ -129,6 +129,9 @@ pub async fn probe(
             return Ok(p);
         }
     }
+    // What the plugin prints may hold the credential (a server that echoes the request back):
+    // the messages returned to the admin API are cleared of it.
+    let secret_values = credential.as_ref().map(|c| secret_forms(&c.credential)).unwrap_or_default();
     session.set_credential(credential);
     let report = Item {
         id: id.clone(),
@@ -166,7 +169,49 @@ pub async fn probe(
             });
         }
     }
+    p.message = p.message.map(|m| redact(&m, &secret_values));
     p.latency_ms = started.elapsed().as_millis() as u64;
     tracing::info!(consumer, report = %p.report_id, outcome = p.outcome, "test report sent (admin POST /test)");
     Ok(p)
+}
+
+/// Every form in which `credential` could come back in what a plugin prints: the password or
+/// token, and what the host puts in the `Authorization` header (basic auth is base64).
+fn secret_forms(credential: &Credential) -> Vec<String> {
+    use base64::Engine;
+    let mut forms = match credential {
+        Credential::Basic { user, password } => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            vec![password.clone(), encoded.trim_end_matches('=').to_string()]
+        }
+        Credential::Bearer(token) => vec![token.clone()],
+    };
+    forms.retain(|f| !f.is_empty());
+    // The longest first, so a secret holding another is replaced whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
+}
+
+/// `text` with each of `secrets` replaced by `***`.
+fn redact(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_destinations_secret_never_comes_back_in_what_the_plugin_printed() {
+        let basic = Credential::Basic { user: "exporter".into(), password: "s3cr3t-pw".into() };
+        // A plugin crashed after printing the response of a server that echoed the request.
+        let stderr = "exporter crashed; its stderr ended with:\n    echo: Authorization: Basic ZXhwb3J0ZXI6czNjcjN0LXB3\n    \
+                      password was s3cr3t-pw";
+        let shown = redact(stderr, &secret_forms(&basic));
+        assert!(!shown.contains("s3cr3t-pw") && !shown.contains("ZXhwb3J0ZXI6czNjcjN0LXB3"), "{shown}");
+        assert!(shown.contains("Basic ***") && shown.contains("password was ***"), "{shown}");
+        let bearer = Credential::Bearer("tok-123".into());
+        assert_eq!(redact("Bearer tok-123 and tok-123", &secret_forms(&bearer)), "Bearer *** and ***");
+        assert_eq!(redact("nothing secret", &[]), "nothing secret");
+    }
 }

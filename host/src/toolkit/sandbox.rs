@@ -136,33 +136,61 @@ impl Sandbox {
 /// tens of MiB).
 pub const CACHE_KEEP: usize = 16;
 
+/// The directory the tools keep compiled code in, always beneath the one given (or the user's
+/// cache directory): the tools create it, so they never change the mode of a directory of
+/// yours, and prune only their own files.
+pub const CACHE_SUBDIR: &str = "data-exporter-code-cache";
+
 /// Where `plugin check` and `plugin test` keep compiled code between runs, so a Python or
-/// JavaScript component compiles once, not on every call: `explicit` (`--code-cache`), else
-/// `$XDG_CACHE_HOME/data-exporter/code-cache`, else `~/.cache/data-exporter/code-cache`.
-/// Created 0700. Compiled code is loaded as native code, so a directory that is not this
-/// user's own, or that others may write, is not used (`Err` says why); nor is one when
-/// neither variable is set.
+/// JavaScript component compiles once, not on every call: [`CACHE_SUBDIR`] under `explicit`
+/// (`--code-cache`), else under `$XDG_CACHE_HOME`, else under `~/.cache`; created 0700.
+/// Compiled code is loaded as native code, so it is used only when no one else could have
+/// written it: the directory is this user's and only it may write it, and each directory above
+/// is this user's or root's and writable by no one else (or sticky, as /tmp). `Err` says why
+/// not; so when neither variable is set.
 pub fn code_cache_dir(explicit: Option<&Path>) -> Result<PathBuf, String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let dir = match explicit {
+    let base = match explicit {
         Some(d) => d.to_path_buf(),
         None => match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
-            (Some(x), _) if !x.is_empty() => PathBuf::from(x).join("data-exporter/code-cache"),
-            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache/data-exporter/code-cache"),
+            (Some(x), _) if !x.is_empty() => PathBuf::from(x),
+            (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache"),
             _ => return Err("neither XDG_CACHE_HOME nor HOME is set".into()),
         },
     };
+    // Made if missing (0700); an existing directory is left as it is.
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        .create(&base)
+        .map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    let base = base.canonicalize().map_err(|e| format!("{}: {e}", base.display()))?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+    for dir in base.ancestors() {
+        let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (m.uid() != me && m.uid() != 0) || others_write {
+            return Err(format!(
+                "{} may be written by others (owner uid {}, mode {:o}): compiled code kept beneath it could be \
+                 replaced; give --code-cache a directory of your own",
+                dir.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    let dir = base.join(CACHE_SUBDIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("cannot create {}: {e}", dir.display()));
+        }
+        _ => {}
+    }
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
         return Err(format!(
-            "{} is not a directory of this user that only it may write (owner uid {}, mode {:o})",
+            "{} is not a directory of this user that only it may use (owner uid {}, mode {:o})",
             dir.display(),
             m.uid(),
             m.mode() & 0o7777
@@ -183,5 +211,42 @@ pub fn prune_code_cache(dir: &Path, keep: usize) {
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (_, old) in files.into_iter().skip(keep) {
         let _ = std::fs::remove_file(old);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_code_cache_is_a_subdirectory_of_its_own_and_never_beneath_a_directory_others_may_write() {
+        let base = tempfile::tempdir().unwrap();
+        let mine = base.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = code_cache_dir(Some(&mine)).unwrap();
+        assert_eq!(dir, mine.canonicalize().unwrap().join(CACHE_SUBDIR));
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&mine).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "the given directory is left as it was"
+        );
+        // A file of the user's own beside the cache is never pruned.
+        std::fs::write(mine.join("mine.cwasm"), "not the cache's").unwrap();
+        prune_code_cache(&dir, 0);
+        assert!(mine.join("mine.cwasm").exists());
+
+        // Beneath a directory others may write (not sticky): refused, nothing made, and said why.
+        let shared = base.path().join("shared");
+        std::fs::create_dir_all(shared.join("cache")).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = code_cache_dir(Some(&shared.join("cache"))).unwrap_err();
+        assert!(why.contains(&shared.display().to_string()) && why.contains("may be written by others"), "{why}");
+        assert!(!shared.join("cache").join(CACHE_SUBDIR).exists(), "no cache directory was made");
+        // A sticky one (as /tmp) is fine.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        code_cache_dir(Some(&shared.join("cache"))).unwrap();
     }
 }

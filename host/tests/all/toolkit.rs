@@ -464,17 +464,20 @@ fn plugin_test_shows_a_python_traceback_honours_timeout_and_reuses_the_code_cach
     assert!(o.status.success(), "componentize-py: {}", text(&o));
 
     // check, twice: compiled into the cache the first time, taken from it the second.
-    let cache = dir.path().join("code-cache");
-    let cache_arg = cache.to_str().unwrap();
+    let given = dir.path().join("code-cache");
+    let cache_arg = given.to_str().unwrap();
+    // The tools keep their code in a directory of their own beneath the one given.
+    let cache = given.join("data-exporter-code-cache");
+    let cache_dir = cache.to_str().unwrap();
     let (code, v) = check(&wasm, &["--code-cache", cache_arg]);
     assert_eq!(code, 0, "{v:#}");
-    assert_eq!(v["code_cache"], json!({"dir": cache_arg, "hit": false}), "{v:#}");
+    assert_eq!(v["code_cache"], json!({"dir": cache_dir, "hit": false}), "{v:#}");
     assert_eq!(cached(&cache).len(), 1, "one compiled component in the cache");
     let (code, v) = check(&wasm, &["--code-cache", cache_arg]);
     assert_eq!(code, 0, "{v:#}");
-    assert_eq!(v["code_cache"], json!({"dir": cache_arg, "hit": true}), "{v:#}");
+    assert_eq!(v["code_cache"], json!({"dir": cache_dir, "hit": true}), "{v:#}");
     let o = dx(&["plugin", "check", wasm.to_str().unwrap(), "--code-cache", cache_arg]);
-    assert!(text(&o).contains(&format!("compiled code  from the cache ({cache_arg})")), "{}", text(&o));
+    assert!(text(&o).contains(&format!("compiled code  from the cache ({cache_dir})")), "{}", text(&o));
     assert_eq!(cached(&cache).len(), 1);
 
     // test: a report that raises shows the traceback; the others are delivered.

@@ -32,6 +32,9 @@ struct File {
 /// The granted directory, through the host's `files` capability, and the wall clock.
 struct HostFs;
 
+/// A name looked up (never written) when a destination opens, to learn whether `files` is granted.
+const GRANT_PROBE: &str = ".file-plugin-grant-check";
+
 fn fs_error(e: files::Error) -> FsError {
     let kind = match e.0 {
         ErrorKind::NotFound(_) => FsErrorKind::NotFound,
@@ -132,8 +135,9 @@ impl Consumer for File {
 
     fn open(config: Config, settings: &Settings) -> Result<Self, String> {
         let sink = Sink::new(config, settings)?;
-        // Say at once, and clearly, when the operator granted no directory.
-        if let Err(e) = files::entries("")
+        // Say at once, and clearly, when the operator granted no directory: one stat of a fixed
+        // name (missing is fine: the directory is granted), not a listing of the whole directory.
+        if let Err(e) = files::size(GRANT_PROBE)
             && matches!(e.0, ErrorKind::NotGranted(_))
         {
             return Err(format!(

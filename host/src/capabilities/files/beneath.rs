@@ -13,7 +13,12 @@ use rustix::io::Errno;
 pub(super) type Components<'a> = [&'a str];
 
 /// The directory flags used to pass through a component: a handle only, never a symbolic link.
-const THROUGH: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+pub(super) const THROUGH: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+/// The flags to open a directory that will be synced (an `O_PATH` handle cannot be).
+pub(super) const READ_DIR: OFlags =
+    OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+/// How `openat2` resolves: beneath the root, through no symbolic or magic link.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 /// Open `path` beneath `root` with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` are always added: the
 /// last component is not followed either). `openat2` is cleared when the kernel turns out to have
@@ -29,10 +34,9 @@ pub(super) fn open(
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     if openat2.load(Ordering::Relaxed) {
         let joined = if path.is_empty() { ".".to_string() } else { path.join("/") };
-        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         // EAGAIN: the kernel saw a concurrent rename it could not rule out; try again.
         for _ in 0..8 {
-            match fs::openat2(root, joined.as_str(), flags, mode, how) {
+            match fs::openat2(root, joined.as_str(), flags, mode, RESOLVE) {
                 Err(Errno::AGAIN) => continue,
                 // No openat2 (before Linux 5.6, or filtered): walk from now on.
                 Err(Errno::NOSYS) => {
@@ -59,16 +63,33 @@ pub(super) fn walk_open(
     let Some((last, parents)) = path.split_last() else {
         return Ok(fs::openat(root, ".", flags, mode)?);
     };
-    let mut dir: Option<OwnedFd> = None;
-    for c in parents {
-        dir = Some(through(at(root, &dir), c)?);
+    let (mut dirs, stopped) = walk_dirs(root, parents, THROUGH);
+    if let Some(e) = stopped {
+        return Err(e.into());
     }
+    let dir = dirs.pop();
     Ok(fs::openat(at(root, &dir), *last, flags, mode)?)
 }
 
-/// The directory `name` in `dir`, as a handle; a symbolic link is `ELOOP`, a file `ENOTDIR`.
-pub(super) fn through(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, Errno> {
-    match fs::openat(dir, name, THROUGH, Mode::empty()) {
+/// Open the directories `dirs` beneath `root`, each in the one before it, with `flags` (a
+/// directory flag set with `O_NOFOLLOW`: [`THROUGH`] or [`READ_DIR`]). Returns those opened, in
+/// order, and why the walk stopped short (`ENOENT`: the next is missing; a link is `ELOOP`).
+pub(super) fn walk_dirs(root: BorrowedFd<'_>, dirs: &Components<'_>, flags: OFlags) -> (Vec<OwnedFd>, Option<Errno>) {
+    let mut opened: Vec<OwnedFd> = Vec::with_capacity(dirs.len());
+    for name in dirs {
+        let at = opened.last().map_or(root, |d| d.as_fd());
+        match through(at, name, flags) {
+            Ok(d) => opened.push(d),
+            Err(e) => return (opened, Some(e)),
+        }
+    }
+    (opened, None)
+}
+
+/// The directory `name` in `dir`, opened with `flags` (a directory flag set with `O_NOFOLLOW`,
+/// such as [`THROUGH`]); a symbolic link is `ELOOP`, a file `ENOTDIR`.
+pub(super) fn through(dir: BorrowedFd<'_>, name: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    match fs::openat(dir, name, flags, Mode::empty()) {
         // O_PATH | O_NOFOLLOW | O_DIRECTORY on a link says ENOTDIR: say what it was.
         Err(Errno::NOTDIR)
             if fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -87,6 +108,5 @@ pub(super) fn at<'a>(root: BorrowedFd<'a>, dir: &'a Option<OwnedFd>) -> Borrowed
 
 /// Whether this kernel (and its seccomp filter) lets us resolve with `openat2`.
 pub(super) fn has_openat2(root: BorrowedFd<'_>) -> bool {
-    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    fs::openat2(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), how).is_ok()
+    fs::openat2(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE).is_ok()
 }
