@@ -682,8 +682,9 @@ pub struct PluginLimits {
     pub quarantined_reports: QuarantinePolicy,
     /// Times a report may crash the plugin in a call of its own, while the plugin delivers
     /// other reports, before it is dead-lettered with the crash as its reason ("poison").
-    /// After a crashed call the host retries its batch split in halves until the crashing
-    /// report is alone; such crashes do not count toward `quarantine_after`.
+    /// After a crashed call (a trap or broken contract, not a timeout) the host retries its batch
+    /// split in halves until the crashing report is alone; such crashes do not count toward
+    /// `quarantine_after`.
     pub poison_after: u32,
     /// Where the plugin may send HTTP requests, checked on resolved addresses:
     /// `"*"`, IPs and CIDRs (`"10.0.0.0/8"`), host names with an optional port

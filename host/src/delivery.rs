@@ -97,6 +97,9 @@ pub struct Crash {
     pub reports: usize,
     /// The other half of the same split crashed too.
     pub sibling_crashed: bool,
+    /// The call ran past its deadline: a slow destination as often as a payload, and a call
+    /// each report alone would take as long, so it is not split.
+    pub timed_out: bool,
     /// For one report: calls of its own it has crashed in a row, this one included.
     pub crashes_alone: u32,
     /// A call of the plugin returned since the report(s) first crashed.
@@ -108,7 +111,7 @@ pub struct Crash {
 /// Whom to blame for a crashed call: a plugin that crashes on everything is quarantined; one
 /// that crashes on one report dead-letters that report and keeps delivering the rest.
 pub fn blame(c: Crash) -> Blame {
-    if c.sibling_crashed {
+    if c.sibling_crashed || c.timed_out {
         Blame::Plugin
     } else if c.reports > 1 {
         Blame::Split
@@ -588,6 +591,7 @@ impl Delivery {
                 let verdict = blame(Crash {
                     reports: jobs.len(),
                     sibling_crashed,
+                    timed_out: matches!(e, crate::runtime::CallError::Timeout { .. }),
                     crashes_alone: jobs[0].crashes_alone,
                     plugin_worked_since: jobs.iter().all(|j| j.crashed_at.is_some_and(|at| returned > at)),
                     poison_after: plugin.limits.poison_after,
@@ -875,6 +879,7 @@ mod tests {
         let c = |reports, sibling_crashed, crashes_alone, plugin_worked_since| Crash {
             reports,
             sibling_crashed,
+            timed_out: false,
             crashes_alone,
             plugin_worked_since,
             poison_after: 3,
@@ -896,9 +901,18 @@ mod tests {
         for (crash, want, why) in table {
             assert_eq!(blame(crash), want, "{why}: {crash:?}");
         }
-        let once =
-            Crash { reports: 1, sibling_crashed: false, crashes_alone: 1, plugin_worked_since: true, poison_after: 0 };
+        let once = Crash {
+            reports: 1,
+            sibling_crashed: false,
+            timed_out: false,
+            crashes_alone: 1,
+            plugin_worked_since: true,
+            poison_after: 0,
+        };
         assert_eq!(blame(once), Poison, "poison_after 0 acts as 1");
+        let slow = Crash { reports: 500, timed_out: true, ..once };
+        assert_eq!(blame(slow), Plugin, "a call past its deadline is not split");
+        assert_eq!(blame(Crash { reports: 1, crashes_alone: 9, ..slow }), Plugin, "nor poison");
     }
 
     #[test]
