@@ -24,7 +24,7 @@ plugins: wasm-target ## Build the plugin components: shipped ones to target/plug
 	cp $(WASM_OUT)/opensearch.wasm $(WASM_OUT)/file.wasm $(WASM_OUT)/stdout.wasm $(WASM_OUT)/http.wasm $(WASM_OUT)/exporter.wasm \
 	  $(WASM_OUT)/kafka.wasm target/plugins/
 	cp $(WASM_OUT)/readme_example.wasm $(WASM_OUT)/hostile.wasm $(WASM_OUT)/discard.wasm $(WASM_OUT)/stuck_info.wasm \
-	  $(WASM_OUT)/legacy_v1.wasm $(WASM_OUT)/v2_fixture.wasm target/test-plugins/
+	  $(WASM_OUT)/legacy_v1.wasm $(WASM_OUT)/v2_fixture.wasm $(WASM_OUT)/poison.wasm target/test-plugins/
 
 language-plugins: test-deps ## Build the example plugins in Python and JavaScript (examples/plugins) to target/language-plugins, pinned toolchains under target/languages
 	tests/languages/build.sh

@@ -316,7 +316,8 @@ pub struct DeliveryConfig {
     /// Longest retry delay, in milliseconds.
     pub retry_max_ms: u64,
     /// How long a destination of a 0.2.0 plugin stays open with nothing to deliver, in ms;
-    /// then it is flushed and closed (and opened again for the next report).
+    /// then it is flushed and closed (and opened again for the next report). It is closed
+    /// sooner when another caller waits for one of the plugin's instances: least recently used first.
     pub destination_idle_ms: u64,
     /// Attempts after which a report goes to the dead-letter store.
     pub max_attempts: u32,
@@ -688,7 +689,9 @@ pub struct PluginLimits {
     /// Most bytes a call may pass back across the boundary (outcome reasons, log
     /// lines, HTTP request bodies); more fails the call.
     pub max_boundary_bytes: usize,
-    /// Most instances of the plugin alive at once (one per busy destination, plus validations).
+    /// Most instances of the plugin delivering at once (one per busy destination); idle
+    /// destinations give theirs back when a caller waits. One more instance is kept for
+    /// validating producers' new destinations, so delivery cannot make a producer wait.
     pub max_instances: usize,
     /// Consecutive crashed calls (traps, timeouts, contract breaches) after which
     /// the plugin is quarantined until released: by a reload command (`data-exporter
@@ -696,6 +699,12 @@ pub struct PluginLimits {
     pub quarantine_after: u32,
     /// What happens to a quarantined plugin's reports.
     pub quarantined_reports: QuarantinePolicy,
+    /// Times a report may crash the plugin in a call of its own, while the plugin delivers
+    /// other reports, before it is dead-lettered with the crash as its reason ("poison").
+    /// After a crashed call (a trap or broken contract, not a timeout) the host retries its batch
+    /// split in halves until the crashing report is alone; such crashes do not count toward
+    /// `quarantine_after`.
+    pub poison_after: u32,
     /// Where the plugin may send HTTP requests, checked on resolved addresses:
     /// `"*"`, IPs and CIDRs (`"10.0.0.0/8"`), host names with an optional port
     /// (`"opensearch.svc:9200"`, `"*.example.com"`). `"*"` admits public and private
@@ -735,6 +744,7 @@ impl Default for PluginLimits {
             max_instances: 16,
             quarantine_after: 5,
             quarantined_reports: QuarantinePolicy::Wait,
+            poison_after: 3,
             outbound_allow: vec!["*".into()],
             grants: vec!["http".into(), "log".into()],
             log_lines_per_sec: 100,
@@ -765,6 +775,8 @@ pub struct LimitOverrides {
     pub quarantine_after: Option<u32>,
     /// See `PluginLimits::quarantined_reports`.
     pub quarantined_reports: Option<QuarantinePolicy>,
+    /// See `PluginLimits::poison_after`.
+    pub poison_after: Option<u32>,
     /// See `PluginLimits::outbound_allow`.
     pub outbound_allow: Option<Vec<String>>,
     /// See `PluginLimits::grants`.
@@ -803,6 +815,7 @@ impl LimitOverrides {
             max_instances,
             quarantine_after,
             quarantined_reports,
+            poison_after,
             outbound_allow,
             grants,
             log_lines_per_sec,
@@ -1015,6 +1028,7 @@ mod tests {
             max_instances: Some(5),
             quarantine_after: Some(6),
             quarantined_reports: Some(QuarantinePolicy::DeadLetter),
+            poison_after: Some(11),
             outbound_allow: Some(vec!["10.0.0.0/8".into()]),
             grants: Some(vec!["log".into()]),
             log_lines_per_sec: Some(7),
@@ -1035,6 +1049,7 @@ mod tests {
             max_instances: 5,
             quarantine_after: 6,
             quarantined_reports: QuarantinePolicy::DeadLetter,
+            poison_after: 11,
             outbound_allow: vec!["10.0.0.0/8".into()],
             grants: vec!["log".into()],
             log_lines_per_sec: 7,

@@ -5,6 +5,10 @@
 //! settles each report: delivered, retried later (exponential backoff with
 //! full jitter, or the destination's `Retry-After`; only the failed items of
 //! a batch), or dead-lettered (permanent failure, too many attempts, too old).
+//! A crashed call's batch is retried split in halves until the crashing report
+//! is alone; a report that keeps crashing the plugin alone is dead-lettered as
+//! poison instead of quarantining the plugin (see `blame`). An idle worker gives
+//! its instance back as soon as another caller waits for one (`runtime::reclaim`).
 
 use crate::bindings::Outcome;
 use crate::capabilities::secrets::{self, SecretStore};
@@ -18,7 +22,7 @@ use crate::runtime::{Delivered, Item, LoadedPlugin, Session};
 use crate::status::{ConsumerState, StatusBook};
 use prometheus_client::metrics::histogram::Histogram;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,12 +53,92 @@ struct Job {
     attempts: u32,
     /// Failed for good with this reason, but the dead-letter store could not take it yet.
     dead: Option<String>,
+    /// Its last call crashed: the plugin's `Health::calls_returned` then. A suspect is
+    /// delivered in a call of its own.
+    crashed_at: Option<u64>,
+    /// Calls of its own it crashed in a row.
+    crashes_alone: u32,
 }
 
 impl Job {
+    fn new(report: Arc<QueuedReport>, dest: usize) -> Job {
+        Job { report, dest, attempts: 0, dead: None, crashed_at: None, crashes_alone: 0 }
+    }
+
     fn key(&self) -> &str {
         &self.report.dests[self.dest].key
     }
+
+    fn suspect(&self) -> bool {
+        self.crashed_at.is_some()
+    }
+}
+
+/// Whom a crashed call is blamed on, and so what happens to its reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// Several reports and nothing known yet: call each half of them.
+    Split,
+    /// The plugin (or the destination): both halves of a split crashed, or a report crashed
+    /// alone while no call of the plugin returned since it first crashed. Counts toward
+    /// quarantine; the reports are retried.
+    Plugin,
+    /// The one report in the call, while the plugin returns other calls: retried alone, not
+    /// counted toward quarantine.
+    Suspect,
+    /// The one report, for the `poison_after`th time: dead-lettered, not counted.
+    Poison,
+}
+
+/// What one crashed call tells (a pure function: its table is in the tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Crash {
+    /// Reports in the call.
+    pub reports: usize,
+    /// The other half of the same split crashed too.
+    pub sibling_crashed: bool,
+    /// The call ran past its deadline: a slow destination as often as a payload, and a call
+    /// each report alone would take as long, so it is not split.
+    pub timed_out: bool,
+    /// For one report: calls of its own it has crashed in a row, this one included.
+    pub crashes_alone: u32,
+    /// A call of the plugin returned since the report(s) first crashed.
+    pub plugin_worked_since: bool,
+    /// `runtime.limits.poison_after`.
+    pub poison_after: u32,
+}
+
+/// Whom to blame for a crashed call: a plugin that crashes on everything is quarantined; one
+/// that crashes on one report dead-letters that report and keeps delivering the rest.
+pub fn blame(c: Crash) -> Blame {
+    if c.sibling_crashed || c.timed_out {
+        Blame::Plugin
+    } else if c.reports > 1 {
+        Blame::Split
+    } else if !c.plugin_worked_since {
+        Blame::Plugin
+    } else if c.crashes_alone >= c.poison_after.max(1) {
+        Blame::Poison
+    } else {
+        Blame::Suspect
+    }
+}
+
+/// Why a call did not return.
+enum Failed {
+    /// No instance to call (instantiation or `init` failed): nobody's crash.
+    NoInstance(String),
+    /// The call crashed (trap, deadline, contract breach).
+    Crashed(crate::runtime::CallError),
+}
+
+/// What every call of one batch shares.
+struct CallCtx<'a> {
+    dk: &'a DestKey,
+    plugin: &'a Arc<LoadedPlugin>,
+    view: &'a str,
+    credential: &'a Option<secrets::Bound>,
+    labels: &'a metrics::Consumer,
 }
 
 /// A job waiting for its retry time.
@@ -97,6 +181,8 @@ pub struct Delivery {
     stopped: Notify,
     /// Viewers of `GET /tap` (admin API): told how each plugin call fared, only while watching.
     tap: Arc<crate::toolkit::tap::Tap>,
+    /// Plugin names the quarantine gauge shows as 1.
+    quarantine_shown: Mutex<HashSet<String>>,
 }
 
 /// End a worker's session in order: a 0.2.0 plugin's destination is flushed and closed.
@@ -153,7 +239,23 @@ impl Delivery {
             running: AtomicUsize::new(0),
             stopped: Notify::new(),
             tap: Arc::default(),
+            quarantine_shown: Mutex::default(),
         })
+    }
+
+    /// Make `plugin_quarantined` say what the registry says: 1 for each quarantined plugin, 0
+    /// for one released (reload command, new file, restart) or removed since.
+    fn show_quarantines(&self) {
+        let now: HashSet<String> =
+            self.registry.current().plugins().filter(|p| p.health.quarantined()).map(|p| p.info.name.clone()).collect();
+        let mut shown = self.quarantine_shown.lock().unwrap();
+        for name in shown.difference(&now) {
+            self.metrics.plugin_quarantined.get_or_create(&metrics::Plugin { plugin: name.clone() }).set(0);
+        }
+        for name in &now {
+            self.metrics.plugin_quarantined.get_or_create(&metrics::Plugin { plugin: name.clone() }).set(1);
+        }
+        *shown = now;
     }
 
     /// Where `GET /tap` viewers subscribe.
@@ -204,6 +306,19 @@ impl Delivery {
     /// workers; the status book learns of reports it has not seen (recovered after a restart,
     /// or appended by another process of a shared queue).
     pub fn start(self: &Arc<Self>) {
+        // Every reload may release or remove a quarantined plugin.
+        let this = self.clone();
+        let mut reloaded = self.registry.subscribe();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = reloaded.changed() => if changed.is_err() { break },
+                    _ = stop.changed() => break,
+                }
+                this.show_quarantines();
+            }
+        });
         let this = self.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
@@ -224,7 +339,7 @@ impl Delivery {
     /// Hand every destination of `report` to its worker.
     pub fn dispatch(self: &Arc<Self>, report: &Arc<QueuedReport>) {
         for dest in 0..report.dests.len() {
-            self.send(Job { report: report.clone(), dest, attempts: 0, dead: None });
+            self.send(Job::new(report.clone(), dest));
         }
     }
 
@@ -271,6 +386,8 @@ impl Delivery {
         let mut seq = 0u64;
         // The instance and the plugin version it belongs to (a reload swaps the version).
         let mut session: Option<(Arc<LoadedPlugin>, Session)> = None;
+        // While idle with an instance: where a caller waiting for one asks for it.
+        let mut parked: Option<crate::runtime::reclaim::Parked> = None;
         let mut stop = self.stop.subscribe();
         let mut reloaded = self.registry.subscribe();
         let linger = Duration::from_millis(self.cfg.linger_ms);
@@ -283,19 +400,32 @@ impl Delivery {
                 ready.push_back(delayed.pop().expect("peeked").0.job);
             }
             if ready.is_empty() {
-                // Idle: keep the instance for the next batch a moment, then give it back, so
-                // idle destinations hold no instance permit.
+                // Idle: keep the instance for the next batch a while, then give it back, so
+                // idle destinations hold no instance permit; give it back at once when another
+                // caller waits for an instance.
+                if parked.is_none()
+                    && let Some((plugin, _)) = &session
+                {
+                    parked = Some(plugin.park());
+                }
                 let next_due = delayed.peek().map(|d| d.0.at);
                 let holding = session.is_some();
+                let idle_for = self.session_idle(&session);
+                let asked = async {
+                    match &parked {
+                        Some(p) => p.asked().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let mut give_back = false;
                 tokio::select! {
                     job = rx.recv() => if let Some(job) = job { ready.push_back(job) },
-                    _ = tokio::time::sleep(self.session_idle(&session)), if holding => close(&mut session, &dk).await,
+                    _ = tokio::time::sleep(idle_for), if holding => give_back = true,
+                    _ = asked, if holding => give_back = true,
                     // A reload that replaced the plugin: close its destination now, in order.
                     _ = reloaded.changed(), if holding => {
                         let current = self.registry.current().get(&dk.key).cloned();
-                        if session.as_ref().is_some_and(|(p, _)| current.is_none_or(|c| !Arc::ptr_eq(p, &c))) {
-                            close(&mut session, &dk).await;
-                        }
+                        give_back = session.as_ref().is_some_and(|(p, _)| current.is_none_or(|c| !Arc::ptr_eq(p, &c)));
                     }
                     _ = tokio::time::sleep_until(next_due.unwrap_or(now + IDLE)) => {
                         if next_due.is_none() && self.retire_if_idle(&dk, &rx) {
@@ -304,8 +434,16 @@ impl Delivery {
                     }
                     _ = stop.changed() => {}
                 }
+                if give_back {
+                    close(&mut session, &dk).await;
+                    if let Some(p) = parked.take() {
+                        p.gave_back();
+                    }
+                }
                 continue;
             }
+            // Work: leave the idle holders (an ask, if any, goes to the next one).
+            parked = None;
             // Fill the batch: unless a full batch is already waiting, wait `linger` for more
             // (one timer, not a wake-up per arriving report), then take what is there.
             if ready.len() + rx.len() < self.cfg.batch_max_reports && !linger.is_zero() {
@@ -320,12 +458,16 @@ impl Delivery {
                     Err(_) => break,
                 }
             }
+            // A report whose last call crashed goes in a call of its own.
             let mut batch = Vec::new();
             let mut bytes = 0;
             while let Some(j) = ready.front() {
                 let len = j.report.payload.len();
                 if !batch.is_empty()
-                    && (batch.len() >= self.cfg.batch_max_reports || bytes + len > self.cfg.batch_max_bytes)
+                    && (batch.len() >= self.cfg.batch_max_reports
+                        || bytes + len > self.cfg.batch_max_bytes
+                        || j.suspect()
+                        || batch.iter().any(Job::suspect))
                 {
                     break;
                 }
@@ -337,8 +479,13 @@ impl Delivery {
                 seq += 1;
                 delayed.push(Reverse(Delayed { at, seq, job }));
             }
+            // Someone waits for an instance: give ours back rather than start the next batch.
+            if session.as_ref().is_some_and(|(p, _)| p.contended()) {
+                close(&mut session, &dk).await;
+            }
         }
         // Jobs still here stay in the queue on disk; the next start delivers them.
+        drop(parked);
         close(&mut session, &dk).await;
         if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.stopped.notify_waiters();
@@ -408,20 +555,7 @@ impl Delivery {
         };
         let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
         if plugin.health.quarantined() {
-            let reason = format!(
-                "plugin `{}` is quarantined after {} consecutive crashed calls (last: {}); an operator releases it with `data-exporter plugins reload` (or SIGHUP), a new file or a restart",
-                plugin.info.name,
-                plugin.health.consecutive_crashes(),
-                plugin.health.last_crash()
-            );
-            return match plugin.limits.quarantined_reports {
-                QuarantinePolicy::DeadLetter => {
-                    self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await
-                }
-                QuarantinePolicy::Wait => {
-                    batch.into_iter().map(|job| self.wait(job, &reason, Duration::from_secs(5))).collect()
-                }
-            };
+            return self.hold_quarantined(&plugin, batch).await;
         }
         // The plugin sees the destination without its secret reference; the host holds the secret.
         let (view, credential) = match secrets::split(&dk.config) {
@@ -435,18 +569,129 @@ impl Delivery {
             },
             Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await,
         };
+        let ctx = CallCtx { dk, plugin: &plugin, view: &view, credential: &credential, labels: &labels };
+        let mut retries = Vec::new();
+        let mut crashed = match self.call(&ctx, batch, session).await {
+            Ok(settled) => return settled,
+            Err((jobs, Failed::NoInstance(reason))) => return self.retry_all(&ctx, jobs, &reason).await,
+            Err((jobs, Failed::Crashed(e))) => vec![(jobs, e)],
+        };
+        // Find whom to blame: split a crashed batch in halves and call each, until one report
+        // crashes alone or both halves crash.
+        loop {
+            let sibling_crashed = crashed.len() > 1;
+            let mut split = None;
+            let mut counted = false;
+            for (mut jobs, e) in crashed.drain(..) {
+                let returned = plugin.health.calls_returned();
+                for j in &mut jobs {
+                    j.crashed_at.get_or_insert(returned);
+                }
+                if jobs.len() == 1 {
+                    jobs[0].crashes_alone += 1;
+                }
+                let verdict = blame(Crash {
+                    reports: jobs.len(),
+                    sibling_crashed,
+                    timed_out: matches!(e, crate::runtime::CallError::Timeout { .. }),
+                    crashes_alone: jobs[0].crashes_alone,
+                    plugin_worked_since: jobs.iter().all(|j| j.crashed_at.is_some_and(|at| returned > at)),
+                    poison_after: plugin.limits.poison_after,
+                });
+                match verdict {
+                    Blame::Split => split = Some(jobs),
+                    Blame::Plugin => {
+                        // Both halves of one split count as one crash.
+                        if !counted {
+                            self.count_crash(dk, &plugin, &e);
+                            counted = true;
+                        }
+                        retries.extend(self.retry_all(&ctx, jobs, &e.to_string()).await);
+                    }
+                    Blame::Suspect => {
+                        tracing::warn!(consumer = %dk.key, report = %jobs[0].report.id, error = %e, "the report crashed the plugin in a call of its own; it will be retried alone");
+                        retries.extend(self.retry_all(&ctx, jobs, &e.to_string()).await);
+                    }
+                    Blame::Poison => {
+                        let job = jobs.pop().expect("one report");
+                        let reason = format!(
+                            "the report crashed the plugin in {} calls of its own while the plugin delivered other reports (runtime.limits.poison_after {}): {e}",
+                            job.crashes_alone, plugin.limits.poison_after
+                        );
+                        retries.extend(self.dead_letter(job, &reason).await);
+                    }
+                }
+            }
+            let Some(mut first) = split else { break };
+            let second = first.split_off(first.len() / 2);
+            for half in [first, second] {
+                if plugin.health.quarantined() {
+                    retries.extend(self.hold_quarantined(&plugin, half).await);
+                    continue;
+                }
+                match self.call(&ctx, half, session).await {
+                    Ok(settled) => retries.extend(settled),
+                    Err((jobs, Failed::NoInstance(reason))) => retries.extend(self.retry_all(&ctx, jobs, &reason).await),
+                    Err((jobs, Failed::Crashed(e))) => crashed.push((jobs, e)),
+                }
+            }
+        }
+        retries
+    }
+
+    /// Reports for a quarantined plugin: held or dead-lettered, as its policy says.
+    async fn hold_quarantined(&self, plugin: &LoadedPlugin, batch: Vec<Job>) -> Vec<(Job, Duration)> {
+        let reason = format!(
+            "plugin `{}` is quarantined after {} consecutive crashed calls (last: {}); an operator releases it with `data-exporter plugins reload` (or SIGHUP), a new file or a restart",
+            plugin.info.name,
+            plugin.health.consecutive_crashes(),
+            plugin.health.last_crash()
+        );
+        match plugin.limits.quarantined_reports {
+            QuarantinePolicy::DeadLetter => self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await,
+            QuarantinePolicy::Wait => {
+                batch.into_iter().map(|job| self.wait(job, &reason, Duration::from_secs(5))).collect()
+            }
+        }
+    }
+
+    /// Count a crash the plugin is blamed for; quarantine it after `quarantine_after` in a row.
+    fn count_crash(&self, dk: &DestKey, plugin: &LoadedPlugin, e: &crate::runtime::CallError) {
+        if plugin.record_crash(e) {
+            self.show_quarantines();
+            tracing::error!(
+                consumer = %dk.key,
+                plugin = %plugin.info.name,
+                crashes = plugin.health.consecutive_crashes(),
+                policy = ?plugin.limits.quarantined_reports,
+                error = %e,
+                "plugin quarantined"
+            );
+        }
+    }
+
+    async fn retry_all(&self, ctx: &CallCtx<'_>, jobs: Vec<Job>, reason: &str) -> Vec<(Job, Duration)> {
+        self.retry_or_dead_all(jobs, reason, None, ctx.labels).await
+    }
+
+    /// One `deliver` call with `batch` (on the worker's instance, started when it has none),
+    /// settled when it returns; the jobs back with why when it did not.
+    async fn call(
+        &self,
+        ctx: &CallCtx<'_>,
+        batch: Vec<Job>,
+        session: &mut Option<(Arc<LoadedPlugin>, Session)>,
+    ) -> Result<Vec<(Job, Duration)>, (Vec<Job>, Failed)> {
+        let (dk, plugin) = (ctx.dk, ctx.plugin);
         // The instance first, then a call permit: a worker waiting for one of its plugin's
         // instances must not hold a permit other plugins' workers need.
-        if session.as_ref().is_some_and(|(p, _)| !Arc::ptr_eq(p, &plugin)) {
+        if session.as_ref().is_some_and(|(p, _)| !Arc::ptr_eq(p, plugin)) {
             close(session, dk).await; // reloaded: new calls go to the new version
         }
         if session.is_none() {
             match plugin.session().await {
                 Ok(s) => *session = Some((plugin.clone(), s)),
-                Err(e) => {
-                    let reason = e.to_string();
-                    return self.retry_or_dead_all(batch, &reason, None, &labels).await;
-                }
+                Err(e) => return Err((batch, Failed::NoInstance(e.to_string()))),
             }
         }
         let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
@@ -464,41 +709,44 @@ impl Delivery {
             .collect();
         let started = Instant::now();
         let (_, s) = session.as_mut().expect("set above");
-        s.set_credential(credential);
-        let result = s.deliver(&view, reports).await;
+        s.set_credential(ctx.credential.clone());
+        let result = s.deliver(ctx.view, reports).await;
         self.metrics
             .plugin_call
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
             .observe(started.elapsed().as_secs_f64());
         if self.tap.active() {
-            self.tap_call(dk, &plugin, &batch, &result, started.elapsed());
+            self.tap_call(dk, plugin, &batch, &result, started.elapsed());
+        }
+        let delivered = match result {
+            Ok(d) => d,
+            Err(e) => {
+                // The store may be poisoned: never reuse it.
+                *session = None;
+                tracing::warn!(consumer = %dk.key, reports = batch.len(), error = %e, "plugin call crashed");
+                return Err((batch, Failed::Crashed(e)));
+            }
+        };
+        plugin.record_success();
+        Ok(self.settle(ctx, batch, delivered).await)
+    }
+
+    /// Settle each report of a call that returned.
+    async fn settle(&self, ctx: &CallCtx<'_>, mut batch: Vec<Job>, delivered: Delivered) -> Vec<(Job, Duration)> {
+        let (dk, labels) = (ctx.dk, ctx.labels);
+        // They were in a call that returned: none of them crashes the plugin.
+        for j in &mut batch {
+            j.crashed_at = None;
+            j.crashes_alone = 0;
         }
         let mut retries = Vec::new();
-        match &result {
-            Ok(_) => plugin.record_success(),
-            Err(e) => {
-                if plugin.record_crash(e) {
-                    self.metrics
-                        .plugin_quarantined
-                        .get_or_create(&metrics::Plugin { plugin: plugin.info.name.clone() })
-                        .set(1);
-                    tracing::error!(
-                        plugin = %plugin.info.name,
-                        crashes = plugin.health.consecutive_crashes(),
-                        policy = ?plugin.limits.quarantined_reports,
-                        error = %e,
-                        "plugin quarantined"
-                    );
-                }
-            }
-        }
-        match result {
-            Ok(Delivered::BatchFailed { reason, retry_after_ms }) => {
+        match delivered {
+            Delivered::BatchFailed { reason, retry_after_ms } => {
                 let reason = format!("the plugin failed the whole batch: {reason}");
-                retries.extend(self.retry_or_dead_all(batch, &reason, retry_after_ms, &labels).await);
+                retries.extend(self.retry_or_dead_all(batch, &reason, retry_after_ms, labels).await);
             }
-            Ok(Delivered::Outcomes(outcomes)) => {
-                let latency = self.metrics.delivery_latency.get_or_create(&labels).clone();
+            Delivered::Outcomes(outcomes) => {
+                let latency = self.metrics.delivery_latency.get_or_create(labels).clone();
                 let now = now_ms();
                 let mut delivered = Vec::with_capacity(batch.len());
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -508,20 +756,13 @@ impl Delivery {
                             delivered.push(job.report.id);
                             None
                         }
-                        Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, &labels).await,
+                        Outcome::Retryable(r) => self.retry_or_dead(job, &r.reason, r.retry_after_ms, labels).await,
                         Outcome::Permanent(reason) => self.dead_letter(job, &reason).await,
                     };
                     retries.extend(settled);
                 }
                 self.queue.ack(&delivered, &dk.key, Done::Delivered);
-                self.metrics.delivered.get_or_create(&labels).inc_by(delivered.len() as u64);
-            }
-            Err(e) => {
-                // The store may be poisoned: never reuse it.
-                *session = None;
-                tracing::warn!(consumer = %dk.key, error = %e, "plugin call failed; the batch will be retried");
-                let reason = e.to_string();
-                retries.extend(self.retry_or_dead_all(batch, &reason, None, &labels).await);
+                self.metrics.delivered.get_or_create(labels).inc_by(delivered.len() as u64);
             }
         }
         retries
@@ -649,6 +890,48 @@ mod tests {
         let cfg = DeliveryConfig { retry_initial_ms: 100, retry_max_ms: 1000, ..cfg };
         let delays: Vec<Duration> = (0..200).map(|_| retry_delay(&cfg, 5, Some(0), 0)).collect();
         assert!(delays.iter().any(|d| *d > Duration::from_millis(500)), "{delays:?}");
+    }
+
+    #[test]
+    fn a_crash_is_blamed_on_one_report_only_while_the_plugin_delivers_others() {
+        use Blame::*;
+        let c = |reports, sibling_crashed, crashes_alone, plugin_worked_since| Crash {
+            reports,
+            sibling_crashed,
+            timed_out: false,
+            crashes_alone,
+            plugin_worked_since,
+            poison_after: 3,
+        };
+        #[rustfmt::skip]
+        let table = [
+            // reports, other half crashed, crashes alone, plugin worked since => blame
+            (c(500, false, 0, false), Split, "a crashed batch is split"),
+            (c(250, false, 0, true), Split, "the crashing half is split again"),
+            (c(2, true, 0, true), Plugin, "both halves crash: not one report's doing"),
+            (c(1, true, 1, true), Plugin, "both single halves crash"),
+            (c(1, false, 1, false), Plugin, "alone, no call returned since: the plugin may crash on everything"),
+            (c(1, false, 5, false), Plugin, "however often, without evidence the plugin works"),
+            (c(1, false, 1, true), Suspect, "alone while others are delivered"),
+            (c(1, false, 2, true), Suspect, "again"),
+            (c(1, false, 3, true), Poison, "the third time alone"),
+            (c(1, false, 4, true), Poison, "past it"),
+        ];
+        for (crash, want, why) in table {
+            assert_eq!(blame(crash), want, "{why}: {crash:?}");
+        }
+        let once = Crash {
+            reports: 1,
+            sibling_crashed: false,
+            timed_out: false,
+            crashes_alone: 1,
+            plugin_worked_since: true,
+            poison_after: 0,
+        };
+        assert_eq!(blame(once), Poison, "poison_after 0 acts as 1");
+        let slow = Crash { reports: 500, timed_out: true, ..once };
+        assert_eq!(blame(slow), Plugin, "a call past its deadline is not split");
+        assert_eq!(blame(Crash { reports: 1, crashes_alone: 9, ..slow }), Plugin, "nor poison");
     }
 
     #[test]

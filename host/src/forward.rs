@@ -409,7 +409,7 @@ async fn validate(ctx: &Ingest<'_>, g: &Group<Arc<LoadedPlugin>>, batch: bool) -
                 // validating.
                 let deadline = std::time::Duration::from_millis(ctx.registry.runtime().config().validate_timeout_ms);
                 let call = async {
-                    let mut session = g.plugin.session().await?;
+                    let mut session = g.plugin.validation_session().await?;
                     session.validate(&view).await
                 };
                 let called = tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {

@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod engine;
+pub mod reclaim;
 pub mod registry;
 pub mod session;
 
@@ -17,7 +18,7 @@ use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHt
 use crate::config::{PluginLimits, RuntimeConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -127,6 +128,8 @@ pub struct Runtime {
     slots: Option<Arc<Semaphore>>,
     /// The `files` grants open now: one per directory, shared by the loads of one plugin.
     files_grants: files::Grants,
+    /// Idle delivery workers holding a pool slot, asked for it when a new instance waits for one.
+    idle: Arc<reclaim::Idle>,
 }
 
 impl Runtime {
@@ -165,6 +168,7 @@ impl Runtime {
             allocator,
             slots,
             files_grants: files::Grants::default(),
+            idle: Arc::default(),
         }))
     }
 
@@ -373,6 +377,9 @@ pub(crate) fn check_grants(engine: &Engine, component: &Component, id: &str, gra
 #[derive(Default)]
 pub struct Health {
     consecutive_crashes: AtomicU32,
+    /// Calls that returned (whatever their outcomes): evidence the plugin works, which lets a
+    /// crash be blamed on the one report in the call rather than on the plugin.
+    calls_returned: AtomicU64,
     quarantined: AtomicBool,
     last_crash: std::sync::Mutex<String>,
 }
@@ -389,6 +396,10 @@ impl Health {
     /// Why the last crashed call failed.
     pub fn last_crash(&self) -> String {
         self.last_crash.lock().unwrap().clone()
+    }
+    /// Calls that returned so far: a mark to compare with later.
+    pub fn calls_returned(&self) -> u64 {
+        self.calls_returned.load(Ordering::Acquire)
     }
 }
 
@@ -429,6 +440,10 @@ pub struct LoadedPlugin {
     pub(crate) stamp: Option<registry::Stamp>,
     http: Arc<PluginHttp>,
     instances: Arc<Semaphore>,
+    /// Idle delivery workers holding one of `instances`, asked for it when a caller waits.
+    idle: Arc<reclaim::Idle>,
+    /// One more instance, for validations only: a producer never queues behind delivery.
+    validator: Arc<Semaphore>,
     pre: Pre,
     runtime: Arc<Runtime>,
 }
@@ -463,6 +478,8 @@ impl LoadedPlugin {
             stamp: None,
             http,
             instances,
+            idle: Arc::default(),
+            validator: Arc::new(Semaphore::new(1)),
             pre,
             runtime,
         })
@@ -487,15 +504,33 @@ impl LoadedPlugin {
             stamp: self.stamp,
             http: self.http.clone(),
             instances: Arc::new(Semaphore::new(self.limits.max_instances.max(1))),
+            idle: Arc::default(),
+            validator: Arc::new(Semaphore::new(1)),
             pre: self.pre.clone(),
             runtime: self.runtime.clone(),
         }
     }
 
-    /// A fresh instance in a fresh store, once one of `max_instances` is free; a 0.2.0 plugin
-    /// is initialised with the operator's settings.
+    /// A fresh instance in a fresh store, once one of `max_instances` is free (an idle
+    /// destination holding one is asked to close); a 0.2.0 plugin is initialised with the
+    /// operator's settings.
     pub async fn session(self: &Arc<Self>) -> Result<Session, CallError> {
-        let permit = self.instances.clone().acquire_owned().await.expect("never closed");
+        let permit = reclaim::acquire(&self.instances, &self.idle).await;
+        self.start(permit).await
+    }
+
+    /// An instance to validate a producer's destination with: one of `max_instances`, or the
+    /// one kept for validations, whichever is free first, so delivery cannot make a producer wait.
+    pub async fn validation_session(self: &Arc<Self>) -> Result<Session, CallError> {
+        let permit = tokio::select! {
+            biased;
+            p = self.validator.clone().acquire_owned() => p.expect("never closed"),
+            p = reclaim::acquire(&self.instances, &self.idle) => p,
+        };
+        self.start(permit).await
+    }
+
+    async fn start(self: &Arc<Self>, permit: tokio::sync::OwnedSemaphorePermit) -> Result<Session, CallError> {
         let grants = Grants {
             http: self.http.clone(),
             log: self.log.clone(),
@@ -506,6 +541,18 @@ impl LoadedPlugin {
         s.init(&self.settings_json, Duration::from_millis(self.runtime.cfg.info_timeout_ms)).await?;
         s.permit = Some(permit);
         Ok(s)
+    }
+
+    /// Park an idle session's instance (and pool slot): it is asked for when a caller waits.
+    pub fn park(&self) -> reclaim::Parked {
+        let pool = self.runtime.slots.as_ref().map(|_| &self.runtime.idle);
+        reclaim::Parked::new(std::iter::once(&self.idle).chain(pool))
+    }
+
+    /// Whether a caller waits for one of this plugin's instances, or for a pool slot, that no
+    /// idle holder has been asked for: a busy session should give its instance back.
+    pub fn contended(&self) -> bool {
+        self.idle.contended() || (self.runtime.slots.is_some() && self.runtime.idle.contended())
     }
 
     /// The names of its required destination parameters.
@@ -535,8 +582,9 @@ impl LoadedPlugin {
         n >= self.limits.quarantine_after && !self.health.quarantined.swap(true, Ordering::AcqRel)
     }
 
-    /// A call worked: the crash streak ends.
+    /// A call returned: the crash streak ends.
     pub fn record_success(&self) {
+        self.health.calls_returned.fetch_add(1, Ordering::AcqRel);
         self.health.consecutive_crashes.store(0, Ordering::Release);
     }
 }

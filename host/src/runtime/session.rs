@@ -138,7 +138,7 @@ impl Session {
         grants: Grants,
     ) -> Result<Session, CallError> {
         let slot = match &runtime.slots {
-            Some(s) => Some(s.clone().acquire_owned().await.expect("never closed")),
+            Some(s) => Some(super::reclaim::acquire(s, &runtime.idle).await),
             None => None,
         };
         let mut store = runtime.new_store(name, limits, grants);

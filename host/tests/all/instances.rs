@@ -1,0 +1,43 @@
+//! Plugin instances under contention: an idle destination keeps its instance only until another
+//! caller waits for one, so a producer's new destination is validated, and more destinations
+//! than `max_instances` are delivered, while idle destinations would hold every instance.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+
+/// A host with the `discard` plugin (contract 0.2) limited to two instances, whose idle
+/// destinations would stay open for a minute.
+async fn two_instances() -> TestApp {
+    spawn_app_with(&["discard"], |c| {
+        c.runtime.plugins.insert(
+            "discard".into(),
+            data_exporter::config::LimitOverrides { max_instances: Some(2), ..Default::default() },
+        );
+        c.delivery.destination_idle_ms = 60_000;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn new_destinations_are_validated_while_idle_destinations_hold_every_instance() {
+    let app = two_instances().await;
+    // One destination after another: after the first two, every instance is held by an idle,
+    // open destination. Each new one is still validated (not 502) and delivered.
+    for n in 0..6 {
+        let (status, r) = app.forward_wait(report_data("discard", json!({"n": n}), &json!({"n": n}))).await;
+        assert_eq!(status, 200, "destination {n}: {r}");
+        assert_eq!(r["consumers"]["discard"]["status"], "delivered", "destination {n}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn more_destinations_than_instances_in_one_request_are_all_delivered() {
+    let app = two_instances().await;
+    let items: Vec<Value> =
+        (0..12).map(|n| json!({"config": {"discard": {"n": n}}, "payload": json!({"n": n}).to_string()})).collect();
+    let (status, answer) = app.forward_wait(Value::Array(items).to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    for r in answer["reports"].as_array().unwrap() {
+        assert_eq!(r["consumers"]["discard"]["status"], "delivered", "{r}");
+    }
+}
