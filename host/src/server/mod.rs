@@ -224,7 +224,8 @@ async fn forward_inner(
     // report with a fresh id, so `/forward` never answers with a tenant's states (`GET
     // /reports` shows them only to the tenant's credentials).
     for env in &mut envelopes {
-        if env.id.is_some_and(|id| state.status.known(id).is_some_and(|k| k.origin.is_none_or(|o| o.tenant.is_some()))) {
+        if env.id.is_some_and(|id| state.status.known(id).is_some_and(|k| k.origin.is_none_or(|o| o.tenant.is_some())))
+        {
             env.id = None;
         }
     }
