@@ -367,7 +367,7 @@ async fn refusals_and_a_broken_route_are_logged_as_a_summary_not_a_line_each() {
     // is not told).
     for l in &broken {
         assert_eq!(l["level"], "ERROR", "{l}");
-        let latest = l["fields"]["latest"].as_str().unwrap();
+        let latest = l["fields"]["messages"].as_str().unwrap();
         assert!(latest.contains("team-b") && latest.contains("`nowhere`"), "{latest}");
     }
 }
