@@ -370,7 +370,8 @@ pub struct Limits {
     pub max_reports_per_request: usize,
     /// Keep the report `id` a producer gives (another data-exporter relaying to this one, so the
     /// chain is idempotent end to end). Off: a report with an `id` is refused, since a producer
-    /// choosing ids could overwrite others' documents at idempotent consumers.
+    /// choosing ids could overwrite others' documents at idempotent consumers. An id that names a
+    /// tenant's report (accepted on `/v1/ingest`) is not kept: that report is queued as a new one.
     pub accept_report_ids: bool,
     /// Refuse `/forward` destinations that carry a credential inline (a plugin parameter marked
     /// secret, such as OpenSearch's `password`): producers then name operator-mounted secrets

@@ -53,7 +53,7 @@ struct Job {
     attempts: u32,
     /// Failed for good with this reason, but the dead-letter store could not take it yet.
     dead: Option<String>,
-    /// Its last call crashed: the plugin's `Health::calls_returned` then. A suspect is
+    /// Its calls crashed since one returned: `Health::mark()` at the first of them. A suspect is
     /// delivered in a call of its own.
     crashed_at: Option<u64>,
     /// Calls of its own it crashed in a row.
@@ -128,8 +128,8 @@ pub fn blame(c: Crash) -> Blame {
 enum Failed {
     /// No instance to call (instantiation or `init` failed): nobody's crash.
     NoInstance(String),
-    /// The call crashed (trap, deadline, contract breach).
-    Crashed(crate::runtime::CallError),
+    /// The call crashed (trap, deadline, contract breach); the error with the guest's stderr tail.
+    Crashed(crate::runtime::CallError, String),
 }
 
 /// What every call of one batch shares.
@@ -244,16 +244,20 @@ impl Delivery {
     }
 
     /// Make `plugin_quarantined` say what the registry says: 1 for each quarantined plugin, 0
-    /// for one released (reload command, new file, restart) or removed since.
+    /// for every other loaded plugin and for one removed since. The registry is read under the
+    /// lock, so a later reading can never be overwritten by an earlier one.
     fn show_quarantines(&self) {
-        let now: HashSet<String> =
-            self.registry.current().plugins().filter(|p| p.health.quarantined()).map(|p| p.info.name.clone()).collect();
         let mut shown = self.quarantine_shown.lock().unwrap();
+        let registry = self.registry.current();
+        let now: HashSet<String> = registry.plugins().map(|p| p.info.name.clone()).collect();
+        let quarantined: HashSet<&str> =
+            registry.plugins().filter(|p| p.health.quarantined()).map(|p| p.info.name.as_str()).collect();
         for name in shown.difference(&now) {
             self.metrics.plugin_quarantined.get_or_create(&metrics::Plugin { plugin: name.clone() }).set(0);
         }
         for name in &now {
-            self.metrics.plugin_quarantined.get_or_create(&metrics::Plugin { plugin: name.clone() }).set(1);
+            let q = i64::from(quarantined.contains(name.as_str()));
+            self.metrics.plugin_quarantined.get_or_create(&metrics::Plugin { plugin: name.clone() }).set(q);
         }
         *shown = now;
     }
@@ -310,6 +314,7 @@ impl Delivery {
         let this = self.clone();
         let mut reloaded = self.registry.subscribe();
         let mut stop = self.stop.subscribe();
+        self.show_quarantines();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -484,9 +489,13 @@ impl Delivery {
                 close(&mut session, &dk).await;
             }
         }
-        // Jobs still here stay in the queue on disk; the next start delivers them.
-        drop(parked);
+        // Jobs still here stay in the queue on disk; the next start delivers them. Close first,
+        // then leave the idle set as having given back: an ask already sent to us is answered
+        // by this close, not passed on to another holder (which would close a second instance).
         close(&mut session, &dk).await;
+        if let Some(p) = parked.take() {
+            p.gave_back();
+        }
         if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.stopped.notify_waiters();
         }
@@ -574,7 +583,7 @@ impl Delivery {
         let mut crashed = match self.call(&ctx, batch, session).await {
             Ok(settled) => return settled,
             Err((jobs, Failed::NoInstance(reason))) => return self.retry_all(&ctx, jobs, &reason).await,
-            Err((jobs, Failed::Crashed(e))) => vec![(jobs, e)],
+            Err((jobs, Failed::Crashed(e, explained))) => vec![(jobs, e, explained)],
         };
         // Find whom to blame: split a crashed batch in halves and call each, until one report
         // crashes alone or both halves crash.
@@ -582,22 +591,26 @@ impl Delivery {
             let sibling_crashed = crashed.len() > 1;
             let mut split = None;
             let mut counted = false;
-            for (mut jobs, e) in crashed.drain(..) {
-                let returned = plugin.health.calls_returned();
+            for (mut jobs, e, explained) in crashed.drain(..) {
+                let now = crate::runtime::Health::mark();
                 for j in &mut jobs {
-                    j.crashed_at.get_or_insert(returned);
+                    j.crashed_at.get_or_insert(now);
                 }
-                if jobs.len() == 1 {
-                    jobs[0].crashes_alone += 1;
-                }
+                // Counted as a crash of its own only when the report, not the plugin, is blamed.
+                let alone = if jobs.len() == 1 { jobs[0].crashes_alone + 1 } else { jobs[0].crashes_alone };
                 let verdict = blame(Crash {
                     reports: jobs.len(),
                     sibling_crashed,
                     timed_out: matches!(e, crate::runtime::CallError::Timeout { .. }),
-                    crashes_alone: jobs[0].crashes_alone,
-                    plugin_worked_since: jobs.iter().all(|j| j.crashed_at.is_some_and(|at| returned > at)),
+                    crashes_alone: alone,
+                    plugin_worked_since: jobs
+                        .iter()
+                        .all(|j| j.crashed_at.is_some_and(|at| plugin.health.returned_since(at))),
                     poison_after: plugin.limits.poison_after,
                 });
+                if matches!(verdict, Blame::Suspect | Blame::Poison) {
+                    jobs[0].crashes_alone = alone;
+                }
                 match verdict {
                     Blame::Split => split = Some(jobs),
                     Blame::Plugin => {
@@ -615,7 +628,7 @@ impl Delivery {
                     Blame::Poison => {
                         let job = jobs.pop().expect("one report");
                         let reason = format!(
-                            "the report crashed the plugin in {} calls of its own while the plugin delivered other reports (runtime.limits.poison_after {}): {e}",
+                            "the report crashed the plugin in {} calls of its own while the plugin delivered other reports (runtime.limits.poison_after {}): {explained}",
                             job.crashes_alone, plugin.limits.poison_after
                         );
                         retries.extend(self.dead_letter(job, &reason).await);
@@ -634,7 +647,7 @@ impl Delivery {
                     Err((jobs, Failed::NoInstance(reason))) => {
                         retries.extend(self.retry_all(&ctx, jobs, &reason).await)
                     }
-                    Err((jobs, Failed::Crashed(e))) => crashed.push((jobs, e)),
+                    Err((jobs, Failed::Crashed(e, explained))) => crashed.push((jobs, e, explained)),
                 }
             }
         }
@@ -696,7 +709,7 @@ impl Delivery {
                 Err(e) => return Err((batch, Failed::NoInstance(e.to_string()))),
             }
         }
-        let _permit = self.calls.acquire().await.expect("the semaphore is never closed");
+        let permit = self.calls.acquire().await.expect("the semaphore is never closed");
         let reports: Vec<Item> = batch
             .iter()
             .map(|j| Item {
@@ -713,6 +726,8 @@ impl Delivery {
         let (_, s) = session.as_mut().expect("set above");
         s.set_credential(ctx.credential.clone());
         let result = s.deliver(ctx.view, reports).await;
+        // The permit bounds plugin calls only: settling (dead-letter fsyncs) must not hold it.
+        drop(permit);
         self.metrics
             .plugin_call
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
@@ -723,10 +738,11 @@ impl Delivery {
         let delivered = match result {
             Ok(d) => d,
             Err(e) => {
+                let explained = s.explain(&e);
                 // The store may be poisoned: never reuse it.
                 *session = None;
                 tracing::warn!(consumer = %dk.key, reports = batch.len(), error = %e, "plugin call crashed");
-                return Err((batch, Failed::Crashed(e)));
+                return Err((batch, Failed::Crashed(e, explained)));
             }
         };
         plugin.record_success();

@@ -11,7 +11,9 @@
 //! `Cannot POST /hooks/<token>`, and plugins pass the start of an answer on as the reason). So
 //! where the host knows the destination a reason is about, [`public_reason_for`] first replaces
 //! every path, path segment, query, query value, fragment and userinfo of the URLs in that
-//! destination, as written and percent-decoded, with `<redacted>`.
+//! destination, as written and percent-decoded, and every other string value of 8 characters or
+//! more, whole, with `<redacted>`; a reason that ends in the first characters (4 or more) of one
+//! of these (cut to a length mid-token) has that end redacted too.
 
 use serde_json::Value;
 
@@ -91,7 +93,24 @@ pub fn public_reason_for(text: &str, destination: Option<&str>) -> String {
         rest = &rest[end..];
     }
     out.push_str(&redact_fragments(rest, &fragments));
-    out
+    redact_cut_tail(out, &fragments)
+}
+
+/// Shortest start of a fragment redacted at the end of a text (a reason cut mid-token).
+const MIN_CUT_PREFIX: usize = 4;
+
+/// `text` with its end replaced by [`REDACTED`] when it is the start of a fragment: a reason
+/// cut to a length may end in the first part of a token.
+fn redact_cut_tail(mut text: String, fragments: &[String]) -> String {
+    for f in fragments {
+        let cut = (MIN_CUT_PREFIX..f.len()).rev().filter(|&k| f.is_char_boundary(k)).find(|&k| text.ends_with(&f[..k]));
+        if let Some(k) = cut {
+            text.truncate(text.len() - k);
+            text.push_str(REDACTED);
+            return text;
+        }
+    }
+    text
 }
 
 /// `text` with every occurrence of `fragments` (longest first) replaced by [`REDACTED`].
@@ -113,7 +132,13 @@ fn url_fragments(destination: &str) -> Vec<String> {
     let mut strings = Vec::new();
     collect_strings(&value, &mut strings);
     for s in strings {
-        let Some((_, rest)) = s.split_once("://") else { continue };
+        // Any other string of the destination long enough to be a secret (an API key), whole.
+        let Some((_, rest)) = s.split_once("://") else {
+            if s.len() >= MIN_FRAGMENT {
+                out.insert(s.to_string());
+            }
+            continue;
+        };
         // As written: everything past the authority, and each piece of it.
         let past = rest.find(['/', '?', '#']).map_or("", |i| &rest[i..]);
         let authority = &rest[..rest.len() - past.len()];
@@ -297,6 +322,21 @@ mod tests {
         assert_eq!(public_reason_for("v1 is fine", Some(r#"{"url":"http://h/v1/x"}"#)), "v1 is fine");
         assert_eq!(public_reason_for("quota exceeded", None), "quota exceeded");
         assert_eq!(public_reason_for("not json", Some("{")), "not json");
+    }
+
+    #[test]
+    fn destination_values_and_the_start_of_a_token_cut_at_the_end_are_redacted() {
+        let dest = r#"{"url":"https://h.example/hooks/T0KEN-abcdefghij","api_key":"K3Y-0123456789","region":"eu"}"#;
+        // A value that is no URL, quoted whole.
+        let r = public_reason_for("refused key K3Y-0123456789 in eu", Some(dest));
+        assert_eq!(r, "refused key <redacted> in eu");
+        // A reason cut (to 300 bytes, say) in the middle of the path's token.
+        let r = public_reason_for("404: Cannot POST /hooks/T0KEN-ab", Some(dest));
+        assert_eq!(r, "404: Cannot POST <redacted>");
+        let r = public_reason_for("denied for K3Y-01", Some(dest));
+        assert_eq!(r, "denied for <redacted>");
+        // Ordinary endings stay.
+        assert_eq!(public_reason_for("timed out", Some(dest)), "timed out");
     }
 
     #[test]

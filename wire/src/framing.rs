@@ -379,7 +379,9 @@ fn gunzip(body: &[u8], max: usize, allowance: &dyn Allowance) -> Result<Vec<u8>,
     // hint only, the decoder counts), within `max`: no garbage from growing by doubling.
     let stated =
         body.len().checked_sub(4).map_or(0, |at| u32::from_le_bytes(body[at..].try_into().expect("4 bytes")) as usize);
-    let first = stated.min(max);
+    // Deflate inflates at most ~1032:1: a trailer stating more than that lies (a 20-byte body
+    // must not claim `max` of the budget).
+    let first = stated.min(max).min(body.len().saturating_mul(1032));
     if !allowance.take(INFLATE_CHUNK + first) {
         return Err(FramingError::OverBudget);
     }
@@ -1667,6 +1669,23 @@ mod tests {
         let err = decode_within(&events, Some("application/msgpack"), None, &o, &all).unwrap_err();
         assert!(matches!(err, FramingError::TooLargeAsJson { .. }), "{err:?}");
         assert!(all.given() <= 9 * events.len(), "{} given before refusing", all.given());
+    }
+
+    #[test]
+    fn a_gzip_trailer_stating_a_huge_size_claims_no_more_than_deflate_can_inflate() {
+        let mut body = gzip(b"{\"a\":1}\n");
+        let at = body.len() - 4;
+        body[at..].copy_from_slice(&u32::MAX.to_le_bytes()); // ISIZE lies: 4 GiB
+        let o = FramingOptions { max_decompressed_bytes: 512 << 20, ..opts() };
+        let all = Limited::new(usize::MAX);
+        // The decoder may then refuse the trailer; what matters is what was claimed before.
+        let _ = decode_within(&body, Some("application/x-ndjson"), Some("gzip"), &o, &all);
+        assert!(
+            all.given() <= INFLATE_CHUNK + body.len() * 1032 + 4096,
+            "{} claimed for {} bytes",
+            all.given(),
+            body.len()
+        );
     }
 
     #[test]

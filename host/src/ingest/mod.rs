@@ -202,19 +202,23 @@ async fn ingest(
     let encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_owned);
     // One decode per CPU at a time: more would not decode faster, and each would hold its
     // thread's memory besides the budget.
-    let _slot = DECODES.acquire().await.expect("never closed");
     let allowance = charge.clone();
     let sent = body.clone(); // for an idempotency key (shared bytes, not a copy)
-    let records = tokio::task::spawn_blocking(move || {
-        let (ct, ce) = (content_type.as_deref(), encoding.as_deref());
-        match &allowance {
-            Some(a) => framing::decode_within(&body, ct, ce, &opts, &**a),
-            None => framing::decode(&body, ct, ce, &opts),
-        }
-    })
-    .await
-    .expect("decoding does not panic")
-    .map_err(|e| match e {
+    // The slot covers the decode only, not the queueing below (a Kafka produce may take up to
+    // `ingest_timeout_ms`).
+    let records = {
+        let _slot = DECODES.acquire().await.expect("never closed");
+        tokio::task::spawn_blocking(move || {
+            let (ct, ce) = (content_type.as_deref(), encoding.as_deref());
+            match &allowance {
+                Some(a) => framing::decode_within(&body, ct, ce, &opts, &**a),
+                None => framing::decode(&body, ct, ce, &opts),
+            }
+        })
+        .await
+        .expect("decoding does not panic")
+    };
+    let records = records.map_err(|e| match e {
         framing::FramingError::OverBudget if charge.as_ref().is_some_and(|c| c.never_fits()) => {
             reject(never_fits(state))
         }

@@ -377,9 +377,11 @@ pub(crate) fn check_grants(engine: &Engine, component: &Component, id: &str, gra
 #[derive(Default)]
 pub struct Health {
     consecutive_crashes: AtomicU32,
-    /// Calls that returned (whatever their outcomes): evidence the plugin works, which lets a
-    /// crash be blamed on the one report in the call rather than on the plugin.
-    calls_returned: AtomicU64,
+    /// When its last call returned (whatever its outcomes), on the process-wide `RETURNED`
+    /// clock: evidence the plugin works, which lets a crash be blamed on the one report in the
+    /// call rather than on the plugin. One clock for all plugins, so a mark taken before a
+    /// reload compares rightly with the reloaded plugin's calls (a per-plugin counter restarts at 0).
+    last_returned: AtomicU64,
     quarantined: AtomicBool,
     last_crash: std::sync::Mutex<String>,
 }
@@ -397,11 +399,18 @@ impl Health {
     pub fn last_crash(&self) -> String {
         self.last_crash.lock().unwrap().clone()
     }
-    /// Calls that returned so far: a mark to compare with later.
-    pub fn calls_returned(&self) -> u64 {
-        self.calls_returned.load(Ordering::Acquire)
+    /// A mark to compare with `returned_since` later: the process-wide clock of returned calls now.
+    pub fn mark() -> u64 {
+        RETURNED.load(Ordering::Acquire)
+    }
+    /// Whether a call of this plugin returned after `mark` was taken.
+    pub fn returned_since(&self, mark: u64) -> bool {
+        self.last_returned.load(Ordering::Acquire) > mark
     }
 }
+
+/// Returned plugin calls in this process: the clock `Health` marks are read on; never reset.
+static RETURNED: AtomicU64 = AtomicU64::new(0);
 
 /// The name the operator knows a plugin file by: its file name without `.wasm`. Limits,
 /// grants and allow-lists are looked up by it, never by what the plugin says about itself.
@@ -584,7 +593,8 @@ impl LoadedPlugin {
 
     /// A call returned: the crash streak ends.
     pub fn record_success(&self) {
-        self.health.calls_returned.fetch_add(1, Ordering::AcqRel);
+        let now = RETURNED.fetch_add(1, Ordering::AcqRel) + 1;
+        self.health.last_returned.fetch_max(now, Ordering::AcqRel);
         self.health.consecutive_crashes.store(0, Ordering::Release);
     }
 }

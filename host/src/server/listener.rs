@@ -206,25 +206,50 @@ async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Respons
     }
     let Ok(_permit) = g.permits.clone().try_acquire_owned() else { return g.shed() };
     let (mut parts, body) = req.into_parts();
-    parts.extensions.insert(g.buffered.clone());
-    // The body's share of the buffer budget is held until the answer is made.
-    let (body, _held) = match g.collect(&parts.headers, body).await {
+    // The body's share of the buffer budget is held until the answer is made, unless the
+    // handler gives it back earlier (see [`BodyHold`]).
+    let (body, held) = match g.collect(&parts.headers, body).await {
         Ok(read) => read,
         Err(refusal) => return refusal,
     };
-    next.run(Request::from_parts(parts, body)).await
+    let body_bytes = body.size_hint().exact().unwrap_or(0) as usize;
+    // What the handler makes of the body is charged beside the body itself.
+    parts.extensions.insert(g.buffered.beside(body_bytes));
+    let hold = BodyHold(Arc::new(std::sync::Mutex::new(held)));
+    parts.extensions.insert(hold.clone());
+    let answer = next.run(Request::from_parts(parts, body)).await;
+    drop(hold);
+    answer
+}
+
+/// The body's share of `limits.max_buffered_bytes`, as a request extension: a handler done with
+/// the body that keeps the request open (`/forward?wait=`) gives it back with `release`.
+#[derive(Clone)]
+pub struct BodyHold(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl BodyHold {
+    /// Give the body's share back now (the handler no longer holds the body).
+    pub fn release(&self) {
+        self.0.lock().unwrap().take();
+    }
 }
 
 /// The budget of `limits.max_buffered_bytes` (in KiB permits), as a request extension: what a
 /// handler makes of a body beyond the body itself is taken from it (see [`Budget::charge`]).
 #[derive(Clone)]
-pub struct Budget(Arc<Semaphore>, usize);
+pub struct Budget(Arc<Semaphore>, usize, usize);
 
 impl Budget {
     /// A budget of `bytes` (whole KiB).
     pub fn new(bytes: u64) -> Budget {
         let kib = ((bytes / 1024) as usize).min(Semaphore::MAX_PERMITS);
-        Budget(Arc::new(Semaphore::new(kib)), kib)
+        Budget(Arc::new(Semaphore::new(kib)), kib, 0)
+    }
+
+    /// The same budget, for a request whose body of `body_bytes` already holds its share:
+    /// its charges count the body when they judge whether the request can ever fit.
+    pub fn beside(&self, body_bytes: usize) -> Budget {
+        Budget(self.0.clone(), self.1, body_bytes)
     }
 
     /// A charge against this budget: it takes bytes as a handler's work grows, and gives them
@@ -233,6 +258,7 @@ impl Budget {
         Arc::new(Charge {
             budget: self.0.clone(),
             capacity_kib: self.1,
+            body: self.2,
             held: std::sync::Mutex::new((0, None)),
             never: std::sync::atomic::AtomicBool::new(false),
         })
@@ -243,6 +269,8 @@ impl Budget {
 pub struct Charge {
     budget: Arc<Semaphore>,
     capacity_kib: usize,
+    /// The request body's bytes, held beside this charge (by the listener).
+    body: usize,
     /// Bytes taken, and the permits (KiB) held for them.
     held: std::sync::Mutex<(usize, Option<tokio::sync::OwnedSemaphorePermit>)>,
     /// A take was refused that the whole budget could not give (retrying cannot help).
@@ -256,7 +284,8 @@ impl Charge {
         let total = held.0.saturating_add(bytes);
         let need = total.div_ceil(1024);
         let have = held.1.as_ref().map_or(0, |p| p.num_permits());
-        if need > self.capacity_kib {
+        // With the body beside it (held apart, in whole KiB), more than the whole budget: never.
+        if need.saturating_add(self.body.div_ceil(1024)) > self.capacity_kib {
             self.never.store(true, Ordering::Relaxed);
             return false;
         }
@@ -433,4 +462,22 @@ fn error(status: StatusCode, code: &'static str, message: String) -> Response {
 fn closing(mut resp: Response) -> Response {
     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_counts_the_body_held_beside_it_when_judging_whether_it_can_ever_fit() {
+        let budget = Budget::new(4 * 1024);
+        // Alone, 2 KiB of decoded records fit a 4 KiB budget.
+        assert!(budget.charge().take(2048));
+        // Beside a 3 KiB body held by the listener they never can: 413, not 503 forever.
+        let c = budget.beside(3 * 1024).charge();
+        assert!(!c.take(2048));
+        assert!(c.never_fits());
+        // Beside a small body they fit.
+        assert!(budget.beside(1024).charge().take(2048));
+    }
 }

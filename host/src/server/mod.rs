@@ -111,14 +111,22 @@ async fn forward_handler(
     State(state): State<AppState>,
     Query(q): Query<ForwardQuery>,
     budget: Option<axum::Extension<listener::Budget>>,
+    hold: Option<axum::Extension<listener::BodyHold>>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The reports parsed from the body are taken from the listener's budget, given back once
-    // answered.
+    // they are queued.
     let charge = budget.map(|b| b.0.charge());
-    match forward_inner(&state, q, &headers, body, charge.as_deref()).await {
-        Ok(r) => r,
+    let accepted = forward_inner(&state, q, &headers, body, charge.as_deref()).await;
+    // Queued (or refused): the body and what was parsed of it are gone, so a `wait` holds
+    // none of the buffer budget.
+    drop(charge);
+    if let Some(hold) = hold {
+        hold.release();
+    }
+    match accepted {
+        Ok((receipts, batch, wait)) => answer_forward(&state, receipts, batch, wait).await,
         Err(e) => {
             state.metrics.reject(e.code);
             e.into_response()
@@ -132,7 +140,7 @@ async fn forward_inner(
     headers: &axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
     charge: Option<&listener::Charge>,
-) -> Result<Response, ApiError> {
+) -> Result<(Vec<Receipt>, bool, Option<std::time::Duration>), ApiError> {
     if !state.role.ingests() {
         return Err(crate::forward::RouteError::Queue(crate::queue::QueueError::NotIngest).into());
     }
@@ -212,8 +220,26 @@ async fn forward_inner(
     }
     let mut envelopes = envelopes;
     name_by_idempotency_key(state, headers, "forward", &body, &mut envelopes)?;
-    let mut receipts = forward::accept(state.ingest(), envelopes, batch).await?;
+    // An id naming a tenant's report is not that report here: the envelope is accepted as a new
+    // report with a fresh id, so `/forward` never answers with a tenant's states (`GET
+    // /reports` shows them only to the tenant's credentials).
+    for env in &mut envelopes {
+        if env.id.is_some_and(|id| state.status.known(id).is_some_and(|k| k.origin.is_none_or(|o| o.tenant.is_some())))
+        {
+            env.id = None;
+        }
+    }
+    let receipts = forward::accept(state.ingest(), envelopes, batch).await?;
+    Ok((receipts, batch, wait))
+}
 
+/// The answer to an accepted `/forward`: after waiting up to `wait` for the reports' outcomes.
+async fn answer_forward(
+    state: &AppState,
+    mut receipts: Vec<Receipt>,
+    batch: bool,
+    wait: Option<std::time::Duration>,
+) -> Response {
     let mut status = StatusCode::ACCEPTED;
     if let Some(wait) = wait {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
@@ -228,11 +254,11 @@ async fn forward_inner(
         status = outcome_status(&receipts);
     }
     // Reasons (after a wait) through `public_reason`.
-    Ok(if batch {
+    if batch {
         (status, Json(json!({ "reports": public_value(&receipts) }))).into_response()
     } else {
         (status, Json(public_value(&receipts[0]))).into_response()
-    })
+    }
 }
 
 /// With an `Idempotency-Key` header: the reports' ids derived from it (`idempotency.rs`), so a
@@ -297,7 +323,9 @@ async fn report_status(
         Some(t) => crate::ingest::may_read(&state, &headers, t),
     };
     if let Some(known) = state.status.known(uuid) {
-        let origin = known.origin.unwrap_or_default();
+        // Fail closed: every path that queues a report records its origin (a `/forward`
+        // report's has no tenant); a report without one is nobody's to read.
+        let Some(origin) = known.origin else { return Err(unknown()) };
         if !may_read(origin.tenant.as_deref()) {
             return Err(unknown());
         }

@@ -489,3 +489,43 @@ async fn shutdown_stops_accepting_and_lets_an_open_request_finish() {
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("0123456789"), "{answer:?}");
     tokio::time::timeout(Duration::from_secs(10), served).await.expect("serve returned").unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_forward_waiting_for_outcomes_holds_none_of_the_buffer_budget() {
+    // The destination answers 503 to everything: the report stays pending the whole wait.
+    let rx = Recorder::scripted(vec![(503, vec![], "busy"); 1000]).await;
+    let app = spawn_app_with(&["http", "stdout"], |c| {
+        c.limits.max_body_bytes = 64 * 1024;
+        c.limits.max_buffered_bytes = 64 * 1024;
+        c.delivery.max_attempts = 1000;
+    })
+    .await;
+    let big = "a".repeat(20 * 1024);
+    // 20 KiB body and its 20 KiB parsed copy: held while parsing, not while waiting.
+    let waiting = {
+        let (client, url) = (app.client.clone(), app.url.clone());
+        let body = report_data("http", json!({"url": rx.url}), &json!({"big": big}));
+        tokio::spawn(async move {
+            client
+                .post(format!("{url}/forward?wait=30s"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    // Another 20 KiB request fits beside the waiting one (before, the waiter's ~41 KiB left no
+    // room for its 40: 503 for the whole wait).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, v) = app.forward(report_data("stdout", json!({}), &json!({"big": big}))).await;
+        if status == 202 && !rx.seen().is_empty() {
+            break;
+        }
+        assert!(status == 202 || status == 503, "{status} {v}");
+        assert!(Instant::now() < deadline, "never accepted beside the waiting request: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!waiting.is_finished(), "the first request was still waiting");
+    waiting.abort();
+}

@@ -367,7 +367,47 @@ async fn refusals_and_a_broken_route_are_logged_as_a_summary_not_a_line_each() {
     // is not told).
     for l in &broken {
         assert_eq!(l["level"], "ERROR", "{l}");
-        let latest = l["fields"]["latest"].as_str().unwrap();
+        let latest = l["fields"]["messages"].as_str().unwrap();
         assert!(latest.contains("team-b") && latest.contains("`nowhere`"), "{latest}");
     }
+}
+
+#[tokio::test]
+async fn a_tenants_report_id_named_on_forward_is_taken_as_a_new_report_showing_nothing_of_the_tenants() {
+    let keys = Keys::new();
+    let ingest = keys.ingest("stdout", json!({}));
+    let app = spawn_app_with(&["stdout"], |c| {
+        c.ingest = ingest;
+        c.limits.accept_report_ids = true;
+    })
+    .await;
+    let id = ingest_one(&app.url, &keys.token_a, json!({"log": "a's"})).await;
+    let bearer_a = format!("Bearer {}", keys.token_a);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = report(&app.url, &id, Some(&bearer_a)).await;
+        if status == 200 && v["consumers"]["stdout"]["status"] == "delivered" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Named on /forward (a relay's id), the tenant's id answers nothing of the tenant's report:
+    // the envelope is queued as a new report under a fresh id.
+    let named = json!({"id": id, "config": {"stdout": {}}, "payload": "{\"x\":1}"}).to_string();
+    let (status, v) = app.forward(named).await;
+    assert_eq!(status, 202, "{v}");
+    let fresh = v["id"].as_str().unwrap();
+    assert_ne!(fresh, id, "{v}");
+    assert_eq!(v["consumers"]["stdout"]["status"], "queued", "{v}");
+    // The tenant's report is still shown only to its credential.
+    assert_eq!(report(&app.url, &id, None).await.0, 404);
+
+    // A relay's id nobody holds is kept, as before.
+    let relayed = uuid::Uuid::now_v7().to_string();
+    let (status, v) =
+        app.forward(json!({"id": relayed, "config": {"stdout": {}}, "payload": "{\"x\":2}"}).to_string()).await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["id"], json!(relayed), "{v}");
 }

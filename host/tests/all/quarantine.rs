@@ -86,7 +86,7 @@ async fn one_poison_report_among_a_thousand_is_dead_lettered_alone_and_the_rest_
 
     // The plugin was never quarantined.
     assert!(!quarantined(&app, "poison").await);
-    assert_ne!(sample(&app, r#"data_exporter_plugin_quarantined{plugin="poison"}"#).await, Some(1.0));
+    assert_eq!(sample(&app, r#"data_exporter_plugin_quarantined{plugin="poison"}"#).await, Some(0.0));
     let (_, p) = app.admin_get("/plugins").await;
     let p = p["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "poison").unwrap().clone();
     assert_eq!(p["consecutive_crashes"], 0, "{p}");
@@ -149,4 +149,56 @@ async fn the_quarantine_gauge_returns_to_zero_when_released_or_removed() {
     std::fs::remove_file(app.plugins_dir().join("hostile.wasm")).unwrap();
     reload(&app).await;
     until_sample(&app, gauge, 0.0).await;
+}
+
+/// Poll the report until its `consumer` is delivered.
+async fn until_delivered(app: &TestApp, id: &str, consumer: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = app.get(&format!("/reports/{id}")).await;
+        if v["consumers"][consumer]["status"] == "delivered" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "report {id} was never delivered: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_poison_report_that_quarantined_its_plugin_is_dead_lettered_after_the_reload() {
+    let app = spawn_app_with(&["poison"], |c| {
+        c.runtime.limits.quarantine_after = 2;
+        c.delivery.max_attempts = 1000;
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    })
+    .await;
+    let dest = json!({"marker": "POISON-7f3a"});
+    let send = async |payload: Value| {
+        let (status, r) =
+            app.forward(json!({"config": {"poison": dest}, "payload": payload.to_string()}).to_string()).await;
+        assert_eq!(status, 202, "{r}");
+        r["id"].as_str().unwrap().to_string()
+    };
+    // The plugin returns several calls first (a per-plugin count of them would outrun the
+    // reloaded plugin's), then the poison report, alone, crashes it twice: nothing else
+    // returned meanwhile, so the plugin is blamed and quarantined.
+    for n in 0..5 {
+        let id = send(json!({"n": n})).await;
+        until_delivered(&app, &id, "poison").await;
+    }
+    let poison = send(json!({"tag": "POISON-7f3a"})).await;
+    until_sample(&app, r#"data_exporter_plugin_quarantined{plugin="poison"}"#, 1.0).await;
+
+    // Released; other reports flow through the reloaded plugin, so the poison report is now
+    // blamed alone and dead-lettered, and the plugin is not quarantined again.
+    assert_eq!(reload(&app).await["released"], json!(["poison"]));
+    let id = send(json!({"n": 5})).await;
+    until_delivered(&app, &id, "poison").await;
+    let reason = until_dead(&app, &poison, "poison").await;
+    assert!(reason.contains("crashed the plugin in 3 calls of its own"), "{reason}");
+    let id = send(json!({"n": 6})).await;
+    until_delivered(&app, &id, "poison").await;
+    assert!(!quarantined(&app, "poison").await);
+    assert_eq!(sample(&app, r#"data_exporter_plugin_quarantined{plugin="poison"}"#).await, Some(0.0));
 }
