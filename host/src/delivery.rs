@@ -631,7 +631,9 @@ impl Delivery {
                 }
                 match self.call(&ctx, half, session).await {
                     Ok(settled) => retries.extend(settled),
-                    Err((jobs, Failed::NoInstance(reason))) => retries.extend(self.retry_all(&ctx, jobs, &reason).await),
+                    Err((jobs, Failed::NoInstance(reason))) => {
+                        retries.extend(self.retry_all(&ctx, jobs, &reason).await)
+                    }
                     Err((jobs, Failed::Crashed(e))) => crashed.push((jobs, e)),
                 }
             }

@@ -747,8 +747,10 @@ async fn an_idempotency_key_names_a_tenants_records_and_no_other_tenants() {
     let ids = |v: &Value| -> Vec<String> {
         v["reports"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
     };
-    let (as_a, as_b) =
-        (Send::new(Auth::Bearer(&t.token_a), "application/json"), Send::new(Auth::Bearer(&t.token_b), "application/json"));
+    let (as_a, as_b) = (
+        Send::new(Auth::Bearer(&t.token_a), "application/json"),
+        Send::new(Auth::Bearer(&t.token_b), "application/json"),
+    );
     let first = post(&t.token_a).await;
     delivered(&app, &as_a, &first, "file").await;
     let again = post(&t.token_a).await;
