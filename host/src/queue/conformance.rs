@@ -303,12 +303,14 @@ fn of_tenant(t: &str) -> QueuedReport {
 }
 
 /// The local backends hold each tenant to its share: a tenant past it is refused alone, with
-/// its own error, and taken again once its reports are acknowledged.
+/// its own error, and taken again once its reports are acknowledged. Reports without an access
+/// key (`/forward`) have a share of their own, so they cannot starve the tenants either.
 async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
     let one = of_tenant("a").size();
-    let b = Bench::new(backend, one * 8).await;
+    let b = Bench::new(backend, one * 9).await;
     let q = b.open();
-    let share = Some(TenantShare { max_bytes: None, tenants: 2 }); // 4 reports each
+    q.share_untenanted(Arc::new(|| 2));
+    let share = Some(TenantShare { max_bytes: None, tenants: 2 }); // 3 reports each, 3 untenanted
     let mut held = Vec::new();
     let err = loop {
         let r = of_tenant("a");
@@ -318,18 +320,30 @@ async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
             Err(e) => break e,
         }
     };
-    assert!(matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 4), "{err}");
+    assert!(matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 3), "{err}");
     assert!(err.is_transient());
-    assert_eq!(held.len(), 4);
-    assert_eq!(q.tenant_bytes("a"), Some(one * 4));
-    for _ in 0..4 {
+    assert_eq!(held.len(), 3);
+    assert_eq!(q.tenant_bytes("a"), Some(one * 3));
+    // Untenanted reports (as `/forward` appends them: no share given) stop at their own part.
+    let untenanted = || QueuedReport { id: Uuid::now_v7(), source: None, tenant: None, ..report(1, "s") };
+    let mut forwarded = 0;
+    let err = loop {
+        match q.append(vec![untenanted()], false).await {
+            Ok(()) => forwarded += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(forwarded, 3);
+    assert!(matches!(&err, QueueError::TenantFull { tenant, .. } if tenant.is_empty()), "{err}");
+    assert!(err.to_string().contains("without an access key"), "{err}");
+    for _ in 0..3 {
         q.append_within(vec![of_tenant("b")], false, share).await.expect("another tenant is still taken");
     }
-    assert_eq!((q.tenant_bytes("a"), q.tenant_bytes("b")), (Some(one * 4), Some(one * 4)));
+    assert_eq!((q.tenant_bytes("a"), q.tenant_bytes("b")), (Some(one * 3), Some(one * 3)));
     // An explicit share overrides the equal part; a tenant with nothing waiting is always let in.
     let tiny = Some(TenantShare { max_bytes: Some(1), tenants: 2 });
     assert!(matches!(q.append_within(vec![of_tenant("b")], false, tiny).await, Err(QueueError::TenantFull { .. })));
-    lease_n(&*q, 8).await;
+    lease_n(&*q, 9).await;
     q.ack(&held, "openSearch", Done::Delivered);
     q.ack(&held, "webhook", Done::Delivered);
     assert_eq!(q.tenant_bytes("a"), Some(0));

@@ -13,7 +13,9 @@
 //! than a loss.)
 //!
 //! Bytes are counted per tenant too, so one access key whose destinations are down fills only
-//! its share of `queue.max_bytes` (`append_within`), not everyone's.
+//! its share of `queue.max_bytes` (`append_within`), not everyone's; reports without an access
+//! key (`/forward`, Kafka sources) have a share of their own once access keys are defined
+//! (`share_untenanted`).
 
 use super::crypto::Sealer;
 use super::log::{self, Damage, LogWriter};
@@ -65,7 +67,7 @@ struct Inner {
     /// Live reports per segment.
     live: BTreeMap<u64, usize>,
     bytes: u64,
-    /// Bytes per tenant (reports that name one), included in `bytes`.
+    /// Bytes per tenant (`UNTENANTED`: reports that name none), included in `bytes`.
     tenants: HashMap<String, u64, foldhash::fast::RandomState>,
     /// Ids being appended now (not yet pending): a second request with one of them waits its turn.
     accepting: std::collections::HashSet<Uuid, foldhash::fast::RandomState>,
@@ -78,6 +80,9 @@ pub struct EmbeddedQueue {
     sealer: Sealer,
     inner: Mutex<Inner>,
     max_bytes: u64,
+    /// How many access keys are defined now (`share_untenanted`): reports without one get a
+    /// share of their own when there are some.
+    tenant_count: std::sync::OnceLock<super::TenantCount>,
     healthy: AtomicBool,
     closed: AtomicBool,
     /// Reports appended (or recovered) and not yet handed to delivery.
@@ -86,6 +91,8 @@ pub struct EmbeddedQueue {
 }
 
 const DONE: u8 = 2;
+/// The count key of reports without an access key (no access key is empty).
+const UNTENANTED: &str = "";
 /// Most reports one `lease` hands out.
 const LEASE_MAX: usize = 1024;
 
@@ -129,6 +136,7 @@ impl EmbeddedQueue {
             sealer,
             inner: Mutex::new(inner),
             max_bytes: cfg.max_bytes,
+            tenant_count: std::sync::OnceLock::new(),
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             to_lease,
@@ -156,10 +164,11 @@ impl EmbeddedQueue {
         share: Option<TenantShare>,
     ) -> Result<(), QueueError> {
         let size: u64 = reports.iter().map(QueuedReport::size).sum();
-        // The bytes of each tenant among these reports (one, from `/v1/ingest`).
+        // The bytes of each tenant among these reports (one, from `/v1/ingest`); reports
+        // without an access key (`/forward`, Kafka sources, replays) count as UNTENANTED.
         let mut by_tenant: Vec<(&str, u64)> = Vec::new();
         for r in &reports {
-            let Some(t) = r.tenant.as_deref() else { continue };
+            let t = r.tenant.as_deref().unwrap_or(UNTENANTED);
             match by_tenant.iter_mut().find(|(name, _)| *name == t) {
                 Some((_, n)) => *n += r.size(),
                 None => by_tenant.push((t, r.size())),
@@ -172,15 +181,20 @@ impl EmbeddedQueue {
             {
                 return Err(QueueError::InFlight(r.id));
             }
-            if let Some(share) = share {
-                let max = share.limit(self.max_bytes);
-                for (tenant, add) in &by_tenant {
-                    let used = g.tenants.get(*tenant).copied().unwrap_or(0);
-                    // As for the whole queue: a tenant with nothing waiting is always let in, so
-                    // a request larger than its share is not refused for ever.
-                    if used + add > max && used > 0 {
-                        return Err(QueueError::TenantFull { tenant: tenant.to_string(), used, max });
-                    }
+            let tenants = self.tenant_count.get().map_or(0, |count| count());
+            for (tenant, add) in &by_tenant {
+                // Untenanted reports have a share of their own once access keys are defined, so
+                // a `/forward` producer whose destination is down does not starve every tenant.
+                let max = match (*tenant == UNTENANTED, share) {
+                    (true, _) if tenants > 0 => TenantShare { max_bytes: None, tenants }.limit(self.max_bytes),
+                    (false, Some(share)) => share.limit(self.max_bytes),
+                    _ => continue,
+                };
+                let used = g.tenants.get(*tenant).copied().unwrap_or(0);
+                // As for the whole queue: a tenant with nothing waiting is always let in, so
+                // a request larger than its share is not refused for ever.
+                if used + add > max && used > 0 {
+                    return Err(QueueError::TenantFull { tenant: tenant.to_string(), used, max });
                 }
             }
             if g.bytes + size > self.max_bytes && g.bytes > 0 {
@@ -301,6 +315,10 @@ impl ReportQueue for EmbeddedQueue {
         Box::pin(self.append_checked(reports, given_ids, share))
     }
 
+    fn share_untenanted(&self, count: super::TenantCount) {
+        _ = self.tenant_count.set(count);
+    }
+
     fn tenant_bytes(&self, tenant: &str) -> Option<u64> {
         Some(self.inner.lock().unwrap().tenants.get(tenant).copied().unwrap_or(0))
     }
@@ -377,9 +395,7 @@ fn add_tenant(tenants: &mut HashMap<String, u64, foldhash::fast::RandomState>, t
 fn count(g: &mut Inner, p: &Pending, held: bool) {
     let delta = if held { p.size as i64 } else { -(p.size as i64) };
     g.bytes = g.bytes.saturating_add_signed(delta);
-    if let Some(t) = &p.report.tenant {
-        add_tenant(&mut g.tenants, t, delta);
-    }
+    add_tenant(&mut g.tenants, p.report.tenant.as_deref().unwrap_or(UNTENANTED), delta);
 }
 
 /// Destination `key` of report `id` is done (`None`: a done record whose destination could
