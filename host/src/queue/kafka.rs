@@ -59,9 +59,11 @@ const STATISTICS_EVERY_MS: u64 = 5_000;
 /// destination is left out of a copy of the report arriving later, within this many reports.
 const DONE_MAX: usize = 100_000;
 /// Longest read of a newly assigned partition for done-markers; past it, leasing goes on with
-/// what was read (the rest is delivered again: at least once). The consumer is not polled
-/// meanwhile: 12 partitions read to this bound stay within librdkafka's `max.poll.interval.ms`
-/// (300 s).
+/// what was read (the rest is delivered again: at least once). Partitions are read one after
+/// the other, each as its first record arrives, and the consumer is not polled meanwhile: a
+/// process newly assigned N partitions may wait up to N × 20 s before leasing from the last,
+/// within the `max.poll.interval.ms` that `crate::kafka` sets by default (1 h: 180 partitions
+/// at this bound; an operator's lower setting lowers that number).
 const READ_MARKS_FOR: Duration = Duration::from_secs(20);
 /// Longest wait, at a rebalance, for the done-markers produced so far to reach the broker
 /// (the partition's next owner reads them).
