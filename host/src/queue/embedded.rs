@@ -7,10 +7,9 @@
 //!
 //! Recovery replays the log: a report comes back with only the destinations no done record
 //! names, so a destination that acknowledged it before a restart is not given it again. (Every
-//! done record this host has written names its destination. One whose key cannot be read is
-//! still counted, as recovery always did: the report is finished once its done records number
-//! its destinations; until then every destination not named done comes back, a repeat rather
-//! than a loss.)
+//! done record this host has ever written names its destination; one whose key cannot be read
+//! is counted as an unreadable record and finishes nothing: that destination comes back, a
+//! repeat rather than a loss.)
 //!
 //! Bytes are counted per tenant too, so one access key whose destinations are down fills only
 //! its share of `queue.max_bytes` (`append_within`), not everyone's; reports without an access
@@ -48,8 +47,6 @@ struct Pending {
     report: Arc<QueuedReport>,
     /// The destinations (indexes into `report.dests`) not acknowledged yet.
     undone: Vec<u16>,
-    /// Recovery only: done records of this report that named no readable destination.
-    unnamed: usize,
     seg: u64,
     size: u64,
 }
@@ -57,7 +54,7 @@ struct Pending {
 impl Pending {
     fn new(report: Arc<QueuedReport>, seg: u64, size: u64) -> Pending {
         let undone = (0..report.dests.len() as u16).collect();
-        Pending { report, undone, unnamed: 0, seg, size }
+        Pending { report, undone, seg, size }
     }
 }
 
@@ -267,7 +264,7 @@ impl EmbeddedQueue {
         }
         let mut g = self.inner.lock().unwrap();
         for id in ids {
-            finish(&mut g, *id, Some(key));
+            finish(&mut g, *id, key);
         }
     }
 
@@ -398,19 +395,13 @@ fn count(g: &mut Inner, p: &Pending, held: bool) {
     add_tenant(&mut g.tenants, p.report.tenant.as_deref().unwrap_or(UNTENANTED), delta);
 }
 
-/// Destination `key` of report `id` is done (`None`: a done record whose destination could
-/// not be read); the report leaves once every destination is.
-fn finish(g: &mut Inner, id: Uuid, key: Option<&str>) {
+/// Destination `key` of report `id` is done; the report leaves once every destination is.
+fn finish(g: &mut Inner, id: Uuid, key: &str) {
     let Some(p) = g.pending.get_mut(&id) else { return };
-    match key {
-        Some(key) => {
-            // A second acknowledgement of one destination changes nothing.
-            let dests = &p.report.dests;
-            p.undone.retain(|i| dests[*i as usize].key != key);
-        }
-        None => p.unnamed += 1,
-    }
-    if p.undone.len() <= p.unnamed {
+    // A second acknowledgement of one destination changes nothing.
+    let dests = &p.report.dests;
+    p.undone.retain(|i| dests[*i as usize].key != key);
+    if p.undone.is_empty() {
         let p = g.pending.remove(&id).expect("present");
         count(g, &p, false);
         if let Some(n) = g.live.get_mut(&p.seg) {
@@ -439,7 +430,7 @@ fn prune_done_destinations(g: &mut Inner) {
             tenant: r.tenant.clone(),
         };
         let size = report.size();
-        p = Pending { unnamed: p.unnamed, ..Pending::new(Arc::new(report), p.seg, size) };
+        p = Pending::new(Arc::new(report), p.seg, size);
         count(g, &p, true);
         g.pending.insert(id, p);
     }
@@ -469,7 +460,9 @@ fn apply(g: &mut Inner, sealer: &Sealer, seq: u64, body: &[u8]) -> bool {
         },
         Some(&DONE) => {
             let Some(id) = body.get(1..17).and_then(|b| Uuid::from_slice(b).ok()) else { return false };
-            finish(g, id, done_key(&body[17..]));
+            // Every done record written names its destination (since the first durable queue).
+            let Some(key) = done_key(&body[17..]) else { return false };
+            finish(g, id, key);
             true
         }
         _ => false,
@@ -512,6 +505,22 @@ mod tests {
             source: None,
             tenant: None,
         }
+    }
+
+    #[test]
+    fn a_done_record_without_a_readable_key_is_unreadable_and_finishes_nothing() {
+        let sealer = Sealer::new(&[1; 32]);
+        let mut g = Inner::default();
+        let r = report(1);
+        assert!(apply(&mut g, &sealer, 0, &record::encode(&r, &sealer)));
+        for _ in 0..2 {
+            let mut done = vec![DONE];
+            done.extend_from_slice(r.id.as_bytes());
+            put_str16(&mut done, ""); // no key
+            done.push(Done::Delivered as u8);
+            assert!(!apply(&mut g, &sealer, 0, &done), "a done record naming no destination was read");
+        }
+        assert_eq!(g.pending[&r.id].undone.len(), 2, "it finished a destination it does not name");
     }
 
     #[tokio::test]
