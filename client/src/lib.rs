@@ -168,9 +168,12 @@ pub enum SendError {
 /// The request header naming a report for the host (see the crate documentation).
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// A fresh idempotency key: 32 random hexadecimal characters.
+/// A fresh idempotency key: 32 hexadecimal characters from the operating system's
+/// cryptographic random source, so another producer cannot guess (and pre-empt) a key.
 pub fn new_idempotency_key() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source answers");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How often and how long to retry transient failures: exponential backoff with full jitter
@@ -411,6 +414,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn idempotency_keys_are_32_hex_characters_and_do_not_repeat() {
+        let keys: std::collections::HashSet<String> = (0..1000).map(|_| new_idempotency_key()).collect();
+        assert_eq!(keys.len(), 1000);
+        assert!(keys.iter().all(|k| k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())));
+    }
 
     #[test]
     fn builder_writes_the_exact_wire_form() {

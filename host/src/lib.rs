@@ -148,6 +148,8 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     if cfg.runtime.reload_poll_ms > 0 {
         tenants.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));
     }
+    let count = tenants.clone();
+    queue.share_untenanted(Arc::new(move || count.current().len()));
     let state = server::AppState {
         role: cfg.role,
         registry,

@@ -10,6 +10,7 @@ use crate::config::DlqConfig;
 use crate::queue::crypto::Sealer;
 use crate::queue::{QueuedDest, QueuedReport};
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -17,15 +18,61 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
-/// The store. Clones share it (its counts), for reads on blocking threads.
+/// The store. Clones share it (its index), for reads on blocking threads.
 #[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
     sealer: Sealer,
     cfg: DlqConfig,
-    /// Entries and bytes held (shared with writes in flight on the blocking threads).
-    usage: Arc<Mutex<(usize, u64)>>,
+    /// Every file held, by id (shared with writes in flight on the blocking threads): the
+    /// public `/reports/{id}` answers an unknown id from it without touching the disk.
+    index: Arc<Mutex<Index>>,
     refused: Arc<AtomicU64>,
+}
+
+/// The files held (`*.json`, and `*.held` while replayed), their sizes and totals.
+#[derive(Default)]
+struct Index {
+    files: BTreeMap<PathBuf, u64>,
+    by_id: HashMap<Uuid, BTreeSet<PathBuf>>,
+    bytes: u64,
+}
+
+impl Index {
+    /// Record `path` with `size` bytes; the size of the file it replaced, if any.
+    fn insert(&mut self, path: PathBuf, size: u64) -> Option<u64> {
+        let old = self.files.insert(path.clone(), size);
+        self.bytes = self.bytes - old.unwrap_or(0) + size;
+        if let Some(id) = id_of(&path) {
+            self.by_id.entry(id).or_default().insert(path);
+        }
+        old
+    }
+
+    /// Forget `path`; its size, if it was held.
+    fn remove(&mut self, path: &Path) -> Option<u64> {
+        let old = self.files.remove(path)?;
+        self.bytes -= old;
+        if let Some(id) = id_of(path)
+            && let Some(set) = self.by_id.get_mut(&id)
+        {
+            set.remove(path);
+            if set.is_empty() {
+                self.by_id.remove(&id);
+            }
+        }
+        Some(old)
+    }
+
+    fn usage(&self) -> (usize, u64) {
+        (self.files.len(), self.bytes)
+    }
+}
+
+/// The report id a stored file is named after (`<id>.<consumer>.json`).
+fn id_of(path: &Path) -> Option<Uuid> {
+    let name = path.file_name()?.to_str()?;
+    Uuid::parse_str(name.split('.').next()?).ok()
 }
 
 impl FileStore {
@@ -46,15 +93,14 @@ impl FileStore {
                 }
             }
         }
-        let mut usage = (0usize, 0u64);
+        let mut index = Index::default();
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
             if e.path().extension().is_some_and(|x| x == "json") {
-                usage.0 += 1;
-                usage.1 += e.metadata()?.len();
+                index.insert(e.path(), e.metadata()?.len());
             }
         }
-        Ok(FileStore { dir, sealer, cfg, usage: Arc::new(Mutex::new(usage)), refused: Arc::default() })
+        Ok(FileStore { dir, sealer, cfg, index: Arc::new(Mutex::new(index)), refused: Arc::default() })
     }
 
     /// Run `f` (it reads or deletes files) on a blocking thread.
@@ -65,7 +111,7 @@ impl FileStore {
 
     /// Entries and bytes held.
     pub fn usage(&self) -> (usize, u64) {
-        *self.usage.lock().unwrap()
+        self.index.lock().unwrap().usage()
     }
 
     /// Dead letters refused because the store was full, since start (their reports stay
@@ -88,32 +134,37 @@ impl FileStore {
         attempts: u32,
         now_ms: u64,
     ) -> Result<(), DlqError> {
+        let path = self.path(report.id, &dest.key);
         // The cheap refusal first: a full store is asked again every few seconds per report.
-        if let Some(full) = self.full(0) {
+        if let Some(full) = self.full(&path) {
             return Err(full);
         }
         let dl = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
-        let path = self.path(report.id, &dest.key);
-        let (dir, usage, refused, cfg) = (self.dir.clone(), self.usage.clone(), self.refused.clone(), self.cfg.clone());
+        let (dir, index, refused, cfg) = (self.dir.clone(), self.index.clone(), self.refused.clone(), self.cfg.clone());
         let at = path.clone();
         // Serialising a large payload, writing and syncing: none of it on an async worker. A
         // caller that goes away meanwhile (shutdown) leaves the write to finish or fail alone.
         tokio::task::spawn_blocking(move || {
             let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
             let len = bytes.len() as u64;
-            {
-                let mut u = usage.lock().unwrap();
-                if u.0 >= cfg.max_entries || u.1 + len > cfg.max_bytes {
+            // A dead letter of the same report and consumer (a repeat, a resend) is replaced:
+            // it counts once, at its new size.
+            let old = {
+                let mut ix = index.lock().unwrap();
+                let old = ix.files.get(&path).copied();
+                let (entries, bytes) = ix.usage();
+                if (old.is_none() && entries >= cfg.max_entries) || bytes - old.unwrap_or(0) + len > cfg.max_bytes {
                     refused.fetch_add(1, Ordering::Relaxed);
-                    return Err(DlqError::Full { entries: u.0, bytes: u.1 });
+                    return Err(DlqError::Full { entries, bytes });
                 }
-                u.0 += 1;
-                u.1 += len;
-            }
+                ix.insert(path.clone(), len)
+            };
             write_synced(&dir, &path, &bytes).map_err(|error| {
-                let mut u = usage.lock().unwrap();
-                u.0 -= 1;
-                u.1 -= len;
+                let mut ix = index.lock().unwrap();
+                match old {
+                    Some(size) if path.exists() => ix.insert(path.clone(), size),
+                    _ => ix.remove(&path),
+                };
                 DlqError::Io { path, error }
             })
         })
@@ -121,26 +172,31 @@ impl FileStore {
         .unwrap_or_else(|e| Err(DlqError::Io { path: at, error: std::io::Error::other(e) }))
     }
 
-    /// `Full` when the store cannot take `more` bytes now (counted as a refusal).
-    fn full(&self, more: u64) -> Option<DlqError> {
-        let u = self.usage.lock().unwrap();
-        (u.0 >= self.cfg.max_entries || u.1 + more >= self.cfg.max_bytes).then(|| {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            DlqError::Full { entries: u.0, bytes: u.1 }
-        })
+    /// `Full` when the store cannot take a new file at `path` now (counted as a refusal).
+    fn full(&self, path: &Path) -> Option<DlqError> {
+        let ix = self.index.lock().unwrap();
+        let replaces = ix.files.get(path).copied();
+        let (entries, bytes) = ix.usage();
+        ((replaces.is_none() && entries >= self.cfg.max_entries) || bytes - replaces.unwrap_or(0) >= self.cfg.max_bytes)
+            .then(|| {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                DlqError::Full { entries, bytes }
+            })
     }
 
     fn read(&self, path: &Path) -> Option<DeadLetter> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
 
+    /// The dead letters held (not those set aside for a replay), by name.
     fn files(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        v.retain(|p| p.extension().is_some_and(|x| x == "json"));
-        v.sort();
-        v
+        let ix = self.index.lock().unwrap();
+        ix.files.keys().filter(|p| p.extension().is_some_and(|x| x == "json")).cloned().collect()
+    }
+
+    /// Whether report `id` has a dead letter here (no disk access).
+    pub fn holds(&self, id: Uuid) -> bool {
+        self.index.lock().unwrap().by_id.contains_key(&id)
     }
 
     /// Every dead letter, oldest first.
@@ -163,10 +219,13 @@ impl FileStore {
 
     /// The dead letters of report `id`, with the destination opened (for the caller to redact).
     pub fn get(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
-        let prefix = format!("{id}.");
-        self.files()
+        let paths: Vec<PathBuf> = {
+            let ix = self.index.lock().unwrap();
+            let held = ix.by_id.get(&id).into_iter().flatten();
+            held.filter(|p| p.extension().is_some_and(|x| x == "json")).cloned().collect()
+        };
+        paths
             .iter()
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
             .filter_map(|p| self.read(p))
             .map(|d| {
                 let dest = self.open_dest(&d);
@@ -201,27 +260,32 @@ impl FileStore {
     /// letter of the same report and consumer can then be stored meanwhile.
     pub fn hold(&self, path: &Path) -> std::io::Result<PathBuf> {
         let held = path.with_extension("held");
+        let mut ix = self.index.lock().unwrap();
         std::fs::rename(path, &held)?;
+        if let Some(size) = ix.remove(path) {
+            ix.insert(held.clone(), size);
+        }
         Ok(held)
     }
 
     /// Put a held file back (queueing it again failed), unless a newer dead letter took its name.
     pub fn unhold(&self, held: &Path, path: &Path) {
-        if path.exists() {
+        let mut ix = self.index.lock().unwrap();
+        if ix.files.contains_key(path) {
+            drop(ix);
             self.remove(held);
         } else if let Err(e) = std::fs::rename(held, path) {
             tracing::error!(file = %held.display(), error = %e, "putting a dead letter back failed; it stays under this name");
+        } else if let Some(size) = ix.remove(held) {
+            ix.insert(path.to_path_buf(), size);
         }
     }
 
     /// Delete one stored file (after a replay was accepted, or a purge).
     pub fn remove(&self, path: &Path) {
-        if let Ok(meta) = std::fs::metadata(path)
-            && std::fs::remove_file(path).is_ok()
-        {
-            let mut u = self.usage.lock().unwrap();
-            u.0 = u.0.saturating_sub(1);
-            u.1 = u.1.saturating_sub(meta.len());
+        let mut ix = self.index.lock().unwrap();
+        if std::fs::remove_file(path).is_ok() || !path.exists() {
+            ix.remove(path);
         }
     }
 
@@ -294,5 +358,26 @@ mod tests {
         assert_eq!(store.usage().0, 1);
         assert_eq!(store.purge(None), 1);
         assert!(store.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_dead_letter_replaces_its_file_and_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DlqConfig { max_entries: 2, ..DlqConfig::default() };
+        let store = FileStore::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
+        let (a, b) = (report(), report());
+        for attempt in 1..=5 {
+            store.put(&a, &a.dests[0], "mapping error", attempt, 10).await.unwrap();
+        }
+        let size = std::fs::metadata(store.path(a.id, "openSearch")).unwrap().len();
+        assert_eq!(store.usage(), (1, size), "a repeat of the same report and consumer counted twice");
+        // Still room for a second report: the repeats did not fill the store.
+        store.put(&b, &b.dests[0], "401", 1, 11).await.unwrap();
+        assert_eq!(store.usage().0, 2);
+        assert_eq!(store.get(a.id)[0].0.attempts, 5);
+        // The index answers an unknown id, and agrees with a fresh open of the directory.
+        assert!(!store.holds(Uuid::now_v7()) && store.holds(a.id));
+        let reopened = FileStore::open(dir.path(), DlqConfig::default(), Sealer::new(&[3; 32])).unwrap();
+        assert_eq!(reopened.usage(), store.usage());
     }
 }

@@ -309,11 +309,13 @@ impl DeadLetters {
     }
 
     /// The dead letters of report `id` this process can show without reading a remote store
-    /// (the public `/reports/{id}` must not make anyone's request scan a topic).
-    pub fn get_local(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
+    /// (the public `/reports/{id}` must not make anyone's request scan a topic). An id without
+    /// dead letters is answered from the in-memory index, without touching the disk; the files
+    /// of one that has some are read on a blocking thread.
+    pub async fn get_local(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
         match self {
-            DeadLetters::Files(s) => s.get(id),
-            DeadLetters::Topic(_) => Vec::new(),
+            DeadLetters::Files(s) if s.holds(id) => s.off_thread(move |s| s.get(id)).await,
+            DeadLetters::Files(_) | DeadLetters::Topic(_) => Vec::new(),
         }
     }
 
@@ -321,7 +323,8 @@ impl DeadLetters {
     pub async fn replay(&self, ids: Option<&[Uuid]>, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
         match self {
             DeadLetters::Files(s) => {
-                let taken = s.take(ids);
+                let wanted = ids.map(<[Uuid]>::to_vec);
+                let taken = s.off_thread(move |s| s.take(wanted.as_deref())).await;
                 // Named by id, a record no route took is refused before anything is replayed.
                 if ids.is_some()
                     && let Some((report, _)) = taken.iter().find(|(r, _)| r.dests[0].key.starts_with(SOURCE_PREFIX))
@@ -342,15 +345,16 @@ impl DeadLetters {
                     }
                     // Set aside while it is queued again: delivery may fail it quickly and
                     // store a new dead letter under the same name, which must stay.
-                    let held = s.hold(&path).map_err(|error| ReplayError::Store {
+                    let at = path.clone();
+                    let held = s.off_thread(move |s| s.hold(&at)).await.map_err(|error| ReplayError::Store {
                         error: DlqError::Io { path: path.clone(), error },
                         replayed: replayed.len(),
                     })?;
                     if let Err(e) = to.send(report, replayed.len()).await {
-                        s.unhold(&held, &path);
+                        s.off_thread(move |s| s.unhold(&held, &path)).await;
                         return Err(e);
                     }
-                    s.remove(&held);
+                    s.off_thread(move |s| s.remove(&held)).await;
                     replayed.push(id);
                 }
                 Ok(replayed)

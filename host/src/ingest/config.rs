@@ -133,8 +133,9 @@ pub struct TenantConfig {
     pub max_body_bytes: Option<usize>,
     /// Most bytes of this access key's reports waiting for delivery in the queue; past it
     /// `/v1/ingest` answers this access key alone 503 `tenant_queue_full` with `Retry-After`
-    /// (others are still taken). Unset: an equal part, `queue.max_bytes` / the number of access
-    /// keys, so one tenant whose destinations are down cannot fill the queue for everyone.
+    /// (others are still taken). Unset: an equal part, `queue.max_bytes` / (the number of access
+    /// keys + 1), so one tenant whose destinations are down cannot fill the queue for everyone;
+    /// the last part is the share of reports without an access key (`/forward`, Kafka sources).
     /// Larger values overcommit the queue (then `queue.max_bytes` still bounds the whole). With
     /// nothing waiting, a request is taken whatever its size. Not applied by the Kafka queue.
     #[serde(default)]

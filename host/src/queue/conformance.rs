@@ -84,6 +84,14 @@ async fn lease_within(q: &Queue, wait: Duration) -> Vec<Arc<QueuedReport>> {
     got
 }
 
+/// What a local backend hands out now, without waiting: its leases come from an in-process
+/// stream, ready at once when it holds any (Kafka needs `lease_within`: records arrive from the
+/// broker over time).
+fn leased_now(q: &Queue) -> Vec<Arc<QueuedReport>> {
+    use futures::FutureExt;
+    q.lease().now_or_never().flatten().unwrap_or_default()
+}
+
 fn ack_all(q: &Queue, reports: &[Arc<QueuedReport>]) {
     let ids: Vec<Uuid> = reports.iter().map(|r| r.id).collect();
     q.ack(&ids, "openSearch", Done::Delivered);
@@ -215,7 +223,7 @@ async fn a_restart_leases_only_the_destinations_not_acknowledged(backend: QueueB
     }
     assert_eq!(q.stats().reports, 12);
     assert!(q.stats().bytes < sizes, "the acknowledged destinations' bytes are still counted");
-    let more = lease_within(&*q, Duration::from_millis(500)).await;
+    let more = leased_now(&*q); // the embedded queue only (Kafka's half is separate)
     assert!(more.is_empty(), "{} reports were leased twice", more.len());
     q.ack(&ids, "openSearch", Done::DeadLettered);
     assert_eq!((q.stats().reports, q.stats().bytes), (0, 0));
@@ -223,8 +231,27 @@ async fn a_restart_leases_only_the_destinations_not_acknowledged(backend: QueueB
     drop(q);
 
     let q = b.open();
-    let again = lease_within(&*q, Duration::from_secs(1)).await;
+    let again = leased_now(&*q);
     assert!(again.is_empty(), "{} finished reports came back after a second restart", again.len());
+    q.close().await;
+}
+
+/// The bytes held per tenant (and untenanted) are counted again from what recovery reads
+/// back, so shares hold across a restart.
+async fn tenant_bytes_survive_a_restart(backend: QueueBackend) {
+    let b = Bench::new(backend, 1 << 20).await;
+    let q = b.open();
+    let untenanted = QueuedReport { id: Uuid::now_v7(), source: None, tenant: None, ..report(1, "s") };
+    q.append(vec![of_tenant("a"), of_tenant("a"), of_tenant("b"), untenanted], false).await.unwrap();
+    let done = lease_n(&*q, 4).await.into_iter().find(|r| r.tenant.as_deref() == Some("a")).unwrap();
+    ack_all(&*q, &[done]);
+    let before: Vec<Option<u64>> = ["a", "b", ""].iter().map(|t| q.tenant_bytes(t)).collect();
+    assert_eq!(before, [Some(of_tenant("a").size()), Some(of_tenant("b").size()), Some(report(1, "s").size())]);
+    q.close().await;
+    drop(q);
+    let q = b.open();
+    let after: Vec<Option<u64>> = ["a", "b", ""].iter().map(|t| q.tenant_bytes(t)).collect();
+    assert_eq!(after, before, "per-tenant bytes differ after a restart");
     q.close().await;
 }
 
@@ -303,12 +330,14 @@ fn of_tenant(t: &str) -> QueuedReport {
 }
 
 /// The local backends hold each tenant to its share: a tenant past it is refused alone, with
-/// its own error, and taken again once its reports are acknowledged.
+/// its own error, and taken again once its reports are acknowledged. Reports without an access
+/// key (`/forward`) have a share of their own, so they cannot starve the tenants either.
 async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
     let one = of_tenant("a").size();
-    let b = Bench::new(backend, one * 8).await;
+    let b = Bench::new(backend, one * 9).await;
     let q = b.open();
-    let share = Some(TenantShare { max_bytes: None, tenants: 2 }); // 4 reports each
+    q.share_untenanted(Arc::new(|| 2));
+    let share = Some(TenantShare { max_bytes: None, tenants: 2 }); // 3 reports each, 3 untenanted
     let mut held = Vec::new();
     let err = loop {
         let r = of_tenant("a");
@@ -318,18 +347,30 @@ async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
             Err(e) => break e,
         }
     };
-    assert!(matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 4), "{err}");
+    assert!(matches!(&err, QueueError::TenantFull { tenant, max, .. } if tenant == "a" && *max == one * 3), "{err}");
     assert!(err.is_transient());
-    assert_eq!(held.len(), 4);
-    assert_eq!(q.tenant_bytes("a"), Some(one * 4));
-    for _ in 0..4 {
+    assert_eq!(held.len(), 3);
+    assert_eq!(q.tenant_bytes("a"), Some(one * 3));
+    // Untenanted reports (as `/forward` appends them: no share given) stop at their own part.
+    let untenanted = || QueuedReport { id: Uuid::now_v7(), source: None, tenant: None, ..report(1, "s") };
+    let mut forwarded = 0;
+    let err = loop {
+        match q.append(vec![untenanted()], false).await {
+            Ok(()) => forwarded += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(forwarded, 3);
+    assert!(matches!(&err, QueueError::TenantFull { tenant, .. } if tenant.is_empty()), "{err}");
+    assert!(err.to_string().contains("without an access key"), "{err}");
+    for _ in 0..3 {
         q.append_within(vec![of_tenant("b")], false, share).await.expect("another tenant is still taken");
     }
-    assert_eq!((q.tenant_bytes("a"), q.tenant_bytes("b")), (Some(one * 4), Some(one * 4)));
+    assert_eq!((q.tenant_bytes("a"), q.tenant_bytes("b")), (Some(one * 3), Some(one * 3)));
     // An explicit share overrides the equal part; a tenant with nothing waiting is always let in.
     let tiny = Some(TenantShare { max_bytes: Some(1), tenants: 2 });
     assert!(matches!(q.append_within(vec![of_tenant("b")], false, tiny).await, Err(QueueError::TenantFull { .. })));
-    lease_n(&*q, 8).await;
+    lease_n(&*q, 9).await;
     q.ack(&held, "openSearch", Done::Delivered);
     q.ack(&held, "webhook", Done::Delivered);
     assert_eq!(q.tenant_bytes("a"), Some(0));
@@ -390,6 +431,10 @@ macro_rules! suite {
         #[tokio::test(flavor = "multi_thread")]
         async fn crash_with_one_destination_acknowledged() {
             a_restart_leases_only_the_destinations_not_acknowledged($backend, true).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn tenant_bytes_after_a_restart() {
+            tenant_bytes_survive_a_restart($backend).await
         }
     };
     // What only a durable backend promises.

@@ -7,13 +7,14 @@
 //!
 //! Recovery replays the log: a report comes back with only the destinations no done record
 //! names, so a destination that acknowledged it before a restart is not given it again. (Every
-//! done record this host has written names its destination. One whose key cannot be read is
-//! still counted, as recovery always did: the report is finished once its done records number
-//! its destinations; until then every destination not named done comes back, a repeat rather
-//! than a loss.)
+//! done record this host has ever written names its destination; one whose key cannot be read
+//! is counted as an unreadable record and finishes nothing: that destination comes back, a
+//! repeat rather than a loss.)
 //!
 //! Bytes are counted per tenant too, so one access key whose destinations are down fills only
-//! its share of `queue.max_bytes` (`append_within`), not everyone's.
+//! its share of `queue.max_bytes` (`append_within`), not everyone's; reports without an access
+//! key (`/forward`, Kafka sources) have a share of their own once access keys are defined
+//! (`share_untenanted`).
 
 use super::crypto::Sealer;
 use super::log::{self, Damage, LogWriter};
@@ -46,8 +47,6 @@ struct Pending {
     report: Arc<QueuedReport>,
     /// The destinations (indexes into `report.dests`) not acknowledged yet.
     undone: Vec<u16>,
-    /// Recovery only: done records of this report that named no readable destination.
-    unnamed: usize,
     seg: u64,
     size: u64,
 }
@@ -55,7 +54,7 @@ struct Pending {
 impl Pending {
     fn new(report: Arc<QueuedReport>, seg: u64, size: u64) -> Pending {
         let undone = (0..report.dests.len() as u16).collect();
-        Pending { report, undone, unnamed: 0, seg, size }
+        Pending { report, undone, seg, size }
     }
 }
 
@@ -65,7 +64,7 @@ struct Inner {
     /// Live reports per segment.
     live: BTreeMap<u64, usize>,
     bytes: u64,
-    /// Bytes per tenant (reports that name one), included in `bytes`.
+    /// Bytes per tenant (`UNTENANTED`: reports that name none), included in `bytes`.
     tenants: HashMap<String, u64, foldhash::fast::RandomState>,
     /// Ids being appended now (not yet pending): a second request with one of them waits its turn.
     accepting: std::collections::HashSet<Uuid, foldhash::fast::RandomState>,
@@ -78,6 +77,9 @@ pub struct EmbeddedQueue {
     sealer: Sealer,
     inner: Mutex<Inner>,
     max_bytes: u64,
+    /// How many access keys are defined now (`share_untenanted`): reports without one get a
+    /// share of their own when there are some.
+    tenant_count: std::sync::OnceLock<super::TenantCount>,
     healthy: AtomicBool,
     closed: AtomicBool,
     /// Reports appended (or recovered) and not yet handed to delivery.
@@ -86,6 +88,8 @@ pub struct EmbeddedQueue {
 }
 
 const DONE: u8 = 2;
+/// The count key of reports without an access key (no access key is empty).
+const UNTENANTED: &str = "";
 /// Most reports one `lease` hands out.
 const LEASE_MAX: usize = 1024;
 
@@ -129,6 +133,7 @@ impl EmbeddedQueue {
             sealer,
             inner: Mutex::new(inner),
             max_bytes: cfg.max_bytes,
+            tenant_count: std::sync::OnceLock::new(),
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             to_lease,
@@ -156,10 +161,11 @@ impl EmbeddedQueue {
         share: Option<TenantShare>,
     ) -> Result<(), QueueError> {
         let size: u64 = reports.iter().map(QueuedReport::size).sum();
-        // The bytes of each tenant among these reports (one, from `/v1/ingest`).
+        // The bytes of each tenant among these reports (one, from `/v1/ingest`); reports
+        // without an access key (`/forward`, Kafka sources, replays) count as UNTENANTED.
         let mut by_tenant: Vec<(&str, u64)> = Vec::new();
         for r in &reports {
-            let Some(t) = r.tenant.as_deref() else { continue };
+            let t = r.tenant.as_deref().unwrap_or(UNTENANTED);
             match by_tenant.iter_mut().find(|(name, _)| *name == t) {
                 Some((_, n)) => *n += r.size(),
                 None => by_tenant.push((t, r.size())),
@@ -172,15 +178,20 @@ impl EmbeddedQueue {
             {
                 return Err(QueueError::InFlight(r.id));
             }
-            if let Some(share) = share {
-                let max = share.limit(self.max_bytes);
-                for (tenant, add) in &by_tenant {
-                    let used = g.tenants.get(*tenant).copied().unwrap_or(0);
-                    // As for the whole queue: a tenant with nothing waiting is always let in, so
-                    // a request larger than its share is not refused for ever.
-                    if used + add > max && used > 0 {
-                        return Err(QueueError::TenantFull { tenant: tenant.to_string(), used, max });
-                    }
+            let tenants = self.tenant_count.get().map_or(0, |count| count());
+            for (tenant, add) in &by_tenant {
+                // Untenanted reports have a share of their own once access keys are defined, so
+                // a `/forward` producer whose destination is down does not starve every tenant.
+                let max = match (*tenant == UNTENANTED, share) {
+                    (true, _) if tenants > 0 => TenantShare { max_bytes: None, tenants }.limit(self.max_bytes),
+                    (false, Some(share)) => share.limit(self.max_bytes),
+                    _ => continue,
+                };
+                let used = g.tenants.get(*tenant).copied().unwrap_or(0);
+                // As for the whole queue: a tenant with nothing waiting is always let in, so
+                // a request larger than its share is not refused for ever.
+                if used + add > max && used > 0 {
+                    return Err(QueueError::TenantFull { tenant: tenant.to_string(), used, max });
                 }
             }
             if g.bytes + size > self.max_bytes && g.bytes > 0 {
@@ -253,7 +264,7 @@ impl EmbeddedQueue {
         }
         let mut g = self.inner.lock().unwrap();
         for id in ids {
-            finish(&mut g, *id, Some(key));
+            finish(&mut g, *id, key);
         }
     }
 
@@ -299,6 +310,10 @@ impl ReportQueue for EmbeddedQueue {
         share: Option<TenantShare>,
     ) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(self.append_checked(reports, given_ids, share))
+    }
+
+    fn share_untenanted(&self, count: super::TenantCount) {
+        _ = self.tenant_count.set(count);
     }
 
     fn tenant_bytes(&self, tenant: &str) -> Option<u64> {
@@ -377,24 +392,16 @@ fn add_tenant(tenants: &mut HashMap<String, u64, foldhash::fast::RandomState>, t
 fn count(g: &mut Inner, p: &Pending, held: bool) {
     let delta = if held { p.size as i64 } else { -(p.size as i64) };
     g.bytes = g.bytes.saturating_add_signed(delta);
-    if let Some(t) = &p.report.tenant {
-        add_tenant(&mut g.tenants, t, delta);
-    }
+    add_tenant(&mut g.tenants, p.report.tenant.as_deref().unwrap_or(UNTENANTED), delta);
 }
 
-/// Destination `key` of report `id` is done (`None`: a done record whose destination could
-/// not be read); the report leaves once every destination is.
-fn finish(g: &mut Inner, id: Uuid, key: Option<&str>) {
+/// Destination `key` of report `id` is done; the report leaves once every destination is.
+fn finish(g: &mut Inner, id: Uuid, key: &str) {
     let Some(p) = g.pending.get_mut(&id) else { return };
-    match key {
-        Some(key) => {
-            // A second acknowledgement of one destination changes nothing.
-            let dests = &p.report.dests;
-            p.undone.retain(|i| dests[*i as usize].key != key);
-        }
-        None => p.unnamed += 1,
-    }
-    if p.undone.len() <= p.unnamed {
+    // A second acknowledgement of one destination changes nothing.
+    let dests = &p.report.dests;
+    p.undone.retain(|i| dests[*i as usize].key != key);
+    if p.undone.is_empty() {
         let p = g.pending.remove(&id).expect("present");
         count(g, &p, false);
         if let Some(n) = g.live.get_mut(&p.seg) {
@@ -423,7 +430,7 @@ fn prune_done_destinations(g: &mut Inner) {
             tenant: r.tenant.clone(),
         };
         let size = report.size();
-        p = Pending { unnamed: p.unnamed, ..Pending::new(Arc::new(report), p.seg, size) };
+        p = Pending::new(Arc::new(report), p.seg, size);
         count(g, &p, true);
         g.pending.insert(id, p);
     }
@@ -453,7 +460,9 @@ fn apply(g: &mut Inner, sealer: &Sealer, seq: u64, body: &[u8]) -> bool {
         },
         Some(&DONE) => {
             let Some(id) = body.get(1..17).and_then(|b| Uuid::from_slice(b).ok()) else { return false };
-            finish(g, id, done_key(&body[17..]));
+            // Every done record written names its destination (since the first durable queue).
+            let Some(key) = done_key(&body[17..]) else { return false };
+            finish(g, id, key);
             true
         }
         _ => false,
@@ -496,6 +505,22 @@ mod tests {
             source: None,
             tenant: None,
         }
+    }
+
+    #[test]
+    fn a_done_record_without_a_readable_key_is_unreadable_and_finishes_nothing() {
+        let sealer = Sealer::new(&[1; 32]);
+        let mut g = Inner::default();
+        let r = report(1);
+        assert!(apply(&mut g, &sealer, 0, &record::encode(&r, &sealer)));
+        for _ in 0..2 {
+            let mut done = vec![DONE];
+            done.extend_from_slice(r.id.as_bytes());
+            put_str16(&mut done, ""); // no key
+            done.push(Done::Delivered as u8);
+            assert!(!apply(&mut g, &sealer, 0, &done), "a done record naming no destination was read");
+        }
+        assert_eq!(g.pending[&r.id].undone.len(), 2, "it finished a destination it does not name");
     }
 
     #[tokio::test]

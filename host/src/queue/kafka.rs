@@ -59,9 +59,11 @@ const STATISTICS_EVERY_MS: u64 = 5_000;
 /// destination is left out of a copy of the report arriving later, within this many reports.
 const DONE_MAX: usize = 100_000;
 /// Longest read of a newly assigned partition for done-markers; past it, leasing goes on with
-/// what was read (the rest is delivered again: at least once). The consumer is not polled
-/// meanwhile: 12 partitions read to this bound stay within librdkafka's `max.poll.interval.ms`
-/// (300 s).
+/// what was read (the rest is delivered again: at least once). Partitions are read one after
+/// the other, each as its first record arrives, and the consumer is not polled meanwhile: a
+/// process newly assigned N partitions may wait up to N × 20 s before leasing from the last,
+/// within the `max.poll.interval.ms` that `crate::kafka` sets by default (1 h: 180 partitions
+/// at this bound; an operator's lower setting lowers that number).
 const READ_MARKS_FOR: Duration = Duration::from_secs(20);
 /// Longest wait, at a rebalance, for the done-markers produced so far to reach the broker
 /// (the partition's next owner reads them).
@@ -217,9 +219,12 @@ impl ConsumerContext for GroupContext {
                     unread.remove(&e.partition());
                 }
             }
-            // The partitions' next owners read the markers of what this process finished.
+            // The partitions' next owners read the markers of what this process finished. This
+            // callback runs inside the consumer's poll (on the async worker awaiting `recv`), and
+            // librdkafka needs the markers sent before the partitions go: the wait (at most
+            // FLUSH_MARKS_FOR) is declared blocking so tokio moves the worker's other tasks away.
             let producer = self.producer.lock().unwrap().clone();
-            if let Err(e) = producer.flush(FLUSH_MARKS_FOR) {
+            if let Err(e) = blocking(|| producer.flush(FLUSH_MARKS_FOR)) {
                 tracing::warn!(error = %e, "done-markers not flushed at a rebalance: the next owner may deliver them again");
             }
             tracing::info!(partitions = list.count(), "queue partitions revoked");
@@ -347,20 +352,21 @@ impl KafkaQueue {
                 let problem = tokio::task::spawn_blocking(move || q2.check())
                     .await
                     .unwrap_or_else(|_| Some("the broker check panicked".into()));
-                if problem.is_none() && q.renew.swap(false, Ordering::AcqRel) {
-                    tracing::warn!("the Kafka producer was fenced; producing with a new one");
-                    let q2 = q.clone();
-                    let _ = tokio::task::spawn_blocking(move || q2.renew_producer()).await;
-                }
+                let fenced = problem.is_none() && q.renew.swap(false, Ordering::AcqRel);
                 let was = std::mem::replace(&mut *q.problem.lock().unwrap(), problem.clone());
+                let back = was.is_some() && problem.is_none();
                 match (&was, &problem) {
                     (None, Some(p)) => tracing::error!(problem = %p, "Kafka queue unavailable"),
-                    (Some(_), None) => {
-                        tracing::info!("Kafka queue available again");
-                        let q2 = q.clone();
-                        let _ = tokio::task::spawn_blocking(move || q2.renew_producer()).await;
-                    }
+                    (Some(_), None) => tracing::info!("Kafka queue available again"),
                     _ => {}
+                }
+                if fenced {
+                    tracing::warn!("the Kafka producer was fenced; producing with a new one");
+                }
+                // At most one renewal per tick: each purges the sends in flight.
+                if fenced || back {
+                    let q2 = q.clone();
+                    let _ = tokio::task::spawn_blocking(move || q2.renew_producer()).await;
                 }
                 drop(q);
                 tokio::time::sleep(HEALTH_EVERY).await;
@@ -380,7 +386,10 @@ impl KafkaQueue {
         match self.producer_config.create::<FutureProducer>() {
             Ok(p) => {
                 let old = std::mem::replace(&mut *self.producer.lock().unwrap(), p);
-                drop(old); // purges and flushes: not under the lock
+                // Dropping the last clone purges, flushes and joins librdkafka's threads: here
+                // (a blocking thread) unless a send in flight still holds one, whose drop is
+                // then brief (what it held was purged).
+                drop(old);
             }
             Err(e) => tracing::warn!(error = %e, "a new Kafka producer could not be made; keeping the old one"),
         }
@@ -583,8 +592,14 @@ impl KafkaQueue {
     async fn read_marks(&self, partition: i32, from: i64) {
         let (cfg, closing) = (self.cfg.clone(), self.closed.clone());
         let started = std::time::Instant::now();
-        let read = tokio::task::spawn_blocking(move || read_marks(&cfg, partition, from, &closing)).await;
-        let (marks, complete) = match read {
+        // Each marker is learnt as it is read (one may name ~1 024 ids): a long partition is
+        // not buffered whole.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let reader = tokio::task::spawn_blocking(move || read_marks(&cfg, partition, from, &closing, tx));
+        while let Some((offset, mark)) = rx.recv().await {
+            self.leases.lock().unwrap().done.learn(&mark, partition, offset);
+        }
+        let (n, complete) = match reader.await {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 tracing::warn!(partition, error = %e, "reading a queue partition for done-markers failed: its unfinished reports go to every destination again");
@@ -595,11 +610,6 @@ impl KafkaQueue {
                 return;
             }
         };
-        let n = marks.len();
-        let mut g = self.leases.lock().unwrap();
-        for (offset, mark) in &marks {
-            g.done.learn(mark, partition, *offset);
-        }
         tracing::info!(
             partition,
             from,
@@ -644,7 +654,12 @@ impl KafkaQueue {
             }
             l.open.extend(new.iter().cloned());
             let dests = r.dests.iter().filter(|d| new.contains(&d.key)).cloned().collect();
-            return Some(Arc::new(QueuedReport { dests, ..r }));
+            let copy = QueuedReport { dests, ..r };
+            // Its bytes are held until the lease ends, like the first's.
+            let more = copy.size();
+            l.size += more;
+            g.bytes += more;
+            return Some(Arc::new(copy));
         }
         if r.dests.is_empty() {
             // Nothing to deliver (not written by this host): finished at once.
@@ -682,6 +697,15 @@ impl KafkaQueue {
     }
 }
 
+/// Run `f`, which waits on the cluster, from a synchronous callback that may be on an async
+/// worker: declared blocking there (multi-threaded runtime), so the worker's other tasks move.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The context of `read_marks`'s consumer: reaching the end of the partition is what it waits
 /// for, not an error to log.
 struct ReaderContext;
@@ -708,14 +732,16 @@ fn fenced(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 /// Read `partition` of the queue topic from offset `from` to its end (or for `READ_MARKS_FOR`,
-/// or until `closed`): the done-markers in it, with their offsets, and whether the end was
-/// reached. A consumer of its own, outside the group: it commits nothing.
+/// or until `closed`): the done-markers in it, with their offsets, sent to `learn` as they are
+/// read; how many, and whether the end was reached. A consumer of its own, outside the group:
+/// it commits nothing.
 fn read_marks(
     cfg: &KafkaConfig,
     partition: i32,
     from: i64,
     closed: &AtomicBool,
-) -> anyhow::Result<(Vec<(i64, record::Mark)>, bool)> {
+    learn: tokio::sync::mpsc::Sender<(i64, record::Mark)>,
+) -> anyhow::Result<(usize, bool)> {
     use rdkafka::{Offset, TopicPartitionList};
     let mut settings = client_config(cfg)?;
     // librdkafka assigns partitions only with a group id: the group's own (the one the
@@ -728,15 +754,16 @@ fn read_marks(
     tpl.add_partition_offset(&cfg.topic, partition, Offset::Offset(from))?;
     c.assign(&tpl)?;
     let deadline = std::time::Instant::now() + READ_MARKS_FOR;
-    let mut marks = Vec::new();
+    let mut marks = 0;
     while std::time::Instant::now() < deadline && !closed.load(Ordering::Acquire) {
         match c.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(m)) => {
-                if let Some(mark) = m.payload().and_then(record::decode_mark)
-                    && marks.len() < DONE_MAX
-                {
-                    marks.push((m.offset(), mark));
+                if let Some(mark) = m.payload().and_then(record::decode_mark) {
+                    if learn.blocking_send((m.offset(), mark)).is_err() {
+                        break; // the queue is going away
+                    }
+                    marks += 1;
                 }
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) if p == partition => return Ok((marks, true)),
@@ -792,6 +819,7 @@ impl ReportQueue for KafkaQueue {
                     l.open.swap_remove(i);
                 }
                 let mut partitions: Vec<i32> = l.records.iter().map(|(p, _)| *p).collect();
+                partitions.sort_unstable();
                 partitions.dedup();
                 for p in partitions {
                     marks.entry(p).or_default().push(*id);
@@ -831,7 +859,12 @@ impl ReportQueue for KafkaQueue {
         Box::pin(async move {
             self.closed.store(true, Ordering::Release);
             self.closing.notify_waiters();
-            let _ = self.producer().flush(Duration::from_millis(self.cfg.ingest_timeout_ms));
+            let (producer, wait) = (self.producer(), Duration::from_millis(self.cfg.ingest_timeout_ms));
+            // Flushing waits for the cluster: on a blocking thread, not an async worker.
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = producer.flush(wait);
+            })
+            .await;
             if let Some(c) = self.consumer.clone() {
                 // The stored offsets (up to the first unfinished record of each partition).
                 let done = tokio::task::spawn_blocking(move || c.commit_consumer_state(CommitMode::Sync)).await;

@@ -114,12 +114,9 @@ pub enum QueueError {
     },
     /// The reports' tenant (access key) has its share of the queue waiting already
     /// (`ingest.tenants[].max_queue_bytes`): its destinations are slow or down. Other tenants
-    /// are still taken.
-    #[error(
-        "access key `{tenant}` has {used} bytes of reports waiting for delivery, its share of the queue is {max} bytes \
-         (ingest.tenants[].max_queue_bytes): its destinations are slow or down; retry after its reports drain \
-         (GET /reports/{{id}} says why they wait), or the operator raises its share"
-    )]
+    /// are still taken. `tenant` is empty for reports without an access key (their own share,
+    /// `queue.max_bytes / (access keys + 1)`, once access keys are defined).
+    #[error("{}", tenant_full(tenant, used, max))]
     TenantFull {
         /// The access key.
         tenant: String,
@@ -131,6 +128,23 @@ pub enum QueueError {
     /// This process does not take reports (`--role deliver`).
     #[error("this process only delivers (--role deliver): send reports to an ingest process")]
     NotIngest,
+}
+
+fn tenant_full(tenant: &str, used: &u64, max: &u64) -> String {
+    if tenant.is_empty() {
+        format!(
+            "reports without an access key (/forward, Kafka sources, replays) have {used} bytes waiting for delivery, \
+             their share of the queue is {max} bytes (queue.max_bytes / (access keys + 1)): their destinations are slow \
+             or down; retry after they drain (GET /reports/{{id}} says why they wait), send with an access key \
+             (/v1/ingest), or the operator raises queue.max_bytes"
+        )
+    } else {
+        format!(
+            "access key `{tenant}` has {used} bytes of reports waiting for delivery, its share of the queue is {max} bytes \
+             (ingest.tenants[].max_queue_bytes): its destinations are slow or down; retry after its reports drain \
+             (GET /reports/{{id}} says why they wait), or the operator raises its share"
+        )
+    }
 }
 
 impl QueueError {
@@ -170,12 +184,13 @@ pub struct TenantShare {
 
 impl TenantShare {
     /// The bytes a tenant may hold in a queue of `queue_max` bytes: its setting, or
-    /// `queue_max / tenants`. The default shares add up to the queue, so however many tenants
-    /// stall, each other tenant keeps its part (reports without an access key, from `/forward`
-    /// and Kafka sources, count only against the whole queue). A tenant with nothing waiting is
-    /// always let in, so one request larger than its share still passes, alone.
+    /// `queue_max / (tenants + 1)`. Reports without an access key (`/forward`, Kafka sources,
+    /// replays) hold the last such part: the default shares add up to the queue, so however
+    /// many tenants (or the untenanted producers) stall, each other keeps its part. A tenant
+    /// with nothing waiting is always let in, so one request larger than its share still
+    /// passes, alone.
     pub fn limit(&self, queue_max: u64) -> u64 {
-        self.max_bytes.unwrap_or(queue_max / self.tenants.max(1) as u64)
+        self.max_bytes.unwrap_or(queue_max / (self.tenants as u64 + 1))
     }
 }
 
@@ -207,7 +222,14 @@ pub trait ReportQueue: Send + Sync {
         self.append(reports, given_ids)
     }
 
-    /// Bytes of `tenant`'s reports held now; `None` when the backend does not count them (Kafka).
+    /// Give reports without an access key a share of their own (`queue.max_bytes / (tenants +
+    /// 1)`) while `count` (the access keys defined now) is not 0. Local backends only.
+    fn share_untenanted(&self, count: TenantCount) {
+        let _ = count;
+    }
+
+    /// Bytes of `tenant`'s reports held now (`""`: reports without an access key); `None`
+    /// when the backend does not count them (Kafka).
     fn tenant_bytes(&self, tenant: &str) -> Option<u64> {
         let _ = tenant;
         None
@@ -231,6 +253,9 @@ pub trait ReportQueue: Send + Sync {
     /// offsets): the next process resumes from here.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
+
+/// How many access keys are defined now (they are reloaded).
+pub type TenantCount = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// The shared queue type.
 pub type Queue = dyn ReportQueue;

@@ -336,7 +336,7 @@ async fn report_status(
             .collect();
         return Ok(Json(json!({ "id": uuid, "consumers": consumers })).into_response());
     }
-    let dead = state.dlq.get_local(uuid);
+    let dead = state.dlq.get_local(uuid).await;
     if !dead.is_empty() {
         if !may_read(dead[0].0.tenant.as_deref()) {
             return Err(unknown());

@@ -2,13 +2,15 @@
 //! `queue.max_bytes`. Tenant `stuck` sends to OpenSearch at a closed port, so its reports stay
 //! queued; past its share it alone is answered 503 `tenant_queue_full` with Retry-After, while
 //! `fine` is still taken and delivered to a file; `/metrics` shows each access key's bytes.
+//! Reports without an access key (`/forward`) have a share of their own: a `/forward` producer
+//! whose destination is down is refused past it, and `fine` is still taken.
 
 use crate::helpers::*;
 use data_exporter::ingest::config::{IngestConfig, TenantConfig};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// `queue.max_bytes`: two tenants, so each gets half by default.
+/// `queue.max_bytes`: two tenants and the untenanted reports, so each gets a third by default.
 const QUEUE_MAX: u64 = 64 * 1024;
 
 fn tenant(dir: &std::path::Path, key: &str, token: &str, route: Value) -> TenantConfig {
@@ -70,7 +72,7 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
     })
     .await;
 
-    // `stuck` sends 2 KB records until refused: within its half of the queue.
+    // `stuck` sends 2 KB records until refused: within its third of the queue.
     let record = |n: usize| json!([{"n": n, "blob": "x".repeat(2000)}]);
     let mut accepted = 0;
     let (headers, refusal) = loop {
@@ -85,7 +87,7 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
     assert!(accepted >= 10, "refused after only {accepted} records");
     assert_eq!(refusal["error"]["code"], "tenant_queue_full", "{refusal}");
     let message = refusal["error"]["message"].as_str().unwrap();
-    assert!(message.contains("`stuck`") && message.contains(&(QUEUE_MAX / 2).to_string()), "{message}");
+    assert!(message.contains("`stuck`") && message.contains(&(QUEUE_MAX / 3).to_string()), "{message}");
     assert!(message.contains("max_queue_bytes"), "the message says what the operator can change: {message}");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry >= 1, "{retry}");
@@ -109,9 +111,33 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
     // nothing (delivered), and reports without an access key have their own series.
     let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
     let stuck = tenant_bytes(&metrics, "stuck").expect("a series for `stuck`");
-    assert!(stuck > QUEUE_MAX / 2 - 4000 && stuck <= QUEUE_MAX / 2, "{stuck}\n{metrics}");
+    assert!(stuck > QUEUE_MAX / 3 - 4000 && stuck <= QUEUE_MAX / 3, "{stuck}\n{metrics}");
     assert_eq!(tenant_bytes(&metrics, "fine"), Some(0), "{metrics}");
     assert_eq!(tenant_bytes(&metrics, "(other)"), Some(0), "{metrics}");
+
+    // A `/forward` producer whose destination is down fills only the untenanted share.
+    let forward = |n: usize| {
+        json!({
+            "config": {"openSearch": {"host_port": closed, "index": "never"}},
+            "payload": json!({"n": n, "blob": "x".repeat(2000)}).to_string(),
+        })
+        .to_string()
+    };
+    let mut forwarded = 0;
+    let refusal = loop {
+        let (status, v) = app.forward(forward(forwarded)).await;
+        match status {
+            202 => forwarded += 1,
+            503 => break v,
+            other => panic!("unexpected {other}: {v}"),
+        }
+        assert!(forwarded < 100, "never refused: /forward has no share of its own");
+    };
+    assert_eq!(refusal["error"]["code"], "tenant_queue_full", "{refusal}");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("without an access key") && message.contains(&(QUEUE_MAX / 3).to_string()), "{message}");
+    let (status, _, v) = ingest(&app, &fine_token, &json!([{"fine": "after /forward"}])).await;
+    assert_eq!(status, 202, "an access key was refused because of /forward: {v}");
     assert!(metrics.contains("data_exporter_requests_rejected_total{code=\"tenant_queue_full\"}"), "{metrics}");
 }
 
