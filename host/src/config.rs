@@ -39,9 +39,9 @@ pub struct Config {
     /// The queue between accepting and delivering.
     pub queue: QueueConfig,
     /// Delivery workers: batching, concurrency, retries.
-    pub delivery: DeliveryConfig,
+    pub delivery: crate::delivery::DeliveryConfig,
     /// The dead-letter store.
-    pub dlq: DlqConfig,
+    pub dlq: crate::dlq::DlqConfig,
     /// Limits on what producers may send.
     pub limits: Limits,
     /// The outbound HTTP capability granted to plugins.
@@ -71,8 +71,8 @@ impl Default for Config {
             admin_token_file: None,
             shutdown_grace_ms: 10_000,
             queue: QueueConfig::default(),
-            delivery: DeliveryConfig::default(),
-            dlq: DlqConfig::default(),
+            delivery: crate::delivery::DeliveryConfig::default(),
+            dlq: crate::dlq::DlqConfig::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -296,67 +296,6 @@ impl Default for KafkaConfig {
             properties: Default::default(),
             properties_from_files: Default::default(),
         }
-    }
-}
-
-/// Delivery workers, one per destination (plugin + destination config).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
-    /// Most reports in one batch handed to a plugin.
-    pub batch_max_reports: usize,
-    /// Most payload bytes in one batch.
-    pub batch_max_bytes: usize,
-    /// How long a worker waits for more reports to fill a batch, in milliseconds.
-    pub linger_ms: u64,
-    /// Most plugin calls (batches in flight) across all destinations.
-    pub max_concurrent_calls: usize,
-    /// First retry delay, in milliseconds; doubles per attempt, with full jitter.
-    pub retry_initial_ms: u64,
-    /// Longest retry delay, in milliseconds.
-    pub retry_max_ms: u64,
-    /// How long a destination of a 0.2.0 plugin stays open with nothing to deliver, in ms;
-    /// then it is flushed and closed (and opened again for the next report). It is closed
-    /// sooner when another caller waits for one of the plugin's instances: least recently used first.
-    pub destination_idle_ms: u64,
-    /// Attempts after which a report goes to the dead-letter store.
-    pub max_attempts: u32,
-    /// Age (since accepted) after which a report that still fails goes to the
-    /// dead-letter store, in seconds.
-    pub max_age_secs: u64,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            batch_max_reports: 500,
-            batch_max_bytes: 5 * 1024 * 1024,
-            linger_ms: 5,
-            max_concurrent_calls: 64,
-            retry_initial_ms: 200,
-            retry_max_ms: 60_000,
-            destination_idle_ms: 5_000,
-            max_attempts: 20,
-            max_age_secs: 24 * 3600,
-        }
-    }
-}
-
-/// The dead-letter store (`<data_dir>/dlq`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DlqConfig {
-    /// Most dead letters kept. When full, a report that failed for good stays queued (its
-    /// status says why; counted in `data_exporter_dlq_blocked_total` and logged) and is moved
-    /// here once there is room: nothing acknowledged is dropped.
-    pub max_entries: usize,
-    /// Most bytes of dead letters kept.
-    pub max_bytes: u64,
-}
-
-impl Default for DlqConfig {
-    fn default() -> Self {
-        DlqConfig { max_entries: 100_000, max_bytes: 1024 * 1024 * 1024 }
     }
 }
 
@@ -663,15 +602,7 @@ impl RuntimeConfig {
     }
 }
 
-/// What happens to reports for a quarantined plugin.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuarantinePolicy {
-    /// They stay queued until the plugin is released (by a restart or reload).
-    Wait,
-    /// They go to the dead-letter store, to be replayed later.
-    DeadLetter,
-}
+pub use crate::delivery::QuarantinePolicy;
 
 /// The sandbox of one plugin. A call that breaks a limit fails alone: its
 /// instance is discarded and its reports are retried.

@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod server;
 pub mod sources;
 pub mod status;
+pub mod tap;
 pub mod toolkit;
 pub mod watch;
 
@@ -121,10 +122,10 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         role = %cfg.role,
         "queue opened"
     );
-    let dlq = Arc::new(match kafka {
-        Some(k) => dlq::DeadLetters::Topic(dlq::TopicStore::open(&cfg.queue.kafka, sealer, k)),
-        None => dlq::DeadLetters::Files(dlq::FileStore::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?),
-    });
+    let dlq: Arc<dlq::DeadLetters> = match kafka {
+        Some(k) => Arc::new(dlq::TopicStore::open(&cfg.queue.kafka, sealer, k)),
+        None => Arc::new(dlq::FileStore::open(&cfg.data_dir, cfg.dlq.clone(), sealer)?),
+    };
     let status = Arc::new(status::StatusBook::new(KEEP_FINISHED, KEEP_TRACKED));
     let secrets = Arc::new(
         capabilities::secrets::SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins)

@@ -1,4 +1,5 @@
-//! What producers may see of a reason: URLs cut to their origin.
+//! What producers may see of a reason: URLs cut to their origin; what operators may see of a
+//! destination: secrets hidden.
 //!
 //! Reasons come from plugins and from the host's HTTP stack, and often quote the URL a request
 //! went to. A webhook URL carries its credential in the path (`/services/T000/B000/XXXX`), a
@@ -14,6 +15,10 @@
 //! destination, as written and percent-decoded, and every other string value of 8 characters or
 //! more, whole, with `<redacted>`; a reason that ends in the first characters (4 or more) of one
 //! of these (cut to a length mid-token) has that end redacted too.
+//!
+//! Destinations shown to an operator (dead letters on the admin API, the tap) lose their secrets
+//! instead: [`hide_secrets`] replaces the values of a plugin's `secret` parameters and of fields
+//! named like secrets, [`redact_destination`] also cuts every URL to its origin.
 
 use serde_json::Value;
 
@@ -242,6 +247,61 @@ pub fn public_value(value: &impl serde::Serialize) -> Value {
     v
 }
 
+/// Parameter names treated as secrets even when no plugin says so.
+pub fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "token", "key", "credential", "auth"].iter().any(|w| n.contains(w)) && n != "secretref"
+}
+
+/// A destination (JSON object text) fit to show an operator: the values of `secret` parameters
+/// (and of fields named like secrets) replaced by `"***"`, every URL cut to its origin
+/// ([`public_reason`]). Unparseable text is shown as a placeholder.
+pub fn redact_destination(destination: &str, secret_params: &[String]) -> Value {
+    let Ok(mut v) = serde_json::from_str::<Value>(destination) else {
+        return serde_json::json!("<not JSON>");
+    };
+    hide_secrets(&mut v, secret_params);
+    public_json(&mut v);
+    v
+}
+
+/// In a destination: the values of `secret` parameters, and of fields named like secrets at any
+/// depth (headers, say), replaced by `"***"`. URLs are left whole.
+pub fn hide_secrets(v: &mut Value, secret_params: &[String]) {
+    if let Some(obj) = v.as_object_mut() {
+        for (k, val) in obj.iter_mut() {
+            if (secret_params.contains(k) || looks_secret(k)) && !val.as_str().is_some_and(str::is_empty) {
+                *val = serde_json::json!("***");
+            } else {
+                hide_nested(val);
+            }
+        }
+    }
+}
+
+/// Inside a destination's objects and arrays (headers, say): values under secret-looking keys
+/// become `"***"`, at any depth.
+fn hide_nested(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            for (k, val) in obj.iter_mut() {
+                if looks_secret(k) && !val.is_null() {
+                    *val = serde_json::json!("***");
+                } else {
+                    hide_nested(val);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_nested),
+        _ => {}
+    }
+}
+
+/// The names of a plugin's `secret` destination parameters.
+pub fn secret_params(info: &crate::bindings::PluginInfo) -> Vec<String> {
+    info.parameters.iter().filter(|p| p.secret).map(|p| p.name.clone()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +404,31 @@ mod tests {
         let mut v = serde_json::json!({"a": {"reason": "to https://h/x/y", "n": 1}, "l": ["s3://b/k"]});
         public_json(&mut v);
         assert_eq!(v, serde_json::json!({"a": {"reason": "to https://h", "n": 1}, "l": ["s3://b"]}));
+    }
+
+    #[test]
+    fn secrets_nested_in_a_destination_are_hidden_too() {
+        let shown = redact_destination(
+            r#"{"url":"https://hooks.example/x","headers":{"x-api-key":"k1","DD-API-KEY":"k2","Authorization":"Bearer t","accept":"json"},"list":[{"token":"t2"}]}"#,
+            &[],
+        );
+        let text = shown.to_string();
+        for secret in ["k1", "k2", "Bearer t", "t2"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert_eq!(shown["headers"]["accept"], "json");
+    }
+
+    #[test]
+    fn destinations_lose_secrets_and_url_paths() {
+        let shown = redact_destination(
+            r#"{"host_port":"https://u:pw@os:9200/x?token=1","password":"hunter2","apiKey":"k","username":"","secretRef":"os"}"#,
+            &["password".to_string()],
+        );
+        assert_eq!(
+            shown,
+            serde_json::json!({"host_port": "https://os:9200", "password": "***", "apiKey": "***", "username": "", "secretRef": "os"})
+        );
+        assert_eq!(redact_destination("nope", &[]), serde_json::json!("<not JSON>"));
     }
 }

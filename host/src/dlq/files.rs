@@ -5,10 +5,10 @@
 //! async worker, so a slow or stalled disk delays that dead letter only (not `/healthz`, not
 //! other deliveries).
 
-use super::{DeadLetter, DlqError, Summary};
-use crate::config::DlqConfig;
+use super::{DeadLetter, DeadLetterStore, DlqConfig, DlqError, ReplayError, Requeue, SOURCE_PREFIX, Summary};
 use crate::queue::crypto::Sealer;
 use crate::queue::{QueuedDest, QueuedReport};
+use futures::future::BoxFuture;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -104,72 +104,14 @@ impl FileStore {
     }
 
     /// Run `f` (it reads or deletes files) on a blocking thread.
-    pub async fn off_thread<T: Send + 'static>(&self, f: impl FnOnce(&FileStore) -> T + Send + 'static) -> T {
+    async fn off_thread<T: Send + 'static>(&self, f: impl FnOnce(&FileStore) -> T + Send + 'static) -> T {
         let s = self.clone();
         tokio::task::spawn_blocking(move || f(&s)).await.expect("reading dead letters does not panic")
-    }
-
-    /// Entries and bytes held.
-    pub fn usage(&self) -> (usize, u64) {
-        self.index.lock().unwrap().usage()
-    }
-
-    /// Dead letters refused because the store was full, since start (their reports stay
-    /// queued and are offered again).
-    pub fn refused_while_full(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
     }
 
     fn path(&self, id: Uuid, consumer: &str) -> PathBuf {
         // Config keys are restricted to [A-Za-z0-9_.-] at load, safe in a file name.
         self.dir.join(format!("{id}.{consumer}.json"))
-    }
-
-    /// Store a dead letter (fsynced), on a blocking thread.
-    pub async fn put(
-        &self,
-        report: &QueuedReport,
-        dest: &QueuedDest,
-        reason: &str,
-        attempts: u32,
-        now_ms: u64,
-    ) -> Result<(), DlqError> {
-        let path = self.path(report.id, &dest.key);
-        // The cheap refusal first: a full store is asked again every few seconds per report.
-        if let Some(full) = self.full(&path) {
-            return Err(full);
-        }
-        let dl = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
-        let (dir, index, refused, cfg) = (self.dir.clone(), self.index.clone(), self.refused.clone(), self.cfg.clone());
-        let at = path.clone();
-        // Serialising a large payload, writing and syncing: none of it on an async worker. A
-        // caller that goes away meanwhile (shutdown) leaves the write to finish or fail alone.
-        tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
-            let len = bytes.len() as u64;
-            // A dead letter of the same report and consumer (a repeat, a resend) is replaced:
-            // it counts once, at its new size.
-            let old = {
-                let mut ix = index.lock().unwrap();
-                let old = ix.files.get(&path).copied();
-                let (entries, bytes) = ix.usage();
-                if (old.is_none() && entries >= cfg.max_entries) || bytes - old.unwrap_or(0) + len > cfg.max_bytes {
-                    refused.fetch_add(1, Ordering::Relaxed);
-                    return Err(DlqError::Full { entries, bytes });
-                }
-                ix.insert(path.clone(), len)
-            };
-            write_synced(&dir, &path, &bytes).map_err(|error| {
-                let mut ix = index.lock().unwrap();
-                match old {
-                    Some(size) if path.exists() => ix.insert(path.clone(), size),
-                    _ => ix.remove(&path),
-                };
-                DlqError::Io { path, error }
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(DlqError::Io { path: at, error: std::io::Error::other(e) }))
     }
 
     /// `Full` when the store cannot take a new file at `path` now (counted as a refusal).
@@ -195,12 +137,12 @@ impl FileStore {
     }
 
     /// Whether report `id` has a dead letter here (no disk access).
-    pub fn holds(&self, id: Uuid) -> bool {
+    fn holds(&self, id: Uuid) -> bool {
         self.index.lock().unwrap().by_id.contains_key(&id)
     }
 
-    /// Every dead letter, oldest first.
-    pub fn list(&self) -> Vec<Summary> {
+    /// Every dead letter, oldest first (reads the files).
+    fn summaries(&self) -> Vec<Summary> {
         let mut out: Vec<Summary> = self
             .files()
             .iter()
@@ -217,8 +159,8 @@ impl FileStore {
         out
     }
 
-    /// The dead letters of report `id`, with the destination opened (for the caller to redact).
-    pub fn get(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
+    /// The dead letters of report `id`, with the destination opened (reads the files).
+    fn letters(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
         let paths: Vec<PathBuf> = {
             let ix = self.index.lock().unwrap();
             let held = ix.by_id.get(&id).into_iter().flatten();
@@ -240,7 +182,7 @@ impl FileStore {
 
     /// The dead letters of `ids` (all when `None`), with their files (left in place), as
     /// reports ready to queue again (same id, one destination each).
-    pub fn take(&self, ids: Option<&[Uuid]>) -> Vec<(QueuedReport, PathBuf)> {
+    fn take(&self, ids: Option<&[Uuid]>) -> Vec<(QueuedReport, PathBuf)> {
         let mut out = Vec::new();
         for p in self.files() {
             let Some(d) = self.read(&p) else { continue };
@@ -258,7 +200,7 @@ impl FileStore {
 
     /// Set a stored file aside (renamed `*.held`) while its report is queued again; a new dead
     /// letter of the same report and consumer can then be stored meanwhile.
-    pub fn hold(&self, path: &Path) -> std::io::Result<PathBuf> {
+    fn hold(&self, path: &Path) -> std::io::Result<PathBuf> {
         let held = path.with_extension("held");
         let mut ix = self.index.lock().unwrap();
         std::fs::rename(path, &held)?;
@@ -269,7 +211,7 @@ impl FileStore {
     }
 
     /// Put a held file back (queueing it again failed), unless a newer dead letter took its name.
-    pub fn unhold(&self, held: &Path, path: &Path) {
+    fn unhold(&self, held: &Path, path: &Path) {
         let mut ix = self.index.lock().unwrap();
         if ix.files.contains_key(path) {
             drop(ix);
@@ -282,7 +224,7 @@ impl FileStore {
     }
 
     /// Delete one stored file (after a replay was accepted, or a purge).
-    pub fn remove(&self, path: &Path) {
+    fn remove(&self, path: &Path) {
         let mut ix = self.index.lock().unwrap();
         if std::fs::remove_file(path).is_ok() || !path.exists() {
             ix.remove(path);
@@ -290,7 +232,7 @@ impl FileStore {
     }
 
     /// Delete the dead letters of `ids` (all when `None`); how many.
-    pub fn purge(&self, ids: Option<&[Uuid]>) -> usize {
+    fn delete(&self, ids: Option<&[Uuid]>) -> usize {
         let mut n = 0;
         for p in self.files() {
             let hit = match ids {
@@ -303,6 +245,132 @@ impl FileStore {
             }
         }
         n
+    }
+}
+
+impl DeadLetterStore for FileStore {
+    /// Store a dead letter (fsynced), on a blocking thread.
+    fn put<'a>(
+        &'a self,
+        report: &'a QueuedReport,
+        dest: &'a QueuedDest,
+        reason: &'a str,
+        attempts: u32,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), DlqError>> {
+        Box::pin(async move {
+            let path = self.path(report.id, &dest.key);
+            // The cheap refusal first: a full store is asked again every few seconds per report.
+            if let Some(full) = self.full(&path) {
+                return Err(full);
+            }
+            let dl = DeadLetter::new(report, dest, reason, attempts, now_ms, &self.sealer);
+            let (dir, index, refused, cfg) =
+                (self.dir.clone(), self.index.clone(), self.refused.clone(), self.cfg.clone());
+            let at = path.clone();
+            // Serialising a large payload, writing and syncing: none of it on an async worker. A
+            // caller that goes away meanwhile (shutdown) leaves the write to finish or fail alone.
+            tokio::task::spawn_blocking(move || {
+                let bytes = serde_json::to_vec_pretty(&dl).expect("a dead letter serialises");
+                let len = bytes.len() as u64;
+                // A dead letter of the same report and consumer (a repeat, a resend) is replaced:
+                // it counts once, at its new size.
+                let old = {
+                    let mut ix = index.lock().unwrap();
+                    let old = ix.files.get(&path).copied();
+                    let (entries, bytes) = ix.usage();
+                    if (old.is_none() && entries >= cfg.max_entries) || bytes - old.unwrap_or(0) + len > cfg.max_bytes {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(DlqError::Full { entries, bytes });
+                    }
+                    ix.insert(path.clone(), len)
+                };
+                write_synced(&dir, &path, &bytes).map_err(|error| {
+                    let mut ix = index.lock().unwrap();
+                    match old {
+                        Some(size) if path.exists() => ix.insert(path.clone(), size),
+                        _ => ix.remove(&path),
+                    };
+                    DlqError::Io { path, error }
+                })
+            })
+            .await
+            .unwrap_or_else(|e| Err(DlqError::Io { path: at, error: std::io::Error::other(e) }))
+        })
+    }
+
+    fn usage(&self) -> Option<(usize, u64)> {
+        Some(self.index.lock().unwrap().usage())
+    }
+
+    /// Their reports stay queued and are offered again.
+    fn refused_while_full(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Summary>, DlqError>> {
+        Box::pin(async move { Ok(self.off_thread(|s| s.summaries()).await) })
+    }
+
+    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Vec<(DeadLetter, Option<String>)>, DlqError>> {
+        Box::pin(async move { Ok(self.off_thread(move |s| s.letters(id)).await) })
+    }
+
+    /// An id without dead letters is answered from the in-memory index, without touching the
+    /// disk; the files of one that has some are read on a blocking thread.
+    fn get_local(&self, id: Uuid) -> BoxFuture<'_, Vec<(DeadLetter, Option<String>)>> {
+        Box::pin(async move { if self.holds(id) { self.off_thread(move |s| s.letters(id)).await } else { Vec::new() } })
+    }
+
+    fn replay<'a>(
+        &'a self,
+        ids: Option<&'a [Uuid]>,
+        to: &'a Requeue<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>> {
+        Box::pin(async move {
+            let wanted = ids.map(<[Uuid]>::to_vec);
+            let taken = self.off_thread(move |s| s.take(wanted.as_deref())).await;
+            // Named by id, a record no route took is refused before anything is replayed.
+            if ids.is_some()
+                && let Some((report, _)) = taken.iter().find(|(r, _)| r.dests[0].key.starts_with(SOURCE_PREFIX))
+            {
+                return Err(ReplayError::Selection(format!(
+                    "report {} is a record `{}` could not route: it has no destination to be replayed to; read \
+                     it with `data-exporter dlq show {}`, fix what produced it, and purge it. Nothing was replayed",
+                    report.id,
+                    &report.dests[0].key[SOURCE_PREFIX.len()..],
+                    report.id
+                )));
+            }
+            let mut replayed = Vec::new();
+            for (report, path) in taken {
+                let id = report.id;
+                if report.dests[0].key.starts_with(SOURCE_PREFIX) {
+                    continue; // `--all`: a record no route took stays to be read, then purged
+                }
+                // Set aside while it is queued again: delivery may fail it quickly and
+                // store a new dead letter under the same name, which must stay.
+                let at = path.clone();
+                let held = self.off_thread(move |s| s.hold(&at)).await.map_err(|error| ReplayError::Store {
+                    error: DlqError::Io { path: path.clone(), error },
+                    replayed: replayed.len(),
+                })?;
+                if let Err(e) = to.send(report, replayed.len()).await {
+                    self.off_thread(move |s| s.unhold(&held, &path)).await;
+                    return Err(e);
+                }
+                self.off_thread(move |s| s.remove(&held)).await;
+                replayed.push(id);
+            }
+            Ok(replayed)
+        })
+    }
+
+    fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>> {
+        Box::pin(async move {
+            let ids = ids.map(<[Uuid]>::to_vec);
+            Ok(self.off_thread(move |s| s.delete(ids.as_deref())).await)
+        })
     }
 }
 
@@ -332,52 +400,78 @@ mod tests {
         }
     }
 
+    /// The store through the trait delivery and the admin API use, and the store itself for
+    /// what only it can do (its files, taking them for a replay).
+    fn open(dir: &Path, cfg: DlqConfig) -> (FileStore, Arc<dyn DeadLetterStore>) {
+        let store = FileStore::open(dir, cfg, Sealer::new(&[3; 32])).unwrap();
+        (store.clone(), Arc::new(store))
+    }
+
     #[tokio::test]
     async fn stored_listed_replayed_and_bounded_without_plain_secrets() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = DlqConfig { max_entries: 2, ..DlqConfig::default() };
-        let store = FileStore::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
+        let (files, store) = open(dir.path(), DlqConfig { max_entries: 2, ..DlqConfig::default() });
         let (a, b, c) = (report(), report(), report());
         store.put(&a, &a.dests[0], "mapping error", 1, 10).await.unwrap();
         store.put(&b, &b.dests[0], "401", 2, 11).await.unwrap();
         assert!(matches!(store.put(&c, &c.dests[0], "x", 1, 12).await, Err(DlqError::Full { entries: 2, .. })));
         assert_eq!(store.refused_while_full(), 1);
-        for p in store.files() {
+        for p in files.files() {
             let text = std::fs::read_to_string(p).unwrap();
             assert!(!text.contains("pw-9f8e7d"), "a password is stored in plain text");
         }
-        let list = store.list();
+        let list = store.list().await.unwrap();
         assert_eq!(list.iter().map(|s| s.reason.as_str()).collect::<Vec<_>>(), ["mapping error", "401"]);
-        let (dl, dest) = &store.get(a.id)[0];
+        let got = store.get(a.id).await.unwrap();
+        let (dl, dest) = &got[0];
         assert_eq!((dl.attempts, dest.as_deref()), (1, Some(r#"{"password":"pw-9f8e7d"}"#)));
-        let taken = store.take(Some(&[b.id]));
+        let taken = files.take(Some(&[b.id]));
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].0.id, b.id);
         assert_eq!(&*taken[0].0.dests[0].config, r#"{"password":"pw-9f8e7d"}"#);
-        store.remove(&taken[0].1);
-        assert_eq!(store.usage().0, 1);
-        assert_eq!(store.purge(None), 1);
-        assert!(store.list().is_empty());
+        files.remove(&taken[0].1);
+        assert_eq!(store.usage().unwrap().0, 1);
+        assert_eq!(store.purge(None).await.unwrap(), 1);
+        assert!(store.list().await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn a_repeated_dead_letter_replaces_its_file_and_counts_once() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = DlqConfig { max_entries: 2, ..DlqConfig::default() };
-        let store = FileStore::open(dir.path(), cfg, Sealer::new(&[3; 32])).unwrap();
+        let (files, store) = open(dir.path(), DlqConfig { max_entries: 2, ..DlqConfig::default() });
         let (a, b) = (report(), report());
         for attempt in 1..=5 {
             store.put(&a, &a.dests[0], "mapping error", attempt, 10).await.unwrap();
         }
-        let size = std::fs::metadata(store.path(a.id, "openSearch")).unwrap().len();
-        assert_eq!(store.usage(), (1, size), "a repeat of the same report and consumer counted twice");
+        let size = std::fs::metadata(files.path(a.id, "openSearch")).unwrap().len();
+        assert_eq!(store.usage(), Some((1, size)), "a repeat of the same report and consumer counted twice");
         // Still room for a second report: the repeats did not fill the store.
         store.put(&b, &b.dests[0], "401", 1, 11).await.unwrap();
-        assert_eq!(store.usage().0, 2);
-        assert_eq!(store.get(a.id)[0].0.attempts, 5);
+        assert_eq!(store.usage().unwrap().0, 2);
+        assert_eq!(store.get(a.id).await.unwrap()[0].0.attempts, 5);
         // The index answers an unknown id, and agrees with a fresh open of the directory.
-        assert!(!store.holds(Uuid::now_v7()) && store.holds(a.id));
-        let reopened = FileStore::open(dir.path(), DlqConfig::default(), Sealer::new(&[3; 32])).unwrap();
+        assert!(!files.holds(Uuid::now_v7()) && files.holds(a.id));
+        assert!(store.get_local(Uuid::now_v7()).await.is_empty());
+        assert_eq!(store.get_local(a.id).await.len(), 1);
+        let (_, reopened) = open(dir.path(), DlqConfig::default());
         assert_eq!(reopened.usage(), store.usage());
+    }
+
+    #[tokio::test]
+    async fn purged_by_id_and_bounded_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, store) = open(dir.path(), DlqConfig::default());
+        let (a, b) = (report(), report());
+        store.put(&a, &a.dests[0], "mapping error", 1, 10).await.unwrap();
+        store.put(&b, &b.dests[0], "401", 1, 11).await.unwrap();
+        assert_eq!(store.purge(Some(&[a.id])).await.unwrap(), 1);
+        assert!(store.get(a.id).await.unwrap().is_empty());
+        assert_eq!(store.list().await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [b.id]);
+        assert!(!files.holds(a.id));
+        // Full by bytes: the report stays with the caller, the refusal is counted.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, small) = open(dir.path(), DlqConfig { max_bytes: 10, ..DlqConfig::default() });
+        assert!(matches!(small.put(&a, &a.dests[0], "x", 1, 1).await, Err(DlqError::Full { entries: 0, .. })));
+        assert_eq!((small.usage(), small.refused_while_full()), (Some((0, 0)), 1));
     }
 }

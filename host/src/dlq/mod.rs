@@ -4,6 +4,7 @@
 //! own). Either way the destination config is sealed like in the queue (it may carry a
 //! password); `show` prints it with the plugin's secret parameters redacted.
 
+mod config;
 pub mod files;
 pub mod topic;
 
@@ -11,11 +12,13 @@ use crate::queue::crypto::Sealer;
 use crate::queue::{Queue, QueuedDest, QueuedReport};
 use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
 
+pub use config::DlqConfig;
 pub use files::FileStore;
 pub use topic::TopicStore;
 
@@ -242,148 +245,60 @@ impl Requeue<'_> {
     }
 }
 
-/// The dead-letter store in use.
-pub enum DeadLetters {
-    /// Files under `<data_dir>/dlq`.
-    Files(FileStore),
-    /// `queue.kafka.dead_letter_topic`.
-    Topic(TopicStore),
-}
-
-impl DeadLetters {
+/// A dead-letter store: keep what failed for good, list it, show it, queue it again, delete it.
+///
+/// Object-safe (its futures are boxed) like [`crate::queue::ReportQueue`]: delivery, the Kafka
+/// sources and the admin API hold an `Arc<dyn DeadLetterStore>` ([`DeadLetters`]). Storing is
+/// durable before it returns Ok (file fsynced, or acknowledged by the cluster) and never blocks
+/// an async worker: a slow disk or cluster delays that dead letter only.
+pub trait DeadLetterStore: Send + Sync {
     /// Store a dead letter durably (file fsynced, or acknowledged by the cluster), off the
     /// async workers: a slow disk or cluster delays this dead letter only.
-    pub async fn put(
-        &self,
-        report: &QueuedReport,
-        dest: &QueuedDest,
-        reason: &str,
+    fn put<'a>(
+        &'a self,
+        report: &'a QueuedReport,
+        dest: &'a QueuedDest,
+        reason: &'a str,
         attempts: u32,
         now_ms: u64,
-    ) -> Result<(), DlqError> {
-        match self {
-            DeadLetters::Files(s) => s.put(report, dest, reason, attempts, now_ms).await,
-            DeadLetters::Topic(s) => s.put(report, dest, reason, attempts, now_ms).await,
-        }
-    }
+    ) -> BoxFuture<'a, Result<(), DlqError>>;
 
-    /// Entries and bytes held (files; a topic's are not counted here).
-    pub fn usage(&self) -> Option<(usize, u64)> {
-        match self {
-            DeadLetters::Files(s) => Some(s.usage()),
-            DeadLetters::Topic(_) => None,
-        }
+    /// Entries and bytes held; `None` when the store does not count them (a topic).
+    fn usage(&self) -> Option<(usize, u64)> {
+        None
     }
 
     /// Dead letters refused because the store was full, since start.
-    pub fn refused_while_full(&self) -> u64 {
-        match self {
-            DeadLetters::Files(s) => s.refused_while_full(),
-            DeadLetters::Topic(_) => 0,
-        }
+    fn refused_while_full(&self) -> u64 {
+        0
     }
 
     /// Every dead letter not replayed or purged yet, oldest first.
-    pub async fn list(&self) -> Result<Vec<Summary>, DlqError> {
-        match self {
-            DeadLetters::Files(s) => Ok(s.off_thread(|s| s.list()).await),
-            DeadLetters::Topic(s) => Ok(s.pending().await?.iter().map(|(d, _)| d.summary()).collect()),
-        }
-    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Summary>, DlqError>>;
 
     /// The dead letters of report `id`, with the destination opened (for the caller to redact).
-    pub async fn get(&self, id: Uuid) -> Result<Vec<(DeadLetter, Option<String>)>, DlqError> {
-        match self {
-            DeadLetters::Files(s) => Ok(s.off_thread(move |s| s.get(id)).await),
-            DeadLetters::Topic(s) => Ok(s
-                .pending()
-                .await?
-                .into_iter()
-                .filter(|(d, _)| d.id == id)
-                .map(|(d, _)| {
-                    let dest = s.destination(&d);
-                    (d, dest)
-                })
-                .collect()),
-        }
-    }
+    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Vec<(DeadLetter, Option<String>)>, DlqError>>;
 
     /// The dead letters of report `id` this process can show without reading a remote store
-    /// (the public `/reports/{id}` must not make anyone's request scan a topic). An id without
-    /// dead letters is answered from the in-memory index, without touching the disk; the files
-    /// of one that has some are read on a blocking thread.
-    pub async fn get_local(&self, id: Uuid) -> Vec<(DeadLetter, Option<String>)> {
-        match self {
-            DeadLetters::Files(s) if s.holds(id) => s.off_thread(move |s| s.get(id)).await,
-            DeadLetters::Files(_) | DeadLetters::Topic(_) => Vec::new(),
-        }
+    /// (the public `/reports/{id}` must not make anyone's request scan a topic); none by default.
+    fn get_local(&self, id: Uuid) -> BoxFuture<'_, Vec<(DeadLetter, Option<String>)>> {
+        let _ = id;
+        Box::pin(std::future::ready(Vec::new()))
     }
 
     /// Queue the dead letters of `ids` (all when `None`) again, in order; the replayed ids.
-    pub async fn replay(&self, ids: Option<&[Uuid]>, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
-        match self {
-            DeadLetters::Files(s) => {
-                let wanted = ids.map(<[Uuid]>::to_vec);
-                let taken = s.off_thread(move |s| s.take(wanted.as_deref())).await;
-                // Named by id, a record no route took is refused before anything is replayed.
-                if ids.is_some()
-                    && let Some((report, _)) = taken.iter().find(|(r, _)| r.dests[0].key.starts_with(SOURCE_PREFIX))
-                {
-                    return Err(ReplayError::Selection(format!(
-                        "report {} is a record `{}` could not route: it has no destination to be replayed to; read \
-                         it with `data-exporter dlq show {}`, fix what produced it, and purge it. Nothing was replayed",
-                        report.id,
-                        &report.dests[0].key[SOURCE_PREFIX.len()..],
-                        report.id
-                    )));
-                }
-                let mut replayed = Vec::new();
-                for (report, path) in taken {
-                    let id = report.id;
-                    if report.dests[0].key.starts_with(SOURCE_PREFIX) {
-                        continue; // `--all`: a record no route took stays to be read, then purged
-                    }
-                    // Set aside while it is queued again: delivery may fail it quickly and
-                    // store a new dead letter under the same name, which must stay.
-                    let at = path.clone();
-                    let held = s.off_thread(move |s| s.hold(&at)).await.map_err(|error| ReplayError::Store {
-                        error: DlqError::Io { path: path.clone(), error },
-                        replayed: replayed.len(),
-                    })?;
-                    if let Err(e) = to.send(report, replayed.len()).await {
-                        s.off_thread(move |s| s.unhold(&held, &path)).await;
-                        return Err(e);
-                    }
-                    s.off_thread(move |s| s.remove(&held)).await;
-                    replayed.push(id);
-                }
-                Ok(replayed)
-            }
-            DeadLetters::Topic(s) => {
-                if ids.is_some() {
-                    return Err(ReplayError::Selection(s.whole_only()));
-                }
-                s.replay(to).await
-            }
-        }
-    }
+    fn replay<'a>(
+        &'a self,
+        ids: Option<&'a [Uuid]>,
+        to: &'a Requeue<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>>;
 
     /// Delete the dead letters of `ids` (all when `None`); how many.
-    pub async fn purge(&self, ids: Option<&[Uuid]>) -> Result<usize, ReplayError> {
-        match self {
-            DeadLetters::Files(s) => {
-                let ids = ids.map(<[Uuid]>::to_vec);
-                Ok(s.off_thread(move |s| s.purge(ids.as_deref())).await)
-            }
-            DeadLetters::Topic(s) => {
-                if ids.is_some() {
-                    return Err(ReplayError::Selection(s.whole_only()));
-                }
-                s.purge().await.map_err(|error| ReplayError::Store { error, replayed: 0 })
-            }
-        }
-    }
+    fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>>;
 }
+
+/// The shared dead-letter store type.
+pub type DeadLetters = dyn DeadLetterStore;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

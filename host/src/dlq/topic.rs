@@ -7,11 +7,12 @@
 //! commits past them, a purge commits past them only. A topic cannot drop single records: it
 //! is replayed or purged whole.
 
-use super::{DeadLetter, DlqError, ReplayError, Requeue};
+use super::{DeadLetter, DeadLetterStore, DlqError, ReplayError, Requeue, Summary};
 use crate::config::KafkaConfig;
 use crate::queue::crypto::Sealer;
 use crate::queue::kafka::KafkaQueue;
 use crate::queue::{QueuedDest, QueuedReport};
+use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
@@ -56,7 +57,7 @@ impl TopicStore {
     }
 
     /// What an operator is told when selecting single dead letters.
-    pub fn whole_only(&self) -> String {
+    fn whole_only(&self) -> String {
         format!(
             "the dead-letter topic {} is replayed or purged whole: use {{\"all\": true}} (`--all`), or read single records with Kafka tools",
             self.cfg.dead_letter_topic
@@ -66,7 +67,7 @@ impl TopicStore {
     /// Store a dead letter; returns once the cluster acknowledged it, or after
     /// `ingest_timeout_ms` (librdkafka may take longer to give up while it reconnects). The wait
     /// is awaited: no thread blocks meanwhile.
-    pub async fn put(
+    async fn store(
         &self,
         report: &QueuedReport,
         dest: &QueuedDest,
@@ -105,7 +106,7 @@ impl TopicStore {
     }
 
     /// The destination of a dead letter, opened.
-    pub fn destination(&self, d: &DeadLetter) -> Option<String> {
+    fn destination(&self, d: &DeadLetter) -> Option<String> {
         d.destination(&self.sealer)
     }
 
@@ -191,7 +192,7 @@ impl TopicStore {
     }
 
     /// Everything pending (not replayed or purged), read now.
-    pub async fn pending(&self) -> Result<Read, DlqError> {
+    async fn pending(&self) -> Result<Read, DlqError> {
         let (read, _) = self.read_pending().await?;
         Ok(read)
     }
@@ -214,7 +215,7 @@ impl TopicStore {
     }
 
     /// Queue every pending dead letter again, in order, then commit past them.
-    pub async fn replay(&self, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
+    async fn replay_all(&self, to: &Requeue<'_>) -> Result<Vec<Uuid>, ReplayError> {
         let _one = self.busy.lock().await;
         let (read, consumer) = self.read_pending().await.map_err(|error| ReplayError::Store { error, replayed: 0 })?;
         let mut replayed = Vec::new();
@@ -246,7 +247,7 @@ impl TopicStore {
     }
 
     /// Commit past every pending dead letter; how many.
-    pub async fn purge(&self) -> Result<usize, DlqError> {
+    async fn purge_all(&self) -> Result<usize, DlqError> {
         let _one = self.busy.lock().await;
         let (read, consumer) = self.read_pending().await?;
         let mut next = BTreeMap::new();
@@ -255,5 +256,61 @@ impl TopicStore {
         }
         self.commit_off_thread(consumer, next).await?;
         Ok(read.len())
+    }
+}
+
+impl DeadLetterStore for TopicStore {
+    fn put<'a>(
+        &'a self,
+        report: &'a QueuedReport,
+        dest: &'a QueuedDest,
+        reason: &'a str,
+        attempts: u32,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), DlqError>> {
+        Box::pin(self.store(report, dest, reason, attempts, now_ms))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Summary>, DlqError>> {
+        Box::pin(async move { Ok(self.pending().await?.iter().map(|(d, _)| d.summary()).collect()) })
+    }
+
+    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Vec<(DeadLetter, Option<String>)>, DlqError>> {
+        Box::pin(async move {
+            Ok(self
+                .pending()
+                .await?
+                .into_iter()
+                .filter(|(d, _)| d.id == id)
+                .map(|(d, _)| {
+                    let dest = self.destination(&d);
+                    (d, dest)
+                })
+                .collect())
+        })
+    }
+
+    /// Whole only: `ids` are refused.
+    fn replay<'a>(
+        &'a self,
+        ids: Option<&'a [Uuid]>,
+        to: &'a Requeue<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>> {
+        Box::pin(async move {
+            if ids.is_some() {
+                return Err(ReplayError::Selection(self.whole_only()));
+            }
+            self.replay_all(to).await
+        })
+    }
+
+    /// Whole only: `ids` are refused.
+    fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>> {
+        Box::pin(async move {
+            if ids.is_some() {
+                return Err(ReplayError::Selection(self.whole_only()));
+            }
+            self.purge_all().await.map_err(|error| ReplayError::Store { error, replayed: 0 })
+        })
     }
 }

@@ -301,14 +301,14 @@ async fn plugin_by_name(State(state): State<AppState>, Path(name): Path<String>)
 /// `wait` passed. A viewer that falls behind loses events, told as `{"lagged": n}`.
 async fn tap(
     State(state): State<AppState>,
-    query: Result<axum::extract::Query<crate::toolkit::tap::TapQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<crate::tap::TapQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_tap_query", m);
     let axum::extract::Query(q) = query.map_err(|e| {
         bad(format!("{e}: the query takes consumer=KEY, limit=N (at most 10000), sample=FRACTION, wait=DURATION"))
     })?;
     let view = q.view().map_err(bad)?;
-    let stream = crate::toolkit::tap::stream(state.delivery.tap().clone(), view);
+    let stream = crate::tap::stream(state.delivery.tap().clone(), view);
     let mut resp = axum::body::Body::from_stream(stream).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -390,8 +390,8 @@ fn redact(state: &AppState, consumer: &str, destination: Option<String>) -> Valu
         return json!("<sealed with another key>");
     };
     let declared =
-        state.registry.current().get(consumer).map(|p| crate::toolkit::secret_params(&p.info)).unwrap_or_default();
-    crate::toolkit::hide_secrets(&mut v, &declared);
+        state.registry.current().get(consumer).map(|p| crate::redact::secret_params(&p.info)).unwrap_or_default();
+    crate::redact::hide_secrets(&mut v, &declared);
     v
 }
 

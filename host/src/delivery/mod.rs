@@ -10,9 +10,12 @@
 //! poison instead of quarantining the plugin (see `blame`). An idle worker gives
 //! its instance back as soon as another caller waits for one (`runtime::reclaim`).
 
+mod config;
+
+pub use config::{DeliveryConfig, QuarantinePolicy};
+
 use crate::bindings::Outcome;
 use crate::capabilities::secrets::{self, SecretStore};
-use crate::config::{DeliveryConfig, QuarantinePolicy};
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
 use crate::now_ms;
@@ -180,7 +183,7 @@ pub struct Delivery {
     running: AtomicUsize,
     stopped: Notify,
     /// Viewers of `GET /tap` (admin API): told how each plugin call fared, only while watching.
-    tap: Arc<crate::toolkit::tap::Tap>,
+    tap: Arc<crate::tap::Tap>,
     /// Plugin names the quarantine gauge shows as 1.
     quarantine_shown: Mutex<HashSet<String>>,
 }
@@ -263,7 +266,7 @@ impl Delivery {
     }
 
     /// Where `GET /tap` viewers subscribe.
-    pub fn tap(&self) -> &Arc<crate::toolkit::tap::Tap> {
+    pub fn tap(&self) -> &Arc<crate::tap::Tap> {
         &self.tap
     }
 
@@ -276,7 +279,8 @@ impl Delivery {
         result: &Result<Delivered, crate::runtime::CallError>,
         took: Duration,
     ) {
-        use crate::toolkit::{redact_destination, secret_params, tap::TapEvent};
+        use crate::redact::{redact_destination, secret_params};
+        use crate::tap::TapEvent;
         let destination = redact_destination(&dk.config, &secret_params(&plugin.info));
         let at_ms = now_ms();
         for (i, job) in batch.iter().enumerate() {
