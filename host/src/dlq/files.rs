@@ -5,7 +5,7 @@
 //! async worker, so a slow or stalled disk delays that dead letter only (not `/healthz`, not
 //! other deliveries).
 
-use super::{DeadLetter, DeadLetterStore, DlqConfig, DlqError, ReplayError, Requeue, SOURCE_PREFIX, Summary};
+use super::{DeadLetter, DeadLetterStore, DlqConfig, DlqError, Letters, ReplayError, Requeue, SOURCE_PREFIX, Summary};
 use crate::queue::crypto::Sealer;
 use crate::queue::{QueuedDest, QueuedReport};
 use futures::future::BoxFuture;
@@ -312,13 +312,13 @@ impl DeadLetterStore for FileStore {
         Box::pin(async move { Ok(self.off_thread(|s| s.summaries()).await) })
     }
 
-    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Vec<(DeadLetter, Option<String>)>, DlqError>> {
+    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Letters, DlqError>> {
         Box::pin(async move { Ok(self.off_thread(move |s| s.letters(id)).await) })
     }
 
     /// An id without dead letters is answered from the in-memory index, without touching the
     /// disk; the files of one that has some are read on a blocking thread.
-    fn get_local(&self, id: Uuid) -> BoxFuture<'_, Vec<(DeadLetter, Option<String>)>> {
+    fn get_local(&self, id: Uuid) -> BoxFuture<'_, Letters> {
         Box::pin(async move { if self.holds(id) { self.off_thread(move |s| s.letters(id)).await } else { Vec::new() } })
     }
 

@@ -277,11 +277,11 @@ pub trait DeadLetterStore: Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Summary>, DlqError>>;
 
     /// The dead letters of report `id`, with the destination opened (for the caller to redact).
-    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Vec<(DeadLetter, Option<String>)>, DlqError>>;
+    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Letters, DlqError>>;
 
     /// The dead letters of report `id` this process can show without reading a remote store
     /// (the public `/reports/{id}` must not make anyone's request scan a topic); none by default.
-    fn get_local(&self, id: Uuid) -> BoxFuture<'_, Vec<(DeadLetter, Option<String>)>> {
+    fn get_local(&self, id: Uuid) -> BoxFuture<'_, Letters> {
         let _ = id;
         Box::pin(std::future::ready(Vec::new()))
     }
@@ -296,6 +296,9 @@ pub trait DeadLetterStore: Send + Sync {
     /// Delete the dead letters of `ids` (all when `None`); how many.
     fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>>;
 }
+
+/// Dead letters of one report, each with its destination opened (`None`: sealed with another key).
+pub type Letters = Vec<(DeadLetter, Option<String>)>;
 
 /// The shared dead-letter store type.
 pub type DeadLetters = dyn DeadLetterStore;

@@ -7,7 +7,7 @@
 //! commits past them, a purge commits past them only. A topic cannot drop single records: it
 //! is replayed or purged whole.
 
-use super::{DeadLetter, DeadLetterStore, DlqError, ReplayError, Requeue, Summary};
+use super::{DeadLetter, DeadLetterStore, DlqError, Letters, ReplayError, Requeue, Summary};
 use crate::config::KafkaConfig;
 use crate::queue::crypto::Sealer;
 use crate::queue::kafka::KafkaQueue;
@@ -275,7 +275,7 @@ impl DeadLetterStore for TopicStore {
         Box::pin(async move { Ok(self.pending().await?.iter().map(|(d, _)| d.summary()).collect()) })
     }
 
-    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Vec<(DeadLetter, Option<String>)>, DlqError>> {
+    fn get(&self, id: Uuid) -> BoxFuture<'_, Result<Letters, DlqError>> {
         Box::pin(async move {
             Ok(self
                 .pending()
