@@ -964,6 +964,68 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What stops `serve` from starting, found without reading a file or reaching the network:
+    /// every problem, each naming its key. `serve` refuses to start on the first; `config check`
+    /// lists them all.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // Plugin directories apart from the host's state and from each other.
+        if let Err(e) =
+            self.runtime.with_files_under(&self.data_dir).check_files_dirs(&self.data_dir, &self.plugins_dir)
+        {
+            out.push(e);
+        }
+        let backend = self.queue.backend();
+        if self.role != Role::All && backend != QueueBackend::Kafka {
+            out.push(format!(
+                "role = \"{}\" (--role) needs a queue that processes share: set queue.backend = \"kafka\" (the \
+                 {} queue lives in one process)",
+                self.role,
+                format!("{backend:?}").to_lowercase()
+            ));
+        }
+        if backend == QueueBackend::Kafka && self.queue.key_file.is_none() {
+            out.push(
+                "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
+                 destination configs with the same key (32 random bytes, e.g. `head -c 32 /dev/urandom > queue.key`, \
+                 mounted from a Secret)"
+                    .into(),
+            );
+        }
+        out.extend(self.limits.problems());
+        if let Err(e) =
+            crate::capabilities::secrets::SecretStore::new(self.secrets_dir.as_deref(), &self.secret_origins)
+        {
+            out.push(e);
+        }
+        for o in &self.http.client_cert_origins {
+            if let Err(e) = crate::capabilities::secrets::Origin::parse(o) {
+                out.push(format!("http.client_cert_origins: {e}"));
+            }
+        }
+        if self.http.client_cert_file.is_some() != self.http.client_key_file.is_some() {
+            out.push("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither".into());
+        }
+        // Sources run where the process ingests.
+        if self.role.ingests() {
+            for s in &self.sources.kafka {
+                let section = format!("sources.kafka `{}`", s.name);
+                if s.topics.is_empty() {
+                    out.push(format!("{section}: `topics` is empty: name the topics to consume"));
+                }
+                if s.format == RecordFormat::Payload && s.destinations.is_empty() {
+                    out.push(format!(
+                        "{section}: format = \"payload\" needs `destinations` (consumer key -> destination), since \
+                         the records do not say where they go"
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Whether `key` (after `DATA_EXPORTER_`, lower-cased) is one of the variables Kubernetes puts in
 /// every pod for a Service named `data-exporter` or `data-exporter-<x>` (`DATA_EXPORTER_PORT`,
 /// `DATA_EXPORTER_PORT_6780_TCP_ADDR`, `DATA_EXPORTER_INGEST_SERVICE_HOST`, ...): not
