@@ -10,6 +10,7 @@ pub mod forward;
 pub mod idempotency;
 pub mod ingest;
 pub mod kafka;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod redact;

@@ -2,10 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use data_exporter::config::{Config, LogFormat, Overrides};
+use data_exporter::config::{Config, Overrides};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -242,17 +241,6 @@ impl ServeArgs {
             role: self.role,
         };
         Ok(Config::load(self.config.as_deref(), &flags)?)
-    }
-}
-
-fn init_tracing(cfg: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    use std::io::IsTerminal;
-    // Colour only a terminal: a file or a log pipeline gets plain text.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
-    match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -509,7 +497,7 @@ fn toml_string(cfg: &Config) -> anyhow::Result<String> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    init_tracing(&cfg);
+    data_exporter::logging::init(&cfg.log);
     // New plugin files compile in a child process of this binary, with bounded memory and CPU.
     data_exporter::runtime::compile::compile_in_child_processes(
         std::env::current_exe().context("finding this program's path (for the plugin compiler)")?,
