@@ -107,7 +107,7 @@ impl Host {
             a.context("serving HTTP")?;
             b.context("serving the admin API")
         });
-        Ok(Serving { host, addr, admin_addr, url, tls, stop, servers })
+        Ok(Serving { host, addr, admin_addr, url, tls, stop, servers: Some(servers) })
     }
 }
 
@@ -120,7 +120,8 @@ pub struct Serving {
     tls: Option<Arc<server::tls::TlsReloader>>,
     /// Set to stop accepting.
     stop: tokio::sync::watch::Sender<bool>,
-    servers: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The servers' task, until it ended.
+    servers: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl std::ops::Deref for Serving {
@@ -153,7 +154,10 @@ impl Serving {
 
     /// Resolves if the servers stop by themselves (an error serving; never while they run).
     pub async fn ended(&mut self) -> anyhow::Result<()> {
-        (&mut self.servers).await.context("the HTTP servers stopped")?
+        let Some(servers) = self.servers.as_mut() else { return std::future::pending().await };
+        let ended = servers.await;
+        self.servers = None;
+        ended.context("the HTTP servers stopped")?
     }
 
     /// Stop accepting; give open requests, then in-flight deliveries, the grace period
@@ -161,7 +165,9 @@ impl Serving {
     pub async fn stop(mut self) {
         self.stop.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.host.grace;
-        if tokio::time::timeout_at(deadline, &mut self.servers).await.is_err() {
+        if let Some(servers) = self.servers.take()
+            && tokio::time::timeout_at(deadline, servers).await.is_err()
+        {
             tracing::warn!("open requests were cut at the end of the grace period (shutdown_grace_ms)");
         }
         self.host.shutdown(deadline).await;
