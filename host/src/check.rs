@@ -4,14 +4,10 @@
 use super::CheckArgs;
 use data_exporter::capabilities::messaging::Topics;
 use data_exporter::capabilities::outbound::Policy;
-use data_exporter::capabilities::secrets::{Origin, SecretStore};
-use data_exporter::config::{Config, QueueBackend, RecordFormat, Role};
+use data_exporter::config::{Config, QueueBackend};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Capabilities a plugin may be granted (`runtime.limits.grants`).
-const CAPABILITIES: [&str; 4] = ["http", "log", "files", "messaging"];
 
 /// What one check found: problems that stop start-up (or the loading of a plugin), and
 /// warnings; what the configuration reads and writes.
@@ -92,31 +88,13 @@ fn report_errors(json: bool, file: &str, errors: Vec<String>, warnings: Vec<Stri
     1
 }
 
-/// Everything start-up checks that needs no network; the files the configuration names are
-/// read only with `files` (`--files`; see also `read_files`).
+/// Everything start-up checks that needs no network (`Config::problems`, as `serve` does), and
+/// what the configuration reads and writes; the files it names are read only with `files`
+/// (`--files`; see also `read_files`).
 fn check(cfg: &Config, files: bool, f: &mut Findings) {
-    let backend = cfg.queue.backend();
-    // As `build` does: plugin directories apart from the host's state and from each other.
+    f.errors.extend(cfg.problems());
     let runtime = cfg.runtime.with_files_under(&cfg.data_dir);
-    if let Err(e) = runtime.check_files_dirs(&cfg.data_dir, &cfg.plugins_dir) {
-        f.error(e);
-    }
-    // As `queue::open` and `build` do.
-    if cfg.role != Role::All && backend != QueueBackend::Kafka {
-        f.error(format!(
-            "role = \"{}\" (--role) needs a queue that processes share: set queue.backend = \"kafka\" (the \
-             {} queue lives in one process)",
-            cfg.role,
-            format!("{backend:?}").to_lowercase()
-        ));
-    }
-    if backend == QueueBackend::Kafka {
-        if cfg.queue.key_file.is_none() {
-            f.error(
-                "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
-                 destination configs with the same key (32 random bytes, mounted from a Secret)",
-            );
-        }
+    if cfg.queue.backend() == QueueBackend::Kafka {
         let k = &cfg.queue.kafka;
         librdkafka("queue.kafka", &k.properties, &k.properties_from_files, files, f);
     }
@@ -126,29 +104,13 @@ fn check(cfg: &Config, files: bool, f: &mut Findings) {
     if let Some(t) = &cfg.admin_token_file {
         f.read("admin_token_file", t);
     }
-    for problem in cfg.limits.problems() {
-        f.error(problem);
-    }
     ingest(cfg, files, f);
-    // As `SecretStore::new` does at start-up.
-    if let Err(e) = SecretStore::new(cfg.secrets_dir.as_deref(), &cfg.secret_origins) {
-        f.error(e);
-    }
     if let Some(d) = &cfg.secrets_dir {
         f.read("secrets_dir", d);
     }
-    for o in &cfg.http.client_cert_origins {
-        if let Err(e) = Origin::parse(o) {
-            f.error(format!("http.client_cert_origins: {e}"));
-        }
-    }
-    match (&cfg.http.client_cert_file, &cfg.http.client_key_file) {
-        (Some(c), Some(k)) => {
-            f.read("http.client_cert_file", c);
-            f.read("http.client_key_file", k);
-        }
-        (None, None) => {}
-        _ => f.error("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither"),
+    if let (Some(c), Some(k)) = (&cfg.http.client_cert_file, &cfg.http.client_key_file) {
+        f.read("http.client_cert_file", c);
+        f.read("http.client_key_file", k);
     }
     if let Some(ca) = &cfg.http.ca_file {
         f.read("http.ca_file", ca);
@@ -218,10 +180,12 @@ fn plugins(cfg: &Config, runtime: &data_exporter::config::RuntimeConfig, files: 
             Some(id) => runtime.limits_for(id),
             None => runtime.limits.clone(),
         };
-        for g in limits.grants.iter().filter(|g| !CAPABILITIES.contains(&g.as_str())) {
+        // The capabilities a plugin may be granted (`runtime.limits.grants`): those the runtime links.
+        let capabilities: Vec<&str> = data_exporter::runtime::CAPABILITIES.iter().map(|(_, cap)| *cap).collect();
+        for g in limits.grants.iter().filter(|g| !capabilities.contains(&g.as_str())) {
             f.warnings.push(format!(
                 "{section}.grants: `{g}` is no capability (they are {}); it grants nothing",
-                CAPABILITIES.join(", ")
+                capabilities.join(", ")
             ));
         }
         let Some(id) = id else {
@@ -284,17 +248,8 @@ fn sources(cfg: &Config, files: bool, f: &mut Findings) {
         ));
         return;
     }
+    // (Its keys are checked with `Config::problems`.)
     for s in &cfg.sources.kafka {
-        let section = format!("sources.kafka `{}`", s.name);
-        if s.topics.is_empty() {
-            f.error(format!("{section}: `topics` is empty: name the topics to consume"));
-        }
-        if s.format == RecordFormat::Payload && s.destinations.is_empty() {
-            f.error(format!(
-                "{section}: format = \"payload\" needs `destinations` (consumer key -> destination), since the \
-                 records do not say where they go"
-            ));
-        }
         librdkafka(&format!("sources.kafka.{}", s.name), &s.properties, &s.properties_from_files, files, f);
     }
 }

@@ -6,6 +6,13 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::delivery::{DeliveryConfig, QuarantinePolicy};
+pub use crate::dlq::DlqConfig;
+pub use crate::kafka::KafkaConfig;
+pub use crate::logging::{LogConfig, LogFormat};
+pub use crate::queue::{QueueBackend, QueueConfig, Role};
+pub use crate::server::Limits;
+
 /// Everything `data-exporter serve` can be told. Every field has a default;
 /// `deploy/config/data-exporter.toml` shows them all.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,9 +46,9 @@ pub struct Config {
     /// The queue between accepting and delivering.
     pub queue: QueueConfig,
     /// Delivery workers: batching, concurrency, retries.
-    pub delivery: crate::delivery::DeliveryConfig,
+    pub delivery: DeliveryConfig,
     /// The dead-letter store.
-    pub dlq: crate::dlq::DlqConfig,
+    pub dlq: DlqConfig,
     /// Limits on what producers may send.
     pub limits: Limits,
     /// The outbound HTTP capability granted to plugins.
@@ -71,8 +78,8 @@ impl Default for Config {
             admin_token_file: None,
             shutdown_grace_ms: 10_000,
             queue: QueueConfig::default(),
-            delivery: crate::delivery::DeliveryConfig::default(),
-            dlq: crate::dlq::DlqConfig::default(),
+            delivery: DeliveryConfig::default(),
+            dlq: DlqConfig::default(),
             limits: Limits::default(),
             http: HttpConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -81,97 +88,6 @@ impl Default for Config {
             tls: None,
             log: LogConfig::default(),
         }
-    }
-}
-
-/// What a process does (`role`, `--role`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Take reports and deliver them.
-    #[default]
-    All,
-    /// Take reports into the shared queue; deliver nothing.
-    Ingest,
-    /// Deliver what the shared queue holds; take no reports.
-    Deliver,
-}
-
-impl Role {
-    /// Whether this process answers `POST /forward`.
-    pub fn ingests(self) -> bool {
-        self != Role::Deliver
-    }
-    /// Whether this process runs delivery workers.
-    pub fn delivers(self) -> bool {
-        self != Role::Ingest
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::All => "all",
-            Role::Ingest => "ingest",
-            Role::Deliver => "deliver",
-        })
-    }
-}
-
-/// Where accepted reports wait (`queue.backend`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueBackend {
-    /// A segment log on local disk, fsynced with group commit before a 202.
-    Embedded,
-    /// Memory only: a crash loses what is queued.
-    Memory,
-    /// A Kafka topic (`[queue.kafka]`), shared by ingest and delivery processes.
-    Kafka,
-}
-
-/// The queue between accepting and delivering.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// `embedded` (default), `memory` or `kafka`. Unset: `embedded`, or `memory` when
-    /// `durable = false`.
-    pub backend: Option<QueueBackend>,
-    /// Write accepted reports to disk (fsynced, group commit) before answering
-    /// 202. `false` keeps them in memory only: a crash loses them. (Older spelling of
-    /// `backend = "memory"`.)
-    pub durable: bool,
-    /// Most bytes of reports waiting for delivery; past it `POST /forward`
-    /// answers 503 with `Retry-After`. Waiting reports are held in memory too. With Kafka:
-    /// the most bytes of reports a delivery process leases at once (the topic holds the rest).
-    pub max_bytes: u64,
-    /// Size at which the on-disk log starts a new segment file, in bytes.
-    pub segment_bytes: u64,
-    /// File with the 32-byte key (raw, or 64 hex characters) that seals
-    /// destination configs (they carry passwords) in the queue and dead-letter
-    /// store. Unset: a key is generated once in `<data_dir>/queue.key`.
-    pub key_file: Option<PathBuf>,
-    /// The Kafka backend, when `backend = "kafka"`.
-    pub kafka: KafkaConfig,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            backend: None,
-            durable: true,
-            max_bytes: 256 * 1024 * 1024,
-            segment_bytes: 64 * 1024 * 1024,
-            key_file: None,
-            kafka: KafkaConfig::default(),
-        }
-    }
-}
-
-impl QueueConfig {
-    /// The backend in use.
-    pub fn backend(&self) -> QueueBackend {
-        self.backend.unwrap_or(if self.durable { QueueBackend::Embedded } else { QueueBackend::Memory })
     }
 }
 
@@ -245,146 +161,6 @@ impl Default for KafkaSourceConfig {
             properties: Default::default(),
             properties_from_files: Default::default(),
         }
-    }
-}
-
-/// The Kafka queue backend (`[queue.kafka]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port[,host:port...]`.
-    pub brokers: String,
-    /// The topic reports go through (created by the operator, with as many partitions as
-    /// delivery processes may ever share it).
-    pub topic: String,
-    /// The topic dead letters go to (created by the operator).
-    pub dead_letter_topic: String,
-    /// The consumer group of the delivery processes.
-    pub group: String,
-    /// How long ingest waits for the cluster to acknowledge a report before answering 503,
-    /// in milliseconds (the producer's `message.timeout.ms`).
-    pub ingest_timeout_ms: u64,
-    /// Largest report the topic takes, as a record in bytes (keep it at or below the topic's
-    /// `max.message.bytes`, 1 MB by default on Kafka); a larger report is refused with 413.
-    pub max_message_bytes: usize,
-    /// The group's session timeout, in milliseconds: a delivery process that stops
-    /// heartbeating this long loses its partitions to the others (a join takes about half).
-    pub session_timeout_ms: u64,
-    /// How often stored offsets are committed, in milliseconds (reports are acknowledged
-    /// before their offsets are stored; a crash re-delivers at most this much more).
-    pub commit_interval_ms: u64,
-    /// Further librdkafka properties for both the producer and the consumer (TLS, SASL:
-    /// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`, `sasl.username`...). Values
-    /// are never logged.
-    pub properties: std::collections::BTreeMap<String, String>,
-    /// librdkafka properties read from files (a mounted Secret), e.g.
-    /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
-    pub properties_from_files: std::collections::BTreeMap<String, PathBuf>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "data-exporter-reports".into(),
-            dead_letter_topic: "data-exporter-dead-letters".into(),
-            group: "data-exporter".into(),
-            ingest_timeout_ms: 5_000,
-            max_message_bytes: 1_000_000,
-            session_timeout_ms: 10_000,
-            commit_interval_ms: 1_000,
-            properties: Default::default(),
-            properties_from_files: Default::default(),
-        }
-    }
-}
-
-/// Limits on producer input.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Largest request body `POST /forward` accepts, in bytes; larger gets 413.
-    pub max_body_bytes: usize,
-    /// Most reports one `POST /forward` may carry as a JSON array.
-    pub max_reports_per_request: usize,
-    /// Keep the report `id` a producer gives (another data-exporter relaying to this one, so the
-    /// chain is idempotent end to end). Off: a report with an `id` is refused, since a producer
-    /// choosing ids could overwrite others' documents at idempotent consumers. An id that names a
-    /// tenant's report (accepted on `/v1/ingest`) is not kept: that report is queued as a new one.
-    pub accept_report_ids: bool,
-    /// Refuse `/forward` destinations that carry a credential inline (a plugin parameter marked
-    /// secret, such as OpenSearch's `password`): producers then name operator-mounted secrets
-    /// with `secretRef`, or use tenant ingest, and no password travels with reports.
-    pub forbid_inline_credentials: bool,
-    /// Requests the public API serves at once; past it a request is answered 503 with
-    /// `Retry-After` at once (load shedding), not queued.
-    pub max_concurrent_requests: usize,
-    /// Time a client has to send a request's headers, in milliseconds.
-    pub header_timeout_ms: u64,
-    /// Time a client has to send a request's body once its headers arrived, in milliseconds;
-    /// a slower one gets 408.
-    pub body_timeout_ms: u64,
-    /// Slowest a request body may arrive after its first 5 seconds, in bytes per second: a
-    /// slower one gets 408, so a trickle cannot hold a request slot for the whole
-    /// `body_timeout_ms`. 0: no floor.
-    pub min_body_bytes_per_sec: u64,
-    /// Bytes of request bodies held at once over all requests (read, or being read), and of
-    /// what decoding makes of them (inflated gzip, msgpack as JSON, parsed reports), taken as it
-    /// grows; past it a request is answered 503 with `Retry-After` at once (413 when decoding
-    /// one body alone needs more).
-    pub max_buffered_bytes: u64,
-    /// Deepest nesting of arrays and objects accepted in a request body or payload (at most
-    /// 128, the JSON parser's own bound).
-    pub max_json_depth: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 10 * 1024 * 1024,
-            max_reports_per_request: 10_000,
-            accept_report_ids: false,
-            forbid_inline_credentials: false,
-            max_concurrent_requests: 1024,
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 30_000,
-            min_body_bytes_per_sec: 4096,
-            max_buffered_bytes: 512 * 1024 * 1024,
-            max_json_depth: 64,
-        }
-    }
-}
-
-impl Limits {
-    /// Values that would refuse every request, each named with what to set instead.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (key, value) in [
-            ("limits.max_body_bytes", self.max_body_bytes as u64),
-            ("limits.max_reports_per_request", self.max_reports_per_request as u64),
-            ("limits.max_concurrent_requests", self.max_concurrent_requests as u64),
-            ("limits.header_timeout_ms", self.header_timeout_ms),
-            ("limits.body_timeout_ms", self.body_timeout_ms),
-        ] {
-            if value == 0 {
-                out.push(format!("{key} = 0 would refuse every request: set a positive value (see its default)"));
-            }
-        }
-        if !(2..=128).contains(&self.max_json_depth) {
-            out.push(
-                "limits.max_json_depth must be 2 (an object holding a value) to 128 (what the JSON parser itself \
-                 takes)"
-                    .into(),
-            );
-        }
-        if self.max_buffered_bytes < self.max_body_bytes as u64 {
-            out.push(format!(
-                "limits.max_buffered_bytes ({}) is below limits.max_body_bytes ({}): no body of the largest size could \
-                 be read; raise it",
-                self.max_buffered_bytes, self.max_body_bytes
-            ));
-        }
-        out
     }
 }
 
@@ -602,8 +378,6 @@ impl RuntimeConfig {
     }
 }
 
-pub use crate::delivery::QuarantinePolicy;
-
 /// The sandbox of one plugin. A call that breaks a limit fails alone: its
 /// instance is discarded and its reports are retried.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -815,32 +589,6 @@ impl std::fmt::Debug for MessagingConfig {
     }
 }
 
-/// Logging.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `text` for people, `json` for log pipelines.
-    pub format: LogFormat,
-    /// Filter in `RUST_LOG` syntax (`RUST_LOG` wins when set), e.g. `info,data_exporter=debug`.
-    pub filter: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: LogFormat::Text, filter: "info".into() }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Values given as command-line flags; they win over file and environment.
 #[derive(Debug, Default, Serialize)]
 pub struct Overrides {
@@ -892,6 +640,68 @@ impl Config {
             )
             .merge(Serialized::defaults(flags));
         fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+    }
+}
+
+impl Config {
+    /// What stops `serve` from starting, found without reading a file or reaching the network:
+    /// every problem, each naming its key. `serve` refuses to start on the first; `config check`
+    /// lists them all.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // Plugin directories apart from the host's state and from each other.
+        if let Err(e) =
+            self.runtime.with_files_under(&self.data_dir).check_files_dirs(&self.data_dir, &self.plugins_dir)
+        {
+            out.push(e);
+        }
+        let backend = self.queue.backend();
+        if self.role != Role::All && backend != QueueBackend::Kafka {
+            out.push(format!(
+                "role = \"{}\" (--role) needs a queue that processes share: set queue.backend = \"kafka\" (the \
+                 {} queue lives in one process)",
+                self.role,
+                format!("{backend:?}").to_lowercase()
+            ));
+        }
+        if backend == QueueBackend::Kafka && self.queue.key_file.is_none() {
+            out.push(
+                "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
+                 destination configs with the same key (32 random bytes, e.g. `head -c 32 /dev/urandom > queue.key`, \
+                 mounted from a Secret)"
+                    .into(),
+            );
+        }
+        out.extend(self.limits.problems());
+        if let Err(e) =
+            crate::capabilities::secrets::SecretStore::new(self.secrets_dir.as_deref(), &self.secret_origins)
+        {
+            out.push(e);
+        }
+        for o in &self.http.client_cert_origins {
+            if let Err(e) = crate::capabilities::secrets::Origin::parse(o) {
+                out.push(format!("http.client_cert_origins: {e}"));
+            }
+        }
+        if self.http.client_cert_file.is_some() != self.http.client_key_file.is_some() {
+            out.push("set both http.client_cert_file and http.client_key_file for mutual TLS, or neither".into());
+        }
+        // Sources run where the process ingests.
+        if self.role.ingests() {
+            for s in &self.sources.kafka {
+                let section = format!("sources.kafka `{}`", s.name);
+                if s.topics.is_empty() {
+                    out.push(format!("{section}: `topics` is empty: name the topics to consume"));
+                }
+                if s.format == RecordFormat::Payload && s.destinations.is_empty() {
+                    out.push(format!(
+                        "{section}: format = \"payload\" needs `destinations` (consumer key -> destination), since \
+                         the records do not say where they go"
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

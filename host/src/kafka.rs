@@ -8,6 +8,7 @@
 
 use rdkafka::config::{ClientConfig, FromClientConfig};
 use rdkafka::error::KafkaError;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -116,5 +117,56 @@ mod tests {
         assert_eq!((p.get("acks"), p.get("linger.ms")), (Some("all"), Some("50")));
         let c = group_consumer(base, "g", 6000, 500);
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+    }
+}
+
+/// The Kafka queue backend (`[queue.kafka]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic reports go through (created by the operator, with as many partitions as
+    /// delivery processes may ever share it).
+    pub topic: String,
+    /// The topic dead letters go to (created by the operator).
+    pub dead_letter_topic: String,
+    /// The consumer group of the delivery processes.
+    pub group: String,
+    /// How long ingest waits for the cluster to acknowledge a report before answering 503,
+    /// in milliseconds (the producer's `message.timeout.ms`).
+    pub ingest_timeout_ms: u64,
+    /// Largest report the topic takes, as a record in bytes (keep it at or below the topic's
+    /// `max.message.bytes`, 1 MB by default on Kafka); a larger report is refused with 413.
+    pub max_message_bytes: usize,
+    /// The group's session timeout, in milliseconds: a delivery process that stops
+    /// heartbeating this long loses its partitions to the others (a join takes about half).
+    pub session_timeout_ms: u64,
+    /// How often stored offsets are committed, in milliseconds (reports are acknowledged
+    /// before their offsets are stored; a crash re-delivers at most this much more).
+    pub commit_interval_ms: u64,
+    /// Further librdkafka properties for both the producer and the consumer (TLS, SASL:
+    /// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`, `sasl.username`...). Values
+    /// are never logged.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties read from files (a mounted Secret), e.g.
+    /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
+    pub properties_from_files: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "data-exporter-reports".into(),
+            dead_letter_topic: "data-exporter-dead-letters".into(),
+            group: "data-exporter".into(),
+            ingest_timeout_ms: 5_000,
+            max_message_bytes: 1_000_000,
+            session_timeout_ms: 10_000,
+            commit_interval_ms: 1_000,
+            properties: Default::default(),
+            properties_from_files: Default::default(),
+        }
     }
 }

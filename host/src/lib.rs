@@ -10,6 +10,7 @@ pub mod forward;
 pub mod idempotency;
 pub mod ingest;
 pub mod kafka;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod redact;
@@ -66,18 +67,128 @@ impl Host {
     pub fn grace(&self) -> Duration {
         self.grace
     }
+
+    /// Start a host: `build` it, bind the public and admin listeners (refused to every plugin),
+    /// and serve both. TLS files are read now: a bad one stops start-up, naming it.
+    pub async fn serve(cfg: &config::Config) -> anyhow::Result<Serving> {
+        let host = build(cfg).await?;
+        let tcp = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}: is another process using it? (--listen)", cfg.listen))?;
+        let admin = tokio::net::TcpListener::bind(cfg.admin_listen).await.with_context(|| {
+            format!("listening on {}: is another process using it? (--admin-listen)", cfg.admin_listen)
+        })?;
+        let public =
+            server::listener::PublicListener::new(tcp, cfg.tls.as_ref(), &cfg.limits, host.state.metrics.clone())?;
+        let (addr, admin_addr, url) = (public.local_addr()?, admin.local_addr()?, public.url()?);
+        // No plugin may send requests to this host's own listeners.
+        host.guard_listener(addr, "public");
+        host.guard_listener(admin_addr, "admin");
+        tracing::info!(
+            listen = %url,
+            admin_listen = %admin_addr,
+            plugins_dir = %cfg.plugins_dir.display(),
+            plugins = host.state.registry.current().plugins().count(),
+            failed = host.state.registry.current().failures().len(),
+            "data-exporter is up"
+        );
+        let tls = public.tls();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        // Until `Serving::stop` (a dropped `Serving` leaves them serving, as spawned tasks).
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            if rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await
+            }
+        };
+        let public = public.serve(server::app(host.state.clone()), stopped(stop_rx.clone()));
+        let admin = axum::serve(admin, server::admin_app(host.state.clone(), admin_addr))
+            .with_graceful_shutdown(stopped(stop_rx));
+        let servers = tokio::spawn(async move {
+            let (a, b) = tokio::join!(public, admin.into_future());
+            a.context("serving HTTP")?;
+            b.context("serving the admin API")
+        });
+        Ok(Serving { host, addr, admin_addr, url, tls, stop, servers: Some(servers) })
+    }
+}
+
+/// A host serving its public and admin APIs (`Host::serve`); it derefs to the `Host`.
+pub struct Serving {
+    host: Host,
+    addr: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
+    url: String,
+    tls: Option<Arc<server::tls::TlsReloader>>,
+    /// Set to stop accepting.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The servers' task, until it ended.
+    servers: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::ops::Deref for Serving {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        &self.host
+    }
+}
+
+impl Serving {
+    /// The public listener's bound address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin_addr
+    }
+
+    /// The public API's base URL (`https://` with `[tls]`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// With `[tls]`: the certificates being served, reloaded as they change.
+    pub fn tls(&self) -> Option<Arc<server::tls::TlsReloader>> {
+        self.tls.clone()
+    }
+
+    /// Resolves if the servers stop by themselves (an error serving; never while they run).
+    pub async fn ended(&mut self) -> anyhow::Result<()> {
+        let Some(servers) = self.servers.as_mut() else { return std::future::pending().await };
+        let ended = servers.await;
+        self.servers = None;
+        ended.context("the HTTP servers stopped")?
+    }
+
+    /// Stop accepting; give open requests, then in-flight deliveries, the grace period
+    /// (`shutdown_grace_ms`) in all. Whatever is unfinished stays queued for the next start.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.host.grace;
+        if let Some(servers) = self.servers.take()
+            && tokio::time::timeout_at(deadline, servers).await.is_err()
+        {
+            tracing::warn!("open requests were cut at the end of the grace period (shutdown_grace_ms)");
+        }
+        self.host.shutdown(deadline).await;
+    }
 }
 
 /// Load plugins, open (and recover) the queue and the dead-letter store, and
-/// resume delivery of what a previous run left.
+/// resume delivery of what a previous run left: the host without its listeners
+/// (`Host::serve` starts one).
 pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
+    // What `config check` checks too, before anything is created.
+    if let Some(problem) = cfg.problems().into_iter().next() {
+        anyhow::bail!("{problem}");
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}: check --data-dir and permissions", cfg.data_dir.display()))?;
     let admin_token = server::AdminToken::load(cfg.admin_token_file.as_deref(), &cfg.data_dir)?;
     let http = Arc::new(capabilities::http::HttpCapability::new(&cfg.http)?);
     let cache = cfg.runtime.code_cache.then(|| cfg.data_dir.join("code-cache"));
     let runtime_cfg = cfg.runtime.with_files_under(&cfg.data_dir).reserving_topics_of(cfg);
-    runtime_cfg.check_files_dirs(&cfg.data_dir, &cfg.plugins_dir).map_err(anyhow::Error::msg)?;
     let runtime = runtime::Runtime::new(runtime_cfg, http, cache)?;
     // Refuse the configured listeners to plugins from the first call (the bound addresses are
     // added again once known: `Host::guard_listener`).
@@ -91,15 +202,6 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         registry.spawn_watcher(Duration::from_millis(cfg.runtime.reload_poll_ms));
     }
 
-    anyhow::ensure!(
-        cfg.queue.backend() != config::QueueBackend::Kafka || cfg.queue.key_file.is_some(),
-        "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
-         destination configs with the same key (32 random bytes, e.g. `head -c 32 /dev/urandom > queue.key`, \
-         mounted from a Secret)"
-    );
-    if let Some(problem) = cfg.limits.problems().into_iter().next() {
-        anyhow::bail!("{problem}");
-    }
     let sealer = queue::crypto::Sealer::load(cfg.queue.key_file.as_deref(), &cfg.data_dir)?;
     let report_ids = idempotency::ReportIds::new(sealer.ids_secret());
     let queue::Opened { queue, recovery, kafka } = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())

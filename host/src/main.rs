@@ -2,10 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use data_exporter::config::{Config, LogFormat, Overrides};
+use data_exporter::config::{Config, Overrides};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -242,17 +241,6 @@ impl ServeArgs {
             role: self.role,
         };
         Ok(Config::load(self.config.as_deref(), &flags)?)
-    }
-}
-
-fn init_tracing(cfg: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.filter));
-    use std::io::IsTerminal;
-    // Colour only a terminal: a file or a log pipeline gets plain text.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
-    match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -509,69 +497,26 @@ fn toml_string(cfg: &Config) -> anyhow::Result<String> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    init_tracing(&cfg);
+    data_exporter::logging::init(&cfg.log);
     // New plugin files compile in a child process of this binary, with bounded memory and CPU.
     data_exporter::runtime::compile::compile_in_child_processes(
         std::env::current_exe().context("finding this program's path (for the plugin compiler)")?,
     );
-    let host = data_exporter::build(&cfg).await?;
-    // SIGHUP: rescan the plugins directory and release quarantined plugins.
-    let plugins = host.state.registry.clone();
+    // SIGHUP: rescan the plugins directory and release quarantined plugins (taken from now on).
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut host = data_exporter::Host::serve(&cfg).await?;
+    let plugins = host.state.registry.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let (_, released) = plugins.reload_releasing().await;
             tracing::info!(?released, "plugins reloaded on SIGHUP");
         }
     });
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}: is another process using it? (--listen)", cfg.listen))?;
-    let admin = tokio::net::TcpListener::bind(cfg.admin_listen)
-        .await
-        .with_context(|| format!("listening on {}: is another process using it? (--admin-listen)", cfg.admin_listen))?;
-    // TLS files are read now: a bad one stops start-up, naming it.
-    let listener = data_exporter::server::listener::PublicListener::new(
-        listener,
-        cfg.tls.as_ref(),
-        &cfg.limits,
-        host.state.metrics.clone(),
-    )?;
-    // No plugin may send requests to this host's own listeners.
-    host.guard_listener(listener.local_addr()?, "public");
-    host.guard_listener(admin.local_addr()?, "admin");
-    tracing::info!(
-        listen = %listener.url()?,
-        admin_listen = %admin.local_addr()?,
-        plugins_dir = %cfg.plugins_dir.display(),
-        plugins = host.state.registry.current().plugins().count(),
-        failed = host.state.registry.current().failures().len(),
-        "data-exporter is up"
-    );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let public = listener.serve(data_exporter::server::app(host.state.clone()), stopped(stop_rx.clone()));
-    let admin_addr = admin.local_addr()?;
-    let admin = axum::serve(admin, data_exporter::server::admin_app(host.state.clone(), admin_addr))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let mut servers = tokio::spawn(async move {
-        let (a, b) = tokio::join!(public, admin.into_future());
-        a.context("serving HTTP")?;
-        b.context("serving the admin API")
-    });
     tokio::select! {
-        ended = &mut servers => return ended.context("the HTTP servers stopped")?,
+        ended = host.ended() => return ended,
         _ = shutdown_signal() => {}
     }
-    // Stop accepting; give open requests, then in-flight deliveries, the grace period in all.
-    stop_tx.send_replace(true);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(cfg.shutdown_grace_ms);
-    if tokio::time::timeout_at(deadline, &mut servers).await.is_err() {
-        tracing::warn!("open requests were cut at the end of the grace period (shutdown_grace_ms)");
-    }
-    host.shutdown(deadline).await;
+    host.stop().await;
     tracing::info!("data-exporter stopped");
     Ok(())
 }

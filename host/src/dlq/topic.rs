@@ -8,7 +8,7 @@
 //! is replayed or purged whole.
 
 use super::{DeadLetter, DeadLetterStore, DlqError, Letters, ReplayError, Requeue, Summary};
-use crate::config::KafkaConfig;
+use crate::kafka::KafkaConfig;
 use crate::queue::crypto::Sealer;
 use crate::queue::kafka::KafkaQueue;
 use crate::queue::{QueuedDest, QueuedReport};

@@ -4,7 +4,7 @@
 use super::auth::Keys;
 use super::config::{IngestConfig, Match, RouteConfig, TenantConfig};
 use crate::envelope::Envelope;
-use crate::watch::{self, Stamp};
+use crate::watch::{self, Watcher};
 use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -275,19 +275,13 @@ struct Bucket {
     at: Instant,
 }
 
-/// The stamps of the files the tenants in force were read from, and of a change seen once.
-#[derive(Default)]
-struct Seen {
-    loaded: Vec<Stamp>,
-    /// A change waits one poll: a file seen twice alike is not half written.
-    pending: Option<Vec<Stamp>>,
-}
-
 /// The tenants in force, reloaded when a file they come from changes, and their rate buckets.
 pub struct Tenants {
     cfg: IngestConfig,
     current: RwLock<Arc<TenantSet>>,
-    seen: Mutex<Seen>,
+    /// The files the tenants in force were read from. A change waits one poll: a file seen
+    /// twice alike is not half written.
+    seen: Mutex<Watcher>,
     buckets: DashMap<String, Bucket, foldhash::fast::RandomState>,
 }
 
@@ -295,11 +289,11 @@ impl Tenants {
     /// Load what `cfg` defines; an error names the tenant and setting.
     pub fn new(cfg: &IngestConfig) -> Result<Tenants, String> {
         let set = load(cfg)?;
-        let loaded = watch::stamps(set.files.iter().map(PathBuf::as_path));
+        let seen = Watcher::new(set.files.clone()).settled();
         Ok(Tenants {
             cfg: cfg.clone(),
             current: RwLock::new(Arc::new(set)),
-            seen: Mutex::new(Seen { loaded, pending: None }),
+            seen: Mutex::new(seen),
             buckets: Default::default(),
         })
     }
@@ -320,25 +314,14 @@ impl Tenants {
     /// change again).
     pub fn reload_if_changed(&self) -> Result<bool, String> {
         let files = self.current().files.clone();
-        let now = watch::stamps(files.iter().map(PathBuf::as_path));
-        {
-            let mut seen = self.seen.lock().expect("not poisoned");
-            if now == seen.loaded {
-                seen.pending = None;
-                return Ok(false);
-            }
-            if seen.pending.as_ref() != Some(&now) {
-                seen.pending = Some(now);
-                return Ok(false);
-            }
-            seen.loaded = now;
-            seen.pending = None;
+        if !self.seen.lock().expect("not poisoned").check() {
+            return Ok(false);
         }
         let set = load(&self.cfg)?;
         // The same files: their stamps from before the read stand (a file changed while it was
         // read is then read again). Newly named files (a tenant added) are watched from now on.
         if set.files != files {
-            self.seen.lock().expect("not poisoned").loaded = watch::stamps(set.files.iter().map(PathBuf::as_path));
+            self.seen.lock().expect("not poisoned").watch(set.files.clone());
         }
         *self.current.write().expect("not poisoned") = Arc::new(set);
         Ok(true)
@@ -350,22 +333,21 @@ impl Tenants {
             return;
         }
         let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(me) = me.upgrade() else { return };
+        tokio::spawn(watch::every(every, move || {
+            let me = me.clone();
+            async move {
+                let Some(me) = me.upgrade() else { return false };
                 match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
                     Ok(Ok(true)) => tracing::info!("tenants and their credentials reloaded"),
                     Ok(Ok(false)) => {}
                     Ok(Err(error)) => {
                         tracing::error!(%error, "tenants not reloaded; the tenants loaded before stay")
                     }
-                    Err(_) => return,
+                    Err(_) => return false,
                 }
+                true
             }
-        });
+        }));
     }
 
     /// Take one request from `tenant`'s bucket, or say in how many seconds one is free.

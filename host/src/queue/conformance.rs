@@ -7,7 +7,7 @@
 
 use super::crypto::Sealer;
 use super::{Done, Queue, QueueError, QueuedDest, QueuedReport, TenantShare, open};
-use crate::config::{QueueBackend, QueueConfig, Role};
+use super::{QueueBackend, QueueConfig, Role};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,11 +16,11 @@
 //! key (`/forward`, Kafka sources) have a share of their own once access keys are defined
 //! (`share_untenanted`).
 
+use super::QueueConfig;
 use super::crypto::Sealer;
 use super::log::{self, Damage, LogWriter};
 use super::record::{self, REPORT, put_str16};
 use super::{Done, QueueError, QueueStats, QueuedReport, ReportQueue, TenantShare};
-use crate::config::QueueConfig;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ impl EmbeddedQueue {
         let dir = data_dir.join("queue");
         let mut inner = Inner::default();
         let mut rec = Recovery::default();
-        let log = if cfg.backend() == crate::config::QueueBackend::Embedded {
+        let log = if cfg.backend() == super::QueueBackend::Embedded {
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             let segs = log::segments(&dir)?;

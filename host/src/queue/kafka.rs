@@ -27,10 +27,11 @@
 //! the last `DONE_MAX` reports. A dead-lettered destination is left out only of records before
 //! its marker, so a replayed dead letter (a new record, the same id) is delivered.
 
+use super::Role;
 use super::crypto::Sealer;
 use super::record;
 use super::{Done, QueueError, QueueStats, QueuedReport, ReportQueue};
-use crate::config::{KafkaConfig, Role};
+use crate::kafka::KafkaConfig;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rdkafka::ClientContext;

@@ -11,6 +11,7 @@
 //! A report not acknowledged when a process dies is leased again later (at least once); one that
 //! was acknowledged is not.
 
+mod config;
 pub mod crypto;
 pub mod embedded;
 pub mod kafka;
@@ -20,13 +21,13 @@ pub mod record;
 #[cfg(test)]
 mod conformance;
 
-use crate::config::{QueueBackend, QueueConfig, Role};
 use crypto::Sealer;
 use futures::future::BoxFuture;
 use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub use config::{QueueBackend, QueueConfig, Role};
 pub use embedded::Recovery;
 
 /// A report in the queue.

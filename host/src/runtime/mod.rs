@@ -345,7 +345,7 @@ fn messaging_grant(
 }
 
 /// Capabilities a plugin can import, by WIT interface (any version of our package).
-pub(crate) const CAPABILITIES: &[(&str, &str)] = &[
+pub const CAPABILITIES: &[(&str, &str)] = &[
     ("narrows:exporter/http@", "http"),
     ("narrows:exporter/log@", "log"),
     ("narrows:exporter/files@", "files"),

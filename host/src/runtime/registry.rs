@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// A plugin file that could not be loaded, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -32,18 +32,8 @@ pub struct LoadFailure {
 }
 
 /// What identifies a file's version cheaply (following symlinks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    ino: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp { len: m.len(), modified: m.modified().ok(), ino: m.ino() })
-}
+pub use crate::watch::Stamp;
+use crate::watch::{Snapshot, stamp};
 
 /// A config key that several plugin files claim, none of them bound to it: nobody serves it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -267,17 +257,16 @@ impl Plugins {
     /// Poll the directory every `every` and reload when it changed.
     pub fn spawn_watcher(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(p) = weak.upgrade() else { break };
+        tokio::spawn(crate::watch::every(every, move || {
+            let weak = weak.clone();
+            async move {
+                let Some(p) = weak.upgrade() else { return false };
                 if p.changed() {
                     p.reload().await;
                 }
+                true
             }
-        });
+        }));
     }
 
     /// Whether the directory differs from what the current registry was built from.
@@ -286,9 +275,10 @@ impl Plugins {
         let files = plugin_files(&self.dir).unwrap_or_default();
         // The stamp each file had when last tried; a file both serving (its previous version)
         // and failed (its new one) counts once, with the stamp of the failed try.
-        let mut known: BTreeMap<&Path, Option<Stamp>> = cur.plugins().map(|p| (p.file.as_path(), p.stamp)).collect();
-        known.extend(cur.failures.iter().map(|f| (f.file.as_path(), f.stamp)));
-        files.len() != known.len() || files.iter().any(|f| known.get(f.as_path()).is_none_or(|s| *s != stamp(f)))
+        let known: Snapshot = (cur.plugins().map(|p| (p.file.clone(), p.stamp)))
+            .chain(cur.failures.iter().map(|f| (f.file.clone(), f.stamp)))
+            .collect();
+        Snapshot::of(&files) != known
     }
 
     /// Rescan the directory and swap in the result. Returns the new registry.

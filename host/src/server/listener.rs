@@ -12,8 +12,8 @@
 //! A handler takes the latter from the same budget through the request's [`Budget`] extension
 //! as it grows, and answers 503 `overloaded` with `Retry-After` when it has no room.
 
+use super::Limits;
 use super::tls::{TlsConfig, TlsError, TlsReloader};
-use crate::config::Limits;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};

@@ -5,14 +5,15 @@
 //! URL cut to `scheme://host[:port]` (`crate::redact`); the admin API shows reasons whole.
 
 mod admin;
+mod config;
 mod error;
 pub mod listener;
 pub mod tls;
 
 pub use admin::{AdminToken, admin_app};
+pub use config::Limits;
 pub use error::ApiError;
 
-use crate::config::Limits;
 use crate::delivery::Delivery;
 use crate::dlq::DeadLetters;
 use crate::forward::{self, Ingest, Receipt, ValidationCache};
@@ -38,7 +39,7 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct AppState {
     /// What this process does (`--role`): a `deliver` process takes no reports.
-    pub role: crate::config::Role,
+    pub role: crate::queue::Role,
     /// Loaded plugins by config key (hot-reloaded).
     pub registry: Arc<Plugins>,
     /// The queue.

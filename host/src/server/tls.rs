@@ -156,14 +156,14 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-use crate::watch::{Stamp, stamp};
+use crate::watch::{self, Watcher};
 
 /// The listener's TLS configuration, replaced when its files change.
 pub struct TlsReloader {
     cfg: TlsConfig,
     current: RwLock<Arc<ServerConfig>>,
-    /// The files' stamps when last loaded (or tried).
-    seen: Mutex<Vec<Stamp>>,
+    /// The files, as when last loaded (or tried).
+    files: Mutex<Watcher>,
     /// Why the last reload failed, until one succeeds.
     last_error: Mutex<Option<TlsError>>,
 }
@@ -177,21 +177,21 @@ impl std::fmt::Debug for TlsReloader {
 impl TlsReloader {
     /// Read the files now; an error names the file at fault.
     pub fn load(cfg: &TlsConfig) -> Result<TlsReloader, TlsError> {
-        let seen = Self::stamps(cfg);
+        let files = Watcher::new(Self::files(cfg));
         let config = server_config(cfg)?;
         Ok(TlsReloader {
             cfg: cfg.clone(),
             current: RwLock::new(config),
-            seen: Mutex::new(seen),
+            files: Mutex::new(files),
             last_error: Mutex::new(None),
         })
     }
 
-    fn stamps(cfg: &TlsConfig) -> Vec<Stamp> {
+    fn files(cfg: &TlsConfig) -> Vec<PathBuf> {
         [Some(&cfg.cert_file), Some(&cfg.key_file), cfg.client_ca_file.as_ref()]
             .into_iter()
             .flatten()
-            .map(|p| stamp(p))
+            .cloned()
             .collect()
     }
 
@@ -209,14 +209,9 @@ impl TlsReloader {
     /// If a file changed since it was last read, build a new configuration from the files and
     /// serve it to new connections; or keep the previous one and log why. Blocking (reads files).
     pub fn reload_if_changed(&self) {
-        let now = Self::stamps(&self.cfg);
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
-                return;
-            }
-            // Taken before reading: a file written while it is read is read again next time.
-            *seen = now;
+        // Stamps taken before reading: a file written while it is read is read again next time.
+        if !self.files.lock().unwrap_or_else(|e| e.into_inner()).check() {
+            return;
         }
         let outcome = server_config(&self.cfg);
         let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,13 +233,13 @@ impl TlsReloader {
         if self.cfg.reload_poll_ms == 0 {
             return std::future::pending().await;
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.reload_poll_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
+        watch::every(Duration::from_millis(self.cfg.reload_poll_ms), || {
             let me = self.clone();
-            let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
-        }
+            async move {
+                let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
+                true
+            }
+        })
+        .await
     }
 }

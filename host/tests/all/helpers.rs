@@ -67,7 +67,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// With `[tls]` (`url` is then https): the certificates being served, reloaded as they change.
     pub tls: Option<std::sync::Arc<data_exporter::server::tls::TlsReloader>>,
-    pub host: data_exporter::Host,
+    pub host: data_exporter::Serving,
     _plugins_dir: tempfile::TempDir,
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -112,26 +112,9 @@ pub async fn spawn_app_at(plugins_dir: tempfile::TempDir, data_dir: &Path, tweak
     cfg.delivery.retry_initial_ms = 20;
     cfg.delivery.retry_max_ms = 200;
     tweak(&mut cfg);
-    let host = data_exporter::build(&cfg).await.expect("building the host");
-    let tcp = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-    let listener = data_exporter::server::listener::PublicListener::new(
-        tcp,
-        cfg.tls.as_ref(),
-        &cfg.limits,
-        host.state.metrics.clone(),
-    )
-    .expect("loading the TLS files");
-    let url = listener.url().unwrap();
-    let tls = listener.tls();
-    host.guard_listener(listener.local_addr().unwrap(), "public");
-    let app = data_exporter::server::app(host.state.clone());
-    tokio::spawn(async move { listener.serve(app, std::future::pending()).await.unwrap() });
-    let admin = tokio::net::TcpListener::bind(cfg.admin_listen).await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    host.guard_listener(admin_addr, "admin");
-    let admin_url = format!("http://{admin_addr}");
-    let app = data_exporter::server::admin_app(host.state.clone(), admin_addr);
-    tokio::spawn(async move { axum::serve(admin, app).await.unwrap() });
+    let host = data_exporter::Host::serve(&cfg).await.expect("starting the host");
+    let (url, tls) = (host.url().to_string(), host.tls());
+    let admin_url = format!("http://{}", host.admin_addr());
     let admin_token_file = cfg.admin_token_file.clone().unwrap_or_else(|| data_dir.join("admin.token"));
     let admin_token = std::fs::read_to_string(&admin_token_file).expect("reading the admin token").trim().to_string();
     TestApp {

@@ -1,0 +1,96 @@
+//! The queue's section of the configuration (`[queue]`) and the process's `role`.
+
+use crate::kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What a process does (`role`, `--role`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Take reports and deliver them.
+    #[default]
+    All,
+    /// Take reports into the shared queue; deliver nothing.
+    Ingest,
+    /// Deliver what the shared queue holds; take no reports.
+    Deliver,
+}
+
+impl Role {
+    /// Whether this process answers `POST /forward`.
+    pub fn ingests(self) -> bool {
+        self != Role::Deliver
+    }
+    /// Whether this process runs delivery workers.
+    pub fn delivers(self) -> bool {
+        self != Role::Ingest
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Deliver => "deliver",
+        })
+    }
+}
+
+/// Where accepted reports wait (`queue.backend`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// A segment log on local disk, fsynced with group commit before a 202.
+    Embedded,
+    /// Memory only: a crash loses what is queued.
+    Memory,
+    /// A Kafka topic (`[queue.kafka]`), shared by ingest and delivery processes.
+    Kafka,
+}
+
+/// The queue between accepting and delivering.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `embedded` (default), `memory` or `kafka`. Unset: `embedded`, or `memory` when
+    /// `durable = false`.
+    pub backend: Option<QueueBackend>,
+    /// Write accepted reports to disk (fsynced, group commit) before answering
+    /// 202. `false` keeps them in memory only: a crash loses them. (Older spelling of
+    /// `backend = "memory"`.)
+    pub durable: bool,
+    /// Most bytes of reports waiting for delivery; past it `POST /forward`
+    /// answers 503 with `Retry-After`. Waiting reports are held in memory too. With Kafka:
+    /// the most bytes of reports a delivery process leases at once (the topic holds the rest).
+    pub max_bytes: u64,
+    /// Size at which the on-disk log starts a new segment file, in bytes.
+    pub segment_bytes: u64,
+    /// File with the 32-byte key (raw, or 64 hex characters) that seals
+    /// destination configs (they carry passwords) in the queue and dead-letter
+    /// store. Unset: a key is generated once in `<data_dir>/queue.key`.
+    pub key_file: Option<PathBuf>,
+    /// The Kafka backend, when `backend = "kafka"`.
+    pub kafka: KafkaConfig,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            backend: None,
+            durable: true,
+            max_bytes: 256 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            key_file: None,
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The backend in use.
+    pub fn backend(&self) -> QueueBackend {
+        self.backend.unwrap_or(if self.durable { QueueBackend::Embedded } else { QueueBackend::Memory })
+    }
+}
