@@ -39,12 +39,8 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How long an idle worker keeps its plugin instance for the next batch before giving it back.
 const SESSION_IDLE: Duration = Duration::from_millis(250);
 
-/// A destination: which plugin, and its config.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct DestKey {
-    key: String,
-    config: Arc<str>,
-}
+/// A destination: which plugin, and its config (hashed by its identity, computed once).
+type DestKey = crate::destination::Destination;
 
 /// One report bound for one destination.
 struct Job {
@@ -350,7 +346,7 @@ impl Delivery {
 
     fn send(self: &Arc<Self>, job: Job) {
         let d = &job.report.dests[job.dest];
-        let dk = DestKey { key: d.key.clone(), config: d.config.clone() };
+        let dk = d.clone();
         let mut workers = self.workers.lock().unwrap();
         let job = match workers.get(&dk) {
             Some(tx) => match tx.send(job) {

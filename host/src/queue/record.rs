@@ -4,8 +4,9 @@
 //! [| labels u16 | labels * (str16, str16)]`. Destination configs (they carry passwords) are sealed
 //! with the queue key; the payload is stored as given.
 
+use super::QueuedReport;
 use super::crypto::Sealer;
-use super::{QueuedDest, QueuedReport};
+use crate::destination::Destination;
 use uuid::Uuid;
 
 /// The first byte of a report record.
@@ -29,7 +30,8 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// A report as a record, its destination configs sealed.
+/// A report as a record, its destination configs sealed (each destination once per sealer, not
+/// once per report: `Destination::sealed_with`).
 pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
     let mut b = Vec::with_capacity(r.payload.len() + 128);
     b.push(REPORT);
@@ -38,7 +40,7 @@ pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
     b.extend_from_slice(&(r.dests.len() as u16).to_le_bytes());
     for d in &r.dests {
         put_str16(&mut b, &d.key);
-        put_bytes32(&mut b, &sealer.seal(d.config.as_bytes()));
+        put_bytes32(&mut b, &d.sealed_with(sealer.id(), |c| sealer.seal(c)));
     }
     put_bytes32(&mut b, r.payload.as_bytes());
     // After the payload, so records written before labels existed read as having none; then
@@ -104,7 +106,7 @@ fn decode_body(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
     for _ in 0..n {
         let key = r.str16()?;
         let config = String::from_utf8(sealer.open(r.bytes32()?)?).ok()?;
-        dests.push(QueuedDest { key, config: config.into() });
+        dests.push(Destination::stored(key, config));
     }
     let payload = String::from_utf8(r.bytes32()?.to_vec()).ok()?;
     let mut labels = Vec::new();
