@@ -32,10 +32,14 @@ pub struct Parts {
     set: OnceLock<Box<[Box<str>]>>,
     /// What the plugin sees and the secret named by `secretRef`
     /// (`capabilities::secrets::split`), or why the reference is unusable.
-    view: OnceLock<Result<(Arc<str>, Option<String>), String>>,
+    view: OnceLock<PluginView>,
     /// The config sealed once, by the sealer with this id (see [`Destination::sealed_with`]).
     sealed: OnceLock<(u64, Box<[u8]>)>,
 }
+
+/// What the plugin sees of a destination and the secret it names, or why its `secretRef` is
+/// unusable.
+type PluginView = Result<(Arc<str>, Option<String>), String>;
 
 /// Seeds the identity hashes: random per process, so nobody can choose colliding destinations.
 static IDENTITY: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);

@@ -121,11 +121,11 @@ pub enum Refused {
         /// The access key.
         key: String,
         /// Why.
-        error: RouteError,
+        error: Box<RouteError>,
     },
     /// Accepting the reports failed otherwise.
     #[error(transparent)]
-    Accept(AcceptError),
+    Accept(Box<AcceptError>),
 }
 
 impl Refused {
@@ -160,8 +160,8 @@ fn route_error(key: &str, e: AcceptError) -> Refused {
             error @ (RouteError::UnknownConsumer { .. }
             | RouteError::InvalidDestination { .. }
             | RouteError::NoConsumer { .. }),
-        ) => Refused::RouteUnavailable { key: key.to_string(), error },
-        e => Refused::Accept(e),
+        ) => Refused::RouteUnavailable { key: key.to_string(), error: Box::new(error) },
+        e => Refused::Accept(Box::new(e)),
     }
 }
 

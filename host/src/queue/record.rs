@@ -173,6 +173,41 @@ pub fn decode_mark(body: &[u8]) -> Option<Mark> {
 }
 
 #[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    fn report(dest: &Destination) -> QueuedReport {
+        QueuedReport {
+            id: Uuid::now_v7(),
+            received_at_ms: 7,
+            payload: "{}".into(),
+            dests: vec![dest.clone()],
+            labels: Vec::new(),
+            source: None,
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn a_shared_destination_is_sealed_once_and_reads_back() {
+        let sealer = Sealer::new(&[3; 32]);
+        let dest = Destination::stored("openSearch", r#"{"password":"pw-seal-once"}"#);
+        let (a, b) = (encode(&report(&dest), &sealer), encode(&report(&dest), &sealer));
+        // After the kind, id and time: the count, the key, then the sealed config.
+        let sealed = |rec: &[u8]| rec[1 + 16 + 8 + 2 + 2 + 10..][..4 + 12 + 27 + 16].to_vec();
+        assert_eq!(sealed(&a), sealed(&b), "one seal (one nonce) for both reports");
+        assert!(!a.windows(12).any(|w| w == b"pw-seal-once"), "sealed, not plain");
+        let back = decode(&b, &sealer).unwrap();
+        assert_eq!((back.dests[0].key.as_str(), &*back.dests[0].config), ("openSearch", &*dest.config));
+        // Another sealer (another key) seals its own copy, which it alone opens.
+        let other = Sealer::new(&[4; 32]);
+        let c = encode(&report(&dest), &other);
+        assert!(decode(&c, &sealer).is_none() && decode(&c, &other).is_some());
+        assert!(decode(&a, &sealer).is_some(), "the first sealer's copy still stands");
+    }
+}
+
+#[cfg(test)]
 mod mark_tests {
     use super::*;
 

@@ -202,7 +202,7 @@ impl From<crate::ingest::Refused> for ApiError {
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "route_unavailable", message)
                     .retry_after(crate::ingest::ROUTE_RETRY_SECS)
             },
-            R::Accept(e) => e.into(),
+            R::Accept(e) => (*e).into(),
         }
     }
 }
