@@ -163,7 +163,11 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         accept.clone(),
         tenants.clone(),
         report_ids.clone(),
-        ingest::Limits { max_json_depth: cfg.limits.max_json_depth, max_body_bytes: cfg.limits.max_body_bytes },
+        ingest::Limits {
+            max_json_depth: cfg.limits.max_json_depth,
+            max_body_bytes: cfg.limits.max_body_bytes,
+            max_buffered_bytes: cfg.limits.max_buffered_bytes,
+        },
     ));
     let state = server::AppState {
         role: cfg.role,

@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_json_depth: usize,
     /// `limits.max_body_bytes`: a tenant's body limit is at most this.
     pub max_body_bytes: usize,
+    /// `limits.max_buffered_bytes`: the memory budget requests share (named in a refusal).
+    pub max_buffered_bytes: u64,
 }
 
 /// Why a `/v1/*` request is refused.
@@ -88,8 +90,14 @@ pub enum Refused {
         max: usize,
     },
     /// Decoding the body needs more than the whole memory budget.
-    #[error("decoding the body needs more than the whole memory budget")]
-    NeverFits,
+    #[error(
+        "decoding this body (decompressed, converted to records) needs more than limits.max_buffered_bytes \
+         ({max_buffered_bytes} bytes), the memory all requests share: send fewer records per request"
+    )]
+    NeverFits {
+        /// `limits.max_buffered_bytes`.
+        max_buffered_bytes: u64,
+    },
     /// The body could not be decoded.
     #[error(transparent)]
     Framing(framing::FramingError),
@@ -308,7 +316,9 @@ impl Ingest {
             .expect("decoding does not panic")
         };
         let records = records.map_err(|e| match e {
-            framing::FramingError::OverBudget if budget.as_ref().is_some_and(|c| c.never_fits()) => Refused::NeverFits,
+            framing::FramingError::OverBudget if budget.as_ref().is_some_and(|c| c.never_fits()) => {
+                Refused::NeverFits { max_buffered_bytes: self.limits.max_buffered_bytes }
+            }
             e => Refused::Framing(e),
         })?;
         tracing::Span::current().record("records", records.len());

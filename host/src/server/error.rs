@@ -37,17 +37,10 @@ impl ApiError {
     }
 
     /// 413: decoding the body needs more than the whole of `limits.max_buffered_bytes`
-    /// (`max_buffered_bytes`).
+    /// (`max_buffered_bytes`); the message is tenant ingest's (`ingest::Refused::NeverFits`).
     pub fn never_fits(max_buffered_bytes: u64) -> ApiError {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "decoding this body (decompressed, converted to records) needs more than limits.max_buffered_bytes ({} \
-                 bytes), the memory all requests share: send fewer records per request",
-                max_buffered_bytes
-            ),
-        )
+        let message = crate::ingest::Refused::NeverFits { max_buffered_bytes }.to_string();
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
     }
 
     /// With a `Retry-After` of `secs`.
@@ -176,8 +169,7 @@ impl From<crate::ingest::auth::AuthRejection> for ApiError {
     }
 }
 
-/// A refusal of tenant ingest. (`Refused::NeverFits` needs the budget's size: see
-/// `ApiError::never_fits`.)
+/// A refusal of tenant ingest.
 impl From<crate::ingest::Refused> for ApiError {
     fn from(e: crate::ingest::Refused) -> Self {
         use crate::ingest::Refused as R;
@@ -191,7 +183,7 @@ impl From<crate::ingest::Refused> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(retry_after)
             }
             R::BodyTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message),
-            R::NeverFits => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message),
+            R::NeverFits { max_buffered_bytes } => ApiError::never_fits(max_buffered_bytes),
             R::Framing(e) => framing_error(e),
             R::NoRoute { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_route", message)
                 .retry_after(crate::ingest::ROUTE_RETRY_SECS),

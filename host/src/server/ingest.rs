@@ -2,7 +2,7 @@
 
 use super::listener::{Budget, Charge};
 use super::{ApiError, AppState};
-use crate::ingest::{self, Refused};
+use crate::ingest;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -70,16 +70,7 @@ pub async fn ingest_handler(
             };
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
-        Err(refused) => answer(&state, refusal(&state, refused)),
-    }
-}
-
-/// A refusal of tenant ingest as an answer (`limits.max_buffered_bytes` for a body that can
-/// never fit).
-fn refusal(state: &AppState, e: Refused) -> ApiError {
-    match e {
-        Refused::NeverFits => ApiError::never_fits(state.limits.max_buffered_bytes),
-        e => e.into(),
+        Err(refused) => answer(&state, refused.into()),
     }
 }
 
@@ -97,6 +88,6 @@ pub async fn config_handler(
     let req = ingest::Request { headers: &headers, access_key: query.access_key.as_deref() };
     match state.ingest.agent_config(req) {
         Ok(config) => Json(config).into_response(),
-        Err(refused) => answer(&state, refusal(&state, refused)),
+        Err(refused) => answer(&state, refused.into()),
     }
 }
