@@ -33,14 +33,14 @@ pub const MAX_LEN: usize = 128;
 )]
 pub struct InvalidKey(String);
 
-/// The idempotency key of a request, if it names one.
-pub fn key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, InvalidKey> {
-    let mut values = headers.get_all(HEADER).iter();
-    let Some(v) = values.next() else { return Ok(None) };
+/// The idempotency key of a request, if it names one: from the values of its
+/// `Idempotency-Key` header ([`HEADER`]).
+pub fn key<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<Option<&'a str>, InvalidKey> {
+    let mut values = values.into_iter();
+    let Some(bytes) = values.next() else { return Ok(None) };
     if values.next().is_some() {
         return Err(InvalidKey("the header twice".into()));
     }
-    let bytes = v.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_LEN {
         return Err(InvalidKey(format!("{} bytes", bytes.len())));
     }
@@ -48,7 +48,7 @@ pub fn key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, InvalidKey> 
         // The character's code only: the key itself is not echoed.
         return Err(InvalidKey(format!("a character outside them (byte 0x{b:02x})")));
     }
-    Ok(Some(v.to_str().expect("checked: ASCII")))
+    Ok(Some(std::str::from_utf8(bytes).expect("checked: ASCII")))
 }
 
 /// Derives report ids from idempotency keys.
@@ -89,33 +89,46 @@ impl ReportIds {
             })
             .collect()
     }
+
+    /// With an idempotency key (the values of the request's `Idempotency-Key` header, see
+    /// [`key`]): the ids of a request's reports derived from it, so a resend is recognised; a
+    /// report with an id of its own (a relay's) keeps it. `ids` are the reports' id slots.
+    pub fn name<'a>(
+        &self,
+        header: impl IntoIterator<Item = &'a [u8]>,
+        scope: &str,
+        body: &[u8],
+        ids: Vec<&mut Option<Uuid>>,
+    ) -> Result<(), InvalidKey> {
+        if let Some(key) = key(header)? {
+            let derived = self.ids(scope, key, body, ids.len());
+            for (slot, id) in ids.into_iter().zip(derived) {
+                slot.get_or_insert(id);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{HeaderMap, HeaderValue};
 
-    fn headers(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(HEADER, HeaderValue::from_str(v).unwrap());
-        }
-        h
+    fn key_of<'a>(values: &'a [&str]) -> Result<Option<&'a str>, InvalidKey> {
+        key(values.iter().map(|v| v.as_bytes()))
     }
 
     #[test]
     fn keys_are_bounded_in_length_and_characters() {
-        assert_eq!(key(&headers(&[])), Ok(None));
-        assert_eq!(key(&headers(&["0193a1b2-c3d4:run.7_x"])), Ok(Some("0193a1b2-c3d4:run.7_x")));
-        assert_eq!(key(&headers(&[&"k".repeat(MAX_LEN)])), Ok(Some(&*"k".repeat(MAX_LEN))));
+        assert_eq!(key_of(&[]), Ok(None));
+        assert_eq!(key_of(&["0193a1b2-c3d4:run.7_x"]), Ok(Some("0193a1b2-c3d4:run.7_x")));
+        let long = "k".repeat(MAX_LEN);
+        assert_eq!(key_of(&[&long]), Ok(Some(&*long)));
         for bad in ["", "a b", "a/b", "ключ", &"k".repeat(MAX_LEN + 1)] {
-            let mut h = HeaderMap::new();
-            h.insert(HEADER, HeaderValue::from_bytes(bad.as_bytes()).unwrap());
-            let e = key(&h).unwrap_err().to_string();
+            let e = key_of(&[bad]).unwrap_err().to_string();
             assert!(e.contains("Idempotency-Key") && !e.contains(bad) || bad.is_empty(), "{bad:?}: {e}");
         }
-        assert!(key(&headers(&["a", "b"])).is_err(), "two keys");
+        assert!(key_of(&["a", "b"]).is_err(), "two keys");
     }
 
     #[test]
@@ -135,5 +148,18 @@ mod tests {
         }
         // The scope and key are length-prefixed: no shifting of bytes between them.
         assert_ne!(ids.ids("ab", "c", b"", 1), ids.ids("a", "bc", b"", 1));
+    }
+
+    #[test]
+    fn naming_fills_only_the_reports_without_an_id() {
+        let ids = ReportIds::new([7; 32]);
+        let own = Uuid::from_u128(1);
+        let mut slots = [None, Some(own)];
+        ids.name([&b"k1"[..]], "forward", b"{}", slots.iter_mut().collect()).unwrap();
+        assert_eq!(slots, [Some(ids.ids("forward", "k1", b"{}", 2)[0]), Some(own)]);
+        let mut slots = [None];
+        ids.name(std::iter::empty(), "forward", b"{}", slots.iter_mut().collect()).unwrap();
+        assert_eq!(slots, [None], "no key, no ids");
+        assert!(ids.name([&b"a b"[..]], "forward", b"{}", slots.iter_mut().collect()).is_err());
     }
 }

@@ -6,7 +6,8 @@ pub mod config;
 pub mod delivery;
 pub mod dlq;
 pub use data_exporter_wire::envelope;
-pub mod forward;
+pub mod accept;
+pub mod destination;
 pub mod idempotency;
 pub mod ingest;
 pub mod kafka;
@@ -253,6 +254,24 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     }
     let count = tenants.clone();
     queue.share_untenanted(Arc::new(move || count.current().len()));
+    let accept = Arc::new(accept::Accept::new(
+        cfg.role,
+        registry.clone(),
+        queue.clone(),
+        status.clone(),
+        metrics.clone(),
+        secrets.clone(),
+    ));
+    let ingest = Arc::new(ingest::Ingest::new(
+        accept.clone(),
+        tenants.clone(),
+        report_ids.clone(),
+        ingest::Limits {
+            max_json_depth: cfg.limits.max_json_depth,
+            max_body_bytes: cfg.limits.max_body_bytes,
+            max_buffered_bytes: cfg.limits.max_buffered_bytes,
+        },
+    ));
     let state = server::AppState {
         role: cfg.role,
         registry,
@@ -261,7 +280,8 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         status,
         dlq,
         metrics,
-        validated: Arc::default(),
+        accept,
+        ingest,
         secrets,
         limits: cfg.limits.clone(),
         admin_token,
@@ -270,9 +290,9 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     };
     // Sources feed the queue: only where this process ingests.
     let sources = if cfg.role.ingests() {
-        sources::Sources::start(&cfg.sources, &state)?
+        sources::Sources::start(&cfg.sources, &state.accept, &state.dlq, cfg.limits.max_json_depth)?
     } else {
-        sources::Sources::start(&Default::default(), &state)?
+        sources::Sources::start(&Default::default(), &state.accept, &state.dlq, cfg.limits.max_json_depth)?
     };
     Ok(Host {
         state,

@@ -131,7 +131,7 @@ mod tests {
                 id: uuid::Uuid::now_v7(),
                 received_at_ms: 1,
                 payload: payload.into(),
-                dests: vec![QueuedDest { key: "k".into(), config: "{}".into() }],
+                dests: vec![QueuedDest::stored("k", "{}")],
                 labels: Vec::new(),
                 source: None,
                 tenant: None,

@@ -38,12 +38,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
-/// A destination: which plugin, and its config.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct DestKey {
-    key: String,
-    config: Arc<str>,
-}
+/// A destination: which plugin, and its config (hashed by an identity computed once).
+type DestKey = crate::destination::Destination;
 
 /// One report bound for one destination.
 struct Job {

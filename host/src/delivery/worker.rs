@@ -75,7 +75,7 @@ impl Delivery {
 
     fn send(self: &Arc<Self>, job: Job) {
         let d = &job.report.dests[job.dest];
-        let dk = DestKey { key: d.key.clone(), config: d.config.clone() };
+        let dk = d.clone();
         let mut workers = self.workers.lock().unwrap();
         let job = match workers.get(&dk) {
             Some(tx) => match tx.send(job) {

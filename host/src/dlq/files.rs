@@ -393,7 +393,7 @@ mod tests {
             id: Uuid::now_v7(),
             received_at_ms: 1,
             payload: "{\"a\":1}".into(),
-            dests: vec![QueuedDest { key: "openSearch".into(), config: r#"{"password":"pw-9f8e7d"}"#.into() }],
+            dests: vec![QueuedDest::stored("openSearch", r#"{"password":"pw-9f8e7d"}"#)],
             labels: vec![("team".into(), "sec".into())],
             source: None,
             tenant: None,

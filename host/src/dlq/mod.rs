@@ -89,7 +89,7 @@ impl DeadLetter {
             id: self.id,
             received_at_ms: self.received_at_ms,
             payload: self.payload,
-            dests: vec![QueuedDest { key: self.consumer, config: config.into() }],
+            dests: vec![QueuedDest::stored(self.consumer, config)],
             labels: self.labels,
             source: self.source,
             tenant: self.tenant,

@@ -2,11 +2,9 @@
 //! headers into the one access key it acts as, or a 401/400/403 answer.
 
 use super::config::{JwtConfig, TenantConfig};
-use crate::server::ApiError;
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use data_exporter_wire::auth::{self, AuthError, Denied, JwtOptions, KeyError, Verifier};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, StatusCode};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -27,8 +25,8 @@ pub struct Keys {
     verifier: Verifier,
 }
 
-/// Why a request may not act as an access key: answered as an [`ApiError`], with a
-/// `WWW-Authenticate` challenge on a 401.
+/// Why a request may not act as an access key: answered with its status and code, and a
+/// `WWW-Authenticate` challenge ([`AuthRejection::challenge`]) on a 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthRejection {
     /// No valid credential (401).
@@ -65,18 +63,14 @@ impl std::fmt::Display for AuthRejection {
     }
 }
 
-impl IntoResponse for AuthRejection {
-    fn into_response(self) -> Response {
-        let challenge = match &self {
+impl AuthRejection {
+    /// The `WWW-Authenticate` challenge its answer carries: on a 401 only.
+    pub fn challenge(&self) -> Option<&'static str> {
+        match self {
             AuthRejection::Unauthenticated(e) if e.is_missing() => Some(CHALLENGE),
             AuthRejection::Unauthenticated(_) => Some(CHALLENGE_INVALID),
             AuthRejection::Denied(_) => None,
-        };
-        let mut resp = ApiError::new(self.status(), self.code(), self.to_string()).into_response();
-        if let Some(challenge) = challenge {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
-        resp
     }
 }
 
@@ -232,9 +226,9 @@ fn jwt_options(jwt: &JwtConfig) -> Result<JwtOptions, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::to_bytes;
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use http::HeaderValue;
     use serde_json::{Value, json};
     use sha2::{Digest, Sha256};
 
@@ -286,7 +280,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -314,13 +308,6 @@ mod tests {
         let message = format!("{head}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
         let signature = URL_SAFE_NO_PAD.encode(hmac(SECRET.as_bytes(), message.as_bytes()));
         format!("{message}.{signature}")
-    }
-
-    async fn body(resp: Response) -> (StatusCode, Option<String>, Value) {
-        let status = resp.status();
-        let challenge = resp.headers().get(WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_string());
-        let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (status, challenge, serde_json::from_slice(&bytes).unwrap())
     }
 
     #[test]
@@ -407,29 +394,20 @@ mod tests {
         assert_eq!(keys.authenticate_at(&h, None, None, tenants, NOW).unwrap_err().code(), "invalid_access_key");
     }
 
-    #[tokio::test]
-    async fn responses_carry_challenges_on_401_only() {
+    #[test]
+    fn challenges_on_401_only() {
         let (_dir, keys) = keys();
         let missing = auth(&keys, &[], None, None).unwrap_err();
-        let (status, challenge, json) = body(missing.into_response()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="data-exporter""#));
-        assert_eq!(json["error"]["code"], "missing_credentials");
-
+        assert_eq!((missing.status(), missing.code()), (StatusCode::UNAUTHORIZED, "missing_credentials"));
+        assert_eq!(missing.challenge(), Some(r#"Bearer realm="data-exporter""#));
         let wrong = auth(&keys, &[("authorization", "Bearer not-a-token")], None, None).unwrap_err();
-        let (status, challenge, json) = body(wrong.into_response()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="data-exporter", error="invalid_token""#));
-        assert_eq!(json["error"]["code"], "invalid_token");
-        assert!(!json.to_string().contains("not-a-token"));
-
+        assert_eq!((wrong.status(), wrong.code()), (StatusCode::UNAUTHORIZED, "invalid_token"));
+        assert_eq!(wrong.challenge(), Some(r#"Bearer realm="data-exporter", error="invalid_token""#));
+        assert!(!wrong.to_string().contains("not-a-token"));
         let scheme = auth(&keys, &[("authorization", "Digest x")], None, None).unwrap_err();
-        assert_eq!(body(scheme.into_response()).await.1.as_deref(), Some(r#"Bearer realm="data-exporter""#));
-
+        assert_eq!(scheme.challenge(), Some(r#"Bearer realm="data-exporter""#));
         let revoked = auth(&keys, &[("authorization", "Bearer token-b-0123456789")], None, None).unwrap_err();
-        let (status, challenge, json) = body(revoked.into_response()).await;
-        assert_eq!((status, challenge), (StatusCode::FORBIDDEN, None));
-        assert_eq!(json["error"]["code"], "access_key_revoked");
+        assert_eq!((revoked.status(), revoked.challenge()), (StatusCode::FORBIDDEN, None));
     }
 
     #[test]

@@ -3,22 +3,22 @@
 
 use super::auth::Keys;
 use super::config::{IngestConfig, Match, RouteConfig, TenantConfig};
-use crate::envelope::Envelope;
+use crate::accept::{Destinations, Submission};
+use crate::destination::Destination;
 use crate::watch::{self, Watcher};
 use dashmap::DashMap;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// A route, checked: its destination as canonical JSON text.
+/// A route, checked: its destination parsed once, at load.
 #[derive(Debug)]
 pub struct Route {
     /// The consumer key.
     pub consumer: String,
-    destination: Box<RawValue>,
+    destination: Destination,
     /// Which reports take it.
     pub when: Match,
 }
@@ -72,8 +72,7 @@ impl Route {
                 cfg.consumer
             ));
         }
-        let text = cfg.destination.to_string(); // serde_json maps are sorted: canonical
-        let destination = RawValue::from_string(text).map_err(|e| format!("{at}: {e}"))?;
+        let destination = Destination::from_value(&cfg.consumer, &cfg.destination);
         for p in cfg.when.tenant.iter().chain(&cfg.when.source).chain(&cfg.when.tag).chain(cfg.when.labels.values()) {
             if p[..p.len().saturating_sub(1)].contains('*') {
                 return Err(format!("{at}: match pattern {p:?}: `*` may only end a pattern (prefix match)"));
@@ -94,11 +93,11 @@ pub struct Tenant {
 
 /// The destinations a report takes: per consumer key the first route that admits it, the
 /// tenant's routes before everyone's.
-pub fn destinations<'r>(own: &'r [Route], global: &'r [Route], meta: &Meta<'_>) -> Vec<(String, Box<RawValue>)> {
-    let mut out: Vec<(String, Box<RawValue>)> = Vec::new();
+pub fn destinations(own: &[Route], global: &[Route], meta: &Meta<'_>) -> Vec<Destination> {
+    let mut out: Vec<Destination> = Vec::new();
     for r in own.iter().chain(global) {
-        if r.when.admits(meta) && !out.iter().any(|(k, _)| *k == r.consumer) {
-            out.push((r.consumer.clone(), r.destination.clone()));
+        if r.when.admits(meta) && !out.iter().any(|d| d.key == r.consumer) {
+            out.push(r.destination.clone());
         }
     }
     out
@@ -144,21 +143,21 @@ impl TenantSet {
         labels
     }
 
-    /// The envelopes of `tenant`'s records, which share their metadata (`labels`) and so their
+    /// The reports of `tenant`'s records, which share their metadata (`labels`) and so their
     /// destinations: the routes are matched once. `None`: no route takes them.
-    pub fn envelopes(
+    pub fn submissions(
         &self,
         tenant: &Tenant,
         payloads: impl Iterator<Item = String>,
         labels: Vec<(String, String)>,
-    ) -> Option<Vec<Envelope>> {
+    ) -> Option<Vec<Submission>> {
         let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels: &labels };
-        let destinations = destinations(&tenant.routes, &self.global, &meta);
+        let destinations: std::sync::Arc<[Destination]> = destinations(&tenant.routes, &self.global, &meta).into();
         if destinations.is_empty() {
             return None;
         }
-        let envelope = |payload| Envelope {
-            destinations: destinations.clone(),
+        let envelope = |payload| Submission {
+            destinations: Destinations::Built(destinations.clone()),
             skipped: Vec::new(),
             payload,
             labels: labels.clone(),
@@ -226,7 +225,7 @@ pub fn build(cfg: &IngestConfig, tenants: Vec<TenantConfig>) -> Result<TenantSet
         .map(|(j, r)| Route::new(r, &format!("ingest route [{j}]")))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(name) = &cfg.tag_header
-        && axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        && http::HeaderName::from_bytes(name.as_bytes()).is_err()
     {
         return Err(format!("ingest.tag_header {name:?} is not a valid HTTP header name"));
     }
@@ -398,7 +397,7 @@ mod tests {
         let pick = |tenant: &str, labels: &[(String, String)]| -> Vec<String> {
             destinations(&own, &global, &Meta { tenant, source: SOURCE, labels })
                 .into_iter()
-                .map(|(k, d)| format!("{k}:{}", d.get()))
+                .map(|d| format!("{}:{}", d.key, d.config))
                 .collect()
         };
         assert_eq!(
@@ -450,7 +449,7 @@ mod tests {
         .unwrap();
         let tenants = Tenants::new(&IngestConfig { tenants: vec![tenant], ..Default::default() }).unwrap();
         let bearer = |t: &str| {
-            let mut h = axum::http::HeaderMap::new();
+            let mut h = http::HeaderMap::new();
             h.insert("authorization", format!("Bearer {t}").parse().unwrap());
             let set = tenants.current();
             set.keys.authenticate(&h, None, None, |k| set.get(k).map(|t| t.cfg.revoked)).map_err(|e| e.code())

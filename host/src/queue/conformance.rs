@@ -50,8 +50,8 @@ fn report(n: usize, batch: &str) -> QueuedReport {
         received_at_ms: 1_000 + n as u64,
         payload: format!("{{\"n\":{n},\"batch\":\"{batch}\"}}"),
         dests: vec![
-            QueuedDest { key: "openSearch".into(), config: r#"{"host":"h","password":"pw-conformance"}"#.into() },
-            QueuedDest { key: "webhook".into(), config: r#"{"url":"http://w"}"#.into() },
+            QueuedDest::stored("openSearch", r#"{"host":"h","password":"pw-conformance"}"#),
+            QueuedDest::stored("webhook", r#"{"url":"http://w"}"#),
         ],
         labels: vec![("n".into(), n.to_string())],
         source: n.is_multiple_of(2).then(|| format!("kafka:topic-{n}")),

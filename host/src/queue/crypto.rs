@@ -23,6 +23,8 @@ pub struct Sealer {
     /// A secret derived from the key for report ids under idempotency keys (every process
     /// sharing the key derives the same ids).
     ids_secret: [u8; 32],
+    /// Tells sealers apart (clones share it): what a destination sealed once is kept for.
+    id: u64,
 }
 
 struct NonceSeq {
@@ -63,7 +65,16 @@ impl Sealer {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
             nonces: NonceSeq::random().into(),
             ids_secret,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
+    }
+
+    /// This sealer (and its clones) among the process's sealers.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The secret report ids under idempotency keys are derived with (not the key itself).

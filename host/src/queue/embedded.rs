@@ -498,8 +498,8 @@ mod tests {
             received_at_ms: n as u64,
             payload: format!("{{\"n\":{n}}}"),
             dests: vec![
-                QueuedDest { key: "openSearch".into(), config: r#"{"password":"s3cret-pw"}"#.into() },
-                QueuedDest { key: "webhook".into(), config: r#"{"url":"http://h"}"#.into() },
+                QueuedDest::stored("openSearch", r#"{"password":"s3cret-pw"}"#),
+                QueuedDest::stored("webhook", r#"{"url":"http://h"}"#),
             ],
             labels: if n.is_multiple_of(2) { vec![("team".into(), format!("t{n}"))] } else { vec![] },
             source: None,

@@ -943,7 +943,7 @@ mod tests {
                 id: Uuid::now_v7(),
                 received_at_ms: n,
                 payload: format!("{{\"n\":{n}}}"),
-                dests: vec![QueuedDest { key: "d".into(), config: "{}".into() }],
+                dests: vec![QueuedDest::stored("d", "{}")],
                 labels: vec![],
                 source: None,
                 tenant: None,

@@ -49,14 +49,9 @@ pub struct QueuedReport {
     pub tenant: Option<String>,
 }
 
-/// One destination of a queued report.
-#[derive(Debug, Clone)]
-pub struct QueuedDest {
-    /// Consumer key (which plugin).
-    pub key: String,
-    /// The destination config, JSON text. Sealed when stored; plain only in memory.
-    pub config: Arc<str>,
-}
+/// One destination of a queued report: its consumer key and config (sealed when stored; plain
+/// only in memory), shared by every report bound for it.
+pub type QueuedDest = crate::destination::Destination;
 
 impl QueuedReport {
     /// Roughly the memory it holds, in bytes (what `queue.max_bytes` counts).
@@ -126,9 +121,6 @@ pub enum QueueError {
         /// Its share.
         max: u64,
     },
-    /// This process does not take reports (`--role deliver`).
-    #[error("this process only delivers (--role deliver): send reports to an ingest process")]
-    NotIngest,
 }
 
 fn tenant_full(tenant: &str, used: &u64, max: &u64) -> String {

@@ -4,8 +4,9 @@
 //! [| labels u16 | labels * (str16, str16)]`. Destination configs (they carry passwords) are sealed
 //! with the queue key; the payload is stored as given.
 
+use super::QueuedReport;
 use super::crypto::Sealer;
-use super::{QueuedDest, QueuedReport};
+use crate::destination::Destination;
 use uuid::Uuid;
 
 /// The first byte of a report record.
@@ -29,7 +30,8 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// A report as a record, its destination configs sealed.
+/// A report as a record, its destination configs sealed (each destination once per sealer, not
+/// once per report: `Destination::sealed_with`).
 pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
     let mut b = Vec::with_capacity(r.payload.len() + 128);
     b.push(REPORT);
@@ -38,7 +40,7 @@ pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
     b.extend_from_slice(&(r.dests.len() as u16).to_le_bytes());
     for d in &r.dests {
         put_str16(&mut b, &d.key);
-        put_bytes32(&mut b, &sealer.seal(d.config.as_bytes()));
+        put_bytes32(&mut b, &d.sealed_with(sealer.id(), |c| sealer.seal(c)));
     }
     put_bytes32(&mut b, r.payload.as_bytes());
     // After the payload, so records written before labels existed read as having none; then
@@ -104,7 +106,7 @@ fn decode_body(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
     for _ in 0..n {
         let key = r.str16()?;
         let config = String::from_utf8(sealer.open(r.bytes32()?)?).ok()?;
-        dests.push(QueuedDest { key, config: config.into() });
+        dests.push(Destination::stored(key, config));
     }
     let payload = String::from_utf8(r.bytes32()?.to_vec()).ok()?;
     let mut labels = Vec::new();
@@ -168,6 +170,41 @@ pub fn decode_mark(body: &[u8]) -> Option<Mark> {
     let n = r.u32()? as usize;
     let ids = (0..n).map(|_| Uuid::from_slice(r.take(16)?).ok()).collect::<Option<Vec<_>>>()?;
     r.0.is_empty().then_some(Mark { key, how, ids })
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    fn report(dest: &Destination) -> QueuedReport {
+        QueuedReport {
+            id: Uuid::now_v7(),
+            received_at_ms: 7,
+            payload: "{}".into(),
+            dests: vec![dest.clone()],
+            labels: Vec::new(),
+            source: None,
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn a_shared_destination_is_sealed_once_and_reads_back() {
+        let sealer = Sealer::new(&[3; 32]);
+        let dest = Destination::stored("openSearch", r#"{"password":"pw-seal-once"}"#);
+        let (a, b) = (encode(&report(&dest), &sealer), encode(&report(&dest), &sealer));
+        // After the kind, id and time: the count, the key, then the sealed config.
+        let sealed = |rec: &[u8]| rec[1 + 16 + 8 + 2 + 2 + 10..][..4 + 12 + 27 + 16].to_vec();
+        assert_eq!(sealed(&a), sealed(&b), "one seal (one nonce) for both reports");
+        assert!(!a.windows(12).any(|w| w == b"pw-seal-once"), "sealed, not plain");
+        let back = decode(&b, &sealer).unwrap();
+        assert_eq!((back.dests[0].key.as_str(), &*back.dests[0].config), ("openSearch", &*dest.config));
+        // Another sealer (another key) seals its own copy, which it alone opens.
+        let other = Sealer::new(&[4; 32]);
+        let c = encode(&report(&dest), &other);
+        assert!(decode(&c, &sealer).is_none() && decode(&c, &other).is_some());
+        assert!(decode(&a, &sealer).is_some(), "the first sealer's copy still stands");
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod admin;
 mod config;
 mod error;
+mod ingest;
 pub mod listener;
 pub mod tls;
 
@@ -14,9 +15,9 @@ pub use admin::{AdminToken, admin_app};
 pub use config::Limits;
 pub use error::ApiError;
 
+use crate::accept::{Accept, Receipt, Submission};
 use crate::delivery::Delivery;
 use crate::dlq::DeadLetters;
-use crate::forward::{self, Ingest, Receipt, ValidationCache};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::redact::{public_reason_for, public_value};
@@ -52,8 +53,10 @@ pub struct AppState {
     pub dlq: Arc<DeadLetters>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Validated destinations.
-    pub validated: Arc<ValidationCache>,
+    /// The accept step every ingress goes through (routing, validation, the queue).
+    pub accept: Arc<Accept>,
+    /// Tenant ingest (`/v1/*`).
+    pub ingest: Arc<crate::ingest::Ingest>,
     /// Mounted secrets.
     pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
     /// Producer limits.
@@ -66,28 +69,13 @@ pub struct AppState {
     pub report_ids: crate::idempotency::ReportIds,
 }
 
-impl AppState {
-    /// What `forward::accept` needs, borrowed from here.
-    pub fn ingest(&self) -> Ingest<'_> {
-        Ingest {
-            registry: &self.registry,
-            queue: &self.queue,
-            status: &self.status,
-            metrics: &self.metrics,
-            validated: &self.validated,
-            secrets: &self.secrets,
-            share: None,
-        }
-    }
-}
-
 /// The public router, without a socket (tests drive it directly).
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     Router::new()
         .route("/forward", post(forward_handler))
-        .route("/v1/ingest", post(crate::ingest::ingest_handler))
-        .route("/v1/config", get(crate::ingest::config_handler))
+        .route("/v1/ingest", post(ingest::ingest_handler))
+        .route("/v1/config", get(ingest::config_handler))
         .route("/reports/{id}", get(report_status))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
@@ -142,9 +130,7 @@ async fn forward_inner(
     body: Result<Bytes, BytesRejection>,
     charge: Option<&listener::Charge>,
 ) -> Result<(Vec<Receipt>, bool, Option<std::time::Duration>), ApiError> {
-    if !state.role.ingests() {
-        return Err(crate::forward::RouteError::Queue(crate::queue::QueueError::NotIngest).into());
-    }
+    state.accept.ingests()?;
     if !state.tenants.config().allow_forward {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -190,7 +176,7 @@ async fn forward_inner(
     // their own size.
     let over_budget = || {
         if charge.is_some_and(|c| c.never_fits()) {
-            return crate::ingest::never_fits(state);
+            return ApiError::never_fits(state.limits.max_buffered_bytes);
         }
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -217,10 +203,11 @@ async fn forward_inner(
         ));
     }
     if state.limits.forbid_inline_credentials {
-        forward::refuse_inline_credentials(&state.registry, &envelopes, batch)?;
+        state.accept.refuse_inline_credentials(&envelopes, batch)?;
     }
     let mut envelopes = envelopes;
-    name_by_idempotency_key(state, headers, "forward", &body, &mut envelopes)?;
+    let header = headers.get_all(crate::idempotency::HEADER).iter().map(|v| v.as_bytes());
+    state.report_ids.name(header, "forward", &body, envelopes.iter_mut().map(|e| &mut e.id).collect())?;
     // An id naming a tenant's report is not that report here: the envelope is accepted as a new
     // report with a fresh id, so `/forward` never answers with a tenant's states (`GET
     // /reports` shows them only to the tenant's credentials).
@@ -230,7 +217,8 @@ async fn forward_inner(
             env.id = None;
         }
     }
-    let receipts = forward::accept(state.ingest(), envelopes, batch).await?;
+    let reports = envelopes.into_iter().map(Submission::from).collect();
+    let receipts = state.accept.accept(reports, batch, None).await?;
     Ok((receipts, batch, wait))
 }
 
@@ -260,26 +248,6 @@ async fn answer_forward(
     } else {
         (status, Json(public_value(&receipts[0]))).into_response()
     }
-}
-
-/// With an `Idempotency-Key` header: the reports' ids derived from it (`idempotency.rs`), so a
-/// resend is recognised; a report with a relay's own id keeps it.
-pub(crate) fn name_by_idempotency_key(
-    state: &AppState,
-    headers: &axum::http::HeaderMap,
-    scope: &str,
-    body: &[u8],
-    envelopes: &mut [crate::envelope::Envelope],
-) -> Result<(), ApiError> {
-    let key = crate::idempotency::key(headers)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", e.to_string()))?;
-    if let Some(key) = key {
-        let ids = state.report_ids.ids(scope, key, body, envelopes.len());
-        for (env, id) in envelopes.iter_mut().zip(ids) {
-            env.id.get_or_insert(id);
-        }
-    }
-    Ok(())
 }
 
 /// After a wait: 200 when everything was delivered (or skipped), 502 when a
@@ -321,7 +289,7 @@ async fn report_status(
     };
     let may_read = |tenant: Option<&str>| match tenant {
         None => true,
-        Some(t) => crate::ingest::may_read(&state, &headers, t),
+        Some(t) => state.ingest.may_read(&headers, t),
     };
     if let Some(known) = state.status.known(uuid) {
         // Fail closed: every path that queues a report records its origin (a `/forward`
@@ -353,7 +321,7 @@ async fn report_status(
     }
     // As long as checking a credential for a known report takes.
     if headers.contains_key(axum::http::header::AUTHORIZATION) {
-        crate::ingest::may_read(&state, &headers, "");
+        state.ingest.may_read(&headers, "");
     }
     Err(unknown())
 }

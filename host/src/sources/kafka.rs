@@ -1,7 +1,7 @@
 //! A Kafka source: records of configured topics, consumed in a consumer group, routed like
 //! `POST /forward` (seed 002's pipeline entry).
 //!
-//! Records are taken in batches; a batch goes through `forward::accept` in one durable append.
+//! Records are taken in batches; a batch goes through the accept step in one durable append.
 //! A record's offset is stored (and committed every `commit_interval_ms`) only once it is in
 //! the queue or, when it cannot be routed (not JSON, not `ReportData`, an unknown consumer, a
 //! destination its plugin refuses), in the dead-letter store with the reason: a crash or a
@@ -9,18 +9,17 @@
 //! from its topic, partition and offset, so a record read twice is the same report (the host
 //! answers it "known" instead of queueing it again, and consumers that index by id overwrite).
 
+use crate::accept::{Accept, AcceptError, Destinations, RouteError, Submission};
 use crate::config::{KafkaSourceConfig, RecordFormat};
+use crate::destination::Destination;
 use crate::dlq::DeadLetters;
-use crate::envelope::{self, Envelope};
-use crate::forward::{self, RouteError};
+use crate::envelope;
 use crate::metrics::{self, Metrics};
 use crate::queue::{QueueError, QueuedDest, QueuedReport};
-use crate::server::AppState;
 use base64::Engine as _;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,16 +70,24 @@ impl Record {
 pub struct KafkaSource {
     cfg: KafkaSourceConfig,
     consumer: StreamConsumer,
-    state: AppState,
+    accept: Arc<Accept>,
     dlq: Arc<DeadLetters>,
     metrics: Arc<Metrics>,
-    /// The configured destinations of `payload` records, as raw JSON.
-    destinations: Vec<(String, Box<RawValue>)>,
+    /// `limits.max_json_depth`.
+    max_json_depth: usize,
+    /// The configured destinations of `payload` records, parsed once.
+    destinations: Arc<[Destination]>,
 }
 
 impl KafkaSource {
-    /// Connect and subscribe (the group join happens on the first read).
-    pub fn open(cfg: &KafkaSourceConfig, state: AppState) -> anyhow::Result<KafkaSource> {
+    /// Connect and subscribe (the group join happens on the first read). Records go to
+    /// `accept`, those that cannot be routed to `dlq`.
+    pub fn open(
+        cfg: &KafkaSourceConfig,
+        accept: Arc<Accept>,
+        dlq: Arc<DeadLetters>,
+        max_json_depth: usize,
+    ) -> anyhow::Result<KafkaSource> {
         anyhow::ensure!(
             !cfg.topics.is_empty(),
             "sources.kafka `{}`: `topics` is empty: name the topics to consume",
@@ -93,11 +100,7 @@ impl KafkaSource {
                 cfg.name
             );
         }
-        let destinations = cfg
-            .destinations
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), RawValue::from_string(v.to_string())?)))
-            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let destinations = cfg.destinations.iter().map(|(k, v)| Destination::from_value(k, v)).collect();
         let section = format!("sources.kafka.{}", cfg.name);
         let base = crate::kafka::client_config(&section, &cfg.brokers, &cfg.properties, &cfg.properties_from_files)
             .map_err(anyhow::Error::msg)?;
@@ -109,9 +112,10 @@ impl KafkaSource {
         Ok(KafkaSource {
             cfg: cfg.clone(),
             consumer,
-            dlq: state.dlq.clone(),
-            metrics: state.metrics.clone(),
-            state,
+            metrics: accept.metrics().clone(),
+            accept,
+            dlq,
+            max_json_depth,
             destinations,
         })
     }
@@ -173,20 +177,22 @@ impl KafkaSource {
         let validation_deadline = tokio::time::Instant::now() + VALIDATION_RETRY_FOR;
         let mut pending = good;
         while !pending.is_empty() {
-            let envelopes = pending.iter().map(|(_, e)| e.clone()).collect();
-            match forward::accept(self.state.ingest(), envelopes, true).await {
+            let reports = pending.iter().map(|(_, e)| e.clone()).collect();
+            match self.accept.accept(reports, true, None).await {
                 Ok(receipts) => {
                     self.count("queued", receipts.len());
                     break;
                 }
-                Err(RouteError::Queue(e)) if e.is_transient() => {
+                Err(AcceptError::Queue(e)) if e.is_transient() => {
                     // The queue is full or away: nothing was taken; wait and try the batch again.
                     tracing::warn!(source = %self.cfg.name, error = %e, "the queue refused a batch; trying again");
                     if !self.pause(stop, Duration::from_secs(1)).await {
                         return false;
                     }
                 }
-                Err(RouteError::Plugin { .. }) if tokio::time::Instant::now() < validation_deadline => {
+                Err(AcceptError::Route(RouteError::Plugin { .. }))
+                    if tokio::time::Instant::now() < validation_deadline =>
+                {
                     if !self.pause(stop, Duration::from_secs(2)).await {
                         return false;
                     }
@@ -200,7 +206,7 @@ impl KafkaSource {
                     }
                 }
                 // Read again while its first reading is still queued here: taken already.
-                Err(RouteError::Queue(QueueError::InFlight(_))) => break,
+                Err(AcceptError::Queue(QueueError::InFlight(_))) => break,
                 Err(e) => {
                     let (r, _) = pending.pop().expect("one left");
                     if !self.dead_letter(r, &e.to_string(), stop).await {
@@ -217,24 +223,26 @@ impl KafkaSource {
     async fn take_one(
         &self,
         r: &Record,
-        env: &Envelope,
+        env: &Submission,
         validation_deadline: tokio::time::Instant,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         loop {
-            match forward::accept(self.state.ingest(), vec![env.clone()], false).await {
+            match self.accept.accept(vec![env.clone()], false, None).await {
                 Ok(_) => {
                     self.count("queued", 1);
                     return true;
                 }
                 // Read again while its first reading is still queued here: taken already.
-                Err(RouteError::Queue(QueueError::InFlight(_))) => return true,
-                Err(RouteError::Queue(e)) if e.is_transient() => {
+                Err(AcceptError::Queue(QueueError::InFlight(_))) => return true,
+                Err(AcceptError::Queue(e)) if e.is_transient() => {
                     if !self.pause(stop, Duration::from_secs(1)).await {
                         return false;
                     }
                 }
-                Err(RouteError::Plugin { .. }) if tokio::time::Instant::now() < validation_deadline => {
+                Err(AcceptError::Route(RouteError::Plugin { .. }))
+                    if tokio::time::Instant::now() < validation_deadline =>
+                {
                     if !self.pause(stop, Duration::from_secs(2)).await {
                         return false;
                     }
@@ -273,17 +281,18 @@ impl KafkaSource {
         }
     }
 
-    /// The record as a report envelope, or why it cannot be one.
-    fn envelope(&self, r: &Record) -> Result<Envelope, String> {
+    /// The record as a report to accept, or why it cannot be one.
+    fn envelope(&self, r: &Record) -> Result<Submission, String> {
         let text = std::str::from_utf8(&r.value).map_err(|e| format!("the record is not UTF-8 text: {e}"))?;
         let mut env = match self.cfg.format {
-            RecordFormat::ReportData => envelope::parse_one(text, self.state.limits.max_json_depth)
-                .map_err(|e| format!("the record is not a ReportData: {e}"))?,
+            RecordFormat::ReportData => envelope::parse_one(text, self.max_json_depth)
+                .map_err(|e| format!("the record is not a ReportData: {e}"))?
+                .into(),
             RecordFormat::Payload => {
                 serde_json::from_str::<serde::de::IgnoredAny>(text)
                     .map_err(|e| format!("the record is not JSON: {e}"))?;
-                Envelope {
-                    destinations: self.destinations.clone(),
+                Submission {
+                    destinations: Destinations::Built(self.destinations.clone()),
                     skipped: Vec::new(),
                     payload: text.to_string(),
                     labels: Vec::new(),
@@ -332,8 +341,7 @@ impl KafkaSource {
             source: Some(format!("kafka:{}", self.cfg.name)),
             tenant: None,
         };
-        let dest =
-            QueuedDest { key: format!("{}kafka:{}", crate::dlq::SOURCE_PREFIX, self.cfg.name), config: "{}".into() };
+        let dest = QueuedDest::stored(format!("{}kafka:{}", crate::dlq::SOURCE_PREFIX, self.cfg.name), "{}");
         loop {
             match self.dlq.put(&report, &dest, reason, 0, crate::now_ms()).await {
                 Ok(()) => {

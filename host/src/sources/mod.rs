@@ -1,10 +1,12 @@
 //! Sources of reports besides `POST /forward`: they route what they read through the same
-//! `forward::accept` (validation, durable append) and stop before the queue closes.
+//! accept step (`accept::Accept`: validation, durable append) and stop before the queue closes.
 
 pub mod kafka;
 
+use crate::accept::Accept;
 use crate::config::SourcesConfig;
-use crate::server::AppState;
+use crate::dlq::DeadLetters;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -15,12 +17,18 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Connect and start every configured source.
-    pub fn start(cfg: &SourcesConfig, state: &AppState) -> anyhow::Result<Sources> {
+    /// Connect and start every configured source: what they read goes to `accept`, what cannot
+    /// be routed to `dlq`; records are parsed within `max_json_depth` (`limits.max_json_depth`).
+    pub fn start(
+        cfg: &SourcesConfig,
+        accept: &Arc<Accept>,
+        dlq: &Arc<DeadLetters>,
+        max_json_depth: usize,
+    ) -> anyhow::Result<Sources> {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for k in &cfg.kafka {
-            let source = kafka::KafkaSource::open(k, state.clone())?;
+            let source = kafka::KafkaSource::open(k, accept.clone(), dlq.clone(), max_json_depth)?;
             tasks.push(tokio::spawn(source.run(rx.clone())));
         }
         Ok(Sources { stop, tasks })

@@ -1,0 +1,142 @@
+//! Accepting reports: route consumer keys to plugins, validate destinations, queue durably.
+//!
+//! [`Accept`] is the one way in for every ingress: `POST /forward` (`server`), tenant ingest
+//! (`ingest`, `POST /v1/ingest`) and the Kafka sources (`sources`) each hold an `Arc` of it.
+//! Every report of a request is routed and every destination validated before anything is
+//! queued, so a request is either refused whole or accepted whole. Accepted means durable: the
+//! queue has synced it to disk (or the brokers acknowledged it).
+//!
+//! `plan.rs` routes (each distinct destination parsed once, reports grouped by destination),
+//! `validation.rs` asks plugins and caches their answers, `error.rs` says why a request was
+//! refused.
+
+mod error;
+mod plan;
+mod validation;
+
+pub use error::{AcceptError, InlineCredential, NotIngest, RouteError};
+pub use plan::{Destinations, Receipt, Submission, new_report_ids};
+pub use validation::ValidationCache;
+
+use crate::capabilities::secrets::SecretStore;
+use crate::config::Role;
+use crate::envelope::Envelope;
+use crate::metrics::{self, Metrics};
+use crate::now_ms;
+use crate::queue::{Queue, QueueError, TenantShare};
+use crate::runtime::registry::Plugins;
+use crate::status::StatusBook;
+use plan::{Plan, plan};
+use std::sync::Arc;
+
+/// The accept step: routing, the validation caches, the queue, report states and metrics.
+pub struct Accept {
+    role: Role,
+    registry: Arc<Plugins>,
+    queue: Arc<Queue>,
+    status: Arc<StatusBook>,
+    metrics: Arc<Metrics>,
+    secrets: Arc<SecretStore>,
+    validated: ValidationCache,
+}
+
+impl Accept {
+    /// The accept step of a process with `role`, over these plugins, queue, states, metrics and
+    /// mounted secrets (destinations may refer to them).
+    pub fn new(
+        role: Role,
+        registry: Arc<Plugins>,
+        queue: Arc<Queue>,
+        status: Arc<StatusBook>,
+        metrics: Arc<Metrics>,
+        secrets: Arc<SecretStore>,
+    ) -> Accept {
+        Accept { role, registry, queue, status, metrics, secrets, validated: ValidationCache::default() }
+    }
+
+    /// Refuse at once where this process takes no reports (`--role deliver`).
+    pub fn ingests(&self) -> Result<(), NotIngest> {
+        if self.role.ingests() { Ok(()) } else { Err(NotIngest) }
+    }
+
+    /// Report states.
+    pub fn status(&self) -> &Arc<StatusBook> {
+        &self.status
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// With `limits.forbid_inline_credentials`: refuse a destination that sets a parameter its
+    /// plugin marks secret (a password, a token). Unknown consumer keys are left to routing.
+    pub fn refuse_inline_credentials(&self, envelopes: &[Envelope], batch: bool) -> Result<(), InlineCredential> {
+        let registry = self.registry.current();
+        let secret_params = |key: &str| {
+            let plugin = registry.get(key)?;
+            Some(plugin.info.parameters.iter().filter(|p| p.secret).map(|p| p.name.as_str()).collect())
+        };
+        plan::inline_credential(secret_params, envelopes, batch)
+    }
+
+    /// Route, validate and queue durably `reports` (within `share` of the queue, when given:
+    /// a tenant's); one receipt per report, in order.
+    pub async fn accept(
+        &self,
+        reports: Vec<Submission>,
+        batch: bool,
+        share: Option<TenantShare>,
+    ) -> Result<Vec<Receipt>, AcceptError> {
+        let registry = self.registry.current();
+        self.validated.follow(self.registry.generation());
+        let given_ids = reports.iter().any(|e| e.id.is_some());
+        let Plan { groups, reports, receipts } = plan(
+            |k| registry.get(k).map(|p| (p.clone(), p.required())),
+            || registry.keys_list(),
+            |id| self.status.get(id),
+            reports,
+            batch,
+            now_ms(),
+        )?;
+        for g in &groups {
+            self.validate(&g.plugin, &g.destination, g.members[0], batch).await?;
+        }
+        if reports.is_empty() {
+            return Ok(receipts); // every report was known already
+        }
+        // Append in a task of its own: a producer that hangs up mid-append drops this
+        // future, and must neither strand a report that reached the disk nor leak queue capacity.
+        let (queue, status, metrics) = (self.queue.clone(), self.status.clone(), self.metrics.clone());
+        // The states of the reports queued now (a report already known keeps its own), with their
+        // origin (whose, and where to).
+        let states: Vec<_> = receipts
+            .iter()
+            .filter(|r| !r.known)
+            .zip(&reports)
+            .map(|(r, q)| (r.id, r.consumers.clone(), crate::status::Origin::of(q)))
+            .collect();
+        let counts: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                let labels =
+                    metrics::Consumer { consumer: g.destination.key.clone(), plugin: g.plugin.info.name.clone() };
+                (labels, g.members.len())
+            })
+            .collect();
+        tokio::spawn(async move {
+            queue.append_within(reports, given_ids, share).await?;
+            // Delivery may have started (and even finished) meanwhile: its states stay.
+            for (id, consumers, origin) in states {
+                status.merge_from(id, consumers, Some(origin));
+            }
+            for (labels, n) in counts {
+                metrics.accepted.get_or_create(&labels).inc_by(n as u64);
+            }
+            Ok::<_, QueueError>(())
+        })
+        .await
+        .expect("appending does not panic")?;
+        Ok(receipts)
+    }
+}
