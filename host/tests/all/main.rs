@@ -25,6 +25,7 @@ mod messaging;
 mod newcomer;
 mod plugins;
 mod public_port;
+mod queue_kafka;
 mod quarantine;
 mod relay;
 mod reload;

@@ -153,8 +153,7 @@ fn make_test_installs_every_debian_package_the_tests_use() {
 #[tokio::test(flavor = "multi_thread")]
 async fn make_run_with_the_shipped_plugins_and_default_config_logs_no_error() {
     let root = repo_root();
-    let plugins = root.join("target/plugins");
-    assert!(plugins.join("kafka.wasm").exists(), "build the shipped plugins first (`make plugins`)");
+    let plugins = shipped_plugins();
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("out.log");
     let (port, admin) = (free_port(), free_port());
