@@ -6,7 +6,7 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every admin route, with a body where it takes one.
 fn routes() -> Vec<(reqwest::Method, &'static str, Option<Value>)> {

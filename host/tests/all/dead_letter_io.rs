@@ -7,7 +7,7 @@ use crate::helpers::*;
 use serde_json::json;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the pipe's reader waits for `/healthz` to be answered before it unblocks the write
 /// itself (so a host that stalls fails this test instead of hanging it).

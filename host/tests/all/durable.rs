@@ -4,7 +4,7 @@
 use crate::fault_injector::{Fault, FaultInjector};
 use crate::helpers::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Poll `GET /reports/{id}` until the consumer reaches `want`.
 pub async fn wait_for_state(app: &TestApp, id: &str, consumer: &str, want: &str) -> Value {

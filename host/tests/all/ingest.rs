@@ -11,7 +11,7 @@ use data_exporter::ingest::config::{IngestConfig, JwtConfig, RouteConfig, Tenant
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "data-exporter";

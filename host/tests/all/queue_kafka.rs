@@ -2,6 +2,7 @@
 //! Kafka leg (its embedded and memory legs run with the crate's unit tests, no server needed) and
 //! the consumer lag read from the broker's statistics.
 
+use crate::helpers::eventually;
 use data_exporter::config::{KafkaConfig, Role};
 use data_exporter::queue::crypto::Sealer;
 use data_exporter::queue::kafka::{KafkaQueue, create_topics};
@@ -56,11 +57,11 @@ async fn lag_is_the_records_past_the_committed_offset() {
     });
 
     let until = async |want: u64| {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while q.stats().lag != Some(want) {
-            assert!(tokio::time::Instant::now() < deadline, "the lag stayed {:?}, not {want}", q.stats().lag);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(Duration::from_secs(30), &format!("a lag of {want}"), async || {
+            let lag = q.stats().lag;
+            if lag == Some(want) { Ok(()) } else { Err(lag) }
+        })
+        .await
     };
     q.ack(&ids[..2], "d", Done::Delivered);
     // The 3 reports after them, and the done-marker of the two (read and finished, but

@@ -8,7 +8,7 @@
 use crate::helpers::*;
 use data_exporter::ingest::config::{IngestConfig, TenantConfig};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `queue.max_bytes`: two tenants and the untenanted reports, so each gets a third by default.
 const QUEUE_MAX: u64 = 64 * 1024;
@@ -98,11 +98,11 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
         assert_eq!(status, 202, "another tenant was refused because of `stuck`: {v}");
     }
     let out = granted.join("fine.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&out).unwrap_or_default().lines().count() < 5 {
-        assert!(Instant::now() < deadline, "fine's records did not arrive: {:?}", std::fs::read_to_string(&out));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "fine's 5 records in its file", async || {
+        let lines = std::fs::read_to_string(&out).unwrap_or_default().lines().count();
+        if lines >= 5 { Ok(()) } else { Err(std::fs::read_to_string(&out)) }
+    })
+    .await;
     // Still refused: nothing of `stuck` was delivered.
     let (status, _, v) = ingest(&app, &stuck_token, &record(999)).await;
     assert_eq!((status, v["error"]["code"].as_str()), (503, Some("tenant_queue_full")), "{v}");
