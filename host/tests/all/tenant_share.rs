@@ -108,8 +108,15 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
     assert_eq!((status, v["error"]["code"].as_str()), (503, Some("tenant_queue_full")), "{v}");
 
     // Per access key in /metrics (with ingest.tenant_metrics): `stuck` holds its share, `fine`
-    // nothing (delivered), and reports without an access key have their own series.
-    let metrics = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    // nothing (delivered), and reports without an access key have their own series. A record is
+    // in its file a moment before its acknowledgement frees its bytes: once they are freed.
+    let scrape = async || app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    eventually(Duration::from_secs(30), "fine's delivered records to free its share", async || {
+        let metrics = scrape().await;
+        if tenant_bytes(&metrics, "fine") == Some(0) { Ok(()) } else { Err(metrics) }
+    })
+    .await;
+    let metrics = scrape().await;
     let stuck = tenant_bytes(&metrics, "stuck").expect("a series for `stuck`");
     assert!(stuck > QUEUE_MAX / 3 - 4000 && stuck <= QUEUE_MAX / 3, "{stuck}\n{metrics}");
     assert_eq!(tenant_bytes(&metrics, "fine"), Some(0), "{metrics}");
