@@ -193,7 +193,8 @@ async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_aft
     let resp = client.post(format!("{url}/forward")).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let id = resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(30), "the delivery to reach the hanging upstream", async || !inj.seen().is_empty()).await;
+    eventually(Duration::from_secs(30), "the delivery to reach the hanging upstream", async || !inj.seen().is_empty())
+        .await;
     // The delivery hangs upstream; SIGTERM must still end the process within the grace period.
     let t = Instant::now();
     let status = exporter.terminate();

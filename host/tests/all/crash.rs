@@ -77,10 +77,14 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
     let accepted = accepted.lock().unwrap().clone();
     let unanswered = unanswered.load(Ordering::Relaxed) as u64;
     assert!(accepted.len() > 100, "too little load to mean anything: {}", accepted.len());
-    eventually(Duration::from_secs(120), &format!("all {} accepted reports in the index", accepted.len()), async || {
-        let n = count(&index).await;
-        if n >= accepted.len() as u64 { Ok(()) } else { Err(format!("{n} arrived")) }
-    })
+    eventually(
+        Duration::from_secs(120),
+        &format!("all {} accepted reports in the index", accepted.len()),
+        async || {
+            let n = count(&index).await;
+            if n >= accepted.len() as u64 { Ok(()) } else { Err(format!("{n} arrived")) }
+        },
+    )
     .await;
     let n = count(&index).await;
     assert!(

@@ -40,7 +40,8 @@ pub fn repo_root() -> PathBuf {
 /// The shipped plugins, as `make plugins` puts them in `target/plugins` (file names).
 pub const SHIPPED: &[&str] = &["opensearch", "file", "stdout", "http", "exporter", "kafka"];
 /// The test fixtures (`tests/plugins/*`), as `make plugins` puts them in `target/test-plugins`.
-pub const FIXTURES: &[&str] = &["readme_example", "hostile", "discard", "stuck_info", "legacy_v1", "v2_fixture", "poison"];
+pub const FIXTURES: &[&str] =
+    &["readme_example", "hostile", "discard", "stuck_info", "legacy_v1", "v2_fixture", "poison"];
 
 /// A built plugin component: `target/plugins/NAME.wasm` (shipped) or `target/test-plugins/NAME.wasm`,
 /// built first when missing (`build_component`).
@@ -154,7 +155,8 @@ impl Gate {
 
     /// Wait (30 s at most) until a request is held here; `what` names it for the failure message.
     pub async fn arrived(&self, what: &str) {
-        eventually(Duration::from_secs(30), what, async || self.arrived.load(std::sync::atomic::Ordering::SeqCst) > 0).await
+        eventually(Duration::from_secs(30), what, async || self.arrived.load(std::sync::atomic::Ordering::SeqCst) > 0)
+            .await
     }
 
     /// Answer every held request, and every later one at once.
@@ -417,7 +419,12 @@ impl Exporter {
         let exporter = Exporter::spawn(plugins, data, port, extra);
         let client = reqwest::Client::new();
         eventually(Duration::from_secs(60), "the exporter to become ready (/readyz 200)", async || {
-            client.get(format!("{}/readyz", exporter.url)).send().await.map(|r| r.status()).map_err(|e| e.to_string())
+            client
+                .get(format!("{}/readyz", exporter.url))
+                .send()
+                .await
+                .map(|r| r.status())
+                .map_err(|e| e.to_string())
                 .and_then(|s| if s == 200 { Ok(()) } else { Err(s.to_string()) })
         })
         .await;

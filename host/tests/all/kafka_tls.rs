@@ -231,22 +231,26 @@ async fn without_the_brokers_ca_the_handshake_fails_and_reports_are_refused() {
     let index = index();
     let body = report_data("openSearch", json!({"host_port": servers().os_url, "index": index}), &json!({"n": 0}));
     for (what, app) in [("OpenSSL's default CAs", &default_store), ("another CA", &wrong_ca)] {
-        eventually(Duration::from_secs(20), &format!("with {what}, /readyz to say the cluster is unreachable"), async || {
-            let (status, v) = app.forward(body.clone()).await;
-            assert_eq!(status, 503, "with {what}, a report was answered {status}: {v}");
-            assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
-            let (status, v): (u16, Value) = app.get("/readyz").await;
-            if status == 503 {
-                let message = v["message"].as_str().unwrap_or_default();
-                assert!(
-                    message.contains(&k.brokers),
-                    "with {what}, /readyz does not name the cluster {}: {v}",
-                    k.brokers
-                );
-                return Ok(());
-            }
-            Err(v)
-        })
+        eventually(
+            Duration::from_secs(20),
+            &format!("with {what}, /readyz to say the cluster is unreachable"),
+            async || {
+                let (status, v) = app.forward(body.clone()).await;
+                assert_eq!(status, 503, "with {what}, a report was answered {status}: {v}");
+                assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
+                let (status, v): (u16, Value) = app.get("/readyz").await;
+                if status == 503 {
+                    let message = v["message"].as_str().unwrap_or_default();
+                    assert!(
+                        message.contains(&k.brokers),
+                        "with {what}, /readyz does not name the cluster {}: {v}",
+                        k.brokers
+                    );
+                    return Ok(());
+                }
+                Err(v)
+            },
+        )
         .await;
     }
     // The broker's side: the clients refused its certificate.

@@ -192,7 +192,11 @@ async fn served_certificate(pki: &Pki, url: &str) -> CertificateDer<'static> {
 async fn until_served(pki: &Pki, app: &TestApp, name: &str) {
     let want = pki.der(name);
     eventually(Duration::from_secs(10), &format!("{name}'s certificate to be served"), async || {
-        if served_certificate(pki, &app.url).await == want { Ok(()) } else { Err(format!("{:?}", app.tls.as_ref().unwrap())) }
+        if served_certificate(pki, &app.url).await == want {
+            Ok(())
+        } else {
+            Err(format!("{:?}", app.tls.as_ref().unwrap()))
+        }
     })
     .await;
 }
@@ -217,7 +221,8 @@ async fn renewed_certificate_reaches_new_connections_and_a_broken_one_keeps_the_
     std::fs::write(pki.path("tmp"), format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n"))
         .unwrap();
     std::fs::rename(pki.path("tmp"), pki.path("live.key")).unwrap();
-    let error = eventually(Duration::from_secs(10), "the broken key file to be noticed", async || reloader.last_error()).await;
+    let error =
+        eventually(Duration::from_secs(10), "the broken key file to be noticed", async || reloader.last_error()).await;
     assert_eq!(error.key, "key_file", "{error}");
     let message = error.to_string();
     assert!(message.contains(&pki.path("live.key").display().to_string()), "{message}");

@@ -376,7 +376,11 @@ async fn a_tenants_report_id_named_on_forward_is_taken_as_a_new_report_showing_n
     let bearer_a = format!("Bearer {}", keys.token_a);
     eventually(Duration::from_secs(30), "the report delivered", async || {
         let (status, v) = report(&app.url, &id, Some(&bearer_a)).await;
-        if status == 200 && v["consumers"]["stdout"]["status"] == "delivered" { Ok(()) } else { Err(format!("{status} {v}")) }
+        if status == 200 && v["consumers"]["stdout"]["status"] == "delivered" {
+            Ok(())
+        } else {
+            Err(format!("{status} {v}"))
+        }
     })
     .await;
 

@@ -17,8 +17,9 @@ data_exporter::queue_conformance!(conformance, data_exporter::config::QueueBacke
 /// `fetch_watermarks` reads, would be wrong on tansu: the last batch's base offset + 1.)
 #[tokio::test(flavor = "multi_thread")]
 async fn lag_is_the_records_past_the_committed_offset() {
-    let brokers = std::env::var("DX_KAFKA_BROKERS")
-        .expect("DX_KAFKA_BROKERS is not set: start the test broker with tests/servers/up.sh and load target/test-servers/env");
+    let brokers = std::env::var("DX_KAFKA_BROKERS").expect(
+        "DX_KAFKA_BROKERS is not set: start the test broker with tests/servers/up.sh and load target/test-servers/env",
+    );
     let topic = format!("lag-{}", Uuid::now_v7().simple());
     create_topics(&brokers, &[(&topic, 1), (&format!("{topic}-dead"), 1)]).await.expect("creating the test topics");
     let cfg = KafkaConfig {

@@ -150,7 +150,8 @@ async fn send_retries_until_the_host_comes_up() {
         }
     });
     // It failed at least once against the closed port: it says it retries.
-    eventually(Duration::from_secs(60), "send to log a retry", async || log.lock().unwrap().contains("retrying in")).await;
+    eventually(Duration::from_secs(60), "send to log a retry", async || log.lock().unwrap().contains("retrying in"))
+        .await;
     let plugins = plugins_dir(&["stdout"]);
     let data = tempfile::tempdir().unwrap();
     let exporter = Exporter::start(plugins.path(), data.path(), port, |_| {}).await;
