@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins
+.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test-servers: test-deps ## Install (if needed) and start the real test servers (
 
 test-servers-down: ## Stop the test servers
 	tests/servers/down.sh
+
+test-unit: ## The tests that need no server, no environment and no wasm build: every crate's unit tests
+	$(CARGO) test --workspace --lib
 
 test: test-deps plugins language-plugins test-servers ## Run every test against real servers
 	@set -a; . target/test-servers/env; set +a; \

@@ -2,8 +2,12 @@
 //! carries, in order within an append, until acknowledged; it survives a restart (durable
 //! backends); what was acknowledged is not leased again; capacity is bounded.
 //!
-//! The Kafka backend runs against the real broker `tests/servers/up.sh` starts
-//! (`DX_KAFKA_BROKERS`), one fresh topic and group per test.
+//! The embedded and memory legs run with the crate's unit tests (no server). The Kafka leg runs
+//! in the integration tier (`host/tests/all/queue_kafka.rs`, `make test`) against the real broker
+//! `tests/servers/up.sh` starts (`DX_KAFKA_BROKERS`), one fresh topic and group per test: this
+//! module is public (hidden) with the `test-support` feature, which only the tests enable, and
+//! [`queue_conformance!`](crate::queue_conformance) declares one backend's tests wherever it is
+//! invoked.
 
 use super::crypto::Sealer;
 use super::{Done, Queue, QueueError, QueuedDest, QueuedReport, TenantShare, open};
@@ -98,7 +102,7 @@ fn ack_all(q: &Queue, reports: &[Arc<QueuedReport>]) {
     q.ack(&ids, "webhook", Done::DeadLettered);
 }
 
-async fn leases_what_was_appended_with_everything_it_carries(backend: QueueBackend) {
+pub async fn leases_what_was_appended_with_everything_it_carries(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let sent: Vec<QueuedReport> = (0..20).map(|n| report(n, "a")).collect();
@@ -130,7 +134,7 @@ async fn leases_what_was_appended_with_everything_it_carries(backend: QueueBacke
     q.close().await;
 }
 
-async fn keeps_the_order_of_each_append(backend: QueueBackend) {
+pub async fn keeps_the_order_of_each_append(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let mut batches = Vec::new();
@@ -149,7 +153,7 @@ async fn keeps_the_order_of_each_append(backend: QueueBackend) {
     q.close().await;
 }
 
-async fn a_restart_leases_again_what_was_not_acknowledged_and_only_that(backend: QueueBackend) {
+pub async fn a_restart_leases_again_what_was_not_acknowledged_and_only_that(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let reports: Vec<QueuedReport> = (0..30).map(|n| report(n, "r")).collect();
@@ -184,7 +188,7 @@ async fn a_restart_leases_again_what_was_not_acknowledged_and_only_that(backend:
 /// crash once a later append made the acknowledgements durable): the reports come back for the
 /// other destination only, so the one that acknowledged them is not given them again; once that
 /// one is acknowledged too, nothing comes back.
-async fn a_restart_leases_only_the_destinations_not_acknowledged(backend: QueueBackend, crash: bool) {
+pub async fn a_restart_leases_only_the_destinations_not_acknowledged(backend: QueueBackend, crash: bool) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let reports: Vec<QueuedReport> = (0..12).map(|n| report(n, "p")).collect();
@@ -238,7 +242,7 @@ async fn a_restart_leases_only_the_destinations_not_acknowledged(backend: QueueB
 
 /// The bytes held per tenant (and untenanted) are counted again from what recovery reads
 /// back, so shares hold across a restart.
-async fn tenant_bytes_survive_a_restart(backend: QueueBackend) {
+pub async fn tenant_bytes_survive_a_restart(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let untenanted = QueuedReport { id: Uuid::now_v7(), source: None, tenant: None, ..report(1, "s") };
@@ -257,7 +261,7 @@ async fn tenant_bytes_survive_a_restart(backend: QueueBackend) {
 
 /// Dropped without `close` (a crash): every report not acknowledged comes back; an
 /// acknowledged one may too (Kafka commits offsets every `commit_interval_ms`).
-async fn a_crash_loses_nothing_unacknowledged(backend: QueueBackend) {
+pub async fn a_crash_loses_nothing_unacknowledged(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let reports: Vec<QueuedReport> = (0..40).map(|n| report(n, "k")).collect();
@@ -285,7 +289,7 @@ async fn a_crash_loses_nothing_unacknowledged(backend: QueueBackend) {
 /// Ingest never holds more than `max_bytes` unfinished in a process: the local backends
 /// refuse appends past it; Kafka holds the rest in the topic and leases no more until
 /// acknowledgements make room.
-async fn capacity_is_bounded(backend: QueueBackend) {
+pub async fn capacity_is_bounded(backend: QueueBackend) {
     let one = report(0, "c").size();
     let b = Bench::new(backend, one * 5).await;
     let q = b.open();
@@ -332,7 +336,7 @@ fn of_tenant(t: &str) -> QueuedReport {
 /// The local backends hold each tenant to its share: a tenant past it is refused alone, with
 /// its own error, and taken again once its reports are acknowledged. Reports without an access
 /// key (`/forward`) have a share of their own, so they cannot starve the tenants either.
-async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
+pub async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
     let one = of_tenant("a").size();
     let b = Bench::new(backend, one * 9).await;
     let q = b.open();
@@ -378,7 +382,7 @@ async fn a_tenant_past_its_share_is_refused_alone(backend: QueueBackend) {
     q.close().await;
 }
 
-async fn a_given_id_in_flight_is_refused_not_stored_twice(backend: QueueBackend) {
+pub async fn a_given_id_in_flight_is_refused_not_stored_twice(backend: QueueBackend) {
     let b = Bench::new(backend, 1 << 20).await;
     let q = b.open();
     let r = report(1, "g");
@@ -391,10 +395,14 @@ async fn a_given_id_in_flight_is_refused_not_stored_twice(backend: QueueBackend)
     q.close().await;
 }
 
-macro_rules! suite {
+/// The suite's tests for one backend, as a module `$name`: `queue_conformance!(kafka,
+/// QueueBackend::Kafka, durable)`. A case added here runs on every backend that invokes it.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! queue_conformance {
     ($name:ident, $backend:expr $(, $durable:ident)?) => {
         mod $name {
-            use super::*;
+            use $crate::queue::conformance::*;
 
             #[tokio::test(flavor = "multi_thread")]
             async fn leases_what_was_appended() {
@@ -412,7 +420,7 @@ macro_rules! suite {
             async fn given_ids() {
                 a_given_id_in_flight_is_refused_not_stored_twice($backend).await
             }
-            $(suite!(@$durable $backend);)?
+            $($crate::queue_conformance!(@$durable $backend);)?
         }
     };
     // What only the local backends count: each tenant's bytes.
@@ -450,15 +458,19 @@ macro_rules! suite {
     };
 }
 
-suite!(embedded, QueueBackend::Embedded, durable);
+#[cfg(test)]
+crate::queue_conformance!(embedded, QueueBackend::Embedded, durable);
+#[cfg(test)]
 mod embedded_per_destination {
     use super::*;
-    suite!(@per_destination QueueBackend::Embedded);
-    suite!(@tenant_shares QueueBackend::Embedded);
+    crate::queue_conformance!(@per_destination QueueBackend::Embedded);
+    crate::queue_conformance!(@tenant_shares QueueBackend::Embedded);
 }
+#[cfg(test)]
 mod memory_tenant_shares {
     use super::*;
-    suite!(@tenant_shares QueueBackend::Memory);
+    crate::queue_conformance!(@tenant_shares QueueBackend::Memory);
 }
-suite!(memory, QueueBackend::Memory);
-suite!(kafka, QueueBackend::Kafka, durable);
+#[cfg(test)]
+crate::queue_conformance!(memory, QueueBackend::Memory);
+// The Kafka leg needs the broker: the integration tests run it (host/tests/all/queue_kafka.rs).

@@ -18,8 +18,11 @@ pub mod kafka;
 pub mod log;
 pub mod record;
 
-#[cfg(test)]
-mod conformance;
+/// The suite every backend passes; public (hidden) with the `test-support` feature so the
+/// integration tests run its Kafka leg against the real broker.
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod conformance;
 
 use crypto::Sealer;
 use futures::future::BoxFuture;

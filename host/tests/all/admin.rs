@@ -6,7 +6,7 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every admin route, with a body where it takes one.
 fn routes() -> Vec<(reqwest::Method, &'static str, Option<Value>)> {
@@ -283,15 +283,11 @@ async fn public_reasons_show_a_urls_origin_only_and_the_admin_api_shows_it_whole
     assert!(status == 202 || status == 502, "{receipt}");
     let id = receipt["id"].as_str().unwrap().to_string();
     assert!(!receipt.to_string().contains(&secret), "the ?wait= receipt shows the path: {receipt}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let reason = loop {
+    let reason = eventually(Duration::from_secs(20), "a reason in the report's status", async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if let Some(r) = v["consumers"]["openSearch"]["reason"].as_str() {
-            break r.to_string();
-        }
-        assert!(Instant::now() < deadline, "no reason yet: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        v["consumers"]["openSearch"]["reason"].as_str().map(str::to_string).ok_or(v)
+    })
+    .await;
     assert!(reason.contains("http://127.0.0.1:1") && !reason.contains(&secret), "{reason}");
 
     // A plugin's own message quoting a URL (the hostile plugin reaches the test server and says

@@ -160,11 +160,8 @@ async fn dlq_replay_and_purge_through_the_cli() {
     reqwest::Client::new().delete(format!("{}/{index}", s.os_url)).send().await.unwrap();
     let out = dlq_cli(&app.admin_url, token, &["replay", id]).await;
     assert!(out.contains("\"replayed\": 1"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get_doc(&index, id).await.is_none() {
-        assert!(Instant::now() < deadline, "the replayed report never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "the replayed report to arrive", async || get_doc(&index, id).await.is_some())
+        .await;
     assert_eq!(get_doc(&index, id).await, Some(json!({"level": "high"})));
     // Purge: a new dead letter (the same mapping conflict in another index), then gone.
     let other = json!({"host_port": s.os_url, "index": crate::helpers::index()});
@@ -196,9 +193,8 @@ async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_aft
     let resp = client.post(format!("{url}/forward")).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let id = resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    while inj.seen().is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), "the delivery to reach the hanging upstream", async || !inj.seen().is_empty())
+        .await;
     // The delivery hangs upstream; SIGTERM must still end the process within the grace period.
     let t = Instant::now();
     let status = exporter.terminate();
@@ -206,11 +202,10 @@ async fn sigterm_exits_within_the_grace_period_and_the_hung_delivery_resumes_aft
     assert!(t.elapsed() < Duration::from_millis(1000 + 1500), "took {:?}", t.elapsed());
 
     let _restarted = start().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get_doc(&index, &id).await.is_none() {
-        assert!(Instant::now() < deadline, "the report was lost at shutdown");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "the report hung at shutdown to arrive after the restart", async || {
+        get_doc(&index, &id).await.is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -229,11 +224,11 @@ async fn plugin_stdout_and_stderr_reach_the_host_log_bounded() {
     assert_eq!(receipt["consumers"]["hostile"]["reason"], "printed", "the plugin kept running: {receipt}");
     // The excess is summarised when the plugin's one-second log window closes.
     let read = || std::fs::read_to_string(logs.path().join("out.log")).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !read().contains("suppressed") {
-        assert!(std::time::Instant::now() < deadline, "no summary of the suppressed lines: {}", read());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "a summary of the suppressed lines", async || {
+        let log = read();
+        if log.contains("suppressed") { Ok(()) } else { Err(log) }
+    })
+    .await;
     exporter.terminate();
     let log = read();
     assert!(

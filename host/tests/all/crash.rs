@@ -8,7 +8,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
@@ -26,6 +26,7 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
 
     for round in 0..4u64 {
         let mut exporter = start(plugins.path(), data.path(), port).await;
+        let before = accepted.lock().unwrap().len();
         let running = Arc::new(AtomicBool::new(true));
         let mut load = Vec::new();
         for _ in 0..8 {
@@ -55,7 +56,14 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(300 + 100 * round)).await;
+        // Kill it under load, later in each round: once this round has had 100 + 50 * round reports
+        // accepted (the load stops at 2000 in all per round).
+        let want = (before + 100 + 50 * round as usize).min(2000 * (round as usize + 1));
+        eventually(Duration::from_secs(60), &format!("{want} reports accepted under load"), async || {
+            let n = accepted.lock().unwrap().len();
+            if n >= want { Ok(()) } else { Err(format!("{n} accepted")) }
+        })
+        .await;
         exporter.child.kill().unwrap(); // SIGKILL
         exporter.child.wait().unwrap();
         running.store(false, Ordering::Relaxed);
@@ -69,16 +77,15 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
     let accepted = accepted.lock().unwrap().clone();
     let unanswered = unanswered.load(Ordering::Relaxed) as u64;
     assert!(accepted.len() > 100, "too little load to mean anything: {}", accepted.len());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count(&index).await < accepted.len() as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} accepted reports arrived",
-            count(&index).await,
-            accepted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(120),
+        &format!("all {} accepted reports in the index", accepted.len()),
+        async || {
+            let n = count(&index).await;
+            if n >= accepted.len() as u64 { Ok(()) } else { Err(format!("{n} arrived")) }
+        },
+    )
+    .await;
     let n = count(&index).await;
     assert!(
         n <= accepted.len() as u64 + unanswered,

@@ -7,7 +7,7 @@ use crate::helpers::*;
 use serde_json::json;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the pipe's reader waits for `/healthz` to be answered before it unblocks the write
 /// itself (so a host that stalls fails this test instead of hanging it).
@@ -71,14 +71,10 @@ async fn a_stalled_dead_letter_write_does_not_stall_healthz() {
     assert_eq!(health.unwrap().status(), 200);
 
     // The failed write is reported, and the next try stores it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), "the dead letter to be stored", async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"]["openSearch"]["status"] == "dead_lettered" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the dead letter was never stored: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if v["consumers"]["openSearch"]["status"] == "dead_lettered" { Ok(()) } else { Err(v) }
+    })
+    .await;
     assert!(data.path().join(format!("dlq/{id}.openSearch.json")).exists());
 }

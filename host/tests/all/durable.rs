@@ -4,28 +4,24 @@
 use crate::fault_injector::{Fault, FaultInjector};
 use crate::helpers::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Poll `GET /reports/{id}` until the consumer reaches `want`.
 pub async fn wait_for_state(app: &TestApp, id: &str, consumer: &str, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), &format!("report {id} to reach {want} at {consumer}"), async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"][consumer]["status"] == want {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "report {id} never reached {want}: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if v["consumers"][consumer]["status"] == want { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 /// Poll until `index` holds `n` documents.
 pub async fn wait_for_count(index: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(index).await != n {
-        assert!(Instant::now() < deadline, "index {index} has {} documents, expected {n}", count(index).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), &format!("{n} documents in index {index}"), async || {
+        let got = count(index).await;
+        if got == n { Ok(()) } else { Err(format!("{got} documents")) }
+    })
+    .await
 }
 
 fn failing(n: usize) -> Vec<Fault> {

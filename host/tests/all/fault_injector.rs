@@ -82,6 +82,7 @@ async fn serve(
         let fault = script.lock().unwrap().pop_front();
         let (status, extra, text) = match fault {
             Some(Fault::Hang(d)) => {
+                // The injected fault itself: an upstream that hangs for `d` (decides nothing).
                 tokio::time::sleep(d).await;
                 return;
             }

@@ -377,31 +377,24 @@ async fn the_quota_retries_an_append_that_would_pass_it_and_nothing_outside_grow
     let (status, r) = app.forward(report(dest, &blob(2), json!({}))).await;
     assert_eq!(status, 202, "{r}");
     let id = r["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let state = loop {
+    let state = eventually(Duration::from_secs(30), &format!("report {id} to be tried"), async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
         let state = v["consumers"]["file"].clone();
-        if state["status"] != "queued" {
-            break state;
-        }
-        assert!(Instant::now() < deadline, "report {id} was never tried: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        if state["status"] != "queued" { Ok(state) } else { Err(v) }
+    })
+    .await;
     assert_eq!(state["status"], "retrying", "{state}");
     let reason = state["reason"].as_str().unwrap();
     assert!(reason.contains("quota"), "{reason}");
     // Tried again, and still refused by the quota: neither delivered nor written.
-    loop {
+    eventually(Duration::from_secs(30), &format!("report {id} to be tried again"), async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
         let state = &v["consumers"]["file"];
         assert_eq!(state["status"], "retrying", "{v}");
         assert!(state["reason"].as_str().unwrap().contains("quota"), "{v}");
-        if state["attempts"].as_u64().unwrap() >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "report {id} was not tried again: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if state["attempts"].as_u64().unwrap() >= 2 { Ok(()) } else { Err(v) }
+    })
+    .await;
     assert_eq!(g.files(), ["big.jsonl"]);
     assert_eq!(g.bytes(), used, "the refused append wrote nothing");
     assert_eq!(g.lines("big.jsonl").len(), 1);
@@ -463,21 +456,17 @@ async fn the_quota_frees_what_the_operator_removes() {
     let (status, r) = app.forward(report(dest, &blob(2), json!({}))).await;
     assert_eq!(status, 202, "{r}");
     let id = r["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.get(&format!("/reports/{id}")).await.1["consumers"]["file"]["status"] != "retrying" {
-        assert!(Instant::now() < deadline, "report {id} was never retried");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), &format!("report {id} to be retried"), async || {
+        app.get(&format!("/reports/{id}")).await.1["consumers"]["file"]["status"] == "retrying"
+    })
+    .await;
     // The operator archives the full file away, as with any log directory.
     std::fs::remove_file(g.path("big.jsonl")).unwrap();
-    let v = loop {
+    let v = eventually(Duration::from_secs(30), "an end to the retries with an empty directory", async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"]["file"]["status"] != "retrying" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "still retrying with an empty directory: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        if v["consumers"]["file"]["status"] != "retrying" { Ok(v) } else { Err(v) }
+    })
+    .await;
     assert_eq!(v["consumers"]["file"]["status"], "delivered", "{v}");
     assert_eq!(g.files(), ["big.jsonl"]);
 }

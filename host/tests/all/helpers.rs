@@ -3,6 +3,7 @@
 use data_exporter::config::Config;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where `tests/servers/up.sh` put the real servers and test certificates.
 pub struct Servers {
@@ -36,15 +37,159 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// A built plugin component: `target/plugins/NAME.wasm` (shipped) or `target/test-plugins/NAME.wasm`.
+/// The shipped plugins, as `make plugins` puts them in `target/plugins` (file names).
+pub const SHIPPED: &[&str] = &["opensearch", "file", "stdout", "http", "exporter", "kafka"];
+/// The test fixtures (`tests/plugins/*`), as `make plugins` puts them in `target/test-plugins`.
+pub const FIXTURES: &[&str] =
+    &["readme_example", "hostile", "discard", "stuck_info", "legacy_v1", "v2_fixture", "poison"];
+
+/// A built plugin component: `target/plugins/NAME.wasm` (shipped) or `target/test-plugins/NAME.wasm`,
+/// built first when missing (`build_component`).
 pub fn component(name: &str) -> PathBuf {
-    for dir in ["target/plugins", "target/test-plugins"] {
-        let p = repo_root().join(dir).join(format!("{name}.wasm"));
-        if p.exists() {
-            return p;
-        }
+    let dir = if SHIPPED.contains(&name) {
+        "target/plugins"
+    } else if FIXTURES.contains(&name) {
+        "target/test-plugins"
+    } else {
+        panic!("{name} is neither a shipped plugin nor a test fixture (helpers::SHIPPED, helpers::FIXTURES)")
+    };
+    build_component(&repo_root().join(dir), name)
+}
+
+/// `target/plugins` holding every shipped plugin (each built first when missing).
+pub fn shipped_plugins() -> PathBuf {
+    for name in SHIPPED {
+        component(name);
     }
-    panic!("plugin component {name}.wasm is not built: run `make plugins` (or `make test`)")
+    repo_root().join("target/plugins")
+}
+
+/// `out/NAME.wasm`; when it is missing, the plugin is built as `make plugins` does (release,
+/// wasm32-wasip2, in the plugins workspace) and copied there. One build at a time in this process;
+/// the copy lands whole (written aside, then renamed), so another process never reads half a file.
+pub fn build_component(out: &Path, name: &str) -> PathBuf {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let wasm = out.join(format!("{name}.wasm"));
+    if wasm.exists() {
+        return wasm;
+    }
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    if wasm.exists() {
+        return wasm;
+    }
+    const TARGET: &str = "wasm32-wasip2";
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = repo_root();
+    let package = name.replace('_', "-");
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(root.join("plugins/Cargo.toml"))
+        .args(["-p", &package])
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("running cargo");
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(
+        built.status.success() || !stderr.contains("target may not be installed"),
+        "{name}.wasm is missing and cannot be built: the Rust target {TARGET} is not installed; run \
+         `rustup target add {TARGET}` (or `make plugins`, which also builds every plugin)"
+    );
+    assert!(built.status.success(), "building the plugin {package} ({name}.wasm is missing) failed:\n{stderr}");
+    std::fs::create_dir_all(out).unwrap();
+    let aside = out.join(format!(".{name}.wasm.{}", std::process::id()));
+    std::fs::copy(root.join("plugins/target").join(TARGET).join("release").join(format!("{name}.wasm")), &aside)
+        .unwrap_or_else(|e| panic!("copying the built {name}.wasm: {e}"));
+    std::fs::rename(&aside, &wasm).unwrap();
+    wasm
+}
+
+/// Wait (polling every 20 ms, `timeout` at most) until `probe` is done, and return its value;
+/// past `timeout`, fail naming `what` was awaited and what the probe saw last. A probe answers
+/// `bool` (done when true), `Option<T>` (done with `Some`) or `Result<T, E>` (done with `Ok`; `Err`
+/// is what it saw, for the failure message).
+pub async fn eventually<P: Probe>(timeout: Duration, what: &str, mut probe: impl AsyncFnMut() -> P) -> P::Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match probe().await.done() {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(tokio::time::Instant::now() < deadline, "waited {timeout:?} for {what}; last seen: {last}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one series on `base_url`'s `/metrics` (the first, when it has labels).
+pub async fn metric_at(base_url: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base_url}/metrics")).await.unwrap().text().await.unwrap();
+    crate::durable::metric(&text, series)
+}
+
+/// A loopback HTTP server that holds every request until `release`d (then answers `200 {}`):
+/// `arrived` is the event "a request is in flight", e.g. a plugin call that should still be
+/// running when the test acts.
+pub struct Gate {
+    pub url: String,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    pub async fn start() -> Gate {
+        let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (open, _) = tokio::sync::watch::channel(false);
+        let (count, gate) = (arrived.clone(), open.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (count, mut opened) = (count.clone(), gate.subscribe());
+            async move {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = opened.wait_for(|open| *open).await;
+                "{}"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Gate { url, arrived, open }
+    }
+
+    /// Wait (30 s at most) until a request is held here; `what` names it for the failure message.
+    pub async fn arrived(&self, what: &str) {
+        eventually(Duration::from_secs(30), what, async || self.arrived.load(std::sync::atomic::Ordering::SeqCst) > 0)
+            .await
+    }
+
+    /// Answer every held request, and every later one at once.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// What a probe of `eventually` answers: done with a value, or not yet with what it saw.
+pub trait Probe {
+    type Value;
+    fn done(self) -> Result<Self::Value, String>;
+}
+
+impl Probe for bool {
+    type Value = ();
+    fn done(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("not yet (false)".into()) }
+    }
+}
+
+impl<T> Probe for Option<T> {
+    type Value = T;
+    fn done(self) -> Result<T, String> {
+        self.ok_or_else(|| "not yet (None)".into())
+    }
+}
+
+impl<T, E: std::fmt::Debug> Probe for Result<T, E> {
+    type Value = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|e| format!("{e:?}"))
+    }
 }
 
 /// A fresh index name, so tests never see each other's documents.
@@ -256,11 +401,16 @@ impl Exporter {
     ) -> Exporter {
         let exporter = Exporter::spawn(plugins, data, port, extra);
         let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !client.get(format!("{}/readyz", exporter.url)).send().await.is_ok_and(|r| r.status() == 200) {
-            assert!(std::time::Instant::now() < deadline, "the exporter did not become ready");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(60), "the exporter to become ready (/readyz 200)", async || {
+            client
+                .get(format!("{}/readyz", exporter.url))
+                .send()
+                .await
+                .map(|r| r.status())
+                .map_err(|e| e.to_string())
+                .and_then(|s| if s == 200 { Ok(()) } else { Err(s.to_string()) })
+        })
+        .await;
         exporter
     }
 
@@ -386,14 +536,10 @@ impl Recorder {
 
     /// Wait (30 s at most) until `done` holds for what was received; return it.
     pub async fn until(&self, what: &str, done: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), what, async || {
             let seen = self.seen();
-            if done(&seen) {
-                return seen;
-            }
-            assert!(std::time::Instant::now() < deadline, "never saw {what}: {seen:#?}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            if done(&seen) { Ok(seen) } else { Err(seen) }
+        })
+        .await
     }
 }

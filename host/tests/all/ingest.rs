@@ -11,7 +11,7 @@ use data_exporter::ingest::config::{IngestConfig, JwtConfig, RouteConfig, Tenant
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "data-exporter";
@@ -285,19 +285,15 @@ fn fb_msgpack(records: &[Value], v2: bool) -> Vec<u8> {
 /// Poll until every report of `receipts` reached a final state at `consumer`, reading their
 /// states with the credential of `sent` (a tenant's reports are shown only to it).
 async fn delivered(app: &TestApp, sent: &Send<'_>, receipt: &Value, consumer: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     for r in receipt["reports"].as_array().unwrap_or_else(|| panic!("not a receipt: {receipt}")) {
         let id = r["id"].as_str().unwrap();
-        loop {
+        eventually(Duration::from_secs(30), &format!("report {id} delivered to {consumer}"), async || {
             let (_, v) = sent.get(app, &format!("/reports/{id}")).await;
             let status = &v["consumers"][consumer]["status"];
-            if status == "delivered" {
-                break;
-            }
             assert!(status != "dead_lettered", "report {id} dead-lettered: {v}");
-            assert!(Instant::now() < deadline, "report {id} never delivered to {consumer}: {v}");
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+            if status == "delivered" { Ok(()) } else { Err(v) }
+        })
+        .await;
     }
 }
 
@@ -623,17 +619,16 @@ async fn a_key_revoked_in_the_tenants_file_is_refused_without_a_restart() {
     assert_eq!(status, 202, "{v}");
     // (`revoked = true` is a byte shorter than `false`: the change shows even on a coarse clock.)
     write(true);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "the revocation to be picked up", async || {
         let (status, v) = f.ingest(&app, b"{\"x\":2}".to_vec()).await;
         if status == 403 {
             assert_eq!(v["error"]["code"], "access_key_revoked", "{v}");
-            break;
+            return Ok(());
         }
         assert_eq!(status, 202, "{v}");
-        assert!(Instant::now() < deadline, "the revocation was not picked up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(v)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -703,11 +698,11 @@ async fn tokens_and_passwords_never_reach_the_log() {
         }
     }
     // Delivered to OpenSearch with the mounted password.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&index).await < ids.len() as u64 {
-        assert!(Instant::now() < deadline, "not delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), &format!("{} reports delivered", ids.len()), async || {
+        let n = count(&index).await;
+        if n >= ids.len() as u64 { Ok(()) } else { Err(format!("{n} documents")) }
+    })
+    .await;
     drop(exporter);
     let text = std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(t.path("err.log")).unwrap();
     // The refusals are logged (by code), so the log did see the credentials go by.

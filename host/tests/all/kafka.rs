@@ -316,6 +316,7 @@ impl Load {
                                 break;
                             }
                         }
+                        // Paces the producers (the load's rate; decides nothing).
                         tokio::time::sleep(pause).await;
                     }
                 })
@@ -340,11 +341,8 @@ impl Load {
 
 /// Wait (up to `secs`) until `done` holds; `what` says what never happened.
 async fn until<F: std::future::Future<Output = bool>>(secs: u64, what: impl Fn() -> String, done: impl Fn() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done().await {
-        assert!(Instant::now() < deadline, "{}", what());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(secs), "the condition", async || if done().await { Ok(()) } else { Err(what()) })
+        .await
 }
 
 /// Wait until every id in `ids` is a document of `index`; then check there are at most
@@ -352,30 +350,24 @@ async fn until<F: std::future::Future<Output = bool>>(secs: u64, what: impl Fn()
 async fn all_arrive(index: &str, ids: &[String], unanswered: usize, secs: u64) {
     let want: std::collections::HashSet<String> = ids.iter().cloned().collect();
     assert_eq!(want.len(), ids.len(), "the exporter answered the same report id twice");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    let present = eventually(Duration::from_secs(secs), "every accepted report in OpenSearch", async || {
         // No index until the first document arrives.
         let present = if count(index).await == 0 { Default::default() } else { all_ids(index).await };
         let missing: Vec<&String> = want.difference(&present).collect();
         if missing.is_empty() {
-            let stray: Vec<&String> = present.difference(&want).collect();
-            assert!(
-                stray.len() <= unanswered,
-                "{} documents are no accepted report ({unanswered} requests went unanswered), e.g. {:?}",
-                stray.len(),
-                stray.first()
-            );
-            return;
+            Ok(present)
+        } else {
+            Err(format!("{} of {} accepted reports missing, e.g. {:?}", missing.len(), want.len(), missing.first()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} accepted reports never arrived in OpenSearch, e.g. {:?}",
-            missing.len(),
-            want.len(),
-            missing.first()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    let stray: Vec<&String> = present.difference(&want).collect();
+    assert!(
+        stray.len() <= unanswered,
+        "{} documents are no accepted report ({unanswered} requests went unanswered), e.g. {:?}",
+        stray.len(),
+        stray.first()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,20 +419,14 @@ async fn split_roles_need_the_kafka_queue_and_a_shared_key() {
         if let Some((k, v)) = env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("--role {role} ({env:?}) started instead of refusing");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        // Killed when dropped: also when it started instead of refusing.
+        let mut child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("--role {role} ({env:?}) started instead of refusing"))
+            .unwrap();
         let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
         assert!(!status.success(), "--role {role} ({env:?}) exited successfully: {stderr}");
         assert!(stderr.contains(names), "--role {role} ({env:?}) refused without naming {names}: {stderr}");
     }
@@ -598,12 +584,11 @@ impl Tansu {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         let mut t = Tansu { child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        eventually(Duration::from_secs(30), &format!("tansu to listen on {port}"), async || {
             assert!(t.child.try_wait().unwrap().is_none(), "tansu exited at start (port {port} taken?)");
-            assert!(Instant::now() < deadline, "tansu never listened on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())
+        })
+        .await;
         t
     }
 
@@ -656,6 +641,7 @@ async fn copy_late(
     };
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
+            // The injected latency itself (what this proxy is for), not a wait for an event.
             tokio::time::sleep_until(due).await;
             if to.write_all(&chunk).await.is_err() {
                 break;
@@ -739,9 +725,8 @@ impl Drop for Cable {
 /// `Retry-After`) within about `ingest_timeout_ms`, never 202, until `/readyz` says 503 naming
 /// `brokers`; how many were refused.
 async fn refused_until_not_ready(client: &reqwest::Client, node: &Node, index: &str, brokers: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
     let mut refused = 0;
-    loop {
+    eventually(Duration::from_secs(20), "/readyz to say the broker is unreachable", async || {
         let sent = Instant::now();
         let (status, v, retry_after) = forward(client, node.url(), report(index, 1_000 + refused)).await.unwrap();
         let took = sent.elapsed();
@@ -755,21 +740,23 @@ async fn refused_until_not_ready(client: &reqwest::Client, node: &Node, index: &
             let v: Value = r.json().await.unwrap();
             let message = v["message"].as_str().unwrap_or_default();
             assert!(message.contains(brokers), "/readyz does not name the cluster {brokers}: {v}");
-            return refused;
+            return Ok(refused);
         }
-        assert!(Instant::now() < deadline, "/readyz never said the broker is unreachable");
-    }
+        Err(format!("/readyz {}", r.status()))
+    })
+    .await
 }
 
 /// Once the broker is reachable again: a report is accepted (503 `queue_unavailable` until
 /// then, within `secs`) and `/readyz` answers 200; the report's id.
 async fn accepted_again(client: &reqwest::Client, node: &mut Node, index: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let id = loop {
+    let what = "a report accepted again after the broker came back";
+    let id = eventually(Duration::from_secs(secs), what, async || {
         let (status, v, _) = match forward(client, node.url(), report(index, 2_000)).await {
             Ok(r) => r,
             Err(e) => {
-                // A process that died (a signal: 11 is SIGSEGV) may not be reaped yet.
+                // A process that died (a signal: 11 is SIGSEGV) may not be reaped yet (a diagnostic
+                // on the way to failing, not a wait that decides anything).
                 let gone = Instant::now() + Duration::from_secs(5);
                 let status = loop {
                     match node.ex.child.try_wait() {
@@ -781,12 +768,12 @@ async fn accepted_again(client: &reqwest::Client, node: &mut Node, index: &str, 
             }
         };
         if status == 202 {
-            break v["id"].as_str().unwrap().to_string();
+            return Ok(v["id"].as_str().unwrap().to_string());
         }
         assert_eq!((status, &v["error"]["code"]), (503, &json!("queue_unavailable")), "{v}");
-        assert!(Instant::now() < deadline, "the exporter never accepted reports again after the broker came back: {v}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        Err(v)
+    })
+    .await;
     until(
         30,
         || "/readyz never turned 200 again".into(),

@@ -8,7 +8,7 @@ use data_exporter::config::{KafkaSourceConfig, LimitOverrides, RecordFormat};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Seed 002's example identity: org 12383032, account 6212377.
 const SEED_IDENTITY: &str = "eyJlbnRpdGxlbWVudHMiOnsiaW5zaWdodHMiOnsiaXNfZW50aXRsZWQiOnRydWV9LCJjb3N0X21hbmFnZW1lbnQiOnsiaXNfZW50aXRsZWQiOnRydWV9LCJhbnNpYmxlIjp7ImlzX2VudGl0bGVkIjp0cnVlfSwib3BlbnNoaWZ0Ijp7ImlzX2VudGl0bGVkIjp0cnVlfSwic21hcnRfbWFuYWdlbWVudCI6eyJpc19lbnRpdGxlZCI6dHJ1ZX0sIm1pZ3JhdGlvbnMiOnsiaXNfZW50aXRsZWQiOnRydWV9fSwiaWRlbnRpdHkiOnsiaW50ZXJuYWwiOnsiYXV0aF90aW1lIjoxNDAwLCJvcmdfaWQiOiIxMjM4MzAzMiJ9LCJhY2NvdW50X251bWJlciI6IjYyMTIzNzciLCJhdXRoX3R5cGUiOiJiYXNpYy1hdXRoIiwidXNlciI6eyJmaXJzdF9uYW1lIjoiSW5zaWdodHMiLCJpc19hY3RpdmUiOnRydWUsImlzX2ludGVybmFsIjpmYWxzZSwibGFzdF9uYW1lIjoiUUUiLCJsb2NhbGUiOiJlbl9VUyIsImlzX29yZ19hZG1pbiI6dHJ1ZSwidXNlcm5hbWUiOiJpbnNpZ2h0cy1xZSIsImVtYWlsIjoiam5lZWRsZStxYUByZWRoYXQuY29tIn0sInR5cGUiOiJVc2VyIn19";
@@ -116,16 +116,15 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
 
     wait_for_count(&index, 3).await;
     // The identity is metadata: the file template put each report under its org and account.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let (a, b) = (files.path().join("12383032/6212377.jsonl"), files.path().join("555/42.jsonl"));
-    while !(a.exists() && b.exists() && std::fs::read_to_string(&a).unwrap().lines().count() == 2) {
-        assert!(
-            Instant::now() < deadline,
-            "per-tenant files missing: {:?}",
-            std::fs::read_dir(files.path()).unwrap().collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), "the per-tenant files", async || {
+        if a.exists() && b.exists() && std::fs::read_to_string(&a).unwrap().lines().count() == 2 {
+            Ok(())
+        } else {
+            Err(std::fs::read_dir(files.path()).unwrap().collect::<Vec<_>>())
+        }
+    })
+    .await;
     let line: Value = serde_json::from_str(std::fs::read_to_string(&b).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(line["tenant"], "555", "{line}");
     assert_eq!(line["source"], "kafka:ccx", "{line}");
@@ -140,16 +139,11 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
     assert!(reasons.iter().any(|r| r.contains("not JSON")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("no `b64_identity`")), "{reasons:?}");
     // ...and the offset moved past every record.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&brokers, &group, &topic) != records.len() as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "committed offset {} of {}",
-            committed(&brokers, &group, &topic),
-            records.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), &format!("the committed offset to reach {}", records.len()), async || {
+        let offset = committed(&brokers, &group, &topic);
+        if offset == records.len() as i64 { Ok(()) } else { Err(format!("committed offset {offset}")) }
+    })
+    .await;
     let metrics = reqwest::get(format!("{}/metrics", app.url)).await.unwrap().text().await.unwrap();
     assert_eq!(series(&metrics, "data_exporter_source_records_total", "outcome=\"queued\""), 3.0, "{metrics}");
     assert_eq!(series(&metrics, "data_exporter_source_records_total", "outcome=\"dead_lettered\""), 2.0);
@@ -161,16 +155,12 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
 
 /// Poll until `index` holds `n` documents.
 async fn wait_for_count(index: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), &format!("{n} documents in {index}"), async || {
         let got = count(index).await;
-        if got == n {
-            return;
-        }
-        assert!(got < n, "{got} documents in {index}, expected {n}: a record was delivered twice under two ids");
-        assert!(Instant::now() < deadline, "{got} of {n} documents in {index} after 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        assert!(got <= n, "{got} documents in {index}, expected {n}: a record was delivered twice under two ids");
+        if got == n { Ok(()) } else { Err(format!("{got} documents")) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,19 +197,19 @@ async fn two_processes_share_the_partitions_and_a_killed_one_loses_nothing() {
         }
     };
     let mut sent = 0;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while taken(&a).await == 0.0 || taken(&b).await == 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the two processes did not share the partitions: {} and {}",
-            taken(&a).await,
-            taken(&b).await
-        );
+    eventually(Duration::from_secs(90), "the two processes to share the partitions", async || {
+        let (ta, tb) = (taken(&a).await, taken(&b).await);
+        if ta > 0.0 && tb > 0.0 {
+            return Ok(());
+        }
+        // Another 20 records, every 200 ms (the producer's pace; decides nothing).
         let batch: Vec<String> = (sent..sent + 20).map(record).collect();
         produce(&brokers, &topic, &batch).await;
         sent += 20;
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Err(format!("queued {ta} and {tb}"))
+    })
+    .await;
     a.child.kill().unwrap(); // SIGKILL, mid-stream
     a.child.wait().unwrap();
     let rest: Vec<String> = (sent..sent + 200).map(record).collect();

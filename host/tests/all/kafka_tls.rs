@@ -95,14 +95,16 @@ stream {{
             .spawn()
             .unwrap_or_else(|e| panic!("starting {tansu_bin}: {e}"));
         let mut t = TlsKafka { brokers, dir, nginx, tansu };
-        let deadline = Instant::now() + Duration::from_secs(30);
         for port in [plain, tls] {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            eventually(Duration::from_secs(30), &format!("something to listen on {port}"), async || {
                 assert!(t.tansu.try_wait().unwrap().is_none(), "tansu exited at start (port {plain} taken?)");
                 assert!(t.nginx.try_wait().unwrap().is_none(), "nginx exited at start:\n{}", t.error_log());
-                assert!(Instant::now() < deadline, "nothing listens on {port}:\n{}", t.error_log());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("{e}; nginx:\n{}", t.error_log())),
+                }
+            })
+            .await;
         }
         t
     }
@@ -185,29 +187,20 @@ async fn delivers_through(k: &TlsKafka) {
     let keys = tempfile::tempdir().unwrap();
     let app = host(k, Some(servers().certs.join("ca.pem")), keys.path(), 10_000).await;
     // Ready once the broker check (a metadata request over TLS) answered.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), "readiness over TLS", async || {
         let (status, v) = app.get("/readyz").await;
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready over TLS: {v}\nnginx:\n{}", k.error_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if status == 200 { Ok(()) } else { Err(format!("{v}\nnginx:\n{}", k.error_log())) }
+    })
+    .await;
     let index = index();
     let body = report_data("openSearch", json!({"host_port": servers().os_url, "index": index}), &json!({"tls": 1}));
     let (status, v) = app.forward(body).await;
     assert_eq!(status, 202, "a report was refused over TLS: {v}\nnginx:\n{}", k.error_log());
     let id = v["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_doc(&index, &id).await.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the report never arrived through the TLS broker\nnginx:\n{}",
-            k.error_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(60), "the report to arrive through the TLS broker", async || {
+        if get_doc(&index, &id).await.is_some() { Ok(()) } else { Err(format!("nginx:\n{}", k.error_log())) }
+    })
+    .await;
     assert_eq!(get_doc(&index, &id).await, Some(json!({"tls": 1})));
     let log = k.error_log();
     assert!(!log.contains("SSL_do_handshake() failed"), "a TLS handshake failed with the right CA:\n{log}");
@@ -238,24 +231,27 @@ async fn without_the_brokers_ca_the_handshake_fails_and_reports_are_refused() {
     let index = index();
     let body = report_data("openSearch", json!({"host_port": servers().os_url, "index": index}), &json!({"n": 0}));
     for (what, app) in [("OpenSSL's default CAs", &default_store), ("another CA", &wrong_ca)] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (status, v) = app.forward(body.clone()).await;
-            assert_eq!(status, 503, "with {what}, a report was answered {status}: {v}");
-            assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
-            let (status, v): (u16, Value) = app.get("/readyz").await;
-            if status == 503 {
-                let message = v["message"].as_str().unwrap_or_default();
-                assert!(
-                    message.contains(&k.brokers),
-                    "with {what}, /readyz does not name the cluster {}: {v}",
-                    k.brokers
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "with {what}, /readyz never said the cluster is unreachable: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            Duration::from_secs(20),
+            &format!("with {what}, /readyz to say the cluster is unreachable"),
+            async || {
+                let (status, v) = app.forward(body.clone()).await;
+                assert_eq!(status, 503, "with {what}, a report was answered {status}: {v}");
+                assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
+                let (status, v): (u16, Value) = app.get("/readyz").await;
+                if status == 503 {
+                    let message = v["message"].as_str().unwrap_or_default();
+                    assert!(
+                        message.contains(&k.brokers),
+                        "with {what}, /readyz does not name the cluster {}: {v}",
+                        k.brokers
+                    );
+                    return Ok(());
+                }
+                Err(v)
+            },
+        )
+        .await;
     }
     // The broker's side: the clients refused its certificate.
     let log = k.error_log();

@@ -191,11 +191,14 @@ async fn served_certificate(pki: &Pki, url: &str) -> CertificateDer<'static> {
 /// Poll new connections until `name`'s certificate is served (10 s at most).
 async fn until_served(pki: &Pki, app: &TestApp, name: &str) {
     let want = pki.der(name);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while served_certificate(pki, &app.url).await != want {
-        assert!(Instant::now() < deadline, "{name}'s certificate was never served: {:?}", app.tls.as_ref().unwrap());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), &format!("{name}'s certificate to be served"), async || {
+        if served_certificate(pki, &app.url).await == want {
+            Ok(())
+        } else {
+            Err(format!("{:?}", app.tls.as_ref().unwrap()))
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -218,14 +221,8 @@ async fn renewed_certificate_reaches_new_connections_and_a_broken_one_keeps_the_
     std::fs::write(pki.path("tmp"), format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n"))
         .unwrap();
     std::fs::rename(pki.path("tmp"), pki.path("live.key")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        if let Some(e) = reloader.last_error() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "the broken key file was never noticed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let error =
+        eventually(Duration::from_secs(10), "the broken key file to be noticed", async || reloader.last_error()).await;
     assert_eq!(error.key, "key_file", "{error}");
     let message = error.to_string();
     assert!(message.contains(&pki.path("live.key").display().to_string()), "{message}");
@@ -237,11 +234,11 @@ async fn renewed_certificate_reaches_new_connections_and_a_broken_one_keeps_the_
     let half = pki.read("again.pem");
     std::fs::write(pki.path("tmp"), &half[..half.len() / 2]).unwrap();
     std::fs::rename(pki.path("tmp"), pki.path("live.pem")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloader.last_error().is_none_or(|e| e.key != "cert_file") {
-        assert!(Instant::now() < deadline, "the broken certificate was never noticed: {:?}", reloader.last_error());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "the broken certificate to be noticed", async || match reloader.last_error() {
+        Some(e) if e.key == "cert_file" => Ok(()),
+        other => Err(other),
+    })
+    .await;
     assert_eq!(served_certificate(&pki, &app.url).await, pki.der("renewed"));
 
     // Good files again: served.
@@ -330,8 +327,7 @@ async fn bodies_in_flight_are_bounded_by_max_buffered_bytes() {
     holder.write_all(b"POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 61440\r\n\r\n").await.unwrap();
     holder.write_all(&[b' '; 40 * 1024]).await.unwrap();
     // Another's 30 KiB does not fit beside it: 503 at once, with Retry-After.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "a refusal (503) beside the holder", async || {
         let mut s = TcpStream::connect(addr(&app)).await.unwrap();
         s.write_all(b"POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 30720\r\n\r\n").await.unwrap();
         s.write_all(&[b' '; 30 * 1024]).await.unwrap();
@@ -341,11 +337,12 @@ async fn bodies_in_flight_are_bounded_by_max_buffered_bytes() {
             assert_eq!(body["error"]["code"], "overloaded", "{body}");
             assert!(body["error"]["message"].as_str().unwrap().contains("limits.max_buffered_bytes"), "{body}");
             assert!(raw.to_ascii_lowercase().contains("retry-after: 1"), "{raw}");
-            break;
+            return Ok(());
         }
         // The holder's bytes may not all be read yet: try again until they are.
-        assert!(std::time::Instant::now() < deadline, "never refused: {status} {body}");
-    }
+        Err(format!("{status} {body}"))
+    })
+    .await;
     // Once the holder leaves, its share is free again.
     drop(holder);
     let ok = app.forward(report_data("stdout", serde_json::json!({}), &serde_json::json!({"x": 1}))).await;
@@ -386,11 +383,10 @@ async fn past_max_concurrent_requests_is_shed_at_once_and_health_is_not() {
         s.write_all(b"POST /forward HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
         slow.push(s);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.client.get(format!("{}/plugins", app.url)).send().await.unwrap().status() != 503 {
-        assert!(Instant::now() < deadline, "requests past the limit were never shed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "requests past the limit to be shed", async || {
+        app.client.get(format!("{}/plugins", app.url)).send().await.unwrap().status() == 503
+    })
+    .await;
     let start = Instant::now();
     let resp = app.client.post(format!("{}/forward", app.url)).body("{}").send().await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(2), "the shed request waited {:?}", start.elapsed());
@@ -408,11 +404,10 @@ async fn past_max_concurrent_requests_is_shed_at_once_and_health_is_not() {
     assert!(text.contains("data_exporter_requests_rejected_total{code=\"overloaded\"}"), "{text}");
     // The slow clients go away: requests are served again.
     drop(slow);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.client.get(format!("{}/plugins", app.url)).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "requests were still shed after the slow clients left");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "requests to be served again after the slow clients left", async || {
+        app.client.get(format!("{}/plugins", app.url)).send().await.unwrap().status() == 200
+    })
+    .await;
 }
 
 /// `config check --files` reads the TLS files: a key that does not go with the certificate is
@@ -478,11 +473,10 @@ async fn shutdown_stops_accepting_and_lets_an_open_request_finish() {
     started.await.unwrap();
 
     stop.send(()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after shutdown");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), "the listener to stop accepting after shutdown", async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     assert!(!served.is_finished(), "stopped before the open request finished");
     release.send(()).unwrap();
     let answer = until_closed(&mut open).await;
@@ -516,16 +510,15 @@ async fn a_forward_waiting_for_outcomes_holds_none_of_the_buffer_budget() {
     };
     // Another 20 KiB request fits beside the waiting one (before, the waiter's ~41 KiB left no
     // room for its 40: 503 for the whole wait).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(Duration::from_secs(15), "a report accepted beside the waiting request", async || {
         let (status, v) = app.forward(report_data("stdout", json!({}), &json!({"big": big}))).await;
         if status == 202 && !rx.seen().is_empty() {
-            break;
+            return Ok(());
         }
         assert!(status == 202 || status == 503, "{status} {v}");
-        assert!(Instant::now() < deadline, "never accepted beside the waiting request: {status} {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{status} {v}"))
+    })
+    .await;
     assert!(!waiting.is_finished(), "the first request was still waiting");
     waiting.abort();
 }

@@ -49,18 +49,21 @@ impl Run {
                 .filter_map(|l| l["fields"]["suppressed_lines"].as_u64())
                 .sum()
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let dropped_metric = loop {
+        let what = "the log's summaries to account for every dropped line the metric counts";
+        let dropped_metric = eventually(Duration::from_secs(20), what, async || {
             let metrics = client.get(format!("{}/metrics", exporter.url)).send().await.unwrap().text().await.unwrap();
             let dropped: Option<u64> = metrics
                 .lines()
                 .find_map(|l| l.strip_prefix(r#"data_exporter_plugin_log_dropped_total{plugin="hostile"} "#))
                 .map(|v| v.trim().parse().unwrap());
-            if dropped.is_some_and(|d| d > 0 && d == summarised()) || Instant::now() > deadline {
-                break dropped;
+            let summarised = summarised();
+            if dropped.is_some_and(|d| d > 0 && d == summarised) {
+                Ok(dropped)
+            } else {
+                Err(format!("metric {dropped:?}, summarised {summarised}"))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        })
+        .await;
         exporter.terminate();
         let text = std::fs::read_to_string(&path).unwrap();
         let log = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();

@@ -26,6 +26,7 @@ mod newcomer;
 mod plugins;
 mod public_port;
 mod quarantine;
+mod queue_kafka;
 mod relay;
 mod reload;
 mod restart_acked;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // --- make test installs what the tests use ----------------------------------------------------
 
@@ -153,8 +153,7 @@ fn make_test_installs_every_debian_package_the_tests_use() {
 #[tokio::test(flavor = "multi_thread")]
 async fn make_run_with_the_shipped_plugins_and_default_config_logs_no_error() {
     let root = repo_root();
-    let plugins = root.join("target/plugins");
-    assert!(plugins.join("kafka.wasm").exists(), "build the shipped plugins first (`make plugins`)");
+    let plugins = shipped_plugins();
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("out.log");
     let (port, admin) = (free_port(), free_port());
@@ -182,23 +181,22 @@ async fn make_run_with_the_shipped_plugins_and_default_config_logs_no_error() {
         data: data.path().join("data"),
     };
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client.get(format!("{}/readyz", exporter.url)).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(
-            Instant::now() < deadline,
-            "the host did not get ready: {}",
-            std::fs::read_to_string(&log_path).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(60), "the host to get ready", async || {
+        if client.get(format!("{}/readyz", exporter.url)).send().await.is_ok_and(|r| r.status() == 200) {
+            Ok(())
+        } else {
+            Err(std::fs::read_to_string(&log_path).unwrap())
+        }
+    })
+    .await;
     // A reload (SIGHUP) tries kafka.wasm again, and does not say it again.
     // SAFETY: a signal to our own child, which has not been waited for (its pid is still its own).
     assert_eq!(unsafe { libc::kill(exporter.child.id() as libc::pid_t, libc::SIGHUP) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log_path).unwrap().contains("plugins reloaded on SIGHUP") {
-        assert!(Instant::now() < deadline, "no reload after SIGHUP: {}", std::fs::read_to_string(&log_path).unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(60), "a reload after SIGHUP (its log line)", async || {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("plugins reloaded on SIGHUP") { Ok(()) } else { Err(log) }
+    })
+    .await;
     assert!(exporter.terminate().success());
     let log: Vec<Value> = std::fs::read_to_string(&log_path)
         .unwrap()

@@ -103,3 +103,19 @@ async fn health_and_readiness() {
     assert_eq!(status, 422);
     assert!(v["error"]["message"].as_str().unwrap().contains("no plugin is loaded"), "{v}");
 }
+
+/// A test plugin missing from its directory is built (as `make plugins` does) and copied there:
+/// the tests need no Makefile step first. Built into a scratch directory, never into the shared
+/// `target/test-plugins`.
+#[test]
+fn a_missing_test_plugin_is_built_into_its_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let built = build_component(out.path(), "discard");
+    assert_eq!(built, out.path().join("discard.wasm"));
+    let bytes = std::fs::read(&built).unwrap();
+    // A component (layer 1), not a core module: `\0asm`, version 0x0d, layer 1.
+    assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "not a wasm component");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1, "only the component, nothing left aside");
+    // Present now: the same path, nothing built again.
+    assert_eq!(build_component(out.path(), "discard"), built);
+}

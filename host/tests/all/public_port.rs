@@ -95,16 +95,12 @@ async fn a_tenants_report_is_shown_only_to_its_credential_and_is_unknown_to_anyo
     let bearer_a = format!("Bearer {}", keys.token_a);
 
     // Its owner sees it (once delivered, to be sure the book knows it from every side).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), "the report delivered", async || {
         let (status, v) = report(&app.url, &id, Some(&bearer_a)).await;
         assert_eq!(status, 200, "{v}");
-        if v["consumers"]["stdout"]["status"] == "delivered" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never delivered: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if v["consumers"]["stdout"]["status"] == "delivered" { Ok(()) } else { Err(v) }
+    })
+    .await;
     // Basic auth carrying the token, as Fluent Bit sends it, is the same credential.
     use base64::Engine as _;
     let basic =
@@ -164,16 +160,12 @@ async fn a_receivers_answer_quoting_its_path_shows_no_part_of_it_on_the_public_p
 
     let bearer_a = format!("Bearer {}", keys.token_a);
     for (id, auth) in [(&ingested, Some(bearer_a.as_str())), (&forwarded, None)] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let state = loop {
+        let state = eventually(Duration::from_secs(30), &format!("report {id} dead-lettered"), async || {
             let (status, v) = report(&app.url, id, auth).await;
             assert_eq!(status, 200, "{v}");
-            if v["consumers"]["http"]["status"] == "dead_lettered" {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "never dead-lettered: {v}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+            if v["consumers"]["http"]["status"] == "dead_lettered" { Ok(v.clone()) } else { Err(v) }
+        })
+        .await;
         let reason = state["consumers"]["http"]["reason"].as_str().unwrap();
         assert!(reason.contains("404"), "the status stays: {reason}");
         for part in [token.as_str(), &token[..12], "/hooks/"] {
@@ -299,8 +291,7 @@ async fn concurrent_decompression_bombs_stay_within_the_memory_budget() {
 
 /// Wait until the refusals with `code` logged as JSON in `logs` count `sent`: the summary lines.
 async fn summarised(logs: &[PathBuf], code: &str, sent: u64) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), &format!("{sent} `{code}` refusals logged"), async || {
         let text: String = logs.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect();
         let lines: Vec<Value> = text
             .lines()
@@ -310,11 +301,11 @@ async fn summarised(logs: &[PathBuf], code: &str, sent: u64) -> Vec<Value> {
         let counted: u64 = lines.iter().map(|v| v["fields"]["count"].as_u64().unwrap_or(1)).sum();
         if counted >= sent {
             assert_eq!(counted, sent, "{lines:#?}");
-            return lines;
+            return Ok(lines);
         }
-        assert!(Instant::now() < deadline, "{counted} of {sent} `{code}` refusals logged: {lines:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{counted} counted: {lines:#?}"))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -383,15 +374,15 @@ async fn a_tenants_report_id_named_on_forward_is_taken_as_a_new_report_showing_n
     .await;
     let id = ingest_one(&app.url, &keys.token_a, json!({"log": "a's"})).await;
     let bearer_a = format!("Bearer {}", keys.token_a);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), "the report delivered", async || {
         let (status, v) = report(&app.url, &id, Some(&bearer_a)).await;
         if status == 200 && v["consumers"]["stdout"]["status"] == "delivered" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{status} {v}"))
         }
-        assert!(Instant::now() < deadline, "never delivered: {status} {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 
     // Named on /forward (a relay's id), the tenant's id answers nothing of the tenant's report:
     // the envelope is queued as a new report under a fresh id.

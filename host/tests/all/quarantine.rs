@@ -4,7 +4,7 @@
 
 use crate::helpers::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The value of the `/metrics` sample `series` (name and labels, as exposed), if present.
 async fn sample(app: &TestApp, series: &str) -> Option<f64> {
@@ -14,28 +14,24 @@ async fn sample(app: &TestApp, series: &str) -> Option<f64> {
 
 /// Poll `/metrics` until `series` reads `want`.
 async fn until_sample(app: &TestApp, series: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), &format!("{series} to read {want}"), async || {
         let got = sample(app, series).await;
-        if got == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} is {got:?}, not {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if got == Some(want) { Ok(()) } else { Err(got) }
+    })
+    .await
 }
 
 /// Poll the report until its `consumer` is dead-lettered; the reason.
 async fn until_dead(app: &TestApp, id: &str, consumer: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), &format!("report {id} dead-lettered at {consumer}"), async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
         if v["consumers"][consumer]["status"] == "dead_lettered" {
-            return v["consumers"][consumer]["reason"].as_str().unwrap_or_default().to_string();
+            Ok(v["consumers"][consumer]["reason"].as_str().unwrap_or_default().to_string())
+        } else {
+            Err(v)
         }
-        assert!(Instant::now() < deadline, "report {id} was never dead-lettered: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn quarantined(app: &TestApp, name: &str) -> bool {
@@ -153,15 +149,11 @@ async fn the_quarantine_gauge_returns_to_zero_when_released_or_removed() {
 
 /// Poll the report until its `consumer` is delivered.
 async fn until_delivered(app: &TestApp, id: &str, consumer: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), &format!("report {id} delivered at {consumer}"), async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"][consumer]["status"] == "delivered" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "report {id} was never delivered: {v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if v["consumers"][consumer]["status"] == "delivered" { Ok(()) } else { Err(v) }
+    })
+    .await
 }
 
 #[tokio::test]

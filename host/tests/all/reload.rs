@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 async fn reloading_app(plugins: &[&str], tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
     spawn_app_with(plugins, |c| {
@@ -20,15 +20,11 @@ fn plugins_dir_of(app: &TestApp) -> &Path {
 
 /// Poll the admin API's /plugins (files and failures included) until `ok` holds.
 async fn until(app: &TestApp, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), what, async || {
         let (_, v) = app.admin_get("/plugins").await;
-        if ok(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if ok(&v) { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 fn keys(v: &Value) -> Vec<String> {
@@ -164,51 +160,46 @@ async fn compiled_code_is_cached_by_hash_and_reused_on_restart() {
 async fn a_call_in_flight_finishes_on_the_version_it_started_with() {
     let app = reloading_app(&["hostile"], |_| {}).await;
     let dir = plugins_dir_of(&app).to_owned();
-    // The old version sleeps 1.5 s inside `deliver`; meanwhile its file is replaced.
-    let (status, r) = app.forward(report_data("hostile", json!({"attack": "sleep"}), &json!({}))).await;
+    // The old version's call is held in flight (its request waits at the gate) while its file
+    // is replaced.
+    let gate = Gate::start().await;
+    let (status, r) = app.forward(report_data("hostile", json!({"attack": "http", "url": gate.url}), &json!({}))).await;
     assert_eq!(status, 202, "{r}");
     let id = r["id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.arrived("the old version's call to reach the gate").await;
     put("readme_example", &dir.join("hostile.wasm"));
     until(&app, "the new version", |v| keys(v) == ["webhook"]).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    gate.release();
+    let v = eventually(Duration::from_secs(20), "the call in flight to finish", async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"]["hostile"]["status"] == "dead_lettered" {
-            assert_eq!(v["consumers"]["hostile"]["reason"], "slept in the old version", "{v}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the call in flight did not finish: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if v["consumers"]["hostile"]["status"] == "dead_lettered" { Ok(v) } else { Err(v) }
+    })
+    .await;
+    // Only the old version (hostile) answers this: the new one is another plugin.
+    assert_eq!(v["consumers"]["hostile"]["reason"], format!("REACHED {} with status 200", gate.url), "{v}");
 }
 
 /// GET `path` of a real binary's API as JSON, once it answers.
 async fn binary_get(url: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(url).await {
-            return r.json().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(60), &format!("{url} to answer"), async || match reqwest::get(url).await {
+        Ok(r) => Ok(r.json::<Value>().await.unwrap()),
+        Err(e) => Err(e.to_string()),
+    })
+    .await
 }
 
 /// GET `path` of a real binary's admin API (with its token) as JSON, once it answers.
 async fn binary_admin_get(exporter: &Exporter, path: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), &format!("{path} on the admin API to answer"), async || {
         // The token is written at start-up, before the admin API listens.
-        if let Ok(token) = std::fs::read_to_string(exporter.data.join("admin.token")) {
-            let req = reqwest::Client::new().get(format!("{}{path}", exporter.admin_url)).bearer_auth(token.trim());
-            if let Ok(r) = req.send().await {
-                return r.json().await.unwrap();
-            }
+        let token = std::fs::read_to_string(exporter.data.join("admin.token")).map_err(|e| e.to_string())?;
+        let req = reqwest::Client::new().get(format!("{}{path}", exporter.admin_url)).bearer_auth(token.trim());
+        match req.send().await {
+            Ok(r) => Ok(r.json::<Value>().await.unwrap()),
+            Err(e) => Err(e.to_string()),
         }
-        assert!(Instant::now() < deadline, "{path} on the admin API never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -235,18 +226,18 @@ async fn sighup_rescans_the_plugins_directory_when_polling_is_off() {
         c.env("DATA_EXPORTER_RUNTIME__RELOAD_POLL_MS", "0");
     })
     .await;
+    // The same new file for a control host that polls (every 50 ms): once it has loaded it, a
+    // polling host would have; the binary, not polling, has not.
+    let control = reloading_app(&["opensearch"], |_| {}).await;
     put("readme_example", &plugins.path().join("webhook.wasm"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    put("readme_example", &control.plugins_dir().join("webhook.wasm"));
+    until(&control, "the polling control host to load the new file", |v| keys(v) == ["openSearch", "webhook"]).await;
     let v = binary_get(&format!("{}/plugins", exporter.url)).await;
     assert_eq!(keys(&v), ["openSearch"], "no polling: not picked up yet: {v}");
     std::process::Command::new("kill").args(["-HUP", &exporter.child.id().to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), "SIGHUP to load the new plugin", async || {
         let v = binary_get(&format!("{}/plugins", exporter.url)).await;
-        if keys(&v).contains(&"webhook".to_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP did not load the new plugin: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if keys(&v).contains(&"webhook".to_string()) { Ok(()) } else { Err(v) }
+    })
+    .await;
 }

@@ -6,7 +6,7 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How the first process ends.
 #[derive(Clone, Copy, Debug)]
@@ -93,11 +93,7 @@ async fn file_delivered(exporter: &Exporter) -> f64 {
 }
 
 async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(60), what, async || done().await).await
 }
 
 /// The state of report `id` at OpenSearch, as `GET /reports/{id}` shows it.

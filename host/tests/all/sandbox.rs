@@ -38,15 +38,11 @@ async fn others_keep_delivering(app: &TestApp) {
 
 /// Poll the report until its hostile consumer's reason contains `want`.
 async fn reason_contains(app: &TestApp, id: &str, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), &format!("report {id} to say {want:?}"), async || {
         let (_, v) = app.get(&format!("/reports/{id}")).await;
-        if v["consumers"]["hostile"]["reason"].as_str().is_some_and(|r| r.contains(want)) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "report {id} never said {want:?}: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if v["consumers"]["hostile"]["reason"].as_str().is_some_and(|r| r.contains(want)) { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 async fn quarantined(app: &TestApp) -> bool {
@@ -158,14 +154,12 @@ async fn no_files_and_no_sockets_inside_the_sandbox() {
 
 /// The hostile consumer's final reason for a report.
 async fn final_reason(app: &TestApp, id: &str) -> String {
-    let v = reason_contains(app, id, "").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut v = v;
-    while v["consumers"]["hostile"]["status"] != "dead_lettered" {
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        v = app.get(&format!("/reports/{id}")).await.1;
-    }
+    reason_contains(app, id, "").await;
+    let v = eventually(Duration::from_secs(30), &format!("report {id} dead-lettered"), async || {
+        let v = app.get(&format!("/reports/{id}")).await.1;
+        if v["consumers"]["hostile"]["status"] == "dead_lettered" { Ok(v) } else { Err(v) }
+    })
+    .await;
     v["consumers"]["hostile"]["reason"].as_str().unwrap().to_string()
 }
 

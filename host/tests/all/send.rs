@@ -122,19 +122,43 @@ async fn unreachable_host_exits_1_after_the_attempts_naming_the_last_error() {
 async fn send_retries_until_the_host_comes_up() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let sender = tokio::spawn({
-        let url = url.clone();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["send", "--url", &url, "--to", "stdout={}", "--attempts", "30", "--max-time", "90s"])
+        .env_remove("DATA_EXPORTER_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(b"{\"n\":1}").await.unwrap();
+    }
+    // Its log, line by line as it comes.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        use tokio::io::AsyncBufReadExt;
+        let (log, stderr) = (log.clone(), child.stderr.take().unwrap());
         async move {
-            send(&["--url", &url, "--to", "stdout={}", "--attempts", "30", "--max-time", "90s"], "{\"n\":1}").await
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
         }
     });
-    // Let it fail at least once against the closed port.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // It failed at least once against the closed port: it says it retries.
+    eventually(Duration::from_secs(60), "send to log a retry", async || log.lock().unwrap().contains("retrying in"))
+        .await;
     let plugins = plugins_dir(&["stdout"]);
     let data = tempfile::tempdir().unwrap();
     let exporter = Exporter::start(plugins.path(), data.path(), port, |_| {}).await;
-    let out = sender.await.unwrap();
-    let err = text(&out.stderr);
+    let out =
+        tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("send hung").unwrap();
+    reader.await.unwrap();
+    let err = log.lock().unwrap().clone();
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying in") && err.contains("refused"), "no retry was logged: {err}");
     let receipt: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -346,23 +346,18 @@ async fn producers_hanging_up_mid_append_lose_nothing_and_leak_no_capacity() {
     }
     assert!(hung_up > 0, "no producer hung up: the test proves nothing");
     // Whatever was appended is delivered and leaves the queue: depth and bytes go back to zero.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(Duration::from_secs(60), "an empty queue and every accepted report delivered", async || {
         let text = metrics_text(&app).await;
         let (depth, bytes) = (metric(&text, "data_exporter_queue_depth"), metric(&text, "data_exporter_queue_bytes"));
         let accepted =
             metric(&text, r#"data_exporter_reports_accepted_total{consumer="openSearch",plugin="opensearch"}"#);
         if depth == 0.0 && bytes == 0.0 && count(&index).await as f64 == accepted {
             println!("hang-up test: {hung_up} of 200 producers hung up; {accepted} reports appended and delivered");
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "depth {depth}, bytes {bytes}, accepted {accepted}, delivered {}",
-            count(&index).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("depth {depth}, bytes {bytes}, accepted {accepted}, delivered {}", count(&index).await))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -378,18 +373,19 @@ async fn reports_for_a_contested_key_wait_at_a_restart_instead_of_being_dead_let
     };
     let app = spawn_app_at(with_stray_copy(), data.path(), |_| {}).await;
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), &format!("report {id} waiting for the contested key"), async || {
             let (_, v) = app.get(&format!("/reports/{id}")).await;
             let state = &v["consumers"]["openSearch"];
+            assert!(state["status"] != "dead_lettered", "{v}");
             if state["status"] == "retrying"
                 && state["reason"].as_str().unwrap().contains("no plugin serves `openSearch`")
             {
-                break;
+                Ok(())
+            } else {
+                Err(v)
             }
-            assert!(Instant::now() < deadline && state["status"] != "dead_lettered", "{v}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
     assert_eq!(app.admin_get("/dlq").await.1["count"], 0);
     app.host.shutdown(tokio::time::Instant::now() + app.host.grace()).await;
