@@ -12,11 +12,12 @@
 
 use crate::bindings::Outcome;
 use crate::capabilities::secrets::{self, SecretStore};
-use crate::config::{DeliveryConfig, QuarantinePolicy};
+use crate::config::DeliveryConfig;
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
 use crate::now_ms;
 use crate::queue::{Done, Queue, QueuedReport};
+use crate::runtime::QuarantinePolicy;
 use crate::runtime::registry::Plugins;
 use crate::runtime::{Delivered, Item, LoadedPlugin, Session};
 use crate::status::{ConsumerState, StatusBook};

@@ -8,7 +8,6 @@ use super::outbound::{Denied, OwnListeners, Policy, PolicyResolver, StaticHosts,
 use super::secrets::{Bound, Credential, Origin};
 // URLs are shown by their origin only: user info, path and query may carry secrets.
 use crate::bindings::http::{Method, Request, RequestError, Response};
-use crate::config::HttpConfig;
 use crate::redact::url_origin as redact;
 use anyhow::Context;
 use std::sync::Arc;
@@ -384,6 +383,53 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
     match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
         Some(inner) => is_tls_error(inner),
         None => false,
+    }
+}
+
+/// Outbound HTTP on behalf of plugins: timeouts, limits, TLS material.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time allowed to establish a connection (TCP and TLS), in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Default and maximum total time of one request, in milliseconds. A plugin
+    /// may ask for less, never more.
+    pub timeout_ms: u64,
+    /// Largest response body handed to a plugin, in bytes.
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept per destination host.
+    pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM bundle) trusted when a destination asks for
+    /// verification (`checkCert`), in addition to the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) presented when a destination asks for
+    /// mutual TLS (`mutualTLS`). Plugins never see it.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `client_cert_file`. Keep it readable only by the service user.
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Origins (`https://host:port`) the client certificate may be presented to, when a
+    /// destination asks for mutual TLS. A destination is producer input: without this list
+    /// the certificate is presented nowhere, and the refusal names this setting.
+    pub client_cert_origins: Vec<String>,
+    /// Fixed addresses for host names, consulted before DNS (like /etc/hosts, for plugins'
+    /// requests only), e.g. `hosts = { "opensearch.internal" = ["10.0.4.2"] }`. The outbound
+    /// allow-list applies to these addresses exactly as to resolved ones.
+    pub hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 30_000,
+            max_response_bytes: 16 * 1024 * 1024,
+            pool_max_idle_per_host: 32,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            client_cert_origins: Vec::new(),
+            hosts: Default::default(),
+        }
     }
 }
 

@@ -7,7 +7,6 @@
 //! delivery report, bounded by `timeout_ms`. Payloads and property values are never logged.
 
 use crate::bindings::v3::messaging::{Message, PublishError};
-use crate::config::MessagingConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -281,6 +280,59 @@ pub fn not_granted(plugin: &str, n: usize) -> Vec<Result<(), PublishError>> {
          runtime.plugins.<file>.messaging (brokers, topics)"
     );
     (0..n).map(|_| Err(PublishError::NotGranted(msg.clone()))).collect()
+}
+
+/// The `messaging` capability of one plugin file (`[runtime.plugins.<file>.messaging]`, with
+/// `"messaging"` in its `grants`): the Kafka cluster its messages go to, how the host connects,
+/// and which topics it may publish to. The plugin sees none of it.
+#[derive(Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topics the plugin may publish to: exact names, and `prefix*` patterns (`"*"` alone
+    /// admits every topic). Destinations, and so topics, are producer input: any other topic is
+    /// refused for good. Empty: the plugin does not load.
+    pub topics: Vec<String>,
+    /// Further librdkafka producer properties (TLS, SASL: `security.protocol`,
+    /// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`...). Values are never logged.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties read from files (a mounted Secret), e.g.
+    /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
+    pub properties_from_files: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// How long a publish waits for the cluster to acknowledge each message, in milliseconds
+    /// (the producer's `message.timeout.ms`); must be below the plugin's `call_timeout_ms`.
+    pub timeout_ms: u64,
+    /// Largest message the plugin may publish (key, header names and values, and payload), in
+    /// bytes; a larger one is refused for good.
+    pub max_message_bytes: usize,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            brokers: String::new(),
+            topics: Vec::new(),
+            properties: Default::default(),
+            properties_from_files: Default::default(),
+            timeout_ms: 10_000,
+            max_message_bytes: 1_000_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for MessagingConfig {
+    /// Property names, never their values (they may hold credentials).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("properties_from_files", &self.properties_from_files)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
 }
 
 #[cfg(test)]

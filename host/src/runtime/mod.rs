@@ -1,11 +1,13 @@
 //! The plugin runtime: compile components once, instantiate a fresh sandbox per call session.
 
 pub mod compile;
+pub mod config;
 pub mod engine;
 pub mod reclaim;
 pub mod registry;
 pub mod session;
 
+pub use config::{LimitOverrides, PluginLimits, QuarantinePolicy, RuntimeConfig};
 pub use session::{Delivered, Described, Item, Pre, Session};
 
 use crate::bindings::{self, Plugin};
@@ -15,7 +17,6 @@ use crate::capabilities::messaging::MessagingGrant;
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::output::PluginOutput;
 use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
-use crate::config::{PluginLimits, RuntimeConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -467,7 +468,7 @@ impl LoadedPlugin {
             .map_err(|e| format!("runtime.plugins.{id}.outbound_allow: {e}"))?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
-        let log = Arc::new(LogBudget::new(&id, &limits));
+        let log = Arc::new(LogBudget::new(&id, limits.log_limits()));
         let files = files_grant(&runtime.files_grants, &id, &limits)?;
         let messaging = messaging_grant(&id, &limits, &runtime.cfg)?;
         Ok(LoadedPlugin {

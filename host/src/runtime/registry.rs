@@ -423,7 +423,7 @@ impl Plugins {
         let mut limits = self.runtime.limits_for(&super::file_id(file));
         limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
         let shown = file.display().to_string();
-        let log = Arc::new(super::LogBudget::new(&super::file_id(file), &limits));
+        let log = Arc::new(super::LogBudget::new(&super::file_id(file), limits.log_limits()));
         let grants = super::Grants { http: self.runtime.no_http.clone(), log, files: None, messaging: None };
         let mut session =
             super::Session::start(&self.runtime, &shown, &pre, &limits, grants).await.map_err(|e| e.to_string())?;

@@ -5,9 +5,9 @@
 //! batches and flushes and drops when it is closed. A session is dropped after any error: a
 //! trapped store is never reused.
 
+use super::PluginLimits;
 use super::{CallError, Grants, PluginState, Runtime, trap_reason};
 use crate::bindings::{self, Outcome, v2};
-use crate::config::PluginLimits;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::Store;

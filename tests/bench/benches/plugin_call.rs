@@ -5,7 +5,8 @@
 
 use data_exporter::bindings::Outcome;
 use data_exporter::capabilities::http::HttpCapability;
-use data_exporter::config::{HttpConfig, RuntimeConfig};
+use data_exporter::capabilities::http::HttpConfig;
+use data_exporter::runtime::RuntimeConfig;
 use data_exporter::runtime::registry::Plugins;
 use data_exporter::runtime::{Item, LoadedPlugin, Runtime};
 use divan::Bencher;
