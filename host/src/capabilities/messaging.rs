@@ -282,6 +282,30 @@ pub fn not_granted(plugin: &str, n: usize) -> Vec<Result<(), PublishError>> {
     (0..n).map(|_| Err(PublishError::NotGranted(msg.clone()))).collect()
 }
 
+/// The `messaging` capability of one plugin instance: the plugin file's connection, when it
+/// was granted one. Without one (not granted, or the load-time `info` call) every message is
+/// `not-granted`.
+pub struct MessagingCtx {
+    plugin: String,
+    grant: Option<std::sync::Arc<MessagingGrant>>,
+}
+
+impl MessagingCtx {
+    /// `plugin`'s messaging through `grant`.
+    pub fn new(plugin: &str, grant: Option<std::sync::Arc<MessagingGrant>>) -> Self {
+        MessagingCtx { plugin: plugin.to_string(), grant }
+    }
+}
+
+impl crate::bindings::v3::messaging::Host for MessagingCtx {
+    async fn publish(&mut self, messages: Vec<Message>) -> Vec<Result<(), PublishError>> {
+        match self.grant.clone() {
+            Some(grant) => grant.publish(messages).await,
+            None => not_granted(&self.plugin, messages.len()),
+        }
+    }
+}
+
 /// The `messaging` capability of one plugin file (`[runtime.plugins.<file>.messaging]`, with
 /// `"messaging"` in its `grants`): the Kafka cluster its messages go to, how the host connects,
 /// and which topics it may publish to. The plugin sees none of it.
@@ -420,6 +444,27 @@ mod tests {
             &not_granted("p", 2)[..],
             [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]
         ));
+    }
+
+    #[tokio::test]
+    async fn the_capability_publishes_through_its_grant_or_answers_not_granted() {
+        use crate::bindings::v3::messaging::Host;
+        let msg = |topic: &str| Message { topic: topic.into(), key: None, headers: vec![], payload: vec![b'x'; 10] };
+        let mut none = MessagingCtx::new("p", None);
+        match &none.publish(vec![msg("t")]).await[..] {
+            [Err(PublishError::NotGranted(why))] => assert!(why.contains("runtime.plugins.<file>.messaging"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Refused by the grant's policy before anything is produced: no broker is needed.
+        let grant = MessagingGrant::open("kafka", &MessagingConfig { max_message_bytes: 5, ..config(&["ok"]) }, 60_000);
+        let mut granted = MessagingCtx::new("p", Some(std::sync::Arc::new(grant.unwrap())));
+        match &granted.publish(vec![msg("other"), msg("ok")]).await[..] {
+            [Err(PublishError::Refused(topic)), Err(PublishError::Refused(size))] => {
+                assert!(topic.contains("messaging.topics"), "{topic}");
+                assert!(size.contains("max_message_bytes"), "{size}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl Session {
 
     /// The secret the host adds to this session's requests (a destination's secret reference).
     pub fn set_credential(&mut self, credential: Option<crate::capabilities::secrets::Bound>) {
-        self.store.data_mut().caps.credential = credential;
+        self.store.data_mut().http.lend(credential);
     }
 
     /// The plugin's self-description. Load-time sessions are started with the
