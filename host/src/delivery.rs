@@ -11,7 +11,7 @@
 //! its instance back as soon as another caller waits for one (`runtime::reclaim`).
 
 use crate::bindings::Outcome;
-use crate::capabilities::secrets::{self, SecretStore};
+use crate::capabilities::secrets::{self, SecretStore, Unresolved};
 use crate::config::DeliveryConfig;
 use crate::dlq::{DeadLetters, DlqError};
 use crate::metrics::{self, Metrics};
@@ -506,7 +506,7 @@ impl Delivery {
     /// `delivery.destination_idle_ms`, a 0.1.0 plugin's instance briefly.
     fn session_idle(&self, session: &Option<(Arc<LoadedPlugin>, Session)>) -> Duration {
         match session {
-            Some((p, _)) if p.contract != "0.1.0" => Duration::from_millis(self.cfg.destination_idle_ms),
+            Some((p, _)) if p.contract.keeps_destination_open() => Duration::from_millis(self.cfg.destination_idle_ms),
             _ => SESSION_IDLE,
         }
     }
@@ -568,16 +568,13 @@ impl Delivery {
             return self.hold_quarantined(&plugin, batch).await;
         }
         // The plugin sees the destination without its secret reference; the host holds the secret.
-        let (view, credential) = match secrets::split(&dk.config) {
-            Ok((view, None)) => (view, None),
-            Ok((view, Some(name))) => match self.secrets.load(&name) {
-                Ok(c) => (view, Some(c)),
-                Err(reason) => {
-                    // The Secret may be mounted late or rotated: retry rather than give up.
-                    return self.retry_or_dead_all(batch, &reason, None, &labels).await;
-                }
-            },
-            Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await,
+        let (view, credential) = match self.secrets.resolve(&dk.config) {
+            Ok(resolved) => resolved,
+            // The Secret may be mounted late or rotated: retry rather than give up.
+            Err(Unresolved::Unavailable(reason)) => return self.retry_or_dead_all(batch, &reason, None, &labels).await,
+            Err(Unresolved::Malformed(reason)) => {
+                return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
+            }
         };
         let ctx = CallCtx { dk, plugin: &plugin, view: &view, credential: &credential, labels: &labels };
         let mut retries = Vec::new();
@@ -725,8 +722,7 @@ impl Delivery {
             .collect();
         let started = Instant::now();
         let (_, s) = session.as_mut().expect("set above");
-        s.set_credential(ctx.credential.clone());
-        let result = s.deliver(ctx.view, reports).await;
+        let result = s.deliver(ctx.view, ctx.credential.clone(), reports).await;
         // The permit bounds plugin calls only: settling (dead-letter fsyncs) must not hold it.
         drop(permit);
         self.metrics

@@ -2,12 +2,15 @@
 
 pub mod compile;
 pub mod config;
+pub mod contract;
 pub mod engine;
 pub mod reclaim;
 pub mod registry;
 pub mod session;
+pub mod trial;
 
 pub use config::{LimitOverrides, PluginLimits, QuarantinePolicy, RuntimeConfig};
+pub use contract::ContractVersion;
 pub use session::{Delivered, Described, Item, Pre, Session};
 
 use crate::bindings;
@@ -444,7 +447,7 @@ pub struct LoadedPlugin {
     /// Its log budget, shared by its instances.
     pub log: Arc<LogBudget>,
     /// The contract version it was built against.
-    pub contract: &'static str,
+    pub contract: ContractVersion,
     /// The operator settings it takes (contract 0.2.0).
     pub settings: Vec<bindings::Parameter>,
     /// The settings the operator gave it, JSON object text, handed to `init`.
@@ -561,7 +564,9 @@ impl LoadedPlugin {
             files: self.files.clone(),
             messaging: self.messaging.clone(),
         };
-        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, grants).await?;
+        let instantiate = Duration::from_millis(self.limits.call_timeout_ms);
+        let mut s =
+            Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, grants, instantiate).await?;
         s.init(&self.settings_json, Duration::from_millis(self.runtime.cfg.info_timeout_ms)).await?;
         s.permit = Some(permit);
         Ok(s)
