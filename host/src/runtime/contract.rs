@@ -44,6 +44,18 @@ impl ContractVersion {
         self != ContractVersion::V0_1
     }
 
+    /// The version of a component that exports `consumer` of version `exported` and imports
+    /// `imports`: a component exporting 0.2.0's `consumer` is 0.3.0 when it imports 0.3.0's
+    /// `messaging` (a 0.3 plugin that does not publish imports nothing of 0.3.0, and is 0.2.0).
+    pub fn of<'a>(exported: ContractVersion, mut imports: impl Iterator<Item = &'a str>) -> ContractVersion {
+        if exported == ContractVersion::V0_2 && imports.any(|name| name.starts_with("narrows:exporter/messaging@0.3."))
+        {
+            ContractVersion::V0_3
+        } else {
+            exported
+        }
+    }
+
     /// Whether its plugins take the operator's settings in `init` (0.2.0 and later).
     pub fn takes_settings(self) -> bool {
         self != ContractVersion::V0_1
@@ -190,13 +202,11 @@ pub struct V2 {
 }
 
 impl V2 {
-    /// 0.3.0 when the component imports 0.3.0's `messaging` (a 0.3 plugin that does not publish
-    /// imports nothing of 0.3.0, and is a 0.2.0 plugin).
+    /// 0.3.0 when the component imports 0.3.0's `messaging` ([`ContractVersion::of`]).
     fn new(pre: v2::PluginPre<PluginState>) -> V2 {
         let c = pre.instance_pre().component();
-        let publishes =
-            c.component_type().imports(c.engine()).any(|(name, _)| name.starts_with("narrows:exporter/messaging@0.3."));
-        let version = if publishes { ContractVersion::V0_3 } else { ContractVersion::V0_2 };
+        let version =
+            ContractVersion::of(ContractVersion::V0_2, c.component_type().imports(c.engine()).map(|(n, _)| n));
         V2 { pre, version }
     }
 }
@@ -345,5 +355,9 @@ mod tests {
         );
         assert_eq!(serde_json::json!({"contract": ContractVersion::V0_3}).to_string(), r#"{"contract":"0.3.0"}"#);
         assert_eq!(ContractVersion::V0_2.to_string(), "0.2.0");
+        let publishing = ["narrows:exporter/http@0.1.0", "narrows:exporter/messaging@0.3.0"];
+        assert_eq!(ContractVersion::of(ContractVersion::V0_2, publishing.into_iter()), ContractVersion::V0_3);
+        assert_eq!(ContractVersion::of(ContractVersion::V0_2, publishing[..1].iter().copied()), ContractVersion::V0_2);
+        assert_eq!(ContractVersion::of(ContractVersion::V0_1, publishing.into_iter()), ContractVersion::V0_1);
     }
 }
