@@ -163,7 +163,7 @@ fn ingest(cfg: &Config, files: bool, f: &mut Findings) {
 }
 
 /// Per-plugin settings, as loading a plugin checks them.
-fn plugins(cfg: &Config, runtime: &data_exporter::config::RuntimeConfig, files: bool, f: &mut Findings) {
+fn plugins(cfg: &Config, runtime: &data_exporter::runtime::RuntimeConfig, files: bool, f: &mut Findings) {
     let sections = std::iter::once(("runtime.limits".to_string(), None))
         .chain(runtime.plugins.keys().map(|id| (format!("runtime.plugins.{id}"), Some(id.as_str()))));
     for (section, id) in sections {

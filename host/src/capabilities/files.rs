@@ -13,6 +13,9 @@
 //! concurrent writers cannot pass either limit.
 
 mod beneath;
+mod view;
+
+pub use view::FilesCtx;
 
 use crate::bindings::v2::files::FileError;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};

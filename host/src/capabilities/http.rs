@@ -8,7 +8,6 @@ use super::outbound::{Denied, OwnListeners, Policy, PolicyResolver, StaticHosts,
 use super::secrets::{Bound, Credential, Origin};
 // URLs are shown by their origin only: user info, path and query may carry secrets.
 use crate::bindings::http::{Method, Request, RequestError, Response};
-use crate::config::HttpConfig;
 use crate::redact::url_origin as redact;
 use anyhow::Context;
 use std::sync::Arc;
@@ -323,6 +322,38 @@ impl PluginHttp {
     }
 }
 
+/// The `http` capability of one plugin instance: the plugin's clients, and the secret of the
+/// call in progress when its destination names one.
+pub struct HttpCtx {
+    plugin: String,
+    http: Arc<PluginHttp>,
+    /// Lent for one call ([`HttpCtx::lend`]), taken back when it returns ([`HttpCtx::take_back`]).
+    credential: Option<Bound>,
+}
+
+impl HttpCtx {
+    /// `plugin`'s HTTP through `http`, with no secret.
+    pub fn new(plugin: &str, http: Arc<PluginHttp>) -> Self {
+        HttpCtx { plugin: plugin.to_string(), http, credential: None }
+    }
+
+    /// Lend the secret of the call about to start (what its destination names, if anything).
+    pub fn lend(&mut self, credential: Option<Bound>) {
+        self.credential = credential;
+    }
+
+    /// The call returned: no request after it carries its secret.
+    pub fn take_back(&mut self) {
+        self.credential = None;
+    }
+}
+
+impl crate::bindings::http::Host for HttpCtx {
+    async fn send(&mut self, request: Request) -> Result<Response, RequestError> {
+        self.http.send(&self.plugin, request, self.credential.as_ref()).await
+    }
+}
+
 fn method_name(m: Method) -> &'static str {
     match m {
         Method::Get => "GET",
@@ -387,6 +418,53 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
+/// Outbound HTTP on behalf of plugins: timeouts, limits, TLS material.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time allowed to establish a connection (TCP and TLS), in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Default and maximum total time of one request, in milliseconds. A plugin
+    /// may ask for less, never more.
+    pub timeout_ms: u64,
+    /// Largest response body handed to a plugin, in bytes.
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept per destination host.
+    pub pool_max_idle_per_host: usize,
+    /// Extra CA certificates (PEM bundle) trusted when a destination asks for
+    /// verification (`checkCert`), in addition to the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) presented when a destination asks for
+    /// mutual TLS (`mutualTLS`). Plugins never see it.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `client_cert_file`. Keep it readable only by the service user.
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Origins (`https://host:port`) the client certificate may be presented to, when a
+    /// destination asks for mutual TLS. A destination is producer input: without this list
+    /// the certificate is presented nowhere, and the refusal names this setting.
+    pub client_cert_origins: Vec<String>,
+    /// Fixed addresses for host names, consulted before DNS (like /etc/hosts, for plugins'
+    /// requests only), e.g. `hosts = { "opensearch.internal" = ["10.0.4.2"] }`. The outbound
+    /// allow-list applies to these addresses exactly as to resolved ones.
+    pub hosts: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 30_000,
+            max_response_bytes: 16 * 1024 * 1024,
+            pool_max_idle_per_host: 32,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            client_cert_origins: Vec::new(),
+            hosts: Default::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -397,5 +475,102 @@ mod tests {
         assert_eq!(redact("https://hooks.example/services/T0/B0/SECRET"), "https://hooks.example");
         assert_eq!(redact("http://[::1]:8080/x"), "http://[::1]:8080");
         assert_eq!(redact("not a url"), "<unparseable URL>");
+    }
+
+    mod send {
+        use super::super::*;
+        use crate::bindings::http::{Host, Tls};
+        use crate::capabilities::secrets::SecretStore;
+        use axum::http::HeaderMap;
+
+        /// A server on loopback answering every request with its `authorization` header (or
+        /// `none`), and `big` bytes at `/big`.
+        async fn echo() -> std::net::SocketAddr {
+            let app = axum::Router::new()
+                .route("/big", axum::routing::get(|| async { vec![b'x'; 64 * 1024] }))
+                .fallback(|headers: HeaderMap| async move {
+                    headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or("none".into())
+                });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            addr
+        }
+
+        fn http(rules: &[&str], cfg: &HttpConfig) -> Arc<PluginHttp> {
+            let cap = HttpCapability::new(cfg).unwrap();
+            let rules: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+            Arc::new(cap.for_plugin(Policy::parse("p", &rules, cap.own_listeners()).unwrap()).unwrap())
+        }
+
+        fn get(url: String) -> Request {
+            Request {
+                method: Method::Get,
+                url,
+                headers: vec![],
+                body: None,
+                basic_auth: None,
+                tls: Tls { verify_server: true, client_certificate: false },
+                timeout_ms: None,
+            }
+        }
+
+        /// Secret `s` (basic auth `exporter:pw`), bound to `origin`.
+        fn secret(dir: &std::path::Path, origin: String) -> Bound {
+            std::fs::create_dir_all(dir.join("s")).unwrap();
+            std::fs::write(dir.join("s/username"), "exporter").unwrap();
+            std::fs::write(dir.join("s/password"), "pw").unwrap();
+            let origins = [("s".to_string(), vec![origin])].into();
+            SecretStore::new(Some(dir), &origins).unwrap().load("s").unwrap()
+        }
+
+        #[tokio::test]
+        async fn loopback_is_reached_only_when_an_ip_rule_names_it() {
+            let addr = echo().await;
+            let allowed = PluginHttp::send(
+                &http(&["127.0.0.0/8"], &HttpConfig::default()),
+                "p",
+                get(format!("http://{addr}/x")),
+                None,
+            )
+            .await
+            .unwrap();
+            assert_eq!((allowed.status, allowed.body.as_slice()), (200, &b"none"[..]));
+            match http(&["*"], &HttpConfig::default()).send("p", get(format!("http://{addr}/x")), None).await {
+                Err(RequestError::Denied(why)) => assert!(why.contains("127.0.0.1"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_secret_is_attached_only_to_the_origins_bound_to_it_and_only_during_its_call() {
+            let addr = echo().await;
+            let dir = tempfile::tempdir().unwrap();
+            let mut ctx = HttpCtx::new("p", http(&["127.0.0.0/8"], &HttpConfig::default()));
+            ctx.lend(Some(secret(dir.path(), format!("http://{addr}"))));
+            let sent = ctx.send(get(format!("http://{addr}/x"))).await.unwrap();
+            assert_eq!(sent.body, b"Basic ZXhwb3J0ZXI6cHc=", "exporter:pw, set by the host");
+            // Another origin (the same server under another name) is refused, naming the setting.
+            match ctx.send(get(format!("http://localhost:{}/x", addr.port()))).await {
+                Err(RequestError::Denied(why)) => assert!(why.contains("secret_origins.s"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+            // The plugin may not set its own Authorization next to the host's.
+            let mut own = get(format!("http://{addr}/x"));
+            own.headers.push(("Authorization".into(), "Bearer mine".into()));
+            assert!(matches!(ctx.send(own).await, Err(RequestError::Denied(_))));
+            ctx.take_back();
+            assert_eq!(ctx.send(get(format!("http://{addr}/x"))).await.unwrap().body, b"none");
+        }
+
+        #[tokio::test]
+        async fn a_response_past_max_response_bytes_is_refused() {
+            let addr = echo().await;
+            let cfg = HttpConfig { max_response_bytes: 1024, ..HttpConfig::default() };
+            match http(&["127.0.0.0/8"], &cfg).send("p", get(format!("http://{addr}/big")), None).await {
+                Err(RequestError::ResponseTooLarge(why)) => assert!(why.contains("http.max_response_bytes"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

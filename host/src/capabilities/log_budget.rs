@@ -6,13 +6,30 @@
 //! The budget is a fixed one-second window, opened by the first line after the previous one
 //! ended. Under budget a line costs one short, uncontended-in-practice mutex section.
 
-use crate::config::PluginLimits;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long one budget window lasts.
 const WINDOW: Duration = Duration::from_secs(1);
+
+/// What a plugin may log (the runtime builds it from `runtime.limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Most lines per second, across its instances (`log_lines_per_sec`; 0: none).
+    pub lines_per_sec: u32,
+    /// Most bytes per second, across its instances (`log_bytes_per_sec`).
+    pub bytes_per_sec: u64,
+    /// Longest line, in bytes; longer lines are cut (`log_line_max`).
+    pub line_max: usize,
+}
+
+impl Default for LogLimits {
+    /// `runtime.limits`' defaults.
+    fn default() -> Self {
+        LogLimits { lines_per_sec: 100, bytes_per_sec: 64 * 1024, line_max: 4096 }
+    }
+}
 
 /// The log budget of one plugin (share it behind an `Arc`).
 pub struct LogBudget {
@@ -70,14 +87,14 @@ struct Check {
 impl LogBudget {
     /// The budget of `plugin` under `limits` (`log_lines_per_sec`, `log_bytes_per_sec`,
     /// `log_line_max`).
-    pub fn new(plugin: &str, limits: &PluginLimits) -> Self {
-        let bytes_per_sec = limits.log_bytes_per_sec;
+    pub fn new(plugin: &str, limits: LogLimits) -> Self {
+        let bytes_per_sec = limits.bytes_per_sec;
         LogBudget {
             inner: Arc::new(Inner {
                 plugin: plugin.into(),
-                lines_per_sec: u64::from(limits.log_lines_per_sec),
+                lines_per_sec: u64::from(limits.lines_per_sec),
                 bytes_per_sec,
-                line_max: limits.log_line_max.min(usize::try_from(bytes_per_sec).unwrap_or(usize::MAX)),
+                line_max: limits.line_max.min(usize::try_from(bytes_per_sec).unwrap_or(usize::MAX)),
                 window: Mutex::new(Window {
                     start: None,
                     lines: 0,
@@ -281,13 +298,7 @@ mod tests {
     use super::*;
 
     fn budget(lines: u32, bytes: u64, line_max: usize) -> LogBudget {
-        let limits = PluginLimits {
-            log_lines_per_sec: lines,
-            log_bytes_per_sec: bytes,
-            log_line_max: line_max,
-            ..PluginLimits::default()
-        };
-        LogBudget::new("p", &limits)
+        LogBudget::new("p", LogLimits { lines_per_sec: lines, bytes_per_sec: bytes, line_max })
     }
 
     fn ms(n: u64) -> Duration {

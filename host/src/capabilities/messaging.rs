@@ -7,7 +7,6 @@
 //! delivery report, bounded by `timeout_ms`. Payloads and property values are never logged.
 
 use crate::bindings::v3::messaging::{Message, PublishError};
-use crate::config::MessagingConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -283,6 +282,83 @@ pub fn not_granted(plugin: &str, n: usize) -> Vec<Result<(), PublishError>> {
     (0..n).map(|_| Err(PublishError::NotGranted(msg.clone()))).collect()
 }
 
+/// The `messaging` capability of one plugin instance: the plugin file's connection, when it
+/// was granted one. Without one (not granted, or the load-time `info` call) every message is
+/// `not-granted`.
+pub struct MessagingCtx {
+    plugin: String,
+    grant: Option<std::sync::Arc<MessagingGrant>>,
+}
+
+impl MessagingCtx {
+    /// `plugin`'s messaging through `grant`.
+    pub fn new(plugin: &str, grant: Option<std::sync::Arc<MessagingGrant>>) -> Self {
+        MessagingCtx { plugin: plugin.to_string(), grant }
+    }
+}
+
+impl crate::bindings::v3::messaging::Host for MessagingCtx {
+    async fn publish(&mut self, messages: Vec<Message>) -> Vec<Result<(), PublishError>> {
+        match self.grant.clone() {
+            Some(grant) => grant.publish(messages).await,
+            None => not_granted(&self.plugin, messages.len()),
+        }
+    }
+}
+
+/// The `messaging` capability of one plugin file (`[runtime.plugins.<file>.messaging]`, with
+/// `"messaging"` in its `grants`): the Kafka cluster its messages go to, how the host connects,
+/// and which topics it may publish to. The plugin sees none of it.
+#[derive(Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topics the plugin may publish to: exact names, and `prefix*` patterns (`"*"` alone
+    /// admits every topic). Destinations, and so topics, are producer input: any other topic is
+    /// refused for good. Empty: the plugin does not load.
+    pub topics: Vec<String>,
+    /// Further librdkafka producer properties (TLS, SASL: `security.protocol`,
+    /// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`...). Values are never logged.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties read from files (a mounted Secret), e.g.
+    /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
+    pub properties_from_files: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// How long a publish waits for the cluster to acknowledge each message, in milliseconds
+    /// (the producer's `message.timeout.ms`); must be below the plugin's `call_timeout_ms`.
+    pub timeout_ms: u64,
+    /// Largest message the plugin may publish (key, header names and values, and payload), in
+    /// bytes; a larger one is refused for good.
+    pub max_message_bytes: usize,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            brokers: String::new(),
+            topics: Vec::new(),
+            properties: Default::default(),
+            properties_from_files: Default::default(),
+            timeout_ms: 10_000,
+            max_message_bytes: 1_000_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for MessagingConfig {
+    /// Property names, never their values (they may hold credentials).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("properties_from_files", &self.properties_from_files)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +444,27 @@ mod tests {
             &not_granted("p", 2)[..],
             [Err(PublishError::NotGranted(_)), Err(PublishError::NotGranted(_))]
         ));
+    }
+
+    #[tokio::test]
+    async fn the_capability_publishes_through_its_grant_or_answers_not_granted() {
+        use crate::bindings::v3::messaging::Host;
+        let msg = |topic: &str| Message { topic: topic.into(), key: None, headers: vec![], payload: vec![b'x'; 10] };
+        let mut none = MessagingCtx::new("p", None);
+        match &none.publish(vec![msg("t")]).await[..] {
+            [Err(PublishError::NotGranted(why))] => assert!(why.contains("runtime.plugins.<file>.messaging"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Refused by the grant's policy before anything is produced: no broker is needed.
+        let grant = MessagingGrant::open("kafka", &MessagingConfig { max_message_bytes: 5, ..config(&["ok"]) }, 60_000);
+        let mut granted = MessagingCtx::new("p", Some(std::sync::Arc::new(grant.unwrap())));
+        match &granted.publish(vec![msg("other"), msg("ok")]).await[..] {
+            [Err(PublishError::Refused(topic)), Err(PublishError::Refused(size))] => {
+                assert!(topic.contains("messaging.topics"), "{topic}");
+                assert!(size.contains("max_message_bytes"), "{size}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -181,11 +181,11 @@ impl tokio::io::AsyncWrite for PluginOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PluginLimits;
+    use crate::capabilities::log_budget::LogLimits;
 
     fn output(lines_per_sec: u32, line_max: usize) -> (PluginOutput, Arc<LogBudget>) {
-        let limits = PluginLimits { log_lines_per_sec: lines_per_sec, log_line_max: line_max, ..Default::default() };
-        let budget = Arc::new(LogBudget::new("p", &limits));
+        let limits = LogLimits { lines_per_sec, line_max, ..Default::default() };
+        let budget = Arc::new(LogBudget::new("p", limits));
         (PluginOutput::new("p", "stdout", budget.clone()), budget)
     }
 
@@ -203,8 +203,8 @@ mod tests {
 
     #[test]
     fn stderr_keeps_its_last_lines_even_past_the_budget() {
-        let limits = PluginLimits { log_lines_per_sec: 1, ..Default::default() };
-        let budget = Arc::new(LogBudget::new("p", &limits));
+        let limits = LogLimits { lines_per_sec: 1, ..Default::default() };
+        let budget = Arc::new(LogBudget::new("p", limits));
         let err = PluginOutput::new("p", "stderr", budget.clone());
         for i in 0..(RECENT_LINES + 5) {
             err.accept(format!("line {i}\n").as_bytes());

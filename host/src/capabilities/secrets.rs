@@ -114,6 +114,17 @@ impl Bound {
     }
 }
 
+/// Why a destination's secret could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    /// The reference itself is wrong (not a string): no retry mends it.
+    #[error("{0}")]
+    Malformed(String),
+    /// The secret cannot be read now, or goes nowhere: a Secret may be mounted late or rotated.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Where secrets are mounted, and where each may be sent.
 #[derive(Debug, Clone)]
 pub struct SecretStore {
@@ -145,6 +156,15 @@ impl SecretStore {
                 "secret `{name}` is bound to no origin, so the host sends it nowhere: an operator lists where it \
                  may go in secret_origins.{name} (e.g. [\"https://opensearch.prod.svc:9200\"])"
             )),
+        }
+    }
+
+    /// What the plugin sees of `destination` (JSON text: without its secret reference), and the
+    /// secret it names, read now, for one call.
+    pub fn resolve(&self, destination: &str) -> Result<(String, Option<Bound>), Unresolved> {
+        match split(destination).map_err(Unresolved::Malformed)? {
+            (view, None) => Ok((view, None)),
+            (view, Some(name)) => Ok((view, Some(self.load(&name).map_err(Unresolved::Unavailable)?))),
         }
     }
 
@@ -186,6 +206,25 @@ mod tests {
         let plain = r#"{"host_port":"https://os"}"#;
         assert_eq!(split(plain).unwrap(), (plain.to_string(), None));
         assert!(split(r#"{"secretRef":1}"#).unwrap_err().contains("must be a string"));
+    }
+
+    #[test]
+    fn a_destination_resolves_to_its_view_and_its_secret_or_says_whether_a_retry_may_mend_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("os")).unwrap();
+        std::fs::write(dir.path().join("os/token"), "tok").unwrap();
+        let origins = BTreeMap::from([("os".to_string(), vec!["https://os.example:9200".to_string()])]);
+        let store = SecretStore::new(Some(dir.path()), &origins).unwrap();
+        let plain = r#"{"index":"i"}"#;
+        assert!(matches!(store.resolve(plain), Ok((view, None)) if view == plain));
+        let (view, secret) = store.resolve(r#"{"index":"i","secretRef":"os"}"#).unwrap();
+        assert_eq!((view.as_str(), secret.map(|s| s.name)), (plain, Some("os".to_string())));
+        assert!(
+            matches!(store.resolve(r#"{"secretRef":"missing"}"#), Err(Unresolved::Unavailable(m)) if m.contains("not found"))
+        );
+        assert!(
+            matches!(store.resolve(r#"{"secretRef":1}"#), Err(Unresolved::Malformed(m)) if m.contains("must be a string"))
+        );
     }
 
     #[test]

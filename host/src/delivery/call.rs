@@ -80,16 +80,18 @@ impl Delivery {
             return self.hold_quarantined(&plugin, batch).await;
         }
         // The plugin sees the destination without its secret reference; the host holds the secret.
-        let (view, credential) = match secrets::split(&dk.config) {
-            Ok((view, None)) => (view, None),
-            Ok((view, Some(name))) => match self.secrets.load(&name) {
-                Ok(c) => (view, Some(c)),
-                Err(reason) => {
-                    // The Secret may be mounted late or rotated: retry rather than give up.
-                    return self.retry_or_dead_all(batch, &reason, None, &labels).await;
-                }
+        // Split once per destination (`Destination::plugin_view`); the secret is read per batch.
+        let (view, credential) = match dk.plugin_view() {
+            Ok((view, None)) => (view.clone(), None),
+            Ok((view, Some(name))) => match self.secrets.load(name) {
+                Ok(c) => (view.clone(), Some(c)),
+                // The Secret may be mounted late or rotated: retry rather than give up.
+                Err(reason) => return self.retry_or_dead_all(batch, &reason, None, &labels).await,
             },
-            Err(reason) => return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await,
+            Err(reason) => {
+                let reason = reason.to_string();
+                return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
+            }
         };
         let ctx = CallCtx { dk, plugin: &plugin, view: &view, credential: &credential, labels: &labels };
         let mut retries = Vec::new();
@@ -206,8 +208,7 @@ impl Delivery {
             .collect();
         let started = Instant::now();
         let (_, s) = session.as_mut().expect("set above");
-        s.set_credential(ctx.credential.clone());
-        let result = s.deliver(ctx.view, reports).await;
+        let result = s.deliver(ctx.view, ctx.credential.clone(), reports).await;
         // The permit bounds plugin calls only: settling (dead-letter fsyncs) must not hold it.
         drop(permit);
         self.metrics

@@ -44,13 +44,3 @@ impl Default for DeliveryConfig {
         }
     }
 }
-
-/// What happens to reports for a quarantined plugin.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuarantinePolicy {
-    /// They stay queued until the plugin is released (by a restart or reload).
-    Wait,
-    /// They go to the dead-letter store, to be replayed later.
-    DeadLetter,
-}

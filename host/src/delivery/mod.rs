@@ -23,8 +23,9 @@ mod effects;
 pub mod settle;
 mod worker;
 
+pub use crate::runtime::QuarantinePolicy;
 pub use blame::{Blame, Crash, blame};
-pub use config::{DeliveryConfig, QuarantinePolicy};
+pub use config::DeliveryConfig;
 pub use settle::{Settlement, backoff, retry_delay, settle};
 
 use crate::capabilities::secrets::SecretStore;

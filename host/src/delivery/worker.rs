@@ -208,7 +208,7 @@ impl Delivery {
     /// `delivery.destination_idle_ms`, a 0.1.0 plugin's instance briefly.
     fn session_idle(&self, session: &Option<(Arc<LoadedPlugin>, Session)>) -> Duration {
         match session {
-            Some((p, _)) if p.contract != "0.1.0" => Duration::from_millis(self.cfg.destination_idle_ms),
+            Some((p, _)) if p.contract.keeps_destination_open() => Duration::from_millis(self.cfg.destination_idle_ms),
             _ => SESSION_IDLE,
         }
     }

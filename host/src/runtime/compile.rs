@@ -3,7 +3,7 @@
 //! is the host's own binary (`data-exporter compile-plugin`), which reads the component on
 //! stdin and writes the compiled code on stdout.
 
-use crate::config::RuntimeConfig;
+use super::RuntimeConfig;
 use anyhow::Context;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

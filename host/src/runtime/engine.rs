@@ -1,7 +1,7 @@
 //! Engine set-up in one place: component model, async host calls, epoch interruption and its
 //! ticker, and the instance allocator (a preallocated pool, or on demand as the fallback).
 
-use crate::config::RuntimeConfig;
+use super::RuntimeConfig;
 use std::time::Duration;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 

@@ -1,21 +1,27 @@
 //! The plugin runtime: compile components once, instantiate a fresh sandbox per call session.
 
 pub mod compile;
+pub mod config;
+pub mod contract;
 pub mod engine;
 pub mod reclaim;
 pub mod registry;
 pub mod session;
+pub mod trial;
 
+pub use config::{LimitOverrides, PluginLimits, QuarantinePolicy, RuntimeConfig};
+pub use contract::ContractVersion;
 pub use session::{Delivered, Described, Item, Pre, Session};
 
-use crate::bindings::{self, Plugin};
-use crate::capabilities::files::{self, FilesGrant};
+use crate::bindings;
+use crate::capabilities::Types;
+use crate::capabilities::files::{self, FilesCtx, FilesGrant};
+use crate::capabilities::http::{HttpCapability, HttpCtx, PluginHttp};
+use crate::capabilities::log::LogCtx;
 use crate::capabilities::log_budget::LogBudget;
-use crate::capabilities::messaging::MessagingGrant;
+use crate::capabilities::messaging::{MessagingCtx, MessagingGrant};
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::output::PluginOutput;
-use crate::capabilities::{HostCapabilities, http::HttpCapability, http::PluginHttp};
-use crate::config::{PluginLimits, RuntimeConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,14 +31,20 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// Everything one plugin instance's `Store` holds: its (empty) WASI context,
-/// resource table, memory limits and the capabilities granted to it.
+/// Everything one plugin instance's `Store` holds: its (empty) WASI context, resource table,
+/// memory limits and one view per capability, each linked with a getter of its field.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    /// Capabilities the host grants to this plugin.
-    pub caps: HostCapabilities,
+    /// Outbound HTTP (and the secret of the call in progress).
+    http: HttpCtx,
+    /// The log capability.
+    log: LogCtx,
+    /// The granted directory (contract 0.2).
+    files: FilesCtx,
+    /// Publishing to Kafka (contract 0.3).
+    messaging: MessagingCtx,
     /// The instance's stderr (its last lines, for crash messages).
     stderr: PluginOutput,
 }
@@ -144,12 +156,18 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        // Each capability is linked with a getter of its view in the store data.
+        bindings::narrows::exporter::types::add_to_linker::<PluginState, Types>(&mut linker, |_| Types)?;
+        bindings::http::add_to_linker::<PluginState, HasSelf<HttpCtx>>(&mut linker, |s| &mut s.http)?;
+        bindings::log::add_to_linker::<PluginState, HasSelf<LogCtx>>(&mut linker, |s| &mut s.log)?;
         // 0.2.0 shares 0.1.0's http and log (linked above) and adds files.
-        bindings::v2::files::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        bindings::v2::types::add_to_linker::<PluginState, Types>(&mut linker, |_| Types)?;
+        bindings::v2::files::add_to_linker::<PluginState, HasSelf<FilesCtx>>(&mut linker, |s| &mut s.files)?;
         // 0.3.0 is 0.2.0 plus messaging, linked for every plugin: the grant is checked at load
         // and an instance without one gets `not-granted`.
-        bindings::v3::messaging::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        bindings::v3::messaging::add_to_linker::<PluginState, HasSelf<MessagingCtx>>(&mut linker, |s| {
+            &mut s.messaging
+        })?;
         let no_http =
             Arc::new(http.for_plugin(Policy::parse("(loading)", &[], http.own_listeners()).expect("no rules parse"))?);
         if let Some(dir) = &cache_dir {
@@ -275,16 +293,16 @@ impl Runtime {
             // components hold 14 (a Rust plugin, 1 to 3).
             .instances(engine::PER_COMPONENT as usize)
             .build();
-        let caps = HostCapabilities {
-            plugin: plugin.to_string(),
-            http,
-            max_boundary_bytes: limits.max_boundary_bytes,
-            credential: None,
-            log,
-            files,
-            messaging,
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: store_limits,
+            http: HttpCtx::new(plugin, http),
+            log: LogCtx::new(plugin, log),
+            files: FilesCtx::new(plugin, files),
+            messaging: MessagingCtx::new(plugin, messaging),
+            stderr,
         };
-        let state = PluginState { wasi, table: ResourceTable::new(), limits: store_limits, caps, stderr };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
@@ -429,7 +447,7 @@ pub struct LoadedPlugin {
     /// Its log budget, shared by its instances.
     pub log: Arc<LogBudget>,
     /// The contract version it was built against.
-    pub contract: &'static str,
+    pub contract: ContractVersion,
     /// The operator settings it takes (contract 0.2.0).
     pub settings: Vec<bindings::Parameter>,
     /// The settings the operator gave it, JSON object text, handed to `init`.
@@ -467,7 +485,7 @@ impl LoadedPlugin {
             .map_err(|e| format!("runtime.plugins.{id}.outbound_allow: {e}"))?;
         let http = Arc::new(runtime.http.for_plugin(policy).map_err(|e| format!("{e:#}"))?);
         let instances = Arc::new(Semaphore::new(limits.max_instances.max(1)));
-        let log = Arc::new(LogBudget::new(&id, &limits));
+        let log = Arc::new(LogBudget::new(&id, limits.log_limits()));
         let files = files_grant(&runtime.files_grants, &id, &limits)?;
         let messaging = messaging_grant(&id, &limits, &runtime.cfg)?;
         Ok(LoadedPlugin {
@@ -546,7 +564,9 @@ impl LoadedPlugin {
             files: self.files.clone(),
             messaging: self.messaging.clone(),
         };
-        let mut s = Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, grants).await?;
+        let instantiate = Duration::from_millis(self.limits.call_timeout_ms);
+        let mut s =
+            Session::start(&self.runtime, &self.info.name, &self.pre, &self.limits, grants, instantiate).await?;
         s.init(&self.settings_json, Duration::from_millis(self.runtime.cfg.info_timeout_ms)).await?;
         s.permit = Some(permit);
         Ok(s)

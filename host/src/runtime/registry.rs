@@ -410,14 +410,15 @@ impl Plugins {
         super::check_grants(&self.runtime.engine, pre.component(), &id, &self.runtime.limits_for(&id).grants)
             .map_err(LoadError::NotGranted)?;
         // Load-time calls run under their own short deadline, with no HTTP.
-        let mut limits = self.runtime.limits_for(&super::file_id(file));
-        limits.call_timeout_ms = self.runtime.config().info_timeout_ms;
+        let limits = self.runtime.limits_for(&super::file_id(file));
+        let deadline = Duration::from_millis(self.runtime.config().info_timeout_ms);
         let shown = file.display().to_string();
-        let log = Arc::new(super::LogBudget::new(&super::file_id(file), &limits));
+        let log = Arc::new(super::LogBudget::new(&super::file_id(file), limits.log_limits()));
         let grants = super::Grants { http: self.runtime.no_http.clone(), log, files: None, messaging: None };
-        let mut session =
-            super::Session::start(&self.runtime, &shown, &pre, &limits, grants).await.map_err(|e| e.to_string())?;
-        let described = match session.info().await {
+        let mut session = super::Session::start(&self.runtime, &shown, &pre, &limits, grants, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        let described = match session.info(deadline).await {
             Ok(d) => d,
             Err(e) => return Err(session.explain(&e).into()),
         };
@@ -429,7 +430,7 @@ impl Plugins {
         p.from_cache = from_cache;
         let p = Arc::new(p);
         // A 0.2.0 plugin takes its settings now: one it refuses does not load.
-        if p.contract != "0.1.0" {
+        if p.contract.takes_settings() {
             p.session().await.map_err(|e| e.to_string())?;
         }
         Ok(p)

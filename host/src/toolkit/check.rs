@@ -7,6 +7,7 @@
 //! description when `info` answered.
 
 use super::sandbox::{Options, Sandbox};
+use crate::runtime::ContractVersion;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -72,9 +73,9 @@ pub struct Import {
 
 /// The consumer interfaces the host recognises, by contract version, with the items each must
 /// export.
-const CONSUMERS: &[(&str, &str, &[&str])] = &[
-    ("narrows:exporter/consumer@0.2.0", "0.2.0", &["info", "init", "validate", "destination"]),
-    ("narrows:exporter/consumer@0.1.0", "0.1.0", &["info", "validate", "deliver"]),
+const CONSUMERS: &[(&str, ContractVersion, &[&str])] = &[
+    ("narrows:exporter/consumer@0.2.0", ContractVersion::V0_2, &["info", "init", "validate", "destination"]),
+    ("narrows:exporter/consumer@0.1.0", ContractVersion::V0_1, &["info", "validate", "deliver"]),
 ];
 
 /// Interfaces the host links, besides WASI 0.2 (`wasi:*@0.2.*`), which grants nothing.
@@ -181,8 +182,7 @@ pub async fn check(file: &Path, grants: &[String], code_cache: Option<&Path>) ->
             if c.exports.is_empty() { "nothing".to_string() } else { quoted(&c.exports) }
         )),
         Some((name, version, missing)) => {
-            let publishes = c.imports.iter().any(|i| i.name.starts_with("narrows:exporter/messaging@0.3."));
-            c.contract = Some(if *version == "0.2.0" && publishes { "0.3.0" } else { version }.to_string());
+            c.contract = Some(ContractVersion::of(*version, c.imports.iter().map(|i| i.name.as_str())).to_string());
             if !missing.is_empty() {
                 c.problems.push(format!(
                     "its export {name} lacks {}: build it against the whole interface (wit/0.3/exporter.wit)",

@@ -7,8 +7,9 @@
 //! through its own HTTP capability (outbound allow-list, TLS, the host's listeners refused).
 
 use crate::bindings::Outcome;
-use crate::capabilities::secrets::{self, Credential, SecretStore};
+use crate::capabilities::secrets::{Credential, SecretStore};
 use crate::runtime::registry::Plugins;
+use crate::runtime::trial::Trial;
 use crate::runtime::{Delivered, Item};
 use serde::Serialize;
 use std::time::Instant;
@@ -90,49 +91,16 @@ pub async fn probe(
         latency_ms: 0,
     };
     let started = Instant::now();
-    let (view, credential) = match secrets::split(&destination.to_string()) {
-        Ok((view, None)) => (view, None),
-        Ok((view, Some(name))) => match secrets.load(&name) {
-            Ok(c) => (view, Some(c)),
-            Err(reason) => {
-                p.message = Some(reason);
-                return Ok(p);
-            }
-        },
+    let (view, credential) = match secrets.resolve(&destination.to_string()) {
+        Ok(resolved) => resolved,
         Err(reason) => {
-            p.message = Some(reason);
+            p.message = Some(reason.to_string());
             return Ok(p);
         }
     };
-    let mut session = match plugin.session().await {
-        Ok(s) => s,
-        Err(e) => {
-            p.outcome = "crashed";
-            p.message = Some(e.to_string());
-            p.latency_ms = started.elapsed().as_millis() as u64;
-            return Ok(p);
-        }
-    };
-    match session.validate(&view).await {
-        Ok(Ok(())) => p.validation = serde_json::json!({"ok": true}),
-        Ok(Err(message)) => {
-            p.validation = serde_json::json!({"ok": false, "message": message});
-            p.outcome = "invalid";
-            p.message = Some(message);
-            p.latency_ms = started.elapsed().as_millis() as u64;
-            return Ok(p);
-        }
-        Err(e) => {
-            p.outcome = "crashed";
-            p.message = Some(session.explain(&e));
-            p.latency_ms = started.elapsed().as_millis() as u64;
-            return Ok(p);
-        }
-    }
     // What the plugin prints may hold the credential (a server that echoes the request back):
     // the messages returned to the admin API are cleared of it.
     let secret_values = credential.as_ref().map(|c| secret_forms(&c.credential)).unwrap_or_default();
-    session.set_credential(credential);
     let report = Item {
         id: id.clone(),
         payload: serde_json::json!({"data_exporter_test": true, "report_id": id, "sent_at_ms": now}).to_string(),
@@ -142,8 +110,26 @@ pub async fn probe(
         tenant: None,
         labels: Vec::new(),
     };
-    let result = session.deliver(&view, vec![report]).await;
-    (p.outcome, p.message, p.retry_after_ms) = match result {
+    let (mut calls, closed) = match plugin.trial(&view, credential, vec![vec![report]], |_| {}).await {
+        Ok(Trial::Delivered { calls, closed }) => {
+            p.validation = serde_json::json!({"ok": true});
+            (calls, closed)
+        }
+        Ok(Trial::Invalid(message)) => {
+            p.validation = serde_json::json!({"ok": false, "message": message});
+            p.outcome = "invalid";
+            p.message = Some(message);
+            p.latency_ms = started.elapsed().as_millis() as u64;
+            return Ok(p);
+        }
+        Err(e) => {
+            p.outcome = "crashed";
+            p.message = Some(e.to_string());
+            p.latency_ms = started.elapsed().as_millis() as u64;
+            return Ok(p);
+        }
+    };
+    (p.outcome, p.message, p.retry_after_ms) = match calls.pop().expect("one batch, one call") {
         Ok(Delivered::Outcomes(mut out)) => match out.pop() {
             Some(Outcome::Delivered) => ("delivered", None, None),
             Some(Outcome::Retryable(r)) => ("retryable", Some(r.reason), r.retry_after_ms),
@@ -152,22 +138,20 @@ pub async fn probe(
         },
         Ok(Delivered::BatchFailed { reason, retry_after_ms }) => ("batch-failed", Some(reason), retry_after_ms),
         // With what the plugin wrote to stderr before it failed (the admin API is the operator's).
-        Err(e) => ("crashed", Some(session.explain(&e)), None),
+        Err(crash) => ("crashed", Some(crash.explained), None),
     };
-    if p.outcome != "crashed" {
-        let failed = match session.close().await {
-            Ok(None) => None,
-            Ok(Some(reason)) => Some(reason),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(reason) = failed {
-            // Accepted, then not written: not delivered.
-            p.outcome = "flush-failed";
-            p.message = Some(match p.message.take() {
-                Some(m) => format!("{m} (then the flush failed: {reason})"),
-                None => format!("the flush failed: {reason}"),
-            });
-        }
+    let failed = match closed {
+        Some(Ok(Some(reason))) => Some(reason),
+        Some(Err(crash)) => Some(crash.error.to_string()),
+        Some(Ok(None)) | None => None,
+    };
+    if let Some(reason) = failed {
+        // Accepted, then not written: not delivered.
+        p.outcome = "flush-failed";
+        p.message = Some(match p.message.take() {
+            Some(m) => format!("{m} (then the flush failed: {reason})"),
+            None => format!("the flush failed: {reason}"),
+        });
     }
     p.message = p.message.map(|m| redact(&m, &secret_values));
     p.latency_ms = started.elapsed().as_millis() as u64;

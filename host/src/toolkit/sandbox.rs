@@ -1,9 +1,11 @@
 //! A throw-away host runtime for one plugin file (`plugin check`, `plugin test`): the host's own
 //! engine, linker, registry and capabilities, in a scratch directory removed when it is dropped.
 
+use crate::capabilities::http::HttpConfig;
 use crate::capabilities::http::{AuthoringStub, HttpCapability};
-use crate::config::{HttpConfig, LimitOverrides, MessagingConfig, RuntimeConfig};
+use crate::capabilities::messaging::MessagingConfig;
 use crate::runtime::registry::{Plugins, Registry};
+use crate::runtime::{LimitOverrides, RuntimeConfig};
 use crate::runtime::{Runtime, file_id};
 use anyhow::Context;
 use std::path::{Path, PathBuf};

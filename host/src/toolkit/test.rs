@@ -11,6 +11,7 @@ use super::sandbox::{Options, Sandbox};
 use crate::bindings::Outcome;
 use crate::bindings::http::{RequestError, Response};
 use crate::capabilities::http::{AuthoringStub, Outgoing};
+use crate::runtime::trial::Trial;
 use crate::runtime::{Delivered, Item};
 use anyhow::Context;
 use serde::Serialize;
@@ -236,15 +237,6 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
             hit: plugin.from_cache,
         },
     };
-    let mut session = plugin.session().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    match session.validate(&view).await {
-        Ok(Ok(())) => {}
-        Ok(Err(message)) => {
-            run.invalid = Some(message);
-            return Ok(run);
-        }
-        Err(e) => anyhow::bail!("{}", session.explain(&e)),
-    }
     let now = crate::now_ms();
     let items: Vec<Item> = payloads
         .iter()
@@ -259,12 +251,21 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
         })
         .collect();
     let batches: Vec<Vec<Item>> = if args.batch { vec![items] } else { items.into_iter().map(|i| vec![i]).collect() };
-    let mut delivered = 0;
     let total: usize = batches.iter().map(Vec::len).sum();
-    for batch in batches {
-        let ids: Vec<String> = batch.iter().map(|i| i.id.clone()).collect();
-        let result = session.deliver(&view, batch).await;
-        let requests = stub.take().iter().map(|x| show(x, &secrets)).collect();
+    let ids: Vec<Vec<String>> = batches.iter().map(|b| b.iter().map(|i| i.id.clone()).collect()).collect();
+    // The requests each call made, taken from the stub as the call returns.
+    let mut requests: Vec<Vec<Value>> = Vec::new();
+    let trial =
+        plugin.trial(&view, None, batches, |_| requests.push(stub.take().iter().map(|x| show(x, &secrets)).collect()));
+    let (calls, closed) = match trial.await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        Trial::Invalid(message) => {
+            run.invalid = Some(message);
+            return Ok(run);
+        }
+        Trial::Delivered { calls, closed } => (calls, closed),
+    };
+    let mut delivered = 0;
+    for ((ids, requests), result) in ids.into_iter().zip(requests).zip(calls) {
         let outcomes = match result {
             Ok(Delivered::Outcomes(out)) => ids
                 .iter()
@@ -284,29 +285,22 @@ pub async fn run(args: &TestArgs) -> anyhow::Result<TestRun> {
                 .iter()
                 .map(|id| json!({"id": id, "outcome": "batch-failed", "reason": reason, "retry_after_ms": retry_after_ms}))
                 .collect(),
-            Err(e) => {
-                // With what the guest printed before it failed (a Python traceback).
-                let reason = session.explain(&e);
-                let outcomes = ids.iter().map(|id| json!({"id": id, "outcome": "crashed", "reason": reason})).collect();
-                run.calls.push(Call { reports: ids, requests, outcomes });
-                // A crashed instance is never reused: start another for the next reports.
-                session = plugin.session().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                continue;
-            }
+            // With what the guest printed before it failed (a Python traceback).
+            Err(crash) => ids.iter().map(|id| json!({"id": id, "outcome": "crashed", "reason": crash.explained})).collect(),
         };
         run.calls.push(Call { reports: ids, requests, outcomes });
     }
     // A flush that fails, traps or times out is a failure of the run.
-    let flushed = match session.close().await {
-        Ok(None) => true,
-        Ok(Some(reason)) => {
+    let flushed = match closed {
+        Some(Ok(Some(reason))) => {
             run.flush.push(json!({"failed": reason}));
             false
         }
-        Err(e) => {
-            run.flush.push(json!({"failed": session.explain(&e)}));
+        Some(Err(crash)) => {
+            run.flush.push(json!({"failed": crash.explained}));
             false
         }
+        Some(Ok(None)) | None => true,
     };
     run.flush.extend(stub.take().iter().map(|x| show(x, &secrets)));
     run.all_delivered = delivered == total && flushed;

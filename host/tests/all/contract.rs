@@ -97,7 +97,7 @@ async fn metadata_reaches_deliver_and_settings_reach_init() {
         let settings = [("greeting".to_string(), json!("hello")), ("retries".to_string(), json!(3))];
         c.runtime.plugins.insert(
             "hostile".into(),
-            data_exporter::config::LimitOverrides { settings: Some(settings.into()), ..Default::default() },
+            data_exporter::runtime::LimitOverrides { settings: Some(settings.into()), ..Default::default() },
         );
     })
     .await;

@@ -74,7 +74,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 fn grant(c: &mut data_exporter::config::Config, dir: &Path, quota_mib: u64) {
     c.runtime.plugins.insert(
         "file".into(),
-        data_exporter::config::LimitOverrides {
+        data_exporter::runtime::LimitOverrides {
             grants: Some(vec!["log".into(), "files".into()]),
             files_dir: Some(dir.to_path_buf()),
             files_quota_mib: Some(quota_mib),
@@ -432,7 +432,7 @@ async fn with_the_grant_but_no_directory_the_plugin_does_not_load_and_names_file
     let app = spawn_app_with(&["file"], |c| {
         c.runtime.plugins.insert(
             "file".into(),
-            data_exporter::config::LimitOverrides {
+            data_exporter::runtime::LimitOverrides {
                 grants: Some(vec!["log".into(), "files".into()]),
                 files_quota_mib: Some(1),
                 ..Default::default()

@@ -141,7 +141,7 @@ impl Tenancy {
             c.http.ca_file = Some(s.certs.join("ca.pem"));
             c.runtime.plugins.insert(
                 "file".into(),
-                data_exporter::config::LimitOverrides {
+                data_exporter::runtime::LimitOverrides {
                     grants: Some(vec!["log".into(), "files".into()]),
                     files_dir: Some(files),
                     ..Default::default()

@@ -11,7 +11,7 @@ async fn two_instances() -> TestApp {
     spawn_app_with(&["discard"], |c| {
         c.runtime.plugins.insert(
             "discard".into(),
-            data_exporter::config::LimitOverrides { max_instances: Some(2), ..Default::default() },
+            data_exporter::runtime::LimitOverrides { max_instances: Some(2), ..Default::default() },
         );
         c.delivery.destination_idle_ms = 60_000;
     })

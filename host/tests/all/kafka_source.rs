@@ -4,7 +4,8 @@
 //! Against the real Kafka-protocol broker and the real OpenSearch-API server.
 
 use crate::helpers::*;
-use data_exporter::config::{KafkaSourceConfig, LimitOverrides, RecordFormat};
+use data_exporter::config::{KafkaSourceConfig, RecordFormat};
+use data_exporter::runtime::LimitOverrides;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};

@@ -5,7 +5,8 @@
 //! `opensearch` plugin.
 
 use crate::helpers::*;
-use data_exporter::config::{Config, LimitOverrides};
+use data_exporter::config::Config;
+use data_exporter::runtime::LimitOverrides;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 

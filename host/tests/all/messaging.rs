@@ -5,7 +5,9 @@
 //! 0.1.0, 0.2.0 and 0.3.0 load side by side and each delivers.
 
 use crate::helpers::*;
-use data_exporter::config::{Config, LimitOverrides, MessagingConfig};
+use data_exporter::capabilities::messaging::MessagingConfig;
+use data_exporter::config::Config;
+use data_exporter::runtime::LimitOverrides;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::{Value, json};

@@ -119,7 +119,7 @@ async fn reload(app: &TestApp) -> Value {
 async fn the_quarantine_gauge_returns_to_zero_when_released_or_removed() {
     let app = spawn_app_with(&["hostile"], |c| {
         c.runtime.limits.quarantine_after = 1;
-        c.runtime.limits.quarantined_reports = data_exporter::config::QuarantinePolicy::DeadLetter;
+        c.runtime.limits.quarantined_reports = data_exporter::runtime::QuarantinePolicy::DeadLetter;
     })
     .await;
     let gauge = r#"data_exporter_plugin_quarantined{plugin="hostile"}"#;

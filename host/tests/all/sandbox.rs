@@ -87,7 +87,7 @@ async fn fuel_stops_a_busy_loop_before_the_deadline() {
     let app = spawn_app_with(&["opensearch", "hostile"], |c| {
         c.runtime.plugins.insert(
             "hostile".into(),
-            data_exporter::config::LimitOverrides { fuel_per_call: Some(50_000_000), ..Default::default() },
+            data_exporter::runtime::LimitOverrides { fuel_per_call: Some(50_000_000), ..Default::default() },
         );
         c.runtime.limits.quarantine_after = 1000;
     })
@@ -179,7 +179,7 @@ async fn the_allow_list_is_checked_on_resolved_addresses_and_metadata_is_refused
     let app = spawn_app_with(&["opensearch", "hostile"], |c| {
         c.runtime.plugins.insert(
             "hostile".into(),
-            data_exporter::config::LimitOverrides {
+            data_exporter::runtime::LimitOverrides {
                 outbound_allow: Some(vec!["10.0.0.0/8".into()]),
                 ..Default::default()
             },
@@ -307,7 +307,7 @@ async fn a_plugin_importing_an_ungranted_capability_does_not_load_and_says_which
     let app = spawn_app_with(&["opensearch", "hostile"], |c| {
         c.runtime.plugins.insert(
             "hostile".into(),
-            data_exporter::config::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
+            data_exporter::runtime::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
         );
     })
     .await;

@@ -63,7 +63,7 @@ async fn a_tenant_whose_destination_is_down_is_refused_alone_past_its_share() {
         c.delivery.max_attempts = 1_000_000; // never dead-lettered during the test
         c.runtime.plugins.insert(
             "file".into(),
-            data_exporter::config::LimitOverrides {
+            data_exporter::runtime::LimitOverrides {
                 grants: Some(vec!["log".into(), "files".into()]),
                 files_dir: Some(granted.clone()),
                 ..Default::default()

@@ -219,7 +219,7 @@ async fn limits_and_grants_follow_the_file_not_the_name_a_plugin_gives_itself() 
     let deny_hostile = |c: &mut data_exporter::config::Config| {
         c.runtime.plugins.insert(
             "hostile".into(),
-            data_exporter::config::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
+            data_exporter::runtime::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
         );
     };
     let app = spawn_app_in(dir, deny_hostile).await;
@@ -232,7 +232,7 @@ async fn limits_and_grants_follow_the_file_not_the_name_a_plugin_gives_itself() 
     let app = spawn_app_in(dir, |c| {
         c.runtime.plugins.insert(
             "other".into(),
-            data_exporter::config::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
+            data_exporter::runtime::LimitOverrides { grants: Some(vec!["log".into()]), ..Default::default() },
         );
     })
     .await;

@@ -10,7 +10,8 @@
 
 use data_exporter::bindings::Outcome;
 use data_exporter::capabilities::http::HttpCapability;
-use data_exporter::config::{HttpConfig, RuntimeConfig};
+use data_exporter::capabilities::http::HttpConfig;
+use data_exporter::runtime::RuntimeConfig;
 use data_exporter::runtime::registry::Plugins;
 use data_exporter::runtime::{Delivered, Item, LoadedPlugin, Runtime};
 use divan::Bencher;
@@ -138,11 +139,13 @@ fn deliver_reused(bencher: Bencher, stem: &str) {
     let mut session = RT.block_on(plugin.session()).unwrap();
     let dest = destination();
     // What is measured is a delivery: the acknowledger's answer is one the plugin takes.
-    match RT.block_on(session.deliver(&dest, report())).unwrap() {
+    match RT.block_on(session.deliver(&dest, None, report())).unwrap() {
         Delivered::Outcomes(o) => assert!(matches!(o[..], [Outcome::Delivered]), "{stem}: {o:?}"),
         Delivered::BatchFailed { reason, .. } => panic!("{stem}: {reason}"),
     }
-    bencher.with_inputs(report).bench_local_values(|r| RT.block_on(session.deliver(&dest, r)).map(|_| ()).unwrap());
+    bencher
+        .with_inputs(report)
+        .bench_local_values(|r| RT.block_on(session.deliver(&dest, None, r)).map(|_| ()).unwrap());
 }
 
 /// The same on a fresh instance for every call (instantiate from the pool, `init`, open the
@@ -154,7 +157,7 @@ fn deliver_fresh(bencher: Bencher, stem: &str) {
     bencher.with_inputs(report).bench_local_values(|r| {
         RT.block_on(async {
             let mut session = plugin.session().await.unwrap();
-            session.deliver(&dest, r).await.map(|_| ()).unwrap()
+            session.deliver(&dest, None, r).await.map(|_| ()).unwrap()
         })
     });
 }

@@ -5,7 +5,8 @@
 
 use data_exporter::bindings::Outcome;
 use data_exporter::capabilities::http::HttpCapability;
-use data_exporter::config::{HttpConfig, RuntimeConfig};
+use data_exporter::capabilities::http::HttpConfig;
+use data_exporter::runtime::RuntimeConfig;
 use data_exporter::runtime::registry::Plugins;
 use data_exporter::runtime::{Item, LoadedPlugin, Runtime};
 use divan::Bencher;
@@ -71,7 +72,7 @@ fn reused_instance(bencher: Bencher, n: usize) {
     bencher
         .counter(ItemsCount::new(n))
         .with_inputs(|| reports.clone())
-        .bench_local_values(|r| RT.block_on(session.deliver("{}", r)).map(|_| ()).unwrap());
+        .bench_local_values(|r| RT.block_on(session.deliver("{}", None, r)).map(|_| ()).unwrap());
 }
 
 /// A fresh instance (new store, instantiation from the pool) for every call, as after a trap.
@@ -82,7 +83,7 @@ fn fresh_instance(bencher: Bencher, n: usize) {
     bencher.counter(ItemsCount::new(n)).with_inputs(|| reports.clone()).bench_local_values(|r| {
         RT.block_on(async {
             let mut session = plugin.session().await.unwrap();
-            session.deliver("{}", r).await.map(|_| ()).unwrap()
+            session.deliver("{}", None, r).await.map(|_| ()).unwrap()
         })
     });
 }
