@@ -9,8 +9,8 @@
 //! from its topic, partition and offset, so a record read twice is the same report (the host
 //! answers it "known" instead of queueing it again, and consumers that index by id overwrite).
 
+use super::{KafkaSourceConfig, RecordFormat};
 use crate::accept::{Accept, AcceptError, Destinations, RouteError, Submission};
-use crate::config::{KafkaSourceConfig, RecordFormat};
 use crate::destination::Destination;
 use crate::dlq::DeadLetters;
 use crate::envelope;
