@@ -2,7 +2,6 @@
 //! anything and without the network.
 
 use super::CheckArgs;
-use data_exporter::capabilities::messaging::Topics;
 use data_exporter::capabilities::outbound::Policy;
 use data_exporter::config::{Config, QueueBackend};
 use serde_json::{Value, json};
@@ -191,44 +190,22 @@ fn plugins(cfg: &Config, runtime: &data_exporter::runtime::RuntimeConfig, files:
         let Some(id) = id else {
             continue;
         };
-        let granted = |cap: &str| limits.grants.iter().any(|g| g == cap);
-        if granted("files") {
-            match &limits.files_dir {
-                Some(d) => f.writes.push((format!("{section}.files_dir"), d.clone())),
-                None => f.error(format!(
-                    "plugin file `{id}.wasm` is granted `files` but has no directory: set {section}.files_dir"
-                )),
-            }
+        // As loading the plugin checks them.
+        match data_exporter::runtime::granted_files_dir(id, &limits) {
+            Ok(Some(d)) => f.writes.push((format!("{section}.files_dir"), d.to_path_buf())),
+            Ok(None) => {}
+            Err(e) => f.error(e),
         }
-        match (granted("messaging"), runtime.messaging_for(id)) {
-            (true, None) => f.error(format!(
-                "plugin file `{id}.wasm` is granted `messaging` but has no broker: set {section}.messaging \
-                 (brokers, topics)"
-            )),
-            (true, Some(m)) => {
-                let section = format!("{section}.messaging");
-                if m.brokers.trim().is_empty() {
-                    f.error(format!("{section}.brokers is empty: set host:port,..."));
-                }
-                if let Err(e) = Topics::parse(&m.topics) {
-                    f.error(format!("{section}.topics {e}"));
-                }
-                if m.timeout_ms == 0 || m.timeout_ms >= limits.call_timeout_ms {
-                    f.error(format!(
-                        "{section}.timeout_ms ({}) must be above 0 and below the plugin's call_timeout_ms ({}), \
-                         so that a publish ends before the call does",
-                        m.timeout_ms, limits.call_timeout_ms
-                    ));
-                }
-                if m.max_message_bytes == 0 {
-                    f.error(format!("{section}.max_message_bytes must be above 0"));
-                }
-                librdkafka(&section, &m.properties, &m.properties_from_files, files, f);
+        match data_exporter::runtime::granted_messaging(id, &limits, runtime) {
+            Ok(Some(m)) => {
+                f.errors.extend(m.problems(id, limits.call_timeout_ms));
+                librdkafka(&format!("{section}.messaging"), &m.properties, &m.properties_from_files, files, f);
             }
-            (false, Some(_)) => f.warnings.push(format!(
+            Ok(None) if runtime.messaging_for(id).is_some() => f.warnings.push(format!(
                 "{section}.messaging is set but `messaging` is not in the plugin's grants: it is unused"
             )),
-            (false, None) => {}
+            Ok(None) => {}
+            Err(e) => f.error(e),
         }
     }
     for (name, pin) in &cfg.runtime.pins {

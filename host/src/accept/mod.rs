@@ -19,11 +19,10 @@ pub use plan::{Destinations, Receipt, Submission, new_report_ids};
 pub use validation::ValidationCache;
 
 use crate::capabilities::secrets::SecretStore;
-use crate::config::Role;
 use crate::envelope::Envelope;
 use crate::metrics::{self, Metrics};
 use crate::now_ms;
-use crate::queue::{Queue, QueueError, TenantShare};
+use crate::queue::{Queue, QueueError, Role, TenantShare};
 use crate::runtime::registry::Plugins;
 use crate::status::StatusBook;
 use plan::{Plan, plan};

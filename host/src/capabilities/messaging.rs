@@ -99,23 +99,11 @@ impl MessagingGrant {
     /// Check the operator's settings for the plugin from file stem `id` and create its producer
     /// (which connects in the background: an unreachable cluster shows in publishes, not here).
     pub fn open(id: &str, cfg: &MessagingConfig, call_timeout_ms: u64) -> Result<MessagingGrant, String> {
+        if let Some(problem) = cfg.problems(id, call_timeout_ms).into_iter().next() {
+            return Err(problem);
+        }
         let section = format!("runtime.plugins.{id}.messaging");
-        if cfg.brokers.trim().is_empty() {
-            return Err(format!(
-                "plugin file `{id}.wasm` is granted `messaging` but no broker: set {section}.brokers (host:port,...)"
-            ));
-        }
         let topics = Topics::parse(&cfg.topics).map_err(|e| format!("{section}.topics {e}"))?;
-        if cfg.timeout_ms == 0 || cfg.timeout_ms >= call_timeout_ms {
-            return Err(format!(
-                "{section}.timeout_ms ({}) must be above 0 and below the plugin's call_timeout_ms ({call_timeout_ms}), \
-                 so that a publish ends before the call does",
-                cfg.timeout_ms
-            ));
-        }
-        if cfg.max_message_bytes == 0 {
-            return Err(format!("{section}.max_message_bytes must be above 0"));
-        }
         let base = crate::kafka::client_config(&section, &cfg.brokers, &cfg.properties, &cfg.properties_from_files)?;
         // What the contract promises holds whatever the properties say.
         let settings = crate::kafka::idempotent_producer(base, cfg.timeout_ms, cfg.max_message_bytes);
@@ -345,6 +333,35 @@ impl Default for MessagingConfig {
     }
 }
 
+impl MessagingConfig {
+    /// What keeps these settings of the plugin from file stem `id` (whose calls end after
+    /// `call_timeout_ms`) from opening, without the network: loading the plugin refuses it with
+    /// the first, `config check` lists them all.
+    pub fn problems(&self, id: &str, call_timeout_ms: u64) -> Vec<String> {
+        let section = format!("runtime.plugins.{id}.messaging");
+        let mut out = Vec::new();
+        if self.brokers.trim().is_empty() {
+            out.push(format!(
+                "plugin file `{id}.wasm` is granted `messaging` but no broker: set {section}.brokers (host:port,...)"
+            ));
+        }
+        if let Err(e) = Topics::parse(&self.topics) {
+            out.push(format!("{section}.topics {e}"));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms >= call_timeout_ms {
+            out.push(format!(
+                "{section}.timeout_ms ({}) must be above 0 and below the plugin's call_timeout_ms ({call_timeout_ms}), \
+                 so that a publish ends before the call does",
+                self.timeout_ms
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            out.push(format!("{section}.max_message_bytes must be above 0"));
+        }
+        out
+    }
+}
+
 impl std::fmt::Debug for MessagingConfig {
     /// Property names, never their values (they may hold credentials).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -411,6 +428,19 @@ mod tests {
         c.properties.insert("no.such.property".into(), "hunter3".into());
         let e = MessagingGrant::open("kafka", &c, 60_000).unwrap_err();
         assert!(e.contains("no.such.property") && !e.contains("hunter"), "values are never shown: {e}");
+    }
+
+    #[test]
+    fn config_check_lists_every_problem_loading_refuses_the_first_of() {
+        let c = MessagingConfig { brokers: " ".into(), timeout_ms: 0, max_message_bytes: 0, ..config(&[]) };
+        let all = c.problems("kafka", 60_000);
+        let keys = ["brokers", "topics", "timeout_ms", "max_message_bytes"];
+        assert_eq!(all.len(), keys.len(), "{all:?}");
+        for (problem, key) in all.iter().zip(keys) {
+            assert!(problem.contains(&format!("runtime.plugins.kafka.messaging.{key}")), "{problem}");
+        }
+        assert_eq!(MessagingGrant::open("kafka", &c, 60_000).err().as_ref(), all.first());
+        assert!(config(&["t"]).problems("kafka", 60_000).is_empty());
     }
 
     #[tokio::test]

@@ -267,14 +267,11 @@ pub struct Opened {
     pub kafka: Option<Arc<kafka::KafkaQueue>>,
 }
 
-/// Open the configured queue for `role`.
+/// Open the configured queue for `role` (`Config::problems` refuses a role other than `all`
+/// without the Kafka queue).
 pub fn open(cfg: &QueueConfig, role: Role, data_dir: &Path, sealer: Sealer) -> anyhow::Result<Opened> {
     match cfg.backend() {
         QueueBackend::Embedded | QueueBackend::Memory => {
-            anyhow::ensure!(
-                role == Role::All,
-                "--role {role} needs a queue that processes share: set queue.backend = \"kafka\" (the embedded queue lives in one process)"
-            );
             let (q, recovery) = embedded::EmbeddedQueue::open(cfg, data_dir, sealer)?;
             Ok(Opened { queue: q, recovery, kafka: None })
         }

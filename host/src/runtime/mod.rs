@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod config;
 pub mod contract;
+pub mod describe;
 pub mod engine;
 pub mod reclaim;
 pub mod registry;
@@ -19,7 +20,7 @@ use crate::capabilities::files::{self, FilesCtx, FilesGrant};
 use crate::capabilities::http::{HttpCapability, HttpCtx, PluginHttp};
 use crate::capabilities::log::LogCtx;
 use crate::capabilities::log_budget::LogBudget;
-use crate::capabilities::messaging::{MessagingCtx, MessagingGrant};
+use crate::capabilities::messaging::{MessagingConfig, MessagingCtx, MessagingGrant};
 use crate::capabilities::outbound::Policy;
 use crate::capabilities::output::PluginOutput;
 use std::path::PathBuf;
@@ -331,16 +332,26 @@ fn engine_key(engine: &Engine) -> String {
 
 /// The directory granted to the plugin from file stem `id`, when its grants include `files`.
 fn files_grant(grants: &files::Grants, id: &str, limits: &PluginLimits) -> Result<Option<Arc<FilesGrant>>, String> {
-    if !limits.grants.iter().any(|g| g == "files") {
+    let Some(dir) = granted_files_dir(id, limits)? else {
         return Ok(None);
-    }
-    let Some(dir) = &limits.files_dir else {
-        return Err(format!(
-            "plugin file `{id}.wasm` is granted `files` but has no directory: set runtime.plugins.{id}.files_dir"
-        ));
     };
     let quota = limits.files_quota_mib.saturating_mul(1024 * 1024);
     Ok(Some(grants.open(dir, quota, limits.files_max_entries, id)?))
+}
+
+/// The directory of the plugin from file stem `id` (with `limits`), when its grants include
+/// `files`; an error when they do but name no directory. Loading the plugin and `config check`
+/// both ask this.
+pub fn granted_files_dir<'a>(id: &str, limits: &'a PluginLimits) -> Result<Option<&'a std::path::Path>, String> {
+    if !limits.grants.iter().any(|g| g == "files") {
+        return Ok(None);
+    }
+    match &limits.files_dir {
+        Some(dir) => Ok(Some(dir)),
+        None => Err(format!(
+            "plugin file `{id}.wasm` is granted `files` but has no directory: set runtime.plugins.{id}.files_dir"
+        )),
+    }
 }
 
 /// The Kafka connection of the plugin from file stem `id`, when its grants include `messaging`.
@@ -349,17 +360,31 @@ fn messaging_grant(
     limits: &PluginLimits,
     cfg: &RuntimeConfig,
 ) -> Result<Option<Arc<MessagingGrant>>, String> {
-    if !limits.grants.iter().any(|g| g == "messaging") {
+    let Some(messaging) = granted_messaging(id, limits, cfg)? else {
         return Ok(None);
-    }
-    let Some(messaging) = cfg.messaging_for(id) else {
-        return Err(format!(
-            "plugin file `{id}.wasm` is granted `messaging` but has no broker: set runtime.plugins.{id}.messaging \
-             (brokers, topics)"
-        ));
     };
     let grant = MessagingGrant::open(id, messaging, limits.call_timeout_ms)?.reserving(&cfg.reserved_topics);
     Ok(Some(Arc::new(grant)))
+}
+
+/// The messaging settings of the plugin from file stem `id` (with `limits`), when its grants
+/// include `messaging`; an error when they do but `cfg` names no broker. (The settings
+/// themselves: `MessagingConfig::problems`.) Loading the plugin and `config check` both ask this.
+pub fn granted_messaging<'a>(
+    id: &str,
+    limits: &PluginLimits,
+    cfg: &'a RuntimeConfig,
+) -> Result<Option<&'a MessagingConfig>, String> {
+    if !limits.grants.iter().any(|g| g == "messaging") {
+        return Ok(None);
+    }
+    match cfg.messaging_for(id) {
+        Some(m) => Ok(Some(m)),
+        None => Err(format!(
+            "plugin file `{id}.wasm` is granted `messaging` but has no broker: set runtime.plugins.{id}.messaging \
+             (brokers, topics)"
+        )),
+    }
 }
 
 /// Capabilities a plugin can import, by WIT interface (any version of our package).

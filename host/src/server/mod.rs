@@ -21,6 +21,7 @@ use crate::dlq::DeadLetters;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::redact::{public_reason_for, public_value};
+use crate::runtime::describe::{parameter_table, plugin_description, public_description};
 use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use axum::body::Bytes;
@@ -391,24 +392,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// What anyone may know of a loaded plugin: name, version, config key, description,
-/// parameters, and whether it is quarantined.
-fn public_description(p: &crate::runtime::LoadedPlugin) -> serde_json::Map<String, serde_json::Value> {
-    let v = json!({
-        "name": p.info.name,
-        "version": p.info.version,
-        "config_key": p.info.config_key,
-        "description": p.info.description,
-        "parameters": parameters(p),
-        "contract": p.contract,
-        "quarantined": p.health.quarantined(),
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    }
-}
-
 /// `GET /plugins`: what a producer needs to address a consumer. Files, hashes, limits,
 /// allow-lists, crash details and load failures are on the admin API's `GET /plugins`.
 /// `quarantined` stays: it tells a producer why its reports wait, and nothing about the host;
@@ -419,40 +402,6 @@ async fn plugins(State(state): State<AppState>) -> Json<serde_json::Value> {
     let conflicts: Vec<_> =
         reg.conflicts().iter().map(|c| json!({ "config_key": c.config_key, "message": c.public_message() })).collect();
     Json(json!({ "plugins": loaded, "conflicts": conflicts }))
-}
-
-/// A plugin's destination parameters, for people and tools.
-fn parameters(p: &crate::runtime::LoadedPlugin) -> Vec<serde_json::Value> {
-    parameter_table(&p.info.parameters)
-}
-
-/// A parameter table (destination fields or settings) as `/plugins` shows it.
-fn parameter_table(params: &[crate::bindings::Parameter]) -> Vec<serde_json::Value> {
-    params
-        .iter()
-        .map(|q| {
-            json!({
-                "name": q.name,
-                "type": param_type_name(q.type_),
-                "required": q.required,
-                "default": q.default.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
-                "usage": q.usage,
-                "secret": q.secret,
-            })
-        })
-        .collect()
-}
-
-fn param_type_name(t: crate::bindings::ParamType) -> &'static str {
-    use crate::bindings::ParamType as T;
-    match t {
-        T::String => "string",
-        T::Boolean => "boolean",
-        T::Integer => "integer",
-        T::Number => "number",
-        T::Object => "object",
-        T::Array => "array",
-    }
 }
 
 /// `GET /plugins/{name}`: one element of `GET /plugins`, by config key or plugin name; 404
@@ -475,14 +424,4 @@ pub(crate) fn find_plugin<'r>(
     name: &str,
 ) -> Option<&'r Arc<crate::runtime::LoadedPlugin>> {
     reg.get(name).or_else(|| reg.plugins().find(|p| p.info.name == name))
-}
-
-/// A plugin's public description (an element of `GET /plugins`), for the admin API and tools.
-pub(crate) fn plugin_description(p: &crate::runtime::LoadedPlugin) -> serde_json::Value {
-    serde_json::Value::Object(public_description(p))
-}
-
-/// A parameter table as `/plugins` shows it, for the admin API and tools.
-pub(crate) fn parameters_json(params: &[crate::bindings::Parameter]) -> Vec<serde_json::Value> {
-    parameter_table(params)
 }

@@ -9,8 +9,8 @@
 //! from its topic, partition and offset, so a record read twice is the same report (the host
 //! answers it "known" instead of queueing it again, and consumers that index by id overwrite).
 
+use super::{KafkaSourceConfig, RecordFormat};
 use crate::accept::{Accept, AcceptError, Destinations, RouteError, Submission};
-use crate::config::{KafkaSourceConfig, RecordFormat};
 use crate::destination::Destination;
 use crate::dlq::DeadLetters;
 use crate::envelope;
@@ -81,25 +81,14 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Connect and subscribe (the group join happens on the first read). Records go to
-    /// `accept`, those that cannot be routed to `dlq`.
+    /// `accept`, those that cannot be routed to `dlq`. (Its topics and destinations are
+    /// checked with `Config::problems`.)
     pub fn open(
         cfg: &KafkaSourceConfig,
         accept: Arc<Accept>,
         dlq: Arc<DeadLetters>,
         max_json_depth: usize,
     ) -> anyhow::Result<KafkaSource> {
-        anyhow::ensure!(
-            !cfg.topics.is_empty(),
-            "sources.kafka `{}`: `topics` is empty: name the topics to consume",
-            cfg.name
-        );
-        if cfg.format == RecordFormat::Payload {
-            anyhow::ensure!(
-                !cfg.destinations.is_empty(),
-                "sources.kafka `{}`: format = \"payload\" needs `destinations` (consumer key -> destination), since the records do not say where they go",
-                cfg.name
-            );
-        }
         let destinations = cfg.destinations.iter().map(|(k, v)| Destination::from_value(k, v)).collect();
         let section = format!("sources.kafka.{}", cfg.name);
         let base = crate::kafka::client_config(&section, &cfg.brokers, &cfg.properties, &cfg.properties_from_files)

@@ -1,14 +1,16 @@
 //! Sources of reports besides `POST /forward`: they route what they read through the same
 //! accept step (`accept::Accept`: validation, durable append) and stop before the queue closes.
 
+mod config;
 pub mod kafka;
 
 use crate::accept::Accept;
-use crate::config::SourcesConfig;
 use crate::dlq::DeadLetters;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub use config::{KafkaSourceConfig, RecordFormat, SourcesConfig};
 
 /// The running sources.
 pub struct Sources {

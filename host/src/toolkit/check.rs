@@ -230,8 +230,8 @@ pub async fn check(file: &Path, grants: &[String], code_cache: Option<&Path>) ->
         c.problems.push(f.error.replace(&f.file.display().to_string(), &c.file));
     }
     if let Some(p) = registry.plugins().next() {
-        let mut d = crate::server::plugin_description(p);
-        d["settings"] = Value::Array(crate::server::parameters_json(&p.settings));
+        let mut d = crate::runtime::describe::plugin_description(p);
+        d["settings"] = Value::Array(crate::runtime::describe::parameter_table(&p.settings));
         c.contract = Some(p.contract.to_string());
         c.plugin = Some(d);
     }
