@@ -45,10 +45,12 @@ test-servers-down: ## Stop the test servers
 test-unit: ## The tests that need no server, no environment and no wasm build: every crate's unit tests
 	$(CARGO) test --workspace --lib
 
-test: test-deps plugins language-plugins test-servers ## Run every test against real servers
-	@set -a; . target/test-servers/env; set +a; \
-	rc=0; \
-	$(CARGO) test --workspace || rc=$$?; \
+test: test-deps plugins language-plugins test-servers ## Run every test against real servers (the unit tier first, without the servers' addresses)
+	@rc=0; \
+	$(CARGO) test --workspace --lib || rc=$$?; \
+	set -a; . target/test-servers/env; set +a; \
+	$(CARGO) test --workspace --bins --test '*' || rc=$$?; \
+	$(CARGO) test --workspace --doc || rc=$$?; \
 	$(CARGO) test --manifest-path plugins/Cargo.toml -p opensearch -p file -p stdout -p http -p exporter -p kafka -p data-exporter-sdk -p data-exporter-sdk-macros --lib || rc=$$?; \
 	$(CARGO) test --manifest-path plugins/Cargo.toml -p data-exporter-sdk --doc || rc=$$?; \
 	tests/k8s/check.sh || rc=$$?; \
