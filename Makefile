@@ -59,13 +59,17 @@ test: test-deps plugins language-plugins test-servers ## Run every test against 
 k8s-check: ## Render, validate and lint the Kubernetes manifests (deploy/k8s)
 	tests/k8s/check.sh
 
-bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md)
+# Scenarios of `dx-bench` to run, e.g. `make bench BENCH=destination` (BENCHMARKS.md lists them);
+# empty: all of them, then the plugin-call benchmark.
+BENCH ?=
+
+bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md); BENCH=<scenario> runs only those
 	$(CARGO) build --release -p data-exporter -p dx-bench
 	tests/servers/up.sh
 	@set -a; . target/test-servers/env; set +a; \
-	rc=0; ./target/release/dx-bench || rc=$$?; \
+	rc=0; ./target/release/dx-bench $(BENCH) || rc=$$?; \
 	tests/servers/down.sh; exit $$rc
-	$(CARGO) bench -p dx-bench --bench plugin_call
+	@[ -n "$(BENCH)" ] || $(CARGO) bench -p dx-bench --bench plugin_call
 
 FUZZ_SECS ?= 120
 FUZZ_TARGETS := envelope framing token

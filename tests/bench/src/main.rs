@@ -19,7 +19,10 @@
 //! - scale: the Kafka topology at 1M reports/s, sized from this run's CPU per report (Kafka's
 //!   share from the `kafka` scenario) and checked by the simulation in `dx_bench::scale` (spread
 //!   vs keyed partitions, losing a delivery pod);
-//! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache.
+//! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache;
+//! - destination: `POST /forward` of [`BATCH`] reports to one destination per request: the CPU per
+//!   report of the host's per-request destination work (routing, validation, queueing, sealing),
+//!   next to the baseline parsing the same bodies (issue 22).
 
 use dx_bench::load::{self, Load, Stop};
 use dx_bench::process::{Server, cpu_seconds_of, free_addr, get, metric_sum, pid_listening_on, process_name};
@@ -100,6 +103,8 @@ fn helper(p: &Paths, name: &str, extra: &[&str]) -> anyhow::Result<(Server, Sock
 /// Throughput, latency and the server's CPU and memory under one load.
 struct Ingest {
     out: load::Outcome,
+    /// CPU seconds (user + system) the server used over the measured window.
+    cpu_s: f64,
     cpu_per_100k: f64,
     peak_rss_mib: f64,
 }
@@ -143,7 +148,12 @@ fn measure(rt: &tokio::runtime::Runtime, server: &Server, load: Load) -> anyhow:
     let out = rt.block_on(load::run(load))?;
     let cpu = sampler.join().unwrap();
     anyhow::ensure!(out.other == 0, "{} answers were neither 2xx nor 503", out.other);
-    Ok(Ingest { cpu_per_100k: cpu / out.requests.max(1) as f64 * 100_000.0, peak_rss_mib: server.rss_mib().1, out })
+    Ok(Ingest {
+        cpu_s: cpu,
+        cpu_per_100k: cpu / out.requests.max(1) as f64 * 100_000.0,
+        peak_rss_mib: server.rss_mib().1,
+        out,
+    })
 }
 
 /// The downstream address stands in the body; replaced per scenario.
@@ -275,6 +285,97 @@ fn discard_host(p: &Paths) -> anyhow::Result<(Host, bytes::Bytes)> {
     let body = serde_json::json!({"config": {"discard": {"sink": "none"}}, "payload": dx_bench::payload()}).to_string();
     let req = dx_bench::post(h.addr, "/forward", "application/json", body.as_bytes());
     Ok((h, req))
+}
+
+/// Reports per request in the `destination` scenario.
+const BATCH: usize = 500;
+/// Keep-alive connections of the `destination` scenario (each request carries [`BATCH`] reports,
+/// about 0.9 MB).
+const BATCH_CONNECTIONS: usize = 16;
+
+/// A `/forward` body of [`BATCH`] reports, every one to the same `destination` (a `config`
+/// object), the benchmark's payload in each.
+fn batch_body(destination: &serde_json::Value) -> String {
+    let report = serde_json::json!({"config": destination, "payload": dx_bench::payload()}).to_string();
+    format!("[{}]", vec![report; BATCH].join(","))
+}
+
+/// The `destination` scenario (issue 22): `POST /forward` of [`BATCH`] reports to one destination
+/// per request, as fast as answers come, into the baseline (the same envelope parser, 202) and
+/// the host delivering to the `discard` plugin (no downstream I/O), queue in memory and durable.
+/// The destination carries the fields of the benchmark's OpenSearch destination (which `discard`
+/// ignores), so it is the size of a real one. What it measures is the host's work per report,
+/// the part that depends on the destination included (planning, validation, sealing,
+/// queueing): CPU per report accepted, next to the baseline's, in turns over [`ROUNDS`] rounds.
+/// (Delivering to the acknowledger instead is left out: at this rate the queue fills, and the
+/// CPU per accepted report then counts shed requests and the backlog's delivery.) The markdown
+/// section.
+fn destination_section(rt: &tokio::runtime::Runtime, p: &Paths, ack_url: &str) -> anyhow::Result<String> {
+    let mut md = String::new();
+    let _ = writeln!(md, "\n### Per-request destination work: `POST /forward`, {BATCH} reports to one destination\n");
+    let discard = p.scratch.join("plugins-discard");
+    std::fs::create_dir_all(&discard)?;
+    std::fs::copy(p.plugins.join("../test-plugins/discard.wasm"), discard.join("discard.wasm"))?;
+    let discard_paths = Paths { bin: p.bin.clone(), plugins: discard, scratch: p.scratch.clone() };
+    let (baseline, baddr) = helper(p, "baseline", &[])?;
+    let mem = host(&discard_paths, &p.scratch.join("batch-memory"), &[("DATA_EXPORTER_QUEUE__DURABLE", "false")])?;
+    let dur = host(&discard_paths, &p.scratch.join("batch-durable"), &[("DATA_EXPORTER_QUEUE__DURABLE", "true")])?;
+    let body = batch_body(&serde_json::json!({"discard": {"host_port": ack_url, "index": "batch",
+        "username": "", "password": "", "checkCert": false, "mutualTLS": false}}));
+    let post = |addr| dx_bench::post(addr, "/forward", "application/json", body.as_bytes());
+    let targets = [
+        ("baseline (axum, parse envelope, 202)", &baseline, baddr, post(baddr)),
+        ("host, queue in memory, to the `discard` plugin", &mem.server, mem.addr, post(mem.addr)),
+        ("host, durable queue, to the `discard` plugin", &dur.server, dur.addr, post(dur.addr)),
+    ];
+    let _ = writeln!(
+        md,
+        "Body {} bytes ({BATCH} reports of one destination), {BATCH_CONNECTIONS} keep-alive connections, closed \
+        loop; the destination `{{\"discard\": {{...}}}}` with the six fields of the OpenSearch destination. Each \
+        row: the median of {ROUNDS} rounds (by CPU per report); in each round every server is \
+        measured in turn, and \"vs baseline\" is the median (and range) of the per-round ratios of CPU per \
+        report. CPU: the server process's user + system time over the measured window, divided by the reports \
+        accepted (202) in it.\n",
+        body.len()
+    );
+    let _ = writeln!(
+        md,
+        "| server | requests/s | reports/s | CPU us per report | vs baseline | p50 ms | p99 ms | 503 | peak RSS MiB |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let us_per_report = |i: &Ingest| i.cpu_s / (i.out.ok.max(1) as f64 * BATCH as f64) * 1e6;
+    let mut runs: Vec<Vec<Ingest>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (i, (_, server, addr, req)) in targets.iter().enumerate() {
+            let req = req.clone();
+            let run = ingest_with(rt, server, *addr, Arc::new(move |_| req.clone()), None, BATCH_CONNECTIONS)?;
+            anyhow::ensure!(run.out.ok > 0, "{}: no request was accepted", targets[i].0);
+            runs[i].push(run);
+            settle(server);
+        }
+    }
+    let ratios: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|r| r.iter().zip(&runs[0]).map(|(h, b)| us_per_report(h) / us_per_report(b)).collect())
+        .collect();
+    for (i, mut r) in runs.into_iter().enumerate() {
+        r.sort_by(|a, b| us_per_report(a).total_cmp(&us_per_report(b)));
+        let m = r.swap_remove(r.len() / 2);
+        let shown = if i == 0 { "1.00x".to_string() } else { ratio_range(&ratios[i]) };
+        let rps = m.out.ok as f64 / m.out.elapsed.as_secs_f64();
+        let _ = writeln!(
+            md,
+            "| {} | {rps:.1} | {:.0} | {:.2} | {shown} | {:.1} | {:.1} | {} | {:.1} |",
+            targets[i].0,
+            rps * BATCH as f64,
+            us_per_report(&m),
+            m.out.p50_us as f64 / 1000.0,
+            m.out.p99_us as f64 / 1000.0,
+            m.out.shed,
+            m.peak_rss_mib
+        );
+    }
+    Ok(md)
 }
 
 /// Partitions of each Kafka topology's topic: two for each of the (at most) two delivery processes.
@@ -1003,6 +1104,11 @@ fn main() -> anyhow::Result<()> {
         }
         let discard_run = medians.pop().expect("four rows");
         per_report = Some(PerReport::from(&medians[1], &discard_run));
+        println!("{md}");
+    }
+
+    if wants("destination") {
+        md.push_str(&destination_section(&rt, &p, &ack_url)?);
         println!("{md}");
     }
 
