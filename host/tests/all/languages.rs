@@ -15,16 +15,26 @@ const PYTHON: (&str, &str) = ("python-opensearch", "openSearchPy");
 const JS: (&str, &str) = ("js-opensearch", "openSearchJs");
 const RUST: (&str, &str) = ("opensearch", "openSearch");
 
-/// A component built by `tests/languages/build.sh`. Missing is a failure that says how to build
-/// it, never a skip.
+/// A component built by `tests/languages/build.sh`, which runs here when it is missing (the
+/// script installs the pinned componentize-py and componentize-js under target/languages, takes
+/// a lock, and builds examples/plugins/* only when their inputs changed). A build that fails is
+/// a failure that says why, never a skip.
 fn language_component(stem: &str) -> PathBuf {
     let p = repo_root().join("target/language-plugins").join(format!("{stem}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is not built: run `make language-plugins` (tests/languages/build.sh: installs the pinned \
-         componentize-py and componentize-js under target/languages and builds examples/plugins/*)",
-        p.display()
-    );
+    if !p.exists() {
+        let o = std::process::Command::new(repo_root().join("tests/languages/build.sh"))
+            .output()
+            .expect("running tests/languages/build.sh");
+        assert!(
+            o.status.success(),
+            "{} is missing and tests/languages/build.sh (python3 with venv and Node.js 20+ with npm \
+             needed; `make language-plugins` runs the same) failed:\n{}{}",
+            p.display(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(p.exists(), "tests/languages/build.sh succeeded but did not build {}", p.display());
     p
 }
 
