@@ -176,14 +176,7 @@ impl Config {
             out.push(e);
         }
         let backend = self.queue.backend();
-        if self.role != Role::All && backend != QueueBackend::Kafka {
-            out.push(format!(
-                "role = \"{}\" (--role) needs a queue that processes share: set queue.backend = \"kafka\" (the \
-                 {} queue lives in one process)",
-                self.role,
-                format!("{backend:?}").to_lowercase()
-            ));
-        }
+        out.extend(self.queue.role_problem(self.role));
         if backend == QueueBackend::Kafka && self.queue.key_file.is_none() {
             out.push(
                 "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \

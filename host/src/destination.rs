@@ -1,5 +1,6 @@
 //! A destination, parsed once: the consumer key, its config as one canonical JSON text, the
-//! fields it sets, its secret reference, an identity hash, and its config sealed for the queue.
+//! fields it sets, its secret reference, an identity hash, and its config sealed for the queue
+//! (once: every record of it carries the same ciphertext, see [`Destination::sealed_with`]).
 //!
 //! A destination arrives as JSON (a producer's `config.<key>`, a tenant route, a Kafka source's
 //! `destinations`, a queued record). It is parsed once into a [`Destination`], which every
@@ -7,6 +8,7 @@
 //! worker map and the status book all read the same parts instead of parsing or hashing the
 //! text again.
 
+use crate::capabilities::secrets::{Bound, SecretStore, Unresolved};
 use std::borrow::Cow;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -48,14 +50,17 @@ impl Destination {
     /// A destination from its parsed config (an object; `serde_json` maps are ordered by key,
     /// so writing it is canonical).
     pub fn from_value(key: impl Into<String>, value: &serde_json::Value) -> Destination {
-        let d = Destination::stored(key, value.to_string());
+        let d = Destination::from_canonical(key, value.to_string());
         d.0.set.get_or_init(|| set_fields(value));
         d
     }
 
-    /// A destination from config text already canonical (a queued record, written by
-    /// [`Destination::from_value`] before it was stored). Parsed only if its fields are asked for.
-    pub fn stored(key: impl Into<String>, config: impl Into<Arc<str>>) -> Destination {
+    /// A destination from config text that is already canonical: a queued record's, written by
+    /// [`Destination::from_value`] before it was stored, or a [`Parts::config`]. Precondition,
+    /// not checked: `config` is a JSON object as `from_value` writes it (keys sorted, no
+    /// whitespace); other text makes a destination unequal to the same config written
+    /// canonically. Parsed only if its fields are asked for.
+    pub fn from_canonical(key: impl Into<String>, config: impl Into<Arc<str>>) -> Destination {
         let (key, config) = (key.into(), config.into());
         let mut h = IDENTITY.build_hasher();
         key.hash(&mut h);
@@ -69,11 +74,6 @@ impl Destination {
             view: OnceLock::new(),
             sealed: OnceLock::new(),
         }))
-    }
-
-    /// The identity hash of (key, config).
-    pub fn identity(&self) -> u64 {
-        self.0.hash
     }
 
     /// Whether `other` is this very destination (one parse shared), not merely an equal one.
@@ -105,9 +105,25 @@ impl Destination {
         }
     }
 
+    /// What the plugin sees ([`Destination::plugin_view`]) and the secret it names, read now from
+    /// `secrets` (a rotated Secret takes effect): the one way a destination's secret is resolved.
+    /// [`Unresolved::Malformed`] when `secretRef` is not a string (no retry mends it),
+    /// [`Unresolved::Unavailable`] when the secret cannot be read now or is bound to no origin.
+    pub fn resolve(&self, secrets: &SecretStore) -> Result<(Arc<str>, Option<Bound>), Unresolved> {
+        match self.plugin_view() {
+            Ok((view, None)) => Ok((view.clone(), None)),
+            Ok((view, Some(name))) => Ok((view.clone(), Some(secrets.load(name).map_err(Unresolved::Unavailable)?))),
+            Err(reason) => Err(Unresolved::Malformed(reason.to_string())),
+        }
+    }
+
     /// The config sealed by `seal`, a sealer known by `sealer_id` (one key): sealed once and kept
     /// for that sealer, so a destination shared by many reports is sealed once, not per report.
     /// Another sealer's seal is made afresh each time.
+    ///
+    /// So every record of this destination carries the same ciphertext (one nonce, used once:
+    /// no keystream reuse). A reader of the queue files or topic can link the records of one
+    /// destination, not read it; they share the consumer key in the clear anyway.
     pub fn sealed_with(&self, sealer_id: u64, seal: impl Fn(&[u8]) -> Vec<u8>) -> Cow<'_, [u8]> {
         let (id, bytes) = self.0.sealed.get_or_init(|| (sealer_id, seal(self.0.config.as_bytes()).into()));
         if *id == sealer_id { Cow::Borrowed(bytes) } else { Cow::Owned(seal(self.0.config.as_bytes())) }
@@ -176,10 +192,10 @@ mod tests {
         let (a, b) = (Destination::from_value("openSearch", &a), Destination::from_value("openSearch", &b));
         assert_eq!(&*a.config, r#"{"host_port":"http://a","index":"i"}"#);
         assert_eq!(a, b);
-        assert_eq!(a.identity(), b.identity());
+        assert_eq!(a.0.hash, b.0.hash);
         assert!(!a.same(&b), "equal, parsed twice");
         assert_ne!(a, Destination::from_value("webhook", &json!({"host_port":"http://a","index":"i"})));
-        assert_eq!(a, Destination::stored("openSearch", r#"{"host_port":"http://a","index":"i"}"#));
+        assert_eq!(a, Destination::from_canonical("openSearch", r#"{"host_port":"http://a","index":"i"}"#));
     }
 
     #[test]
@@ -190,7 +206,7 @@ mod tests {
         for unset in ["host_port", "checkCert", "n", "o", "absent"] {
             assert!(!d.sets(unset), "{unset}");
         }
-        let stored = Destination::stored("openSearch", d.config.clone());
+        let stored = Destination::from_canonical("openSearch", d.config.clone());
         assert!(stored.sets("index") && !stored.sets("host_port"));
     }
 

@@ -118,10 +118,19 @@ mod tests {
         let c = group_consumer(base, "g", 6000, 500);
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
     }
+
+    #[test]
+    fn debug_shows_property_names_not_values() {
+        let mut cfg = KafkaConfig::default();
+        cfg.properties.insert("sasl.password".into(), "s3cret".into());
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 }
 
-/// The Kafka queue backend (`[queue.kafka]`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The Kafka queue backend (`[queue.kafka]`). `Debug` shows property names, not values.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port[,host:port...]`.
@@ -152,6 +161,24 @@ pub struct KafkaConfig {
     /// librdkafka properties read from files (a mounted Secret), e.g.
     /// `"sasl.password" = "/run/secrets/kafka/password"`; the file's content, trimmed.
     pub properties_from_files: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// Property names, never their values (they may hold credentials).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("group", &self.group)
+            .field("ingest_timeout_ms", &self.ingest_timeout_ms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .field("properties_from_files", &self.properties_from_files)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {

@@ -266,14 +266,13 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         accept.clone(),
         tenants.clone(),
         report_ids.clone(),
-        ingest::Limits {
+        ingest::IngestLimits {
             max_json_depth: cfg.limits.max_json_depth,
             max_body_bytes: cfg.limits.max_body_bytes,
             max_buffered_bytes: cfg.limits.max_buffered_bytes,
         },
     ));
     let state = server::AppState {
-        role: cfg.role,
         registry,
         queue,
         delivery,
@@ -282,7 +281,6 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         metrics,
         accept,
         ingest,
-        secrets,
         limits: cfg.limits.clone(),
         admin_token,
         tenants,

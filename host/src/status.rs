@@ -8,10 +8,11 @@
 //! Each report also keeps its [`Origin`]: the tenant it belongs to (who may read its state on
 //! the public port) and its destinations (whose URL paths its public reasons never show).
 
+use crate::destination::Destination;
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -67,22 +68,19 @@ pub struct Origin {
     /// The tenant (access key) it belongs to; `None` for a `/forward` report, which anyone
     /// holding its id may read.
     pub tenant: Option<String>,
-    /// Each consumer key with its destination config (JSON text, shared with the queue).
-    pub destinations: Vec<(String, Arc<str>)>,
+    /// Its destinations, shared with the queue (their `Debug` shows the consumer key only).
+    pub destinations: Vec<Destination>,
 }
 
 impl Origin {
     /// The origin of a queued report.
     pub fn of(report: &crate::queue::QueuedReport) -> Origin {
-        Origin {
-            tenant: report.tenant.clone(),
-            destinations: report.dests.iter().map(|d| (d.key.clone(), d.config.clone())).collect(),
-        }
+        Origin { tenant: report.tenant.clone(), destinations: report.dests.clone() }
     }
 
     /// The destination config of `consumer`, if known.
     pub fn destination(&self, consumer: &str) -> Option<&str> {
-        self.destinations.iter().find(|(k, _)| k == consumer).map(|(_, d)| &**d)
+        self.destinations.iter().find(|d| d.key == consumer).map(|d| &*d.config)
     }
 }
 

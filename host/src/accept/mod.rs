@@ -15,7 +15,7 @@ mod plan;
 mod validation;
 
 pub use error::{AcceptError, InlineCredential, NotIngest, RouteError};
-pub use plan::{Destinations, Receipt, Submission, new_report_ids};
+pub use plan::{Destinations, Receipt, Submission};
 pub use validation::ValidationCache;
 
 use crate::capabilities::secrets::SecretStore;
@@ -58,9 +58,9 @@ impl Accept {
         if self.role.ingests() { Ok(()) } else { Err(NotIngest) }
     }
 
-    /// Report states.
-    pub fn status(&self) -> &Arc<StatusBook> {
-        &self.status
+    /// Mounted secrets (destinations may refer to them).
+    pub fn secrets(&self) -> &Arc<SecretStore> {
+        &self.secrets
     }
 
     /// Metrics.

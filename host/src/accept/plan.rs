@@ -8,7 +8,7 @@ use crate::queue::QueuedReport;
 use crate::status::ConsumerState;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -32,14 +32,28 @@ pub struct Submission {
     pub tenant: Option<String>,
 }
 
-/// The destinations of a [`Submission`].
-#[derive(Debug, Clone)]
+/// The destinations of a [`Submission`]. `Debug` shows the consumer keys only: the configs may
+/// carry passwords.
+#[derive(Clone)]
 pub enum Destinations {
     /// As sent in a `ReportData` (config key, destination JSON text): parsed when routed, once
     /// per distinct (key, text) of a request.
     Sent(Vec<(String, Box<RawValue>)>),
     /// Built once when they were configured (a tenant's routes, a Kafka source's destinations).
     Built(Arc<[Destination]>),
+}
+
+impl std::fmt::Debug for Destinations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destinations::Sent(sent) => {
+                f.debug_tuple("Sent").field(&sent.iter().map(|(k, _)| k).collect::<Vec<_>>()).finish()
+            }
+            Destinations::Built(built) => {
+                f.debug_tuple("Built").field(&built.iter().map(|d| &d.key).collect::<Vec<_>>()).finish()
+            }
+        }
+    }
 }
 
 impl From<Envelope> for Submission {
@@ -236,7 +250,7 @@ pub(super) fn plan<P: Clone>(
 /// Within one call they are sorted, so the reports of one request keep their order where ids
 /// order reports of the same millisecond (the embedded queue's recovery sorts by receipt time,
 /// then id). Sorting tells nothing of another request's ids.
-pub fn new_report_ids(n: usize, now_ms: u64) -> Vec<Uuid> {
+pub(super) fn new_report_ids(n: usize, now_ms: u64) -> Vec<Uuid> {
     let mut random = vec![0u8; n * 10];
     getrandom::fill(&mut random).expect("the operating system's random source is readable");
     let mut ids: Vec<Uuid> = random
@@ -258,10 +272,10 @@ pub(super) fn inline_credential<'p>(
     envelopes: &[Envelope],
     batch: bool,
 ) -> Result<(), InlineCredential> {
-    let mut checked: HashMap<(&str, &str), ()> = HashMap::new();
+    let mut checked: HashSet<(&str, &str)> = HashSet::new();
     for (i, env) in envelopes.iter().enumerate() {
         for (key, dest) in &env.destinations {
-            if checked.insert((key, dest.get()), ()).is_some() {
+            if !checked.insert((key, dest.get())) {
                 continue;
             }
             let Some(params) = secret_params(key) else { continue };
@@ -301,6 +315,17 @@ mod tests {
     fn plan_for(body: &str) -> Result<Plan<&'static str>, RouteError> {
         let (subs, batch) = submissions(body);
         plan(lookup, || "`openSearch`, `stdout`, `webhook`".into(), |_| None, subs, batch, 7)
+    }
+
+    #[test]
+    fn debug_shows_consumer_keys_not_destination_configs() {
+        let (subs, _) = submissions(r#"{"config":{"openSearch":{"password":"pw-debug-1"}},"payload":"{}"}"#);
+        let built = Destinations::Built(
+            [Destination::from_value("webhook", &serde_json::json!({"password": "pw-debug-2"}))].into(),
+        );
+        let shown = format!("{subs:?} {built:?}");
+        assert!(shown.contains("openSearch") && shown.contains("webhook"), "{shown}");
+        assert!(!shown.contains("pw-debug"), "{shown}");
     }
 
     #[test]

@@ -61,11 +61,7 @@ impl super::Accept {
     /// The destination as the plugin sees it (without its secret reference), once the secret
     /// it names, if any, can be read.
     fn plugin_view(&self, destination: &Destination) -> Result<std::sync::Arc<str>, String> {
-        let (view, secret) = destination.plugin_view().map_err(str::to_string)?;
-        if let Some(name) = secret {
-            self.secrets.load(name)?;
-        }
-        Ok(view.clone())
+        destination.resolve(&self.secrets).map(|(view, _)| view).map_err(|e| e.to_string())
     }
 
     /// Ask `plugin` whether `destination` is usable (or answer from the cache); `first` is the

@@ -122,7 +122,8 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{QueuedDest, QueuedReport};
+    use crate::destination::Destination;
+    use crate::queue::QueuedReport;
     use std::sync::Arc;
 
     fn job(payload: &str) -> Job {
@@ -131,7 +132,7 @@ mod tests {
                 id: uuid::Uuid::now_v7(),
                 received_at_ms: 1,
                 payload: payload.into(),
-                dests: vec![QueuedDest::stored("k", "{}")],
+                dests: vec![Destination::from_canonical("k", "{}")],
                 labels: Vec::new(),
                 source: None,
                 tenant: None,

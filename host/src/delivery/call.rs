@@ -81,15 +81,13 @@ impl Delivery {
         }
         // The plugin sees the destination without its secret reference; the host holds the secret.
         // Split once per destination (`Destination::plugin_view`); the secret is read per batch.
-        let (view, credential) = match dk.plugin_view() {
-            Ok((view, None)) => (view.clone(), None),
-            Ok((view, Some(name))) => match self.secrets.load(name) {
-                Ok(c) => (view.clone(), Some(c)),
-                // The Secret may be mounted late or rotated: retry rather than give up.
-                Err(reason) => return self.retry_or_dead_all(batch, &reason, None, &labels).await,
-            },
-            Err(reason) => {
-                let reason = reason.to_string();
+        let (view, credential) = match dk.resolve(&self.secrets) {
+            Ok(resolved) => resolved,
+            // The Secret may be mounted late or rotated: retry rather than give up.
+            Err(secrets::Unresolved::Unavailable(reason)) => {
+                return self.retry_or_dead_all(batch, &reason, None, &labels).await;
+            }
+            Err(secrets::Unresolved::Malformed(reason)) => {
                 return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
             }
         };

@@ -6,8 +6,9 @@
 //! other deliveries).
 
 use super::{DeadLetter, DeadLetterStore, DlqConfig, DlqError, Letters, ReplayError, Requeue, SOURCE_PREFIX, Summary};
+use crate::destination::Destination;
+use crate::queue::QueuedReport;
 use crate::queue::crypto::Sealer;
-use crate::queue::{QueuedDest, QueuedReport};
 use futures::future::BoxFuture;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -253,7 +254,7 @@ impl DeadLetterStore for FileStore {
     fn put<'a>(
         &'a self,
         report: &'a QueuedReport,
-        dest: &'a QueuedDest,
+        dest: &'a Destination,
         reason: &'a str,
         attempts: u32,
         now_ms: u64,
@@ -393,7 +394,7 @@ mod tests {
             id: Uuid::now_v7(),
             received_at_ms: 1,
             payload: "{\"a\":1}".into(),
-            dests: vec![QueuedDest::stored("openSearch", r#"{"password":"pw-9f8e7d"}"#)],
+            dests: vec![Destination::from_canonical("openSearch", r#"{"password":"pw-9f8e7d"}"#)],
             labels: vec![("team".into(), "sec".into())],
             source: None,
             tenant: None,

@@ -8,8 +8,9 @@ mod config;
 pub mod files;
 pub mod topic;
 
+use crate::destination::Destination;
 use crate::queue::crypto::Sealer;
-use crate::queue::{Queue, QueuedDest, QueuedReport};
+use crate::queue::{Queue, QueuedReport};
 use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use futures::future::BoxFuture;
@@ -56,7 +57,7 @@ impl DeadLetter {
     /// Destination `dest` of `report` failed for good.
     pub fn new(
         report: &QueuedReport,
-        dest: &QueuedDest,
+        dest: &Destination,
         reason: &str,
         attempts: u32,
         now_ms: u64,
@@ -89,7 +90,7 @@ impl DeadLetter {
             id: self.id,
             received_at_ms: self.received_at_ms,
             payload: self.payload,
-            dests: vec![QueuedDest::stored(self.consumer, config)],
+            dests: vec![Destination::from_canonical(self.consumer, config)],
             labels: self.labels,
             source: self.source,
             tenant: self.tenant,
@@ -257,7 +258,7 @@ pub trait DeadLetterStore: Send + Sync {
     fn put<'a>(
         &'a self,
         report: &'a QueuedReport,
-        dest: &'a QueuedDest,
+        dest: &'a Destination,
         reason: &'a str,
         attempts: u32,
         now_ms: u64,

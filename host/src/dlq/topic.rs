@@ -8,10 +8,11 @@
 //! is replayed or purged whole.
 
 use super::{DeadLetter, DeadLetterStore, DlqError, Letters, ReplayError, Requeue, Summary};
+use crate::destination::Destination;
 use crate::kafka::KafkaConfig;
+use crate::queue::QueuedReport;
 use crate::queue::crypto::Sealer;
 use crate::queue::kafka::KafkaQueue;
-use crate::queue::{QueuedDest, QueuedReport};
 use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -70,7 +71,7 @@ impl TopicStore {
     async fn store(
         &self,
         report: &QueuedReport,
-        dest: &QueuedDest,
+        dest: &Destination,
         reason: &str,
         attempts: u32,
         now_ms: u64,
@@ -263,7 +264,7 @@ impl DeadLetterStore for TopicStore {
     fn put<'a>(
         &'a self,
         report: &'a QueuedReport,
-        dest: &'a QueuedDest,
+        dest: &'a Destination,
         reason: &'a str,
         attempts: u32,
         now_ms: u64,

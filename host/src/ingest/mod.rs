@@ -37,7 +37,7 @@ pub trait Budget: framing::Allowance {
 
 /// The producer limits ingest applies besides each tenant's own.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct IngestLimits {
     /// `limits.max_json_depth`.
     pub max_json_depth: usize,
     /// `limits.max_body_bytes`: a tenant's body limit is at most this.
@@ -188,7 +188,7 @@ pub struct Ingest {
     accept: Arc<Accept>,
     tenants: Arc<Tenants>,
     report_ids: crate::idempotency::ReportIds,
-    limits: Limits,
+    limits: IngestLimits,
 }
 
 /// Bodies being decoded at once: one per CPU.
@@ -207,7 +207,7 @@ impl Ingest {
         accept: Arc<Accept>,
         tenants: Arc<Tenants>,
         report_ids: crate::idempotency::ReportIds,
-        limits: Limits,
+        limits: IngestLimits,
     ) -> Ingest {
         Ingest { accept, tenants, report_ids, limits }
     }

@@ -156,7 +156,7 @@ impl TenantSet {
         if destinations.is_empty() {
             return None;
         }
-        let envelope = |payload| Submission {
+        let submission = |payload| Submission {
             destinations: Destinations::Built(destinations.clone()),
             skipped: Vec::new(),
             payload,
@@ -165,7 +165,7 @@ impl TenantSet {
             source: Some(SOURCE.to_string()),
             tenant: Some(tenant.cfg.access_key.clone()),
         };
-        Some(payloads.map(envelope).collect())
+        Some(payloads.map(submission).collect())
     }
 }
 

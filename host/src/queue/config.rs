@@ -93,4 +93,15 @@ impl QueueConfig {
     pub fn backend(&self) -> QueueBackend {
         self.backend.unwrap_or(if self.durable { QueueBackend::Embedded } else { QueueBackend::Memory })
     }
+
+    /// Why this queue cannot serve `role`, if it cannot: a role other than `all` needs a queue
+    /// that processes share (the Kafka one). `Config::problems` lists it; `queue::open` refuses.
+    pub fn role_problem(&self, role: Role) -> Option<String> {
+        (role != Role::All && self.backend() != QueueBackend::Kafka).then(|| {
+            format!(
+                "--role {role} needs a queue that processes share: set queue.backend = \"kafka\" (the embedded queue \
+                 lives in one process)"
+            )
+        })
+    }
 }

@@ -10,8 +10,9 @@
 //! invoked.
 
 use super::crypto::Sealer;
-use super::{Done, Queue, QueueError, QueuedDest, QueuedReport, TenantShare, open};
+use super::{Done, Queue, QueueError, QueuedReport, TenantShare, open};
 use super::{QueueBackend, QueueConfig, Role};
+use crate::destination::Destination;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +55,8 @@ fn report(n: usize, batch: &str) -> QueuedReport {
         received_at_ms: 1_000 + n as u64,
         payload: format!("{{\"n\":{n},\"batch\":\"{batch}\"}}"),
         dests: vec![
-            QueuedDest::stored("openSearch", r#"{"host":"h","password":"pw-conformance"}"#),
-            QueuedDest::stored("webhook", r#"{"url":"http://w"}"#),
+            Destination::from_canonical("openSearch", r#"{"host":"h","password":"pw-conformance"}"#),
+            Destination::from_canonical("webhook", r#"{"url":"http://w"}"#),
         ],
         labels: vec![("n".into(), n.to_string())],
         source: n.is_multiple_of(2).then(|| format!("kafka:topic-{n}")),

@@ -1,6 +1,11 @@
 //! Sealing destination configs (which carry passwords in the seed protocol) before they touch the disk.
 //!
-//! AES-256-GCM with a random 96-bit nonce per message. The key is 32 bytes
+//! AES-256-GCM with a fresh 96-bit nonce per seal (a random start per process, then a counter),
+//! so no nonce and no keystream is used twice. A destination is sealed once and its ciphertext
+//! reused for every record bound to it (`Destination::sealed_with`): the same plaintext gives the
+//! same ciphertext within a process, so records of one destination are linkable by whoever reads
+//! the queue files or topic (their readers share the consumer key anyway); what they hold is not
+//! revealed. The key is 32 bytes
 //! read from a file the operator mounts (`queue.key_file`), or generated once
 //! into `<data_dir>/queue.key` (mode 0600) when none is configured.
 

@@ -478,7 +478,7 @@ fn done_key(rest: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::QueuedDest;
+    use crate::destination::Destination;
 
     fn cfg(durable: bool) -> QueueConfig {
         QueueConfig { durable, segment_bytes: 4096, max_bytes: 1 << 20, ..QueueConfig::default() }
@@ -498,8 +498,8 @@ mod tests {
             received_at_ms: n as u64,
             payload: format!("{{\"n\":{n}}}"),
             dests: vec![
-                QueuedDest::stored("openSearch", r#"{"password":"s3cret-pw"}"#),
-                QueuedDest::stored("webhook", r#"{"url":"http://h"}"#),
+                Destination::from_canonical("openSearch", r#"{"password":"s3cret-pw"}"#),
+                Destination::from_canonical("webhook", r#"{"url":"http://h"}"#),
             ],
             labels: if n.is_multiple_of(2) { vec![("team".into(), format!("t{n}"))] } else { vec![] },
             source: None,

@@ -24,6 +24,7 @@ pub mod record;
 #[doc(hidden)]
 pub mod conformance;
 
+use crate::destination::Destination;
 use crypto::Sealer;
 use futures::future::BoxFuture;
 use std::path::Path;
@@ -42,8 +43,9 @@ pub struct QueuedReport {
     pub received_at_ms: u64,
     /// The producer's payload, JSON text.
     pub payload: String,
-    /// Where it goes.
-    pub dests: Vec<QueuedDest>,
+    /// Where it goes: its destinations, each shared by every report bound for it (config sealed
+    /// when stored; plain only in memory).
+    pub dests: Vec<Destination>,
     /// Labels the producer attached (plugins see them as report metadata).
     pub labels: Vec<(String, String)>,
     /// Where it came from, when the host knows (e.g. `kafka:<topic>` for a Kafka source).
@@ -51,10 +53,6 @@ pub struct QueuedReport {
     /// Whose it is, when the host knows (e.g. the org id of a seed 002 record's identity).
     pub tenant: Option<String>,
 }
-
-/// One destination of a queued report: its consumer key and config (sealed when stored; plain
-/// only in memory), shared by every report bound for it.
-pub type QueuedDest = crate::destination::Destination;
 
 impl QueuedReport {
     /// Roughly the memory it holds, in bytes (what `queue.max_bytes` counts).
@@ -267,9 +265,12 @@ pub struct Opened {
     pub kafka: Option<Arc<kafka::KafkaQueue>>,
 }
 
-/// Open the configured queue for `role` (`Config::problems` refuses a role other than `all`
-/// without the Kafka queue).
+/// Open the configured queue for `role`: refused when the queue cannot serve it
+/// ([`QueueConfig::role_problem`]).
 pub fn open(cfg: &QueueConfig, role: Role, data_dir: &Path, sealer: Sealer) -> anyhow::Result<Opened> {
+    if let Some(problem) = cfg.role_problem(role) {
+        anyhow::bail!(problem);
+    }
     match cfg.backend() {
         QueueBackend::Embedded | QueueBackend::Memory => {
             let (q, recovery) = embedded::EmbeddedQueue::open(cfg, data_dir, sealer)?;

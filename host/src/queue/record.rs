@@ -31,7 +31,8 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// A report as a record, its destination configs sealed (each destination once per sealer, not
-/// once per report: `Destination::sealed_with`).
+/// once per report: `Destination::sealed_with`). Records of one destination therefore carry the
+/// same ciphertext: linkable by a reader of the queue, never a nonce reused.
 pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
     let mut b = Vec::with_capacity(r.payload.len() + 128);
     b.push(REPORT);
@@ -106,7 +107,7 @@ fn decode_body(body: &[u8], sealer: &Sealer) -> Option<QueuedReport> {
     for _ in 0..n {
         let key = r.str16()?;
         let config = String::from_utf8(sealer.open(r.bytes32()?)?).ok()?;
-        dests.push(Destination::stored(key, config));
+        dests.push(Destination::from_canonical(key, config));
     }
     let payload = String::from_utf8(r.bytes32()?.to_vec()).ok()?;
     let mut labels = Vec::new();
@@ -191,7 +192,7 @@ mod report_tests {
     #[test]
     fn a_shared_destination_is_sealed_once_and_reads_back() {
         let sealer = Sealer::new(&[3; 32]);
-        let dest = Destination::stored("openSearch", r#"{"password":"pw-seal-once"}"#);
+        let dest = Destination::from_canonical("openSearch", r#"{"password":"pw-seal-once"}"#);
         let (a, b) = (encode(&report(&dest), &sealer), encode(&report(&dest), &sealer));
         // After the kind, id and time: the count, the key, then the sealed config.
         let sealed = |rec: &[u8]| rec[1 + 16 + 8 + 2 + 2 + 10..][..4 + 12 + 27 + 16].to_vec();

@@ -334,16 +334,17 @@ async fn test_destination(
     })?;
     let consumer_name = consumer.clone();
     // In a task of its own: a client that hangs up does not cut a plugin call short.
-    let answer = tokio::spawn(async move { probe(&state.registry, &state.secrets, &consumer, &destination).await })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, consumer = %consumer_name, "a test send failed unexpectedly");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "test_failed",
-                "the test send failed unexpectedly: the host log says why; try again",
-            )
-        })?;
+    let answer =
+        tokio::spawn(async move { probe(&state.registry, state.accept.secrets(), &consumer, &destination).await })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, consumer = %consumer_name, "a test send failed unexpectedly");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "test_failed",
+                    "the test send failed unexpectedly: the host log says why; try again",
+                )
+            })?;
     match answer {
         Ok(p) => Ok(Json(serde_json::to_value(p).unwrap_or(Value::Null))),
         Err(e @ ProbeError::UnknownConsumer { .. }) => {

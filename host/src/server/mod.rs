@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod ingest;
 pub mod listener;
+mod refusals;
 pub mod tls;
 
 pub use admin::{AdminToken, admin_app};
@@ -40,8 +41,6 @@ use uuid::Uuid;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// What this process does (`--role`): a `deliver` process takes no reports.
-    pub role: crate::queue::Role,
     /// Loaded plugins by config key (hot-reloaded).
     pub registry: Arc<Plugins>,
     /// The queue.
@@ -54,12 +53,11 @@ pub struct AppState {
     pub dlq: Arc<DeadLetters>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The accept step every ingress goes through (routing, validation, the queue).
+    /// The accept step every ingress goes through (routing, validation, the queue); also holds
+    /// the mounted secrets.
     pub accept: Arc<Accept>,
     /// Tenant ingest (`/v1/*`).
     pub ingest: Arc<crate::ingest::Ingest>,
-    /// Mounted secrets.
-    pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
     /// Producer limits.
     pub limits: Limits,
     /// The admin API's bearer token.

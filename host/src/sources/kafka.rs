@@ -15,7 +15,7 @@ use crate::destination::Destination;
 use crate::dlq::DeadLetters;
 use crate::envelope;
 use crate::metrics::{self, Metrics};
-use crate::queue::{QueueError, QueuedDest, QueuedReport};
+use crate::queue::{QueueError, QueuedReport};
 use base64::Engine as _;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -154,7 +154,7 @@ impl KafkaSource {
     async fn take(&self, batch: Vec<Record>, stop: &mut watch::Receiver<bool>) -> bool {
         let mut good = Vec::with_capacity(batch.len());
         for r in &batch {
-            match self.envelope(r) {
+            match self.submission(r) {
                 Ok(env) => good.push((r, env)),
                 Err(reason) => {
                     if !self.dead_letter(r, &reason, stop).await {
@@ -271,7 +271,7 @@ impl KafkaSource {
     }
 
     /// The record as a report to accept, or why it cannot be one.
-    fn envelope(&self, r: &Record) -> Result<Submission, String> {
+    fn submission(&self, r: &Record) -> Result<Submission, String> {
         let text = std::str::from_utf8(&r.value).map_err(|e| format!("the record is not UTF-8 text: {e}"))?;
         let mut env = match self.cfg.format {
             RecordFormat::ReportData => envelope::parse_one(text, self.max_json_depth)
@@ -330,7 +330,7 @@ impl KafkaSource {
             source: Some(format!("kafka:{}", self.cfg.name)),
             tenant: None,
         };
-        let dest = QueuedDest::stored(format!("{}kafka:{}", crate::dlq::SOURCE_PREFIX, self.cfg.name), "{}");
+        let dest = Destination::from_canonical(format!("{}kafka:{}", crate::dlq::SOURCE_PREFIX, self.cfg.name), "{}");
         loop {
             match self.dlq.put(&report, &dest, reason, 0, crate::now_ms()).await {
                 Ok(()) => {

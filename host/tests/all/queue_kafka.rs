@@ -4,9 +4,10 @@
 
 use crate::helpers::eventually;
 use data_exporter::config::{KafkaConfig, Role};
+use data_exporter::destination::Destination;
 use data_exporter::queue::crypto::Sealer;
 use data_exporter::queue::kafka::{KafkaQueue, create_topics};
-use data_exporter::queue::{Done, QueuedDest, QueuedReport, ReportQueue};
+use data_exporter::queue::{Done, QueuedReport, ReportQueue};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -37,7 +38,7 @@ async fn lag_is_the_records_past_the_committed_offset() {
             id: Uuid::now_v7(),
             received_at_ms: n,
             payload: format!("{{\"n\":{n}}}"),
-            dests: vec![QueuedDest::stored("d", "{}")],
+            dests: vec![Destination::from_canonical("d", "{}")],
             labels: vec![],
             source: None,
             tenant: None,
