@@ -37,6 +37,20 @@ pub fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+impl Stamp {
+    /// What of it a new version of the file's content changes: size, modification time and
+    /// inode (a write, or a rename over it). The change time and the device are left out: a
+    /// chmod, chown, extended attribute or hard link changes them, and is no new version.
+    pub fn content(self) -> Stamp {
+        Stamp { ctime: 0, ctime_nsec: 0, dev: 0, ..self }
+    }
+}
+
+/// The [`Stamp::content`] of `path` now; `None`: unreadable (or absent).
+pub fn content_stamp(path: &Path) -> Option<Stamp> {
+    stamp(path).map(Stamp::content)
+}
+
 /// The stamps of a set of files, by path: equal to another when the same files are there, in
 /// the same versions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +60,11 @@ impl Snapshot {
     /// The stamps of `paths` now.
     pub fn of<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Snapshot {
         Snapshot(paths.into_iter().map(|p| (p.as_ref().to_owned(), stamp(p.as_ref()))).collect())
+    }
+
+    /// The [`content_stamp`]s of `paths` now.
+    pub fn of_content<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Snapshot {
+        Snapshot(paths.into_iter().map(|p| (p.as_ref().to_owned(), content_stamp(p.as_ref()))).collect())
     }
 }
 
@@ -109,14 +128,35 @@ impl Watcher {
 
 /// The polling loop: `poll` every `interval` (the first time one interval from now; a late tick
 /// delays the next), for as long as it returns `true`.
-pub async fn every<F, Fut>(interval: Duration, mut poll: F)
+pub async fn every<F, Fut>(interval: Duration, poll: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    polling(interval, false, poll).await
+}
+
+/// [`every`], polling at once the first time (what changed since the files were loaded is seen
+/// without waiting an interval).
+pub async fn every_from_now<F, Fut>(interval: Duration, poll: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    polling(interval, true, poll).await
+}
+
+async fn polling<F, Fut>(interval: Duration, at_once: bool, mut poll: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    if !at_once {
+        // An interval's first tick is now.
+        tick.tick().await;
+    }
     loop {
         tick.tick().await;
         if !poll().await {
@@ -204,6 +244,47 @@ mod tests {
         assert_ne!(Snapshot::of([&a, &dir.path().join("b")]), taken, "another file");
         std::fs::write(&a, "two, longer").unwrap();
         assert_ne!(Snapshot::of([&a]), taken, "another version");
+    }
+
+    #[test]
+    fn a_content_stamp_ignores_a_chmod_but_not_a_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.wasm");
+        std::fs::write(&a, "one").unwrap();
+        let (full, content) = (stamp(&a), content_stamp(&a));
+        let snapshot = Snapshot::of_content([&a]);
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&a, dir.path().join("b")).unwrap();
+        assert_ne!(stamp(&a), full, "the change time moved");
+        assert_eq!(content_stamp(&a), content, "chmod and a hard link: no new version");
+        assert_eq!(Snapshot::of_content([&a]), snapshot);
+        std::fs::write(&a, "two, longer").unwrap();
+        assert_ne!(content_stamp(&a), content, "a write is a new version");
+    }
+
+    #[tokio::test]
+    async fn every_from_now_polls_at_once_and_every_waits_an_interval() {
+        // An hour's interval: only a poll at once ends the loop within the test.
+        let (tx, mut polled) = tokio::sync::mpsc::unbounded_channel();
+        let at_once = tokio::spawn(every_from_now(Duration::from_secs(3600), move || {
+            let _ = tx.send(());
+            async { false }
+        }));
+        tokio::time::timeout(Duration::from_secs(10), at_once).await.expect("polled at once").unwrap();
+        assert!(polled.recv().await.is_some());
+        // `every` waits the interval first: on this one-thread runtime, the spawned loop runs
+        // up to its first wait before the test goes on.
+        let (tx, mut polled) = tokio::sync::mpsc::unbounded_channel();
+        let later = tokio::spawn(every(Duration::from_secs(3600), move || {
+            let _ = tx.send(());
+            async { false }
+        }));
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(polled.try_recv().is_err(), "not polled at once");
+        later.abort();
     }
 
     #[tokio::test]

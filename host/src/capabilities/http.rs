@@ -328,7 +328,7 @@ pub struct HttpCtx {
     plugin: String,
     http: Arc<PluginHttp>,
     /// Lent for one call ([`HttpCtx::lend`]), taken back when it returns ([`HttpCtx::take_back`]).
-    credential: Option<Bound>,
+    credential: Option<Arc<Bound>>,
 }
 
 impl HttpCtx {
@@ -338,7 +338,7 @@ impl HttpCtx {
     }
 
     /// Lend the secret of the call about to start (what its destination names, if anything).
-    pub fn lend(&mut self, credential: Option<Bound>) {
+    pub fn lend(&mut self, credential: Option<Arc<Bound>>) {
         self.credential = credential;
     }
 
@@ -346,11 +346,17 @@ impl HttpCtx {
     pub fn take_back(&mut self) {
         self.credential = None;
     }
+
+    /// The secret lent now, if any.
+    #[cfg(test)]
+    pub fn lent(&self) -> Option<&Bound> {
+        self.credential.as_deref()
+    }
 }
 
 impl crate::bindings::http::Host for HttpCtx {
     async fn send(&mut self, request: Request) -> Result<Response, RequestError> {
-        self.http.send(&self.plugin, request, self.credential.as_ref()).await
+        self.http.send(&self.plugin, request, self.credential.as_deref()).await
     }
 }
 
@@ -547,7 +553,7 @@ mod tests {
             let addr = echo().await;
             let dir = tempfile::tempdir().unwrap();
             let mut ctx = HttpCtx::new("p", http(&["127.0.0.0/8"], &HttpConfig::default()));
-            ctx.lend(Some(secret(dir.path(), format!("http://{addr}"))));
+            ctx.lend(Some(Arc::new(secret(dir.path(), format!("http://{addr}")))));
             let sent = ctx.send(get(format!("http://{addr}/x"))).await.unwrap();
             assert_eq!(sent.body, b"Basic ZXhwb3J0ZXI6cHc=", "exporter:pw, set by the host");
             // Another origin (the same server under another name) is refused, naming the setting.

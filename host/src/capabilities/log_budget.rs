@@ -24,8 +24,9 @@ pub struct LogLimits {
     pub line_max: usize,
 }
 
+/// Values for tests (`runtime.limits`' defaults when written; the runtime builds the real ones).
+#[cfg(test)]
 impl Default for LogLimits {
-    /// `runtime.limits`' defaults.
     fn default() -> Self {
         LogLimits { lines_per_sec: 100, bytes_per_sec: 64 * 1024, line_max: 4096 }
     }

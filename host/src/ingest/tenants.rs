@@ -332,7 +332,7 @@ impl Tenants {
             return;
         }
         let me = Arc::downgrade(self);
-        tokio::spawn(watch::every(every, move || {
+        tokio::spawn(watch::every_from_now(every, move || {
             let me = me.clone();
             async move {
                 let Some(me) = me.upgrade() else { return false };

@@ -105,8 +105,14 @@ pub trait Instance: Send + Sync {
 
 /// A destination an instance opened.
 pub trait Destination: Send + Sync {
-    /// Deliver `reports`: one outcome per report (unchecked), or a failure of the whole batch.
-    fn deliver<'a>(&'a self, store: &'a mut Store<PluginState>, reports: Vec<Item>) -> Call<'a, Delivered>;
+    /// Deliver `reports` to the destination opened from `config` (0.1.0 plugins are handed it
+    /// with each call): one outcome per report (unchecked), or a failure of the whole batch.
+    fn deliver<'a>(
+        &'a self,
+        store: &'a mut Store<PluginState>,
+        config: &'a str,
+        reports: Vec<Item>,
+    ) -> Call<'a, Delivered>;
     /// Write what it holds; `Some(reason)` when that failed.
     fn flush<'a>(&'a self, store: &'a mut Store<PluginState>) -> Call<'a, Option<String>>;
     /// Drop it (the plugin's destructor runs).
@@ -160,30 +166,30 @@ impl Instance for V1Instance {
     fn validate<'a>(&'a self, store: &'a mut Store<PluginState>, destination: &'a str) -> Call<'a, Result<(), String>> {
         Box::pin(self.0.narrows_exporter_consumer().call_validate(store, destination))
     }
-    fn open<'a>(
-        &'a self,
-        _: &'a mut Store<PluginState>,
-        destination: &'a str,
-    ) -> Call<'a, Result<Box<dyn Destination>, String>> {
-        let d: Box<dyn Destination> = Box::new(V1Destination { plugin: self.0.clone(), config: destination.into() });
+    fn open<'a>(&'a self, _: &'a mut Store<PluginState>, _: &'a str) -> Call<'a, Result<Box<dyn Destination>, String>> {
+        let d: Box<dyn Destination> = Box::new(V1Destination { plugin: self.0.clone() });
         Box::pin(async move { Ok(Ok(d)) })
     }
 }
 
-/// A 0.1.0 "destination": its config, handed to every `deliver`.
+/// A 0.1.0 "destination": the config the session opened it from is handed to every `deliver`.
 struct V1Destination {
     plugin: Arc<bindings::Plugin>,
-    config: String,
 }
 
 impl Destination for V1Destination {
-    fn deliver<'a>(&'a self, store: &'a mut Store<PluginState>, reports: Vec<Item>) -> Call<'a, Delivered> {
+    fn deliver<'a>(
+        &'a self,
+        store: &'a mut Store<PluginState>,
+        config: &'a str,
+        reports: Vec<Item>,
+    ) -> Call<'a, Delivered> {
         Box::pin(async move {
             let reports: Vec<bindings::Report> = reports
                 .into_iter()
                 .map(|r| bindings::Report { id: r.id, payload: r.payload, received_at_ms: r.received_at_ms })
                 .collect();
-            let out = self.plugin.narrows_exporter_consumer().call_deliver(store, &self.config, &reports).await?;
+            let out = self.plugin.narrows_exporter_consumer().call_deliver(store, config, &reports).await?;
             Ok(Delivered::Outcomes(out))
         })
     }
@@ -272,7 +278,7 @@ struct V2Destination {
 }
 
 impl Destination for V2Destination {
-    fn deliver<'a>(&'a self, store: &'a mut Store<PluginState>, reports: Vec<Item>) -> Call<'a, Delivered> {
+    fn deliver<'a>(&'a self, store: &'a mut Store<PluginState>, _: &'a str, reports: Vec<Item>) -> Call<'a, Delivered> {
         Box::pin(async move {
             let reports: Vec<v2::Report> = reports.into_iter().map(v2_report).collect();
             let consumer = self.plugin.narrows_exporter0_2_0_consumer().destination();

@@ -13,19 +13,15 @@ pub fn plugin_description(p: &LoadedPlugin) -> serde_json::Value {
 /// What anyone may know of a loaded plugin: name, version, config key, description,
 /// parameters, and whether it is quarantined.
 pub fn public_description(p: &LoadedPlugin) -> serde_json::Map<String, serde_json::Value> {
-    let v = json!({
-        "name": p.info.name,
-        "version": p.info.version,
-        "config_key": p.info.config_key,
-        "description": p.info.description,
-        "parameters": parameters(p),
-        "contract": p.contract,
-        "quarantined": p.health.quarantined(),
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    }
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), json!(p.info.name));
+    m.insert("version".into(), json!(p.info.version));
+    m.insert("config_key".into(), json!(p.info.config_key));
+    m.insert("description".into(), json!(p.info.description));
+    m.insert("parameters".into(), json!(parameters(p)));
+    m.insert("contract".into(), json!(p.contract));
+    m.insert("quarantined".into(), json!(p.health.quarantined()));
+    m
 }
 
 /// A plugin's destination parameters, for people and tools.

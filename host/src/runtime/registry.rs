@@ -31,9 +31,10 @@ pub struct LoadFailure {
     stamp: Option<Stamp>,
 }
 
-/// What identifies a file's version cheaply (following symlinks).
+/// What identifies a file's version cheaply (following symlinks); plugin files are compared by
+/// [`Stamp::content`], which a chmod or chown does not change.
 pub use crate::watch::Stamp;
-use crate::watch::{Snapshot, stamp};
+use crate::watch::{Snapshot, content_stamp};
 
 /// A config key that several plugin files claim, none of them bound to it: nobody serves it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -90,7 +91,7 @@ impl Registry {
 
     fn fail(&mut self, file: &Path, error: String) {
         tracing::error!(file = %file.display(), %error, "plugin not loaded");
-        self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: stamp(file) });
+        self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: content_stamp(file) });
     }
 
     /// A file left unloaded because it needs a capability the operator has not granted (the
@@ -103,7 +104,7 @@ impl Registry {
         } else {
             tracing::info!(file = %file.display(), hint = %error, "plugin not loaded: it needs a capability the operator has not granted (grant it to use the plugin)");
         }
-        self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: stamp(file) });
+        self.failures.push(LoadFailure { file: file.to_owned(), error, stamp: content_stamp(file) });
     }
 
     /// The plugin that declared `config_key`.
@@ -257,7 +258,7 @@ impl Plugins {
     /// Poll the directory every `every` and reload when it changed.
     pub fn spawn_watcher(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(crate::watch::every(every, move || {
+        tokio::spawn(crate::watch::every_from_now(every, move || {
             let weak = weak.clone();
             async move {
                 let Some(p) = weak.upgrade() else { return false };
@@ -278,7 +279,7 @@ impl Plugins {
         let known: Snapshot = (cur.plugins().map(|p| (p.file.clone(), p.stamp)))
             .chain(cur.failures.iter().map(|f| (f.file.clone(), f.stamp)))
             .collect();
-        Snapshot::of(&files) != known
+        Snapshot::of_content(&files) != known
     }
 
     /// Rescan the directory and swap in the result. Returns the new registry.
@@ -305,8 +306,9 @@ impl Plugins {
                 Vec::new()
             }
         };
-        let (same, changed): (Vec<_>, Vec<_>) =
-            files.iter().partition(|f| old.by_file(f).is_some_and(|p| p.stamp.is_some() && p.stamp == stamp(f)));
+        let (same, changed): (Vec<_>, Vec<_>) = files
+            .iter()
+            .partition(|f| old.by_file(f).is_some_and(|p| p.stamp.is_some() && p.stamp == content_stamp(f)));
         let mut candidates = Vec::new();
         for f in same {
             let mut p = old.by_file(f).expect("partitioned on it").clone();
@@ -382,7 +384,7 @@ impl Plugins {
         file: &Path,
         previous: Option<&Arc<LoadedPlugin>>,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let st = stamp(file);
+        let st = content_stamp(file);
         let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
         let sha = hex(&Sha256::digest(&bytes));
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
