@@ -589,3 +589,19 @@ impl Recorder {
         .await
     }
 }
+
+#[tokio::test]
+#[should_panic(
+    expected = "waited 100ms for a hung probe; last seen: a probe still unanswered at the deadline (before it: not \"yet\")"
+)]
+async fn eventually_cuts_a_hung_probe_and_shows_text_plainly() {
+    let mut calls = 0;
+    eventually(Duration::from_millis(100), "a hung probe", async || {
+        calls += 1;
+        if calls > 1 {
+            std::future::pending::<()>().await;
+        }
+        Err::<(), _>("not \"yet\"")
+    })
+    .await;
+}
