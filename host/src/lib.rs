@@ -52,6 +52,10 @@ pub struct Host {
 impl Host {
     /// Finish in-flight deliveries until `deadline` and sync the queue.
     /// Whatever is unfinished stays queued on disk for the next start.
+    ///
+    /// For a host that is not serving (or whose servers have stopped): it closes the queue while
+    /// servers would keep accepting. A serving host stops with [`Serving::stop`], which stops the
+    /// servers first and then calls this.
     pub async fn shutdown(&self, deadline: tokio::time::Instant) {
         self.sources.lock().await.stop(deadline).await;
         self.state.delivery.shutdown(deadline).await;

@@ -4,6 +4,7 @@
 //! called again until the crashing report is alone or both halves crash.
 
 use super::blame::{Blame, Crash, blame};
+use super::settle::wait;
 use super::worker::close;
 use super::{Delivery, DestKey, Job};
 use crate::capabilities::secrets;
@@ -12,9 +13,6 @@ use crate::runtime::{Item, LoadedPlugin, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// How long reports for a config key that several plugin files claim wait before looking again.
-const CONTESTED_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a call did not return.
 pub(super) enum Failed {
@@ -35,7 +33,8 @@ pub(super) struct CallCtx<'a> {
 
 impl Delivery {
     /// Deliver one batch (and store the dead letters the store could not take before); returns
-    /// the jobs to retry and when.
+    /// the jobs to retry and when. A dead letter keeps its reason in `Job::dead` while it is
+    /// offered to the store, so that a refusal is counted and logged once per report.
     pub(super) async fn deliver_batch(
         &self,
         dk: &DestKey,
@@ -44,8 +43,8 @@ impl Delivery {
     ) -> Vec<(Job, Duration)> {
         let (dead, live): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.dead.is_some());
         let mut retries = self
-            .dead_letter_all(dead.into_iter().map(|mut j| {
-                let reason = j.dead.take().expect("partitioned on it");
+            .dead_letter_all(dead.into_iter().map(|j| {
+                let reason = j.dead.clone().expect("partitioned on it");
                 (j, reason)
             }))
             .await;
@@ -67,7 +66,7 @@ impl Delivery {
             // it with a binding; until then the reports wait rather than become dead letters.
             if let Some(conflict) = registry.conflicts().iter().find(|c| c.config_key == dk.key) {
                 let reason = conflict.public_message();
-                return batch.into_iter().map(|job| self.wait(job, &reason, CONTESTED_WAIT)).collect();
+                return batch.into_iter().map(|job| self.wait(job, &reason, wait::CONTESTED)).collect();
             }
             let reason = format!(
                 "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",

@@ -4,7 +4,7 @@
 //! are counted toward its quarantine. What to do is decided by `settle.rs` and `blame.rs`.
 
 use super::call::CallCtx;
-use super::settle::{self, Settlement, dead_letter_pending, settle};
+use super::settle::{Failure, Settlement, dead_letter_pending, settle, wait};
 use super::{Delivery, DestKey, Job, QuarantinePolicy};
 use crate::bindings::Outcome;
 use crate::metrics;
@@ -86,9 +86,7 @@ impl Delivery {
         );
         match plugin.limits.quarantined_reports {
             QuarantinePolicy::DeadLetter => self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await,
-            QuarantinePolicy::Wait => {
-                batch.into_iter().map(|job| self.wait(job, &reason, Duration::from_secs(5))).collect()
-            }
+            QuarantinePolicy::Wait => batch.into_iter().map(|job| self.wait(job, &reason, wait::QUARANTINED)).collect(),
         }
     }
 
@@ -131,20 +129,19 @@ impl Delivery {
                 let now = now_ms();
                 let mut delivered = Vec::with_capacity(batch.len());
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    let outcome = match &outcome {
-                        Outcome::Delivered => settle::Outcome::Delivered,
-                        Outcome::Retryable(r) => {
-                            settle::Outcome::Retryable { reason: &r.reason, retry_after_ms: r.retry_after_ms }
+                    let failure = match &outcome {
+                        Outcome::Delivered => {
+                            // Acknowledged together below.
+                            self.delivered(&job, &latency, now);
+                            delivered.push(job.report.id);
+                            continue;
                         }
-                        Outcome::Permanent(reason) => settle::Outcome::Permanent(reason),
+                        Outcome::Retryable(r) => {
+                            Failure::Retryable { reason: &r.reason, retry_after_ms: r.retry_after_ms }
+                        }
+                        Outcome::Permanent(reason) => Failure::Permanent(reason),
                     };
-                    // Acknowledged together below.
-                    if matches!(outcome, settle::Outcome::Delivered) {
-                        self.delivered(&job, &latency, now);
-                        delivered.push(job.report.id);
-                        continue;
-                    }
-                    retries.extend(self.settle_job(job, outcome, labels).await);
+                    retries.extend(self.settle_job(job, failure, labels).await);
                 }
                 self.queue.ack(&delivered, &dk.key, Done::Delivered);
                 self.metrics.delivered.get_or_create(labels).inc_by(delivered.len() as u64);
@@ -181,26 +178,19 @@ impl Delivery {
         retry_after_ms: Option<u64>,
         labels: &metrics::Consumer,
     ) -> Option<(Job, Duration)> {
-        self.settle_job(job, settle::Outcome::Retryable { reason, retry_after_ms }, labels).await
+        self.settle_job(job, Failure::Retryable { reason, retry_after_ms }, labels).await
     }
 
-    /// Settle one report after an attempt (`settle`) and apply it; the job back with its delay
-    /// when it is to be tried again.
+    /// Settle one report after a failed attempt (`settle`) and apply it; the job back with its
+    /// delay when it is to be tried again.
     async fn settle_job(
         &self,
         mut job: Job,
-        outcome: settle::Outcome<'_>,
+        failure: Failure<'_>,
         labels: &metrics::Consumer,
     ) -> Option<(Job, Duration)> {
         let age_ms = now_ms().saturating_sub(job.report.received_at_ms);
-        match settle(outcome, job.attempts, age_ms, &self.cfg) {
-            Settlement::Delivered => {
-                let latency = self.metrics.delivery_latency.get_or_create(labels).clone();
-                self.delivered(&job, &latency, now_ms());
-                self.queue.ack(&[job.report.id], job.key(), Done::Delivered);
-                self.metrics.delivered.get_or_create(labels).inc();
-                None
-            }
+        match settle(failure, job.attempts, age_ms, &self.cfg) {
             Settlement::DeadLetter { attempts, reason } => {
                 job.attempts = attempts;
                 self.dead_letter(job, &reason).await
@@ -208,7 +198,7 @@ impl Delivery {
             Settlement::Retry { attempts, delay } => {
                 job.attempts = attempts;
                 let delay = delay.pick();
-                let reason = outcome.reason().unwrap_or_default();
+                let reason = failure.reason();
                 self.metrics.retried.get_or_create(labels).inc();
                 let key = job.key().to_string();
                 tracing::debug!(consumer = %key, report = %job.report.id, attempts = job.attempts, delay_ms = delay.as_millis() as u64, %reason, "delivery will be retried");
@@ -244,7 +234,8 @@ impl Delivery {
 
     /// Move a report that failed for good to the dead-letter store. When the store is full or
     /// cannot write, the report stays queued (it was acknowledged: it is never dropped), its
-    /// state says why, and it is returned to be tried again after `DLQ_RETRY`.
+    /// state says why, and it is returned to be tried again after `wait::DEAD_LETTER_STORE`. The
+    /// refusal is counted and logged once per report: `job.dead` is set from the first.
     pub(super) async fn dead_letter(&self, mut job: Job, reason: &str) -> Option<(Job, Duration)> {
         let dest = &job.report.dests[job.dest];
         let plugin =
@@ -260,11 +251,11 @@ impl Delivery {
             let state = ConsumerState::DeadLetterPending {
                 reason: reason.to_string(),
                 blocked_by: pending.blocked_by,
-                next_attempt_at_ms: now_ms() + pending.retry_after.as_millis() as u64,
+                next_attempt_at_ms: now_ms() + pending.store_again_after.as_millis() as u64,
             };
             self.status.set(job.report.id, &dest.key, state);
             job.dead = Some(reason.to_string());
-            return Some((job, pending.retry_after));
+            return Some((job, pending.store_again_after));
         }
         tracing::warn!(consumer = %dest.key, report = %job.report.id, %reason, "report dead-lettered");
         self.queue.ack(&[job.report.id], &dest.key, Done::DeadLettered);

@@ -1,22 +1,31 @@
-//! How one delivery attempt of one report settles: delivered, retried after a delay (exponential
+//! How a failed delivery attempt of one report settles: retried after a delay (exponential
 //! backoff with full jitter, or the destination's `Retry-After`), or dead-lettered (failed for
-//! good, too many attempts, too old); and how long a report waits when the dead-letter store
-//! cannot take it. Pure: the effects (queue, dead-letter store, status, metrics) are
+//! good, too many attempts, too old); and how long a report waits when it cannot be tried or
+//! stored (`wait`: the dead-letter store cannot take it, its plugin is contested or quarantined). Pure: the effects (queue, dead-letter store, status, metrics) are
 //! `effects.rs`; the rules are tables in the tests.
 
 use super::DeliveryConfig;
 use crate::dlq::DlqError;
 use std::time::Duration;
 
-/// How long a report that failed for good waits before its dead letter is stored again, when the
-/// dead-letter store was full or could not write.
-pub const DLQ_RETRY: Duration = Duration::from_secs(5);
+/// How long a report waits when it cannot be tried for a reason that is not its destination's (no
+/// attempt is counted): the one place these waits are set.
+pub mod wait {
+    use std::time::Duration;
 
-/// What one attempt came to, for one report.
+    /// A report that failed for good, before its dead letter is offered to the store again, when
+    /// the dead-letter store was full or could not write.
+    pub const DEAD_LETTER_STORE: Duration = Duration::from_secs(5);
+    /// Reports for a config key that several plugin files claim, before looking again.
+    pub const CONTESTED: Duration = Duration::from_secs(5);
+    /// Reports held for a quarantined plugin (`quarantined_reports = "wait"`), before looking again.
+    pub const QUARANTINED: Duration = Duration::from_secs(5);
+}
+
+/// How one attempt failed, for one report (a delivered report has nothing to settle: it is
+/// acknowledged, in a batch with the others of its call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome<'a> {
-    /// The destination took it.
-    Delivered,
+pub enum Failure<'a> {
     /// It failed and may succeed later: the plugin said so, the whole batch failed, the call
     /// crashed or found no instance, or the destination's secret could not be read.
     Retryable {
@@ -29,21 +38,18 @@ pub enum Outcome<'a> {
     Permanent(&'a str),
 }
 
-impl<'a> Outcome<'a> {
+impl<'a> Failure<'a> {
     /// Why it was not delivered.
-    pub fn reason(&self) -> Option<&'a str> {
+    pub fn reason(&self) -> &'a str {
         match *self {
-            Outcome::Delivered => None,
-            Outcome::Retryable { reason, .. } | Outcome::Permanent(reason) => Some(reason),
+            Failure::Retryable { reason, .. } | Failure::Permanent(reason) => reason,
         }
     }
 }
 
-/// What becomes of the report.
+/// What becomes of a report that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    /// Done at this destination.
-    Delivered,
     /// Tried again after `delay` (drawn by [`Delay::pick`]), with `attempts` made so far.
     Retry {
         /// Attempts made, this one included.
@@ -112,14 +118,13 @@ pub fn retry_delay(cfg: &DeliveryConfig, attempt: u32, retry_after_ms: Option<u6
     Delay::new(cfg, attempt, retry_after_ms, age_ms).pick()
 }
 
-/// Settle one report after an attempt: `attempts` made before it, the report `age_ms` old
+/// Settle one report after a failed attempt: `attempts` made before it, the report `age_ms` old
 /// (since accepted), within `limits` (`delivery.max_attempts`, `max_age_secs`, the retry delays).
 /// A retryable failure counts an attempt and gives up at `max_attempts` or `max_age_secs`.
-pub fn settle(outcome: Outcome<'_>, attempts: u32, age_ms: u64, limits: &DeliveryConfig) -> Settlement {
-    match outcome {
-        Outcome::Delivered => Settlement::Delivered,
-        Outcome::Permanent(reason) => Settlement::DeadLetter { attempts, reason: reason.to_string() },
-        Outcome::Retryable { reason, retry_after_ms } => {
+pub fn settle(failure: Failure<'_>, attempts: u32, age_ms: u64, limits: &DeliveryConfig) -> Settlement {
+    match failure {
+        Failure::Permanent(reason) => Settlement::DeadLetter { attempts, reason: reason.to_string() },
+        Failure::Retryable { reason, retry_after_ms } => {
             let attempts = attempts + 1;
             let age_s = age_ms / 1000;
             if attempts >= limits.max_attempts || age_s >= limits.max_age_secs {
@@ -136,7 +141,7 @@ pub fn settle(outcome: Outcome<'_>, attempts: u32, age_ms: u64, limits: &Deliver
 
 /// A report that failed for good while the dead-letter store cannot take it: it stays queued
 /// (it was acknowledged: it is never dropped), its state says why, and it is offered to the store
-/// again after `retry_after`.
+/// again after `store_again_after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     /// What is wrong with the store, for the log.
@@ -144,7 +149,7 @@ pub struct Pending {
     /// What the report's state says blocks it.
     pub blocked_by: String,
     /// When to offer it to the store again.
-    pub retry_after: Duration,
+    pub store_again_after: Duration,
 }
 
 /// What happens to a dead letter the store refused with `error`.
@@ -158,7 +163,7 @@ pub fn dead_letter_pending(error: &DlqError) -> Pending {
         blocked_by: format!(
             "{what}: the report stays queued until it can be stored; an operator replays or purges dead letters with `data-exporter dlq`"
         ),
-        retry_after: DLQ_RETRY,
+        store_again_after: wait::DEAD_LETTER_STORE,
     }
 }
 
@@ -184,14 +189,12 @@ mod tests {
             delay: Delay { backoff_cap: ms(cap), asked: ms(asked), remaining: ms(remaining) },
         };
         let dead = |attempts, reason: &str| Settlement::DeadLetter { attempts, reason: reason.to_string() };
-        let failed = |retry_after_ms| Outcome::Retryable { reason: "503", retry_after_ms };
+        let failed = |retry_after_ms| Failure::Retryable { reason: "503", retry_after_ms };
         #[rustfmt::skip]
         let table = [
-            // outcome, attempts before, age ms => settlement
-            (Outcome::Delivered, 0, 0, Settlement::Delivered, "delivered"),
-            (Outcome::Delivered, 4, hour + 1, Settlement::Delivered, "delivered however late"),
-            (Outcome::Permanent("mapping"), 0, 0, dead(0, "mapping"), "a permanent failure counts no attempt"),
-            (Outcome::Permanent("401"), 3, 0, dead(3, "401"), "its reason as the plugin gave it"),
+            // failure, attempts before, age ms => settlement
+            (Failure::Permanent("mapping"), 0, 0, dead(0, "mapping"), "a permanent failure counts no attempt"),
+            (Failure::Permanent("401"), 3, 0, dead(3, "401"), "its reason as the plugin gave it"),
             (failed(None), 0, 0, retry(1, 100, 0, hour), "first retry: backoff up to retry_initial_ms"),
             (failed(None), 2, 0, retry(3, 400, 0, hour), "doubling"),
             (failed(None), 3, 10 * S, retry(4, 800, 0, hour - 10 * S), "less time left as the report ages"),
@@ -204,8 +207,8 @@ mod tests {
             (failed(None), 9, 0, dead(10, "gave up after 10 attempts over 0 s (delivery.max_attempts 5, delivery.max_age_secs 3600); last error: 503"), "past max_attempts"),
             (failed(Some(5)), 0, hour, dead(1, "gave up after 1 attempts over 3600 s (delivery.max_attempts 5, delivery.max_age_secs 3600); last error: 503"), "max_age_secs"),
         ];
-        for (outcome, attempts, age, want, why) in table {
-            assert_eq!(settle(outcome, attempts, age, &cfg), want, "{why}: {outcome:?} after {attempts} at {age} ms");
+        for (failure, attempts, age, want, why) in table {
+            assert_eq!(settle(failure, attempts, age, &cfg), want, "{why}: {failure:?} after {attempts} at {age} ms");
         }
         let cfg = DeliveryConfig { max_attempts: 100, ..cfg };
         assert_eq!(
@@ -237,7 +240,7 @@ mod tests {
         ];
         for (error, what) in table {
             let p = dead_letter_pending(&error);
-            assert_eq!((p.what, p.retry_after), (what, Duration::from_secs(5)), "{error}");
+            assert_eq!((p.what, p.store_again_after), (what, Duration::from_secs(5)), "{error}");
             assert_eq!(
                 p.blocked_by,
                 format!(

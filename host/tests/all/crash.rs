@@ -27,6 +27,7 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
     for round in 0..4u64 {
         let mut exporter = start(plugins.path(), data.path(), port).await;
         let before = accepted.lock().unwrap().len();
+        let delivered_before = proxy.requests.load(Ordering::Relaxed);
         let running = Arc::new(AtomicBool::new(true));
         let mut load = Vec::new();
         for _ in 0..8 {
@@ -57,11 +58,17 @@ async fn sigkill_under_load_loses_no_accepted_report_and_duplicates_none() {
             }));
         }
         // Kill it under load, later in each round: once this round has had 100 + 50 * round reports
-        // accepted (the load stops at 2000 in all per round).
+        // accepted (the load stops at 2000 in all per round) ...
         let want = (before + 100 + 50 * round as usize).min(2000 * (round as usize + 1));
         eventually(Duration::from_secs(60), &format!("{want} reports accepted under load"), async || {
             let n = accepted.lock().unwrap().len();
             if n >= want { Ok(()) } else { Err(format!("{n} accepted")) }
+        })
+        .await;
+        // ... and deliveries of this round are under way, so the kill lands mid-delivery.
+        eventually(Duration::from_secs(60), "this round's deliveries under way", async || {
+            let n = proxy.requests.load(Ordering::Relaxed) - delivered_before;
+            if n >= 2 { Ok(()) } else { Err(format!("{n} `_bulk` requests this round")) }
         })
         .await;
         exporter.child.kill().unwrap(); // SIGKILL

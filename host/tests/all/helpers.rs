@@ -104,15 +104,19 @@ pub fn build_component(out: &Path, name: &str) -> PathBuf {
 }
 
 /// Wait (polling every 20 ms, `timeout` at most) until `probe` is done, and return its value;
-/// past `timeout`, fail naming `what` was awaited and what the probe saw last. A probe answers
-/// `bool` (done when true), `Option<T>` (done with `Some`) or `Result<T, E>` (done with `Ok`; `Err`
-/// is what it saw, for the failure message).
+/// past `timeout` (a probe still running then is cut), fail naming `what` was awaited and what the
+/// probe saw last. A probe answers `bool` (done when true), `Option<T>` (done with `Some`) or
+/// `Result<T, E>` (done with `Ok`; `Err` is what it saw, for the failure message).
 pub async fn eventually<P: Probe>(timeout: Duration, what: &str, mut probe: impl AsyncFnMut() -> P) -> P::Value {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = "nothing yet".to_string();
     loop {
-        let last = match probe().await.done() {
-            Ok(value) => return value,
-            Err(last) => last,
+        last = match tokio::time::timeout_at(deadline, probe()).await {
+            Ok(answer) => match answer.done() {
+                Ok(value) => return value,
+                Err(seen) => seen,
+            },
+            Err(_) => format!("a probe still unanswered at the deadline (before it: {last})"),
         };
         assert!(tokio::time::Instant::now() < deadline, "waited {timeout:?} for {what}; last seen: {last}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -185,10 +189,52 @@ impl<T> Probe for Option<T> {
     }
 }
 
-impl<T, E: std::fmt::Debug> Probe for Result<T, E> {
+impl<T, E: Seen> Probe for Result<T, E> {
     type Value = T;
     fn done(self) -> Result<T, String> {
-        self.map_err(|e| format!("{e:?}"))
+        self.map_err(|e| e.seen())
+    }
+}
+
+/// What a probe saw, as the failure message of `eventually` shows it: text as it is, JSON as
+/// JSON, anything else as `Debug`.
+pub trait Seen {
+    fn seen(&self) -> String;
+}
+
+impl Seen for String {
+    fn seen(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Seen for &str {
+    fn seen(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Seen for serde_json::Value {
+    fn seen(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// What is not text: as `Debug`.
+macro_rules! seen_as_debug {
+    ($($t:ty),*) => {$(
+        impl<T: std::fmt::Debug> Seen for $t {
+            fn seen(&self) -> String {
+                format!("{self:?}")
+            }
+        }
+    )*};
+}
+seen_as_debug!(Option<T>, Vec<T>);
+
+impl<T: std::fmt::Debug, E: std::fmt::Debug> Seen for Result<T, E> {
+    fn seen(&self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -542,4 +588,20 @@ impl Recorder {
         })
         .await
     }
+}
+
+#[tokio::test]
+#[should_panic(
+    expected = "waited 100ms for a hung probe; last seen: a probe still unanswered at the deadline (before it: not \"yet\")"
+)]
+async fn eventually_cuts_a_hung_probe_and_shows_text_plainly() {
+    let mut calls = 0;
+    eventually(Duration::from_millis(100), "a hung probe", async || {
+        calls += 1;
+        if calls > 1 {
+            std::future::pending::<()>().await;
+        }
+        Err::<(), _>("not \"yet\"")
+    })
+    .await;
 }

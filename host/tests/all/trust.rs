@@ -311,6 +311,16 @@ async fn a_full_dead_letter_store_keeps_the_report_queued_says_why_and_pushes_ba
     let text = metrics_text(&app).await;
     assert_eq!(metric(&text, "data_exporter_dlq_blocked_total"), 1.0, "{text}");
     assert_eq!(metric(&text, "data_exporter_queue_depth"), 1.0, "the report stays queued");
+    // Offered to the store again (its next attempt moves on, 5 s later): still counted once.
+    let next = state["next_attempt_at_ms"].as_u64().unwrap();
+    eventually(Duration::from_secs(30), "the dead letter offered to the store again", async || {
+        let (_, v) = app.get(&format!("/reports/{second}")).await;
+        let again = v["consumers"]["hostile"]["next_attempt_at_ms"].as_u64();
+        if again.is_some_and(|at| at > next) { Ok(()) } else { Err(v) }
+    })
+    .await;
+    let text = metrics_text(&app).await;
+    assert_eq!(metric(&text, "data_exporter_dlq_blocked_total"), 1.0, "counted once per report: {text}");
     // The queue holds it, so ingest pushes back once the queue is full.
     let (status, r) = send().await;
     assert_eq!((status, r["error"]["code"].as_str()), (503, Some("queue_full")), "{r}");
