@@ -181,6 +181,17 @@ async fn a_poison_report_that_quarantined_its_plugin_is_dead_lettered_after_the_
     }
     let poison = send(json!({"tag": "POISON-7f3a"})).await;
     until_sample(&app, r#"data_exporter_plugin_quarantined{plugin="poison"}"#, 1.0).await;
+    // The crash that quarantined the plugin retries the poison report after a backoff of a few
+    // ms: wait until that retry found the plugin quarantined and holds the report (5 s), so
+    // the next report reaches the reloaded plugin first. Released before that retry, the poison
+    // report would crash the reloaded plugin twice while no call of it returned, which rightly
+    // quarantines it again (`delivery/blame.rs`).
+    eventually(Duration::from_secs(60), &format!("report {poison} held by the quarantine"), async || {
+        let (_, v) = app.get(&format!("/reports/{poison}")).await;
+        let held = v["consumers"]["poison"]["reason"].as_str().is_some_and(|r| r.contains("is quarantined"));
+        if held { Ok(()) } else { Err(v) }
+    })
+    .await;
 
     // Released; other reports flow through the reloaded plugin, so the poison report is now
     // blamed alone and dead-lettered, and the plugin is not quarantined again.
