@@ -146,6 +146,22 @@ struct Append {
 pub struct LogWriter {
     tx: mpsc::UnboundedSender<Append>,
     active: Arc<AtomicU64>,
+    /// The writer thread, joined when the last clone is dropped (fields drop in order: the
+    /// sender first, so the thread has ended its loop): a log dropped without `close` (a crash
+    /// as tests simulate it in one process) must not write, or prepare a segment, after a new
+    /// log has opened the directory.
+    _thread: Arc<Joined>,
+}
+
+/// A thread joined on drop.
+struct Joined(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogWriter {
@@ -165,8 +181,8 @@ impl LogWriter {
             active: active.clone(),
             next: None,
         };
-        std::thread::Builder::new().name("queue-writer".into()).spawn(move || w.run(rx))?;
-        Ok(LogWriter { tx, active })
+        let thread = std::thread::Builder::new().name("queue-writer".into()).spawn(move || w.run(rx))?;
+        Ok(LogWriter { tx, active, _thread: Arc::new(Joined(Some(thread))) })
     }
 
     /// Append frames and wait until they are on disk (`fdatasync`). Returns
@@ -259,6 +275,10 @@ impl WriterThread {
             }
         }
         let _ = self.file.sync_data();
+        // A segment being prepared ahead is finished before the thread ends (see `LogWriter`'s drop).
+        if let Some(h) = self.next.take() {
+            let _ = h.join();
+        }
     }
 
     fn write_batch(&mut self, batch: &[Append]) -> io::Result<()> {
