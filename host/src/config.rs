@@ -11,10 +11,10 @@ pub use crate::capabilities::messaging::MessagingConfig;
 pub use crate::delivery::DeliveryConfig;
 pub use crate::dlq::DlqConfig;
 pub use crate::kafka::KafkaConfig;
+pub use crate::listen::Limits;
 pub use crate::logging::{LogConfig, LogFormat};
 pub use crate::queue::{QueueBackend, QueueConfig, Role};
 pub use crate::runtime::{LimitOverrides, PluginLimits, QuarantinePolicy, RuntimeConfig};
-pub use crate::server::Limits;
 pub use crate::sources::{KafkaSourceConfig, RecordFormat, SourcesConfig};
 
 /// Everything `data-exporter serve` can be told. Every field has a default;
@@ -64,7 +64,7 @@ pub struct Config {
     /// Authenticated tenant ingest (`/v1/ingest`, `/v1/config`): access keys, tokens, routes.
     pub ingest: crate::ingest::config::IngestConfig,
     /// TLS on the public listener (`[tls]`); unset: plain HTTP.
-    pub tls: Option<crate::server::tls::TlsConfig>,
+    pub tls: Option<crate::listen::TlsConfig>,
     /// Logging.
     pub log: LogConfig,
 }

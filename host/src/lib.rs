@@ -11,6 +11,7 @@ pub mod destination;
 pub mod idempotency;
 pub mod ingest;
 pub mod kafka;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod queue;

@@ -5,15 +5,14 @@
 //! URL cut to `scheme://host[:port]` (`crate::redact`); the admin API shows reasons whole.
 
 mod admin;
-mod config;
 mod error;
 mod ingest;
 pub mod listener;
 mod refusals;
 pub mod tls;
 
+pub use crate::listen::Limits;
 pub use admin::{AdminToken, admin_app};
-pub use config::Limits;
 pub use error::ApiError;
 
 use crate::accept::{Accept, Receipt, Submission};
