@@ -277,7 +277,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
             max_buffered_bytes: cfg.limits.max_buffered_bytes,
         },
     ));
-    let state = server::AppState {
+    let state = server::AppState::new(server::Shared {
         registry,
         queue,
         delivery,
@@ -290,7 +290,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
         admin_token,
         tenants,
         report_ids,
-    };
+    });
     // Sources feed the queue: only where this process ingests.
     let sources = if cfg.role.ingests() {
         sources::Sources::start(&cfg.sources, &state.accept, &state.dlq, cfg.limits.max_json_depth)?

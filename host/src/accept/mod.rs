@@ -6,11 +6,13 @@
 //! queued, so a request is either refused whole or accepted whole. Accepted means durable: the
 //! queue has synced it to disk (or the brokers acknowledged it).
 //!
-//! `plan.rs` routes (each distinct destination parsed once, reports grouped by destination),
+//! `plan.rs` routes (each distinct destination parsed once, `interned.rs` keeping them across
+//! requests; reports grouped by destination),
 //! `validation.rs` asks plugins and caches their answers, `error.rs` says why a request was
 //! refused.
 
 mod error;
+mod interned;
 mod plan;
 mod validation;
 
@@ -37,6 +39,8 @@ pub struct Accept {
     metrics: Arc<Metrics>,
     secrets: Arc<SecretStore>,
     validated: ValidationCache,
+    /// Destinations as producers sent them, parsed once per process.
+    interned: interned::Interned,
 }
 
 impl Accept {
@@ -50,7 +54,16 @@ impl Accept {
         metrics: Arc<Metrics>,
         secrets: Arc<SecretStore>,
     ) -> Accept {
-        Accept { role, registry, queue, status, metrics, secrets, validated: ValidationCache::default() }
+        Accept {
+            role,
+            registry,
+            queue,
+            status,
+            metrics,
+            secrets,
+            validated: ValidationCache::default(),
+            interned: Default::default(),
+        }
     }
 
     /// Refuse at once where this process takes no reports (`--role deliver`).
@@ -91,6 +104,7 @@ impl Accept {
         self.validated.follow(self.registry.generation());
         let given_ids = reports.iter().any(|e| e.id.is_some());
         let Plan { groups, reports, receipts } = plan(
+            &self.interned,
             |k| registry.get(k).map(|p| (p.clone(), p.required())),
             || registry.keys_list(),
             |id| self.status.get(id),
@@ -104,8 +118,9 @@ impl Accept {
         if reports.is_empty() {
             return Ok(receipts); // every report was known already
         }
-        // Append in a task of its own: a producer that hangs up mid-append drops this
-        // future, and must neither strand a report that reached the disk nor leak queue capacity.
+        // An append that waits goes on in a task of its own: a producer that hangs up mid-append
+        // drops this future, and must neither strand a report that reached the disk nor leak
+        // queue capacity.
         let (queue, status, metrics) = (self.queue.clone(), self.status.clone(), self.metrics.clone());
         // The states of the reports queued now (a report already known keeps its own), with their
         // origin (whose, and where to).
@@ -123,7 +138,7 @@ impl Accept {
                 (labels, g.members.len())
             })
             .collect();
-        tokio::spawn(async move {
+        let mut append = Box::pin(async move {
             queue.append_within(reports, given_ids, share).await?;
             // Delivery may have started (and even finished) meanwhile: its states stay.
             for (id, consumers, origin) in states {
@@ -133,9 +148,13 @@ impl Accept {
                 metrics.accepted.get_or_create(&labels).inc_by(n as u64);
             }
             Ok::<_, QueueError>(())
-        })
-        .await
-        .expect("appending does not panic")?;
+        });
+        // Polled here once: an append that finishes at once (a queue in memory) is done; one
+        // that waits (for the disk, the brokers) goes on in a task of its own.
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(append.as_mut().poll(cx))).await {
+            std::task::Poll::Ready(done) => done?,
+            std::task::Poll::Pending => tokio::spawn(append).await.expect("appending does not panic")?,
+        }
         Ok(receipts)
     }
 }

@@ -2,6 +2,7 @@
 //! distinct destination, reports grouped by destination ([`plan`]), and fresh report ids.
 
 use super::error::{InlineCredential, RouteError};
+use super::interned::Interned;
 use crate::destination::Destination;
 use crate::envelope::Envelope;
 use crate::queue::QueuedReport;
@@ -102,8 +103,10 @@ pub(super) struct Plan<P> {
 type Routed = Result<usize, String>;
 
 /// The destinations of one request, each parsed, checked and grouped once.
-struct Router<P, L> {
+struct Router<'i, P, L> {
     lookup: L,
+    /// Destinations as sent, parsed once per process.
+    interned: &'i Interned,
     /// Resolved consumer keys: the plugin and its required parameters.
     plugins: HashMap<String, (P, Vec<String>)>,
     /// By config key, then destination text as sent.
@@ -113,7 +116,7 @@ struct Router<P, L> {
     groups: Vec<Group<P>>,
 }
 
-impl<P: Clone, L: Fn(&str) -> Option<(P, Vec<String>)>> Router<P, L> {
+impl<P: Clone, L: Fn(&str) -> Option<(P, Vec<String>)>> Router<'_, P, L> {
     /// The plugin of `key` and its required parameters; `None` when nobody consumes it.
     fn plugin(&mut self, key: &str) -> Option<&(P, Vec<String>)> {
         if !self.plugins.contains_key(key) {
@@ -141,15 +144,19 @@ impl<P: Clone, L: Fn(&str) -> Option<(P, Vec<String>)>> Router<P, L> {
         Some(routed)
     }
 
-    /// Where a destination as sent goes: parsed and canonicalised once per (key, text).
+    /// Where a destination as sent goes: parsed and canonicalised once per (key, text) in the
+    /// process ([`Interned`]), routed once per request.
     fn route_sent(&mut self, key: &str, text: &RawValue) -> Option<Routed> {
         if let Some(routed) = self.sent.get(key).and_then(|m| m.get(text.get())) {
             return Some(routed.clone());
         }
         // Unknown keys are refused before anything is parsed.
         self.plugin(key)?;
-        let value: serde_json::Value = serde_json::from_str(text.get()).expect("the envelope checked it is JSON");
-        let routed = self.route(Destination::from_value(key, &value))?;
+        let destination = self.interned.get_or_parse(key, text.get(), || {
+            let value: serde_json::Value = serde_json::from_str(text.get()).expect("the envelope checked it is JSON");
+            Destination::from_value(key, &value)
+        });
+        let routed = self.route(destination)?;
         self.sent.entry(key.to_string()).or_default().insert(text.get().into(), routed.clone());
         Some(routed)
     }
@@ -160,12 +167,13 @@ impl<P: Clone, L: Fn(&str) -> Option<(P, Vec<String>)>> Router<P, L> {
 /// parameters are all empty (the seed's Go zero values) is skipped; a plugin with none required
 /// is never skipped (`{}` reaches it). Fails on the first key nobody consumes.
 ///
-/// Each distinct destination is parsed, canonicalised and checked once per request: reports
-/// bound for one destination share one [`Destination`].
+/// Each distinct destination is parsed and canonicalised once per process (`interned`) and
+/// checked once per request: reports bound for one destination share one [`Destination`].
 ///
 /// A report whose producer-given id the host already knows (a relay retrying after its first
 /// try was accepted) is not queued again: its receipt says where it stands.
 pub(super) fn plan<P: Clone>(
+    interned: &Interned,
     lookup: impl Fn(&str) -> Option<(P, Vec<String>)>,
     loaded: impl Fn() -> String,
     known: impl Fn(Uuid) -> Option<BTreeMap<String, ConsumerState>>,
@@ -174,8 +182,14 @@ pub(super) fn plan<P: Clone>(
     now_ms: u64,
 ) -> Result<Plan<P>, RouteError> {
     let at = |i: usize| if batch { format!("report [{i}]: ") } else { String::new() };
-    let mut router =
-        Router { lookup, plugins: HashMap::new(), sent: HashMap::new(), built: HashMap::new(), groups: Vec::new() };
+    let mut router = Router {
+        lookup,
+        interned,
+        plugins: HashMap::new(),
+        sent: HashMap::new(),
+        built: HashMap::new(),
+        groups: Vec::new(),
+    };
     let mut receipts = Vec::with_capacity(submissions.len());
     let mut reports = Vec::with_capacity(submissions.len());
     let mut given = std::collections::HashSet::new();
@@ -251,17 +265,31 @@ pub(super) fn plan<P: Clone>(
 /// order reports of the same millisecond (the embedded queue's recovery sorts by receipt time,
 /// then id). Sorting tells nothing of another request's ids.
 pub(super) fn new_report_ids(n: usize, now_ms: u64) -> Vec<Uuid> {
-    let mut random = vec![0u8; n * 10];
-    getrandom::fill(&mut random).expect("the operating system's random source is readable");
-    let mut ids: Vec<Uuid> = random
-        .chunks_exact(10)
-        .map(|r| {
-            let bytes: &[u8; 10] = r.try_into().expect("chunks of 10");
-            uuid::Builder::from_unix_timestamp_millis(now_ms, bytes).into_uuid()
-        })
-        .collect();
+    let mut ids: Vec<Uuid> =
+        (0..n).map(|_| uuid::Builder::from_unix_timestamp_millis(now_ms, &os_random::<10>()).into_uuid()).collect();
     ids.sort_unstable();
     ids
+}
+
+/// `N` bytes from the operating system's random source, read ahead in blocks per thread (one
+/// `getrandom` call per 4 KiB instead of one per request); each byte is handed out once.
+fn os_random<const N: usize>() -> [u8; N] {
+    const BLOCK: usize = 4096;
+    thread_local! {
+        static AHEAD: std::cell::RefCell<(Box<[u8; BLOCK]>, usize)> = std::cell::RefCell::new((Box::new([0; BLOCK]), BLOCK));
+    }
+    AHEAD.with_borrow_mut(|(block, used)| {
+        if *used + N > BLOCK {
+            getrandom::fill(&mut block[..]).expect("the operating system's random source is readable");
+            *used = 0;
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&block[*used..*used + N]);
+        // Handed out: not kept in memory for anyone to find later.
+        block[*used..*used + N].fill(0);
+        *used += N;
+        out
+    })
 }
 
 /// The first destination of `envelopes` that sets a parameter its plugin (`secret_params`, by
@@ -314,7 +342,7 @@ mod tests {
 
     fn plan_for(body: &str) -> Result<Plan<&'static str>, RouteError> {
         let (subs, batch) = submissions(body);
-        plan(lookup, || "`openSearch`, `stdout`, `webhook`".into(), |_| None, subs, batch, 7)
+        plan(&Interned::default(), lookup, || "`openSearch`, `stdout`, `webhook`".into(), |_| None, subs, batch, 7)
     }
 
     #[test]
@@ -363,12 +391,28 @@ mod tests {
             lookup(k)
         };
         let (subs, batch) = submissions(&body);
-        let p = plan(counting, String::new, |_| None, subs, batch, 7).unwrap();
+        let p = plan(&Interned::default(), counting, String::new, |_| None, subs, batch, 7).unwrap();
         assert_eq!(p.groups.len(), 1);
         assert_eq!(p.groups[0].members.len(), 1000);
         assert_eq!(lookups.get(), 1, "the key is resolved once");
         let first = &p.groups[0].destination;
         assert!(p.reports.iter().all(|r| r.dests[0].same(first)), "one Destination (one parse) shared by all");
+    }
+
+    #[test]
+    fn later_requests_with_the_same_destination_text_share_its_parse() {
+        let interned = Interned::default();
+        let body = r#"{"config":{"openSearch":{"host_port":"http://a","index":"i"}},"payload":"{}"}"#;
+        let routed = |body: &str| {
+            let (subs, batch) = submissions(body);
+            plan(&interned, lookup, String::new, |_| None, subs, batch, 7).unwrap()
+        };
+        let (first, second) = (routed(body), routed(body));
+        assert!(first.groups[0].destination.same(&second.groups[0].destination));
+        // Other spacing is other text: parsed again, but the same destination.
+        let spaced = routed(&body.replace(r#""index":"#, r#""index": "#));
+        assert!(!spaced.groups[0].destination.same(&first.groups[0].destination));
+        assert_eq!(spaced.groups[0].destination, first.groups[0].destination);
     }
 
     #[test]
@@ -384,12 +428,13 @@ mod tests {
             source: None,
             tenant: None,
         };
-        let p = plan(lookup, String::new, |_| None, vec![sub("{}"), sub("[]")], true, 7).unwrap();
+        let p = plan(&Interned::default(), lookup, String::new, |_| None, vec![sub("{}"), sub("[]")], true, 7).unwrap();
         assert_eq!(p.groups.len(), 1);
         assert!(p.reports.iter().all(|r| r.dests[0].same(&built[0])), "the route's own Destination");
         let empty = Destination::from_value("openSearch", &serde_json::json!({"host_port": ""}));
         let skipped = Submission { destinations: Destinations::Built(Arc::from(vec![empty])), ..sub("{}") };
-        let err = plan(lookup, String::new, |_| None, vec![skipped], true, 7).unwrap_err().to_string();
+        let err =
+            plan(&Interned::default(), lookup, String::new, |_| None, vec![skipped], true, 7).unwrap_err().to_string();
         assert!(err.contains("names no consumer") && err.contains("`openSearch`"), "{err}");
     }
 
@@ -436,13 +481,13 @@ mod tests {
         let known_b = |id: Uuid| {
             (id.to_string() == b).then(|| BTreeMap::from([("stdout".to_string(), ConsumerState::Delivered)]))
         };
-        let p = plan(lookup, String::new, known_b, subs, batch, 7).unwrap();
+        let p = plan(&Interned::default(), lookup, String::new, known_b, subs, batch, 7).unwrap();
         assert_eq!(p.reports.len(), 1, "the known report is not queued again");
         assert_eq!(p.reports[0].id.to_string(), a);
         assert_eq!(p.receipts[1].id.to_string(), b);
         assert_eq!(p.receipts[1].consumers["stdout"], ConsumerState::Delivered);
         let (subs, batch) = submissions(&format!("[{},{}]", report(a), report(a)));
-        let err = plan(lookup, String::new, |_| None, subs, batch, 7).unwrap_err().to_string();
+        let err = plan(&Interned::default(), lookup, String::new, |_| None, subs, batch, 7).unwrap_err().to_string();
         assert!(err.starts_with("report [1]: report id") && err.contains("appears twice"), "{err}");
     }
 

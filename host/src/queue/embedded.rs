@@ -210,7 +210,7 @@ impl EmbeddedQueue {
             Some(log) => {
                 let mut frames = Vec::with_capacity(size as usize + 64 * reports.len());
                 for r in &reports {
-                    log::frame(&mut frames, &record::encode(r, &self.sealer));
+                    log::frame_with(&mut frames, |out| record::encode_into(r, &self.sealer, out));
                 }
                 match log.append_durable(frames).await {
                     Ok(seg) => {

@@ -35,23 +35,29 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
 /// same ciphertext: linkable by a reader of the queue, never a nonce reused.
 pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
     let mut b = Vec::with_capacity(r.payload.len() + 128);
+    encode_into(r, sealer, &mut b);
+    b
+}
+
+/// [`encode`], appended to `b` (the embedded log writes records straight into its frames).
+pub fn encode_into(r: &QueuedReport, sealer: &Sealer, b: &mut Vec<u8>) {
     b.push(REPORT);
     b.extend_from_slice(r.id.as_bytes());
     b.extend_from_slice(&r.received_at_ms.to_le_bytes());
     b.extend_from_slice(&(r.dests.len() as u16).to_le_bytes());
     for d in &r.dests {
-        put_str16(&mut b, &d.key);
-        put_bytes32(&mut b, &d.sealed_with(sealer.id(), |c| sealer.seal(c)));
+        put_str16(b, &d.key);
+        put_bytes32(b, &d.sealed_with(sealer.id(), |c| sealer.seal(c)));
     }
-    put_bytes32(&mut b, r.payload.as_bytes());
+    put_bytes32(b, r.payload.as_bytes());
     // After the payload, so records written before labels existed read as having none; then
     // source and tenant, so records written before them read as not knowing them.
     let meta = r.source.is_some() || r.tenant.is_some();
     if !r.labels.is_empty() || meta {
         b.extend_from_slice(&(r.labels.len() as u16).to_le_bytes());
         for (k, v) in &r.labels {
-            put_str16(&mut b, k);
-            put_str16(&mut b, v);
+            put_str16(b, k);
+            put_str16(b, v);
         }
     }
     if meta {
@@ -59,13 +65,12 @@ pub fn encode(r: &QueuedReport, sealer: &Sealer) -> Vec<u8> {
             match v {
                 Some(v) => {
                     b.push(1);
-                    put_str16(&mut b, v);
+                    put_str16(b, v);
                 }
                 None => b.push(0),
             }
         }
     }
-    b
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -37,9 +37,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// What handlers share.
+/// What handlers share: one `Arc`, so the clone each request's handler takes is one
+/// reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of a host made of these parts.
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of a host that handlers use.
+pub struct Shared {
     /// Loaded plugins by config key (hot-reloaded).
     pub registry: Arc<Plugins>,
     /// The queue.
