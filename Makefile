@@ -60,7 +60,9 @@ k8s-check: ## Render, validate and lint the Kubernetes manifests (deploy/k8s)
 	tests/k8s/check.sh
 
 # Scenarios of `dx-bench` to run, e.g. `make bench BENCH=destination` (BENCHMARKS.md lists them);
-# empty: all of them, then the plugin-call benchmark.
+# empty: all of them, then the plugin-call benchmark. The environment passes through: e.g.
+# FLUENT_BIT=/path/to/fluent-bit adds Fluent Bit's rows to the `peer` scenario (a release build
+# made outside this tree; BENCHMARKS.md, Method, "Peer"), DX_BENCH_CONNECTIONS sets the load.
 BENCH ?=
 
 bench: plugins ## Benchmarks in release mode, each next to its baseline, as ratios (results: BENCHMARKS.md); BENCH=<scenario> runs only those

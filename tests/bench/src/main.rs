@@ -22,7 +22,11 @@
 //! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache;
 //! - destination: `POST /forward` of [`BATCH`] reports to one destination per request: the CPU per
 //!   report of the host's per-request destination work (routing, validation, queueing, sealing),
-//!   next to the baseline parsing the same bodies (issue 22).
+//!   next to the baseline parsing the same bodies (issue 22);
+//! - peer: Fluent Bit (`FLUENT_BIT` names its binary) next to the host, HTTP in to the acknowledger,
+//!   end to end and CPU per document, in turns (issue 23; module `peer`).
+
+mod peer;
 
 use dx_bench::load::{self, Load, Stop};
 use dx_bench::process::{Server, cpu_seconds_of, free_addr, get, metric_sum, pid_listening_on, process_name};
@@ -1164,6 +1168,11 @@ fn main() -> anyhow::Result<()> {
 
     if wants("pipeline") {
         md.push_str(&pipeline_section(&rt, &p, ack_addr)?);
+        println!("{md}");
+    }
+
+    if wants("peer") {
+        md.push_str(&peer::section(&rt, &p, ack_addr)?);
         println!("{md}");
     }
 

@@ -1,7 +1,8 @@
 //! A minimal OpenSearch `_bulk` acknowledger: parses the NDJSON, answers one correct item per
 //! action (201 created, with the action's `_index` and `_id`), and counts documents.
 //! `GET /_count` answers `{"count": N}`. Usage: `bulk-ack ADDR [--hang]`; with `--hang` it
-//! never answers `_bulk` (a stuck downstream, for the overload scenario).
+//! never answers `_bulk` (a stuck downstream, for the overload scenario). Bodies up to
+//! [`MAX_BODY`] (Fluent Bit flushes whole chunks, often over axum's default limit of 2 MB).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -14,6 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The largest `_bulk` body taken (OpenSearch's default `http.max_content_length`, 100 MB).
+const MAX_BODY: usize = 100 * 1024 * 1024;
 
 #[derive(Clone)]
 struct Ack {
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             get(|State(a): State<Ack>| async move { format!(r#"{{"count":{}}}"#, a.count.load(Ordering::Relaxed)) }),
         )
         .route("/readyz", get(|| async { "ready" }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ack);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     axum::serve(listener, app).await?;
