@@ -119,6 +119,77 @@ mod tests {
         assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
     }
 
+    /// The broker threads' wakeups and requests awaiting a response, summed over the brokers,
+    /// from the client's last statistics; and how many statistics arrived.
+    #[derive(Clone, Default)]
+    struct BrokerStats(std::sync::Arc<std::sync::Mutex<(u64, i64, u64)>>);
+
+    impl rdkafka::ClientContext for BrokerStats {
+        fn stats(&self, s: rdkafka::Statistics) {
+            let wakeups = s.brokers.values().filter_map(|b| b.wakeups).sum();
+            let waiting = s.brokers.values().map(|b| b.waitresp_msg_cnt).sum();
+            let mut g = self.0.lock().unwrap();
+            *g = (wakeups, waiting, g.2 + 1);
+        }
+    }
+
+    impl BrokerStats {
+        fn now(&self) -> (u64, i64, u64) {
+            *self.0.lock().unwrap()
+        }
+
+        /// Wait (at most 20 s) for statistics emitted after this call that satisfy `ok`.
+        fn until(&self, ok: impl Fn(u64, i64) -> bool) -> (u64, i64) {
+            let since = self.now().2;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let (wakeups, waiting, n) = self.now();
+                if n > since && ok(wakeups, waiting) {
+                    return (wakeups, waiting);
+                }
+                assert!(std::time::Instant::now() < deadline, "statistics never showed it");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// The idempotent producer sends one request per partition at a time (its window counts
+    /// messages: 5); records queued behind it pass their `linger.ms` long before the answer.
+    /// librdkafka's broker thread then polled with timeout 0 until the answer came (hundreds of
+    /// thousands of wakeups a second); patched (vendor/PATCHES.md), it sleeps until the answer.
+    #[test]
+    fn the_producer_sleeps_while_a_partition_waits_for_its_acknowledgement() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::FutureRecord;
+        use std::time::Duration;
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let mut c = client_config("t", &mock.bootstrap_servers(), &BTreeMap::new(), &BTreeMap::new()).unwrap();
+        c.set("statistics.interval.ms", "50");
+        let c = idempotent_producer(c, 60_000, 1000);
+        let stats = BrokerStats::default();
+        let producer: FutureProducer<BrokerStats> = c.create_with_context(stats.clone()).unwrap();
+        let send = |n: usize| -> Vec<_> {
+            (0..n).map(|_| producer.send_result(FutureRecord::<(), _>::to("t").payload("r")).unwrap()).collect()
+        };
+        // Connected, with a producer id.
+        for d in futures::executor::block_on(futures::future::join_all(send(1))) {
+            d.unwrap().unwrap();
+        }
+        mock.broker_round_trip_time(-1, Duration::from_millis(700)).unwrap();
+        let first = send(10);
+        // The first request (10 records: the window is full) is in flight; 10 more queue behind it.
+        stats.until(|_, waiting| waiting >= 10);
+        let second = send(10);
+        let (before, _) = stats.until(|_, _| true);
+        for d in futures::executor::block_on(futures::future::join_all(first.into_iter().chain(second))) {
+            d.unwrap().unwrap();
+        }
+        let (after, _) = stats.until(|_, waiting| waiting == 0);
+        // About one wakeup per answer, request and statistics interval; spinning, many thousands.
+        assert!(after - before < 500, "the broker thread woke {} times in two round trips", after - before);
+    }
+
     #[test]
     fn debug_shows_property_names_not_values() {
         let mut cfg = KafkaConfig::default();
