@@ -22,7 +22,10 @@
 //! - start-up: process start to `/readyz` with the shipped plugins, cold and with the code cache;
 //! - destination: `POST /forward` of [`BATCH`] reports to one destination per request: the CPU per
 //!   report of the host's per-request destination work (routing, validation, queueing, sealing),
-//!   next to the baseline parsing the same bodies (issue 22).
+//!   next to the baseline parsing the same bodies (issue 22);
+//! - fanout: one request to many distinct destinations, until all acknowledged (`fanout.rs`).
+
+mod fanout;
 
 use dx_bench::load::{self, Load, Stop};
 use dx_bench::process::{Server, cpu_seconds_of, free_addr, get, metric_sum, pid_listening_on, process_name};
@@ -1109,6 +1112,11 @@ fn main() -> anyhow::Result<()> {
 
     if wants("destination") {
         md.push_str(&destination_section(&rt, &p, &ack_url)?);
+        println!("{md}");
+    }
+
+    if wants("fanout") {
+        md.push_str(&fanout::section(&rt, &p)?);
         println!("{md}");
     }
 
