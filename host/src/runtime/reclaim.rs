@@ -162,6 +162,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_holder_that_worked_again_since_is_asked_after_those_idle_longer() {
+        let idle = Arc::new(Idle::default());
+        let sem = Arc::new(Semaphore::new(2));
+        let (_h1, h2) = (sem.clone().try_acquire_owned().unwrap(), sem.clone().try_acquire_owned().unwrap());
+        let p1 = Parked::new([&idle]);
+        let p2 = Parked::new([&idle]);
+        // The first holder takes up a batch, then goes idle again: now the second is the least
+        // recently used.
+        drop(p1);
+        let p1 = Parked::new([&idle]);
+        let waiter = tokio::spawn({
+            let (sem, idle) = (sem.clone(), idle.clone());
+            async move { acquire(&sem, &idle).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), p2.asked()).await.expect("the least recently used is asked");
+        assert!(!asked_now(&p1));
+        drop(h2);
+        p2.gave_back();
+        let _permit = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert!(!asked_now(&p1));
+    }
+
+    #[tokio::test]
     async fn a_holder_asked_that_takes_up_work_passes_the_ask_on() {
         let idle = Arc::new(Idle::default());
         let sem = Arc::new(Semaphore::new(2));

@@ -41,3 +41,51 @@ async fn more_destinations_than_instances_in_one_request_are_all_delivered() {
         assert_eq!(r["consumers"]["discard"]["status"], "delivered", "{r}");
     }
 }
+
+/// The `file` plugin (contract 0.2, each destination its own path) limited to two instances,
+/// whose idle destinations would stay open for an hour, granted `dir`.
+async fn file_two_instances(dir: &std::path::Path) -> TestApp {
+    let dir = dir.to_path_buf();
+    spawn_app_with(&["file"], move |c| {
+        c.runtime.plugins.insert(
+            "file".into(),
+            data_exporter::runtime::LimitOverrides {
+                grants: Some(vec!["log".into(), "files".into()]),
+                files_dir: Some(dir),
+                max_instances: Some(2),
+                ..Default::default()
+            },
+        );
+        c.delivery.destination_idle_ms = 3_600_000;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn more_file_destinations_than_instances_are_all_written_while_idle_ones_would_stay_open_an_hour() {
+    // Only closing the least recently used idle destination (flushed, then closed) frees an
+    // instance for the next: were destinations kept open while idle, two files would be written
+    // per 30 s (the time an idle worker retires after), six of twelve within the minute waited here.
+    let dir = tempfile::tempdir().unwrap();
+    let app = file_two_instances(dir.path()).await;
+    const N: usize = 12;
+    let items: Vec<Value> = (0..N)
+        .map(|n| {
+            json!({"config": {"file": {"path": format!("fanout-{n}.jsonl"), "fsync": "interval"}},
+                "payload": json!({"n": n}).to_string()})
+        })
+        .collect();
+    let (status, answer) = app.forward(Value::Array(items).to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    let read = |n: usize| std::fs::read_to_string(dir.path().join(format!("fanout-{n}.jsonl"))).ok();
+    eventually(std::time::Duration::from_secs(60), "every destination's file written", async || {
+        let missing: Vec<usize> = (0..N).filter(|&n| !read(n).is_some_and(|t| t.ends_with('\n'))).collect();
+        if missing.is_empty() { Ok(()) } else { Err(format!("files not written yet: {missing:?}")) }
+    })
+    .await;
+    for n in 0..N {
+        let line = read(n).unwrap();
+        let written: Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(written["n"], n, "{line}");
+    }
+}

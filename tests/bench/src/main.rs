@@ -24,8 +24,10 @@
 //!   report of the host's per-request destination work (routing, validation, queueing, sealing),
 //!   next to the baseline parsing the same bodies (issue 22);
 //! - peer: Fluent Bit (`FLUENT_BIT` names its binary) next to the host, HTTP in to the acknowledger,
-//!   end to end and CPU per document, in turns (issue 23; module `peer`).
+//!   end to end and CPU per document, in turns (issue 23; module `peer`);
+//! - fanout: one request to many distinct destinations, until all acknowledged (`fanout.rs`).
 
+mod fanout;
 mod peer;
 
 use dx_bench::load::{self, Load, Stop};
@@ -1113,6 +1115,11 @@ fn main() -> anyhow::Result<()> {
 
     if wants("destination") {
         md.push_str(&destination_section(&rt, &p, &ack_url)?);
+        println!("{md}");
+    }
+
+    if wants("fanout") {
+        md.push_str(&fanout::section(&rt, &p)?);
         println!("{md}");
     }
 

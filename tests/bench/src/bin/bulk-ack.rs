@@ -1,8 +1,10 @@
 //! A minimal OpenSearch `_bulk` acknowledger: parses the NDJSON, answers one correct item per
 //! action (201 created, with the action's `_index` and `_id`), and counts documents.
-//! `GET /_count` answers `{"count": N}`. Usage: `bulk-ack ADDR [--hang]`; with `--hang` it
-//! never answers `_bulk` (a stuck downstream, for the overload scenario). Bodies up to
-//! [`MAX_BODY`] (Fluent Bit flushes whole chunks, often over axum's default limit of 2 MB).
+//! `GET /_count` answers `{"count": N}`. Usage: `bulk-ack ADDR [--hang] [--delay-ms MS]`; with
+//! `--hang` it never answers `_bulk` (a stuck downstream, for the overload scenario); with
+//! `--delay-ms` it answers each `_bulk` after MS milliseconds (a slow upstream, for `fanout`).
+//! Bodies up to [`MAX_BODY`] (Fluent Bit flushes whole chunks, often over axum's default limit
+//! of 2 MB).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -23,6 +25,7 @@ const MAX_BODY: usize = 100 * 1024 * 1024;
 struct Ack {
     count: Arc<AtomicU64>,
     hang: bool,
+    delay: std::time::Duration,
 }
 
 /// The metadata of an action line: `{"index": {"_index": "...", "_id": "..."}}`.
@@ -38,6 +41,7 @@ async fn bulk(State(ack): State<Ack>, body: Bytes) -> (StatusCode, String) {
     if ack.hang {
         std::future::pending::<()>().await;
     }
+    tokio::time::sleep(ack.delay).await;
     let Ok(text) = std::str::from_utf8(&body) else {
         return (StatusCode::BAD_REQUEST, "not UTF-8".into());
     };
@@ -76,7 +80,10 @@ async fn bulk(State(ack): State<Ack>, body: Bytes) -> (StatusCode, String) {
 async fn main() -> anyhow::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:6791".into());
     let hang = std::env::args().any(|a| a == "--hang");
-    let ack = Ack { count: Arc::default(), hang };
+    let args: Vec<String> = std::env::args().collect();
+    let delay_ms = args.iter().position(|a| a == "--delay-ms").and_then(|i| args.get(i + 1)?.parse().ok());
+    let delay = std::time::Duration::from_millis(delay_ms.unwrap_or(0));
+    let ack = Ack { count: Arc::default(), hang, delay };
     let app = Router::new()
         .route("/_bulk", post(bulk))
         .route(
