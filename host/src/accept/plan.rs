@@ -285,8 +285,6 @@ fn os_random<const N: usize>() -> [u8; N] {
         }
         let mut out = [0u8; N];
         out.copy_from_slice(&block[*used..*used + N]);
-        // Handed out: not kept in memory for anyone to find later.
-        block[*used..*used + N].fill(0);
         *used += N;
         out
     })

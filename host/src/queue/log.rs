@@ -319,16 +319,15 @@ impl WriterThread {
 
 /// Write every buffer, in order, with as few `writev` calls as the kernel allows.
 fn write_all_vectored<'a>(out: &mut impl Write, bufs: impl Iterator<Item = &'a [u8]>) -> io::Result<()> {
-    // Linux takes at most 1024 buffers per call (IOV_MAX).
+    // A file's `write_vectored` passes at most IOV_MAX buffers per call; the rest go in the next.
     let mut slices: Vec<io::IoSlice<'a>> = bufs.filter(|b| !b.is_empty()).map(io::IoSlice::new).collect();
-    for mut chunk in slices.chunks_mut(1024) {
-        while !chunk.is_empty() {
-            match out.write_vectored(chunk) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => io::IoSlice::advance_slices(&mut chunk, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        match out.write_vectored(left) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -439,11 +438,18 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_written_in_place_equals_a_frame_of_its_body() {
+    fn a_frame_written_in_place_is_magic_length_checksum_body() {
+        let body = b"some body";
+        let mut expected = b"prefix".to_vec();
+        expected.extend_from_slice(b"DXQ1");
+        expected.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        expected.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        expected.extend_from_slice(body);
         let (mut a, mut b) = (b"prefix".to_vec(), b"prefix".to_vec());
-        frame(&mut a, b"some body");
-        frame_with(&mut b, |out| out.extend_from_slice(b"some body"));
-        assert_eq!(a, b);
+        frame(&mut a, body);
+        frame_with(&mut b, |out| out.extend_from_slice(body));
+        assert_eq!(a, expected);
+        assert_eq!(b, expected);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
         std::fs::write(&p, &a[6..]).unwrap();

@@ -23,8 +23,12 @@ const MANY_DESTINATIONS: usize = 1000;
 const GIVE_UP: Duration = Duration::from_secs(240);
 /// The host's defaults the floor is computed from (`runtime.limits.max_instances`,
 /// `delivery.max_concurrent_calls`).
-const MAX_INSTANCES: usize = 16;
-const MAX_CONCURRENT_CALLS: usize = 64;
+fn max_instances() -> usize {
+    data_exporter::runtime::PluginLimits::default().max_instances
+}
+fn max_concurrent_calls() -> usize {
+    data_exporter::delivery::DeliveryConfig::default().max_concurrent_calls
+}
 
 /// `n` reports, each to its own OpenSearch destination (index `fanout-<i>`) at `url`, as JSON.
 fn reports(url: &str, n: usize) -> Vec<String> {
@@ -119,14 +123,16 @@ pub(crate) fn section(rt: &tokio::runtime::Runtime, p: &Paths) -> anyhow::Result
     let _ = writeln!(md, "\n### Fan-out: one `POST /forward`, one report to each of many distinct destinations\n");
     let _ = writeln!(
         md,
-        "The `opensearch` plugin with the host's defaults (`max_instances` {MAX_INSTANCES}, \
-        `max_concurrent_calls` {MAX_CONCURRENT_CALLS}, `destination_idle_ms` 5000); each destination its own \
-        index. Seconds from the post until the acknowledger counted every document.\n"
+        "The `opensearch` plugin with the host's defaults (`max_instances` {}, \
+        `max_concurrent_calls` {}, `destination_idle_ms` 5000); each destination its own \
+        index. Seconds from the post until the acknowledger counted every document.\n",
+        max_instances(),
+        max_concurrent_calls()
     );
     let _ = writeln!(md, "| case | 202 after s | all acknowledged after s | floor s | vs floor |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     let delay = SLOW_MS.to_string();
-    let floor = SLOW_DESTINATIONS as f64 * SLOW_MS as f64 / 1000.0 / MAX_INSTANCES.min(MAX_CONCURRENT_CALLS) as f64;
+    let floor = SLOW_DESTINATIONS as f64 * SLOW_MS as f64 / 1000.0 / max_instances().min(max_concurrent_calls()) as f64;
     for (label, posted) in
         [("in one request", Posted::Together), ("one request each, 16 connections", Posted::Apart(16))]
     {

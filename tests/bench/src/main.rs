@@ -213,10 +213,21 @@ fn settle_pid(pid: u32) {
     }
 }
 
+/// The `"count"` a server answers at `path`, asked again (for up to 30 s) while it does not
+/// answer one: a failed read is never taken for a count of 0.
 fn count_at(addr: SocketAddr, path: &str) -> u64 {
-    let body = get(addr, path).map(|(_, b)| b).unwrap_or_default();
-    let at = body.find("\"count\":").map(|i| i + 8).unwrap_or(body.len());
-    body[at..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = get(addr, path).map(|(_, b)| b).unwrap_or_default();
+        let count = body.find("\"count\":").and_then(|i| {
+            body[i + 8..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+        });
+        match count {
+            Some(n) => return n,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => panic!("{addr}{path} answered no count for 30 s (last answer: {body:?})"),
+        }
+    }
 }
 
 /// Post `n` reports and wait until `count` reaches `n`: reports per second, end to end.
@@ -513,7 +524,7 @@ fn through(
     let n = out.accepted_all;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let c = count_at(ack, "/_count") - before;
+        let c = count_at(ack, "/_count").saturating_sub(before);
         if c >= n {
             break;
         }
@@ -785,8 +796,9 @@ fn pipeline_section(rt: &tokio::runtime::Runtime, p: &Paths, ack_addr: SocketAdd
     let h = host(p, &p.scratch.join("pipeline-embedded"), &[])?;
     let cpu_before = cpu_seconds_of(h.server.child.id());
     let acked_before = count_at(ack_addr, "/_count");
-    let embedded =
-        end_to_end(rt, &h, &ack_url, "pipeline-embedded", n, || count_at(ack_addr, "/_count") - acked_before)?;
+    let embedded = end_to_end(rt, &h, &ack_url, "pipeline-embedded", n, || {
+        count_at(ack_addr, "/_count").saturating_sub(acked_before)
+    })?;
     let embedded_us = (cpu_seconds_of(h.server.child.id()) - cpu_before) / n as f64 * 1e6;
     drop(h);
     eprintln!("pipeline scenario: embedded path {embedded:.0} reports/s");

@@ -41,7 +41,9 @@ async fn bulk(State(ack): State<Ack>, body: Bytes) -> (StatusCode, String) {
     if ack.hang {
         std::future::pending::<()>().await;
     }
-    tokio::time::sleep(ack.delay).await;
+    if !ack.delay.is_zero() {
+        tokio::time::sleep(ack.delay).await;
+    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return (StatusCode::BAD_REQUEST, "not UTF-8".into());
     };
@@ -81,8 +83,14 @@ async fn main() -> anyhow::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:6791".into());
     let hang = std::env::args().any(|a| a == "--hang");
     let args: Vec<String> = std::env::args().collect();
-    let delay_ms = args.iter().position(|a| a == "--delay-ms").and_then(|i| args.get(i + 1)?.parse().ok());
-    let delay = std::time::Duration::from_millis(delay_ms.unwrap_or(0));
+    let delay_ms = match args.iter().position(|a| a == "--delay-ms") {
+        None => 0,
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--delay-ms takes a number of milliseconds, got {:?}", args.get(i + 1)))?,
+    };
+    let delay = std::time::Duration::from_millis(delay_ms);
     let ack = Ack { count: Arc::default(), hang, delay };
     let app = Router::new()
         .route("/_bulk", post(bulk))
