@@ -494,6 +494,56 @@ impl Through {
     }
 }
 
+/// What [`post_until_acknowledged`] saw.
+struct Acknowledged {
+    /// The load's outcome; `accepted_all` documents were accepted, every one acknowledged.
+    out: load::Outcome,
+    /// From the first post to the end of posting.
+    posted: Duration,
+    /// From the first post to the last acknowledgement.
+    took: Duration,
+    /// Documents the acknowledger counted over the run (more than accepted: sent again).
+    counted: u64,
+}
+
+/// Post `req` to `addr` closed loop for `window`, then wait until the acknowledger at `ack` has
+/// counted every accepted document (at most 3 minutes); `label` names the server in errors.
+fn post_until_acknowledged(
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    addr: SocketAddr,
+    req: bytes::Bytes,
+    ack: SocketAddr,
+    window: Duration,
+) -> anyhow::Result<Acknowledged> {
+    let before = count_at(ack, "/_count");
+    let start = Instant::now();
+    let load = Load {
+        addr,
+        requests: Arc::new(move |_| req.clone()),
+        connections: connections(),
+        rate: None,
+        stop: Stop::After { warmup: Duration::ZERO, measure: window },
+    };
+    let out = rt.block_on(load::run(load))?;
+    let posted = start.elapsed();
+    anyhow::ensure!(out.other == 0, "{label}: {} answers were neither 2xx nor 503", out.other);
+    let n = out.accepted_all;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let counted = loop {
+        let c = count_at(ack, "/_count").saturating_sub(before);
+        if c >= n {
+            break c;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{label}: only {c} of {n} accepted documents were acknowledged downstream within 3 minutes of posting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Acknowledged { out, posted, took: start.elapsed(), counted })
+}
+
 /// Post `body` to the topology's ingest process closed-loop for `window`, then wait until the
 /// acknowledger at `ack` has counted every accepted report (at most 3 minutes).
 fn through(
@@ -506,36 +556,11 @@ fn through(
 ) -> anyhow::Result<Through> {
     let req = dx_bench::post(t.ingest.addr, "/forward", "application/json", body.as_bytes());
     let pids = t.pids();
-    let before = count_at(ack, "/_count");
     let delivered_before = t.delivered();
     let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds_of(*p)).collect();
     let broker_before = broker.map(cpu_seconds_of);
-    let start = Instant::now();
-    let load = Load {
-        addr: t.ingest.addr,
-        requests: Arc::new(move |_| req.clone()),
-        connections: connections(),
-        rate: None,
-        stop: Stop::After { warmup: Duration::ZERO, measure: window },
-    };
-    let out = rt.block_on(load::run(load))?;
-    let posted = start.elapsed();
-    anyhow::ensure!(out.other == 0, "{}: {} answers were neither 2xx nor 503", t.label, out.other);
+    let Acknowledged { out, posted, took, .. } = post_until_acknowledged(rt, t.label, t.ingest.addr, req, ack, window)?;
     let n = out.accepted_all;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let c = count_at(ack, "/_count").saturating_sub(before);
-        if c >= n {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{}: only {c} of {n} accepted reports were acknowledged downstream within 3 minutes of posting",
-            t.label
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = start.elapsed();
     let cpu: Vec<f64> = pids.iter().zip(&cpu_before).map(|(p, b)| cpu_seconds_of(*p) - b).collect();
     let delivered = t.delivered().iter().zip(&delivered_before).map(|(a, b)| a - b).collect();
     Ok(Through {

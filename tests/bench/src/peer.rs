@@ -9,14 +9,14 @@
 //! here: `FLUENT_BIT` names its binary (BENCHMARKS.md, Method, says how to build it); without it
 //! only the host's rows run.
 
-use super::{MEASURE, Paths, ROUNDS, WARMUP, connections, count_at, host, ratio_range, settle_pid};
-use dx_bench::load::{self, Load, Stop};
+use super::{
+    Acknowledged, MEASURE, Paths, ROUNDS, WARMUP, connections, host, post_until_acknowledged, ratio_range, settle_pid,
+};
 use dx_bench::process::{Server, cpu_seconds_of, free_addr};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The environment variable naming the Fluent Bit binary.
@@ -142,35 +142,10 @@ impl Run {
 /// counted every accepted document (at most 3 minutes).
 fn run(rt: &tokio::runtime::Runtime, t: &Target, ack: SocketAddr, window: Duration) -> anyhow::Result<Run> {
     let pid = t.server.child.id();
-    let req = t.request.clone();
-    let before = count_at(ack, "/_count");
     let cpu_before = cpu_seconds_of(pid);
-    let start = Instant::now();
-    let load = Load {
-        addr: t.addr,
-        requests: Arc::new(move |_| req.clone()),
-        connections: connections(),
-        rate: None,
-        stop: Stop::After { warmup: Duration::ZERO, measure: window },
-    };
-    let out = rt.block_on(load::run(load))?;
-    let posted = start.elapsed();
-    anyhow::ensure!(out.other == 0, "{}: {} answers were neither 2xx nor 503", t.label, out.other);
+    let Acknowledged { out, posted, took, counted } =
+        post_until_acknowledged(rt, &t.label, t.addr, t.request.clone(), ack, window)?;
     let n = out.accepted_all;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let counted = loop {
-        let c = count_at(ack, "/_count").saturating_sub(before);
-        if c >= n {
-            break c;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{}: only {c} of {n} accepted documents were acknowledged downstream within 3 minutes of posting",
-            t.label
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let took = start.elapsed();
     Ok(Run {
         docs: n,
         e2e: n as f64 / took.as_secs_f64(),
