@@ -25,7 +25,20 @@ struct TlsKafka {
 }
 
 impl TlsKafka {
+    /// Start both on fresh ports; again on other ports (three tries) when one exits at start:
+    /// a port picked free can be taken by another test before tansu or nginx binds it.
     async fn start() -> TlsKafka {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match TlsKafka::try_start().await {
+                Ok(t) => return t,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("the TLS Kafka pair did not start in three tries: {failures:#?}")
+    }
+
+    async fn try_start() -> Result<TlsKafka, String> {
         let certs = servers().certs;
         let tansu_bin = std::env::var("DX_TANSU_BIN").unwrap_or_else(|_| {
             panic!("DX_TANSU_BIN is not set: this test starts its own tansu broker; set it to the tansu binary")
@@ -97,16 +110,24 @@ stream {{
         let mut t = TlsKafka { brokers, dir, nginx, tansu };
         for port in [plain, tls] {
             eventually(Duration::from_secs(30), &format!("something to listen on {port}"), async || {
-                assert!(t.tansu.try_wait().unwrap().is_none(), "tansu exited at start (port {plain} taken?)");
-                assert!(t.nginx.try_wait().unwrap().is_none(), "nginx exited at start:\n{}", t.error_log());
+                // One that exited is told apart below.
+                if t.tansu.try_wait().unwrap().is_some() || t.nginx.try_wait().unwrap().is_some() {
+                    return Ok(());
+                }
                 match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                     Ok(_) => Ok(()),
                     Err(e) => Err(format!("{e}; nginx:\n{}", t.error_log())),
                 }
             })
             .await;
+            if let Some(status) = t.tansu.try_wait().unwrap() {
+                return Err(format!("tansu exited at start ({status}; port {plain} taken?)"));
+            }
+            if let Some(status) = t.nginx.try_wait().unwrap() {
+                return Err(format!("nginx exited at start ({status}; port {tls} taken?):\n{}", t.error_log()));
+            }
         }
-        t
+        Ok(t)
     }
 
     /// The librdkafka properties of a TLS client; `ca` unset: OpenSSL's default CA store.
