@@ -2,7 +2,9 @@
 //! TLS, real plugin components built from this repo. Start the servers with `make test`.
 
 mod admin;
+mod browser;
 mod cli;
+mod console;
 mod contract;
 mod crash;
 mod dead_letter_io;
