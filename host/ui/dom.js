@@ -71,7 +71,7 @@ export function table(caption, headers, rows) {
         : h("tr", {}, h("td", { colspan: String(headers.length), class: "empty" }, "nothing to show")),
     ),
   );
-  return h("div", { class: "table-scroll", role: "region", "aria-label": caption, tabindex: "0" }, t);
+  return h("div", { class: "table-scroll", role: "region", "aria-label": `Table: ${caption}`, tabindex: "0" }, t);
 }
 
 /** A row of cells; each cell is a node or a value shown as text. */

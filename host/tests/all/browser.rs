@@ -56,7 +56,7 @@ impl Browser {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--no-first-run", "--hide-scrollbars", "--force-device-scale-factor=1",
-                         format!("--window-size={width},{height}")],
+                         "--window-size=1280,900"],
             },
         }}});
         let resp = client.post(format!("{base}/session")).json(&caps).send().await.unwrap();
@@ -88,15 +88,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("WebDriver {path} failed: {e}"))
     }
 
-    /// Make the page's viewport `width` x `height` CSS pixels (the window is that plus its frame).
+    /// Show pages as a screen of `width` x `height` CSS pixels, a phone's below 500 (chromium's
+    /// windows are at least 500 wide: the size is emulated, as the developer tools do).
     pub async fn viewport(&self, width: u32, height: u32) {
-        self.post("/window/rect", json!({"width": width, "height": height})).await;
-        let inner = self.run("return [window.innerWidth, window.innerHeight]", json!([])).await;
-        let (iw, ih) = (inner[0].as_i64().unwrap(), inner[1].as_i64().unwrap());
-        if (iw, ih) != (i64::from(width), i64::from(height)) {
-            let (w, h) = (2 * i64::from(width) - iw, 2 * i64::from(height) - ih);
-            self.post("/window/rect", json!({"width": w, "height": h})).await;
-        }
+        let metrics = json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 500});
+        self.post("/goog/cdp/execute", json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": metrics})).await;
     }
 
     /// Open `url`.
