@@ -52,6 +52,18 @@ enum Command {
         #[command(subcommand)]
         action: PluginsAction,
     },
+    /// Call any admin API endpoint of a running host and print its JSON answer (what the web
+    /// console at the admin address's /ui/ shows): `admin get /overview`, `admin get
+    /// /destinations`, `admin get /reports/ID`, `admin get /tenants`, `admin get
+    /// '/dlq?consumer=openSearch&older_than=1h'`. The README's admin section lists them all.
+    ///
+    /// The admin API wants the host's admin token, found as for `dlq` and `plugins`.
+    Admin {
+        #[command(flatten)]
+        conn: AdminArgs,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Send one report to a running host (POST /forward), retrying while it is busy or unreachable.
     #[command(after_long_help = SEND_EXAMPLES)]
     Send(SendArgs),
@@ -110,6 +122,15 @@ impl AdminArgs {
         anyhow::ensure!(!token.is_empty(), "the admin API token file {} is empty. {how}", path.display());
         Ok((path, token))
     }
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// GET an admin endpoint, e.g. /overview.
+    Get {
+        /// The path, with its query if any (starts with `/`).
+        path: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,6 +318,13 @@ async fn main() -> anyhow::Result<()> {
                 std::env::current_exe().context("finding this program's path (for the plugin compiler)")?,
             );
             std::process::exit(data_exporter::toolkit::cli::run(action).await)
+        }
+        Command::Admin { conn, action: AdminAction::Get { path } } => {
+            anyhow::ensure!(
+                path.starts_with('/'),
+                "{path:?} is not an admin path: give one starting with `/`, e.g. /overview"
+            );
+            print_json(&admin_call(&conn, |c, base| Ok(c.get(format!("{base}{path}")))).await?)
         }
         Command::Tap { conn, args } => {
             let (_, token) = conn.token()?;

@@ -112,6 +112,14 @@ pub struct Metrics {
     pub plugin_messages_published: Family<Plugin, Counter>,
     /// Messages refused, timed out or not taken, per plugin (`messaging` capability).
     pub plugin_messages_failed: Family<Plugin, Counter>,
+    /// Host-wide totals of accepted, delivered, retried, dead-lettered and refused (not exported:
+    /// the per-consumer series above are; these feed `history`).
+    pub totals: crate::history::Totals,
+    /// The totals over the last 15 minutes (admin `GET /overview`).
+    pub history: crate::history::History,
+    /// Reports accepted per access key, for the admin API's `GET /tenants` (kept whatever
+    /// `ingest.tenant_metrics` says: the admin API is the operator's; never exported here).
+    tenant_reports: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -150,6 +158,9 @@ impl Metrics {
             plugin_log_dropped: Family::default(),
             plugin_messages_published: Family::default(),
             plugin_messages_failed: Family::default(),
+            totals: Default::default(),
+            history: Default::default(),
+            tenant_reports: Default::default(),
             registry: Registry::default(),
         };
         r.register("reports_accepted", "Reports accepted into the queue, per consumer", m.accepted.clone());
@@ -267,8 +278,25 @@ impl Metrics {
         self.queue_tenant_bytes.get_or_create(&other).set(total.saturating_sub(keyed) as i64);
     }
 
+    /// Count `n` reports accepted for the access key `tenant` (admin `GET /tenants`).
+    pub fn count_tenant_reports(&self, tenant: &str, n: u64) {
+        let mut counts = self.tenant_reports.lock().unwrap();
+        match counts.get_mut(tenant) {
+            Some(c) => *c += n,
+            None => {
+                counts.insert(tenant.to_string(), n);
+            }
+        }
+    }
+
+    /// Reports accepted for `tenant` since start.
+    pub fn tenant_reports(&self, tenant: &str) -> u64 {
+        self.tenant_reports.lock().unwrap().get(tenant).copied().unwrap_or(0)
+    }
+
     /// Count a refused request.
     pub fn reject(&self, code: &str) {
         self.rejected.get_or_create(&Rejection { code: code.to_string() }).inc();
+        crate::history::Totals::add(&self.totals.rejected, 1);
     }
 }

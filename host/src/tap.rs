@@ -38,6 +38,10 @@ pub struct TapEvent {
     pub reason: Option<String>,
     /// How long the plugin call took, in ms.
     pub latency_ms: u64,
+    /// Whose report it is (its access key), when known.
+    pub tenant: Option<String>,
+    /// The report's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The broadcast point delivery publishes into.
@@ -85,6 +89,10 @@ impl Tap {
 pub struct TapQuery {
     /// Only this config key.
     pub consumer: Option<String>,
+    /// Only reports of this access key.
+    pub tenant: Option<String>,
+    /// Only reports with this label, `NAME=VALUE`.
+    pub label: Option<String>,
     /// End after this many events (default 100, at most 10 000).
     pub limit: Option<usize>,
     /// Keep this fraction of events, 0 < sample <= 1 (default 1: all).
@@ -101,6 +109,8 @@ pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 /// A checked `TapQuery`.
 pub struct View {
     consumer: Option<String>,
+    tenant: Option<String>,
+    label: Option<(String, String)>,
     limit: usize,
     sample: f64,
     deadline: tokio::time::Instant,
@@ -119,12 +129,30 @@ impl TapQuery {
                 humantime::parse_duration(w).map_err(|e| format!("`wait` must be a duration such as 30s: {e}"))?
             }
         };
+        let label = match self.label.as_deref().filter(|l| !l.is_empty()) {
+            None => None,
+            Some(l) => match l.split_once('=') {
+                Some((name, value)) if !name.is_empty() => Some((name.to_string(), value.to_string())),
+                _ => return Err(format!("`label` must be NAME=VALUE, e.g. label=env=prod, got {l:?}")),
+            },
+        };
         Ok(View {
             consumer: self.consumer.clone().filter(|c| !c.is_empty()),
+            tenant: self.tenant.clone().filter(|t| !t.is_empty()),
+            label,
             limit: self.limit.unwrap_or(100).clamp(1, MAX_LIMIT),
             sample,
             deadline: tokio::time::Instant::now() + wait.min(MAX_WAIT),
         })
+    }
+}
+
+impl View {
+    /// Whether the viewer asked for this event.
+    fn admits(&self, ev: &TapEvent) -> bool {
+        self.consumer.as_ref().is_none_or(|c| *c == ev.consumer)
+            && self.tenant.as_ref().is_none_or(|t| ev.tenant.as_ref() == Some(t))
+            && self.label.as_ref().is_none_or(|(k, v)| ev.labels.get(k) == Some(v))
     }
 }
 
@@ -172,7 +200,7 @@ pub fn stream(
                     return Some((line(serde_json::json!({"lagged": n})), st));
                 }
                 Ok(Ok(ev)) => {
-                    if st.view.consumer.as_ref().is_some_and(|c| *c != ev.consumer) {
+                    if !st.view.admits(&ev) {
                         continue;
                     }
                     if st.view.sample < 1.0 && fastrand::f64() >= st.view.sample {
@@ -185,4 +213,44 @@ pub fn stream(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(consumer: &str, tenant: Option<&str>, labels: &[(&str, &str)]) -> TapEvent {
+        TapEvent {
+            at_ms: 0,
+            report: "r".into(),
+            consumer: consumer.into(),
+            plugin: "p 1".into(),
+            destination: Value::Null,
+            attempt: 1,
+            outcome: "delivered",
+            reason: None,
+            latency_ms: 1,
+            tenant: tenant.map(str::to_string),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn view(query: serde_json::Value) -> Result<View, String> {
+        serde_json::from_value::<TapQuery>(query).unwrap().view()
+    }
+
+    #[test]
+    fn a_viewer_sees_only_the_consumer_tenant_and_label_asked_for() {
+        let a = event("file", Some("team-a"), &[("env", "prod"), ("tag", "app.web")]);
+        let b = event("file", Some("team-b"), &[("env", "dev")]);
+        let forward = event("openSearch", None, &[]);
+        let admitted = |v: &View| [&a, &b, &forward].map(|e| v.admits(e));
+        assert_eq!(admitted(&view(serde_json::json!({})).unwrap()), [true, true, true]);
+        assert_eq!(admitted(&view(serde_json::json!({"tenant": "team-a"})).unwrap()), [true, false, false]);
+        assert_eq!(admitted(&view(serde_json::json!({"label": "env=dev"})).unwrap()), [false, true, false]);
+        assert_eq!(admitted(&view(serde_json::json!({"label": "tag=app.web", "consumer": "file"})).unwrap()), [true, false, false]);
+        assert_eq!(admitted(&view(serde_json::json!({"consumer": "openSearch", "tenant": ""})).unwrap()), [false, false, true]);
+        let err = view(serde_json::json!({"label": "env"})).err().unwrap();
+        assert!(err.contains("NAME=VALUE"), "{err}");
+    }
 }

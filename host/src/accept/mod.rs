@@ -146,6 +146,7 @@ impl Accept {
             }
             for (labels, n) in counts {
                 metrics.accepted.get_or_create(&labels).inc_by(n as u64);
+                crate::history::Totals::add(&metrics.totals.accepted, n as u64);
             }
             Ok::<_, QueueError>(())
         });

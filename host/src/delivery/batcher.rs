@@ -80,6 +80,11 @@ impl Batcher {
         self.ready.is_empty()
     }
 
+    /// Jobs held: ready, or waiting for their retry.
+    pub(super) fn len(&self) -> usize {
+        self.ready.len() + self.delayed.len()
+    }
+
     /// When the next delayed job is due.
     pub(super) fn next_due(&self) -> Option<Instant> {
         self.delayed.peek().map(|d| d.0.at)

@@ -6,6 +6,7 @@
 use super::blame::{Blame, Crash, blame};
 use super::settle::wait;
 use super::worker::close;
+use super::stats::DestStats;
 use super::{Delivery, DestKey, Job};
 use crate::capabilities::secrets;
 use crate::metrics;
@@ -29,6 +30,7 @@ pub(super) struct CallCtx<'a> {
     pub(super) view: &'a str,
     pub(super) credential: &'a Option<secrets::Bound>,
     pub(super) labels: &'a metrics::Consumer,
+    pub(super) stats: &'a DestStats,
 }
 
 impl Delivery {
@@ -40,6 +42,7 @@ impl Delivery {
         dk: &DestKey,
         batch: Vec<Job>,
         session: &mut Option<(Arc<LoadedPlugin>, Session)>,
+        stats: &DestStats,
     ) -> Vec<(Job, Duration)> {
         let (dead, live): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.dead.is_some());
         let mut retries = self
@@ -49,7 +52,7 @@ impl Delivery {
             }))
             .await;
         if !live.is_empty() {
-            retries.extend(self.deliver_live(dk, live, session).await);
+            retries.extend(self.deliver_live(dk, live, session, stats).await);
         }
         retries
     }
@@ -59,6 +62,7 @@ impl Delivery {
         dk: &DestKey,
         batch: Vec<Job>,
         session: &mut Option<(Arc<LoadedPlugin>, Session)>,
+        stats: &DestStats,
     ) -> Vec<(Job, Duration)> {
         let registry = self.registry.current();
         let Some(plugin) = registry.get(&dk.key).cloned() else {
@@ -90,7 +94,7 @@ impl Delivery {
                 return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
             }
         };
-        let ctx = CallCtx { dk, plugin: &plugin, view: &view, credential: &credential, labels: &labels };
+        let ctx = CallCtx { dk, plugin: &plugin, view: &view, credential: &credential, labels: &labels, stats };
         let mut retries = Vec::new();
         let mut crashed = match self.call(&ctx, batch, session).await {
             Ok(settled) => return settled,
@@ -208,12 +212,14 @@ impl Delivery {
         let result = s.deliver(ctx.view, ctx.credential.clone(), reports).await;
         // The permit bounds plugin calls only: settling (dead-letter fsyncs) must not hold it.
         drop(permit);
+        let took = started.elapsed();
         self.metrics
             .plugin_call
             .get_or_create(&metrics::Call { plugin: plugin.info.name.clone(), call: "deliver".into() })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        ctx.stats.call(batch.len(), &result, took.as_millis() as u64);
         if self.tap.active() {
-            self.tap_call(dk, plugin, &batch, &result, started.elapsed());
+            self.tap_call(dk, plugin, &batch, &result, took);
         }
         let delivered = match result {
             Ok(d) => d,

@@ -7,6 +7,7 @@ use super::call::CallCtx;
 use super::settle::{Failure, Settlement, dead_letter_pending, settle, wait};
 use super::{Delivery, DestKey, Job, QuarantinePolicy};
 use crate::bindings::Outcome;
+use crate::history::Totals;
 use crate::metrics;
 use crate::now_ms;
 use crate::queue::Done;
@@ -72,6 +73,8 @@ impl Delivery {
                 outcome,
                 reason,
                 latency_ms: took.as_millis() as u64,
+                tenant: job.report.tenant.clone(),
+                labels: job.report.labels.iter().cloned().collect(),
             });
         }
     }
@@ -145,6 +148,7 @@ impl Delivery {
                 }
                 self.queue.ack(&delivered, &dk.key, Done::Delivered);
                 self.metrics.delivered.get_or_create(labels).inc_by(delivered.len() as u64);
+                Totals::add(&self.metrics.totals.delivered, delivered.len() as u64);
             }
         }
         retries
@@ -200,6 +204,7 @@ impl Delivery {
                 let delay = delay.pick();
                 let reason = failure.reason();
                 self.metrics.retried.get_or_create(labels).inc();
+                Totals::add(&self.metrics.totals.retried, 1);
                 let key = job.key().to_string();
                 tracing::debug!(consumer = %key, report = %job.report.id, attempts = job.attempts, delay_ms = delay.as_millis() as u64, %reason, "delivery will be retried");
                 let state = ConsumerState::Retrying {
@@ -261,6 +266,7 @@ impl Delivery {
         self.queue.ack(&[job.report.id], &dest.key, Done::DeadLettered);
         self.status.set(job.report.id, &dest.key, ConsumerState::DeadLettered { reason: reason.to_string() });
         self.metrics.dead_lettered.get_or_create(&labels).inc();
+        Totals::add(&self.metrics.totals.dead_lettered, 1);
         None
     }
 }

@@ -21,12 +21,14 @@ mod call;
 mod config;
 mod effects;
 pub mod settle;
+mod stats;
 mod worker;
 
 pub use crate::runtime::QuarantinePolicy;
 pub use blame::{Blame, Crash, blame};
 pub use config::DeliveryConfig;
 pub use settle::{Settlement, backoff, retry_delay, settle};
+pub use stats::Snapshot as DestinationStats;
 
 use crate::capabilities::secrets::SecretStore;
 use crate::dlq::DeadLetters;
@@ -70,6 +72,12 @@ impl Job {
     }
 }
 
+/// A live destination's worker: where its jobs go, and what it has done (`GET /destinations`).
+struct Worker {
+    tx: mpsc::UnboundedSender<Job>,
+    stats: Arc<stats::DestStats>,
+}
+
 /// Everything workers share.
 pub struct Delivery {
     registry: Arc<Plugins>,
@@ -79,7 +87,7 @@ pub struct Delivery {
     status: Arc<StatusBook>,
     metrics: Arc<Metrics>,
     cfg: DeliveryConfig,
-    workers: Mutex<HashMap<DestKey, mpsc::UnboundedSender<Job>, foldhash::fast::RandomState>>,
+    workers: Mutex<HashMap<DestKey, Worker, foldhash::fast::RandomState>>,
     calls: Semaphore,
     stop: watch::Sender<bool>,
     running: AtomicUsize,
@@ -122,5 +130,15 @@ impl Delivery {
     /// Where `GET /tap` viewers subscribe.
     pub fn tap(&self) -> &Arc<crate::tap::Tap> {
         &self.tap
+    }
+
+    /// Every live destination (one with a worker: something queued, in a call, or waiting for
+    /// a retry, or idle for less than the worker's idle time) and what it has done.
+    pub fn destinations(&self) -> Vec<(DestKey, DestinationStats)> {
+        let workers = self.workers.lock().unwrap();
+        let mut all: Vec<_> = workers.iter().map(|(dk, w)| (dk.clone(), w.stats.snapshot())).collect();
+        drop(workers);
+        all.sort_by(|a, b| (&a.0.key, &a.0.config).cmp(&(&b.0.key, &b.0.config)));
+        all
     }
 }

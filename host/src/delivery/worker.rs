@@ -4,7 +4,8 @@
 //! busy, gives the instance back when idle or asked, and retires when it has nothing to do.
 
 use super::batcher::Batcher;
-use super::{Delivery, DestKey, Job};
+use super::stats::DestStats;
+use super::{Delivery, DestKey, Job, Worker};
 use crate::queue::QueuedReport;
 use crate::runtime::{LoadedPlugin, Session};
 use std::sync::Arc;
@@ -78,7 +79,7 @@ impl Delivery {
         let dk = d.clone();
         let mut workers = self.workers.lock().unwrap();
         let job = match workers.get(&dk) {
-            Some(tx) => match tx.send(job) {
+            Some(w) => match w.tx.send(job) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(job)) => job,
             },
@@ -86,9 +87,10 @@ impl Delivery {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(job).ok();
-        workers.insert(dk.clone(), tx);
+        let stats = Arc::new(DestStats::default());
+        workers.insert(dk.clone(), Worker { tx, stats: stats.clone() });
         self.running.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(self.clone().run_worker(dk, rx));
+        tokio::spawn(self.clone().run_worker(dk, rx, stats));
     }
 
     /// Stop taking new batches, let in-flight ones finish until `deadline`,
@@ -110,7 +112,7 @@ impl Delivery {
         }
     }
 
-    async fn run_worker(self: Arc<Self>, dk: DestKey, mut rx: mpsc::UnboundedReceiver<Job>) {
+    async fn run_worker(self: Arc<Self>, dk: DestKey, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<DestStats>) {
         let mut jobs = Batcher::new(&self.cfg);
         // The instance and the plugin version it belongs to (a reload swaps the version).
         let mut session: Option<(Arc<LoadedPlugin>, Session)> = None;
@@ -184,9 +186,12 @@ impl Delivery {
                 }
             }
             let batch = jobs.next_batch();
-            for (job, retry_after) in self.deliver_batch(&dk, batch, &mut session).await {
+            for (job, retry_after) in self.deliver_batch(&dk, batch, &mut session, &stats).await {
                 jobs.retry_at(job, Instant::now() + retry_after);
             }
+            let next_retry_at_ms =
+                jobs.next_due().map(|at| crate::now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64);
+            stats.holding(jobs.len() + rx.len(), next_retry_at_ms);
             // Someone waits for an instance: give ours back rather than start the next batch.
             if session.as_ref().is_some_and(|(p, _)| p.contended()) {
                 close(&mut session, &dk).await;

@@ -148,13 +148,7 @@ impl FileStore {
             .files()
             .iter()
             .filter_map(|p| self.read(p))
-            .map(|d| Summary {
-                id: d.id,
-                consumer: d.consumer,
-                reason: d.reason,
-                attempts: d.attempts,
-                dead_at_ms: d.dead_at_ms,
-            })
+            .map(|d| d.summary())
             .collect();
         out.sort_by_key(|s| (s.dead_at_ms, s.id));
         out

@@ -97,13 +97,14 @@ impl DeadLetter {
         })
     }
 
-    fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         Summary {
             id: self.id,
             consumer: self.consumer.clone(),
             reason: self.reason.clone(),
             attempts: self.attempts,
             dead_at_ms: self.dead_at_ms,
+            tenant: self.tenant.clone(),
         }
     }
 }
@@ -121,6 +122,8 @@ pub struct Summary {
     pub attempts: u32,
     /// When, ms since the epoch.
     pub dead_at_ms: u64,
+    /// Whose report it is (its access key), when known.
+    pub tenant: Option<String>,
 }
 
 /// Why a dead letter was not stored, or the store could not be read.

@@ -335,10 +335,12 @@ impl Ingest {
         // Within the tenant's share of the queue: one whose destinations are down is refused alone.
         let share = crate::queue::TenantShare { max_bytes: tenant.cfg.max_queue_bytes, tenants: set.len() };
         let receipts = self.accept.accept(reports, true, Some(share)).await.map_err(|e| route_error(key, e))?;
+        let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
+        let metrics = self.accept.metrics();
+        metrics.count_tenant_reports(key, fresh);
         if cfg.tenant_metrics {
-            let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
             let labels = crate::metrics::Tenant { tenant: key.clone() };
-            self.accept.metrics().ingest_reports.get_or_create(&labels).inc_by(fresh);
+            metrics.ingest_reports.get_or_create(&labels).inc_by(fresh);
         }
         Ok(receipts)
     }

@@ -62,6 +62,11 @@ impl Match {
 }
 
 impl Route {
+    /// Where it sends (the destination as configured, parsed once).
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
     fn new(cfg: &RouteConfig, at: &str) -> Result<Route, String> {
         if cfg.consumer.is_empty() {
             return Err(format!("{at}: `consumer` is empty: name a loaded plugin's config key, e.g. \"file\""));
@@ -123,6 +128,11 @@ impl TenantSet {
     /// The access keys defined.
     pub fn access_keys(&self) -> impl Iterator<Item = &str> {
         self.by_key.keys().map(String::as_str)
+    }
+
+    /// The routes every tenant's reports take after its own (`[[ingest.routes]]`).
+    pub fn global_routes(&self) -> &[Route] {
+        &self.global
     }
 
     /// How many access keys are defined (each gets an equal share of the queue by default).

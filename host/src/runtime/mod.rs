@@ -563,6 +563,11 @@ impl LoadedPlugin {
         }
     }
 
+    /// Instances of `max_instances` in use now (by delivery workers, busy or idle).
+    pub fn instances_in_use(&self) -> usize {
+        self.limits.max_instances.max(1).saturating_sub(self.instances.available_permits())
+    }
+
     /// A fresh instance in a fresh store, once one of `max_instances` is free (an idle
     /// destination holding one is asked to close); a 0.2.0 plugin is initialised with the
     /// operator's settings.

@@ -358,8 +358,17 @@ fn public_state(s: &ConsumerState, destination: Option<&str>) -> serde_json::Val
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    match not_ready(&state) {
+        None => Json(json!({ "status": "ready" })).into_response(),
+        Some(message) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "message": message })))
+            .into_response(),
+    }
+}
+
+/// Why the host is not ready to take reports (`/readyz`, admin `/overview`); `None` when it is.
+fn not_ready(state: &AppState) -> Option<String> {
     let registry = state.registry.current();
-    let problem = if let Some(problem) = state.queue.problem() {
+    if let Some(problem) = state.queue.problem() {
         Some(problem)
     } else if let Some(conflict) = registry.conflicts().first() {
         Some(conflict.public_message())
@@ -371,11 +380,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
     } else {
         None
-    };
-    match problem {
-        None => Json(json!({ "status": "ready" })).into_response(),
-        Some(message) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "message": message })))
-            .into_response(),
     }
 }
 

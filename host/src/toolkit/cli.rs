@@ -185,6 +185,12 @@ pub async fn run(cmd: PluginCommand) -> i32 {
 pub struct TapArgs {
     /// Only this consumer (config key).
     pub consumer: Option<String>,
+    /// Only reports of this access key.
+    #[arg(long, value_name = "ACCESS_KEY")]
+    pub tenant: Option<String>,
+    /// Only reports with this label.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub label: Option<String>,
     /// Stop after this many events (at most 10000).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
@@ -204,8 +210,10 @@ impl TapArgs {
     pub fn query(&self) -> Vec<(&'static str, String)> {
         let mut q =
             vec![("limit", self.limit.to_string()), ("sample", self.sample.to_string()), ("wait", self.wait.clone())];
-        if let Some(c) = &self.consumer {
-            q.push(("consumer", c.clone()));
+        for (name, value) in [("consumer", &self.consumer), ("tenant", &self.tenant), ("label", &self.label)] {
+            if let Some(v) = value {
+                q.push((name, v.clone()));
+            }
         }
         q
     }

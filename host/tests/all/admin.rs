@@ -18,6 +18,12 @@ fn routes() -> Vec<(reqwest::Method, &'static str, Option<Value>)> {
         (M::POST, "/dlq/purge", Some(json!({"all": true}))),
         (M::GET, "/plugins", None),
         (M::POST, "/plugins/reload", None),
+        (M::GET, "/overview", None),
+        (M::GET, "/destinations", None),
+        (M::GET, "/reports/0193c5a0-0000-7000-8000-000000000000", None),
+        (M::GET, "/tenants", None),
+        (M::GET, "/tap?wait=1s", None),
+        (M::POST, "/test/opensearch", Some(json!({}))),
         (M::GET, "/no-such-route", None),
     ]
 }

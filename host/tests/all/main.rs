@@ -2,6 +2,7 @@
 //! TLS, real plugin components built from this repo. Start the servers with `make test`.
 
 mod admin;
+mod admin_views;
 mod browser;
 mod cli;
 mod console;

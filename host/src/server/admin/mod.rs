@@ -1,16 +1,21 @@
-//! The admin API (`admin_listen`): dead letters (listed, shown, replayed through the loaded
-//! plugin, purged) and plugins (everything about them, reload).
+//! The admin API (`admin_listen`): what flows (overview, live destinations, one report, the tap),
+//! dead letters (listed, filtered, shown, replayed through the loaded plugin, purged), plugins
+//! (everything about them, reload, test sends) and tenants.
 //!
 //! Every request must name the listener's own address in `Host` (a page on another site that
 //! rebinds its name to this address cannot reach it) and carry the admin token as
 //! `Authorization: Bearer <token>`, compared in constant time. Neither check echoes what was sent.
 //!
-//! One file per part: `token.rs` the token, `dlq.rs` dead letters, `plugins.rs` plugins,
-//! `observe.rs` the tap and test sends.
+//! One file per part: `token.rs` the token, `overview.rs` totals, queue and live destinations,
+//! `reports.rs` one report, `dlq.rs` dead letters, `plugins.rs` plugins, `tenants.rs` access
+//! keys, `observe.rs` the tap and test sends.
 
 mod dlq;
 mod observe;
+mod overview;
 mod plugins;
+mod reports;
+mod tenants;
 mod token;
 
 pub use token::{AdminToken, DEFAULT_TOKEN_FILE};
@@ -36,14 +41,18 @@ pub fn admin_app(state: AppState, addr: SocketAddr) -> Router {
         .route("/plugins", get(plugins::plugins))
         .route("/plugins/reload", post(plugins::reload_plugins))
         .route("/plugins/{name}", get(plugins::plugin_by_name))
+        .route("/overview", get(overview::overview))
+        .route("/destinations", get(overview::destinations))
+        .route("/reports/{id}", get(reports::report))
+        .route("/tenants", get(tenants::tenants))
         .route("/tap", get(observe::tap))
         .route("/test/{consumer}", post(observe::test_destination))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such admin endpoint: /dlq, /dlq/{id}, /dlq/replay, /dlq/purge, /plugins, /plugins/{name}, \
-                 /plugins/reload, /tap, /test/{consumer}",
+                "no such admin endpoint: /overview, /destinations, /reports/{id}, /tenants, /dlq, /dlq/{id}, \
+                 /dlq/replay, /dlq/purge, /plugins, /plugins/{name}, /plugins/reload, /tap, /test/{consumer}",
             )
         })
         .with_state(state)

@@ -16,7 +16,7 @@ pub(super) async fn tap(
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_tap_query", m);
     let axum::extract::Query(q) = query.map_err(|e| {
-        bad(format!("{e}: the query takes consumer=KEY, limit=N (at most 10000), sample=FRACTION, wait=DURATION"))
+        bad(format!("{e}: the query takes consumer=KEY, tenant=ACCESS_KEY, label=NAME=VALUE, limit=N (at most 10000), sample=FRACTION, wait=DURATION"))
     })?;
     let view = q.view().map_err(bad)?;
     let stream = crate::tap::stream(state.delivery.tap().clone(), view);

@@ -38,6 +38,7 @@ fn full_description(p: &crate::runtime::LoadedPlugin) -> Value {
         "limits": p.limits,
         "settings": crate::server::parameter_table(&p.settings),
         "files_dir": p.files_dir(),
+        "instances_in_use": p.instances_in_use(),
         "consecutive_crashes": p.health.consecutive_crashes(),
         "last_crash": p.health.last_crash(),
     });

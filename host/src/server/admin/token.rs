@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub struct AdminToken {
     digest: [u8; 32],
     /// Where the operator finds it, for error messages (a path, never the token).
-    source: Arc<str>,
+    pub(super) source: Arc<str>,
 }
 
 impl std::fmt::Debug for AdminToken {
