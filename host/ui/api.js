@@ -43,11 +43,10 @@ async function failure(resp) {
 
 /** A call to the admin API; the parsed JSON answer, or an ApiError. */
 export async function call(method, path, body, signal) {
+  // A view left (or logged out of) makes no more calls.
+  if (signal && signal.aborted) throw new DOMException("the view was left", "AbortError");
   const t = token.get();
-  if (!t) {
-    onUnauthorized("log in with the admin token first");
-    throw new ApiError(401, "unauthorized", "no admin token: log in first");
-  }
+  if (!t) throw new ApiError(401, "unauthorized", "no admin token: log in first");
   const headers = { Authorization: `Bearer ${t}`, Accept: "application/json" };
   const init = { method, headers, credentials: "omit", cache: "no-store", signal };
   if (body !== undefined) {

@@ -81,7 +81,7 @@ function render(section, o) {
         dl([
           ["Reports waiting", String(queue.depth ?? "—")],
           ["Bytes", bytes(queue.bytes)],
-          ["Oldest waiting", queue.oldest_age_seconds == null ? "—" : `${queue.oldest_age_seconds} s`],
+          ["Oldest waiting", queue.oldest_age_seconds == null ? "—" : `${Number(queue.oldest_age_seconds).toFixed(1)} s`],
           ["Dead letters held", String(o.dead_letters ? o.dead_letters.count : "—")],
           ["Rejected requests", String(o.totals ? o.totals.rejected : "—")],
         ]),

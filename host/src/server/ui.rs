@@ -25,7 +25,7 @@ struct Asset {
 }
 
 macro_rules! asset {
-    ($path:literal, $type:literal) => {
+    ($path:literal, $type:expr) => {
         Asset { path: $path, content_type: $type, body: include_bytes!(concat!("../../ui/", $path)) }
     };
 }
