@@ -10,13 +10,19 @@ function pairs(obj) {
   return h("ul", { class: "plain" }, entries.map(([k, v]) => h("li", {}, `${k}: ${text(v)}`)));
 }
 
+/** Whether a route's `match` selects anything (its empty lists and objects match every report). */
+function matches(m) {
+  if (!m || typeof m !== "object") return Boolean(m);
+  return Object.values(m).some((v) => (Array.isArray(v) ? v.length : v && typeof v === "object" ? Object.keys(v).length : v));
+}
+
 function routes(list) {
   if (!(list || []).length) return "—";
   return h(
     "ul",
     { class: "plain" },
     list.map((r) =>
-      h("li", {}, h("strong", {}, r.consumer), " ", h("code", {}, text(r.destination)), r.match ? ` when ${text(r.match)}` : ""),
+      h("li", {}, h("strong", {}, r.consumer), " ", h("code", {}, text(r.destination)), matches(r.match) ? ` when ${text(r.match)}` : ""),
     ),
   );
 }

@@ -24,7 +24,8 @@ pub struct Browser {
 }
 
 /// How to install what the browser tests need, for failure messages.
-const INSTALL: &str = "run `tests/servers/deps.sh` (as `make test` does), or `apt-get install chromium chromium-driver`";
+const INSTALL: &str =
+    "run `tests/servers/deps.sh` (as `make test` does), or `apt-get install chromium chromium-driver`";
 
 impl Browser {
     /// A fresh headless chromium with a window of `width` x `height` CSS pixels.
@@ -116,7 +117,8 @@ impl Browser {
     }
 
     async fn find(&self, css: &str) -> Option<Value> {
-        let v = self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        let v =
+            self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
         v.ok().map(|e| e[ELEMENT].clone())
     }
 
@@ -186,9 +188,8 @@ impl Browser {
     /// nodes' selectors), from `host/ui/node_modules/axe-core` (`npm ci` there: `make test`).
     pub async fn axe_serious(&self) -> Vec<Value> {
         let file = crate::helpers::repo_root().join("host/ui/node_modules/axe-core/axe.min.js");
-        let source = std::fs::read_to_string(&file).unwrap_or_else(|e| {
-            panic!("reading {} ({e}): run `npm ci` in host/ui (`make test` does)", file.display())
-        });
+        let source = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {} ({e}): run `npm ci` in host/ui (`make test` does)", file.display()));
         if self.run("return typeof window.axe", json!([])).await != "object" {
             self.run(&format!("{source}\nreturn typeof window.axe;"), json!([])).await;
         }

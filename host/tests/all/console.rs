@@ -32,12 +32,7 @@ async fn show(b: &Browser, app: &TestApp, view: &str) {
 /// The addresses the page fetched (its resource timing entries) that are not the console's files.
 async fn data_fetched(b: &Browser) -> Vec<String> {
     let all = b.run("return performance.getEntriesByType('resource').map(e => e.name)", json!([])).await;
-    all.as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_string())
-        .filter(|u| !u.contains("/ui/"))
-        .collect()
+    all.as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).filter(|u| !u.contains("/ui/")).collect()
 }
 
 /// A report sent to OpenSearch through `app`, delivered; its id.
@@ -210,7 +205,11 @@ async fn a_report_arrives_in_live_and_in_overview() {
     let other = delivered_report(&app, &index, &json!({"scan": "live-3"})).await;
     let hostile = dead_letter(&app, json!({"attack": "echo"}), &json!({"scan": "live-4"})).await;
     b.wait_text(&format!("tr[data-report=\"{hostile}\"]"), "permanent").await;
-    assert_eq!(b.text(&format!("tr[data-report=\"{other}\"]")).await, "", "the filter let another consumer's event through");
+    assert_eq!(
+        b.text(&format!("tr[data-report=\"{other}\"]")).await,
+        "",
+        "the filter let another consumer's event through"
+    );
 
     // The overview counts them.
     show(&b, &app, "overview").await;
@@ -243,8 +242,7 @@ async fn a_dead_letter_is_replayed_from_the_console_and_delivered_at_opensearch(
     b.click(&format!("{row} input[type=checkbox]")).await;
     b.click("button[data-action=replay-selected]").await;
     b.wait_text(".view > .result", "Replayed 1").await;
-    eventually(Duration::from_secs(30), "the replayed report at OpenSearch", async || get_doc(&index, &id).await)
-        .await;
+    eventually(Duration::from_secs(30), "the replayed report at OpenSearch", async || get_doc(&index, &id).await).await;
     assert_eq!(get_doc(&index, &id).await, Some(json!({"n": "replayed"})));
     b.wait_text("[data-count]", "0 dead letters").await;
 }
@@ -317,10 +315,21 @@ async fn a_quarantined_plugin_is_released_from_the_console() {
 }
 
 #[tokio::test]
-async fn markup_from_reports_and_plugins_shows_as_text_and_never_runs() {
-    let app = spawn_app_with(&["hostile"], |_| {}).await;
+async fn markup_from_reports_plugins_and_tenants_shows_as_text_and_never_runs() {
     let img = "<img src=x onerror=window.__dx_pwned=1>";
     let script = "<script>window.__dx_pwned=2</script>";
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("t.token");
+    std::fs::write(&token, "tok-markup-0123456789abcdef\n").unwrap();
+    let tenant: data_exporter::ingest::config::TenantConfig = serde_json::from_value(json!({
+        "access_key": "markup", "token_files": [token], "labels": {"note": img, "more": script},
+        "routes": [{"consumer": "hostile", "destination": {"attack": "echo"}}],
+    }))
+    .unwrap();
+    let app = spawn_app_with(&["hostile"], |c| {
+        c.ingest = data_exporter::ingest::config::IngestConfig { tenants: vec![tenant], ..Default::default() };
+    })
+    .await;
     let b = console(&app, 1280, 800, "live").await;
     b.wait_for("section.view[data-watching]").await;
     // In the payload, and as a destination key, which the plugin's reason repeats.
@@ -332,8 +341,18 @@ async fn markup_from_reports_and_plugins_shows_as_text_and_never_runs() {
     b.click(&format!("tr[data-id=\"{id}\"] button.link")).await;
     let detail = b.wait_text(".dlq-detail", "Payload").await;
     assert!(detail.contains(img) && detail.contains(script), "{detail}");
-    let ran = b.run("return [typeof window.__dx_pwned, document.querySelectorAll('main img, main script').length]", json!([])).await;
+    let ran = b
+        .run("return [typeof window.__dx_pwned, document.querySelectorAll('main img, main script').length]", json!([]))
+        .await;
     assert_eq!(ran, json!(["undefined", 0]), "markup from a report became part of the page");
+
+    show(&b, &app, "tenants").await;
+    let row = b.wait_text("tr[data-tenant=markup]", "note").await;
+    assert!(row.contains(img) && row.contains(script), "the tenant's labels as text: {row}");
+    let ran = b
+        .run("return [typeof window.__dx_pwned, document.querySelectorAll('main img, main script').length]", json!([]))
+        .await;
+    assert_eq!(ran, json!(["undefined", 0]), "markup from a tenant's labels became part of the page");
 }
 
 /// What shows that `view` finished loading.
@@ -406,7 +425,12 @@ async fn every_view_passes_axe_at_desktop_and_phone_size_and_is_photographed() {
         }
         // The phone's menu opens and closes the navigation.
         if width == 390 {
-            assert!(!b.run("return document.querySelector('#nav a').offsetParent !== null", json!([])).await.as_bool().unwrap());
+            assert!(
+                !b.run("return document.querySelector('#nav a').offsetParent !== null", json!([]))
+                    .await
+                    .as_bool()
+                    .unwrap()
+            );
             b.click("#menu-toggle").await;
             b.wait_for("#nav a[href='#/tenants']").await;
             b.click("#nav a[href='#/tenants']").await;
