@@ -248,21 +248,33 @@ async fn a_dead_letter_is_replayed_from_the_console_and_delivered_at_opensearch(
 }
 
 #[tokio::test]
-async fn purging_needs_the_word_typed() {
+async fn dead_letters_are_filtered_and_purging_needs_the_word_typed() {
     let app = spawn_app_with(&["hostile"], |_| {}).await;
-    let id = dead_letter(&app, json!({"attack": "echo"}), &json!({})).await;
+    // The plugin's reason names the destination's keys: one dead letter says alpha, one beta.
+    let alpha = dead_letter(&app, json!({"attack": "echo", "alpha": 1}), &json!({})).await;
+    let beta = dead_letter(&app, json!({"attack": "echo", "beta": 1}), &json!({})).await;
     let b = console(&app, 1280, 800, "dead-letters").await;
-    let row = format!("tr[data-id=\"{id}\"]");
-    b.wait_for(&row).await;
-    b.click(&format!("{row} input[type=checkbox]")).await;
+    b.wait_for(&format!("tr[data-id=\"{beta}\"]")).await;
+
+    // Filtered by reason: only alpha listed.
+    b.type_into("input[name=reason]", "alpha").await;
+    b.click("form.filters button[type=submit]").await;
+    b.wait_text("[data-count]", "1 shown").await;
+    assert!(b.text(".dlq-list").await.contains(&alpha));
+    assert_eq!(b.text(&format!("tr[data-id=\"{beta}\"]")).await, "", "the filter listed beta");
+
+    // Purging all matching: refused until the word is typed, then only alpha is gone.
+    b.select("select[name=scope]", "matching").await;
     b.type_into("input[name=confirm]", "yes").await;
     b.click("form.purge button[type=submit]").await;
     b.wait_text(".view > .result", "Type the word purge").await;
-    assert_eq!(app.admin_get("/dlq").await.1["count"], 1);
+    assert_eq!(app.admin_get("/dlq").await.1["count"], 2);
     b.type_into("input[name=confirm]", "purge").await;
     b.click("form.purge button[type=submit]").await;
     b.wait_text(".view > .result", "Purged 1").await;
-    assert_eq!(app.admin_get("/dlq").await.1["count"], 0);
+    let (_, left) = app.admin_get("/dlq").await;
+    assert_eq!(left["count"], 1, "{left}");
+    assert_eq!(left["entries"][0]["id"], beta.as_str());
 }
 
 #[tokio::test]
@@ -399,6 +411,7 @@ async fn every_view_passes_axe_at_desktop_and_phone_size_and_is_photographed() {
                 "reports" => {
                     b.type_into("input[name=id]", &delivered).await;
                     b.click("form[role=search] button[type=submit]").await;
+                    b.wait_text(".result table", "delivered").await;
                 }
                 "dead-letters" => b.click(&format!("tr[data-id=\"{dead}\"] button.link")).await,
                 "live" => {
