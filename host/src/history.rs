@@ -116,6 +116,9 @@ mod tests {
         let samples = history.samples();
         assert_eq!(samples.len(), KEEP);
         assert_eq!(samples[0].at_ms, 20, "the 20 oldest are forgotten");
-        assert_eq!((samples[KEEP - 1].accepted, samples[KEEP - 1].delivered), (2 * (KEEP as u64 + 20), KEEP as u64 + 20));
+        assert_eq!(
+            (samples[KEEP - 1].accepted, samples[KEEP - 1].delivered),
+            (2 * (KEEP as u64 + 20), KEEP as u64 + 20)
+        );
     }
 }

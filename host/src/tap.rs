@@ -248,8 +248,14 @@ mod tests {
         assert_eq!(admitted(&view(serde_json::json!({})).unwrap()), [true, true, true]);
         assert_eq!(admitted(&view(serde_json::json!({"tenant": "team-a"})).unwrap()), [true, false, false]);
         assert_eq!(admitted(&view(serde_json::json!({"label": "env=dev"})).unwrap()), [false, true, false]);
-        assert_eq!(admitted(&view(serde_json::json!({"label": "tag=app.web", "consumer": "file"})).unwrap()), [true, false, false]);
-        assert_eq!(admitted(&view(serde_json::json!({"consumer": "openSearch", "tenant": ""})).unwrap()), [false, false, true]);
+        assert_eq!(
+            admitted(&view(serde_json::json!({"label": "tag=app.web", "consumer": "file"})).unwrap()),
+            [true, false, false]
+        );
+        assert_eq!(
+            admitted(&view(serde_json::json!({"consumer": "openSearch", "tenant": ""})).unwrap()),
+            [false, false, true]
+        );
         let err = view(serde_json::json!({"label": "env"})).err().unwrap();
         assert!(err.contains("NAME=VALUE"), "{err}");
     }

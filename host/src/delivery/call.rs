@@ -5,8 +5,8 @@
 
 use super::blame::{Blame, Crash, blame};
 use super::settle::wait;
-use super::worker::close;
 use super::stats::DestStats;
+use super::worker::close;
 use super::{Delivery, DestKey, Job};
 use crate::capabilities::secrets;
 use crate::metrics;

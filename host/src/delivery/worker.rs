@@ -189,8 +189,9 @@ impl Delivery {
             for (job, retry_after) in self.deliver_batch(&dk, batch, &mut session, &stats).await {
                 jobs.retry_at(job, Instant::now() + retry_after);
             }
-            let next_retry_at_ms =
-                jobs.next_due().map(|at| crate::now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64);
+            let next_retry_at_ms = jobs
+                .next_due()
+                .map(|at| crate::now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64);
             stats.holding(jobs.len() + rx.len(), next_retry_at_ms);
             // Someone waits for an instance: give ours back rather than start the next batch.
             if session.as_ref().is_some_and(|(p, _)| p.contended()) {

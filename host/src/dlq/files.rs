@@ -144,12 +144,7 @@ impl FileStore {
 
     /// Every dead letter, oldest first (reads the files).
     fn summaries(&self) -> Vec<Summary> {
-        let mut out: Vec<Summary> = self
-            .files()
-            .iter()
-            .filter_map(|p| self.read(p))
-            .map(|d| d.summary())
-            .collect();
+        let mut out: Vec<Summary> = self.files().iter().filter_map(|p| self.read(p)).map(|d| d.summary()).collect();
         out.sort_by_key(|s| (s.dead_at_ms, s.id));
         out
     }

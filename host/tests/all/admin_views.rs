@@ -31,7 +31,10 @@ async fn the_overview_counts_what_was_accepted_delivered_and_dead_lettered_and_s
     // The newest sample is now: the history ends at the totals, oldest first.
     let samples = o["history"]["samples"].as_array().unwrap();
     let last = samples.last().unwrap();
-    assert_eq!((&last["accepted"], &last["delivered"], &last["dead_lettered"]), (&totals["accepted"], &totals["delivered"], &totals["dead_lettered"]));
+    assert_eq!(
+        (&last["accepted"], &last["delivered"], &last["dead_lettered"]),
+        (&totals["accepted"], &totals["delivered"], &totals["dead_lettered"])
+    );
     assert!(samples.windows(2).all(|w| w[0]["at_ms"].as_u64() <= w[1]["at_ms"].as_u64()), "{o}");
     assert_eq!(o["history"]["every_ms"], 5000);
     assert_eq!((&o["queue"]["depth"], &o["dead_letters"]["count"]), (&json!(0), &json!(1)), "{o}");
@@ -72,7 +75,10 @@ async fn a_failing_destination_shows_its_error_and_next_retry_with_its_secrets_h
     let failing = all.iter().find(|d| d["consumer"] == "hostile").unwrap();
     assert_eq!(failing["destination"]["password"], "***", "{failing}");
     assert_eq!(failing["destination"]["attack"], "batch-fail", "{failing}");
-    assert_eq!((failing["batches"].as_u64(), failing["failed"].as_u64(), failing["delivered"].as_u64()), (Some(1), Some(1), Some(0)));
+    assert_eq!(
+        (failing["batches"].as_u64(), failing["failed"].as_u64(), failing["delivered"].as_u64()),
+        (Some(1), Some(1), Some(0))
+    );
     assert_eq!(failing["waiting"], 1, "{failing}");
     assert!(failing["last_error"].as_str().unwrap().contains("fails the whole batch"), "{failing}");
     assert!(failing["next_retry_at_ms"].as_u64().unwrap() > failing["last_error_at_ms"].as_u64().unwrap());
@@ -114,8 +120,7 @@ async fn one_report_shows_each_consumers_state_and_its_dead_letters() {
 async fn dead_letters_are_filtered_and_replayed_by_what_they_are() {
     let app = spawn_app_with(&["hostile"], |_| {}).await;
     let echo = dead_letter(&app, json!({"n": 1})).await;
-    let (status, r) =
-        app.forward_wait(report_data("hostile", json!({"attack": "file"}), &json!({"n": 2}))).await;
+    let (status, r) = app.forward_wait(report_data("hostile", json!({"attack": "file"}), &json!({"n": 2}))).await;
     assert_eq!(status, 502, "{r}");
     let file = r["id"].as_str().unwrap().to_string();
 
@@ -147,12 +152,14 @@ async fn dead_letters_are_filtered_and_replayed_by_what_they_are() {
     assert_eq!((status, &v["purged"]), (200, &json!(1)), "{v}");
     let (_, v) = app.admin_get("/dlq").await;
     assert_eq!(ids(&v), vec![file.clone()], "{v}");
-    // Replay what matches: it fails again and is a dead letter again, with one more attempt.
+    // Replay what matches: it is delivered again, fails again, and is a dead letter again.
+    let (_, before) = app.admin_get(&format!("/dlq/{file}")).await;
+    let dead_at = before["entries"][0]["dead_at_ms"].as_u64().unwrap();
     let (status, v) = app.admin_post("/dlq/replay", json!({"matching": {"consumer": "hostile"}})).await;
     assert_eq!((status, &v["ids"]), (200, &json!([file])), "{v}");
     eventually(Duration::from_secs(20), "the replayed report dead-lettered again", async || {
         let (_, v) = app.admin_get(&format!("/dlq/{file}")).await;
-        if v["entries"][0]["attempts"] == 2 { Ok(()) } else { Err(v) }
+        if v["entries"][0]["dead_at_ms"].as_u64().is_some_and(|t| t > dead_at) { Ok(()) } else { Err(v) }
     })
     .await;
     // One way of choosing at a time.
@@ -165,6 +172,7 @@ async fn tenants_show_keys_limits_routes_and_counts_but_never_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = format!("tok-{}", uuid::Uuid::now_v7().simple());
     std::fs::write(dir.path().join("a.token"), &token).unwrap();
+    std::fs::write(dir.path().join("old.token"), format!("{token}-old")).unwrap();
     let tenant = |v: Value| -> TenantConfig { serde_json::from_value(v).unwrap() };
     let tenants = vec![
         tenant(json!({
@@ -172,7 +180,10 @@ async fn tenants_show_keys_limits_routes_and_counts_but_never_a_token() {
             "requests_per_sec": 50.0, "burst": 10, "labels": {"env": "prod"},
             "routes": [{"consumer": "discard", "destination": {"api_key": "k-SECRET-9"}, "match": {"tag": ["app.*"]}}],
         })),
-        tenant(json!({"access_key": "team-old", "token_files": [dir.path().join("a.token")], "revoked": true})),
+        tenant(json!({
+            "access_key": "team-old", "token_files": [dir.path().join("old.token")], "revoked": true,
+            "routes": [{"consumer": "discard", "destination": {}}],
+        })),
     ];
     let app = spawn_app_with(&["discard"], |c| {
         c.ingest.tenants = tenants;

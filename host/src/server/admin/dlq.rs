@@ -158,14 +158,8 @@ pub(super) fn entry(state: &AppState, d: DeadLetter, destination: Option<String>
 
 pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let entries: Vec<Value> = state
-        .dlq
-        .get(id)
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .map(|(d, dest)| entry(&state, d, dest))
-        .collect();
+    let entries: Vec<Value> =
+        state.dlq.get(id).await.map_err(store_error)?.into_iter().map(|(d, dest)| entry(&state, d, dest)).collect();
     if entries.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

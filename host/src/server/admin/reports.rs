@@ -39,7 +39,8 @@ pub(super) async fn report(State(state): State<AppState>, Path(id): Path<String>
             (d.key.clone(), redact_destination(&d.config, &secrets))
         })
         .collect();
-    let tenant = origin.as_ref().and_then(|o| o.tenant.clone()).or_else(|| dead.first().and_then(|d| d.0.tenant.clone()));
+    let tenant =
+        origin.as_ref().and_then(|o| o.tenant.clone()).or_else(|| dead.first().and_then(|d| d.0.tenant.clone()));
     let dead_letters: Vec<Value> = dead.into_iter().map(|(d, dest)| entry(&state, d, dest)).collect();
     Ok(Json(json!({
         "id": id,
