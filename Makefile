@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins
+.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins console-deps
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ plugins: wasm-target ## Build the plugin components: shipped ones to target/plug
 language-plugins: test-deps ## Build the example plugins in Python and JavaScript (examples/plugins) to target/language-plugins, pinned toolchains under target/languages
 	tests/languages/build.sh
 
+console-deps: test-deps ## Install the web console's test dependencies (axe-core, pinned in host/ui/package-lock.json) into host/ui/node_modules
+	cd host/ui && npm ci --no-audit --no-fund
+
 run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
 	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \
 	  --listen $(LISTEN) --plugins target/plugins --data-dir target/data
@@ -45,7 +48,7 @@ test-servers-down: ## Stop the test servers
 test-unit: ## The tests that need no server, no environment and no wasm build: every crate's unit tests
 	$(CARGO) test --workspace --lib
 
-test: test-deps plugins language-plugins test-servers ## Run every test against real servers (the unit tier first, without the servers' addresses)
+test: test-deps plugins language-plugins console-deps test-servers ## Run every test against real servers (the unit tier first, without the servers' addresses)
 	@rc=0; \
 	$(CARGO) test --workspace --lib || rc=$$?; \
 	set -a; . target/test-servers/env; set +a; \

@@ -24,6 +24,8 @@ libnginx-mod-stream     /usr/lib/nginx/modules/ngx_stream_module.so
 procps                  /bin/kill
 nodejs                  node
 npm                     npm
+chromium                chromium
+chromium-driver         chromedriver
 # end packages
 EOF
 )

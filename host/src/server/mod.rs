@@ -10,6 +10,7 @@ mod ingest;
 pub mod listener;
 mod refusals;
 pub mod tls;
+mod ui;
 
 pub use crate::listen::Limits;
 pub use admin::{AdminToken, admin_app};

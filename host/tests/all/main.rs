@@ -3,7 +3,9 @@
 
 mod admin;
 mod admin_views;
+mod browser;
 mod cli;
+mod console;
 mod contract;
 mod crash;
 mod dead_letter_io;

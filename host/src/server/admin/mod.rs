@@ -57,6 +57,7 @@ pub fn admin_app(state: AppState, addr: SocketAddr) -> Router {
         })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(guard, check))
+        .merge(super::ui::routes(addr))
 }
 
 struct Guard {
