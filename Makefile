@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins console-deps
+.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins console-deps screenshots
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -31,6 +31,11 @@ language-plugins: test-deps ## Build the example plugins in Python and JavaScrip
 
 console-deps: test-deps ## Install the web console's test dependencies (axe-core, pinned in host/ui/package-lock.json) into host/ui/node_modules
 	cd host/ui && npm ci --no-audit --no-fund
+
+screenshots: plugins console-deps test-servers ## Take the web console's screenshots for the README (docs/console/*.png) with the browser tests
+	@set -a; . target/test-servers/env; set +a; \
+	DX_UPDATE_SCREENSHOTS=1 $(CARGO) test -p data-exporter --test all -- console::every_view; rc=$$?; \
+	tests/servers/down.sh; exit $$rc
 
 run: build ## Build everything and serve on $(LISTEN) with the shipped plugins and default config
 	./target/release/data-exporter serve --config deploy/config/data-exporter.toml \

@@ -24,7 +24,7 @@ function plugin(p) {
       ["File", p.file],
       ["SHA-256", p.sha256],
       ["Contract", text(p.contract)],
-      ["Instances (at most)", p.limits ? text(p.limits.max_instances) : null],
+      ["Instances (in use / at most)", p.limits ? `${text(p.instances_in_use)} / ${text(p.limits.max_instances)}` : null],
       ["Consecutive crashes", text(p.consecutive_crashes)],
       ["Last crash", crash ? text(crash) : "none"],
     ]),

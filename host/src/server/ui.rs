@@ -81,14 +81,7 @@ fn serve(path: &str) -> Response {
 /// The admin listener's `Host` check (as the API's), then the console's security headers on
 /// whatever is answered.
 async fn guard(State(addr): State<SocketAddr>, req: Request, next: Next) -> Response {
-    let hosts: Vec<&str> = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .into_iter()
-        .chain(req.headers().get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("\u{0}")))
-        .collect();
-    let mut resp = if !hosts.is_empty() && hosts.iter().all(|h| super::admin::host_is(h, addr)) {
+    let mut resp = if super::admin::names_this_listener(&req, addr) {
         next.run(req).await
     } else {
         ApiError::new(

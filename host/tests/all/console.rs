@@ -400,7 +400,13 @@ async fn every_view_passes_axe_at_desktop_and_phone_size_and_is_photographed() {
     let index = index();
     let delivered = delivered_report(&app, &index, &json!({"scan": "kube-bench", "passed": 112})).await;
     let dead = dead_letter(&app, json!({"attack": "echo", "region": "eu"}), &json!({"scan": "trivy"})).await;
-    let shots = repo_root().join("docs/console");
+    // Every run takes them; the README's copies (docs/console) change only when asked
+    // (`make screenshots`: DX_UPDATE_SCREENSHOTS=1), so a test run leaves the tree clean.
+    let shots = match std::env::var_os("DX_UPDATE_SCREENSHOTS") {
+        Some(v) if v == "1" => repo_root().join("docs/console"),
+        _ => repo_root().join("target/console-screenshots"),
+    };
+    std::fs::create_dir_all(&shots).unwrap();
 
     for (width, height) in [(1280, 800), (390, 844)] {
         let b = console(&app, width, height, "overview").await;

@@ -67,16 +67,7 @@ struct Guard {
 
 /// The `Host` check, then the token, before any handler.
 async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    // HTTP/2 names the host in the URI's authority, HTTP/1.1 in `Host` (and a proxy-style
-    // absolute URI in both): every one given must be this listener, and one must be given.
-    let named: Vec<&str> = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .into_iter()
-        .chain(req.headers().get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("\u{0}")))
-        .collect();
-    if named.is_empty() || !named.iter().all(|h| host_is(h, guard.addr)) {
+    if !names_this_listener(&req, guard.addr) {
         return ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "wrong_host",
@@ -110,6 +101,20 @@ async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Res
     resp
 }
 
+/// Whether `req` names the listener at `addr` as its host. HTTP/2 names the host in the URI's
+/// authority, HTTP/1.1 in `Host` (and a proxy-style absolute URI in both): every one given must
+/// be this listener, and one must be given.
+pub(super) fn names_this_listener(req: &Request, addr: SocketAddr) -> bool {
+    let mut named = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .into_iter()
+        .chain(req.headers().get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("\u{0}")))
+        .peekable();
+    named.peek().is_some() && named.all(|h| host_is(h, addr))
+}
+
 /// The token of an `Authorization: Bearer <token>` value.
 fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
@@ -119,7 +124,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 /// Whether `host` (a `Host` value: `name[:port]`) names the listener at `addr`: the same port
 /// (80 when none is given) and its IP; on loopback also `localhost` and any loopback IP; on an
 /// unspecified address (`0.0.0.0`, `[::]`) any IP literal or `localhost`, never another name.
-pub(crate) fn host_is(host: &str, addr: SocketAddr) -> bool {
+fn host_is(host: &str, addr: SocketAddr) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let Some((ip, after)) = rest.split_once(']') else { return false };
         let port = match after {
