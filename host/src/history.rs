@@ -87,22 +87,43 @@ impl History {
     }
 }
 
-/// Sample `metrics`' totals into its history every [`EVERY`], until the host is gone.
-pub fn spawn_sampler(metrics: Weak<crate::metrics::Metrics>) {
+/// Sample `metrics`' totals into its history every `every` ([`EVERY`] in a host), until the
+/// host is gone (the task holds no strong reference, and ends at the first tick after).
+pub fn spawn_sampler(metrics: Weak<crate::metrics::Metrics>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
             let Some(m) = metrics.upgrade() else { break };
             m.history.record(m.totals.sample(crate::now_ms()));
         }
-    });
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn the_sampler_records_the_totals_until_the_host_is_gone() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let sampler = spawn_sampler(Arc::downgrade(&metrics), Duration::from_millis(5));
+        Totals::add(&metrics.totals.accepted, 7);
+        // Three samples, the last with the 7 accepted (each tick is an event to wait for).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metrics.history.samples().iter().filter(|s| s.accepted == 7).count() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "no samples: {:?}", metrics.history.samples());
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let samples = metrics.history.samples();
+        assert!(samples.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "{samples:?}");
+        // The host drops its metrics: the sampler ends.
+        drop(metrics);
+        tokio::time::timeout(Duration::from_secs(10), sampler).await.expect("the sampler ended").unwrap();
+    }
 
     #[test]
     fn the_ring_keeps_the_last_quarter_hour_oldest_first() {

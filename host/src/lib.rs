@@ -214,7 +214,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<Host> {
     let queue::Opened { queue, recovery, kafka } = queue::open(&cfg.queue, cfg.role, &cfg.data_dir, sealer.clone())
         .with_context(|| format!("opening the {:?} queue", cfg.queue.backend()))?;
     let metrics = Arc::new(metrics::Metrics::new());
-    history::spawn_sampler(Arc::downgrade(&metrics));
+    history::spawn_sampler(Arc::downgrade(&metrics), history::EVERY);
     if recovery.damage.any() || recovery.unreadable_records > 0 {
         tracing::warn!(
             torn_tail_bytes = recovery.damage.torn_tail_bytes,

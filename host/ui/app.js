@@ -37,7 +37,13 @@ function stopView() {
 function takeTokenFromFragment() {
   const m = /^#token=(.+)$/.exec(location.hash);
   if (!m) return;
-  token.set(decodeURIComponent(m[1]));
+  let t;
+  try {
+    t = decodeURIComponent(m[1]);
+  } catch {
+    t = m[1]; // a stray `%`: taken as typed
+  }
+  token.set(t);
   history.replaceState(null, "", location.pathname + location.search + "#/overview");
 }
 
@@ -56,7 +62,9 @@ function showLogin(message) {
   const input = h("input", {
     type: "password",
     name: "token",
-    autocomplete: "current-password",
+    // Not a site password: no offer to save it in the browser's password manager.
+    autocomplete: "off",
+    "data-lpignore": "true",
     required: true,
     spellcheck: "false",
   });
@@ -138,6 +146,11 @@ logout.addEventListener("click", () => {
   token.clear();
   history.replaceState(null, "", location.pathname);
   showLogin(null);
+});
+// The skip link moves focus to the view; it is not a route.
+document.querySelector(".skip-link").addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
 });
 window.addEventListener("hashchange", () => {
   if (location.hash.startsWith("#token=")) takeTokenFromFragment();

@@ -20,8 +20,14 @@ export default function deadLetters(section, signal) {
   const list = h("div", { class: "dlq-list" }, notice("info", "Loading…"));
   const detail = h("div", { class: "dlq-detail", "aria-live": "polite" });
   const result = h("div", { class: "result", "aria-live": "polite" });
+  // Selected dead letters, each a report at one consumer: `id consumer`.
   let selected = new Set();
+  const key = (e) => `${e.id} ${e.consumer}`;
   let shown = [];
+  // The filters the list was loaded with: what "all matching" means (not what is typed since).
+  let applied = {};
+  // Most dead letters listed at once (the count says how many matched).
+  const LIMIT = 500;
 
   const matching = () => {
     const m = {};
@@ -64,15 +70,17 @@ export default function deadLetters(section, signal) {
 
   const load = async () => {
     try {
-      const v = await get(`/dlq${query(matching())}`, signal);
+      const filters = matching();
+      const v = await get(`/dlq${query({ ...filters, limit: LIMIT })}`, signal);
+      applied = filters;
       shown = v.entries || [];
-      selected = new Set([...selected].filter((id) => shown.some((e) => e.id === id)));
+      selected = new Set(shown.map(key).filter((k) => selected.has(k)));
       replace(
         list,
         h(
           "p",
           { class: "muted", dataset: { count: String(v.count) } },
-          `${v.count} dead letters held (${bytes(v.bytes)}); ${shown.length} shown.`,
+          `${v.count} dead letters held (${bytes(v.bytes)}); ${v.matched} matching, ${shown.length} shown.`,
         ),
         table(
           "Dead letters",
@@ -80,9 +88,9 @@ export default function deadLetters(section, signal) {
           shown.map((e) => {
             const box = h("input", {
               type: "checkbox",
-              checked: selected.has(e.id),
+              checked: selected.has(key(e)),
               "aria-label": `select ${e.id} at ${e.consumer}`,
-              onchange: () => (box.checked ? selected.add(e.id) : selected.delete(e.id)),
+              onchange: () => (box.checked ? selected.add(key(e)) : selected.delete(key(e))),
             });
             return row(
               [
@@ -118,11 +126,25 @@ export default function deadLetters(section, signal) {
     }
   };
   const selection = (all) => {
-    if (all) {
-      const m = matching();
-      return Object.keys(m).length ? { matching: m } : { all: true };
-    }
-    return { ids: [...selected] };
+    if (all) return Object.keys(applied).length ? { matching: applied } : { all: true };
+    const letters = [...selected].map((k) => {
+      const [id, ...consumer] = k.split(" ");
+      return { id, consumer: consumer.join(" ") };
+    });
+    return { letters };
+  };
+  // With no filter applied, "all matching" is every dead letter: said, and confirmed, first.
+  const replayMatching = () => {
+    if (Object.keys(applied).length) return act("replay", selection(true));
+    replace(
+      result,
+      notice("info", "No filter is applied: this replays every dead letter held."),
+      h(
+        "button",
+        { type: "button", dataset: { action: "replay-everything" }, onclick: () => act("replay", { all: true }) },
+        "Replay every dead letter",
+      ),
+    );
   };
   const needSelection = (f) => () => {
     if (!selected.size) replace(result, notice("error", "Select dead letters first (the boxes in the first column)."));
@@ -134,7 +156,7 @@ export default function deadLetters(section, signal) {
     "select",
     { name: "scope" },
     h("option", { value: "selected" }, "the selected dead letters"),
-    h("option", { value: "matching" }, "all dead letters matching the filters"),
+    h("option", { value: "matching" }, "all dead letters matching the applied filters (all, without one)"),
   );
   const purgeForm = h(
     "form",
@@ -188,7 +210,7 @@ export default function deadLetters(section, signal) {
       ),
       h(
         "button",
-        { type: "button", dataset: { action: "replay-matching" }, onclick: () => act("replay", selection(true)) },
+        { type: "button", dataset: { action: "replay-matching" }, onclick: replayMatching },
         "Replay all matching",
       ),
     ),

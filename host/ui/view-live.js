@@ -34,6 +34,8 @@ export default function live(section, signal) {
   const pauseBtn = h("button", { type: "button", "aria-pressed": "false" }, "Pause");
   let paused = false;
   let held = [];
+  // Events that arrived while paused (held keeps the newest KEEP of them).
+  let arrived = 0;
   let seen = 0;
   let lost = 0;
   let stream = null;
@@ -41,7 +43,7 @@ export default function live(section, signal) {
 
   const say = (msg) => replace(state, msg);
   const status = () => {
-    if (paused) say(`Paused: ${held.length} events arrived meanwhile (shown on resume). ${seen} seen in all.`);
+    if (paused) say(`Paused: ${arrived} events arrived meanwhile (the newest ${Math.min(arrived, KEEP)} shown on resume). ${seen} seen in all.`);
     else if (!open) say("Connecting…");
     else say(`Watching: ${seen} events seen${lost ? `, ${lost} lost while this viewer fell behind` : ""}.`);
   };
@@ -56,8 +58,12 @@ export default function live(section, signal) {
       return;
     } else {
       seen++;
-      if (paused) held.push(e);
-      else show(e);
+      // Held while paused, at most what the table keeps: older ones would be dropped anyway.
+      if (paused) {
+        arrived++;
+        held.push(e);
+        if (held.length > KEEP) held.shift();
+      } else show(e);
     }
     status();
   };
@@ -66,7 +72,7 @@ export default function live(section, signal) {
     if (stream) stream.abort();
     stream = new AbortController();
     const mine = stream;
-    signal.addEventListener("abort", () => mine.abort());
+    signal.addEventListener("abort", () => mine.abort(), { signal: mine.signal });
     const params = {
       consumer: inputs.consumer.value.trim(),
       tenant: inputs.tenant.value.trim(),
@@ -80,6 +86,7 @@ export default function live(section, signal) {
     (async () => {
       // The tap ends after `limit` events or `wait`: start it again until the view is left.
       while (!mine.signal.aborted) {
+        const began = Date.now();
         try {
           await streamLines(`/tap${query(params)}`, mine.signal, onLine, () => {
             open = true;
@@ -91,6 +98,8 @@ export default function live(section, signal) {
           say(notice("error", e.message));
           return;
         }
+        // A stream that ended at once (the host shutting down): wait a little before the next.
+        if (Date.now() - began < 1000) await new Promise((r) => setTimeout(r, 1000));
       }
     })();
   };
@@ -102,6 +111,7 @@ export default function live(section, signal) {
     if (!paused) {
       for (const e of held) show(e);
       held = [];
+      arrived = 0;
     }
     status();
   });
@@ -118,6 +128,7 @@ export default function live(section, signal) {
           e.preventDefault();
           tbody.replaceChildren();
           held = [];
+          arrived = 0;
           seen = 0;
           start();
         },

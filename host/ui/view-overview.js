@@ -123,7 +123,12 @@ export default function overview(section, signal) {
       if (!signal.aborted && e.name !== "AbortError") replace(section, notice("error", e.message));
     }
   };
-  load();
-  const timer = setInterval(load, 2000);
-  signal.addEventListener("abort", () => clearInterval(timer));
+  // The next load 2 s after the last one answered: never two at once on a slow host.
+  let timer;
+  const loop = async () => {
+    await load();
+    if (!signal.aborted) timer = setTimeout(loop, 2000);
+  };
+  loop();
+  signal.addEventListener("abort", () => clearTimeout(timer));
 }

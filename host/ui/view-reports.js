@@ -18,7 +18,9 @@ function render(out, r) {
   replace(
     out,
     h("h2", {}, "Report ", h("code", {}, r.id)),
-    r.known ? null : notice("info", "This host knows nothing of this report (never accepted here, or forgotten since)."),
+    r.known
+      ? null
+      : notice("info", "The host no longer tracks this report (finished long ago, or another process's): its dead letters say where it stands."),
     r.tenant ? h("p", {}, "Tenant: ", h("code", {}, r.tenant)) : null,
     table(
       "State per consumer",
@@ -59,7 +61,11 @@ export default function reports(section, signal) {
   replace(section, form, out);
   const m = /[?&]id=([^&]+)/.exec(location.hash);
   if (m) {
-    input.value = decodeURIComponent(m[1]);
+    try {
+      input.value = decodeURIComponent(m[1]);
+    } catch {
+      input.value = m[1];
+    }
     look(input.value);
   }
 }

@@ -70,16 +70,19 @@ impl Delivery {
             // it with a binding; until then the reports wait rather than become dead letters.
             if let Some(conflict) = registry.conflicts().iter().find(|c| c.config_key == dk.key) {
                 let reason = conflict.public_message();
+                stats.failed_without_call(batch.len(), &reason);
                 return batch.into_iter().map(|job| self.wait(job, &reason, wait::CONTESTED)).collect();
             }
             let reason = format!(
                 "no loaded plugin consumes `{}` any more; load one and replay with `data-exporter dlq replay`",
                 dk.key
             );
+            stats.failed_without_call(batch.len(), &reason);
             return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
         };
         let labels = metrics::Consumer { consumer: dk.key.clone(), plugin: plugin.info.name.clone() };
         if plugin.health.quarantined() {
+            stats.failed_without_call(batch.len(), &format!("the plugin `{}` is quarantined", plugin.info.name));
             return self.hold_quarantined(&plugin, batch).await;
         }
         // The plugin sees the destination without its secret reference; the host holds the secret.
@@ -88,9 +91,11 @@ impl Delivery {
             Ok(resolved) => resolved,
             // The Secret may be mounted late or rotated: retry rather than give up.
             Err(secrets::Unresolved::Unavailable(reason)) => {
+                stats.failed_without_call(batch.len(), &reason);
                 return self.retry_or_dead_all(batch, &reason, None, &labels).await;
             }
             Err(secrets::Unresolved::Malformed(reason)) => {
+                stats.failed_without_call(batch.len(), &reason);
                 return self.dead_letter_all(batch.into_iter().map(|j| (j, reason.clone()))).await;
             }
         };
@@ -98,7 +103,10 @@ impl Delivery {
         let mut retries = Vec::new();
         let mut crashed = match self.call(&ctx, batch, session).await {
             Ok(settled) => return settled,
-            Err((jobs, Failed::NoInstance(reason))) => return self.retry_all(&ctx, jobs, &reason).await,
+            Err((jobs, Failed::NoInstance(reason))) => {
+                stats.failed_without_call(jobs.len(), &reason);
+                return self.retry_all(&ctx, jobs, &reason).await;
+            }
             Err((jobs, Failed::Crashed(e, explained))) => vec![(jobs, e, explained)],
         };
         // Find whom to blame: split a crashed batch in halves and call each, until one report
@@ -161,6 +169,7 @@ impl Delivery {
                 match self.call(&ctx, half, session).await {
                     Ok(settled) => retries.extend(settled),
                     Err((jobs, Failed::NoInstance(reason))) => {
+                        stats.failed_without_call(jobs.len(), &reason);
                         retries.extend(self.retry_all(&ctx, jobs, &reason).await)
                     }
                     Err((jobs, Failed::Crashed(e, explained))) => crashed.push((jobs, e, explained)),
@@ -170,6 +179,7 @@ impl Delivery {
         retries
     }
 
+    /// Retry `jobs` that got no call (no instance) or whose call crashed.
     async fn retry_all(&self, ctx: &CallCtx<'_>, jobs: Vec<Job>, reason: &str) -> Vec<(Job, Duration)> {
         self.retry_or_dead_all(jobs, reason, None, ctx.labels).await
     }

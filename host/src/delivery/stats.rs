@@ -18,13 +18,17 @@ pub struct DestStats(Mutex<Snapshot>);
 /// What `GET /destinations` shows of one destination (besides its consumer and config).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Snapshot {
-    /// Reports held by the worker: ready for the next batch or waiting for a retry.
+    /// Reports held by the worker: ready for the next batch, in the call under way, or waiting
+    /// for a retry (as of the last batch cut or settled).
     pub waiting: usize,
     /// Plugin calls made.
     pub batches: u64,
     /// Reports the destination acknowledged.
     pub delivered: u64,
-    /// Reports a call did not deliver (each is retried or dead-lettered as its settlement says).
+    /// Reports a call did not deliver, or that failed without a call (no plugin, quarantined,
+    /// secret missing, no instance); each is retried or dead-lettered as its settlement says. A
+    /// report in a crashed batch counts once per call it crashed in (the batch is split to find
+    /// whom to blame).
     pub failed: u64,
     /// How long the last call took, ms.
     pub last_latency_ms: Option<u64>,
@@ -63,6 +67,15 @@ impl DestStats {
             s.last_error = Some(crate::redact::public_reason(&e));
             s.last_error_at_ms = Some(crate::now_ms());
         }
+    }
+
+    /// `reports` reports failed without a plugin call (no plugin, quarantined, secret missing,
+    /// no instance): counted as failed, `reason` kept as the last error.
+    pub(super) fn failed_without_call(&self, reports: usize, reason: &str) {
+        let mut s = self.0.lock().unwrap();
+        s.failed += reports as u64;
+        s.last_error = Some(crate::redact::public_reason(reason));
+        s.last_error_at_ms = Some(crate::now_ms());
     }
 
     /// What the worker holds now, and when its earliest retry is due.

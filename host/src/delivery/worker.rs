@@ -186,13 +186,15 @@ impl Delivery {
                 }
             }
             let batch = jobs.next_batch();
+            let retry_at_ms = |jobs: &Batcher| {
+                jobs.next_due()
+                    .map(|at| crate::now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64)
+            };
+            stats.holding(jobs.len() + batch.len() + rx.len(), retry_at_ms(&jobs));
             for (job, retry_after) in self.deliver_batch(&dk, batch, &mut session, &stats).await {
                 jobs.retry_at(job, Instant::now() + retry_after);
             }
-            let next_retry_at_ms = jobs
-                .next_due()
-                .map(|at| crate::now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64);
-            stats.holding(jobs.len() + rx.len(), next_retry_at_ms);
+            stats.holding(jobs.len() + rx.len(), retry_at_ms(&jobs));
             // Someone waits for an instance: give ours back rather than start the next batch.
             if session.as_ref().is_some_and(|(p, _)| p.contended()) {
                 close(&mut session, &dk).await;

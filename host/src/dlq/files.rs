@@ -5,7 +5,9 @@
 //! async worker, so a slow or stalled disk delays that dead letter only (not `/healthz`, not
 //! other deliveries).
 
-use super::{DeadLetter, DeadLetterStore, DlqConfig, DlqError, Letters, ReplayError, Requeue, SOURCE_PREFIX, Summary};
+use super::{
+    Chosen, DeadLetter, DeadLetterStore, DlqConfig, DlqError, Letters, ReplayError, Requeue, SOURCE_PREFIX, Summary,
+};
 use crate::destination::Destination;
 use crate::queue::QueuedReport;
 use crate::queue::crypto::Sealer;
@@ -170,13 +172,13 @@ impl FileStore {
         d.destination(&self.sealer)
     }
 
-    /// The dead letters of `ids` (all when `None`), with their files (left in place), as
-    /// reports ready to queue again (same id, one destination each).
-    fn take(&self, ids: Option<&[Uuid]>) -> Vec<(QueuedReport, PathBuf)> {
+    /// The chosen dead letters, with their files (left in place), as reports ready to queue
+    /// again (same id, one destination each).
+    fn take(&self, which: &Chosen) -> Vec<(QueuedReport, PathBuf)> {
         let mut out = Vec::new();
         for p in self.files() {
             let Some(d) = self.read(&p) else { continue };
-            if ids.is_some_and(|ids| !ids.contains(&d.id)) {
+            if !which.takes(d.id, &d.consumer) {
                 continue;
             }
             let Some(report) = d.into_report(&self.sealer) else {
@@ -221,13 +223,13 @@ impl FileStore {
         }
     }
 
-    /// Delete the dead letters of `ids` (all when `None`); how many.
-    fn delete(&self, ids: Option<&[Uuid]>) -> usize {
+    /// Delete the chosen dead letters; how many.
+    fn delete(&self, which: &Chosen) -> usize {
         let mut n = 0;
         for p in self.files() {
-            let hit = match ids {
-                None => true,
-                Some(ids) => self.read(&p).is_some_and(|d| ids.contains(&d.id)),
+            let hit = match which {
+                Chosen::All => true,
+                _ => self.read(&p).is_some_and(|d| which.takes(d.id, &d.consumer)),
             };
             if hit {
                 self.remove(&p);
@@ -312,16 +314,12 @@ impl DeadLetterStore for FileStore {
         Box::pin(async move { if self.holds(id) { self.off_thread(move |s| s.letters(id)).await } else { Vec::new() } })
     }
 
-    fn replay<'a>(
-        &'a self,
-        ids: Option<&'a [Uuid]>,
-        to: &'a Requeue<'a>,
-    ) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>> {
+    fn replay<'a>(&'a self, which: &'a Chosen, to: &'a Requeue<'a>) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>> {
         Box::pin(async move {
-            let wanted = ids.map(<[Uuid]>::to_vec);
-            let taken = self.off_thread(move |s| s.take(wanted.as_deref())).await;
+            let wanted = which.clone();
+            let taken = self.off_thread(move |s| s.take(&wanted)).await;
             // Named by id, a record no route took is refused before anything is replayed.
-            if ids.is_some()
+            if *which != Chosen::All
                 && let Some((report, _)) = taken.iter().find(|(r, _)| r.dests[0].key.starts_with(SOURCE_PREFIX))
             {
                 return Err(ReplayError::Selection(format!(
@@ -356,10 +354,10 @@ impl DeadLetterStore for FileStore {
         })
     }
 
-    fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>> {
+    fn purge<'a>(&'a self, which: &'a Chosen) -> BoxFuture<'a, Result<usize, ReplayError>> {
         Box::pin(async move {
-            let ids = ids.map(<[Uuid]>::to_vec);
-            Ok(self.off_thread(move |s| s.delete(ids.as_deref())).await)
+            let which = which.clone();
+            Ok(self.off_thread(move |s| s.delete(&which)).await)
         })
     }
 }
@@ -415,13 +413,13 @@ mod tests {
         let got = store.get(a.id).await.unwrap();
         let (dl, dest) = &got[0];
         assert_eq!((dl.attempts, dest.as_deref()), (1, Some(r#"{"password":"pw-9f8e7d"}"#)));
-        let taken = files.take(Some(&[b.id]));
+        let taken = files.take(&Chosen::Ids([b.id].into()));
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].0.id, b.id);
         assert_eq!(&*taken[0].0.dests[0].config, r#"{"password":"pw-9f8e7d"}"#);
         files.remove(&taken[0].1);
         assert_eq!(store.usage().unwrap().0, 1);
-        assert_eq!(store.purge(None).await.unwrap(), 1);
+        assert_eq!(store.purge(&Chosen::All).await.unwrap(), 1);
         assert!(store.list().await.unwrap().is_empty());
     }
 
@@ -454,7 +452,7 @@ mod tests {
         let (a, b) = (report(), report());
         store.put(&a, &a.dests[0], "mapping error", 1, 10).await.unwrap();
         store.put(&b, &b.dests[0], "401", 1, 11).await.unwrap();
-        assert_eq!(store.purge(Some(&[a.id])).await.unwrap(), 1);
+        assert_eq!(store.purge(&Chosen::Ids([a.id].into())).await.unwrap(), 1);
         assert!(store.get(a.id).await.unwrap().is_empty());
         assert_eq!(store.list().await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [b.id]);
         assert!(!files.holds(a.id));

@@ -15,7 +15,7 @@ use crate::runtime::registry::Plugins;
 use crate::status::{ConsumerState, StatusBook};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use uuid::Uuid;
 
@@ -290,15 +290,39 @@ pub trait DeadLetterStore: Send + Sync {
         Box::pin(std::future::ready(Vec::new()))
     }
 
-    /// Queue the dead letters of `ids` (all when `None`) again, in order; the replayed ids.
-    fn replay<'a>(
-        &'a self,
-        ids: Option<&'a [Uuid]>,
-        to: &'a Requeue<'a>,
-    ) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>>;
+    /// Whether it replays and purges a selection ([`Chosen::Ids`], [`Chosen::Letters`]), not
+    /// only everything (the dead-letter topic).
+    fn selects(&self) -> bool {
+        true
+    }
 
-    /// Delete the dead letters of `ids` (all when `None`); how many.
-    fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>>;
+    /// Queue the chosen dead letters again, in order; the replayed ids.
+    fn replay<'a>(&'a self, which: &'a Chosen, to: &'a Requeue<'a>) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>>;
+
+    /// Delete the chosen dead letters; how many.
+    fn purge<'a>(&'a self, which: &'a Chosen) -> BoxFuture<'a, Result<usize, ReplayError>>;
+}
+
+/// Which dead letters a replay or purge takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chosen {
+    /// Every one.
+    All,
+    /// Every dead letter of these reports, at any consumer.
+    Ids(HashSet<Uuid>),
+    /// These: a report's dead letter at one consumer each.
+    Letters(HashSet<(Uuid, String)>),
+}
+
+impl Chosen {
+    /// Whether the dead letter of report `id` at `consumer` is chosen.
+    pub fn takes(&self, id: Uuid, consumer: &str) -> bool {
+        match self {
+            Chosen::All => true,
+            Chosen::Ids(ids) => ids.contains(&id),
+            Chosen::Letters(letters) => letters.contains(&(id, consumer.to_string())),
+        }
+    }
 }
 
 /// Dead letters of one report, each with its destination opened (`None`: sealed with another key).

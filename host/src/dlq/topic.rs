@@ -7,7 +7,7 @@
 //! commits past them, a purge commits past them only. A topic cannot drop single records: it
 //! is replayed or purged whole.
 
-use super::{DeadLetter, DeadLetterStore, DlqError, Letters, ReplayError, Requeue, Summary};
+use super::{Chosen, DeadLetter, DeadLetterStore, DlqError, Letters, ReplayError, Requeue, Summary};
 use crate::destination::Destination;
 use crate::kafka::KafkaConfig;
 use crate::queue::QueuedReport;
@@ -291,24 +291,24 @@ impl DeadLetterStore for TopicStore {
         })
     }
 
-    /// Whole only: `ids` are refused.
-    fn replay<'a>(
-        &'a self,
-        ids: Option<&'a [Uuid]>,
-        to: &'a Requeue<'a>,
-    ) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>> {
+    fn selects(&self) -> bool {
+        false
+    }
+
+    /// Whole only: a selection is refused.
+    fn replay<'a>(&'a self, which: &'a Chosen, to: &'a Requeue<'a>) -> BoxFuture<'a, Result<Vec<Uuid>, ReplayError>> {
         Box::pin(async move {
-            if ids.is_some() {
+            if *which != Chosen::All {
                 return Err(ReplayError::Selection(self.whole_only()));
             }
             self.replay_all(to).await
         })
     }
 
-    /// Whole only: `ids` are refused.
-    fn purge<'a>(&'a self, ids: Option<&'a [Uuid]>) -> BoxFuture<'a, Result<usize, ReplayError>> {
+    /// Whole only: a selection is refused.
+    fn purge<'a>(&'a self, which: &'a Chosen) -> BoxFuture<'a, Result<usize, ReplayError>> {
         Box::pin(async move {
-            if ids.is_some() {
+            if *which != Chosen::All {
                 return Err(ReplayError::Selection(self.whole_only()));
             }
             self.purge_all().await.map_err(|error| ReplayError::Store { error, replayed: 0 })

@@ -109,6 +109,19 @@ async fn one_report_shows_each_consumers_state_and_its_dead_letters() {
     assert_eq!(dead[0]["payload"], json!({"scan": "kube-bench"}));
     assert!(!v.to_string().contains("tok-secret-42"), "{v}");
 
+    // After a restart the status book is new: the report is still found by its dead letter.
+    let data = tempfile::tempdir().unwrap();
+    let first = spawn_app_at(plugins_dir(&["hostile"]), data.path(), |_| {}).await;
+    let old = dead_letter(&first, json!({"n": "before the restart"})).await;
+    first.host.shutdown(tokio::time::Instant::now() + first.host.grace()).await;
+    drop(first);
+    let again = spawn_app_at(plugins_dir(&["hostile"]), data.path(), |_| {}).await;
+    let (status, v) = again.admin_get(&format!("/reports/{old}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((&v["known"], &v["consumers"]["hostile"]["status"]), (&json!(false), &json!("dead_lettered")), "{v}");
+    assert_eq!(v["destinations"]["hostile"]["attack"], "echo", "{v}");
+    assert_eq!(v["dead_letters"][0]["payload"], json!({"n": "before the restart"}), "{v}");
+
     let unknown = uuid::Uuid::now_v7();
     let (status, v) = app.admin_get(&format!("/reports/{unknown}")).await;
     assert_eq!((status, &v["error"]["code"]), (404, &json!("unknown_report")), "{v}");
@@ -162,9 +175,46 @@ async fn dead_letters_are_filtered_and_replayed_by_what_they_are() {
         if v["entries"][0]["dead_at_ms"].as_u64().is_some_and(|t| t > dead_at) { Ok(()) } else { Err(v) }
     })
     .await;
-    // One way of choosing at a time.
+    // One way of choosing at a time, and `matching` with a condition (not everything by accident).
     let (status, v) = app.admin_post("/dlq/replay", json!({"all": true, "matching": {}})).await;
     assert_eq!((status, &v["error"]["code"]), (400, &json!("invalid_selection")), "{v}");
+    let (status, v) = app.admin_post("/dlq/purge", json!({"matching": {"reason": ""}})).await;
+    assert_eq!((status, &v["error"]["code"]), (400, &json!("invalid_selection")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no condition"), "{v}");
+    let (_, v) = app.admin_get("/dlq").await;
+    assert_eq!(v["count"], 1, "{v}");
+}
+
+#[tokio::test]
+async fn a_selection_takes_a_report_at_the_consumer_it_names_not_its_other_dead_letters() {
+    let app = spawn_app_with(&["hostile", "opensearch"], |c| c.delivery.max_attempts = 1).await;
+    // One report, dead-lettered at two consumers: hostile (echo) and openSearch (nothing
+    // listens on port 9; one attempt allowed).
+    let body = json!({
+        "config": {"hostile": {"attack": "echo"}, "openSearch": {"host_port": "http://127.0.0.1:9", "index": "x"}},
+        "payload": "{}",
+    });
+    let (status, r) = app.forward_wait(body.to_string()).await;
+    assert_eq!(status, 502, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let consumers = async || -> Vec<String> {
+        let (_, v) = app.admin_get("/dlq").await;
+        let mut c: Vec<String> =
+            v["entries"].as_array().unwrap().iter().map(|e| e["consumer"].as_str().unwrap().to_string()).collect();
+        c.sort();
+        c
+    };
+    assert_eq!(consumers().await, ["hostile", "openSearch"]);
+    // Matching one consumer purges the report's dead letter there only.
+    let (status, v) = app.admin_post("/dlq/purge", json!({"matching": {"consumer": "hostile"}})).await;
+    assert_eq!((status, &v["purged"]), (200, &json!(1)), "{v}");
+    assert_eq!(consumers().await, ["openSearch"]);
+    // A letter names one consumer: another consumer's letter of the same report is not it.
+    let (status, v) = app.admin_post("/dlq/purge", json!({"letters": [{"id": id, "consumer": "hostile"}]})).await;
+    assert_eq!((status, &v["purged"]), (200, &json!(0)), "{v}");
+    let (status, v) = app.admin_post("/dlq/purge", json!({"letters": [{"id": id, "consumer": "openSearch"}]})).await;
+    assert_eq!((status, &v["purged"]), (200, &json!(1)), "{v}");
+    assert!(consumers().await.is_empty());
 }
 
 #[tokio::test]
@@ -206,6 +256,10 @@ async fn tenants_show_keys_limits_routes_and_counts_but_never_a_token() {
     assert_eq!(status, 200, "{v}");
     let text = v.to_string();
     assert!(!text.contains(&token) && !text.contains("k-SECRET-9"), "a secret is shown: {text}");
+    assert!(
+        !text.contains("a.token") && !text.contains(dir.path().to_str().unwrap()),
+        "a token's file is named: {text}"
+    );
     let t = &v["tenants"];
     assert_eq!((&t[0]["access_key"], &t[1]["access_key"]), (&json!("team-a"), &json!("team-old")), "{v}");
     assert_eq!((&t[0]["revoked"], &t[1]["revoked"]), (&json!(false), &json!(true)));

@@ -1,6 +1,6 @@
 //! Dead letters: `GET /dlq`, `GET /dlq/{id}`, `POST /dlq/replay`, `POST /dlq/purge`.
 
-use crate::dlq::{DeadLetter, DlqError, ReplayError, Requeue, Summary};
+use crate::dlq::{Chosen, DeadLetter, DlqError, ReplayError, Requeue, Summary};
 use crate::server::{ApiError, AppState};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -92,9 +92,9 @@ impl Matching {
         let age = |what: &str, v: Option<String>| -> Result<Option<u64>, ApiError> {
             v.filter(|v| !v.is_empty())
                 .map(|v| {
-                    humantime::parse_duration(&v).map(|d| d.as_millis() as u64).map_err(|e| {
-                        invalid_filter(format!("`{what}` must be a duration such as 10m or 2h, got {v:?}: {e}"))
-                    })
+                    humantime::parse_duration(&v).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).map_err(
+                        |e| invalid_filter(format!("`{what}` must be a duration such as 10m or 2h, got {v:?}: {e}")),
+                    )
                 })
                 .transpose()
         };
@@ -110,6 +110,15 @@ impl Matching {
 }
 
 impl Filter {
+    /// Whether no condition is set (every dead letter matches).
+    fn is_empty(&self) -> bool {
+        self.consumer.is_none()
+            && self.reason.is_none()
+            && self.tenant.is_none()
+            && self.older_than_ms.is_none()
+            && self.newer_than_ms.is_none()
+    }
+
     fn admits(&self, e: &Summary, now_ms: u64) -> bool {
         let age = now_ms.saturating_sub(e.dead_at_ms);
         self.consumer.as_ref().is_none_or(|c| *c == e.consumer)
@@ -170,57 +179,97 @@ pub(super) async fn show(State(state): State<AppState>, Path(id): Path<String>) 
     Ok(Json(json!({ "id": id, "entries": entries })))
 }
 
-/// Which dead letters an operation applies to: exactly one of `ids`, `all` or `matching`.
+/// Which dead letters an operation applies to: exactly one of `ids`, `letters`, `all` or
+/// `matching`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Selection {
-    /// These report ids.
+    /// Every dead letter of these reports, at any consumer.
     #[serde(default)]
     ids: Vec<String>,
+    /// These dead letters: a report at one consumer each.
+    #[serde(default)]
+    letters: Vec<Letter>,
     /// Every dead letter.
     #[serde(default)]
     all: bool,
-    /// Those matching (as `GET /dlq`'s query), chosen when the request arrives.
+    /// Those matching (as `GET /dlq`'s query, at least one condition), chosen when the request
+    /// arrives: each a report at the consumer it matched at.
     matching: Option<Matching>,
 }
 
+/// One dead letter: a report at one consumer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Letter {
+    id: String,
+    consumer: String,
+}
+
+const SAY_WHICH: &str = "say which dead letters, one way: {\"ids\": [\"<report id>\", ...]}, \
+     {\"letters\": [{\"id\": \"<report id>\", \"consumer\": KEY}, ...]}, {\"all\": true}, or {\"matching\": \
+     {\"consumer\": KEY, \"reason\": TEXT, \"tenant\": ACCESS_KEY, \"older_than\": \"10m\", \"newer_than\": \"1h\"}} \
+     with at least one condition";
+
 impl Selection {
-    /// The ids chosen (`None`: all).
-    async fn ids(self, state: &AppState) -> Result<Option<Vec<Uuid>>, ApiError> {
-        match (self.all, self.ids.is_empty(), self.matching) {
-            (true, true, None) => Ok(None),
-            (false, false, None) => Ok(Some(self.ids.iter().map(|i| parse_id(i)).collect::<Result<_, _>>()?)),
-            (false, true, Some(m)) => {
-                let filter = m.check()?;
-                let now = crate::now_ms();
-                let entries = state.dlq.list().await.map_err(store_error)?;
-                let mut ids: Vec<Uuid> = entries.iter().filter(|e| filter.admits(e, now)).map(|e| e.id).collect();
-                ids.dedup();
-                Ok(Some(ids))
-            }
-            _ => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_selection",
-                "say which dead letters, one way: {\"ids\": [\"<report id>\", ...]}, {\"all\": true}, or \
-                 {\"matching\": {\"consumer\": KEY, \"reason\": TEXT, \"tenant\": ACCESS_KEY, \"older_than\": \"10m\", \"newer_than\": \"1h\"}}",
-            )),
+    /// The dead letters chosen.
+    async fn chosen(self, state: &AppState) -> Result<Chosen, ApiError> {
+        let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_selection", m);
+        let ways = [self.all, !self.ids.is_empty(), !self.letters.is_empty(), self.matching.is_some()];
+        if ways.iter().filter(|w| **w).count() != 1 {
+            return Err(invalid(SAY_WHICH.to_string()));
         }
+        if self.all {
+            return Ok(Chosen::All);
+        }
+        // Refused before anything is read: the dead-letter topic is taken whole or not at all.
+        if !state.dlq.selects() {
+            return Err(invalid(
+                "the dead-letter topic is replayed or purged whole: a selection (ids, letters or matching) cannot \
+                 be taken from it. `GET /dlq` with filters shows what matches; {\"all\": true} takes every \
+                 record, not only those"
+                    .to_string(),
+            ));
+        }
+        if !self.ids.is_empty() {
+            return Ok(Chosen::Ids(self.ids.iter().map(|i| parse_id(i)).collect::<Result<_, _>>()?));
+        }
+        if !self.letters.is_empty() {
+            let letters = self.letters.into_iter().map(|l| Ok((parse_id(&l.id)?, l.consumer)));
+            return Ok(Chosen::Letters(letters.collect::<Result<_, ApiError>>()?));
+        }
+        let filter = self.matching.expect("one way given").check()?;
+        if filter.is_empty() {
+            return Err(invalid(format!("`matching` has no condition: it would take every dead letter; {SAY_WHICH}")));
+        }
+        let now = crate::now_ms();
+        let entries = state.dlq.list().await.map_err(store_error)?;
+        Ok(Chosen::Letters(entries.into_iter().filter(|e| filter.admits(e, now)).map(|e| (e.id, e.consumer)).collect()))
+    }
+}
+
+/// Whether nothing is chosen (a selection that matched nothing).
+fn none(which: &Chosen) -> bool {
+    match which {
+        Chosen::All => false,
+        Chosen::Ids(ids) => ids.is_empty(),
+        Chosen::Letters(letters) => letters.is_empty(),
     }
 }
 
 pub(super) async fn replay(State(state): State<AppState>, Json(sel): Json<Selection>) -> Result<Json<Value>, ApiError> {
-    let ids = sel.ids(&state).await?;
-    if ids.as_ref().is_some_and(Vec::is_empty) {
+    let which = sel.chosen(&state).await?;
+    if none(&which) {
         return Ok(Json(json!({ "replayed": 0, "ids": [] })));
     }
     // In a task of its own: a client that hangs up mid-replay must not strand a report that
     // was appended, nor leave its dead letter behind to be replayed twice.
-    tokio::spawn(replay_now(state, ids)).await.expect("replaying does not panic")
+    tokio::spawn(replay_now(state, which)).await.expect("replaying does not panic")
 }
 
-async fn replay_now(state: AppState, ids: Option<Vec<Uuid>>) -> Result<Json<Value>, ApiError> {
+async fn replay_now(state: AppState, which: Chosen) -> Result<Json<Value>, ApiError> {
     let to = Requeue { queue: &*state.queue, status: &state.status, registry: &state.registry };
-    let replayed = state.dlq.replay(ids.as_deref(), &to).await.map_err(replay_error)?;
+    let replayed = state.dlq.replay(&which, &to).await.map_err(replay_error)?;
     tracing::info!(count = replayed.len(), "dead letters replayed");
     Ok(Json(json!({ "replayed": replayed.len(), "ids": replayed })))
 }
@@ -241,11 +290,11 @@ pub(super) fn store_error(e: DlqError) -> ApiError {
 }
 
 pub(super) async fn purge(State(state): State<AppState>, Json(sel): Json<Selection>) -> Result<Json<Value>, ApiError> {
-    let ids = sel.ids(&state).await?;
-    if ids.as_ref().is_some_and(Vec::is_empty) {
+    let which = sel.chosen(&state).await?;
+    if none(&which) {
         return Ok(Json(json!({ "purged": 0 })));
     }
-    let n = state.dlq.purge(ids.as_deref()).await.map_err(replay_error)?;
+    let n = state.dlq.purge(&which).await.map_err(replay_error)?;
     tracing::info!(count = n, "dead letters purged");
     Ok(Json(json!({ "purged": n })))
 }
