@@ -24,6 +24,7 @@ mod listener;
 mod logs;
 mod messaging;
 mod newcomer;
+mod otlp;
 mod plugins;
 mod public_port;
 mod quarantine;
