@@ -98,9 +98,7 @@ pub fn decode_within(
         return Err(FramingError::OverBudget.into());
     }
     let request = match encoding {
-        Encoding::Protobuf => {
-            ExportLogsServiceRequest::decode(body).map_err(|e| OtlpError::Protobuf(e.to_string()))?
-        }
+        Encoding::Protobuf => ExportLogsServiceRequest::decode(body).map_err(|e| OtlpError::Protobuf(e.to_string()))?,
         Encoding::Json => from_json(body, opts.max_depth)?,
     };
     let count: usize = request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
@@ -215,9 +213,8 @@ pub fn records(request: ExportLogsServiceRequest, labels_from: &[String], max_de
                         Some((name.clone(), value))
                     })
                     .collect();
-                let payload = check_ids(&record.trace_id, &record.span_id).and_then(|()| {
-                    payload(&record, &resource_json, &scope_json, max_depth)
-                });
+                let payload = check_ids(&record.trace_id, &record.span_id)
+                    .and_then(|()| payload(&record, &resource_json, &scope_json, max_depth));
                 out.push(LogRecord {
                     payload,
                     service_name: service_name.clone(),
@@ -289,11 +286,14 @@ mod tests {
             severity_number: SeverityNumber::Warn as i32,
             severity_text: "WARN".into(),
             body: Some(string_value(body)),
-            attributes: vec![kv("order.id", "o-1"), KeyValue {
-                key: "n".into(),
-                value: Some(AnyValue { value: Some(any_value::Value::IntValue(9_007_199_254_740_993)) }),
-                ..Default::default()
-            }],
+            attributes: vec![
+                kv("order.id", "o-1"),
+                KeyValue {
+                    key: "n".into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::IntValue(9_007_199_254_740_993)) }),
+                    ..Default::default()
+                },
+            ],
             trace_id: vec![0xab; 16],
             span_id: vec![0x01; 8],
             ..Default::default()
@@ -314,16 +314,23 @@ mod tests {
         assert_eq!(p["severityNumber"], json!(13));
         assert_eq!(p["severityText"], json!("WARN"));
         assert_eq!(p["attributes"][1], json!({ "key": "n", "value": { "intValue": "9007199254740993" } }));
-        assert_eq!(p["resource"]["attributes"][0], json!({ "key": "service.name", "value": { "stringValue": "checkout" } }));
+        assert_eq!(
+            p["resource"]["attributes"][0],
+            json!({ "key": "service.name", "value": { "stringValue": "checkout" } })
+        );
         assert_eq!(p["scope"]["name"], json!("app.orders"));
         assert_eq!(out[0].service_name.as_deref(), Some("checkout"));
         assert_eq!(out[0].scope_name.as_deref(), Some("app.orders"));
-        assert_eq!(out[0].picked, vec![("k8s.namespace.name".into(), "shop".into()), ("order.id".into(), "o-1".into())]);
+        assert_eq!(
+            out[0].picked,
+            vec![("k8s.namespace.name".into(), "shop".into()), ("order.id".into(), "o-1".into())]
+        );
     }
 
     #[test]
     fn the_json_mapping_takes_hex_ids_enum_names_or_numbers_and_ints_as_strings_or_numbers() {
-        let body = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
+        let body =
+            br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
           "scopeLogs":[{"scope":{"name":"s"},"logRecords":[
             {"timeUnixNano":"1700000000000000001","severityNumber":"SEVERITY_NUMBER_ERROR","body":{"intValue":"42"},
              "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","unknownField":1},
@@ -345,11 +352,21 @@ mod tests {
     fn malformed_bodies_are_named_errors_and_bad_ids_reject_only_their_record() {
         let e = decode(b"\x0a\xff\xff\xff", Encoding::Protobuf, None, &opts()).unwrap_err();
         assert!(matches!(e, OtlpError::Protobuf(_)), "{e}");
-        let e = decode(br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"xyz"}]}]}]}"#, Encoding::Json, None, &opts())
-            .unwrap_err();
+        let e = decode(
+            br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"xyz"}]}]}]}"#,
+            Encoding::Json,
+            None,
+            &opts(),
+        )
+        .unwrap_err();
         assert!(matches!(e, OtlpError::Json(_)), "{e}");
-        let e = decode(br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"severityNumber":"LOUD"}]}]}]}"#, Encoding::Json, None, &opts())
-            .unwrap_err();
+        let e = decode(
+            br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"severityNumber":"LOUD"}]}]}]}"#,
+            Encoding::Json,
+            None,
+            &opts(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("LOUD"), "{e}");
         let mut short = record("x");
         short.trace_id = vec![1, 2, 3];

@@ -125,8 +125,7 @@ impl Ingest {
             }
         };
         // Records sharing labels share destinations: the routes are matched once per label set.
-        let mut routed: HashMap<Vec<(String, String)>, Option<Arc<[crate::destination::Destination]>>> =
-            HashMap::new();
+        let mut routed: HashMap<Vec<(String, String)>, Option<Arc<[crate::destination::Destination]>>> = HashMap::new();
         let mut reports: Vec<Submission> = Vec::with_capacity(records.len());
         for record in records {
             let id = ids.next().expect("one id per record");

@@ -162,11 +162,19 @@ impl TenantSet {
         labels: Vec<(String, String)>,
     ) -> Option<Vec<Submission>> {
         let destinations = self.destinations_of(tenant, &labels)?;
-        Some(payloads.map(|payload| self.submission(tenant, destinations.clone(), payload, labels.clone(), None)).collect())
+        Some(
+            payloads
+                .map(|payload| self.submission(tenant, destinations.clone(), payload, labels.clone(), None))
+                .collect(),
+        )
     }
 
     /// The destinations of `tenant`'s reports labelled `labels`; `None`: no route takes them.
-    pub fn destinations_of(&self, tenant: &Tenant, labels: &[(String, String)]) -> Option<std::sync::Arc<[Destination]>> {
+    pub fn destinations_of(
+        &self,
+        tenant: &Tenant,
+        labels: &[(String, String)],
+    ) -> Option<std::sync::Arc<[Destination]>> {
         let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels };
         let destinations: std::sync::Arc<[Destination]> = destinations(&tenant.routes, &self.global, &meta).into();
         (!destinations.is_empty()).then_some(destinations)

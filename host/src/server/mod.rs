@@ -6,9 +6,10 @@
 
 mod admin;
 mod error;
+pub mod grpc;
 mod ingest;
-mod otlp;
 pub mod listener;
+mod otlp;
 mod refusals;
 pub mod tls;
 

@@ -87,7 +87,15 @@ impl Otlp {
     }
 
     /// Run `send.py`; its stdout and stderr.
-    async fn send(&self, transport: &str, endpoint: &str, token: &str, count: usize, run: &str, gzip: bool) -> (String, String) {
+    async fn send(
+        &self,
+        transport: &str,
+        endpoint: &str,
+        token: &str,
+        count: usize,
+        run: &str,
+        gzip: bool,
+    ) -> (String, String) {
         let mut cmd = tokio::process::Command::new(python());
         cmd.arg(repo_root().join("tests/otlp/send.py"))
             .args(["--transport", transport, "--endpoint", endpoint, "--token", token])
@@ -96,7 +104,8 @@ impl Otlp {
             cmd.arg("--gzip");
         }
         let out = cmd.output().await.expect("running tests/otlp/send.py");
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
         assert!(out.status.success(), "send.py failed: {stdout}\n{stderr}");
         (stdout, stderr)
     }
@@ -180,7 +189,14 @@ async fn a_wrong_token_lands_nothing_and_a_malformed_body_is_400_with_the_host_s
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], 16, "UNAUTHENTICATED: {v}");
 
-    let resp = app.client.post(format!("{}/v1/traces", app.url)).header("content-type", "application/json").body("{}").send().await.unwrap();
+    let resp = app
+        .client
+        .post(format!("{}/v1/traces", app.url))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains("OTLP logs only"));
 
@@ -232,4 +248,35 @@ async fn json_bodies_take_the_encodings_quirks_and_refused_records_are_partial_s
     assert_eq!(lines[1]["payload"]["body"]["intValue"], "7");
     assert_eq!(lines[1]["payload"]["timeUnixNano"], "1700000000000000002");
     assert_eq!(lines[0]["labels"]["scope"], "quirks");
+}
+
+/// 10,000 records from the SDK's OTLP/gRPC exporter (gzip), each once in the file and
+/// OpenSearch by id; a wrong token is UNAUTHENTICATED and lands nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
+    let t = Otlp::new();
+    let app = t.app(|c| c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let endpoint = format!("http://{}", app.host.grpc_addr().expect("grpc_listen set"));
+    let (_, stderr) = t.send("grpc", &endpoint, "not-the-token", 10, "bad", false).await;
+    assert!(stderr.contains("UNAUTHENTICATED"), "the SDK reports the refusal: {stderr}");
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let (stdout, _) = t.send("grpc", &endpoint, &t.token, 10_000, &run, true).await;
+    assert!(stdout.contains("flushed"), "{stdout}");
+    let lines = eventually(Duration::from_secs(120), "10,000 records in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= 10_000).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 10_000, "each record once, none of the wrong token's");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == run.as_str()));
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..10_000).collect(), "every record");
+    let ids: HashSet<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    let n = eventually(Duration::from_secs(120), "10,000 documents in OpenSearch", async || {
+        let n = count(&t.index).await;
+        (n >= 10_000).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 10_000);
+    assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
 }
