@@ -30,6 +30,20 @@ pub struct Exported {
     pub message: String,
 }
 
+impl Exported {
+    /// The OTLP answer: `partial_success` when records were refused.
+    pub fn response(self) -> otlp::ExportLogsServiceResponse {
+        let partial_success = (self.rejected > 0).then_some(otlp::ExportLogsPartialSuccess {
+            rejected_log_records: self.rejected as i64,
+            error_message: self.message,
+        });
+        otlp::ExportLogsServiceResponse { partial_success }
+    }
+}
+
+/// The destinations of each label set seen in a request (`None`: no route takes it).
+type Routed = HashMap<Vec<(String, String)>, Option<Arc<[crate::destination::Destination]>>>;
+
 /// The label name of the instrumentation scope's name.
 pub const SCOPE_LABEL: &str = "scope";
 
@@ -125,7 +139,7 @@ impl Ingest {
             }
         };
         // Records sharing labels share destinations: the routes are matched once per label set.
-        let mut routed: HashMap<Vec<(String, String)>, Option<Arc<[crate::destination::Destination]>>> = HashMap::new();
+        let mut routed = Routed::new();
         let mut reports: Vec<Submission> = Vec::with_capacity(records.len());
         for record in records {
             let id = ids.next().expect("one id per record");

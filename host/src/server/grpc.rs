@@ -9,9 +9,7 @@
 use super::tls::TlsReloader;
 use super::{ApiError, AppState};
 use crate::ingest;
-use data_exporter_wire::otlp::{
-    Encoding, ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
+use data_exporter_wire::otlp::{Encoding, ExportLogsServiceRequest, ExportLogsServiceResponse};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
@@ -96,13 +94,7 @@ impl LogsService for Logs {
         let body = bytes::Bytes::from(message.encode_to_vec());
         let req = ingest::Request { headers: &headers, access_key: None };
         match state.ingest.ingest_otlp(req, body, Encoding::Protobuf, None, None).await {
-            Ok(exported) => {
-                let partial_success = (exported.rejected > 0).then(|| ExportLogsPartialSuccess {
-                    rejected_log_records: exported.rejected as i64,
-                    error_message: exported.message,
-                });
-                Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success }))
-            }
+            Ok(exported) => Ok(tonic::Response::new(exported.response())),
             Err(refused) => Err(status(state, refused.into())),
         }
     }

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use data_exporter_wire::otlp::{Encoding, ExportLogsPartialSuccess, ExportLogsServiceResponse};
+use data_exporter_wire::otlp::Encoding;
 use prost::Message;
 use std::sync::Arc;
 
@@ -84,11 +84,7 @@ pub async fn logs_handler(
     let req = ingest::Request { headers: &headers, access_key: None };
     match state.ingest.ingest_otlp(req, body, encoding, ce, charge).await {
         Ok(exported) => {
-            let partial_success = (exported.rejected > 0).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: exported.rejected as i64,
-                error_message: exported.message,
-            });
-            let answer = ExportLogsServiceResponse { partial_success };
+            let answer = exported.response();
             let body = match encoding {
                 Encoding::Protobuf => answer.encode_to_vec(),
                 Encoding::Json => serde_json::to_vec(&answer).expect("JSON of the response"),
