@@ -5,7 +5,7 @@ WASM_TARGET := wasm32-wasip2
 WASM_OUT := plugins/target/$(WASM_TARGET)/release
 LISTEN ?= 0.0.0.0:6780
 
-.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins console-deps screenshots
+.PHONY: help build host plugins run test test-unit test-deps test-servers test-servers-down lint fmt clean wasm-target bench k8s-check fuzz language-plugins console-deps screenshots otlp-venv
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -47,13 +47,16 @@ test-deps: ## Install the Debian packages the tests need, when missing (tests/se
 test-servers: test-deps ## Install (if needed) and start the real test servers (OpenSearch API, nginx TLS)
 	tests/servers/up.sh
 
+otlp-venv: ## The OpenTelemetry Python SDK and its OTLP exporters (pinned) in target/otlp-venv, for the OTLP tests
+	tests/otlp/venv.sh
+
 test-servers-down: ## Stop the test servers
 	tests/servers/down.sh
 
 test-unit: ## The tests that need no server, no environment and no wasm build: every crate's unit tests
 	$(CARGO) test --workspace --lib
 
-test: test-deps plugins language-plugins console-deps test-servers ## Run every test against real servers (the unit tier first, without the servers' addresses)
+test: test-deps plugins language-plugins console-deps test-servers otlp-venv ## Run every test against real servers (the unit tier first, without the servers' addresses)
 	@rc=0; \
 	$(CARGO) test --workspace --lib || rc=$$?; \
 	set -a; . target/test-servers/env; set +a; \
@@ -82,9 +85,9 @@ bench: plugins ## Benchmarks in release mode, each next to its baseline, as rati
 	@[ -n "$(BENCH)" ] || $(CARGO) bench -p dx-bench --bench plugin_call
 
 FUZZ_SECS ?= 120
-FUZZ_TARGETS := envelope framing token
+FUZZ_TARGETS := envelope framing token otlp_protobuf otlp_json
 
-fuzz: ## Fuzz the ingest boundary (wire/fuzz: envelope, framing, token), each FUZZ_SECS seconds (120); nightly + cargo-fuzz
+fuzz: ## Fuzz the ingest boundary (wire/fuzz: envelope, framing, token, OTLP protobuf and JSON), each FUZZ_SECS seconds (120); nightly + cargo-fuzz
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd wire/fuzz && for t in $(FUZZ_TARGETS); do \

@@ -100,6 +100,18 @@ impl Host {
             "data-exporter is up"
         );
         let tls = public.tls();
+        let grpc =
+            match cfg.ingest.grpc_listen {
+                Some(at) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
+                    format!("listening on {at} (ingest.grpc_listen): is another process using it?")
+                })?),
+                None => None,
+            };
+        let grpc_addr = grpc.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+        if let Some(at) = grpc_addr {
+            host.guard_listener(at, "OTLP/gRPC");
+            tracing::info!(grpc_listen = %at, "OTLP/gRPC logs are taken");
+        }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         // Until `Serving::stop` (a dropped `Serving` leaves them serving, as spawned tasks).
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -108,14 +120,23 @@ impl Host {
             }
         };
         let public = public.serve(server::app(host.state.clone()), stopped(stop_rx.clone()));
+        let grpc = grpc.map(|tcp| {
+            let (state, max) = (host.state.clone(), cfg.limits.max_body_bytes);
+            server::grpc::serve(tcp, tls.clone(), state, max, stopped(stop_rx.clone()))
+        });
         let admin = axum::serve(admin, server::admin_app(host.state.clone(), admin_addr))
             .with_graceful_shutdown(stopped(stop_rx));
         let servers = tokio::spawn(async move {
-            let (a, b) = tokio::join!(public, admin.into_future());
+            let grpc = async move {
+                if let Some(g) = grpc {
+                    g.await;
+                }
+            };
+            let (a, b, ()) = tokio::join!(public, admin.into_future(), grpc);
             a.context("serving HTTP")?;
             b.context("serving the admin API")
         });
-        Ok(Serving { host, addr, admin_addr, url, tls, stop, servers: Some(servers) })
+        Ok(Serving { host, addr, admin_addr, grpc_addr, url, tls, stop, servers: Some(servers) })
     }
 }
 
@@ -124,6 +145,7 @@ pub struct Serving {
     host: Host,
     addr: std::net::SocketAddr,
     admin_addr: std::net::SocketAddr,
+    grpc_addr: Option<std::net::SocketAddr>,
     url: String,
     tls: Option<Arc<server::tls::TlsReloader>>,
     /// Set to stop accepting.
@@ -148,6 +170,11 @@ impl Serving {
     /// The admin listener's bound address.
     pub fn admin_addr(&self) -> std::net::SocketAddr {
         self.admin_addr
+    }
+
+    /// Where the OTLP/gRPC `LogsService` listens (`ingest.grpc_listen`), if it does.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc_addr
     }
 
     /// The public API's base URL (`https://` with `[tls]`).

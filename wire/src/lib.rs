@@ -6,3 +6,4 @@ pub mod auth;
 pub mod depth;
 pub mod envelope;
 pub mod framing;
+pub mod otlp;

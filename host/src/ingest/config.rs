@@ -52,6 +52,22 @@ pub struct IngestConfig {
     /// would then list every access key, which a 403 otherwise never confirms. Turn on where
     /// `/metrics` is not reachable by agents.
     pub tenant_metrics: bool,
+    /// OTLP logs in (`POST /v1/logs`; gRPC on `grpc_listen`): `[ingest.otlp]`.
+    pub otlp: OtlpConfig,
+    /// Where the OTLP/gRPC `LogsService` listens, e.g. `"0.0.0.0:4317"` (HTTP/2, with the public
+    /// listener's TLS and client certificates when `[listener.tls]` is set). Unset: off.
+    pub grpc_listen: Option<std::net::SocketAddr>,
+}
+
+/// `[ingest.otlp]`: how OTLP log records become reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Attribute names whose values become labels of the same name (the record's attribute,
+    /// else its scope's, else its resource's; strings, numbers and booleans), e.g.
+    /// `["k8s.namespace.name"]`. `service.name` is always the `tag` label and the scope's name
+    /// the `scope` label. Values are cut to 256 bytes; at most 16 labels in all per report.
+    pub labels_from: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -67,6 +83,8 @@ impl Default for IngestConfig {
             msgpack_date_format: DateFormat::Double,
             allow_forward: true,
             tenant_metrics: false,
+            otlp: OtlpConfig::default(),
+            grpc_listen: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod otlp;
 pub mod tenants;
 
 use crate::accept::{Accept, AcceptError, NotIngest, Receipt, RouteError};
@@ -101,6 +102,9 @@ pub enum Refused {
     /// The body could not be decoded.
     #[error(transparent)]
     Framing(framing::FramingError),
+    /// The OTLP body could not be decoded.
+    #[error(transparent)]
+    Otlp(otlp::OtlpError),
     /// No route takes the records.
     #[error(
         "no route of access key `{key}` takes these records (source `{}`{}): the operator adds a route that \
@@ -271,21 +275,10 @@ impl Ingest {
         let headers = req.headers;
         let tag = self.tag(headers)?;
         let set = self.tenants.current();
-        let tenant = Self::tenant_of(&set, req, tag.as_deref())?;
+        let tenant = self.admit(&set, req, tag.as_deref(), body.len())?;
         let key = &tenant.cfg.access_key;
         tracing::Span::current().record("tenant", key.as_str());
-        if let Err(secs) = self.tenants.take(&tenant.cfg) {
-            return Err(Refused::RateLimited {
-                key: key.clone(),
-                requests_per_sec: tenant.cfg.requests_per_sec,
-                burst: tenant.cfg.burst,
-                retry_after: secs,
-            });
-        }
         let max_body = self.max_body(tenant);
-        if body.len() > max_body {
-            return Err(Refused::BodyTooLarge { key: key.clone(), max: max_body });
-        }
         let cfg = self.tenants.config();
         let opts = FramingOptions {
             max_records: cfg.max_reports_per_request,
@@ -335,14 +328,45 @@ impl Ingest {
         // Within the tenant's share of the queue: one whose destinations are down is refused alone.
         let share = crate::queue::TenantShare { max_bytes: tenant.cfg.max_queue_bytes, tenants: set.len() };
         let receipts = self.accept.accept(reports, true, Some(share)).await.map_err(|e| route_error(key, e))?;
+        self.count(key, &receipts);
+        Ok(receipts)
+    }
+
+    /// The tenant a request's credential acts as, if it may send now (its rate) a body of
+    /// `body_len` bytes.
+    fn admit<'s>(
+        &self,
+        set: &'s TenantSet,
+        req: Request<'_>,
+        tag: Option<&str>,
+        body_len: usize,
+    ) -> Result<&'s Tenant, Refused> {
+        let tenant = Self::tenant_of(set, req, tag)?;
+        let key = &tenant.cfg.access_key;
+        if let Err(secs) = self.tenants.take(&tenant.cfg) {
+            return Err(Refused::RateLimited {
+                key: key.clone(),
+                requests_per_sec: tenant.cfg.requests_per_sec,
+                burst: tenant.cfg.burst,
+                retry_after: secs,
+            });
+        }
+        let max_body = self.max_body(tenant);
+        if body_len > max_body {
+            return Err(Refused::BodyTooLarge { key: key.clone(), max: max_body });
+        }
+        Ok(tenant)
+    }
+
+    /// Count `key`'s reports newly taken.
+    fn count(&self, key: &str, receipts: &[Receipt]) {
         let fresh = receipts.iter().filter(|r| !r.known).count() as u64;
         let metrics = self.accept.metrics();
         metrics.count_tenant_reports(key, fresh);
-        if cfg.tenant_metrics {
-            let labels = crate::metrics::Tenant { tenant: key.clone() };
+        if self.tenants.config().tenant_metrics {
+            let labels = crate::metrics::Tenant { tenant: key.to_string() };
             metrics.ingest_reports.get_or_create(&labels).inc_by(fresh);
         }
-        Ok(receipts)
     }
 
     /// The non-secret part of the agent's configuration (the seed's config exchange): what the

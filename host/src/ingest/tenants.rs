@@ -161,21 +161,43 @@ impl TenantSet {
         payloads: impl Iterator<Item = String>,
         labels: Vec<(String, String)>,
     ) -> Option<Vec<Submission>> {
-        let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels: &labels };
+        let destinations = self.destinations_of(tenant, &labels)?;
+        Some(
+            payloads
+                .map(|payload| self.submission(tenant, destinations.clone(), payload, labels.clone(), None))
+                .collect(),
+        )
+    }
+
+    /// The destinations of `tenant`'s reports labelled `labels`; `None`: no route takes them.
+    pub fn destinations_of(
+        &self,
+        tenant: &Tenant,
+        labels: &[(String, String)],
+    ) -> Option<std::sync::Arc<[Destination]>> {
+        let meta = Meta { tenant: &tenant.cfg.access_key, source: SOURCE, labels };
         let destinations: std::sync::Arc<[Destination]> = destinations(&tenant.routes, &self.global, &meta).into();
-        if destinations.is_empty() {
-            return None;
-        }
-        let submission = |payload| Submission {
-            destinations: Destinations::Built(destinations.clone()),
+        (!destinations.is_empty()).then_some(destinations)
+    }
+
+    /// A report of `tenant` to `destinations`.
+    pub fn submission(
+        &self,
+        tenant: &Tenant,
+        destinations: std::sync::Arc<[Destination]>,
+        payload: String,
+        labels: Vec<(String, String)>,
+        id: Option<uuid::Uuid>,
+    ) -> Submission {
+        Submission {
+            destinations: Destinations::Built(destinations),
             skipped: Vec::new(),
             payload,
-            labels: labels.clone(),
-            id: None,
+            labels,
+            id,
             source: Some(SOURCE.to_string()),
             tenant: Some(tenant.cfg.access_key.clone()),
-        };
-        Some(payloads.map(submission).collect())
+        }
     }
 }
 

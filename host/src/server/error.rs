@@ -185,6 +185,12 @@ impl From<crate::ingest::Refused> for ApiError {
             R::BodyTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message),
             R::NeverFits { max_buffered_bytes } => ApiError::never_fits(max_buffered_bytes),
             R::Framing(e) => framing_error(e),
+            R::Otlp(e) => match e {
+                data_exporter_wire::otlp::OtlpError::TooManyRecords { .. } => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_reports", message)
+                }
+                _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message),
+            },
             R::NoRoute { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_route", message)
                 .retry_after(crate::ingest::ROUTE_RETRY_SECS),
             R::IdempotencyKey(e) => e.into(),

@@ -6,8 +6,10 @@
 
 mod admin;
 mod error;
+pub mod grpc;
 mod ingest;
 pub mod listener;
+mod otlp;
 mod refusals;
 pub mod tls;
 mod ui;
@@ -93,6 +95,9 @@ pub fn app(state: AppState) -> Router {
         .route("/forward", post(forward_handler))
         .route("/v1/ingest", post(ingest::ingest_handler))
         .route("/v1/config", get(ingest::config_handler))
+        .route("/v1/logs", post(otlp::logs_handler))
+        .route("/v1/traces", post(otlp::not_logs))
+        .route("/v1/metrics", post(otlp::not_logs))
         .route("/reports/{id}", get(report_status))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))

@@ -26,6 +26,7 @@ mod listener;
 mod logs;
 mod messaging;
 mod newcomer;
+mod otlp;
 mod plugins;
 mod public_port;
 mod quarantine;

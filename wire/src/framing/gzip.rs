@@ -5,7 +5,7 @@ use super::{Allowance, FramingError};
 use std::io::Read;
 
 /// Whether the body is gzip; refuses encodings other than gzip and identity.
-pub(super) fn is_gzip(content_encoding: Option<&str>) -> Result<bool, FramingError> {
+pub(crate) fn is_gzip(content_encoding: Option<&str>) -> Result<bool, FramingError> {
     let Some(header) = content_encoding else { return Ok(false) };
     let codings: Vec<String> =
         header.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty() && c != "identity").collect();
@@ -21,7 +21,7 @@ pub(super) const INFLATE_CHUNK: usize = 64 * 1024;
 
 /// Undo gzip (one member or several back to back), refusing past `max` bytes of output; every
 /// byte of the output buffer's capacity is taken from `allowance` before it is allocated.
-pub(super) fn gunzip(body: &[u8], max: usize, allowance: &dyn Allowance) -> Result<Vec<u8>, FramingError> {
+pub(crate) fn gunzip(body: &[u8], max: usize, allowance: &dyn Allowance) -> Result<Vec<u8>, FramingError> {
     // Sized at once from the size the gzip trailer states (its last member's, modulo 2^32; a
     // hint only, the decoder counts), within `max`: no garbage from growing by doubling.
     let stated =

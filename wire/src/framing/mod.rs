@@ -39,7 +39,7 @@
 //! (`gzip.rs`), picks the framing and hands the body to `json.rs` or `msgpack.rs`; `text.rs`
 //! writes JSON text as Fluent Bit does (strings, floats, event times).
 
-mod gzip;
+pub(crate) mod gzip;
 mod json;
 mod msgpack;
 mod text;

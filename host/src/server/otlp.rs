@@ -1,0 +1,118 @@
+//! `POST /v1/logs`: OTLP/HTTP logs (`crate::ingest::otlp`) in protobuf or JSON, answered as
+//! the OTLP specification says: 200 with an `ExportLogsServiceResponse` in the request's
+//! encoding (its `partial_success` counting the records refused), and failures with a
+//! `google.rpc.Status` body in that encoding (400 malformed; 401/403 as `/v1/ingest`; 429/503
+//! with `Retry-After`, which OTLP exporters retry). `/v1/traces` and `/v1/metrics` answer 404.
+
+use super::listener::Budget;
+use super::{ApiError, AppState};
+use crate::ingest;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use data_exporter_wire::otlp::Encoding;
+use prost::Message;
+use std::sync::Arc;
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP failure (`details` are not sent).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    /// A `google.rpc.Code`.
+    #[prost(int32, tag = "1")]
+    code: i32,
+    /// What was wrong and what to do.
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+fn content_type(encoding: Encoding) -> HeaderValue {
+    HeaderValue::from_static(match encoding {
+        Encoding::Protobuf => "application/x-protobuf",
+        Encoding::Json => "application/json",
+    })
+}
+
+/// The gRPC code an HTTP status stands for (`google.rpc.Code`).
+fn rpc_code(status: StatusCode) -> i32 {
+    match status.as_u16() {
+        400 | 413 | 415 => 3, // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        404 => 5,             // NOT_FOUND
+        429 => 8,             // RESOURCE_EXHAUSTED
+        503 => 14,            // UNAVAILABLE
+        _ => 13,              // INTERNAL
+    }
+}
+
+/// `e` answered with a `google.rpc.Status` body in `encoding` (its headers, `Retry-After` and
+/// `WWW-Authenticate`, kept); counted and logged as every refusal is.
+fn failure(state: &AppState, e: ApiError, encoding: Encoding) -> Response {
+    state.metrics.reject(e.code);
+    let status = RpcStatus { code: rpc_code(e.status), message: e.message.clone() };
+    let body = match encoding {
+        Encoding::Protobuf => status.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&serde_json::json!({ "code": status.code, "message": status.message }))
+            .expect("JSON of strings"),
+    };
+    let mut resp = e.into_response();
+    *resp.body_mut() = axum::body::Body::from(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, content_type(encoding));
+    resp
+}
+
+/// `POST /v1/logs`.
+pub async fn logs_handler(
+    State(state): State<AppState>,
+    budget: Option<axum::Extension<Budget>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let Some(encoding) = Encoding::of(ct) else {
+        let e = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "OTLP/HTTP logs are `Content-Type: application/x-protobuf` or `application/json`: set the exporter's \
+             encoding to one of them",
+        );
+        return failure(&state, e, Encoding::Json);
+    };
+    let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let charge = budget.map(|b| b.0.charge() as Arc<dyn ingest::Budget>);
+    let req = ingest::Request { headers: &headers, access_key: None };
+    match state.ingest.ingest_otlp(req, body, encoding, ce, charge).await {
+        Ok(exported) => {
+            let answer = exported.response();
+            let body = match encoding {
+                Encoding::Protobuf => answer.encode_to_vec(),
+                Encoding::Json => serde_json::to_vec(&answer).expect("JSON of the response"),
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type(encoding))], body).into_response()
+        }
+        Err(refused) => failure(&state, refused.into(), encoding),
+    }
+}
+
+/// `POST /v1/traces`, `POST /v1/metrics`: not taken.
+pub async fn not_logs(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let encoding = Encoding::of(ct).unwrap_or(Encoding::Json);
+    let e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "otlp_signal_not_taken",
+        format!(
+            "this host takes OTLP logs only (POST /v1/logs), not {}: send traces and metrics elsewhere, or turn \
+             them off in the exporter",
+            uri.path()
+        ),
+    );
+    let status = RpcStatus { code: rpc_code(e.status), message: e.message.clone() };
+    let body = match encoding {
+        Encoding::Protobuf => status.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&serde_json::json!({ "code": status.code, "message": status.message }))
+            .expect("JSON of strings"),
+    };
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, content_type(encoding))], body).into_response()
+}

@@ -1,0 +1,282 @@
+//! OTLP logs in (`POST /v1/logs`): the OpenTelemetry Python SDK's own exporters (pinned in
+//! `tests/otlp/venv.sh`, driven by `tests/otlp/send.py`) send to a tenant, end to end to a
+//! `file` route and the OpenSearch-API server; hand-made bodies for what an SDK never sends
+//! (malformed protobuf, JSON encoding quirks).
+
+use crate::helpers::*;
+use data_exporter::ingest::config::{IngestConfig, OtlpConfig, TenantConfig};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The venv `tests/otlp/venv.sh` makes.
+fn python() -> PathBuf {
+    let py = repo_root().join("target/otlp-venv/bin/python");
+    assert!(py.exists(), "{} is missing: run tests/otlp/venv.sh (make test does)", py.display());
+    py
+}
+
+struct Otlp {
+    dir: tempfile::TempDir,
+    token: String,
+    index: String,
+}
+
+impl Otlp {
+    fn new() -> Otlp {
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!("tok-otlp-{:032x}", fastrand::u128(..));
+        std::fs::write(dir.path().join("a.token"), format!("{token}\n")).unwrap();
+        std::fs::create_dir_all(dir.path().join("granted")).unwrap();
+        Otlp { dir, token, index: index() }
+    }
+
+    /// Lines of the tenant's file (`format = "envelope"`).
+    fn envelopes(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("granted/team-otel.log")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Tenant `team-otel`: records of service `dx-otlp-test` (the `tag`) to its file and to
+    /// OpenSearch; `labels_from = ["run"]`.
+    async fn app(&self, tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
+        let s = servers();
+        let secret = self.dir.path().join("secrets/os");
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("username"), &s.user).unwrap();
+        std::fs::write(secret.join("password"), &s.password).unwrap();
+        let tenant: TenantConfig = serde_json::from_value(json!({
+            "access_key": "team-otel",
+            "token_files": [self.dir.path().join("a.token")],
+            "labels": {"env": "test"},
+            "routes": [
+                {"consumer": "file", "match": {"tag": ["dx-otlp-*"]},
+                 "destination": {"path": "{tenant}.log", "format": "envelope"}},
+                {"consumer": "openSearch", "match": {"tag": ["dx-otlp-*"], "labels": {"scope": "dx.otlp.test"}},
+                 "destination": {"host_port": s.tls_url, "index": self.index, "secretRef": "os", "checkCert": true}},
+            ],
+        }))
+        .unwrap();
+        let ingest = IngestConfig {
+            tenants: vec![tenant],
+            otlp: OtlpConfig { labels_from: vec!["run".into()] },
+            ..Default::default()
+        };
+        let (files, secrets) = (self.dir.path().join("granted"), self.dir.path().join("secrets"));
+        let tls_origin = {
+            let u = url::Url::parse(&s.tls_url).unwrap();
+            format!("https://{}:{}", u.host_str().unwrap(), u.port().unwrap())
+        };
+        spawn_app_with(&["file", "opensearch"], |c| {
+            c.ingest = ingest;
+            c.secrets_dir = Some(secrets);
+            c.secret_origins.insert("os".into(), vec![tls_origin]);
+            c.http.ca_file = Some(s.certs.join("ca.pem"));
+            c.runtime.plugins.insert(
+                "file".into(),
+                data_exporter::runtime::LimitOverrides {
+                    grants: Some(vec!["log".into(), "files".into()]),
+                    files_dir: Some(files),
+                    ..Default::default()
+                },
+            );
+            tweak(c);
+        })
+        .await
+    }
+
+    /// Run `send.py`; its stdout and stderr.
+    async fn send(
+        &self,
+        transport: &str,
+        endpoint: &str,
+        token: &str,
+        count: usize,
+        run: &str,
+        gzip: bool,
+    ) -> (String, String) {
+        let mut cmd = tokio::process::Command::new(python());
+        cmd.arg(repo_root().join("tests/otlp/send.py"))
+            .args(["--transport", transport, "--endpoint", endpoint, "--token", token])
+            .args(["--count", &count.to_string(), "--run", run, "--timeout", "30"]);
+        if gzip {
+            cmd.arg("--gzip");
+        }
+        let out = cmd.output().await.expect("running tests/otlp/send.py");
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(out.status.success(), "send.py failed: {stdout}\n{stderr}");
+        (stdout, stderr)
+    }
+}
+
+/// The `seq` attribute of an envelope's OTLP payload.
+fn seq(envelope: &Value) -> u64 {
+    let attrs = envelope["payload"]["attributes"].as_array().expect("attributes");
+    let v = &attrs.iter().find(|kv| kv["key"] == "seq").expect("a seq attribute")["value"]["intValue"];
+    v.as_str().expect("int64 as a string").parse().unwrap()
+}
+
+/// 10,000 records from the SDK's OTLP/HTTP exporter (gzip), each once in the tenant's file and
+/// once in OpenSearch under the same id; the payload is the record in the OTLP JSON mapping.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdks_http_exporter_delivers_10000_records_exactly_once() {
+    let t = Otlp::new();
+    let app = t.app(|_| {}).await;
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let (stdout, _) = t.send("http", &app.url, &t.token, 10_000, &run, true).await;
+    assert!(stdout.contains("flushed"), "{stdout}");
+    let lines = eventually(Duration::from_secs(120), "10,000 records in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= 10_000).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 10_000, "each record once");
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..10_000).collect(), "every record");
+    let ids: HashSet<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 10_000);
+    let first = &lines[0];
+    assert_eq!(first["tenant"], "team-otel");
+    assert_eq!(first["labels"]["tag"], "dx-otlp-test", "service.name is the tag: {first}");
+    assert_eq!(first["labels"]["scope"], "dx.otlp.test");
+    assert_eq!(first["labels"]["run"], run.as_str(), "labels_from");
+    assert_eq!(first["labels"]["env"], "test", "the access key's labels");
+    let p = &first["payload"];
+    assert_eq!(p["severityNumber"], 13, "WARN: {p}");
+    assert_eq!(p["severityText"], "WARN");
+    assert!(p["body"]["stringValue"].as_str().unwrap().ends_with(&format!("of {run}")), "{p}");
+    assert!(p["timeUnixNano"].as_str().unwrap().parse::<u64>().unwrap() > 1_600_000_000_000_000_000);
+    assert_eq!(p["scope"]["name"], "dx.otlp.test");
+    assert!(p["resource"]["attributes"].as_array().unwrap().iter().any(|kv| kv["key"] == "service.name"));
+    let n = eventually(Duration::from_secs(120), "10,000 documents in OpenSearch", async || {
+        let n = count(&t.index).await;
+        (n >= 10_000).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 10_000);
+    assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
+}
+
+/// A wrong token is refused (the SDK logs the 401) and nothing lands; a malformed protobuf is
+/// answered 400 with a `google.rpc.Status`, and the host still takes the next export.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_token_lands_nothing_and_a_malformed_body_is_400_with_the_host_serving() {
+    let t = Otlp::new();
+    let app = t.app(|_| {}).await;
+    let (_, stderr) = t.send("http", &app.url, "not-the-token", 20, "bad", false).await;
+    assert!(stderr.contains("401"), "the SDK reports the refusal: {stderr}");
+
+    let url = format!("{}/v1/logs", app.url);
+    let post = |ct: &'static str, body: Vec<u8>, token: Option<String>| {
+        let mut r = app.client.post(&url).header("content-type", ct).body(body);
+        if let Some(tok) = token {
+            r = r.bearer_auth(tok);
+        }
+        r.send()
+    };
+    let resp = post("application/x-protobuf", b"\x0a\xff\xff\xff\xff".to_vec(), Some(t.token.clone())).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["content-type"], "application/x-protobuf");
+    let status = resp.bytes().await.unwrap();
+    // google.rpc.Status: field 1 (code) = 3 INVALID_ARGUMENT, field 2 the message.
+    assert_eq!(&status[..2], b"\x08\x03", "{status:?}");
+    assert!(String::from_utf8_lossy(&status).contains("not an OTLP ExportLogsServiceRequest in protobuf"));
+
+    let resp = post("application/json", b"{}".to_vec(), None).await.unwrap();
+    assert_eq!(resp.status(), 401, "no credential: as /v1/ingest");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 16, "UNAUTHENTICATED: {v}");
+
+    let resp = app
+        .client
+        .post(format!("{}/v1/traces", app.url))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await.unwrap().contains("OTLP logs only"));
+
+    let (stdout, _) = t.send("http", &app.url, &t.token, 5, "after", false).await;
+    assert!(stdout.contains("flushed"));
+    let lines = eventually(Duration::from_secs(30), "the next export's records", async || {
+        let l = t.envelopes();
+        (l.len() >= 5).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 5, "only the good token's records: {lines:?}");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == "after"));
+}
+
+/// The OTLP JSON encoding's quirks: hex ids, an enum by name, 64-bit ints as strings or
+/// numbers; a record no route takes and one with a bad id are counted in `partial_success`.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_bodies_take_the_encodings_quirks_and_refused_records_are_partial_success() {
+    let t = Otlp::new();
+    let app = t.app(|_| {}).await;
+    let body = json!({"resourceLogs": [
+        {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "dx-otlp-json"}}]},
+         "scopeLogs": [{"scope": {"name": "quirks"}, "logRecords": [
+            {"timeUnixNano": "1700000000000000001", "severityNumber": "SEVERITY_NUMBER_ERROR", "severityText": "ERROR",
+             "body": {"stringValue": "hex ids"}, "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+             "attributes": [{"key": "big", "value": {"intValue": "9007199254740993"}}]},
+            {"timeUnixNano": 1700000000000000002u64, "severityNumber": 9, "body": {"intValue": 7}},
+            {"body": {"stringValue": "bad id"}, "traceId": "abcd"}]}]},
+        {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "elsewhere"}}]},
+         "scopeLogs": [{"logRecords": [{"body": {"stringValue": "no route"}}]}]}]});
+    let resp = app.client.post(format!("{}/v1/logs", app.url)).bearer_auth(&t.token).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let partial = &v["partialSuccess"];
+    assert_eq!(partial["rejectedLogRecords"].to_string().trim_matches('"'), "2", "{v}");
+    let message = partial["errorMessage"].as_str().unwrap();
+    assert!(message.contains("traceId is 2 bytes") && message.contains("service.name `elsewhere`"), "{message}");
+    let lines = eventually(Duration::from_secs(30), "two records in the file", async || {
+        let l = t.envelopes();
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    let p = &lines[0]["payload"];
+    assert_eq!(p["traceId"], "5b8efff798038103d269b633813fc60c");
+    assert_eq!(p["spanId"], "eee19b7ec3c1b174");
+    assert_eq!(p["severityNumber"], 17);
+    assert_eq!(p["timeUnixNano"], "1700000000000000001");
+    assert_eq!(p["attributes"][0]["value"]["intValue"], "9007199254740993", "not rounded to a double");
+    assert_eq!(lines[1]["payload"]["body"]["intValue"], "7");
+    assert_eq!(lines[1]["payload"]["timeUnixNano"], "1700000000000000002");
+    assert_eq!(lines[0]["labels"]["scope"], "quirks");
+}
+
+/// 10,000 records from the SDK's OTLP/gRPC exporter (gzip), each once in the file and
+/// OpenSearch by id; a wrong token is UNAUTHENTICATED and lands nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
+    let t = Otlp::new();
+    let app = t.app(|c| c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let endpoint = format!("http://{}", app.host.grpc_addr().expect("grpc_listen set"));
+    let (_, stderr) = t.send("grpc", &endpoint, "not-the-token", 10, "bad", false).await;
+    assert!(stderr.contains("UNAUTHENTICATED"), "the SDK reports the refusal: {stderr}");
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let (stdout, _) = t.send("grpc", &endpoint, &t.token, 10_000, &run, true).await;
+    assert!(stdout.contains("flushed"), "{stdout}");
+    let lines = eventually(Duration::from_secs(120), "10,000 records in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= 10_000).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 10_000, "each record once, none of the wrong token's");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == run.as_str()));
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..10_000).collect(), "every record");
+    let ids: HashSet<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    let n = eventually(Duration::from_secs(120), "10,000 documents in OpenSearch", async || {
+        let n = count(&t.index).await;
+        (n >= 10_000).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 10_000);
+    assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
+}
