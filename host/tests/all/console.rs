@@ -211,10 +211,31 @@ async fn a_report_arrives_in_live_and_in_overview() {
         "the filter let another consumer's event through"
     );
 
+    // Filtered by label: only the report labelled team=blue shows.
+    b.type_into("input[name=consumer]", "").await;
+    b.type_into("input[name=label]", "team=blue").await;
+    b.click("form.filters button[type=submit]").await;
+    b.wait_for("section.view[data-watching]").await;
+    let labelled = |team: &str, n: u32| {
+        json!({"config": {"openSearch": {"host_port": servers().os_url, "index": index}},
+               "payload": json!({"scan": n}).to_string(), "labels": {"team": team}})
+        .to_string()
+    };
+    let (status, red) = app.forward_wait(labelled("red", 5)).await;
+    assert_eq!(status, 200, "{red}");
+    let (status, blue) = app.forward_wait(labelled("blue", 6)).await;
+    assert_eq!(status, 200, "{blue}");
+    b.wait_text(&format!("tr[data-report=\"{}\"]", blue["id"].as_str().unwrap()), "delivered").await;
+    assert_eq!(
+        b.text(&format!("tr[data-report=\"{}\"]", red["id"].as_str().unwrap())).await,
+        "",
+        "the label filter let another label's event through"
+    );
+
     // The overview counts them.
     show(&b, &app, "overview").await;
-    b.wait_text("[data-metric=accepted]", "total 4").await;
-    b.wait_text("[data-metric=delivered]", "total 3").await;
+    b.wait_text("[data-metric=accepted]", "total 6").await;
+    b.wait_text("[data-metric=delivered]", "total 5").await;
     b.wait_text("[data-metric=dead_lettered]", "total 1").await;
     assert!(b.text("main").await.contains("Ready"));
 }
