@@ -27,6 +27,16 @@ function routes(list) {
   );
 }
 
+/** A tenant's limits as an operator reads them (0 or unset means the default, not zero). */
+function limits(l) {
+  if (!l) return "—";
+  return pairs({
+    "requests/s": l.requests_per_sec ? `${l.requests_per_sec} (burst ${l.burst})` : "no limit",
+    "body": bytes(l.max_body_bytes),
+    "queue": l.max_queue_bytes == null ? "an equal share" : bytes(l.max_queue_bytes),
+  });
+}
+
 function credentials(c) {
   if (!c) return "—";
   const kinds = [];
@@ -56,7 +66,7 @@ export default async function tenants(section, signal) {
             h("code", {}, t.access_key),
             t.revoked ? h("span", { class: "badge bad" }, "revoked") : h("span", { class: "badge ok" }, "active"),
             credentials(t.credentials),
-            pairs(t.limits),
+            limits(t.limits),
             pairs(t.labels),
             routes(t.routes),
             text(t.counters ? t.counters.reports : null),
