@@ -77,8 +77,16 @@ fn status(state: &AppState, e: ApiError) -> tonic::Status {
             value: retry.encode_to_vec(),
         }],
     };
-    tonic::Status::with_details(code, e.message, details.encode_to_vec().into())
+    // Both places exporters look: `grpc-status-details-bin` (a `google.rpc.Status` with the
+    // `RetryInfo`: the Collector, grpc-go) and `google.rpc.retryinfo-bin` (the `RetryInfo`
+    // alone: the Python SDK's exporter reads only this trailer).
+    let mut trailers = tonic::metadata::MetadataMap::new();
+    trailers.insert_bin(RETRY_INFO_KEY, tonic::metadata::MetadataValue::from_bytes(&retry.encode_to_vec()));
+    tonic::Status::with_details_and_metadata(code, e.message, details.encode_to_vec().into(), trailers)
 }
+
+/// The trailer the OpenTelemetry Python exporter reads its retry delay from.
+const RETRY_INFO_KEY: &str = "google.rpc.retryinfo-bin";
 
 #[tonic::async_trait]
 impl LogsService for Logs {

@@ -3,6 +3,7 @@
 //! `file` route and the OpenSearch-API server; hand-made bodies for what an SDK never sends
 //! (malformed protobuf, JSON encoding quirks).
 
+use crate::fault_injector::{Fault, FaultInjector};
 use crate::helpers::*;
 use data_exporter::ingest::config::{IngestConfig, OtlpConfig, TenantConfig};
 use serde_json::{Value, json};
@@ -42,6 +43,13 @@ impl Otlp {
     /// OpenSearch; `labels_from = ["run"]`.
     async fn app(&self, tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
         let s = servers();
+        let os = json!({"host_port": s.tls_url, "index": self.index, "secretRef": "os", "checkCert": true});
+        self.app_to(os, tweak).await
+    }
+
+    /// As `app`, with this OpenSearch destination.
+    async fn app_to(&self, os: Value, tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
+        let s = servers();
         let secret = self.dir.path().join("secrets/os");
         std::fs::create_dir_all(&secret).unwrap();
         std::fs::write(secret.join("username"), &s.user).unwrap();
@@ -54,7 +62,7 @@ impl Otlp {
                 {"consumer": "file", "match": {"tag": ["dx-otlp-*"]},
                  "destination": {"path": "{tenant}.log", "format": "envelope"}},
                 {"consumer": "openSearch", "match": {"tag": ["dx-otlp-*"], "labels": {"scope": "dx.otlp.test"}},
-                 "destination": {"host_port": s.tls_url, "index": self.index, "secretRef": "os", "checkCert": true}},
+                 "destination": os},
             ],
         }))
         .unwrap();
@@ -86,6 +94,25 @@ impl Otlp {
         .await
     }
 
+    /// `send.py` with these arguments (see its usage), its output piped.
+    fn command(
+        &self,
+        transport: &str,
+        endpoint: &str,
+        token: &str,
+        count: usize,
+        run: &str,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(python());
+        cmd.arg(repo_root().join("tests/otlp/send.py"))
+            .args(["--transport", transport, "--endpoint", endpoint, "--token", token])
+            .args(["--count", &count.to_string(), "--run", run, "--timeout", "30"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// Run `send.py`; its stdout and stderr.
     async fn send(
         &self,
@@ -96,19 +123,20 @@ impl Otlp {
         run: &str,
         gzip: bool,
     ) -> (String, String) {
-        let mut cmd = tokio::process::Command::new(python());
-        cmd.arg(repo_root().join("tests/otlp/send.py"))
-            .args(["--transport", transport, "--endpoint", endpoint, "--token", token])
-            .args(["--count", &count.to_string(), "--run", run, "--timeout", "30"]);
+        let mut cmd = self.command(transport, endpoint, token, count, run);
         if gzip {
             cmd.arg("--gzip");
         }
-        let out = cmd.output().await.expect("running tests/otlp/send.py");
-        let (stdout, stderr) =
-            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-        assert!(out.status.success(), "send.py failed: {stdout}\n{stderr}");
-        (stdout, stderr)
+        finished(cmd.output().await.expect("running tests/otlp/send.py"))
     }
+}
+
+/// `send.py`'s stdout and stderr, once it succeeded.
+fn finished(out: std::process::Output) -> (String, String) {
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "send.py failed: {stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 /// The `seq` attribute of an envelope's OTLP payload.
@@ -279,4 +307,78 @@ async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
     .await;
     assert_eq!(n, 10_000);
     assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
+}
+
+/// How many requests the host refused with `code` (`/metrics`).
+async fn refused(app: &TestApp, code: &str) -> u64 {
+    let text = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    let series = format!("data_exporter_requests_rejected_total{{code=\"{code}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// The queue full, through the SDK's own exporter on `transport`: the tenant's OpenSearch
+/// destination is held back (the fault injector answers its bulks 503), so its reports stay
+/// queued until its share of `queue.max_bytes` is full and the host refuses the next export
+/// (HTTP 503 with `Retry-After: 5`, gRPC UNAVAILABLE with a 5 s `RetryInfo`). The exporter
+/// waits the delay it was given and retries (its log says so); once the destination is
+/// released, every record is in the file and in OpenSearch exactly once, by count and by id.
+async fn queue_full_the_exporter_retries_and_nothing_is_lost(transport: &str) {
+    const RECORDS: usize = 600;
+    let t = Otlp::new();
+    let inj = FaultInjector::start(&servers().os_url).await;
+    let held = Fault::Status { status: 503, retry_after: None, body: "held back by the test".into() };
+    inj.then(std::iter::repeat_n(held, 100_000));
+    let os = json!({"host_port": inj.url, "index": t.index});
+    let app = t
+        .app_to(os, |c| {
+            // One tenant: its share is half, 128 KiB, about eight of the exporter's batches.
+            c.queue.max_bytes = 256 * 1024;
+            c.delivery.max_attempts = 1_000_000;
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let endpoint = match transport {
+        "http" => app.url.clone(),
+        _ => format!("http://{}", app.host.grpc_addr().expect("grpc_listen set")),
+    };
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let mut cmd = t.command(transport, &endpoint, &t.token, RECORDS, &run);
+    cmd.args(["--batch", "25"]);
+    let sender = cmd.spawn().expect("running tests/otlp/send.py");
+    eventually(Duration::from_secs(60), "the host to refuse an export: the tenant's share full", async || {
+        refused(&app, "tenant_queue_full").await > 0
+    })
+    .await;
+    assert!(t.envelopes().len() < RECORDS, "refused before everything was taken");
+    inj.clear();
+    let (stdout, stderr) = finished(sender.wait_with_output().await.unwrap());
+    assert!(stdout.contains("flushed"), "{stdout}");
+    assert!(stderr.contains("retrying in 5.00s"), "the exporter retries after the host's delay: {stderr}");
+    assert!(!stderr.contains("Failed to export"), "the exporter gave a batch up: {stderr}");
+    let lines = eventually(Duration::from_secs(60), "every record in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= RECORDS).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), RECORDS, "each record once");
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..RECORDS as u64).collect(), "every record");
+    let ids: HashSet<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    let n = eventually(Duration::from_secs(60), "every record in OpenSearch", async || {
+        let n = count(&t.index).await;
+        (n >= RECORDS as u64).then_some(n)
+    })
+    .await;
+    assert_eq!(n, RECORDS as u64);
+    assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_full_the_http_exporter_retries_503_and_nothing_is_lost() {
+    queue_full_the_exporter_retries_and_nothing_is_lost("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_full_the_grpc_exporter_retries_unavailable_and_nothing_is_lost() {
+    queue_full_the_exporter_retries_and_nothing_is_lost("grpc").await;
 }
