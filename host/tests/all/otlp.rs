@@ -382,3 +382,104 @@ async fn queue_full_the_http_exporter_retries_503_and_nothing_is_lost() {
 async fn queue_full_the_grpc_exporter_retries_unavailable_and_nothing_is_lost() {
     queue_full_the_exporter_retries_and_nothing_is_lost("grpc").await;
 }
+
+/// `[tls]` of the test servers' certificates, a client certificate from their CA required.
+fn mtls(certs: &std::path::Path) -> data_exporter::server::tls::TlsConfig {
+    data_exporter::server::tls::TlsConfig {
+        cert_file: certs.join("server.pem"),
+        key_file: certs.join("server-key.pem"),
+        client_ca_file: Some(certs.join("ca.pem")),
+        client_auth: data_exporter::server::tls::ClientAuth::Required,
+        reload_poll_ms: 1000,
+    }
+}
+
+/// OTLP/gRPC over the public listener's TLS with a client certificate required: the SDK's gRPC
+/// exporter (`insecure=False`, channel credentials from the test CA) with the client
+/// certificate delivers; without one its TLS handshake is refused and nothing lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_over_mutual_tls_delivers_and_a_client_without_a_certificate_is_refused() {
+    let certs = servers().certs;
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.tls = Some(mtls(&certs));
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let endpoint = format!("https://127.0.0.1:{}", app.host.grpc_addr().expect("grpc_listen set").port());
+    let ca = certs.join("ca.pem");
+    let mut refused = t.command("grpc", &endpoint, &t.token, 10, "no-cert");
+    refused.arg("--ca").arg(&ca).args(["--timeout", "3"]);
+    let (_, stderr) = finished(refused.output().await.unwrap());
+    assert!(stderr.contains("UNAVAILABLE"), "the exporter could not connect without a certificate: {stderr}");
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let mut good = t.command("grpc", &endpoint, &t.token, 200, &run);
+    good.arg("--ca")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client-key.pem"));
+    let (stdout, stderr) = finished(good.output().await.unwrap());
+    assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
+    let lines = eventually(Duration::from_secs(60), "200 records in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= 200).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 200, "each record once, none without a certificate");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == run.as_str()));
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..200).collect());
+}
+
+/// Read from `sock` until the host closes it (end of stream or reset); what it sent first.
+async fn until_closed(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the host never closed the connection");
+    got
+}
+
+/// The gRPC listener's connection limits: a client that connects and never sends its request
+/// is cut off after `limits.header_timeout_ms`; past `limits.max_concurrent_requests`
+/// connections a new one is closed at once (counted as `overloaded`); the host then still
+/// serves the SDK's exporter.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_cuts_off_a_client_that_never_sends_and_bounds_connections() {
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.header_timeout_ms = 2000;
+            c.limits.max_concurrent_requests = 1;
+        })
+        .await;
+    let addr = app.host.grpc_addr().expect("grpc_listen set");
+    // The first connection holds the only place; the second is closed without a word.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(until_closed(&mut second).await.is_empty());
+    assert!(refused(&app, "overloaded").await >= 1, "the closed connection is counted");
+    // The silent one is cut off at its deadline: hyper had sent its SETTINGS, nothing more.
+    until_closed(&mut silent).await;
+    let (stdout, stderr) = t.send("grpc", &format!("http://{addr}"), &t.token, 20, "after", false).await;
+    assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
+    let lines = eventually(Duration::from_secs(30), "the 20 records", async || {
+        let l = t.envelopes();
+        (l.len() >= 20).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 20);
+}
