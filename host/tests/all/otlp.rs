@@ -483,3 +483,38 @@ async fn grpc_cuts_off_a_client_that_never_sends_and_bounds_connections() {
     .await;
     assert_eq!(lines.len(), 20);
 }
+
+/// A gRPC call over `limits.max_body_bytes` is refused INVALID_ARGUMENT, the limit named, while
+/// it is read (before tonic decodes it), and the exporter does not retry it; smaller calls on
+/// the same listener land.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_call_over_the_body_limit_is_invalid_argument_and_smaller_ones_land() {
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.max_body_bytes = 32 * 1024;
+        })
+        .await;
+    let endpoint = format!("http://{}", app.host.grpc_addr().expect("grpc_listen set"));
+    let mut big = t.command("grpc", &endpoint, &t.token, 400, "big");
+    big.args(["--batch", "400"]);
+    let (_, stderr) = finished(big.output().await.unwrap());
+    assert!(
+        stderr.contains("INVALID_ARGUMENT") && stderr.contains("limits.max_body_bytes (32768 bytes)"),
+        "the exporter reports the refusal and why: {stderr}"
+    );
+    assert!(!stderr.contains("retrying"), "not retried: {stderr}");
+    assert!(refused(&app, "body_too_large").await >= 1);
+    let mut small = t.command("grpc", &endpoint, &t.token, 60, "small");
+    small.args(["--batch", "20"]);
+    let (stdout, stderr) = finished(small.output().await.unwrap());
+    assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
+    let lines = eventually(Duration::from_secs(30), "the 60 small records", async || {
+        let l = t.envelopes();
+        (l.len() >= 60).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 60, "only the small calls' records");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == "small"));
+}
