@@ -79,6 +79,7 @@ fn status(state: &AppState, e: ApiError) -> tonic::Status {
 fn grpc_status(e: ApiError) -> tonic::Status {
     let code = match e.status.as_u16() {
         400 | 413 | 415 => tonic::Code::InvalidArgument,
+        408 => tonic::Code::DeadlineExceeded,
         401 => tonic::Code::Unauthenticated,
         403 => tonic::Code::PermissionDenied,
         404 => tonic::Code::NotFound,
