@@ -1219,7 +1219,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     if wants("otlp") {
-        md.push_str(&otlp::section(&rt, &p, ack_addr)?);
+        md.push_str(&otlp::section(&rt, &p)?);
         println!("{md}");
     }
 
