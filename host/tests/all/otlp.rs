@@ -518,3 +518,38 @@ async fn a_grpc_call_over_the_body_limit_is_invalid_argument_and_smaller_ones_la
     assert_eq!(lines.len(), 60, "only the small calls' records");
     assert!(lines.iter().all(|l| l["labels"]["run"] == "small"));
 }
+
+/// The HTTP/2 frame types in `bytes` (9-byte frame headers, then their payloads), in order.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+/// A gRPC connection that finished its HTTP/2 handshake but has no call open for
+/// `limits.header_timeout_ms` is closed the HTTP/2 way: a GOAWAY, then the end of the stream
+/// (a client reconnects for its next export).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_grpc_connection_gets_goaway_and_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.header_timeout_ms = 500;
+        })
+        .await;
+    let mut sock = tokio::net::TcpStream::connect(app.host.grpc_addr().expect("grpc_listen set")).await.unwrap();
+    // The client preface and an empty SETTINGS frame: the handshake done, no call.
+    sock.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let got = until_closed(&mut sock).await;
+    let types = frame_types(&got);
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    assert_eq!(types.first(), Some(&SETTINGS), "the server's SETTINGS first: {types:?}");
+    assert!(types.contains(&GOAWAY), "a GOAWAY before the close: {types:?}");
+}
