@@ -99,7 +99,7 @@ impl Host {
             failed = host.state.registry.current().failures().len(),
             "data-exporter is up"
         );
-        let tls = public.tls();
+        let (tls, budget) = (public.tls(), public.budget());
         let grpc =
             match cfg.ingest.grpc_listen {
                 Some(at) => Some(tokio::net::TcpListener::bind(at).await.with_context(|| {
@@ -121,8 +121,8 @@ impl Host {
         };
         let public = public.serve(server::app(host.state.clone()), stopped(stop_rx.clone()));
         let grpc = grpc.map(|tcp| {
-            let (state, max) = (host.state.clone(), cfg.limits.max_body_bytes);
-            server::grpc::serve(tcp, tls.clone(), state, max, stopped(stop_rx.clone()))
+            let (state, limits) = (host.state.clone(), cfg.limits.clone());
+            server::grpc::serve(tcp, tls.clone(), state, limits, budget, stopped(stop_rx.clone()))
         });
         let admin = axum::serve(admin, server::admin_app(host.state.clone(), admin_addr))
             .with_graceful_shutdown(stopped(stop_rx));

@@ -66,8 +66,38 @@ pub struct OtlpConfig {
     /// Attribute names whose values become labels of the same name (the record's attribute,
     /// else its scope's, else its resource's; strings, numbers and booleans), e.g.
     /// `["k8s.namespace.name"]`. `service.name` is always the `tag` label and the scope's name
-    /// the `scope` label. Values are cut to 256 bytes; at most 16 labels in all per report.
+    /// the `scope` label. Values are cut to 256 bytes; at most 32 labels in all per report.
     pub labels_from: Vec<String>,
+}
+
+impl OtlpConfig {
+    /// Each `labels_from` entry a name a label can have, not `tag` or `scope` (taken by
+    /// `service.name` and the scope's name), at most `envelope::MAX_LABELS` of them; an error
+    /// names the bad entry and what a name may be.
+    pub fn check(&self) -> Result<(), String> {
+        let max = crate::envelope::MAX_LABELS;
+        if self.labels_from.len() > max {
+            return Err(format!(
+                "ingest.otlp.labels_from names {} attributes: a report has at most {max} labels, name at most {max}",
+                self.labels_from.len()
+            ));
+        }
+        for (i, name) in self.labels_from.iter().enumerate() {
+            if !crate::envelope::valid_label(name, "") {
+                return Err(format!(
+                    "ingest.otlp.labels_from[{i}] = {name:?} is not a label name: a name is 1-64 ASCII letters, \
+                     digits, `_`, `-` or `.` (an attribute named otherwise cannot be a label)"
+                ));
+            }
+            if name == "tag" || name == super::otlp::SCOPE_LABEL {
+                return Err(format!(
+                    "ingest.otlp.labels_from[{i}] = {name:?} is taken: `tag` is the resource's service.name and \
+                     `scope` the instrumentation scope's name; leave it out"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for IngestConfig {
@@ -205,4 +235,38 @@ pub struct Match {
     pub tag: Vec<String>,
     /// Labels: name -> pattern.
     pub labels: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod otlp_tests {
+    use super::OtlpConfig;
+
+    fn check(names: &[&str]) -> Result<(), String> {
+        OtlpConfig { labels_from: names.iter().map(|n| n.to_string()).collect() }.check()
+    }
+
+    #[test]
+    fn labels_from_names_are_checked_when_the_config_loads() {
+        assert_eq!(check(&["service.namespace", "k8s.namespace.name", "run_id", "a-b"]), Ok(()));
+        let e = check(&["ok", "http request"]).unwrap_err();
+        assert!(e.contains("labels_from[1]") && e.contains("\"http request\"") && e.contains("1-64 ASCII"), "{e}");
+        let e = check(&[""]).unwrap_err();
+        assert!(e.contains("labels_from[0]"), "{e}");
+        let long = "x".repeat(65);
+        assert!(check(&[&long]).unwrap_err().contains("not a label name"));
+        let e = check(&["tag"]).unwrap_err();
+        assert!(e.contains("is taken") && e.contains("service.name"), "{e}");
+        assert!(check(&["scope"]).unwrap_err().contains("is taken"));
+        let many: Vec<String> = (0..33).map(|i| format!("a{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(check(&many).unwrap_err().contains("at most 32"));
+    }
+
+    #[test]
+    fn a_bad_labels_from_entry_stops_the_tenants_loading() {
+        let cfg =
+            super::IngestConfig { otlp: OtlpConfig { labels_from: vec!["bad/name".into()] }, ..Default::default() };
+        let e = crate::ingest::tenants::load(&cfg).err().expect("refused");
+        assert!(e.contains("ingest.otlp.labels_from[0]"), "{e}");
+    }
 }

@@ -293,6 +293,7 @@ fn read_file(path: &Path) -> Result<Vec<TenantConfig>, String> {
 
 /// Everything configured, from the config and `tenants_file`.
 pub fn load(cfg: &IngestConfig) -> Result<TenantSet, String> {
+    cfg.otlp.check()?;
     let mut all = cfg.tenants.clone();
     if let Some(path) = &cfg.tenants_file {
         all.extend(read_file(path)?);

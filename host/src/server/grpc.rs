@@ -5,21 +5,35 @@
 //! metadata. Refusals are gRPC statuses: UNAUTHENTICATED, PERMISSION_DENIED,
 //! RESOURCE_EXHAUSTED and UNAVAILABLE (with a `google.rpc.RetryInfo`), INVALID_ARGUMENT. The
 //! trace and metrics services answer UNIMPLEMENTED.
+//!
+//! The listener holds to the public listener's limits: a connection has
+//! `limits.header_timeout_ms` for its TLS handshake and its first request, and is closed (GOAWAY)
+//! when it has had no call open for as long; at most `limits.max_concurrent_requests`
+//! connections (more are closed at once), `MAX_STREAMS` calls open on each; every call passes
+//! the public listener's guard (`listener::guarded`): at most `limits.max_concurrent_requests`
+//! calls at once (else UNAVAILABLE, retried), the request body read whole before tonic sees it,
+//! at most `limits.max_body_bytes` (counting gRPC's 5-byte frame header) within
+//! `limits.body_timeout_ms`, its bytes taken from the same `limits.max_buffered_bytes` budget as
+//! the public listener's bodies, and what decoding makes of it charged there too.
 
+use super::listener::{Budget, guarded};
 use super::tls::TlsReloader;
 use super::{ApiError, AppState};
 use crate::ingest;
+use crate::listen::Limits;
 use data_exporter_wire::otlp::{Encoding, ExportLogsServiceRequest, ExportLogsServiceResponse};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use prost::Message;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tower::ServiceExt;
 
-/// The `LogsService` of tenant ingest.
-struct Logs(AppState);
+/// The `LogsService` of tenant ingest; `limits.max_buffered_bytes`.
+struct Logs(AppState, u64);
 
 /// `google.protobuf.Duration`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -55,11 +69,17 @@ struct RpcStatus {
     details: Vec<Any>,
 }
 
-/// A refusal as a gRPC status; one to retry carries its delay as `RetryInfo`.
+/// A refusal as a gRPC status, counted as every refusal is.
 fn status(state: &AppState, e: ApiError) -> tonic::Status {
     state.metrics.reject(e.code);
+    grpc_status(e)
+}
+
+/// A refusal as a gRPC status; one to retry carries its delay as `RetryInfo`.
+fn grpc_status(e: ApiError) -> tonic::Status {
     let code = match e.status.as_u16() {
         400 | 413 | 415 => tonic::Code::InvalidArgument,
+        408 => tonic::Code::DeadlineExceeded,
         401 => tonic::Code::Unauthenticated,
         403 => tonic::Code::PermissionDenied,
         404 => tonic::Code::NotFound,
@@ -77,8 +97,16 @@ fn status(state: &AppState, e: ApiError) -> tonic::Status {
             value: retry.encode_to_vec(),
         }],
     };
-    tonic::Status::with_details(code, e.message, details.encode_to_vec().into())
+    // Both places exporters look: `grpc-status-details-bin` (a `google.rpc.Status` with the
+    // `RetryInfo`: the Collector, grpc-go) and `google.rpc.retryinfo-bin` (the `RetryInfo`
+    // alone: the Python SDK's exporter reads only this trailer).
+    let mut trailers = tonic::metadata::MetadataMap::new();
+    trailers.insert_bin(RETRY_INFO_KEY, tonic::metadata::MetadataValue::from_bytes(&retry.encode_to_vec()));
+    tonic::Status::with_details_and_metadata(code, e.message, details.encode_to_vec().into(), trailers)
 }
+
+/// The trailer the OpenTelemetry Python exporter reads its retry delay from.
+const RETRY_INFO_KEY: &str = "google.rpc.retryinfo-bin";
 
 #[tonic::async_trait]
 impl LogsService for Logs {
@@ -87,13 +115,26 @@ impl LogsService for Logs {
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         let state = &self.0;
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         let headers = metadata.into_headers();
         // One path for both transports: the request as protobuf bytes (prost encodes a message
         // the same way every time, so an exporter's retry gets the same report ids).
         let body = bytes::Bytes::from(message.encode_to_vec());
+        // The decoded message and its bytes are held beside the body the guard read.
+        let charge = extensions.get::<Budget>().map(Budget::charge);
+        if let Some(c) = &charge
+            && !c.take(body.len().saturating_mul(2))
+        {
+            let e = if c.never_fits() {
+                ingest::Refused::NeverFits { max_buffered_bytes: self.1 }
+            } else {
+                ingest::Refused::Framing(data_exporter_wire::framing::FramingError::OverBudget)
+            };
+            return Err(status(state, e.into()));
+        }
+        let charge = charge.map(|c| c as Arc<dyn ingest::Budget>);
         let req = ingest::Request { headers: &headers, access_key: None };
-        match state.ingest.ingest_otlp(req, body, Encoding::Protobuf, None, None).await {
+        match state.ingest.ingest_otlp(req, body, Encoding::Protobuf, None, charge).await {
             Ok(exported) => Ok(tonic::Response::new(exported.response())),
             Err(refused) => Err(status(state, refused.into())),
         }
@@ -102,18 +143,104 @@ impl LogsService for Logs {
 
 const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 
-/// Serve the `LogsService` on `tcp` until `shutdown`; then let open calls finish.
+/// Calls open at once on one connection (HTTP/2 streams).
+const MAX_STREAMS: u32 = 64;
+
+/// Any other path: UNIMPLEMENTED, saying what this host takes.
+async fn not_logs(uri: axum::http::Uri) -> axum::response::Response {
+    let message = format!(
+        "this host takes OTLP logs only ({LOGS_PATH}Export), not {}: send traces and metrics elsewhere, or turn \
+         them off in the exporter",
+        uri.path()
+    );
+    tonic::Status::unimplemented(message).into_http::<axum::body::Body>()
+}
+
+/// The guard's refusals (JSON, an HTTP status) as the gRPC statuses a client reads; the
+/// service's own answers (`application/grpc`) as they are.
+async fn as_grpc(resp: axum::response::Response) -> axum::response::Response {
+    let grpc =
+        resp.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let retry_after = parts.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("refused with HTTP status {}", parts.status));
+    let mut e = ApiError::new(parts.status, "grpc_guard", message);
+    e.retry_after = retry_after;
+    grpc_status(e).into_http::<axum::body::Body>()
+}
+
+/// Calls open on one connection, and when that changes.
+#[derive(Default)]
+struct Activity {
+    open: AtomicUsize,
+    changed: Notify,
+}
+
+/// One open call; closed when dropped.
+struct Open(Arc<Activity>);
+
+impl Activity {
+    fn open(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Open(self.clone())
+    }
+
+    /// Return once no call has been open for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) == 0 {
+                if tokio::time::timeout(timeout, changed).await.is_err() {
+                    return;
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Serve the `LogsService` on `tcp` until `shutdown`; then let open calls finish. Bodies are
+/// taken from `budget` (the public listener's).
 pub async fn serve(
     tcp: tokio::net::TcpListener,
     tls: Option<Arc<TlsReloader>>,
     state: AppState,
-    max_body_bytes: usize,
+    limits: Limits,
+    budget: Budget,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let logs = LogsServiceServer::new(Logs(state))
+    let metrics = state.metrics.clone();
+    let logs = LogsServiceServer::new(Logs(state, limits.max_buffered_bytes))
         .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_body_bytes);
-    let graceful = GracefulShutdown::new();
+        .max_decoding_message_size(limits.max_body_bytes);
+    let router = axum::Router::new().route_service(&format!("{LOGS_PATH}Export"), logs).fallback(not_logs);
+    let app = guarded(router, &limits, metrics.clone(), budget).layer(axum::middleware::map_response(as_grpc));
+    let deadline = Duration::from_millis(limits.header_timeout_ms);
+    let max_connections = limits.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS);
+    let (stop, stopped) = watch::channel(false);
+    // Each connection holds a sender: once all are dropped, every connection has ended.
+    let (alive, mut ended) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -126,47 +253,91 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.reject("overloaded");
+            tracing::debug!(%peer, max_connections, "gRPC connection closed: limits.max_concurrent_requests connections are open");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let logs = logs.clone();
-        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let logs = logs.clone();
-            async move {
-                if req.uri().path().starts_with(LOGS_PATH) {
-                    logs.oneshot(req).await
-                } else {
-                    let message = format!(
-                        "this host takes OTLP logs only ({LOGS_PATH}Export), not {}: send traces and metrics \
-                         elsewhere, or turn them off in the exporter",
-                        req.uri().path()
-                    );
-                    Ok(tonic::Status::unimplemented(message).into_http())
-                }
-            }
-        });
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let conn = Conn { http: http.clone(), app: app.clone(), deadline, stop: stopped.clone(), peer };
+        let (tls, alive) = (tls.clone(), alive.clone());
         tokio::spawn(async move {
-            let http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            let result = match tls {
-                None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+            let _held = (permit, alive);
+            match tls {
+                None => conn.serve(stream).await,
                 Some(tls) => {
                     let mut config = (*tls.current()).clone();
                     config.alpn_protocols = vec![b"h2".to_vec()];
                     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-                    match acceptor.accept(stream).await {
-                        Ok(stream) => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed (gRPC)");
-                            return;
-                        }
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => conn.serve(stream).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed (gRPC)"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out (gRPC, limits.header_timeout_ms)"),
                     }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "gRPC connection ended with an error");
             }
         });
     }
     drop(tcp);
-    graceful.shutdown().await;
+    stop.send_replace(true);
+    drop(alive);
+    let _ = ended.recv().await;
+}
+
+/// One accepted connection, its stream ready.
+struct Conn {
+    http: hyper::server::conn::http2::Builder<TokioExecutor>,
+    app: axum::Router,
+    /// For the first call, and the longest a connection stays with none open.
+    deadline: Duration,
+    stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+}
+
+impl Conn {
+    /// Serve calls until the client closes, the connection is idle past the deadline, or the
+    /// host stops; the last two send GOAWAY and let open calls finish.
+    async fn serve<I>(mut self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let (app, calls) = (self.app.clone(), activity.clone());
+        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (app, open) = (app.clone(), calls.open());
+            async move {
+                let answer = app.oneshot(req.map(axum::body::Body::new)).await;
+                drop(open);
+                answer
+            }
+        });
+        let conn = self.http.serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let peer = self.peer;
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "gRPC connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.stop.wait_for(|s| *s), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = activity.idle_for(self.deadline) => {
+                    tracing::debug!(%peer, "gRPC connection idle past limits.header_timeout_ms: closed");
+                    conn.as_mut().graceful_shutdown();
+                    break;
+                }
+            }
+        }
+        // No call is open; a client that does not complete the GOAWAY (one that never finished
+        // its HTTP/2 handshake, which hyper waits for) is dropped.
+        if tokio::time::timeout(self.deadline, conn.as_mut()).await.is_err() {
+            tracing::debug!(%peer, "gRPC connection dropped: it sent nothing within limits.header_timeout_ms");
+        }
+    }
 }

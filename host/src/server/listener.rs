@@ -41,6 +41,8 @@ pub struct PublicListener {
     tls: Option<Arc<TlsReloader>>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// `limits.max_buffered_bytes`, shared with the OTLP/gRPC listener.
+    buffered: Budget,
 }
 
 impl PublicListener {
@@ -52,7 +54,14 @@ impl PublicListener {
         metrics: Arc<Metrics>,
     ) -> Result<PublicListener, TlsError> {
         let tls = tls.map(TlsReloader::load).transpose()?.map(Arc::new);
-        Ok(PublicListener { tcp, tls, limits: limits.clone(), metrics })
+        let buffered = Budget::new(limits.max_buffered_bytes);
+        Ok(PublicListener { tcp, tls, limits: limits.clone(), metrics, buffered })
+    }
+
+    /// Its budget of `limits.max_buffered_bytes`: another listener taking bodies (OTLP/gRPC)
+    /// takes from the same one, so the bound holds for the process.
+    pub fn budget(&self) -> Budget {
+        self.buffered.clone()
     }
 
     /// The address it listens on.
@@ -75,8 +84,8 @@ impl PublicListener {
     /// (idle connections are closed) and return once every connection is closed. The caller
     /// bounds that wait (`shutdown_grace_ms`).
     pub async fn serve(self, app: Router, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-        let PublicListener { tcp, tls, limits, metrics } = self;
-        let app = guarded(app, &limits, metrics);
+        let PublicListener { tcp, tls, limits, metrics, buffered } = self;
+        let app = guarded(app, &limits, metrics, buffered);
         let header_timeout = Duration::from_millis(limits.header_timeout_ms);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -181,8 +190,9 @@ struct Guard {
     shed_logged: AtomicU64,
 }
 
-/// `app` behind the concurrency limit and the body deadline and limit.
-fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>) -> Router {
+/// `app` behind the concurrency limit and the body deadline and limit, its bodies taken from
+/// `buffered` (also the OTLP/gRPC listener's guard).
+pub(super) fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>, buffered: Budget) -> Router {
     let max_concurrent = limits.max_concurrent_requests.min(Semaphore::MAX_PERMITS);
     let g = Guard {
         permits: Arc::new(Semaphore::new(max_concurrent)),
@@ -190,7 +200,7 @@ fn guarded(app: Router, limits: &Limits, metrics: Arc<Metrics>) -> Router {
         max_body: limits.max_body_bytes,
         body_timeout: Duration::from_millis(limits.body_timeout_ms),
         min_rate: limits.min_body_bytes_per_sec,
-        buffered: Budget::new(limits.max_buffered_bytes),
+        buffered,
         max_buffered: limits.max_buffered_bytes,
         metrics,
         shed_logged: AtomicU64::new(0),

@@ -3,6 +3,7 @@
 //! `file` route and the OpenSearch-API server; hand-made bodies for what an SDK never sends
 //! (malformed protobuf, JSON encoding quirks).
 
+use crate::fault_injector::{Fault, FaultInjector};
 use crate::helpers::*;
 use data_exporter::ingest::config::{IngestConfig, OtlpConfig, TenantConfig};
 use serde_json::{Value, json};
@@ -42,6 +43,13 @@ impl Otlp {
     /// OpenSearch; `labels_from = ["run"]`.
     async fn app(&self, tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
         let s = servers();
+        let os = json!({"host_port": s.tls_url, "index": self.index, "secretRef": "os", "checkCert": true});
+        self.app_to(os, tweak).await
+    }
+
+    /// As `app`, with this OpenSearch destination.
+    async fn app_to(&self, os: Value, tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
+        let s = servers();
         let secret = self.dir.path().join("secrets/os");
         std::fs::create_dir_all(&secret).unwrap();
         std::fs::write(secret.join("username"), &s.user).unwrap();
@@ -54,7 +62,7 @@ impl Otlp {
                 {"consumer": "file", "match": {"tag": ["dx-otlp-*"]},
                  "destination": {"path": "{tenant}.log", "format": "envelope"}},
                 {"consumer": "openSearch", "match": {"tag": ["dx-otlp-*"], "labels": {"scope": "dx.otlp.test"}},
-                 "destination": {"host_port": s.tls_url, "index": self.index, "secretRef": "os", "checkCert": true}},
+                 "destination": os},
             ],
         }))
         .unwrap();
@@ -86,6 +94,25 @@ impl Otlp {
         .await
     }
 
+    /// `send.py` with these arguments (see its usage), its output piped.
+    fn command(
+        &self,
+        transport: &str,
+        endpoint: &str,
+        token: &str,
+        count: usize,
+        run: &str,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(python());
+        cmd.arg(repo_root().join("tests/otlp/send.py"))
+            .args(["--transport", transport, "--endpoint", endpoint, "--token", token])
+            .args(["--count", &count.to_string(), "--run", run, "--timeout", "30"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// Run `send.py`; its stdout and stderr.
     async fn send(
         &self,
@@ -96,19 +123,20 @@ impl Otlp {
         run: &str,
         gzip: bool,
     ) -> (String, String) {
-        let mut cmd = tokio::process::Command::new(python());
-        cmd.arg(repo_root().join("tests/otlp/send.py"))
-            .args(["--transport", transport, "--endpoint", endpoint, "--token", token])
-            .args(["--count", &count.to_string(), "--run", run, "--timeout", "30"]);
+        let mut cmd = self.command(transport, endpoint, token, count, run);
         if gzip {
             cmd.arg("--gzip");
         }
-        let out = cmd.output().await.expect("running tests/otlp/send.py");
-        let (stdout, stderr) =
-            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-        assert!(out.status.success(), "send.py failed: {stdout}\n{stderr}");
-        (stdout, stderr)
+        finished(cmd.output().await.expect("running tests/otlp/send.py"))
     }
+}
+
+/// `send.py`'s stdout and stderr, once it succeeded.
+fn finished(out: std::process::Output) -> (String, String) {
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "send.py failed: {stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 /// The `seq` attribute of an envelope's OTLP payload.
@@ -279,4 +307,249 @@ async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
     .await;
     assert_eq!(n, 10_000);
     assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
+}
+
+/// How many requests the host refused with `code` (`/metrics`).
+async fn refused(app: &TestApp, code: &str) -> u64 {
+    let text = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    let series = format!("data_exporter_requests_rejected_total{{code=\"{code}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// The queue full, through the SDK's own exporter on `transport`: the tenant's OpenSearch
+/// destination is held back (the fault injector answers its bulks 503), so its reports stay
+/// queued until its share of `queue.max_bytes` is full and the host refuses the next export
+/// (HTTP 503 with `Retry-After: 5`, gRPC UNAVAILABLE with a 5 s `RetryInfo`). The exporter
+/// waits the delay it was given and retries (its log says so); once the destination is
+/// released, every record is in the file and in OpenSearch exactly once, by count and by id.
+async fn queue_full_the_exporter_retries_and_nothing_is_lost(transport: &str) {
+    const RECORDS: usize = 600;
+    let t = Otlp::new();
+    let inj = FaultInjector::start(&servers().os_url).await;
+    let held = Fault::Status { status: 503, retry_after: None, body: "held back by the test".into() };
+    inj.then(std::iter::repeat_n(held, 100_000));
+    let os = json!({"host_port": inj.url, "index": t.index});
+    let app = t
+        .app_to(os, |c| {
+            // One tenant: its share is half, 128 KiB, about eight of the exporter's batches.
+            c.queue.max_bytes = 256 * 1024;
+            c.delivery.max_attempts = 1_000_000;
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let endpoint = match transport {
+        "http" => app.url.clone(),
+        _ => format!("http://{}", app.host.grpc_addr().expect("grpc_listen set")),
+    };
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let mut cmd = t.command(transport, &endpoint, &t.token, RECORDS, &run);
+    cmd.args(["--batch", "25"]);
+    let sender = cmd.spawn().expect("running tests/otlp/send.py");
+    eventually(Duration::from_secs(60), "the host to refuse an export: the tenant's share full", async || {
+        refused(&app, "tenant_queue_full").await > 0
+    })
+    .await;
+    assert!(t.envelopes().len() < RECORDS, "refused before everything was taken");
+    inj.clear();
+    let (stdout, stderr) = finished(sender.wait_with_output().await.unwrap());
+    assert!(stdout.contains("flushed"), "{stdout}");
+    assert!(stderr.contains("retrying in 5.00s"), "the exporter retries after the host's delay: {stderr}");
+    assert!(!stderr.contains("Failed to export"), "the exporter gave a batch up: {stderr}");
+    let lines = eventually(Duration::from_secs(60), "every record in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= RECORDS).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), RECORDS, "each record once");
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..RECORDS as u64).collect(), "every record");
+    let ids: HashSet<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_string()).collect();
+    let n = eventually(Duration::from_secs(60), "every record in OpenSearch", async || {
+        let n = count(&t.index).await;
+        (n >= RECORDS as u64).then_some(n)
+    })
+    .await;
+    assert_eq!(n, RECORDS as u64);
+    assert_eq!(all_ids(&t.index).await, ids, "the same reports, by id");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_full_the_http_exporter_retries_503_and_nothing_is_lost() {
+    queue_full_the_exporter_retries_and_nothing_is_lost("http").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_full_the_grpc_exporter_retries_unavailable_and_nothing_is_lost() {
+    queue_full_the_exporter_retries_and_nothing_is_lost("grpc").await;
+}
+
+/// `[tls]` of the test servers' certificates, a client certificate from their CA required.
+fn mtls(certs: &std::path::Path) -> data_exporter::server::tls::TlsConfig {
+    data_exporter::server::tls::TlsConfig {
+        cert_file: certs.join("server.pem"),
+        key_file: certs.join("server-key.pem"),
+        client_ca_file: Some(certs.join("ca.pem")),
+        client_auth: data_exporter::server::tls::ClientAuth::Required,
+        reload_poll_ms: 1000,
+    }
+}
+
+/// OTLP/gRPC over the public listener's TLS with a client certificate required: the SDK's gRPC
+/// exporter (`insecure=False`, channel credentials from the test CA) with the client
+/// certificate delivers; without one its TLS handshake is refused and nothing lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_over_mutual_tls_delivers_and_a_client_without_a_certificate_is_refused() {
+    let certs = servers().certs;
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.tls = Some(mtls(&certs));
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let endpoint = format!("https://127.0.0.1:{}", app.host.grpc_addr().expect("grpc_listen set").port());
+    let ca = certs.join("ca.pem");
+    let mut refused = t.command("grpc", &endpoint, &t.token, 10, "no-cert");
+    refused.arg("--ca").arg(&ca).args(["--timeout", "3"]);
+    let (_, stderr) = finished(refused.output().await.unwrap());
+    assert!(stderr.contains("UNAVAILABLE"), "the exporter could not connect without a certificate: {stderr}");
+    let run = format!("run-{:x}", fastrand::u64(..));
+    let mut good = t.command("grpc", &endpoint, &t.token, 200, &run);
+    good.arg("--ca")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(certs.join("client.pem"))
+        .arg("--key")
+        .arg(certs.join("client-key.pem"));
+    let (stdout, stderr) = finished(good.output().await.unwrap());
+    assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
+    let lines = eventually(Duration::from_secs(60), "200 records in the tenant's file", async || {
+        let l = t.envelopes();
+        (l.len() >= 200).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 200, "each record once, none without a certificate");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == run.as_str()));
+    let seqs: HashSet<u64> = lines.iter().map(seq).collect();
+    assert_eq!(seqs, (0..200).collect());
+}
+
+/// Read from `sock` until the host closes it (end of stream or reset); what it sent first.
+async fn until_closed(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the host never closed the connection");
+    got
+}
+
+/// The gRPC listener's connection limits: a client that connects and never sends its request
+/// is cut off after `limits.header_timeout_ms`; past `limits.max_concurrent_requests`
+/// connections a new one is closed at once (counted as `overloaded`); the host then still
+/// serves the SDK's exporter.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_cuts_off_a_client_that_never_sends_and_bounds_connections() {
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.header_timeout_ms = 2000;
+            c.limits.max_concurrent_requests = 1;
+        })
+        .await;
+    let addr = app.host.grpc_addr().expect("grpc_listen set");
+    // The first connection holds the only place; the second is closed without a word.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(until_closed(&mut second).await.is_empty());
+    assert!(refused(&app, "overloaded").await >= 1, "the closed connection is counted");
+    // The silent one is cut off at its deadline: hyper had sent its SETTINGS, nothing more.
+    until_closed(&mut silent).await;
+    let (stdout, stderr) = t.send("grpc", &format!("http://{addr}"), &t.token, 20, "after", false).await;
+    assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
+    let lines = eventually(Duration::from_secs(30), "the 20 records", async || {
+        let l = t.envelopes();
+        (l.len() >= 20).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 20);
+}
+
+/// A gRPC call over `limits.max_body_bytes` is refused INVALID_ARGUMENT, the limit named, while
+/// it is read (before tonic decodes it), and the exporter does not retry it; smaller calls on
+/// the same listener land.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_call_over_the_body_limit_is_invalid_argument_and_smaller_ones_land() {
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.max_body_bytes = 32 * 1024;
+        })
+        .await;
+    let endpoint = format!("http://{}", app.host.grpc_addr().expect("grpc_listen set"));
+    let mut big = t.command("grpc", &endpoint, &t.token, 400, "big");
+    big.args(["--batch", "400"]);
+    let (_, stderr) = finished(big.output().await.unwrap());
+    assert!(
+        stderr.contains("INVALID_ARGUMENT") && stderr.contains("limits.max_body_bytes (32768 bytes)"),
+        "the exporter reports the refusal and why: {stderr}"
+    );
+    assert!(!stderr.contains("retrying"), "not retried: {stderr}");
+    assert!(refused(&app, "body_too_large").await >= 1);
+    let mut small = t.command("grpc", &endpoint, &t.token, 60, "small");
+    small.args(["--batch", "20"]);
+    let (stdout, stderr) = finished(small.output().await.unwrap());
+    assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
+    let lines = eventually(Duration::from_secs(30), "the 60 small records", async || {
+        let l = t.envelopes();
+        (l.len() >= 60).then_some(l)
+    })
+    .await;
+    assert_eq!(lines.len(), 60, "only the small calls' records");
+    assert!(lines.iter().all(|l| l["labels"]["run"] == "small"));
+}
+
+/// The HTTP/2 frame types in `bytes` (9-byte frame headers, then their payloads), in order.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+/// A gRPC connection that finished its HTTP/2 handshake but has no call open for
+/// `limits.header_timeout_ms` is closed the HTTP/2 way: a GOAWAY, then the end of the stream
+/// (a client reconnects for its next export).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_grpc_connection_gets_goaway_and_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.header_timeout_ms = 500;
+        })
+        .await;
+    let mut sock = tokio::net::TcpStream::connect(app.host.grpc_addr().expect("grpc_listen set")).await.unwrap();
+    // The client preface and an empty SETTINGS frame: the handshake done, no call.
+    sock.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let got = until_closed(&mut sock).await;
+    let types = frame_types(&got);
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    assert_eq!(types.first(), Some(&SETTINGS), "the server's SETTINGS first: {types:?}");
+    assert!(types.contains(&GOAWAY), "a GOAWAY before the close: {types:?}");
 }

@@ -25,9 +25,12 @@
 //!   next to the baseline parsing the same bodies (issue 22);
 //! - peer: Fluent Bit (`FLUENT_BIT` names its binary) next to the host, HTTP in to the acknowledger,
 //!   end to end and CPU per document, in turns (issue 23; module `peer`);
-//! - fanout: one request to many distinct destinations, until all acknowledged (`fanout.rs`).
+//! - fanout: one request to many distinct destinations, until all acknowledged (`fanout.rs`);
+//! - otlp: `POST /v1/logs` protobuf next to `/v1/ingest` json_lines, the same records: records/s
+//!   and CPU per record (issue 25; module `otlp`).
 
 mod fanout;
+mod otlp;
 mod peer;
 
 use dx_bench::load::{self, Load, Stop};
@@ -1212,6 +1215,11 @@ fn main() -> anyhow::Result<()> {
 
     if wants("pipeline") {
         md.push_str(&pipeline_section(&rt, &p, ack_addr)?);
+        println!("{md}");
+    }
+
+    if wants("otlp") {
+        md.push_str(&otlp::section(&rt, &p)?);
         println!("{md}");
     }
 
