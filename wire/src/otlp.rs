@@ -86,13 +86,8 @@ pub fn decode_within(
     opts: &OtlpOptions,
     allowance: &dyn Allowance,
 ) -> Result<ExportLogsServiceRequest, OtlpError> {
-    let inflated;
-    let body = if gzip::is_gzip(content_encoding)? {
-        inflated = gzip::gunzip(body, opts.max_decompressed_bytes, allowance)?;
-        &inflated[..]
-    } else {
-        body
-    };
+    let inflated = gzip::inflated(body, content_encoding, opts.max_decompressed_bytes, allowance)?;
+    let body = &inflated[..];
     // The decoded messages hold about what the body holds, again for the payloads made of them.
     if !allowance.take(body.len().saturating_mul(2)) {
         return Err(FramingError::OverBudget.into());

@@ -17,13 +17,13 @@
 //! the public listener's bodies, and what decoding makes of it charged there too.
 
 use super::listener::{Budget, guarded};
+use super::otlp::{Any, RpcStatus, rpc_code};
 use super::tls::TlsReloader;
 use super::{ApiError, AppState};
 use crate::ingest;
 use crate::listen::Limits;
-use data_exporter_wire::otlp::{Encoding, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use data_exporter_wire::otlp::{Encoding, ExportLogsServiceResponse};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,8 +32,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tower::ServiceExt;
 
-/// The `LogsService` of tenant ingest; `limits.max_buffered_bytes`.
-struct Logs(AppState, u64);
+/// The `LogsService` of tenant ingest; `limits.max_buffered_bytes`, `limits.max_body_bytes`.
+struct Logs(AppState, u64, usize);
 
 /// `google.protobuf.Duration`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -49,26 +49,6 @@ struct RetryInfo {
     retry_delay: Option<ProtoDuration>,
 }
 
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Any {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-/// `google.rpc.Status` with details.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<Any>,
-}
-
 /// A refusal as a gRPC status, counted as every refusal is.
 fn status(state: &AppState, e: ApiError) -> tonic::Status {
     state.metrics.reject(e.code);
@@ -77,16 +57,7 @@ fn status(state: &AppState, e: ApiError) -> tonic::Status {
 
 /// A refusal as a gRPC status; one to retry carries its delay as `RetryInfo`.
 fn grpc_status(e: ApiError) -> tonic::Status {
-    let code = match e.status.as_u16() {
-        400 | 413 | 415 => tonic::Code::InvalidArgument,
-        408 => tonic::Code::DeadlineExceeded,
-        401 => tonic::Code::Unauthenticated,
-        403 => tonic::Code::PermissionDenied,
-        404 => tonic::Code::NotFound,
-        429 => tonic::Code::ResourceExhausted,
-        503 => tonic::Code::Unavailable,
-        _ => tonic::Code::Internal,
-    };
+    let code = rpc_code(e.status);
     let Some(secs) = e.retry_after else { return tonic::Status::new(code, e.message) };
     let retry = RetryInfo { retry_delay: Some(ProtoDuration { seconds: secs as i64 }) };
     let details = RpcStatus {
@@ -108,37 +79,89 @@ fn grpc_status(e: ApiError) -> tonic::Status {
 /// The trailer the OpenTelemetry Python exporter reads its retry delay from.
 const RETRY_INFO_KEY: &str = "google.rpc.retryinfo-bin";
 
-#[tonic::async_trait]
-impl LogsService for Logs {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let state = &self.0;
-        let (metadata, extensions, message) = request.into_parts();
-        let headers = metadata.into_headers();
-        // One path for both transports: the request as protobuf bytes (prost encodes a message
-        // the same way every time, so an exporter's retry gets the same report ids).
-        let body = bytes::Bytes::from(message.encode_to_vec());
-        // The decoded message and its bytes are held beside the body the guard read.
-        let charge = extensions.get::<Budget>().map(Budget::charge);
-        if let Some(c) = &charge
-            && !c.take(body.len().saturating_mul(2))
-        {
-            let e = if c.never_fits() {
-                ingest::Refused::NeverFits { max_buffered_bytes: self.1 }
-            } else {
-                ingest::Refused::Framing(data_exporter_wire::framing::FramingError::OverBudget)
-            };
-            return Err(status(state, e.into()));
-        }
-        let charge = charge.map(|c| c as Arc<dyn ingest::Budget>);
-        let req = ingest::Request { headers: &headers, access_key: None };
-        match state.ingest.ingest_otlp(req, body, Encoding::Protobuf, None, charge).await {
-            Ok(exported) => Ok(tonic::Response::new(exported.response())),
-            Err(refused) => Err(status(state, refused.into())),
-        }
+/// The request's message as it came (decompressed by tonic when `grpc-encoding: gzip`, within
+/// `limits.max_body_bytes`): decoded once, by the same bounded decoder as `POST /v1/logs`, after
+/// the credentials are checked. The answer is encoded by prost.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = ExportLogsServiceResponse;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
     }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = ExportLogsServiceResponse;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(dst).map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl tonic::server::UnaryService<bytes::Bytes> for Logs {
+    type Response = ExportLogsServiceResponse;
+    type Future = futures::future::BoxFuture<'static, Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<bytes::Bytes>) -> Self::Future {
+        let (state, max_buffered) = (self.0.clone(), self.1);
+        Box::pin(async move {
+            let (metadata, extensions, body) = request.into_parts();
+            let headers = metadata.into_headers();
+            // The decompressed message is held beside the body the guard read.
+            let charge = extensions.get::<Budget>().map(Budget::charge);
+            if let Some(c) = &charge
+                && !c.take(body.len())
+            {
+                let e = if c.never_fits() {
+                    ingest::Refused::NeverFits { max_buffered_bytes: max_buffered }
+                } else {
+                    ingest::Refused::Framing(data_exporter_wire::framing::FramingError::OverBudget)
+                };
+                return Err(status(&state, e.into()));
+            }
+            let charge = charge.map(|c| c as Arc<dyn ingest::Budget>);
+            let req = ingest::Request { headers: &headers, access_key: None };
+            match state.ingest.ingest_otlp(req, body, Encoding::Protobuf, None, charge).await {
+                Ok(exported) => Ok(tonic::Response::new(exported.response())),
+                Err(refused) => Err(status(&state, refused.into())),
+            }
+        })
+    }
+}
+
+/// `LogsService/Export`: the credentials first (before tonic inflates or anything decodes the
+/// message), then the call.
+async fn export(
+    axum::extract::State(logs): axum::extract::State<Arc<Logs>>,
+    req: http::Request<axum::body::Body>,
+) -> axum::response::Response {
+    let state = &logs.0;
+    if let Err(refused) = state.ingest.authenticated(req.headers()) {
+        return status(state, refused.into()).into_http::<axum::body::Body>();
+    }
+    let mut accept = tonic::codec::EnabledCompressionEncodings::default();
+    accept.enable(CompressionEncoding::Gzip);
+    let mut grpc = tonic::server::Grpc::new(RawCodec)
+        .apply_compression_config(accept, tonic::codec::EnabledCompressionEncodings::default())
+        .apply_max_message_size_config(Some(logs.2), None);
+    grpc.unary(Logs(state.clone(), logs.1, logs.2), req).await.map(axum::body::Body::new)
 }
 
 const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
@@ -228,10 +251,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let metrics = state.metrics.clone();
-    let logs = LogsServiceServer::new(Logs(state, limits.max_buffered_bytes))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limits.max_body_bytes);
-    let router = axum::Router::new().route_service(&format!("{LOGS_PATH}Export"), logs).fallback(not_logs);
+    let logs = Arc::new(Logs(state, limits.max_buffered_bytes, limits.max_body_bytes));
+    let router = axum::Router::new()
+        .route(&format!("{LOGS_PATH}Export"), axum::routing::post(export))
+        .with_state(logs)
+        .fallback(not_logs);
     let app = guarded(router, &limits, metrics.clone(), budget).layer(axum::middleware::map_response(as_grpc));
     let deadline = Duration::from_millis(limits.header_timeout_ms);
     let max_connections = limits.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
@@ -247,7 +271,7 @@ pub async fn serve(
             accepted = tcp.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::debug!(error = %e, "accepting a gRPC connection failed");
+                    super::listener::accept_error(e).await;
                     continue;
                 }
             },

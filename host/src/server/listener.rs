@@ -165,7 +165,7 @@ impl Drop for AbortOnDrop {
 
 /// After a failed `accept`: a connection that went away is nothing; anything else (out of file
 /// descriptors) is logged and waited out, as `axum::serve` does.
-async fn accept_error(e: std::io::Error) {
+pub(super) async fn accept_error(e: std::io::Error) {
     use std::io::ErrorKind as K;
     if matches!(e.kind(), K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset) {
         return;

@@ -15,15 +15,27 @@ use data_exporter_wire::otlp::Encoding;
 use prost::Message;
 use std::sync::Arc;
 
-/// `google.rpc.Status`, the body of an OTLP/HTTP failure (`details` are not sent).
+/// `google.protobuf.Any`.
 #[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
+pub(super) struct Any {
+    #[prost(string, tag = "1")]
+    pub(super) type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(super) value: Vec<u8>,
+}
+
+/// `google.rpc.Status`: the body of an OTLP/HTTP failure (no `details`), and with a
+/// `RetryInfo` among its details the `grpc-status-details-bin` of an OTLP/gRPC one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct RpcStatus {
     /// A `google.rpc.Code`.
     #[prost(int32, tag = "1")]
-    code: i32,
+    pub(super) code: i32,
     /// What was wrong and what to do.
     #[prost(string, tag = "2")]
-    message: String,
+    pub(super) message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub(super) details: Vec<Any>,
 }
 
 fn content_type(encoding: Encoding) -> HeaderValue {
@@ -33,16 +45,28 @@ fn content_type(encoding: Encoding) -> HeaderValue {
     })
 }
 
-/// The gRPC code an HTTP status stands for (`google.rpc.Code`).
-fn rpc_code(status: StatusCode) -> i32 {
+/// The gRPC code an HTTP refusal stands for (both OTLP transports answer with it).
+pub(super) fn rpc_code(status: StatusCode) -> tonic::Code {
     match status.as_u16() {
-        400 | 413 | 415 => 3, // INVALID_ARGUMENT
-        401 => 16,            // UNAUTHENTICATED
-        403 => 7,             // PERMISSION_DENIED
-        404 => 5,             // NOT_FOUND
-        429 => 8,             // RESOURCE_EXHAUSTED
-        503 => 14,            // UNAVAILABLE
-        _ => 13,              // INTERNAL
+        400 | 413 | 415 => tonic::Code::InvalidArgument,
+        408 => tonic::Code::DeadlineExceeded,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        429 => tonic::Code::ResourceExhausted,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+/// A `google.rpc.Status` body in `encoding`.
+fn status_body(e: &ApiError, encoding: Encoding) -> Vec<u8> {
+    let code = rpc_code(e.status) as i32;
+    match encoding {
+        Encoding::Protobuf => RpcStatus { code, message: e.message.clone(), details: Vec::new() }.encode_to_vec(),
+        Encoding::Json => {
+            serde_json::to_vec(&serde_json::json!({ "code": code, "message": e.message })).expect("JSON of strings")
+        }
     }
 }
 
@@ -50,12 +74,7 @@ fn rpc_code(status: StatusCode) -> i32 {
 /// `WWW-Authenticate`, kept); counted and logged as every refusal is.
 fn failure(state: &AppState, e: ApiError, encoding: Encoding) -> Response {
     state.metrics.reject(e.code);
-    let status = RpcStatus { code: rpc_code(e.status), message: e.message.clone() };
-    let body = match encoding {
-        Encoding::Protobuf => status.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(&serde_json::json!({ "code": status.code, "message": status.message }))
-            .expect("JSON of strings"),
-    };
+    let body = status_body(&e, encoding);
     let mut resp = e.into_response();
     *resp.body_mut() = axum::body::Body::from(body);
     resp.headers_mut().insert(header::CONTENT_TYPE, content_type(encoding));
@@ -108,11 +127,6 @@ pub async fn not_logs(headers: HeaderMap, uri: axum::http::Uri) -> Response {
             uri.path()
         ),
     );
-    let status = RpcStatus { code: rpc_code(e.status), message: e.message.clone() };
-    let body = match encoding {
-        Encoding::Protobuf => status.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(&serde_json::json!({ "code": status.code, "message": status.message }))
-            .expect("JSON of strings"),
-    };
+    let body = status_body(&e, encoding);
     (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, content_type(encoding))], body).into_response()
 }

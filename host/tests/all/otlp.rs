@@ -39,6 +39,15 @@ impl Otlp {
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// The file's lines once it holds at least `n` (waited for up to `within`).
+    async fn lines(&self, n: usize, within: Duration, what: &str) -> Vec<Value> {
+        eventually(within, what, async || {
+            let l = self.envelopes();
+            (l.len() >= n).then_some(l)
+        })
+        .await
+    }
+
     /// Tenant `team-otel`: records of service `dx-otlp-test` (the `tag`) to its file and to
     /// OpenSearch; `labels_from = ["run"]`.
     async fn app(&self, tweak: impl FnOnce(&mut data_exporter::config::Config)) -> TestApp {
@@ -155,11 +164,7 @@ async fn the_python_sdks_http_exporter_delivers_10000_records_exactly_once() {
     let run = format!("run-{:x}", fastrand::u64(..));
     let (stdout, _) = t.send("http", &app.url, &t.token, 10_000, &run, true).await;
     assert!(stdout.contains("flushed"), "{stdout}");
-    let lines = eventually(Duration::from_secs(120), "10,000 records in the tenant's file", async || {
-        let l = t.envelopes();
-        (l.len() >= 10_000).then_some(l)
-    })
-    .await;
+    let lines = t.lines(10_000, Duration::from_secs(120), "10,000 records in the tenant's file").await;
     assert_eq!(lines.len(), 10_000, "each record once");
     let seqs: HashSet<u64> = lines.iter().map(seq).collect();
     assert_eq!(seqs, (0..10_000).collect(), "every record");
@@ -230,11 +235,7 @@ async fn a_wrong_token_lands_nothing_and_a_malformed_body_is_400_with_the_host_s
 
     let (stdout, _) = t.send("http", &app.url, &t.token, 5, "after", false).await;
     assert!(stdout.contains("flushed"));
-    let lines = eventually(Duration::from_secs(30), "the next export's records", async || {
-        let l = t.envelopes();
-        (l.len() >= 5).then_some(l)
-    })
-    .await;
+    let lines = t.lines(5, Duration::from_secs(30), "the next export's records").await;
     assert_eq!(lines.len(), 5, "only the good token's records: {lines:?}");
     assert!(lines.iter().all(|l| l["labels"]["run"] == "after"));
 }
@@ -262,11 +263,7 @@ async fn json_bodies_take_the_encodings_quirks_and_refused_records_are_partial_s
     assert_eq!(partial["rejectedLogRecords"].to_string().trim_matches('"'), "2", "{v}");
     let message = partial["errorMessage"].as_str().unwrap();
     assert!(message.contains("traceId is 2 bytes") && message.contains("service.name `elsewhere`"), "{message}");
-    let lines = eventually(Duration::from_secs(30), "two records in the file", async || {
-        let l = t.envelopes();
-        (l.len() >= 2).then_some(l)
-    })
-    .await;
+    let lines = t.lines(2, Duration::from_secs(30), "two records in the file").await;
     let p = &lines[0]["payload"];
     assert_eq!(p["traceId"], "5b8efff798038103d269b633813fc60c");
     assert_eq!(p["spanId"], "eee19b7ec3c1b174");
@@ -290,11 +287,7 @@ async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
     let run = format!("run-{:x}", fastrand::u64(..));
     let (stdout, _) = t.send("grpc", &endpoint, &t.token, 10_000, &run, true).await;
     assert!(stdout.contains("flushed"), "{stdout}");
-    let lines = eventually(Duration::from_secs(120), "10,000 records in the tenant's file", async || {
-        let l = t.envelopes();
-        (l.len() >= 10_000).then_some(l)
-    })
-    .await;
+    let lines = t.lines(10_000, Duration::from_secs(120), "10,000 records in the tenant's file").await;
     assert_eq!(lines.len(), 10_000, "each record once, none of the wrong token's");
     assert!(lines.iter().all(|l| l["labels"]["run"] == run.as_str()));
     let seqs: HashSet<u64> = lines.iter().map(seq).collect();
@@ -355,11 +348,7 @@ async fn queue_full_the_exporter_retries_and_nothing_is_lost(transport: &str) {
     assert!(stdout.contains("flushed"), "{stdout}");
     assert!(stderr.contains("retrying in 5.00s"), "the exporter retries after the host's delay: {stderr}");
     assert!(!stderr.contains("Failed to export"), "the exporter gave a batch up: {stderr}");
-    let lines = eventually(Duration::from_secs(60), "every record in the tenant's file", async || {
-        let l = t.envelopes();
-        (l.len() >= RECORDS).then_some(l)
-    })
-    .await;
+    let lines = t.lines(RECORDS, Duration::from_secs(60), "every record in the tenant's file").await;
     assert_eq!(lines.len(), RECORDS, "each record once");
     let seqs: HashSet<u64> = lines.iter().map(seq).collect();
     assert_eq!(seqs, (0..RECORDS as u64).collect(), "every record");
@@ -423,11 +412,7 @@ async fn grpc_over_mutual_tls_delivers_and_a_client_without_a_certificate_is_ref
         .arg(certs.join("client-key.pem"));
     let (stdout, stderr) = finished(good.output().await.unwrap());
     assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
-    let lines = eventually(Duration::from_secs(60), "200 records in the tenant's file", async || {
-        let l = t.envelopes();
-        (l.len() >= 200).then_some(l)
-    })
-    .await;
+    let lines = t.lines(200, Duration::from_secs(60), "200 records in the tenant's file").await;
     assert_eq!(lines.len(), 200, "each record once, none without a certificate");
     assert!(lines.iter().all(|l| l["labels"]["run"] == run.as_str()));
     let seqs: HashSet<u64> = lines.iter().map(seq).collect();
@@ -476,11 +461,7 @@ async fn grpc_cuts_off_a_client_that_never_sends_and_bounds_connections() {
     until_closed(&mut silent).await;
     let (stdout, stderr) = t.send("grpc", &format!("http://{addr}"), &t.token, 20, "after", false).await;
     assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
-    let lines = eventually(Duration::from_secs(30), "the 20 records", async || {
-        let l = t.envelopes();
-        (l.len() >= 20).then_some(l)
-    })
-    .await;
+    let lines = t.lines(20, Duration::from_secs(30), "the 20 records").await;
     assert_eq!(lines.len(), 20);
 }
 
@@ -510,11 +491,7 @@ async fn a_grpc_call_over_the_body_limit_is_invalid_argument_and_smaller_ones_la
     small.args(["--batch", "20"]);
     let (stdout, stderr) = finished(small.output().await.unwrap());
     assert!(stdout.contains("flushed") && !stderr.contains("Failed to export"), "{stdout}\n{stderr}");
-    let lines = eventually(Duration::from_secs(30), "the 60 small records", async || {
-        let l = t.envelopes();
-        (l.len() >= 60).then_some(l)
-    })
-    .await;
+    let lines = t.lines(60, Duration::from_secs(30), "the 60 small records").await;
     assert_eq!(lines.len(), 60, "only the small calls' records");
     assert!(lines.iter().all(|l| l["labels"]["run"] == "small"));
 }

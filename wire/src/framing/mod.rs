@@ -301,13 +301,8 @@ pub fn decode_within(
     opts: &FramingOptions,
     allowance: &dyn Allowance,
 ) -> Result<Vec<Record>, FramingError> {
-    let inflated;
-    let body = if gzip::is_gzip(content_encoding)? {
-        inflated = gzip::gunzip(body, opts.max_decompressed_bytes, allowance)?;
-        &inflated[..]
-    } else {
-        body
-    };
+    let inflated = gzip::inflated(body, content_encoding, opts.max_decompressed_bytes, allowance)?;
+    let body = &inflated[..];
     let text = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let start = skip_ws(text);
     if start == text.len() {
