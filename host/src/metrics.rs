@@ -80,6 +80,9 @@ pub struct Metrics {
     pub dead_lettered: Family<Consumer, Counter>,
     /// Requests refused, by error code.
     pub rejected: Family<Rejection, Counter>,
+    /// OTLP log records left out of an export that was otherwise taken (the answer's
+    /// `partial_success`), by reason (`no_route`, `invalid_record`).
+    pub otlp_records_rejected: Family<Rejection, Counter>,
     /// Reports accepted on `/v1/ingest`, per access key.
     pub ingest_reports: Family<Tenant, Counter>,
     /// Reports that failed for good but stayed queued because the dead-letter store was full
@@ -143,6 +146,7 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             rejected: Family::default(),
+            otlp_records_rejected: Family::default(),
             ingest_reports: Family::default(),
             dlq_blocked: Counter::default(),
             dlq_entries: Gauge::default(),
@@ -172,6 +176,11 @@ impl Metrics {
             m.dead_lettered.clone(),
         );
         r.register("requests_rejected", "Requests refused, by error code", m.rejected.clone());
+        r.register(
+            "otlp_records_rejected",
+            "OTLP log records left out of an accepted export (its partial_success), by reason",
+            m.otlp_records_rejected.clone(),
+        );
         r.register(
             "ingest_reports",
             "Reports accepted on /v1/ingest, per access key (tenant)",

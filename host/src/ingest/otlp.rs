@@ -3,7 +3,7 @@
 //! `/v1/ingest` (`Ingest::ingest`).
 //!
 //! Decoding is `data_exporter_wire::otlp` (fuzzed there). Each record's labels are the access
-//! key's, `tag` = the resource's `service.name` (as a Fluent Bit tag is), `scope` = the
+//! key's, `tag` = the resource's `service.name` (what a route's `match.tag` matches), `scope` = the
 //! instrumentation scope's name, and the attributes `ingest.otlp.labels_from` names; routes
 //! match them as they match any label. A record no route takes, or that is invalid, is not
 //! refused with the rest: it is counted in the answer's `partial_success.rejected_log_records`.
@@ -13,6 +13,7 @@
 
 use super::{DECODES, Ingest, Refused, Request, TenantSet, route_error};
 use crate::accept::Submission;
+use crate::capabilities::log_budget::cut;
 use data_exporter_wire::otlp::{self, Encoding, OtlpOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,17 +49,11 @@ type Routed = HashMap<Vec<(String, String)>, Option<Arc<[crate::destination::Des
 pub const SCOPE_LABEL: &str = "scope";
 
 /// The labels of one record: the access key's, then `tag`, `scope` and the picked attributes,
-/// each valid as a label (values cut to the label limit at a character boundary) and at most
+/// each valid as a label (values cut to the label limit at a character boundary, none with a
+/// control character) and at most
 /// `envelope::MAX_LABELS` in all.
 fn labels(base: &[(String, String)], record: &otlp::LogRecord) -> Vec<(String, String)> {
     let mut labels = base.to_vec();
-    let cut = |v: &str| {
-        let mut end = v.len().min(super::LABEL_VALUE_MAX);
-        while !v.is_char_boundary(end) {
-            end -= 1;
-        }
-        v[..end].to_string()
-    };
     let extra = record
         .service_name
         .iter()
@@ -69,9 +64,12 @@ fn labels(base: &[(String, String)], record: &otlp::LogRecord) -> Vec<(String, S
         if labels.len() >= crate::envelope::MAX_LABELS {
             break;
         }
-        let value = cut(value);
-        if !labels.iter().any(|(k, _)| k == name) && crate::envelope::valid_label(name, &value) {
-            labels.push((name.to_string(), value));
+        let value = cut(value, super::LABEL_VALUE_MAX);
+        if !labels.iter().any(|(k, _)| k == name)
+            && crate::envelope::valid_label(name, value)
+            && !value.chars().any(char::is_control)
+        {
+            labels.push((name.to_string(), value.to_string()));
         }
     }
     labels.sort();
@@ -132,8 +130,10 @@ impl Ingest {
         let base = TenantSet::labels(tenant, None);
         let mut out = Exported::default();
         let mut reasons: Vec<String> = Vec::new();
-        let mut reject = |why: String, out: &mut Exported| {
+        let metrics = self.accept.metrics();
+        let mut reject = |code: &str, why: String, out: &mut Exported| {
             out.rejected += 1;
+            metrics.otlp_records_rejected.get_or_create(&crate::metrics::Rejection { code: code.to_string() }).inc();
             if reasons.len() < 3 && !reasons.contains(&why) {
                 reasons.push(why);
             }
@@ -146,7 +146,7 @@ impl Ingest {
             let payload = match record.payload.clone() {
                 Ok(p) => p,
                 Err(why) => {
-                    reject(format!("a log record is invalid: {why}"), &mut out);
+                    reject("invalid_record", format!("a log record is invalid: {why}"), &mut out);
                     continue;
                 }
             };
@@ -154,8 +154,9 @@ impl Ingest {
             let destinations =
                 routed.entry(labels.clone()).or_insert_with(|| set.destinations_of(tenant, &labels)).clone();
             let Some(destinations) = destinations else {
-                let tag = record.service_name.as_deref().unwrap_or("");
+                let tag = cut(record.service_name.as_deref().unwrap_or(""), 64);
                 reject(
+                    "no_route",
                     format!(
                         "no route of access key `{key}` takes records of service.name `{tag}`: the operator adds a \
                          route that matches them"

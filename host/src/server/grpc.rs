@@ -26,7 +26,7 @@ use data_exporter_wire::otlp::{Encoding, ExportLogsServiceResponse};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prost::Message;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tonic::codec::CompressionEncoding;
@@ -34,6 +34,12 @@ use tower::ServiceExt;
 
 /// The `LogsService` of tenant ingest; `limits.max_buffered_bytes`, `limits.max_body_bytes`.
 struct Logs(AppState, u64, usize);
+
+/// One `Export` call; `ran` is set once tonic has read the message and handed it over.
+struct Call {
+    logs: Arc<Logs>,
+    ran: Arc<AtomicBool>,
+}
 
 /// `google.protobuf.Duration`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -115,12 +121,13 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-impl tonic::server::UnaryService<bytes::Bytes> for Logs {
+impl tonic::server::UnaryService<bytes::Bytes> for Call {
     type Response = ExportLogsServiceResponse;
     type Future = futures::future::BoxFuture<'static, Result<tonic::Response<Self::Response>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<bytes::Bytes>) -> Self::Future {
-        let (state, max_buffered) = (self.0.clone(), self.1);
+        self.ran.store(true, Ordering::Relaxed);
+        let (state, max_buffered) = (self.logs.0.clone(), self.logs.1);
         Box::pin(async move {
             let (metadata, extensions, body) = request.into_parts();
             let headers = metadata.into_headers();
@@ -161,7 +168,35 @@ async fn export(
     let mut grpc = tonic::server::Grpc::new(RawCodec)
         .apply_compression_config(accept, tonic::codec::EnabledCompressionEncodings::default())
         .apply_max_message_size_config(Some(logs.2), None);
-    grpc.unary(Logs(state.clone(), logs.1, logs.2), req).await.map(axum::body::Body::new)
+    let ran = Arc::new(AtomicBool::new(false));
+    let resp = grpc.unary(Call { logs: logs.clone(), ran: ran.clone() }, req).await;
+    if !ran.load(Ordering::Relaxed)
+        && let Some(e) = unread(&resp, logs.2)
+    {
+        return status(state, e).into_http::<axum::body::Body>();
+    }
+    resp.map(axum::body::Body::new)
+}
+
+/// When tonic could not read the message (over `limits.max_body_bytes` once inflated, or a
+/// corrupt gzip), its status (RESOURCE_EXHAUSTED without retry info, OUT_OF_RANGE, INTERNAL:
+/// codes an exporter may retry, and the same bytes would fail again) as INVALID_ARGUMENT.
+fn unread<B>(resp: &http::Response<B>, max_body: usize) -> Option<ApiError> {
+    let refused = tonic::Status::from_header_map(resp.headers())?;
+    let (status, code, why) = match refused.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => (
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the message is over limits.max_body_bytes ({max_body} bytes) once inflated: send smaller batches"),
+        ),
+        tonic::Code::Internal => (
+            http::StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the message could not be read ({}): send it uncompressed or as valid gzip", refused.message()),
+        ),
+        _ => return None,
+    };
+    Some(ApiError::new(status, code, why))
 }
 
 const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";

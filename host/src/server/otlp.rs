@@ -81,6 +81,19 @@ fn failure(state: &AppState, e: ApiError, encoding: Encoding) -> Response {
     resp
 }
 
+/// An `ExportLogsServiceResponse` in the OTLP JSON mapping: `{}` when every record was taken,
+/// else `partialSuccess` with `rejectedLogRecords` (an int64, so a string) and `errorMessage`.
+fn json_answer(answer: &data_exporter_wire::otlp::ExportLogsServiceResponse) -> Vec<u8> {
+    let v = match &answer.partial_success {
+        None => serde_json::json!({}),
+        Some(p) => serde_json::json!({"partialSuccess": {
+            "rejectedLogRecords": p.rejected_log_records.to_string(),
+            "errorMessage": p.error_message,
+        }}),
+    };
+    serde_json::to_vec(&v).expect("JSON of strings")
+}
+
 /// `POST /v1/logs`.
 pub async fn logs_handler(
     State(state): State<AppState>,
@@ -106,7 +119,7 @@ pub async fn logs_handler(
             let answer = exported.response();
             let body = match encoding {
                 Encoding::Protobuf => answer.encode_to_vec(),
-                Encoding::Json => serde_json::to_vec(&answer).expect("JSON of the response"),
+                Encoding::Json => json_answer(&answer),
             };
             (StatusCode::OK, [(header::CONTENT_TYPE, content_type(encoding))], body).into_response()
         }

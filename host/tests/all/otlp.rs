@@ -260,7 +260,7 @@ async fn json_bodies_take_the_encodings_quirks_and_refused_records_are_partial_s
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     let partial = &v["partialSuccess"];
-    assert_eq!(partial["rejectedLogRecords"].to_string().trim_matches('"'), "2", "{v}");
+    assert_eq!(partial["rejectedLogRecords"], "2", "an int64, as a string: {v}");
     let message = partial["errorMessage"].as_str().unwrap();
     assert!(message.contains("traceId is 2 bytes") && message.contains("service.name `elsewhere`"), "{message}");
     let lines = t.lines(2, Duration::from_secs(30), "two records in the file").await;
@@ -273,6 +273,112 @@ async fn json_bodies_take_the_encodings_quirks_and_refused_records_are_partial_s
     assert_eq!(lines[1]["payload"]["body"]["intValue"], "7");
     assert_eq!(lines[1]["payload"]["timeUnixNano"], "1700000000000000002");
     assert_eq!(lines[0]["labels"]["scope"], "quirks");
+    assert_eq!(counter(&app, "otlp_records_rejected", "no_route").await, 1);
+    assert_eq!(counter(&app, "otlp_records_rejected", "invalid_record").await, 1);
+}
+
+/// A JSON export of `n` records of service `dx-otlp-test` with the attribute `run`.
+fn batch(run: &str, n: usize) -> Value {
+    let records: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"body": {"stringValue": format!("record {i}")},
+                   "attributes": [{"key": "run", "value": {"stringValue": run}}, {"key": "seq", "value": {"intValue": i}}]})
+        })
+        .collect();
+    json!({"resourceLogs": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "dx-otlp-test"}}]},
+        "scopeLogs": [{"scope": {"name": "retries"}, "logRecords": records}]}]})
+}
+
+/// An exporter that lost the answer sends the same batch again: it lands once. A gzip body that
+/// inflates past the body limit is refused (413, INVALID_ARGUMENT: not retried) and the host
+/// takes the next export.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_sent_twice_lands_once_and_a_gzip_bomb_is_refused() {
+    use std::io::Write;
+    let t = Otlp::new();
+    let app = t.app(|_| {}).await;
+    let url = format!("{}/v1/logs", app.url);
+    let twice = serde_json::to_vec(&batch("twice", 3)).unwrap();
+    for _ in 0..2 {
+        let resp = app.client.post(&url).bearer_auth(&t.token).header("content-type", "application/json");
+        let resp = resp.body(twice.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({}), "every record taken");
+    }
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 32 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 256 << 10, "{} bytes", bomb.len());
+    let resp = app
+        .client
+        .post(&url)
+        .bearer_auth(&t.token)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], 3, "INVALID_ARGUMENT: {v}");
+    assert!(v["message"].as_str().unwrap().contains("bytes"), "{v}");
+
+    let resp = app.client.post(&url).bearer_auth(&t.token).json(&batch("after", 1)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let lines = eventually(Duration::from_secs(30), "the last export in the file", async || {
+        let l = t.envelopes();
+        l.iter().any(|l| l["labels"]["run"] == "after").then_some(l)
+    })
+    .await;
+    let twice: Vec<&Value> = lines.iter().filter(|l| l["labels"]["run"] == "twice").collect();
+    assert_eq!(twice.len(), 3, "the batch once: {lines:?}");
+    let ids: HashSet<&str> = twice.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+}
+
+/// `raw_grpc.py` (grpcio, raw bytes): the status it was answered.
+async fn raw_grpc(endpoint: &str, method: &str, token: &str, body: &[&str]) -> String {
+    let out = tokio::process::Command::new(python())
+        .arg(repo_root().join("tests/otlp/raw_grpc.py"))
+        .args(["--endpoint", endpoint, "--method", method, "--token", token])
+        .args(body)
+        .output()
+        .await
+        .expect("running tests/otlp/raw_grpc.py");
+    assert!(out.status.success(), "raw_grpc.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Over gRPC, through grpcio: the trace and metrics services are UNIMPLEMENTED, a malformed
+/// message and a gzip bomb are INVALID_ARGUMENT (an exporter does not retry them), and the
+/// host takes the next export.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_other_signals_are_unimplemented_and_bad_messages_invalid_argument() {
+    let t = Otlp::new();
+    let app = t.app(|c| c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = app.host.grpc_addr().expect("grpc_listen set").to_string();
+    for service in ["trace.v1.TraceService", "metrics.v1.MetricsService"] {
+        let method = format!("/opentelemetry.proto.collector.{service}/Export");
+        let out = raw_grpc(&addr, &method, &t.token, &["--hex", ""]).await;
+        assert!(out.contains("code=UNIMPLEMENTED") && out.contains("OTLP logs only"), "{out}");
+    }
+    let logs = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    let out = raw_grpc(&addr, logs, &t.token, &["--hex", "0affffffff"]).await;
+    assert!(out.contains("code=INVALID_ARGUMENT"), "{out}");
+    assert!(out.contains("not an OTLP ExportLogsServiceRequest in protobuf"), "{out}");
+    let out = raw_grpc(&addr, logs, &t.token, &["--zeros", "33554432", "--gzip"]).await;
+    assert!(out.contains("code=INVALID_ARGUMENT") && out.contains("once inflated"), "{out}");
+    let out = raw_grpc(&addr, logs, "not-the-token", &["--hex", ""]).await;
+    assert!(out.contains("code=UNAUTHENTICATED"), "{out}");
+    let out = raw_grpc(&addr, logs, &t.token, &["--hex", ""]).await;
+    assert!(out.contains("code=OK"), "an empty export is taken: {out}");
+
+    let (stdout, _) = t.send("grpc", &format!("http://{addr}"), &t.token, 5, "after", false).await;
+    assert!(stdout.contains("flushed"));
+    let lines = t.lines(5, Duration::from_secs(30), "the next export's records").await;
+    assert_eq!(lines.len(), 5, "{lines:?}");
 }
 
 /// 10,000 records from the SDK's OTLP/gRPC exporter (gzip), each once in the file and
@@ -304,8 +410,13 @@ async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
 
 /// How many requests the host refused with `code` (`/metrics`).
 async fn refused(app: &TestApp, code: &str) -> u64 {
+    counter(app, "requests_rejected", code).await
+}
+
+/// `data_exporter_{name}_total{code="{code}"}` (`/metrics`), 0 when absent.
+async fn counter(app: &TestApp, name: &str, code: &str) -> u64 {
     let text = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
-    let series = format!("data_exporter_requests_rejected_total{{code=\"{code}\"}} ");
+    let series = format!("data_exporter_{name}_total{{code=\"{code}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&series)?.parse::<f64>().ok()).unwrap_or(0.0) as u64
 }
 
