@@ -163,6 +163,9 @@ impl Config {
     }
 }
 
+/// The longest `queue.sync_interval_us` taken (a request waits at most this long for its group).
+const MAX_SYNC_INTERVAL_US: u64 = 10_000;
+
 impl Config {
     /// What stops `serve` from starting, found without reading a file or reaching the network:
     /// every problem, each naming its key. `serve` refuses to start on the first; `config check`
@@ -177,6 +180,13 @@ impl Config {
         }
         let backend = self.queue.backend();
         out.extend(self.queue.role_problem(self.role));
+        if self.queue.sync_interval_us > MAX_SYNC_INTERVAL_US {
+            out.push(format!(
+                "queue.sync_interval_us = {} holds every request up to that long before its sync: at most {} (10 ms); \
+                 500 is the default",
+                self.queue.sync_interval_us, MAX_SYNC_INTERVAL_US
+            ));
+        }
         if backend == QueueBackend::Kafka && self.queue.key_file.is_none() {
             out.push(
                 "queue.backend = \"kafka\" needs queue.key_file: every ingest and deliver process seals and opens \
@@ -317,5 +327,17 @@ mod tests {
             assert_eq!(c, Config::default(), "deploy/config/data-exporter.toml drifted from Config::default()");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_sync_interval_past_ten_ms_is_named() {
+        let mut c = Config::default();
+        assert!(!c.problems().iter().any(|p| p.contains("sync_interval_us")));
+        c.queue.sync_interval_us = 50_000;
+        let problems = c.problems();
+        assert!(
+            problems.iter().any(|p| p.contains("queue.sync_interval_us = 50000") && p.contains("at most")),
+            "{problems:?}"
+        );
     }
 }

@@ -116,7 +116,7 @@ impl EmbeddedQueue {
             }
             prune_done_destinations(&mut inner);
             let last = segs.last().map(|s| s.0).unwrap_or(0);
-            Some(LogWriter::start(&dir, last, cfg.segment_bytes)?)
+            Some(LogWriter::start(&dir, last, cfg.segment_bytes, Duration::from_micros(cfg.sync_interval_us))?)
         } else {
             None
         };

@@ -13,6 +13,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 const MAGIC: &[u8; 4] = b"DXQ1";
@@ -174,8 +175,9 @@ impl Drop for Joined {
 }
 
 impl LogWriter {
-    /// Start the writer thread on a new segment after `last_seq`.
-    pub fn start(dir: &Path, last_seq: u64, segment_bytes: u64) -> io::Result<LogWriter> {
+    /// Start the writer thread on a new segment after `last_seq`; an append that comes within
+    /// `sync_interval` of the last sync waits out the rest of it (group commit).
+    pub fn start(dir: &Path, last_seq: u64, segment_bytes: u64, sync_interval: Duration) -> io::Result<LogWriter> {
         let (tx, rx) = mpsc::unbounded_channel();
         let seq = last_seq + 1;
         // The first segment starts empty (a quick start); later ones are zero-filled ahead.
@@ -187,6 +189,7 @@ impl LogWriter {
             seq,
             written: 0,
             segment_bytes,
+            sync_interval,
             active: active.clone(),
             next: None,
         };
@@ -273,6 +276,8 @@ struct WriterThread {
     seq: u64,
     written: u64,
     segment_bytes: u64,
+    /// The least time from one sync to the next while appends keep coming.
+    sync_interval: Duration,
     active: Arc<AtomicU64>,
     /// The next segment, created (and its directory entry synced) by a helper thread ahead
     /// of the roll, so a commit never waits for a file creation and a directory sync.
@@ -282,9 +287,18 @@ struct WriterThread {
 impl WriterThread {
     fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Append>) {
         let mut batch = Vec::new();
+        let mut last_sync = Instant::now();
         while let Some(first) = rx.blocking_recv() {
+            // Group commit: an append that comes within `sync_interval` of the last sync waits
+            // out the rest of it, so the appends of that time share one write and one sync
+            // (under load, fewer and larger; after a pause, an append is written at once).
+            if first.sync
+                && let Some(rest) = self.sync_interval.checked_sub(last_sync.elapsed())
+            {
+                std::thread::sleep(rest);
+            }
             batch.push(first);
-            // Group commit: everything already waiting shares this write and sync.
+            // Everything already waiting shares this write and sync.
             while batch.len() < 4096 {
                 match rx.try_recv() {
                     Ok(a) => batch.push(a),
@@ -292,6 +306,7 @@ impl WriterThread {
                 }
             }
             let result = self.write_batch(&batch);
+            last_sync = Instant::now();
             for a in batch.drain(..) {
                 if let Some(done) = a.done {
                     let r = match &result {
@@ -478,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_durable_appends_all_land_and_rotate_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let w = LogWriter::start(dir.path(), 0, 1024).unwrap();
+        let w = LogWriter::start(dir.path(), 0, 1024, Duration::from_micros(500)).unwrap();
         // Rounds of concurrent appends: each round shares syncs; rounds fill segments.
         for round in 0..20u32 {
             let mut tasks = Vec::new();

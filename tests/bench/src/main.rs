@@ -1132,6 +1132,8 @@ fn main() -> anyhow::Result<()> {
         }
         let ratios: Vec<Vec<f64>> =
             runs.iter().map(|r| r.iter().zip(&runs[0]).map(|(h, b)| h.out.rps() / b.out.rps()).collect()).collect();
+        // Issue 23's target: durable ingest next to in-memory ingest, per round.
+        let durable_vs_memory: Vec<f64> = ratios[2].iter().zip(&ratios[1]).map(|(d, m)| d / m).collect();
         let mut medians: Vec<Ingest> = runs.into_iter().map(median_run).collect();
         let base_rps = medians[0].out.rps();
         for (i, (label, ..)) in targets.iter().enumerate() {
@@ -1148,6 +1150,11 @@ fn main() -> anyhow::Result<()> {
             let shown = format!("{:.2}x", at_half.out.rps() / base_rps);
             row(&mut md, &format!("{label}, paced at half its max ({half:.0} req/s)"), &at_half, &shown);
         }
+        let _ = writeln!(
+            md,
+            "\nDurable ingest next to in-memory ingest (req/s, per round): {}\n",
+            ratio_range(&durable_vs_memory)
+        );
         let discard_run = medians.pop().expect("four rows");
         per_report = Some(PerReport::from(&medians[1], &discard_run));
         println!("{md}");
