@@ -6,7 +6,8 @@ malformed message, a gzip bomb.
               (--hex HEX | --zeros N) [--gzip]
 
 `--hex` sends those bytes as the message, `--zeros N` N zero bytes (a message that deflates to
-almost nothing). Prints `code=NAME` and `details=...` (the status the server answered).
+almost nothing). Prints `code=NAME`, `details=...` and, for a failure, `trailers=` the keys of
+its trailing metadata (the status the server answered).
 """
 
 import argparse
@@ -38,6 +39,8 @@ def main():
             print(f"code=OK\nanswer={answer.hex()}")
         except grpc.RpcError as e:
             print(f"code={e.code().name}\ndetails={e.details()}")
+            keys = sorted(k for k, _ in (e.trailing_metadata() or ()))
+            print(f"trailers={','.join(keys)}")
 
 
 if __name__ == "__main__":

@@ -332,8 +332,6 @@ impl Ingest {
         Ok(receipts)
     }
 
-    /// The tenant a request's credential acts as, if it may send now (its rate) a body of
-    /// `body_len` bytes.
     /// Whether `headers` carry a credential of an access key in force (no rate taken): checked
     /// before a gRPC message is inflated or decoded, so that nobody unauthenticated makes the
     /// host do either.
@@ -341,6 +339,8 @@ impl Ingest {
         Self::tenant_of(&self.tenants.current(), Request { headers, access_key: None }, None).map(|_| ())
     }
 
+    /// The tenant a request's credential acts as, if it may send now (its rate) a body of
+    /// `body_len` bytes.
     fn admit<'s>(
         &self,
         set: &'s TenantSet,

@@ -130,10 +130,14 @@ impl Ingest {
         let base = TenantSet::labels(tenant, None);
         let mut out = Exported::default();
         let mut reasons: Vec<String> = Vec::new();
-        let metrics = self.accept.metrics();
-        let mut reject = |code: &str, why: String, out: &mut Exported| {
+        // Records left out, by code (counted once per request).
+        let mut left_out: Vec<(&'static str, u64)> = Vec::new();
+        let mut reject = |code: &'static str, why: String, out: &mut Exported| {
             out.rejected += 1;
-            metrics.otlp_records_rejected.get_or_create(&crate::metrics::Rejection { code: code.to_string() }).inc();
+            match left_out.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, n)) => *n += 1,
+                None => left_out.push((code, 1)),
+            }
             if reasons.len() < 3 && !reasons.contains(&why) {
                 reasons.push(why);
             }
@@ -168,6 +172,13 @@ impl Ingest {
             reports.push(set.submission(tenant, destinations, payload, labels, Some(id)));
         }
         out.message = reasons.join("; ");
+        let metrics = self.accept.metrics();
+        for (code, n) in left_out {
+            metrics
+                .otlp_records_rejected
+                .get_or_create(&crate::metrics::Rejection { code: code.to_string() })
+                .inc_by(n);
+        }
         if reports.is_empty() {
             return Ok(out);
         }

@@ -178,21 +178,27 @@ async fn export(
     resp.map(axum::body::Body::new)
 }
 
-/// When tonic could not read the message (over `limits.max_body_bytes` once inflated, or a
-/// corrupt gzip), its status (RESOURCE_EXHAUSTED without retry info, OUT_OF_RANGE, INTERNAL:
-/// codes an exporter may retry, and the same bytes would fail again) as INVALID_ARGUMENT.
+/// When tonic could not read the message (declared longer than `limits.max_body_bytes`, or
+/// longer once inflated: OUT_OF_RANGE and RESOURCE_EXHAUSTED without retry info, which OTLP
+/// exporters retry though the same bytes would fail again; a corrupt gzip or a missing message:
+/// INTERNAL), that refusal as INVALID_ARGUMENT, counted.
 fn unread<B>(resp: &http::Response<B>, max_body: usize) -> Option<ApiError> {
     let refused = tonic::Status::from_header_map(resp.headers())?;
     let (status, code, why) = match refused.code() {
         tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => (
             http::StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the message is over limits.max_body_bytes ({max_body} bytes) once inflated: send smaller batches"),
+            format!(
+                "the message is over limits.max_body_bytes ({max_body} bytes), as sent or inflated: send smaller batches"
+            ),
         ),
         tonic::Code::Internal => (
             http::StatusCode::BAD_REQUEST,
             "invalid_body",
-            format!("the message could not be read ({}): send it uncompressed or as valid gzip", refused.message()),
+            format!(
+                "the message could not be read ({}): send one ExportLogsServiceRequest, uncompressed or gzip",
+                refused.message()
+            ),
         ),
         _ => return None,
     };

@@ -369,9 +369,12 @@ async fn grpc_other_signals_are_unimplemented_and_bad_messages_invalid_argument(
     assert!(out.contains("code=INVALID_ARGUMENT"), "{out}");
     assert!(out.contains("not an OTLP ExportLogsServiceRequest in protobuf"), "{out}");
     let out = raw_grpc(&addr, logs, &t.token, &["--zeros", "33554432", "--gzip"]).await;
-    assert!(out.contains("code=INVALID_ARGUMENT") && out.contains("once inflated"), "{out}");
-    let out = raw_grpc(&addr, logs, "not-the-token", &["--hex", ""]).await;
-    assert!(out.contains("code=UNAUTHENTICATED"), "{out}");
+    assert!(out.contains("code=INVALID_ARGUMENT") && out.contains("as sent or inflated"), "{out}");
+    // Without a valid credential, neither a malformed message nor a bomb is looked at.
+    for body in [&["--hex", ""][..], &["--hex", "0affffffff"], &["--zeros", "33554432", "--gzip"]] {
+        let out = raw_grpc(&addr, logs, "not-the-token", body).await;
+        assert!(out.contains("code=UNAUTHENTICATED"), "{body:?}: {out}");
+    }
     let out = raw_grpc(&addr, logs, &t.token, &["--hex", ""]).await;
     assert!(out.contains("code=OK"), "an empty export is taken: {out}");
 
@@ -379,6 +382,27 @@ async fn grpc_other_signals_are_unimplemented_and_bad_messages_invalid_argument(
     assert!(stdout.contains("flushed"));
     let lines = t.lines(5, Duration::from_secs(30), "the next export's records").await;
     assert_eq!(lines.len(), 5, "{lines:?}");
+}
+
+/// Over its rate, a tenant's gRPC export is RESOURCE_EXHAUSTED with the retry delay in the
+/// trailers exporters read (not taken for a message tonic could not read).
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_over_the_rate_is_resource_exhausted_with_retry_info() {
+    let t = Otlp::new();
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.ingest.tenants[0].requests_per_sec = 0.01;
+            c.ingest.tenants[0].burst = 1;
+        })
+        .await;
+    let addr = app.host.grpc_addr().expect("grpc_listen set").to_string();
+    let logs = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    let out = raw_grpc(&addr, logs, &t.token, &["--hex", ""]).await;
+    assert!(out.contains("code=OK"), "the burst: {out}");
+    let out = raw_grpc(&addr, logs, &t.token, &["--hex", ""]).await;
+    assert!(out.contains("code=RESOURCE_EXHAUSTED") && out.contains("requests per second"), "{out}");
+    assert!(out.contains("google.rpc.retryinfo-bin") && out.contains("grpc-status-details-bin"), "{out}");
 }
 
 /// 10,000 records from the SDK's OTLP/gRPC exporter (gzip), each once in the file and

@@ -19,8 +19,6 @@ pub(crate) fn is_gzip(content_encoding: Option<&str>) -> Result<bool, FramingErr
 /// Bytes inflated at a time.
 pub(super) const INFLATE_CHUNK: usize = 64 * 1024;
 
-/// Undo gzip (one member or several back to back), refusing past `max` bytes of output; every
-/// byte of the output buffer's capacity is taken from `allowance` before it is allocated.
 /// `body` as sent, or inflated (within `max` bytes, taken from `allowance`) when
 /// `content_encoding` says gzip.
 pub(crate) fn inflated<'a>(
@@ -32,6 +30,8 @@ pub(crate) fn inflated<'a>(
     Ok(if is_gzip(content_encoding)? { gunzip(body, max, allowance)?.into() } else { body.into() })
 }
 
+/// Undo gzip (one member or several back to back), refusing past `max` bytes of output; every
+/// byte of the output buffer's capacity is taken from `allowance` before it is allocated.
 pub(crate) fn gunzip(body: &[u8], max: usize, allowance: &dyn Allowance) -> Result<Vec<u8>, FramingError> {
     // Sized at once from the size the gzip trailer states (its last member's, modulo 2^32; a
     // hint only, the decoder counts), within `max`: no garbage from growing by doubling.
