@@ -280,9 +280,10 @@ async fn concurrent_decompression_bombs_stay_within_the_memory_budget() {
     let peak = proc_status_kib(pid, "VmHWM");
     let grown = peak.saturating_sub(before);
     // The budget (twice: a buffer that grows is copied), plus what the runtime, 48 connections,
-    // the decoding threads and the allocator's caches hold besides. Without the budget counting
-    // what decoding makes, this grew 677 MiB.
-    let bound = 2 * BUDGET + (64 << 20);
+    // the decoding threads and the allocator's caches hold besides: measured 68-102 MiB in all
+    // on 2 cores (2026-12-07; the tail under a loaded CI run). Without the budget counting what
+    // decoding makes, this grew 677 MiB.
+    let bound = 2 * BUDGET + (128 << 20);
     assert!(grown <= bound, "RSS grew {} MiB for a budget of {} MiB", grown >> 20, BUDGET >> 20);
     // Still serving.
     let id = ingest_one(&exporter.url, &keys.token_a, json!({"log": "after"})).await;
