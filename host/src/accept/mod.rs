@@ -118,9 +118,9 @@ impl Accept {
         if reports.is_empty() {
             return Ok(receipts); // every report was known already
         }
-        // An append that waits goes on in a task of its own: a producer that hangs up mid-append
-        // drops this future, and must neither strand a report that reached the disk nor leak
-        // queue capacity.
+        // A producer that hangs up mid-append drops this future: the append then goes on in a task
+        // of its own (`FinishOnDrop`), so a report that reached the disk is not stranded and no
+        // queue capacity leaks.
         let (queue, status, metrics) = (self.queue.clone(), self.status.clone(), self.metrics.clone());
         // The states of the reports queued now (a report already known keeps its own), with their
         // origin (whose, and where to).
@@ -138,7 +138,7 @@ impl Accept {
                 (labels, g.members.len())
             })
             .collect();
-        let mut append = Box::pin(async move {
+        let append = FinishOnDrop::new(async move {
             queue.append_within(reports, given_ids, share).await?;
             // Delivery may have started (and even finished) meanwhile: its states stay.
             for (id, consumers, origin) in states {
@@ -150,12 +150,38 @@ impl Accept {
             }
             Ok::<_, QueueError>(())
         });
-        // Polled here once: an append that finishes at once (a queue in memory) is done; one
-        // that waits (for the disk, the brokers) goes on in a task of its own.
-        match std::future::poll_fn(|cx| std::task::Poll::Ready(append.as_mut().poll(cx))).await {
-            std::task::Poll::Ready(done) => done?,
-            std::task::Poll::Pending => tokio::spawn(append).await.expect("appending does not panic")?,
-        }
+        append.await?;
         Ok(receipts)
+    }
+}
+
+/// A future that, dropped before it is done, is finished in a task of its own (no task while
+/// its caller waits for it: a spawn per request cost the durable path a wake-up).
+struct FinishOnDrop<F: Future<Output: Send> + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: Future<Output: Send> + Send + 'static> FinishOnDrop<F> {
+    fn new(f: F) -> Self {
+        FinishOnDrop(Some(Box::pin(f)))
+    }
+}
+
+impl<F: Future<Output: Send> + Send + 'static> Future for FinishOnDrop<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let f = self.0.as_mut().expect("not polled after it finished");
+        let out = std::task::ready!(f.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<F: Future<Output: Send> + Send + 'static> Drop for FinishOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(f);
+        }
     }
 }
