@@ -3,7 +3,8 @@
 # issue 23). Usage: tests/bench/host-cpu.sh memory|durable [BIN_DIR]
 #   BIN_DIR (default target/release) holds data-exporter, bulk-ack and post-load.
 #   RATE=N paces the load at N requests/s (default: closed loop); SEG=BYTES sets
-#   queue.segment_bytes. Ports 6790 (host), 6799 (admin) and 6791 (acknowledger) must be free.
+#   queue.segment_bytes; CONNS=N sets the connections (default 64). Ports 6790 (host),
+#   6799 (admin) and 6791 (acknowledger) must be free.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=$1; B=${2:-target/release}
@@ -28,7 +29,7 @@ for _ in $(seq 100); do curl -sf 127.0.0.1:6790/readyz >/dev/null && break; slee
 snap() { for t in /proc/$H/task/*; do echo "$(tr ' ' _ <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done |
   awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort; }
 snap >"$SCRATCH/t0"
-"$B/post-load" 127.0.0.1:6790 /forward "$SCRATCH/body.json" 6 64 ${RATE:-}
+"$B/post-load" 127.0.0.1:6790 /forward "$SCRATCH/body.json" 6 ${CONNS:-64} ${RATE:-}
 sleep 1.5
 snap >"$SCRATCH/t1"
 n=$(curl -s 127.0.0.1:6791/_count | tr -dc 0-9)

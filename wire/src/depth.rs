@@ -5,6 +5,9 @@
 //! stack. The scan is one pass over the bytes, counts `[` and `{` outside strings (a `\`
 //! escapes the next byte inside a string) and allocates nothing. It does not validate: a
 //! malformed text that stays within the limit passes, and the parser then says what is wrong.
+//!
+//! [`validate`] is that check and the parse in one pass, for a text that is only validated
+//! (a report's `payload`): the scan runs only when the parse fails, to say which came first.
 
 /// A JSON text nests deeper than allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,88 @@ pub fn check(json: &[u8], max_depth: usize) -> Result<(), TooDeep> {
         }
     }
     Ok(())
+}
+
+/// Why [`validate`] refused a text.
+#[derive(Debug)]
+pub enum Invalid {
+    /// Nested deeper than allowed (before any syntax error, as [`check`] sees it).
+    TooDeep(TooDeep),
+    /// Not one JSON value.
+    Malformed(serde_json::Error),
+}
+
+/// Check that `json` is one JSON value nested at most `max_depth` deep, building nothing: what
+/// [`check`] then a parse say, in one pass over a valid text.
+pub fn validate(json: &str, max_depth: usize) -> Result<(), Invalid> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(json);
+    match Bounded(max_depth).deserialize(&mut de).and_then(|()| de.end()) {
+        Ok(()) => Ok(()),
+        // Too deep, or malformed within the limit, or both: the scan says which comes first
+        // (and the parser's own limit of 128 levels never speaks for ours).
+        Err(e) => match check(json.as_bytes(), max_depth) {
+            Err(deep) => Err(Invalid::TooDeep(deep)),
+            Ok(()) => Err(Invalid::Malformed(e)),
+        },
+    }
+}
+
+/// A JSON value with at most `.0` more levels of arrays and objects, read and dropped.
+#[derive(Clone, Copy)]
+struct Bounded(usize);
+
+impl Bounded {
+    fn inside<E: serde::de::Error>(self) -> Result<Bounded, E> {
+        match self.0.checked_sub(1) {
+            Some(left) => Ok(Bounded(left)),
+            None => Err(E::custom("nested too deep")),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Bounded {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Bounded {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        let inside = self.inside()?;
+        while a.next_element_seed(inside)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        let inside = self.inside()?;
+        while a.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            a.next_value_seed(inside)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -104,5 +189,39 @@ mod tests {
         let msg = check(nested(3).as_bytes(), 2).unwrap_err().to_string();
         assert!(msg.contains("more than 2 levels"), "{msg}");
         assert!(msg.contains("limits.max_json_depth"), "{msg}");
+    }
+
+    #[test]
+    fn validate_says_what_check_then_a_parse_say() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let texts = [
+            "{}".to_string(),
+            "1".into(),
+            r#"{"a":{"b":[1,{"c":2}]},"d":"x\"[[["}"#.into(),
+            r#"["\u005b", {"}}}": [true, null, -1.5e3]]]"#.into(),
+            deep(4),
+            deep(5),
+            deep(300),
+            format!("{}{{", deep(3)),
+            "[[[[[[ nonsense".into(),
+            "[1,]".into(),
+            "{} {}".into(),
+            "".into(),
+            r#"{"a": [[[[[[[[1]]]]]]]] "#.into(),
+        ];
+        for text in &texts {
+            for max in [0, 1, 4, 200] {
+                let old = match check(text.as_bytes(), max) {
+                    Err(deep) => Err(Some(deep)),
+                    Ok(()) => serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ()).map_err(|_| None),
+                };
+                let new = match validate(text, max) {
+                    Ok(()) => Ok(()),
+                    Err(Invalid::TooDeep(deep)) => Err(Some(deep)),
+                    Err(Invalid::Malformed(_)) => Err(None),
+                };
+                assert_eq!(new, old, "{text:?} at most {max} deep");
+            }
+        }
     }
 }

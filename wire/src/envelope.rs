@@ -245,10 +245,11 @@ fn parse_one_with(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeErro
     }
     let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     let payload = wire.payload.ok_or(EnvelopeError::MissingPayload)?.0.map_err(EnvelopeError::PayloadNotString)?;
-    // Before parsing: serde_json stops at 128 levels with a message that names no setting.
-    crate::depth::check(payload.as_bytes(), max_depth)
-        .map_err(|_| EnvelopeError::TooDeep { what: "`payload`", max: max_depth })?;
-    serde_json::from_str::<IgnoredAny>(&payload).map_err(|e| EnvelopeError::PayloadNotJson(e.to_string()))?;
+    // Depth and syntax in one pass; too deep is our message, not serde_json's (it stops at 128).
+    crate::depth::validate(&payload, max_depth).map_err(|e| match e {
+        crate::depth::Invalid::TooDeep(_) => EnvelopeError::TooDeep { what: "`payload`", max: max_depth },
+        crate::depth::Invalid::Malformed(e) => EnvelopeError::PayloadNotJson(e.to_string()),
+    })?;
 
     let config_raw = wire.config.filter(|c| c.get() != "null").ok_or(EnvelopeError::MissingConfig)?;
     let config: BTreeMap<String, &RawValue> = serde_json::from_str(config_raw.get())
