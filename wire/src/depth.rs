@@ -6,8 +6,9 @@
 //! escapes the next byte inside a string) and allocates nothing. It does not validate: a
 //! malformed text that stays within the limit passes, and the parser then says what is wrong.
 //!
-//! [`validate`] is that check and the parse in one pass, for a text that is only validated
-//! (a report's `payload`): the scan runs only when the parse fails, to say which came first.
+//! [`validate`] is that check and a parse in one pass, for a text that is only validated (a
+//! report's `payload`): its visitor bounds the depth as it goes; when that pass refuses, the scan
+//! and serde_json's skip decide, so the answer and its words are theirs.
 
 /// A JSON text nests deeper than allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,19 +65,18 @@ pub enum Invalid {
 }
 
 /// Check that `json` is one JSON value nested at most `max_depth` deep, building nothing: what
-/// [`check`] then a parse say, in one pass over a valid text.
+/// [`check`] then serde_json's skip of a value say, in one pass over most texts.
 pub fn validate(json: &str, max_depth: usize) -> Result<(), Invalid> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_str(json);
-    match Bounded(max_depth).deserialize(&mut de).and_then(|()| de.end()) {
-        Ok(()) => Ok(()),
-        // Too deep, or malformed within the limit, or both: the scan says which comes first
-        // (and the parser's own limit of 128 levels never speaks for ours).
-        Err(e) => match check(json.as_bytes(), max_depth) {
-            Err(deep) => Err(Invalid::TooDeep(deep)),
-            Ok(()) => Err(Invalid::Malformed(e)),
-        },
+    if Bounded(max_depth).deserialize(&mut de).and_then(|()| de.end()).is_ok() {
+        return Ok(());
     }
+    // Refused by the one pass, which is stricter than the skip it stands in for (numbers past
+    // f64's range, lone surrogate escapes, serde_json's own 127 levels): the two passes decide,
+    // and word the refusal, as they did before there was one.
+    check(json.as_bytes(), max_depth).map_err(Invalid::TooDeep)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(json).map(drop).map_err(Invalid::Malformed)
 }
 
 /// A JSON value with at most `.0` more levels of arrays and objects, read and dropped.
@@ -197,31 +197,45 @@ mod tests {
         let texts = [
             "{}".to_string(),
             "1".into(),
-            r#"{"a":{"b":[1,{"c":2}]},"d":"x\"[[["}"#.into(),
-            r#"["\u005b", {"}}}": [true, null, -1.5e3]]]"#.into(),
+            r#"{"a":{"b":[1,{"c":2}]},"d":"x\\"[[["}"#.into(),
+            r#"["\\u005b", {"}}}": [true, null, -1.5e3]]]"#.into(),
             deep(4),
             deep(5),
+            deep(127),
+            deep(128),
+            deep(150),
             deep(300),
             format!("{}{{", deep(3)),
             "[[[[[[ nonsense".into(),
             "[1,]".into(),
+            "1.".into(),
             "{} {}".into(),
             "".into(),
             r#"{"a": [[[[[[[[1]]]]]]]] "#.into(),
+            // What serde_json's skip lets through and a full parse would not.
+            "1e400".into(),
+            "[-1e400]".into(),
+            "9".repeat(401),
+            r#""\ud800""#.into(),
+            r#"{"\ud800": 1}"#.into(),
+            r#"["\udc00x"]"#.into(),
         ];
         for text in &texts {
-            for max in [0, 1, 4, 200] {
+            for max in [0, 1, 4, 127, 128, 200] {
                 let old = match check(text.as_bytes(), max) {
-                    Err(deep) => Err(Some(deep)),
-                    Ok(()) => serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ()).map_err(|_| None),
+                    Err(deep) => Err(format!("{deep}")),
+                    Ok(()) => {
+                        serde_json::from_str::<serde::de::IgnoredAny>(text).map(|_| ()).map_err(|e| e.to_string())
+                    }
                 };
-                let new = match validate(text, max) {
-                    Ok(()) => Ok(()),
-                    Err(Invalid::TooDeep(deep)) => Err(Some(deep)),
-                    Err(Invalid::Malformed(_)) => Err(None),
-                };
-                assert_eq!(new, old, "{text:?} at most {max} deep");
+                let new = validate(text, max).map_err(|e| match e {
+                    Invalid::TooDeep(deep) => format!("{deep}"),
+                    Invalid::Malformed(e) => e.to_string(),
+                });
+                assert_eq!(new, old, "{text:.40} at most {max} deep");
             }
         }
+        assert_eq!(validate(&deep(128), 128).ok(), Some(()), "past serde_json's own 127 levels, within ours");
+        assert!(validate("1e400", 4).is_ok());
     }
 }

@@ -245,7 +245,7 @@ fn parse_one_with(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeErro
     }
     let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     let payload = wire.payload.ok_or(EnvelopeError::MissingPayload)?.0.map_err(EnvelopeError::PayloadNotString)?;
-    // Depth and syntax in one pass; too deep is our message, not serde_json's (it stops at 128).
+    // Depth and syntax together; too deep is our message, never serde_json's own limit's.
     crate::depth::validate(&payload, max_depth).map_err(|e| match e {
         crate::depth::Invalid::TooDeep(_) => EnvelopeError::TooDeep { what: "`payload`", max: max_depth },
         crate::depth::Invalid::Malformed(e) => EnvelopeError::PayloadNotJson(e.to_string()),

@@ -169,19 +169,24 @@ impl<F: Future<Output: Send> + Send + 'static> Future for FinishOnDrop<F> {
     type Output = F::Output;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        let f = self.0.as_mut().expect("not polled after it finished");
-        let out = std::task::ready!(f.as_mut().poll(cx));
-        self.0 = None;
-        std::task::Poll::Ready(out)
+        // Out while it is polled: a future that panics is not spawned again when this is dropped.
+        let mut f = self.0.take().expect("not polled after it finished");
+        let polled = f.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.0 = Some(f);
+        }
+        polled
     }
 }
 
 impl<F: Future<Output: Send> + Send + 'static> Drop for FinishOnDrop<F> {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(f);
+        if let Some(f) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => _ = runtime.spawn(f),
+                // Every caller runs in the runtime; were one not to, say what was left undone.
+                Err(_) => tracing::error!("an append was dropped outside the runtime before it finished"),
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //! with, on the same path and load: HTTP in, OpenSearch `_bulk` out, into the same acknowledger.
 //!
 //! Fluent Bit (`in_http` with `http_server.workers` one per core, as the host has a runtime worker
-//! per core -> `out_opensearch`, `workers 2`, `flush 1`, `suppress_type_name on`) runs once with `storage.type memory` and once with `storage.type filesystem`; the host with
-//! its queue in memory and durable. Every server posts closed loop for [`MEASURE`] over
+//! per core -> `out_opensearch`, `workers 2`, `flush 1`, `suppress_type_name on`) runs once with
+//! `storage.type memory` and once with `storage.type filesystem`; the host with its queue in
+//! memory and durable. Every server posts closed loop for [`MEASURE`] over
 //! [`connections`] keep-alive connections, then is waited for until the acknowledger has every
 //! accepted document; all are measured in turns, over [`ROUNDS`] rounds. Fluent Bit is not built
 //! here: `FLUENT_BIT` names its binary (BENCHMARKS.md, Method, says how to build it); without it
@@ -243,11 +244,10 @@ pub(crate) fn section(rt: &tokio::runtime::Runtime, p: &Paths, ack: SocketAddr) 
         posting. CPU: the server process's user + system time over that whole run, divided by the documents \
         acknowledged. The host delivers each report's payload with its `opensearch` plugin; Fluent Bit \
         (`in_http` with `http_server.workers` one per core -> `out_opensearch`, `workers 2`, `flush 1`, \
-        `suppress_type_name on`) sends each posted \
-        object whole as one document. Each row: the median of {ROUNDS} rounds (by docs/s end to end), after \
-        a {} s warm-up; in each round every server runs in turn, and \"{reference}\" is the median (and \
-        range) of the per-round ratios. All servers, the acknowledger and the load generator share this \
-        machine's cores.\n",
+        `suppress_type_name on`) sends each posted object whole as one document. Each row: the median of \
+        {ROUNDS} rounds (by docs/s end to end), after a {} s warm-up; in each round every server runs in \
+        turn, and \"{reference}\" is the median (and range) of the per-round ratios. All servers, the \
+        acknowledger and the load generator share this machine's cores.\n",
         body.len(),
         MEASURE.as_secs(),
         connections(),
