@@ -11,10 +11,13 @@
 //! when it has had no call open for as long; at most `limits.max_concurrent_requests`
 //! connections (more are closed at once), `MAX_STREAMS` calls open on each; every call passes
 //! the public listener's guard (`listener::guarded`): at most `limits.max_concurrent_requests`
-//! calls at once (else UNAVAILABLE, retried), the request body read whole before tonic sees it,
-//! at most `limits.max_body_bytes` (counting gRPC's 5-byte frame header) within
+//! calls at once (else UNAVAILABLE, retried), the request body read whole before anything looks
+//! at it, at most `limits.max_body_bytes` (counting gRPC's 5-byte frame header) within
 //! `limits.body_timeout_ms`, its bytes taken from the same `limits.max_buffered_bytes` budget as
-//! the public listener's bodies, and what decoding makes of it charged there too.
+//! the public listener's bodies, and what decoding makes of it charged there too. The gRPC frame
+//! is read here (one message; gzip or none), not by tonic: the message goes to tenant ingest as
+//! sent, so it is inflated, like a `POST /v1/logs` body, only after the tenant's rate is taken
+//! and within the budget.
 
 use super::listener::{Budget, guarded};
 use super::otlp::{Any, RpcStatus, rpc_code};
@@ -26,20 +29,13 @@ use data_exporter_wire::otlp::{Encoding, ExportLogsServiceResponse};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prost::Message;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
-use tonic::codec::CompressionEncoding;
 use tower::ServiceExt;
 
-/// The `LogsService` of tenant ingest; `limits.max_buffered_bytes`, `limits.max_body_bytes`.
-struct Logs(AppState, u64, usize);
-
-/// One `Export` call; `ran` is set once tonic has read the message and handed it over.
-struct Call {
-    logs: Arc<Logs>,
-    ran: Arc<AtomicBool>,
-}
+/// The `LogsService` of tenant ingest.
+struct Logs(AppState);
 
 /// `google.protobuf.Duration`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -85,76 +81,9 @@ fn grpc_status(e: ApiError) -> tonic::Status {
 /// The trailer the OpenTelemetry Python exporter reads its retry delay from.
 const RETRY_INFO_KEY: &str = "google.rpc.retryinfo-bin";
 
-/// The request's message as it came (decompressed by tonic when `grpc-encoding: gzip`, within
-/// `limits.max_body_bytes`): decoded once, by the same bounded decoder as `POST /v1/logs`, after
-/// the credentials are checked. The answer is encoded by prost.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = ExportLogsServiceResponse;
-    type Decode = bytes::Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = ExportLogsServiceResponse;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        item.encode(dst).map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
-        use bytes::Buf;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-impl tonic::server::UnaryService<bytes::Bytes> for Call {
-    type Response = ExportLogsServiceResponse;
-    type Future = futures::future::BoxFuture<'static, Result<tonic::Response<Self::Response>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<bytes::Bytes>) -> Self::Future {
-        self.ran.store(true, Ordering::Relaxed);
-        let (state, max_buffered) = (self.logs.0.clone(), self.logs.1);
-        Box::pin(async move {
-            let (metadata, extensions, body) = request.into_parts();
-            let headers = metadata.into_headers();
-            // The decompressed message is held beside the body the guard read.
-            let charge = extensions.get::<Budget>().map(Budget::charge);
-            if let Some(c) = &charge
-                && !c.take(body.len())
-            {
-                let e = if c.never_fits() {
-                    ingest::Refused::NeverFits { max_buffered_bytes: max_buffered }
-                } else {
-                    ingest::Refused::Framing(data_exporter_wire::framing::FramingError::OverBudget)
-                };
-                return Err(status(&state, e.into()));
-            }
-            let charge = charge.map(|c| c as Arc<dyn ingest::Budget>);
-            let req = ingest::Request { headers: &headers, access_key: None };
-            match state.ingest.ingest_otlp(req, body, Encoding::Protobuf, None, charge).await {
-                Ok(exported) => Ok(tonic::Response::new(exported.response())),
-                Err(refused) => Err(status(&state, refused.into())),
-            }
-        })
-    }
-}
-
-/// `LogsService/Export`: the credentials first (before tonic inflates or anything decodes the
-/// message), then the call.
+/// `LogsService/Export`: the credentials first, then the one message taken out of its gRPC
+/// frame as sent (still gzip when it is) and handed to tenant ingest as a `POST /v1/logs` body
+/// is: after the tenant's rate, inflated by the same bounded decoder within the same budget.
 async fn export(
     axum::extract::State(logs): axum::extract::State<Arc<Logs>>,
     req: http::Request<axum::body::Body>,
@@ -163,46 +92,82 @@ async fn export(
     if let Err(refused) = state.ingest.authenticated(req.headers()) {
         return status(state, refused.into()).into_http::<axum::body::Body>();
     }
-    let mut accept = tonic::codec::EnabledCompressionEncodings::default();
-    accept.enable(CompressionEncoding::Gzip);
-    let mut grpc = tonic::server::Grpc::new(RawCodec)
-        .apply_compression_config(accept, tonic::codec::EnabledCompressionEncodings::default())
-        .apply_max_message_size_config(Some(logs.2), None);
-    let ran = Arc::new(AtomicBool::new(false));
-    let resp = grpc.unary(Call { logs: logs.clone(), ran: ran.clone() }, req).await;
-    if !ran.load(Ordering::Relaxed)
-        && let Some(e) = unread(&resp, logs.2)
-    {
-        return status(state, e).into_http::<axum::body::Body>();
+    let (parts, body) = req.into_parts();
+    // The guard has read the body whole, within `limits.max_body_bytes`: this takes it as it is.
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return status(state, invalid(format!("the request could not be read: {e}"))).into_http(),
+    };
+    let (message, gzip) = match message(&parts.headers, body) {
+        Ok(found) => found,
+        Err(e) => return status(state, e).into_http(),
+    };
+    let charge = parts.extensions.get::<Budget>().map(|b| b.charge() as Arc<dyn ingest::Budget>);
+    let req = ingest::Request { headers: &parts.headers, access_key: None };
+    let encoding = gzip.then(|| "gzip".to_owned());
+    match state.ingest.ingest_otlp(req, message, Encoding::Protobuf, encoding, charge).await {
+        Ok(exported) => answer(&exported.response()),
+        Err(refused) => status(state, refused.into()).into_http(),
     }
-    resp.map(axum::body::Body::new)
 }
 
-/// When tonic could not read the message (declared longer than `limits.max_body_bytes`, or
-/// longer once inflated: OUT_OF_RANGE and RESOURCE_EXHAUSTED without retry info, which OTLP
-/// exporters retry though the same bytes would fail again; a corrupt gzip or a missing message:
-/// INTERNAL), that refusal as INVALID_ARGUMENT, counted.
-fn unread<B>(resp: &http::Response<B>, max_body: usize) -> Option<ApiError> {
-    let refused = tonic::Status::from_header_map(resp.headers())?;
-    let (status, code, why) = match refused.code() {
-        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => (
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the message is over limits.max_body_bytes ({max_body} bytes), as sent or inflated: send smaller batches"
-            ),
-        ),
-        tonic::Code::Internal => (
-            http::StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!(
-                "the message could not be read ({}): send one ExportLogsServiceRequest, uncompressed or gzip",
-                refused.message()
-            ),
-        ),
-        _ => return None,
+/// A request the gRPC framing cannot take: INVALID_ARGUMENT (not retried).
+fn invalid(why: String) -> ApiError {
+    ApiError::new(http::StatusCode::BAD_REQUEST, "invalid_body", why)
+}
+
+/// The one message of a unary call's body (`compressed u8 | length u32 BE | message`), and
+/// whether it is gzip (`grpc-encoding`; the only compression taken, as `grpc-accept-encoding`
+/// says).
+fn message(headers: &http::HeaderMap, body: bytes::Bytes) -> Result<(bytes::Bytes, bool), ApiError> {
+    const SEND: &str = "send one ExportLogsServiceRequest, uncompressed or gzip";
+    let Some((&compressed, declared)) = body.split_first_chunk::<5>().map(|(h, _)| (&h[0], &h[1..])) else {
+        return Err(invalid(format!("the call holds no gRPC message ({} bytes): {SEND}", body.len())));
     };
-    Some(ApiError::new(status, code, why))
+    let declared = u32::from_be_bytes(declared.try_into().expect("4 bytes")) as usize;
+    if declared != body.len() - 5 {
+        return Err(invalid(format!(
+            "the gRPC message is declared {declared} bytes long and {} follow: {SEND}",
+            body.len() - 5
+        )));
+    }
+    let gzip = match (compressed, headers.get("grpc-encoding").map(|v| v.as_bytes())) {
+        (0, _) => false,
+        (1, Some(b"gzip")) => true,
+        (1, None | Some(b"identity")) => {
+            return Err(invalid(format!(
+                "the message is marked compressed and grpc-encoding names no compression: {SEND}"
+            )));
+        }
+        (1, Some(other)) => {
+            let other = String::from_utf8_lossy(other).chars().take(32).collect::<String>();
+            let why = format!("grpc-encoding {other:?} is not taken: {SEND}");
+            return Err(ApiError::new(http::StatusCode::NOT_IMPLEMENTED, "unsupported_encoding", why));
+        }
+        (flag, _) => return Err(invalid(format!("the gRPC message flag is {flag}, not 0 or 1: {SEND}"))),
+    };
+    Ok((body.slice(5..), gzip))
+}
+
+/// A call's answer: `message` in one uncompressed gRPC frame, then the trailer `grpc-status: 0`.
+fn answer(message: &ExportLogsServiceResponse) -> axum::response::Response {
+    let mut frame = Vec::with_capacity(5 + message.encoded_len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+    message.encode(&mut frame).expect("a Vec has room");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(frame))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let mut resp = axum::response::Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
+        futures::stream::iter(frames),
+    )));
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-accept-encoding", http::HeaderValue::from_static("gzip"));
+    resp
 }
 
 const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
@@ -292,7 +257,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let metrics = state.metrics.clone();
-    let logs = Arc::new(Logs(state, limits.max_buffered_bytes, limits.max_body_bytes));
+    let logs = Arc::new(Logs(state));
     let router = axum::Router::new()
         .route(&format!("{LOGS_PATH}Export"), axum::routing::post(export))
         .with_state(logs)

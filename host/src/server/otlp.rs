@@ -54,6 +54,7 @@ pub(super) fn rpc_code(status: StatusCode) -> tonic::Code {
         403 => tonic::Code::PermissionDenied,
         404 => tonic::Code::NotFound,
         429 => tonic::Code::ResourceExhausted,
+        501 => tonic::Code::Unimplemented,
         503 => tonic::Code::Unavailable,
         _ => tonic::Code::Internal,
     }

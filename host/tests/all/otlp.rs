@@ -369,7 +369,7 @@ async fn grpc_other_signals_are_unimplemented_and_bad_messages_invalid_argument(
     assert!(out.contains("code=INVALID_ARGUMENT"), "{out}");
     assert!(out.contains("not an OTLP ExportLogsServiceRequest in protobuf"), "{out}");
     let out = raw_grpc(&addr, logs, &t.token, &["--zeros", "33554432", "--gzip"]).await;
-    assert!(out.contains("code=INVALID_ARGUMENT") && out.contains("as sent or inflated"), "{out}");
+    assert!(out.contains("code=INVALID_ARGUMENT") && out.contains("decompresses to more than"), "{out}");
     // Without a valid credential, neither a malformed message nor a bomb is looked at.
     for body in [&["--hex", ""][..], &["--hex", "0affffffff"], &["--zeros", "33554432", "--gzip"]] {
         let out = raw_grpc(&addr, logs, "not-the-token", body).await;
@@ -382,6 +382,52 @@ async fn grpc_other_signals_are_unimplemented_and_bad_messages_invalid_argument(
     assert!(stdout.contains("flushed"));
     let lines = t.lines(5, Duration::from_secs(30), "the next export's records").await;
     assert_eq!(lines.len(), 5, "{lines:?}");
+}
+
+/// Frames an SDK never sends, over HTTP/2 by hand: each refused with a status that says what was
+/// wrong (the host reads the gRPC frame itself); a well-formed empty export is answered with one
+/// frame and `grpc-status: 0`.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
+    let t = Otlp::new();
+    let app = t.app(|c| c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let url =
+        format!("http://{}/opentelemetry.proto.collector.logs.v1.LogsService/Export", app.host.grpc_addr().unwrap());
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let call = |body: Vec<u8>, encoding: Option<&'static str>| {
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {}", t.token))
+            .body(body);
+        if let Some(e) = encoding {
+            req = req.header("grpc-encoding", e);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let header = |k: &str| resp.headers().get(k).map(|v| v.to_str().unwrap().to_owned());
+            let (status, message) = (header("grpc-status"), header("grpc-message"));
+            (status, percent_decoded(&message.unwrap_or_default()), resp.bytes().await.unwrap())
+        }
+    };
+    for (body, encoding, code, says) in [
+        (vec![0, 0, 0], None, "3", "holds no gRPC message (3 bytes)"),
+        (vec![0, 0, 0, 0, 9, 1, 2], None, "3", "declared 9 bytes long and 2 follow"),
+        (vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, "3", "declared 0 bytes long and 5 follow"),
+        (vec![2, 0, 0, 0, 0], None, "3", "flag is 2"),
+        (vec![1, 0, 0, 0, 0], None, "3", "marked compressed and grpc-encoding names no compression"),
+        (vec![1, 0, 0, 0, 0], Some("deflate"), "12", "grpc-encoding \"deflate\" is not taken"),
+    ] {
+        let (status, message, _) = call(body.clone(), encoding).await;
+        assert_eq!(status.as_deref(), Some(code), "{body:?} {encoding:?}: {message}");
+        assert!(message.contains(says), "{body:?}: {message}");
+    }
+    assert!(refused(&app, "invalid_body").await >= 5);
+    assert!(refused(&app, "unsupported_encoding").await >= 1);
+    // An empty export: no grpc-status among the headers (it is a trailer), one empty frame.
+    let (status, _, answer) = call(vec![0, 0, 0, 0, 0], None).await;
+    assert_eq!((status, &answer[..]), (None, &[0u8, 0, 0, 0, 0][..]));
 }
 
 /// Over its rate, a tenant's gRPC export is RESOURCE_EXHAUSTED with the retry delay in the
@@ -435,6 +481,22 @@ async fn the_python_sdks_grpc_exporter_delivers_10000_records_exactly_once() {
 /// How many requests the host refused with `code` (`/metrics`).
 async fn refused(app: &TestApp, code: &str) -> u64 {
     counter(app, "requests_rejected", code).await
+}
+
+/// A `grpc-message` as sent (percent-encoded) made readable.
+fn percent_decoded(s: &str) -> String {
+    let mut out = Vec::new();
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&hex, 16).expect("two hex digits"));
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).expect("UTF-8")
 }
 
 /// `data_exporter_{name}_total{code="{code}"}` (`/metrics`), 0 when absent.
