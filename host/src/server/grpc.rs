@@ -3,8 +3,9 @@
 //! reloaded as they change, ALPN `h2`). The request goes through tenant ingest exactly as
 //! `POST /v1/logs` does (`Ingest::ingest_otlp`): credentials from the `authorization`
 //! metadata. Refusals are gRPC statuses: UNAUTHENTICATED, PERMISSION_DENIED,
-//! RESOURCE_EXHAUSTED and UNAVAILABLE (with a `google.rpc.RetryInfo`), INVALID_ARGUMENT. The
-//! trace and metrics services answer UNIMPLEMENTED.
+//! RESOURCE_EXHAUSTED and UNAVAILABLE (with a `google.rpc.RetryInfo`), INVALID_ARGUMENT,
+//! UNIMPLEMENTED for a `grpc-encoding` other than gzip. The trace and metrics services answer
+//! UNIMPLEMENTED.
 //!
 //! The listener holds to the public listener's limits: a connection has
 //! `limits.header_timeout_ms` for its TLS handshake and its first request, and is closed (GOAWAY)
@@ -34,8 +35,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tower::ServiceExt;
 
-/// The `LogsService` of tenant ingest.
-struct Logs(AppState);
+/// The `LogsService` of tenant ingest; `limits.max_body_bytes`.
+struct Logs(AppState, usize);
 
 /// `google.protobuf.Duration`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -93,14 +94,23 @@ async fn export(
         return status(state, refused.into()).into_http::<axum::body::Body>();
     }
     let (parts, body) = req.into_parts();
-    // The guard has read the body whole, within `limits.max_body_bytes`: this takes it as it is.
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
+    // The guard has read the body whole, within `limits.max_body_bytes`: this takes it as it is
+    // (the same bound again, should the route ever be served without the guard).
+    let body = match axum::body::to_bytes(body, logs.1 + 5).await {
         Ok(body) => body,
         Err(e) => return status(state, invalid(format!("the request could not be read: {e}"))).into_http(),
     };
     let (message, gzip) = match message(&parts.headers, body) {
         Ok(found) => found,
-        Err(e) => return status(state, e).into_http(),
+        Err(e) => {
+            let unsupported = e.code == "unsupported_encoding";
+            let mut resp = status(state, e).into_http::<axum::body::Body>();
+            if unsupported {
+                // What to send instead, as the gRPC spec has an UNIMPLEMENTED encoding say.
+                resp.headers_mut().insert("grpc-accept-encoding", http::HeaderValue::from_static("gzip"));
+            }
+            return resp;
+        }
     };
     let charge = parts.extensions.get::<Budget>().map(|b| b.charge() as Arc<dyn ingest::Budget>);
     let req = ingest::Request { headers: &parts.headers, access_key: None };
@@ -121,14 +131,15 @@ fn invalid(why: String) -> ApiError {
 /// says).
 fn message(headers: &http::HeaderMap, body: bytes::Bytes) -> Result<(bytes::Bytes, bool), ApiError> {
     const SEND: &str = "send one ExportLogsServiceRequest, uncompressed or gzip";
-    let Some((&compressed, declared)) = body.split_first_chunk::<5>().map(|(h, _)| (&h[0], &h[1..])) else {
+    let Some(([compressed, declared @ ..], message)) = body.split_first_chunk::<5>() else {
         return Err(invalid(format!("the call holds no gRPC message ({} bytes): {SEND}", body.len())));
     };
-    let declared = u32::from_be_bytes(declared.try_into().expect("4 bytes")) as usize;
-    if declared != body.len() - 5 {
+    let declared = u32::from_be_bytes(*declared) as usize;
+    if declared != message.len() {
         return Err(invalid(format!(
-            "the gRPC message is declared {declared} bytes long and {} follow: {SEND}",
-            body.len() - 5
+            "the gRPC message is declared {declared} bytes long and {} follow (a unary call carries exactly \
+             one message): {SEND}",
+            message.len()
         )));
     }
     let gzip = match (compressed, headers.get("grpc-encoding").map(|v| v.as_bytes())) {
@@ -141,7 +152,7 @@ fn message(headers: &http::HeaderMap, body: bytes::Bytes) -> Result<(bytes::Byte
         }
         (1, Some(other)) => {
             let other = String::from_utf8_lossy(other).chars().take(32).collect::<String>();
-            let why = format!("grpc-encoding {other:?} is not taken: {SEND}");
+            let why = format!("grpc-encoding {other:?} is not taken: set the exporter's compression to gzip or none");
             return Err(ApiError::new(http::StatusCode::NOT_IMPLEMENTED, "unsupported_encoding", why));
         }
         (flag, _) => return Err(invalid(format!("the gRPC message flag is {flag}, not 0 or 1: {SEND}"))),
@@ -257,7 +268,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let metrics = state.metrics.clone();
-    let logs = Arc::new(Logs(state));
+    let logs = Arc::new(Logs(state, limits.max_body_bytes));
     let router = axum::Router::new()
         .route(&format!("{LOGS_PATH}Export"), axum::routing::post(export))
         .with_state(logs)
