@@ -332,13 +332,6 @@ impl Ingest {
         Ok(receipts)
     }
 
-    /// Whether `headers` carry a credential of an access key in force (no rate taken): checked
-    /// before a gRPC message is inflated or decoded, so that nobody unauthenticated makes the
-    /// host do either.
-    pub fn authenticated(&self, headers: &http::HeaderMap) -> Result<(), Refused> {
-        Self::tenant_of(&self.tenants.current(), Request { headers, access_key: None }, None).map(|_| ())
-    }
-
     /// The tenant a request's credential acts as, if it may send now (its rate) a body of
     /// `body_len` bytes.
     fn admit<'s>(

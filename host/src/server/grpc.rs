@@ -82,17 +82,15 @@ fn grpc_status(e: ApiError) -> tonic::Status {
 /// The trailer the OpenTelemetry Python exporter reads its retry delay from.
 const RETRY_INFO_KEY: &str = "google.rpc.retryinfo-bin";
 
-/// `LogsService/Export`: the credentials first, then the one message taken out of its gRPC
-/// frame as sent (still gzip when it is) and handed to tenant ingest as a `POST /v1/logs` body
-/// is: after the tenant's rate, inflated by the same bounded decoder within the same budget.
+/// `LogsService/Export`: the one message taken out of its gRPC frame as sent (still gzip when it
+/// is; only the frame's 5 bytes are read) and handed to tenant ingest as a `POST /v1/logs` body
+/// is: the credentials and the tenant's rate first, then inflated and decoded by the same bounded
+/// decoder within the same budget (once, with the credential verified once).
 async fn export(
     axum::extract::State(logs): axum::extract::State<Arc<Logs>>,
     req: http::Request<axum::body::Body>,
 ) -> axum::response::Response {
     let state = &logs.0;
-    if let Err(refused) = state.ingest.authenticated(req.headers()) {
-        return status(state, refused.into()).into_http::<axum::body::Body>();
-    }
     let (parts, body) = req.into_parts();
     // The guard has read the body whole, within `limits.max_body_bytes`: this takes it as it is
     // (the same bound again, should the route ever be served without the guard).
