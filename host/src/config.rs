@@ -1,5 +1,6 @@
 //! Operator configuration: defaults, then a TOML file, then `DATA_EXPORTER_*` environment, then flags.
 
+use crate::queue::MAX_SYNC_INTERVAL_US;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -163,9 +164,6 @@ impl Config {
     }
 }
 
-/// The longest `queue.sync_interval_us` taken (a request waits at most this long for its group).
-const MAX_SYNC_INTERVAL_US: u64 = 10_000;
-
 impl Config {
     /// What stops `serve` from starting, found without reading a file or reaching the network:
     /// every problem, each naming its key. `serve` refuses to start on the first; `config check`
@@ -182,9 +180,11 @@ impl Config {
         out.extend(self.queue.role_problem(self.role));
         if self.queue.sync_interval_us > MAX_SYNC_INTERVAL_US {
             out.push(format!(
-                "queue.sync_interval_us = {} holds every request up to that long before its sync: at most {} (10 ms); \
-                 500 is the default",
-                self.queue.sync_interval_us, MAX_SYNC_INTERVAL_US
+                "queue.sync_interval_us = {} holds every request up to that long before its sync: at most {}; {} is \
+                 the default",
+                self.queue.sync_interval_us,
+                MAX_SYNC_INTERVAL_US,
+                crate::queue::QueueConfig::default().sync_interval_us
             ));
         }
         if backend == QueueBackend::Kafka && self.queue.key_file.is_none() {

@@ -116,7 +116,12 @@ impl EmbeddedQueue {
             }
             prune_done_destinations(&mut inner);
             let last = segs.last().map(|s| s.0).unwrap_or(0);
-            Some(LogWriter::start(&dir, last, cfg.segment_bytes, Duration::from_micros(cfg.sync_interval_us))?)
+            Some(LogWriter::start(
+                &dir,
+                last,
+                cfg.segment_bytes,
+                Duration::from_micros(cfg.sync_interval_us.min(super::MAX_SYNC_INTERVAL_US)),
+            )?)
         } else {
             None
         };

@@ -31,6 +31,10 @@ use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// The longest `queue.sync_interval_us` taken (a request waits at most this long for its group);
+/// `Config::problems` names a larger one, and the queue never waits longer.
+pub const MAX_SYNC_INTERVAL_US: u64 = 10_000;
+
 pub use config::{QueueBackend, QueueConfig, Role};
 pub use embedded::Recovery;
 

@@ -172,7 +172,7 @@ pub enum FramingError {
     )]
     UnsupportedEncoding(String),
     /// `Content-Encoding: gzip` on a body that is not gzip.
-    #[error("the body is not valid gzip, as its `Content-Encoding: gzip` says: {0}")]
+    #[error("the body is not valid gzip, as its `Content-Encoding` (gRPC: `grpc-encoding`) says: {0}")]
     Gzip(String),
     /// The body decompresses past the limit.
     #[error(
