@@ -135,13 +135,24 @@ pub fn parse_body(body: &[u8], max_reports: usize) -> Result<(Vec<Envelope>, boo
 }
 
 /// Parse a `POST /forward` body: one `ReportData` object, or an array of them, within `limits`.
-/// Nesting is checked before anything is parsed, in the body and then in each payload.
+/// A body nested deeper than `limits.max_depth` is refused as such whatever else is wrong with
+/// it, and each payload is held to the same limit on its own.
 /// Returns the envelopes and whether the body was an array.
 pub fn parse_body_with(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
+    let (parsed, batch) = match parse_nested(body, limits) {
+        Ok((envelopes, batch)) => (Ok(envelopes), batch),
+        Err(e) => (Err(e), false),
+    };
+    // An array is one level more.
+    let envelopes = within_depth(body, parsed, 1 + batch as usize, limits.max_depth, "the request body")?;
+    Ok((envelopes, batch))
+}
+
+/// The body parsed without its own depth checked: serde_json's limit (127 levels) bounds the
+/// recursion meanwhile, and [`within_depth`] holds the result to `limits.max_depth`.
+fn parse_nested(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
     let max_reports = limits.max_reports;
     let max_depth = limits.max_depth;
-    crate::depth::check(body, max_depth)
-        .map_err(|_| EnvelopeError::TooDeep { what: "the request body", max: max_depth })?;
     let text = std::str::from_utf8(body).map_err(|e| EnvelopeError::Malformed(format!("not UTF-8: {e}")))?;
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
@@ -166,6 +177,35 @@ pub fn parse_body_with(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Enve
         Some(b'{') => Ok((vec![parse_one_with(text, max_depth)?], false)),
         None => Err(EnvelopeError::Malformed("the body is empty".into())),
         Some(_) => Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text)))),
+    }
+}
+
+/// Hold a parse of `text` to `max_depth` levels of nesting, as if [`crate::depth::check`] had
+/// run over all of it first (a text too deep is refused as such, whatever else is wrong with
+/// it), without a pass over the whole text when it parsed: then its only nesting outside
+/// strings is each envelope (at `levels`: 1, or 2 in an array), its `config` object (one more)
+/// and the destinations in it, so only the destinations (a few hundred bytes beside a payload
+/// of kilobytes) are scanned. A refusal scans the whole text before it is answered.
+fn within_depth(
+    text: &[u8],
+    parsed: Result<Vec<Envelope>, EnvelopeError>,
+    levels: usize,
+    max_depth: usize,
+    what: &'static str,
+) -> Result<Vec<Envelope>, EnvelopeError> {
+    let too_deep = EnvelopeError::TooDeep { what, max: max_depth };
+    match parsed {
+        Ok(envelopes) => {
+            // `labels`, a flat object of strings, nests no deeper than `config` beside it.
+            let fits = max_depth.checked_sub(levels + 1).is_some_and(|left| {
+                envelopes
+                    .iter()
+                    .flat_map(|e| &e.destinations)
+                    .all(|(_, raw)| crate::depth::check(raw.get().as_bytes(), left).is_ok())
+            });
+            if fits { Ok(envelopes) } else { Err(too_deep) }
+        }
+        Err(e) => Err(if crate::depth::check(text, max_depth).is_err() { too_deep } else { e }),
     }
 }
 
@@ -233,12 +273,13 @@ impl<'de> Deserialize<'de> for Payload {
 
 /// Parse one `ReportData` object (a Kafka record, say), nested at most `max_depth` deep.
 pub fn parse_one(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
-    crate::depth::check(text.as_bytes(), max_depth)
-        .map_err(|_| EnvelopeError::TooDeep { what: "the report", max: max_depth })?;
-    parse_one_with(text, max_depth)
+    let parsed = parse_one_with(text, max_depth).map(|e| vec![e]);
+    let mut one = within_depth(text.as_bytes(), parsed, 1, max_depth, "the report")?;
+    Ok(one.pop().expect("one envelope parsed"))
 }
 
-/// One `ReportData` object whose own nesting was checked; `max_depth` bounds its payload.
+/// One `ReportData` object, its own nesting not checked (see [`within_depth`]); `max_depth`
+/// bounds its payload.
 fn parse_one_with(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
     if !text.trim_start().starts_with('{') {
         return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
@@ -425,5 +466,55 @@ mod tests {
         let limits = EnvelopeLimits { max_reports: 10, max_depth: 6 };
         let err = parse_body_with(format!("[{},{}]", body(2), body(7)).as_bytes(), &limits).unwrap_err();
         assert!(err.to_string().starts_with("report [1]: `payload` nests"), "{err}");
+    }
+
+    /// What the body's answer was when `depth::check` ran over all of it before the parse: the
+    /// parse now scans only what can nest (or everything, when it refuses), and must answer the same.
+    #[test]
+    fn the_body_depth_answers_as_a_scan_of_the_whole_body_did() {
+        fn scanned_first(body: &str, limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
+            crate::depth::check(body.as_bytes(), limits.max_depth)
+                .map_err(|_| EnvelopeError::TooDeep { what: "the request body", max: limits.max_depth })?;
+            parse_nested(body.as_bytes(), limits)
+        }
+        let nest = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        let mut bodies = vec![SEED.to_string(), format!("[{SEED}]"), format!("[{SEED},{SEED}]")];
+        for n in [0, 1, 2, 3, 5, 70, 126, 127, 130] {
+            let dest =
+                format!(r#"{{"config":{{"stdout":{},"file":null}},"payload":"{{}}"}}"#, nest(n).replace('1', "{}"));
+            bodies.push(dest.clone());
+            bodies.push(format!("[{dest}]"));
+            bodies.push(format!("[{SEED},{dest}]"));
+            // Too deep and wrong otherwise as well: the depth is named first.
+            bodies.push(dest.replace(r#""payload":"{}""#, r#""payload":"not json""#));
+            bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","labels":{{"x":{}}}}}"#, nest(n)));
+            bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","extra":{}}}"#, nest(n)));
+            bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":{}}}"#, nest(n)));
+            bodies.push(format!("{}{}", "[".repeat(n), "]".repeat(n)));
+            bodies.push(format!(r#"{{"config":{{"stdout":{}}}"#, nest(n))); // cut short
+        }
+        for max_depth in [2, 3, 4, 5, 64, 127, 128] {
+            let limits = EnvelopeLimits { max_reports: 10, max_depth };
+            for body in &bodies {
+                let (got, want) = (parse_body_with(body.as_bytes(), &limits), scanned_first(body, &limits));
+                assert_eq!(got.map(|(v, a)| (v.len(), a)), want.map(|(v, a)| (v.len(), a)), "max {max_depth}: {body}");
+                if !body.starts_with('[') {
+                    let one = parse_one(body, max_depth).map(|e| e.payload);
+                    let first = crate::depth::check(body.as_bytes(), max_depth)
+                        .map_err(|_| EnvelopeError::TooDeep { what: "the report", max: max_depth })
+                        .and_then(|()| parse_one_with(body, max_depth))
+                        .map(|e| e.payload);
+                    assert_eq!(one, first, "parse_one, max {max_depth}: {body}");
+                }
+            }
+        }
+        // Non-UTF-8 and too deep: the depth first, as before.
+        let mut bad = b"[[[[[[".to_vec();
+        bad.push(0xff);
+        let limits = EnvelopeLimits { max_reports: 10, max_depth: 3 };
+        assert_eq!(
+            parse_body_with(&bad, &limits).unwrap_err(),
+            EnvelopeError::TooDeep { what: "the request body", max: 3 }
+        );
     }
 }

@@ -278,8 +278,10 @@ impl KafkaSource {
                 .map_err(|e| format!("the record is not a ReportData: {e}"))?
                 .into(),
             RecordFormat::Payload => {
-                serde_json::from_str::<serde::de::IgnoredAny>(text)
-                    .map_err(|e| format!("the record is not JSON: {e}"))?;
+                data_exporter_wire::depth::validate(text, self.max_json_depth).map_err(|e| match e {
+                    data_exporter_wire::depth::Invalid::TooDeep(e) => format!("the record is not accepted: {e}"),
+                    data_exporter_wire::depth::Invalid::Malformed(e) => format!("the record is not JSON: {e}"),
+                })?;
                 Submission {
                     destinations: Destinations::Built(self.destinations.clone()),
                     skipped: Vec::new(),

@@ -110,6 +110,8 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
         "this is not JSON".to_string(),
         seed_record(2, "555", "42"),
         json!({"url": "https://x", "size": 1}).to_string(), // no identity
+        // Nested past `limits.max_json_depth` (64) though within what the JSON parser takes (128).
+        format!("{}{}", "[".repeat(100), "]".repeat(100)),
     ];
     // The seed's own example record, identity and all.
     records.push(json!({"account": 6212377, "url": "https://x/3", "b64_identity": SEED_IDENTITY}).to_string());
@@ -132,12 +134,13 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
     assert_eq!(line["labels"]["account_number"], "42", "{line}");
     assert_eq!(line["payload"]["principal"], 2, "the record is the payload, unchanged: {line}");
 
-    // The two records no route could take are dead letters with a reason...
+    // The three records no route could take are dead letters with a reason...
     let (_, list) = app.admin_get("/dlq").await;
     let reasons: Vec<&str> =
         list["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons.len(), 2, "{list}");
+    assert_eq!(reasons.len(), 3, "{list}");
     assert!(reasons.iter().any(|r| r.contains("not JSON")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("limits.max_json_depth")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("no `b64_identity`")), "{reasons:?}");
     // ...and the offset moved past every record.
     eventually(Duration::from_secs(30), &format!("the committed offset to reach {}", records.len()), async || {
@@ -147,11 +150,11 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
     .await;
     let metrics = reqwest::get(format!("{}/metrics", app.url)).await.unwrap().text().await.unwrap();
     assert_eq!(series(&metrics, "data_exporter_source_records_total", "outcome=\"queued\""), 3.0, "{metrics}");
-    assert_eq!(series(&metrics, "data_exporter_source_records_total", "outcome=\"dead_lettered\""), 2.0);
+    assert_eq!(series(&metrics, "data_exporter_source_records_total", "outcome=\"dead_lettered\""), 3.0);
     // A replay does not send a record that has no destination anywhere; it stays to be read.
     let (code, replayed) = app.post(&format!("{}/dlq/replay", app.admin_url), json!({"all": true}).to_string()).await;
     assert_eq!((code, replayed["replayed"].as_u64()), (200, Some(0)), "{replayed}");
-    assert_eq!(app.admin_get("/dlq").await.1["count"], 2);
+    assert_eq!(app.admin_get("/dlq").await.1["count"], 3);
 }
 
 /// Poll until `index` holds `n` documents.
