@@ -139,17 +139,10 @@ pub fn parse_body(body: &[u8], max_reports: usize) -> Result<(Vec<Envelope>, boo
 /// it, and each payload is held to the same limit on its own.
 /// Returns the envelopes and whether the body was an array.
 pub fn parse_body_with(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
-    let (parsed, batch) = match parse_nested(body, limits) {
-        Ok((envelopes, batch)) => (Ok(envelopes), batch),
-        Err(e) => (Err(e), false),
-    };
-    // An array is one level more.
-    let envelopes = within_depth(body, parsed, 1 + batch as usize, limits.max_depth, "the request body")?;
-    Ok((envelopes, batch))
+    parse_nested(body, limits).map_err(|e| deepest_first(body, limits.max_depth, "the request body", e))
 }
 
-/// The body parsed without its own depth checked: serde_json's limit (127 levels) bounds the
-/// recursion meanwhile, and [`within_depth`] holds the result to `limits.max_depth`.
+/// The body parsed, its nesting held to the limit where it can nest (see [`parse_one_with`]).
 fn parse_nested(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, bool), EnvelopeError> {
     let max_reports = limits.max_reports;
     let max_depth = limits.max_depth;
@@ -168,44 +161,26 @@ fn parse_nested(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, 
                 .iter()
                 .enumerate()
                 .map(|(index, raw)| {
-                    parse_one_with(raw.get(), max_depth)
+                    // Each one a level down, in the array.
+                    parse_one_with(raw.get(), max_depth, 2)
                         .map_err(|e| EnvelopeError::InBatch { index, error: Box::new(e) })
                 })
                 .collect::<Result<_, _>>()?;
             Ok((envelopes, true))
         }
-        Some(b'{') => Ok((vec![parse_one_with(text, max_depth)?], false)),
+        Some(b'{') => Ok((vec![parse_one_with(text, max_depth, 1)?], false)),
         None => Err(EnvelopeError::Malformed("the body is empty".into())),
         Some(_) => Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text)))),
     }
 }
 
-/// Hold a parse of `text` to `max_depth` levels of nesting, as if [`crate::depth::check`] had
-/// run over all of it first (a text too deep is refused as such, whatever else is wrong with
-/// it), without a pass over the whole text when it parsed: then its only nesting outside
-/// strings is each envelope (at `levels`: 1, or 2 in an array), its `config` object (one more)
-/// and the destinations in it, so only the destinations (a few hundred bytes beside a payload
-/// of kilobytes) are scanned. A refusal scans the whole text before it is answered.
-fn within_depth(
-    text: &[u8],
-    parsed: Result<Vec<Envelope>, EnvelopeError>,
-    levels: usize,
-    max_depth: usize,
-    what: &'static str,
-) -> Result<Vec<Envelope>, EnvelopeError> {
-    let too_deep = EnvelopeError::TooDeep { what, max: max_depth };
-    match parsed {
-        Ok(envelopes) => {
-            // `labels`, a flat object of strings, nests no deeper than `config` beside it.
-            let fits = max_depth.checked_sub(levels + 1).is_some_and(|left| {
-                envelopes
-                    .iter()
-                    .flat_map(|e| &e.destinations)
-                    .all(|(_, raw)| crate::depth::check(raw.get().as_bytes(), left).is_ok())
-            });
-            if fits { Ok(envelopes) } else { Err(too_deep) }
-        }
-        Err(e) => Err(if crate::depth::check(text, max_depth).is_err() { too_deep } else { e }),
+/// A refusal of `text`, answered as if [`crate::depth::check`] had run over all of it before
+/// the parse: a text nested too deep is refused as such, whatever else is wrong with it. (The
+/// parse scans only what can nest, so an accepted text is never scanned whole.)
+fn deepest_first(text: &[u8], max_depth: usize, what: &'static str, refused: EnvelopeError) -> EnvelopeError {
+    match crate::depth::check(text, max_depth) {
+        Err(_) => EnvelopeError::TooDeep { what, max: max_depth },
+        Ok(()) => refused,
     }
 }
 
@@ -216,8 +191,8 @@ struct Wire<'a> {
     config: Option<&'a RawValue>,
     #[serde(default)]
     payload: Option<Payload>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(borrow, default)]
+    labels: Option<&'a RawValue>,
     #[serde(default)]
     id: Option<String>,
 }
@@ -273,14 +248,16 @@ impl<'de> Deserialize<'de> for Payload {
 
 /// Parse one `ReportData` object (a Kafka record, say), nested at most `max_depth` deep.
 pub fn parse_one(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
-    let parsed = parse_one_with(text, max_depth).map(|e| vec![e]);
-    let mut one = within_depth(text.as_bytes(), parsed, 1, max_depth, "the report")?;
-    Ok(one.pop().expect("one envelope parsed"))
+    parse_one_with(text, max_depth, 1).map_err(|e| deepest_first(text.as_bytes(), max_depth, "the report", e))
 }
 
-/// One `ReportData` object, its own nesting not checked (see [`within_depth`]); `max_depth`
-/// bounds its payload.
-fn parse_one_with(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
+/// One `ReportData` object, `levels` deep in its text (1, or 2 in an array). Its own nesting is
+/// held to `max_depth` where it can nest: once it parsed, only `config` and `labels` hold arrays
+/// or objects (the payload is a string, `id` one too, other fields are refused), so those two
+/// texts, each whole (a key given twice keeps only its last value in the maps made of them), are
+/// scanned, not the payload's kilobytes; the payload is held to `max_depth` on its own. A text
+/// nested too deep elsewhere fails to parse, and [`deepest_first`] names its depth.
+fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelope, EnvelopeError> {
     if !text.trim_start().starts_with('{') {
         return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
     }
@@ -292,10 +269,22 @@ fn parse_one_with(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeErro
         crate::depth::Invalid::Malformed(e) => EnvelopeError::PayloadNotJson(e.to_string()),
     })?;
 
+    let within = |raw: &RawValue| {
+        max_depth.checked_sub(levels).is_some_and(|left| crate::depth::check(raw.get().as_bytes(), left).is_ok())
+    };
+    if ![wire.config, wire.labels].into_iter().flatten().all(within) {
+        return Err(EnvelopeError::TooDeep { what: "the request body", max: max_depth });
+    }
     let config_raw = wire.config.filter(|c| c.get() != "null").ok_or(EnvelopeError::MissingConfig)?;
     let config: BTreeMap<String, &RawValue> = serde_json::from_str(config_raw.get())
         .map_err(|_| EnvelopeError::ConfigNotObject(json_type(config_raw.get())))?;
-    let labels = labels(wire.labels.unwrap_or_default())?;
+    let labels = match wire.labels {
+        None => Vec::new(),
+        Some(raw) => labels(
+            serde_json::from_str(raw.get())
+                .map_err(|_| EnvelopeError::InvalidLabels(format!("got {}", json_type(raw.get()))))?,
+        )?,
+    };
     let id = match wire.id {
         None => None,
         Some(text) => Some(uuid::Uuid::parse_str(&text).map_err(|_| EnvelopeError::InvalidId(text))?),
@@ -421,6 +410,8 @@ mod tests {
             (r#"{"config":{},"payload":"{}"}"#, "names no consumer"),
             (r#"{"config":{"openSearch":"x"},"payload":"{}"}"#, "`config.openSearch` must be a JSON object"),
             (r#"{"config":{"a":{"b":1}},"payload":"{}","extra":1}"#, "unknown field `extra`"),
+            (r#"{"config":{"a":{"b":1}},"payload":"{}","labels":5}"#, "`labels` must be an object"),
+            (r#"{"config":{"a":{"b":1}},"payload":"{}","labels":["x"]}"#, "got an array"),
         ];
         for (body, want) in cases {
             let err = one(body).unwrap_err().to_string();
@@ -479,7 +470,7 @@ mod tests {
         }
         let nest = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
         let mut bodies = vec![SEED.to_string(), format!("[{SEED}]"), format!("[{SEED},{SEED}]")];
-        for n in [0, 1, 2, 3, 5, 70, 126, 127, 130] {
+        for n in [0, 1, 2, 3, 5, 70, 124, 125, 126, 127, 130] {
             let dest =
                 format!(r#"{{"config":{{"stdout":{},"file":null}},"payload":"{{}}"}}"#, nest(n).replace('1', "{}"));
             bodies.push(dest.clone());
@@ -488,6 +479,14 @@ mod tests {
             // Too deep and wrong otherwise as well: the depth is named first.
             bodies.push(dest.replace(r#""payload":"{}""#, r#""payload":"not json""#));
             bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","labels":{{"x":{}}}}}"#, nest(n)));
+            // A key given twice keeps its last value: the first one is held to the limit too.
+            bodies.push(dest.replace(r#""file":null"#, r#""stdout":{},"file":null"#));
+            bodies.push(dest.replace(r#""file":null"#, &format!(r#""file":{},"file":null"#, nest(n))));
+            bodies.push(format!(
+                r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","labels":{{"x":{},"x":"v"}}}}"#,
+                nest(n)
+            ));
+            bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","id":{}}}"#, nest(n)));
             bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":"{{}}","extra":{}}}"#, nest(n)));
             bodies.push(format!(r#"{{"config":{{"stdout":{{}}}},"payload":{}}}"#, nest(n)));
             bodies.push(format!("{}{}", "[".repeat(n), "]".repeat(n)));
@@ -502,7 +501,7 @@ mod tests {
                     let one = parse_one(body, max_depth).map(|e| e.payload);
                     let first = crate::depth::check(body.as_bytes(), max_depth)
                         .map_err(|_| EnvelopeError::TooDeep { what: "the report", max: max_depth })
-                        .and_then(|()| parse_one_with(body, max_depth))
+                        .and_then(|()| parse_one_with(body, max_depth, 1))
                         .map(|e| e.payload);
                     assert_eq!(one, first, "parse_one, max {max_depth}: {body}");
                 }

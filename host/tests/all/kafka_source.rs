@@ -94,6 +94,7 @@ async fn seed_002_records_reach_opensearch_and_per_tenant_files_and_bad_ones_are
     let (src, dir) = (source(&topic, &group, dests), files.path().to_path_buf());
     let app = spawn_app_with(&["opensearch", "file"], move |c| {
         c.sources.kafka = vec![src];
+        c.limits.max_json_depth = 64;
         c.runtime.plugins.insert(
             "file".into(),
             LimitOverrides {

@@ -12,6 +12,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok((envelopes, batch)) = envelope::parse_body_with(data, &LIMITS) else { return };
     assert!(!envelopes.is_empty() && envelopes.len() <= LIMITS.max_reports);
     assert!(batch || envelopes.len() == 1);
+    // The body is within the depth limit, as a scan of all of it says (the parse scans less).
+    assert!(data_exporter_wire::depth::check(data, LIMITS.max_depth).is_ok());
     for e in &envelopes {
         // The payload is one JSON document within the depth limit (so within serde_json's own).
         assert!(data_exporter_wire::depth::check(e.payload.as_bytes(), LIMITS.max_depth).is_ok());
