@@ -280,10 +280,11 @@ fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelop
         .map_err(|_| EnvelopeError::ConfigNotObject(json_type(config_raw.get())))?;
     let labels = match wire.labels {
         None => Vec::new(),
-        Some(raw) => labels(
-            serde_json::from_str(raw.get())
-                .map_err(|_| EnvelopeError::InvalidLabels(format!("got {}", json_type(raw.get()))))?,
-        )?,
+        // An object that does not parse whole (a lone surrogate, a number past f64) says why.
+        Some(raw) => labels(serde_json::from_str(raw.get()).map_err(|e| match json_type(raw.get()) {
+            "an object" => EnvelopeError::Malformed(format!("`labels`: {e}")),
+            found => EnvelopeError::InvalidLabels(format!("got {found}")),
+        })?)?,
     };
     let id = match wire.id {
         None => None,
@@ -412,6 +413,11 @@ mod tests {
             (r#"{"config":{"a":{"b":1}},"payload":"{}","extra":1}"#, "unknown field `extra`"),
             (r#"{"config":{"a":{"b":1}},"payload":"{}","labels":5}"#, "`labels` must be an object"),
             (r#"{"config":{"a":{"b":1}},"payload":"{}","labels":["x"]}"#, "got an array"),
+            (
+                r#"{"config":{"a":{"b":1}},"payload":"{}","labels":{"x":"\ud800"}}"#,
+                "`labels`: unexpected end of hex escape",
+            ),
+            (r#"{"config":{"a":{"b":1}},"payload":"{}","labels":{"x":1e400}}"#, "`labels`: number out of range"),
         ];
         for (body, want) in cases {
             let err = one(body).unwrap_err().to_string();
