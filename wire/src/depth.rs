@@ -197,8 +197,8 @@ mod tests {
         let texts = [
             "{}".to_string(),
             "1".into(),
-            r#"{"a":{"b":[1,{"c":2}]},"d":"x\\"[[["}"#.into(),
-            r#"["\\u005b", {"}}}": [true, null, -1.5e3]]]"#.into(),
+            r#"{"a":{"b":[1,{"c":2}]},"d":"x\"[[["}"#.into(),
+            r#"["\u005b", {"}}}": [true, null, -1.5e3]]]"#.into(),
             deep(4),
             deep(5),
             deep(127),

@@ -190,3 +190,48 @@ impl<F: Future<Output: Send> + Send + 'static> Drop for FinishOnDrop<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FinishOnDrop;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn an_append_dropped_unfinished_is_finished_in_a_task() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel::<()>();
+        let mut f = Box::pin(FinishOnDrop::new(async move {
+            wait.await.unwrap();
+            finished.send(()).unwrap();
+        }));
+        assert!(futures::poll!(&mut f).is_pending());
+        drop(f); // the producer hung up
+        go.send(()).unwrap();
+        done.await.expect("the dropped future was finished in a task of its own");
+    }
+
+    #[tokio::test]
+    async fn an_append_that_panicked_is_not_polled_again_when_dropped() {
+        /// Counts its polls and panics in each (an `async` block would not run again once it panicked).
+        struct Panics(Arc<AtomicUsize>);
+        impl Future for Panics {
+            type Output = ();
+            fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                panic!("the append panicked");
+            }
+        }
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut f = Box::pin(FinishOnDrop::new(Panics(polls.clone())));
+        let waker = futures::task::noop_waker();
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f.as_mut().poll(&mut std::task::Context::from_waker(&waker))
+        }));
+        assert!(polled.is_err());
+        drop(f);
+        // On this one-thread runtime a task spawned by the drop runs before this one resumes.
+        tokio::task::yield_now().await;
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "a future that panicked was spawned and polled again");
+    }
+}

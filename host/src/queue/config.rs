@@ -70,8 +70,9 @@ pub struct QueueConfig {
     /// Group commit of the on-disk log: the least time from one `fdatasync` to the next while
     /// requests keep coming, in microseconds. Under load (the last sync served 4 requests or
     /// more) a request that comes within it of the last sync waits out the rest (at most this
-    /// long, at most 10,000), and the requests of that time share one write and one sync; a few
-    /// senders with one request in flight each, or a request after a pause, are synced at once. Fewer, larger syncs cost less
+    /// long, at most [`super::MAX_SYNC_INTERVAL_US`]), and the requests of that time share one
+    /// write and one sync; a few senders with one request in flight each, or a request after a
+    /// pause, are synced at once. Fewer, larger syncs cost less
     /// CPU and disk per report (BENCHMARKS.md); 0 syncs as soon as a request waits.
     pub sync_interval_us: u64,
     /// File with the 32-byte key (raw, or 64 hex characters) that seals

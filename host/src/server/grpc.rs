@@ -92,11 +92,18 @@ async fn export(
 ) -> axum::response::Response {
     let state = &logs.0;
     let (parts, body) = req.into_parts();
-    // The guard has read the body whole, within `limits.max_body_bytes`: this takes it as it is
-    // (the same bound again, should the route ever be served without the guard).
-    let body = match axum::body::to_bytes(body, logs.1 + 5).await {
+    // The guard has read the body whole, within `limits.max_body_bytes` (the frame's 5 bytes
+    // counted): this takes it as it is, within the same bound, should the route ever be served
+    // without the guard.
+    let body = match axum::body::to_bytes(body, logs.1).await {
         Ok(body) => body,
-        Err(e) => return status(state, invalid(format!("the request could not be read: {e}"))).into_http(),
+        Err(e) => {
+            let why = format!(
+                "the request could not be read whole within limits.max_body_bytes ({} bytes): {e}; send smaller batches",
+                logs.1
+            );
+            return status(state, invalid(why)).into_http();
+        }
     };
     let (message, gzip) = match message(&parts.headers, body) {
         Ok(found) => found,
