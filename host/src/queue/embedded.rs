@@ -3,7 +3,7 @@
 //! Reports are held in memory until every destination is done, so delivery never reads the
 //! disk; the log exists for recovery after a crash. A *done* record is appended per
 //! destination as it finishes (`DONE | id 16 | consumer key str16 | how u8`), and segments are
-//! deleted once nothing in them is pending.
+//! recycled (`log::MAX_SPARES`) or deleted once nothing in them is pending.
 //!
 //! Recovery replays the log: a report comes back with only the destinations no done record
 //! names, so a destination that acknowledged it before a restart is not given it again. (Every
@@ -107,7 +107,7 @@ impl EmbeddedQueue {
             let segs = log::segments(&dir)?;
             rec.segments = segs.len();
             for (seq, path) in &segs {
-                let d = log::read_segment(path, |body| {
+                let d = log::read_segment(path, *seq, |body| {
                     if !apply(&mut inner, &sealer, *seq, body) {
                         rec.unreadable_records += 1;
                     }
@@ -294,8 +294,11 @@ impl EmbeddedQueue {
         };
         if let Ok(segs) = log::segments(&self.dir) {
             for (seq, path) in segs.into_iter().filter(|(s, _)| *s < floor) {
-                if shrink_then_remove(&path).is_ok() {
-                    tracing::debug!(segment = seq, "queue segment deleted");
+                // Kept to be written again when it may be (`log::MAX_SPARES`), else deleted.
+                match log.recycle(seq, &path) {
+                    Ok(true) => tracing::debug!(segment = seq, "queue segment kept as a spare"),
+                    _ if shrink_then_remove(&path).is_ok() => tracing::debug!(segment = seq, "queue segment deleted"),
+                    _ => {}
                 }
             }
         }
@@ -606,6 +609,41 @@ mod tests {
             "finished segments remain: {left:?} (active {active})"
         );
         assert_eq!((q.stats().reports, q.stats().bytes), (0, 0));
+    }
+
+    /// Finished segments are written again (spares), and a restart brings back what is pending
+    /// in them and nothing that was there before: reports finished before their file was
+    /// recycled stay finished.
+    #[tokio::test]
+    async fn recycled_segments_bring_back_only_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&[1; 32]);
+        let (q, _) = EmbeddedQueue::open(&cfg(true), dir.path(), sealer.clone()).unwrap();
+        let qdir = dir.path().join("queue");
+        let (mut pending, mut kept) = (Vec::new(), 0);
+        for round in 0..6u32 {
+            let acc = accept(&q, (round * 100..round * 100 + 40).map(report).collect()).await;
+            // All but the last round's last ten finish; the queue's garbage collection then
+            // makes spares of the finished segments, which the next rounds write into.
+            let keep = if round == 5 { 10 } else { 0 };
+            for r in &acc[..acc.len() - keep] {
+                q.ack(&[r.id], "openSearch", Done::Delivered);
+                q.ack(&[r.id], "webhook", Done::Delivered);
+            }
+            pending.extend(acc[acc.len() - keep..].iter().map(|r| r.id));
+            q.flush().await;
+            q.collect_garbage();
+            let spares = log::spares(&qdir).unwrap().len();
+            assert!(spares <= log::MAX_SPARES);
+            kept += spares;
+        }
+        assert!(kept > 0, "no segment was kept as a spare");
+        drop(q);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the writer flushes lazy records
+        let (q, rec) = EmbeddedQueue::open(&cfg(true), dir.path(), sealer).unwrap();
+        assert_eq!(rec.damage, Damage::default());
+        let back: Vec<Uuid> = q.lease().await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(back, pending);
     }
 
     #[tokio::test]

@@ -1,11 +1,20 @@
 //! The embedded on-disk log: segment files of checksummed frames, appended by one thread with group commit.
 //!
-//! Frame: `MAGIC (4) | len u32 LE | crc32 u32 LE | body (len bytes)`. Many
-//! concurrent appends share one `fdatasync`: the writer thread takes every
-//! request waiting in its channel, writes them all, syncs once, then answers
-//! all. Recovery reads frames in order; a torn or corrupt frame is cut off
-//! (at the tail) or skipped by resyncing on the next valid frame (in the
-//! middle), and counted.
+//! Frame: `DXQ2 | len u32 LE | crc32 u32 LE | segment u64 LE | body (len bytes)`, the checksum
+//! over the body and then the segment's number. Many concurrent appends share one `fdatasync`:
+//! the writer thread takes every request waiting in its channel, writes them all, syncs once,
+//! then answers all. Recovery reads frames in order; a torn or corrupt frame is cut off (at the
+//! tail) or skipped by resyncing on the next valid frame (in the middle), and counted.
+//!
+//! Segment files are recycled: one whose reports are all done becomes a *spare*
+//! (`<seq>.spare`, at most [`MAX_SPARES`]) that the next segment is renamed from, so writing
+//! into it changes no file metadata without zero-filling a new file first (which doubled the
+//! disk's writes and slowed the commits meanwhile, BENCHMARKS.md). What a recycled file held
+//! before is left behind its new frames; a frame names its segment, so recovery stops at the
+//! first whole frame of an earlier number (it is the file's old contents, not damage). Segments
+//! are numbered above every number the directory's files have had, so an old frame never
+//! carries its file's new number. `DXQ1` frames (`DXQ1 | len | crc32 of the body | body`, before
+//! recycling) are still read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -16,8 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-const MAGIC: &[u8; 4] = b"DXQ1";
-const HEADER: usize = 12;
+const MAGIC: &[u8; 4] = b"DXQ2";
+const HEADER: usize = 20;
+/// Frames written before segments were recycled: no segment number.
+const MAGIC_V1: &[u8; 4] = b"DXQ1";
+const HEADER_V1: usize = 12;
+/// Finished segments kept to be written again, at most.
+pub const MAX_SPARES: usize = 2;
 /// Largest frame body accepted when reading; larger lengths are corruption.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -26,7 +40,9 @@ pub fn frame(out: &mut Vec<u8>, body: &[u8]) {
     frame_with(out, |out| out.extend_from_slice(body));
 }
 
-/// Append one frame to `out` whose body `write` appends (no copy of the body).
+/// Append one frame to `out` whose body `write` appends (no copy of the body). The frame is
+/// whole once [`stamp`]ed with the segment it goes to (the writer does that); until then it
+/// holds the body's checksum alone and reads back as damage.
 pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(MAGIC);
@@ -35,22 +51,49 @@ pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let len = out.len() - start - HEADER;
     let crc = crc32fast::hash(&out[start + HEADER..]);
     out[start + 4..start + 8].copy_from_slice(&(len as u32).to_le_bytes());
-    out[start + 8..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Name every frame of `frames` (as [`frame_with`] made them) part of segment `seq`: the
+/// checksum goes on over the number, which the header carries.
+fn stamp(frames: &mut [u8], seq: u64) {
+    let mut pos = 0;
+    while let Some(h) = frames.get_mut(pos..pos + HEADER) {
+        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+        let mut crc = crc32fast::Hasher::new_with_initial(u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")));
+        crc.update(&seq.to_le_bytes());
+        h[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        h[12..20].copy_from_slice(&seq.to_le_bytes());
+        pos += HEADER + len;
+    }
 }
 
 fn segment_name(seq: u64) -> String {
     format!("{seq:020}.log")
 }
 
+const LOG: &str = ".log";
+const SPARE: &str = ".spare";
+
 /// Segment files in `dir`, by sequence number.
 pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    numbered(dir, LOG)
+}
+
+/// Spare segment files in `dir` (finished, kept to be written again), by sequence number.
+pub fn spares(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    numbered(dir, SPARE)
+}
+
+/// Files in `dir` named `<number><suffix>`, by number.
+fn numbered(dir: &Path, suffix: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         let seq = p
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(seq) = seq {
             out.push((seq, p));
@@ -84,29 +127,38 @@ impl Damage {
     }
 }
 
-/// Read every valid frame body of one segment, in order. If the segment ends
-/// in a torn frame, the file is truncated to its last valid frame.
-pub fn read_segment(path: &Path, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
+/// Read every valid frame body of segment `seq`, in order. If the segment ends in a torn
+/// frame, or in what the file held before it was recycled, the file is truncated to its last
+/// valid frame.
+pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut damage = Damage::default();
     let mut pos = 0usize;
     let mut valid_end = 0usize;
     let mut bad_start: Option<usize> = None;
+    // Where the first whole frame of an earlier segment (an earlier life of a recycled file) is.
+    let mut old_at: Option<usize> = None;
     while pos < data.len() {
-        match parse_at(&data, pos) {
-            Some(end) => {
+        match parse_at(&data, pos, seq) {
+            Parsed::Frame { body, end } => {
                 if let Some(start) = bad_start.take() {
                     damage.corrupt_regions += 1;
                     damage.corrupt_bytes += (pos - start) as u64;
                 }
-                each(&data[pos + HEADER..end]);
+                each(&data[body..end]);
                 pos = end;
                 valid_end = end;
             }
-            None => {
+            // Frames are written in order from the start of a file: everything from here on
+            // is older than this segment.
+            Parsed::Old => {
+                old_at = Some(pos);
+                break;
+            }
+            Parsed::Bad => {
                 bad_start.get_or_insert(pos);
-                // Resync: the next position holding the magic.
+                // Resync: the next position holding a magic.
                 pos = match find_magic(&data, pos + 1) {
                     Some(p) => p,
                     None => data.len(),
@@ -114,11 +166,15 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(&[u8])) -> io::Result<Dama
             }
         }
     }
-    if bad_start.is_some() {
-        // Nothing valid after the damage: a torn tail. Cut it off. A segment zero-filled in
-        // advance ends in zeros after its last frame: that is its end, not damage.
-        let tail = &data[valid_end..];
-        damage.torn_tail_bytes = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
+    if bad_start.is_some() || old_at.is_some() {
+        // Nothing valid after the damage. A frame begun (its magic, written first) and not
+        // finished is a torn tail: cut off and counted. Anything else after the last frame is
+        // what the file held before: zeros (a segment zero-filled in advance), or the rest of
+        // an earlier life's frame and whole old frames (a recycled one): its end, not damage.
+        let tail = &data[valid_end..old_at.unwrap_or(data.len())];
+        if tail.get(..4).is_some_and(is_magic) {
+            damage.torn_tail_bytes = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
+        }
         let f = OpenOptions::new().write(true).open(path)?;
         f.set_len(valid_end as u64)?;
         f.sync_all()?;
@@ -126,22 +182,52 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(&[u8])) -> io::Result<Dama
     Ok(damage)
 }
 
-fn parse_at(data: &[u8], pos: usize) -> Option<usize> {
-    let h = data.get(pos..pos + HEADER)?;
-    if &h[..4] != MAGIC {
-        return None;
-    }
-    let len = u32::from_le_bytes(h[4..8].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(h[8..12].try_into().ok()?);
+/// What a position of a segment holds.
+enum Parsed {
+    /// A valid frame of this segment: its body is `body..end`.
+    Frame { body: usize, end: usize },
+    /// A valid frame of an earlier segment: the file was recycled, and this is what it held.
+    Old,
+    /// No valid frame.
+    Bad,
+}
+
+fn parse_at(data: &[u8], pos: usize, seq: u64) -> Parsed {
+    let Some(h) = data.get(pos..pos + HEADER_V1) else { return Parsed::Bad };
+    let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
     if len > MAX_FRAME {
-        return None;
+        return Parsed::Bad;
     }
-    let body = data.get(pos + HEADER..pos + HEADER + len)?;
-    (crc32fast::hash(body) == crc).then_some(pos + HEADER + len)
+    if &h[..4] == MAGIC_V1 {
+        return match data.get(pos + HEADER_V1..pos + HEADER_V1 + len) {
+            Some(body) if crc32fast::hash(body) == crc => {
+                Parsed::Frame { body: pos + HEADER_V1, end: pos + HEADER_V1 + len }
+            }
+            _ => Parsed::Bad,
+        };
+    }
+    let (Some(of), Some(body)) = (data.get(pos + 12..pos + HEADER), data.get(pos + HEADER..pos + HEADER + len)) else {
+        return Parsed::Bad;
+    };
+    let mut sum = crc32fast::Hasher::new();
+    sum.update(body);
+    sum.update(of);
+    if &h[..4] != MAGIC || sum.finalize() != crc {
+        return Parsed::Bad;
+    }
+    match u64::from_le_bytes(of.try_into().expect("8 bytes")) {
+        s if s == seq => Parsed::Frame { body: pos + HEADER, end: pos + HEADER + len },
+        _ => Parsed::Old,
+    }
+}
+
+fn is_magic(w: &[u8]) -> bool {
+    w == MAGIC || w == MAGIC_V1
 }
 
 fn find_magic(data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?.windows(4).position(|w| w == MAGIC).map(|p| p + from)
+    data.get(from..)?.windows(4).position(is_magic).map(|p| p + from)
 }
 
 /// How many durable appends the last sync must have served before the next waits for the group
@@ -161,6 +247,10 @@ struct Append {
 pub struct LogWriter {
     tx: mpsc::UnboundedSender<Append>,
     active: Arc<AtomicU64>,
+    dir: PathBuf,
+    /// The first segment this writer wrote: earlier ones are not recycled (an older version
+    /// may have written them, without segment numbers in their frames).
+    first: u64,
     /// The writer thread, joined when the last clone is dropped (fields drop in order: the
     /// sender first, so the thread has ended its loop): a log dropped without `close` (a crash
     /// as tests simulate it in one process) must not write, or prepare a segment, after a new
@@ -180,12 +270,15 @@ impl Drop for Joined {
 }
 
 impl LogWriter {
-    /// Start the writer thread on a new segment after `last_seq`; an append that comes within
-    /// `sync_interval` of the last sync waits out the rest of it (group commit).
+    /// Start the writer thread on a new segment numbered above `last_seq` and above every
+    /// segment and spare in `dir`; an append that comes within `sync_interval` of the last sync
+    /// waits out the rest of it (group commit).
     pub fn start(dir: &Path, last_seq: u64, segment_bytes: u64, sync_interval: Duration) -> io::Result<LogWriter> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let seq = last_seq + 1;
-        // The first segment starts empty (a quick start); later ones are zero-filled ahead.
+        let highest = segments(dir)?.into_iter().chain(spares(dir)?).map(|(s, _)| s).max().unwrap_or(0);
+        let seq = last_seq.max(highest) + 1;
+        // The first segment is a spare or starts empty (a quick start); later ones are spares
+        // or zero-filled ahead.
         let file = open_segment(dir, seq, 0)?;
         let active = Arc::new(AtomicU64::new(seq));
         let mut w = WriterThread {
@@ -197,9 +290,21 @@ impl LogWriter {
             sync_interval,
             active: active.clone(),
             next: None,
+            failed: false,
         };
         let thread = std::thread::Builder::new().name("queue-writer".into()).spawn(move || w.run(rx))?;
-        Ok(LogWriter { tx, active, _thread: Arc::new(Joined(Some(thread))) })
+        Ok(LogWriter { tx, active, dir: dir.to_owned(), first: seq, _thread: Arc::new(Joined(Some(thread))) })
+    }
+
+    /// Keep finished segment `seq` (at `path`, below the active one) as a spare to write again,
+    /// when this writer wrote it and fewer than [`MAX_SPARES`] are kept; false when it was
+    /// not kept (delete it).
+    pub fn recycle(&self, seq: u64, path: &Path) -> io::Result<bool> {
+        if seq < self.first || seq >= self.active_segment() || spares(&self.dir)?.len() >= MAX_SPARES {
+            return Ok(false);
+        }
+        std::fs::rename(path, path.with_extension(&SPARE[1..]))?;
+        Ok(true)
     }
 
     /// Append frames and wait until they are on disk (`fdatasync`). Returns
@@ -223,15 +328,20 @@ impl LogWriter {
     }
 }
 
-/// Create segment `seq`, `zero_fill` bytes of zeros long (synced), positioned at its start.
-/// Appends into a zero-filled file are overwrites that do not change its size, so their
-/// `fdatasync` writes no file-system metadata: about half the cost per group commit.
+/// Segment `seq`, positioned at its start: a spare renamed, else a new file `zero_fill` bytes of
+/// zeros long (synced). Appends into a spare or a zero-filled file are overwrites that do not
+/// change its size, so their `fdatasync` writes no file-system metadata: about half the cost
+/// per group commit.
 fn open_segment(dir: &Path, seq: u64, zero_fill: u64) -> io::Result<File> {
     use std::io::{Seek, SeekFrom};
     let path = dir.join(segment_name(seq));
+    let spare = spares(dir)?.into_iter().next();
+    if let Some((_, spare)) = &spare {
+        std::fs::rename(spare, &path)?;
+    }
     let mut f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    if zero_fill > 0 {
+    if zero_fill > 0 && spare.is_none() {
         let zeros = vec![0u8; 1 << 20];
         let mut at = 0u64;
         let filled = (|| {
@@ -287,6 +397,10 @@ struct WriterThread {
     /// The next segment, created (and its directory entry synced) by a helper thread ahead
     /// of the roll, so a commit never waits for a file creation and a directory sync.
     next: Option<std::thread::JoinHandle<io::Result<File>>>,
+    /// A write or sync of this segment failed: what it holds past its last good frame is
+    /// unknown (in a recycled file, maybe whole old frames, where recovery stops reading), so
+    /// nothing more is written to it; the next batch goes to a new segment.
+    failed: bool,
 }
 
 impl WriterThread {
@@ -315,7 +429,7 @@ impl WriterThread {
                 }
             }
             let durable = batch.iter().filter(|a| a.sync).count();
-            let result = self.write_batch(&batch);
+            let result = self.write_batch(&mut batch);
             if durable > 0 {
                 last_sync = Some((Instant::now(), durable));
             }
@@ -336,7 +450,7 @@ impl WriterThread {
         }
     }
 
-    fn write_batch(&mut self, batch: &[Append]) -> io::Result<()> {
+    fn write_batch(&mut self, batch: &mut [Append]) -> io::Result<()> {
         if self.next.is_none() && self.written >= self.segment_bytes / 8 {
             let (dir, seq, size) = (self.dir.clone(), self.seq + 1, self.segment_bytes);
             // Named apart from the writer, so its CPU is told apart in profiles; if it cannot
@@ -346,8 +460,10 @@ impl WriterThread {
                 .spawn(move || open_segment(&dir, seq, size))
                 .ok();
         }
-        if self.written >= self.segment_bytes {
-            self.file.sync_data()?;
+        if self.failed || self.written >= self.segment_bytes {
+            if !self.failed {
+                self.file.sync_data()?;
+            }
             let next = self.seq + 1;
             self.file = match self.next.take().map(|h| h.join()) {
                 Some(Ok(Ok(f))) => f,
@@ -356,15 +472,18 @@ impl WriterThread {
             };
             self.seq = next;
             self.written = 0;
+            self.failed = false;
             self.active.store(next, Ordering::Release);
         }
-        let total: usize = batch.iter().map(|a| a.frames.len()).sum();
-        write_all_vectored(&mut self.file, batch.iter().map(|a| &a.frames[..]))?;
-        self.written += total as u64;
-        if batch.iter().any(|a| a.sync) {
-            self.file.sync_data()?;
+        for a in batch.iter_mut() {
+            stamp(&mut a.frames, self.seq);
         }
-        Ok(())
+        let total: usize = batch.iter().map(|a| a.frames.len()).sum();
+        let written = write_all_vectored(&mut self.file, batch.iter().map(|a| &a.frames[..]))
+            .and_then(|()| if batch.iter().any(|a| a.sync) { self.file.sync_data() } else { Ok(()) });
+        self.written += total as u64;
+        self.failed = written.is_err();
+        written
     }
 }
 
@@ -388,17 +507,28 @@ fn write_all_vectored<'a>(out: &mut impl Write, bufs: impl Iterator<Item = &'a [
 mod tests {
     use super::*;
 
+    /// Frames of segment 1, as the writer writes them.
     fn frames(bodies: &[&[u8]]) -> Vec<u8> {
+        frames_of(1, bodies)
+    }
+
+    fn frames_of(seq: u64, bodies: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for b in bodies {
             frame(&mut out, b);
         }
+        stamp(&mut out, seq);
         out
     }
 
+    /// Segment 1's frames.
     fn read_all(path: &Path) -> (Vec<Vec<u8>>, Damage) {
+        read_seq(path, 1)
+    }
+
+    fn read_seq(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
         let mut got = Vec::new();
-        let d = read_segment(path, |b| got.push(b.to_vec())).unwrap();
+        let d = read_segment(path, seq, |b| got.push(b.to_vec())).unwrap();
         (got, d)
     }
 
@@ -489,22 +619,80 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_written_in_place_is_magic_length_checksum_body() {
+    fn a_frame_is_magic_length_checksum_segment_body_and_whole_only_once_stamped() {
         let body = b"some body";
-        let mut expected = b"prefix".to_vec();
-        expected.extend_from_slice(b"DXQ1");
+        let seq = 0x0102_0304_0506_0708u64;
+        let mut expected = b"DXQ2".to_vec();
         expected.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        expected.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        expected.extend_from_slice(&crc32fast::hash(&[&body[..], &seq.to_le_bytes()].concat()).to_le_bytes());
+        expected.extend_from_slice(&seq.to_le_bytes());
         expected.extend_from_slice(body);
-        let (mut a, mut b) = (b"prefix".to_vec(), b"prefix".to_vec());
+        let (mut a, mut b) = (b"prefix".to_vec(), Vec::new());
         frame(&mut a, body);
         frame_with(&mut b, |out| out.extend_from_slice(body));
-        assert_eq!(a, expected);
-        assert_eq!(b, expected);
+        assert_eq!(a[6..], b[..]);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        std::fs::write(&p, &a[6..]).unwrap();
-        assert_eq!(read_all(&p).0, vec![b"some body".to_vec()]);
+        // Not yet stamped with its segment: not a frame.
+        std::fs::write(&p, &b).unwrap();
+        assert_eq!(read_seq(&p, 0).0, Vec::<Vec<u8>>::new());
+        stamp(&mut b, seq);
+        assert_eq!(b, expected);
+        std::fs::write(&p, &b).unwrap();
+        assert_eq!(read_seq(&p, seq).0, vec![b"some body".to_vec()]);
+    }
+
+    #[test]
+    fn frames_written_before_segment_numbers_are_read() {
+        let mut old = Vec::new();
+        for body in [&b"one"[..], b"two"] {
+            old.extend_from_slice(b"DXQ1");
+            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            old.extend_from_slice(body);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("7.log");
+        std::fs::write(&p, &old).unwrap();
+        let (got, d) = read_seq(&p, 7);
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(!d.any(), "{d:?}");
+    }
+
+    /// A recycled file holds its new frames, then what is left of its old ones (the rest of
+    /// one, cut where the new frames end, then whole ones): only the new frames are read, the
+    /// old ones are neither read nor counted as damage; a frame torn while being written over
+    /// them is a torn tail.
+    #[test]
+    fn a_recycled_segment_reads_its_own_frames_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("9.log");
+        let bodies: Vec<Vec<u8>> = (0..40).map(|i| format!("old-{i:02}-{}", "x".repeat(30)).into_bytes()).collect();
+        let old = frames_of(4, &bodies.iter().map(|b| &b[..]).collect::<Vec<_>>());
+        let new = frames_of(9, &[b"new one", b"new two"]);
+        assert!(!new.len().is_multiple_of(HEADER + 37), "the new frames should end inside an old one");
+        let mut file = old.clone();
+        file[..new.len()].copy_from_slice(&new);
+        std::fs::write(&p, &file).unwrap();
+        let (got, d) = read_seq(&p, 9);
+        assert_eq!(got, vec![b"new one".to_vec(), b"new two".to_vec()]);
+        assert!(!d.any(), "old contents counted as damage: {d:?}");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), new.len() as u64);
+
+        // Torn while written over old frames.
+        let third = frames_of(9, &[b"new three, torn"]);
+        let mut file = old.clone();
+        file[..new.len()].copy_from_slice(&new);
+        file[new.len()..new.len() + third.len() - 3].copy_from_slice(&third[..third.len() - 3]);
+        std::fs::write(&p, &file).unwrap();
+        let (got, d) = read_seq(&p, 9);
+        assert_eq!(got.len(), 2);
+        assert!(d.torn_tail_bytes >= (third.len() - 3) as u64, "{d:?}");
+        assert_eq!(d.corrupt_regions, 0);
+
+        // The same file read as its old segment: the old frames (their number is the file's).
+        std::fs::write(&p, &old).unwrap();
+        assert_eq!(read_seq(&p, 4).0.len(), 40);
     }
 
     #[tokio::test]
@@ -529,8 +717,8 @@ mod tests {
         let segs = segments(dir.path()).unwrap();
         assert!(segs.len() > 3, "expected rotation, got {} segments", segs.len());
         let mut n = 0;
-        for (_, p) in &segs {
-            n += read_all(p).0.len();
+        for (seq, p) in &segs {
+            n += read_seq(p, *seq).0.len();
             let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "queue files must be private to the service user");
         }
@@ -559,7 +747,74 @@ mod tests {
             let all = futures::future::join_all(sends);
             tokio::time::timeout(Duration::from_secs(5), all).await.expect("held for the sync interval");
             let segs = segments(dir.path()).unwrap();
-            assert_eq!(segs.iter().map(|(_, p)| read_all(p).0.len()).sum::<usize>(), 20 * senders as usize);
+            assert_eq!(segs.iter().map(|(s, p)| read_seq(p, *s).0.len()).sum::<usize>(), 20 * senders as usize);
         }
+    }
+
+    /// Finished segments handed back as the queue's garbage collection does: kept as spares (at
+    /// most `MAX_SPARES`), the next segments renamed from them; every segment, read when it is
+    /// finished, holds exactly the appends that went to it (none of the frames its file held
+    /// before), and a writer started again numbers its segments above the spares' old frames.
+    #[tokio::test]
+    async fn finished_segments_are_written_again_and_read_back_without_their_old_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut landed: std::collections::BTreeMap<u64, Vec<Vec<u8>>> = Default::default();
+        let (mut recycled, mut checked) = (0, 0);
+        for life in 0..2 {
+            let w = LogWriter::start(dir.path(), 0, 2048, Duration::ZERO).unwrap();
+            assert!(landed.keys().all(|s| *s < w.active_segment()), "a segment number was used again");
+            for i in 0..300usize {
+                let body = format!("{life}-record-{i:03}-{}", "y".repeat(i % 50)).into_bytes();
+                let mut f = Vec::new();
+                frame(&mut f, &body);
+                let seq = w.append_durable(f).await.unwrap();
+                landed.entry(seq).or_default().push(body);
+                for (s, p) in segments(dir.path()).unwrap().into_iter().filter(|(s, _)| *s < seq) {
+                    let (got, damage) = read_seq(&p, s);
+                    assert_eq!(&got, landed.get(&s).unwrap_or(&Vec::new()), "segment {s}");
+                    assert!(!damage.any(), "segment {s}: {damage:?}");
+                    checked += 1;
+                    if w.recycle(s, &p).unwrap() {
+                        recycled += 1;
+                    } else {
+                        std::fs::remove_file(&p).unwrap();
+                    }
+                }
+                assert!(spares(dir.path()).unwrap().len() <= MAX_SPARES);
+            }
+        }
+        assert!(checked > 10, "{checked} segments");
+        // More kept than may be kept at once: the writer took spares as its next segments.
+        assert!(recycled > 2 * MAX_SPARES, "{recycled} recycled");
+    }
+
+    /// A batch whose write fails (here the device is full: `/dev/full`) is refused, and the
+    /// next goes to a new segment, not after the failed bytes (which recovery may not read past).
+    #[test]
+    fn after_a_failed_write_the_next_batch_goes_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WriterThread {
+            dir: dir.path().to_owned(),
+            file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            seq: 1,
+            written: 0,
+            segment_bytes: 1 << 20,
+            sync_interval: Duration::ZERO,
+            active: Arc::new(AtomicU64::new(1)),
+            next: None,
+            failed: false,
+        };
+        let append = |body: &[u8]| {
+            let mut frames = Vec::new();
+            frame(&mut frames, body);
+            Append { frames, sync: true, done: None }
+        };
+        let e = w.write_batch(&mut [append(b"refused")]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        w.write_batch(&mut [append(b"taken")]).unwrap();
+        assert_eq!((w.seq, w.active.load(Ordering::Acquire)), (2, 2));
+        let segs = segments(dir.path()).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(read_seq(&segs[0].1, 2).0, vec![b"taken".to_vec()]);
     }
 }

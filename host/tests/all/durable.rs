@@ -227,10 +227,10 @@ async fn a_torn_tail_and_a_flipped_byte_are_cut_reported_and_the_rest_delivered(
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let starts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| *w == b"DXQ1").map(|(i, _)| i).collect();
+    let starts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| *w == b"DXQ2").map(|(i, _)| i).collect();
     assert!(starts.len() >= 10, "expected 10 records, found {}", starts.len());
     bytes[starts[2] + 40] ^= 0xff;
-    bytes.extend_from_slice(b"DXQ1\x00\x01\x00\x00torn");
+    bytes.extend_from_slice(b"DXQ2\x00\x01\x00\x00torn");
     std::fs::write(&segment, &bytes).unwrap();
 
     inj.clear();
