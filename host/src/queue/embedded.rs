@@ -63,6 +63,9 @@ struct Inner {
     pending: HashMap<Uuid, Pending, foldhash::fast::RandomState>,
     /// Live reports per segment.
     live: BTreeMap<u64, usize>,
+    /// Durable appends under way, by the segment active when each began (it lands there or
+    /// later): no segment from there on is collected before they are counted in `live`.
+    appending: BTreeMap<u64, usize>,
     bytes: u64,
     /// Bytes per tenant (`UNTENANTED`: reports that name none), included in `bytes`.
     tenants: HashMap<String, u64, foldhash::fast::RandomState>,
@@ -95,8 +98,8 @@ const LEASE_MAX: usize = 1024;
 
 impl EmbeddedQueue {
     /// Open the queue under `data_dir/queue`, recovering what a previous run left (leased
-    /// first, oldest first). In memory when `cfg.durable` is false. Deletes finished segments
-    /// every second, off the request threads.
+    /// first, oldest first). In memory when `cfg.durable` is false. Recycles or deletes finished
+    /// segments every second, off the request threads.
     pub fn open(cfg: &QueueConfig, data_dir: &Path, sealer: Sealer) -> anyhow::Result<(Arc<EmbeddedQueue>, Recovery)> {
         let dir = data_dir.join("queue");
         let mut inner = Inner::default();
@@ -176,7 +179,7 @@ impl EmbeddedQueue {
                 None => by_tenant.push((t, r.size())),
             }
         }
-        {
+        let appending_from = {
             let mut g = self.inner.lock().unwrap();
             if given_ids
                 && let Some(r) = reports.iter().find(|r| g.pending.contains_key(&r.id) || g.accepting.contains(&r.id))
@@ -209,7 +212,12 @@ impl EmbeddedQueue {
             if given_ids {
                 g.accepting.extend(reports.iter().map(|r| r.id));
             }
-        }
+            let from = self.log.as_ref().map(|log| log.active_segment());
+            if let Some(from) = from {
+                *g.appending.entry(from).or_default() += 1;
+            }
+            from
+        };
         let seg = match &self.log {
             None => 0,
             Some(log) => {
@@ -230,12 +238,14 @@ impl EmbeddedQueue {
                             add_tenant(&mut g.tenants, tenant, -(*add as i64));
                         }
                         reports.iter().for_each(|r| _ = g.accepting.remove(&r.id));
+                        appended(&mut g, appending_from);
                         return Err(QueueError::Disk(e.to_string()));
                     }
                 }
             }
         };
         let mut g = self.inner.lock().unwrap();
+        appended(&mut g, appending_from);
         for r in reports {
             let r = Arc::new(r);
             let size = r.size();
@@ -282,7 +292,9 @@ impl EmbeddedQueue {
         }
     }
 
-    /// Delete segment files that hold nothing still pending. Called periodically.
+    /// Recycle (`log::MAX_SPARES`) or delete segment files that hold nothing still pending, nor
+    /// can (an append under way lands in the segment active when it began, or a later one).
+    /// Called periodically.
     pub fn collect_garbage(&self) {
         let Some(log) = &self.log else { return };
         if self.closed.load(Ordering::Acquire) {
@@ -290,7 +302,9 @@ impl EmbeddedQueue {
         }
         let floor = {
             let g = self.inner.lock().unwrap();
-            g.live.iter().find(|(_, n)| **n > 0).map(|(s, _)| *s).unwrap_or(u64::MAX).min(log.active_segment())
+            let live = g.live.iter().find(|(_, n)| **n > 0).map(|(s, _)| *s);
+            let appending = g.appending.keys().next().copied();
+            [live, appending].into_iter().flatten().fold(log.active_segment(), u64::min)
         };
         if let Ok(segs) = log::segments(&self.dir) {
             for (seq, path) in segs.into_iter().filter(|(s, _)| *s < floor) {
@@ -380,6 +394,18 @@ fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
     }
     drop(file);
     std::fs::remove_file(path)
+}
+
+/// A durable append that began while segment `from` was active has been counted in `live`, or
+/// has failed.
+fn appended(g: &mut Inner, from: Option<u64>) {
+    let Some(from) = from else { return };
+    if let Some(n) = g.appending.get_mut(&from) {
+        *n -= 1;
+        if *n == 0 {
+            g.appending.remove(&from);
+        }
+    }
 }
 
 /// Add `delta` bytes to `tenant`'s count, forgetting a tenant that holds nothing.
@@ -601,7 +627,7 @@ mod tests {
         q.flush().await;
         q.collect_garbage();
         // What may remain: the active segment and the next one, which a helper thread may
-        // already have prepared (created and zero-filled) ahead of the roll.
+        // already have prepared (a spare renamed, or a file zero-filled) ahead of the roll.
         let active = q.log.as_ref().unwrap().active_segment();
         let left: Vec<u64> = log::segments(&qdir).unwrap().into_iter().map(|(s, _)| s).collect();
         assert!(
@@ -644,6 +670,33 @@ mod tests {
         assert_eq!(rec.damage, Damage::default());
         let back: Vec<Uuid> = q.lease().await.unwrap().iter().map(|r| r.id).collect();
         assert_eq!(back, pending);
+    }
+
+    /// An append whose answer is not yet counted (the writer answered, the report is not yet
+    /// pending) holds back the collection of the segment active when it began and every later
+    /// one: its report is on disk there, and a crash must find it.
+    #[tokio::test]
+    async fn a_segment_an_append_under_way_may_land_in_is_not_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = EmbeddedQueue::open(&cfg(true), dir.path(), Sealer::new(&[1; 32])).unwrap();
+        let first = q.log.as_ref().unwrap().active_segment();
+        for i in 0..60 {
+            for r in accept(&q, vec![report(i)]).await {
+                q.ack(&[r.id], "openSearch", Done::Delivered);
+                q.ack(&[r.id], "webhook", Done::Delivered);
+            }
+        }
+        q.flush().await;
+        let qdir = dir.path().join("queue");
+        assert!(q.log.as_ref().unwrap().active_segment() > first + 1, "no roll");
+        q.inner.lock().unwrap().appending.insert(first + 1, 1);
+        q.collect_garbage();
+        let left: Vec<u64> = log::segments(&qdir).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left.first(), Some(&(first + 1)), "collected under an append: {left:?}");
+        appended(&mut q.inner.lock().unwrap(), Some(first + 1));
+        q.collect_garbage();
+        let left: Vec<u64> = log::segments(&qdir).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert!(left.first() > Some(&(first + 1)), "{left:?}");
     }
 
     #[tokio::test]

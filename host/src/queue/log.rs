@@ -1,20 +1,23 @@
 //! The embedded on-disk log: segment files of checksummed frames, appended by one thread with group commit.
 //!
-//! Frame: `DXQ2 | len u32 LE | crc32 u32 LE | segment u64 LE | body (len bytes)`, the checksum
-//! over the body and then the segment's number. Many concurrent appends share one `fdatasync`:
-//! the writer thread takes every request waiting in its channel, writes them all, syncs once,
-//! then answers all. Recovery reads frames in order; a torn or corrupt frame is cut off (at the
-//! tail) or skipped by resyncing on the next valid frame (in the middle), and counted.
+//! A segment starts with its header, `DXQS | seq u64 LE | key 16 | crc32 u32 LE` (the crc over
+//! seq and key), written and synced before any frame; the key is random, new for every file
+//! written (every *life* of a file). Frame: `DXQ2 | len u32 LE | crc32 u32 LE | tag u64 LE |
+//! body (len bytes)`: the crc over the body, the tag SipHash-2-4 of len and crc under the
+//! segment's key. Many concurrent appends share one `fdatasync`: the writer thread takes every
+//! request waiting in its channel, writes them all, syncs once, then answers all. Recovery reads
+//! frames in order; a torn or corrupt frame is cut off (at the tail) or skipped by resyncing on
+//! the next valid frame (in the middle), and counted.
 //!
-//! Segment files are recycled: one whose reports are all done becomes a *spare*
-//! (`<seq>.spare`, at most [`MAX_SPARES`]) that the next segment is renamed from, so writing
-//! into it changes no file metadata without zero-filling a new file first (which doubled the
-//! disk's writes and slowed the commits meanwhile, BENCHMARKS.md). What a recycled file held
-//! before is left behind its new frames; a frame names its segment, so recovery stops at the
-//! first whole frame of an earlier number (it is the file's old contents, not damage). Segments
-//! are numbered above every number the directory's files have had, so an old frame never
-//! carries its file's new number. `DXQ1` frames (`DXQ1 | len | crc32 of the body | body`, before
-//! recycling) are still read.
+//! Segment files are recycled: one whose reports are all done becomes a *spare* (`<seq>.spare`,
+//! at most [`MAX_SPARES`]) that the next segment is renamed from, so writing into it changes no
+//! file metadata without zero-filling a new file first (which doubled the disk's writes and
+//! slowed the commits meanwhile, BENCHMARKS.md). What a recycled file held before is left behind
+//! its new frames. Only frames tagged under the segment's key are read: an earlier life's frames
+//! are not (another key), and neither is anything a producer's bytes (a payload, a label) could
+//! hold that looks like a frame (the key is never outside the file). Files written before
+//! recycling (`DXQ1 | len | crc32 of the body | body` from the first byte, no header) are read as
+//! they were; they are never recycled.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -27,9 +30,12 @@ use tokio::sync::{mpsc, oneshot};
 
 const MAGIC: &[u8; 4] = b"DXQ2";
 const HEADER: usize = 20;
-/// Frames written before segments were recycled: no segment number.
+/// Frames written before segments were recycled: no segment header, no tag.
 const MAGIC_V1: &[u8; 4] = b"DXQ1";
 const HEADER_V1: usize = 12;
+/// A segment's header: `DXQS | seq | key | crc32`.
+const SEGMENT_MAGIC: &[u8; 4] = b"DXQS";
+const SEGMENT_HEADER: usize = 4 + 8 + 16 + 4;
 /// Finished segments kept to be written again, at most.
 pub const MAX_SPARES: usize = 2;
 /// Largest frame body accepted when reading; larger lengths are corruption.
@@ -41,8 +47,8 @@ pub fn frame(out: &mut Vec<u8>, body: &[u8]) {
 }
 
 /// Append one frame to `out` whose body `write` appends (no copy of the body). The frame is
-/// whole once [`stamp`]ed with the segment it goes to (the writer does that); until then it
-/// holds the body's checksum alone and reads back as damage.
+/// whole once [`stamp`]ed with the key of the segment it goes to (the writer does that); until
+/// then its tag is zero and it reads back as damage.
 pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(MAGIC);
@@ -54,18 +60,46 @@ pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Name every frame of `frames` (as [`frame_with`] made them) part of segment `seq`: the
-/// checksum goes on over the number, which the header carries.
-fn stamp(frames: &mut [u8], seq: u64) {
+/// A segment's key: what its frames' tags are computed under.
+type Key = [u8; 16];
+
+/// The tag of a frame of `len` bytes whose body has checksum `crc`, under `key`.
+fn tag(key: &Key, len: u32, crc: u32) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher24::new_with_key(key);
+    h.write(&len.to_le_bytes());
+    h.write(&crc.to_le_bytes());
+    h.finish()
+}
+
+/// Tag every frame of `frames` (as [`frame_with`] made them) under the key of the segment they
+/// go to.
+fn stamp(frames: &mut [u8], key: &Key) {
     let mut pos = 0;
     while let Some(h) = frames.get_mut(pos..pos + HEADER) {
-        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
-        let mut crc = crc32fast::Hasher::new_with_initial(u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")));
-        crc.update(&seq.to_le_bytes());
-        h[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
-        h[12..20].copy_from_slice(&seq.to_le_bytes());
-        pos += HEADER + len;
+        let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        h[12..20].copy_from_slice(&tag(key, len, crc).to_le_bytes());
+        pos += HEADER + len as usize;
     }
+}
+
+/// Segment `seq`'s header under `key`.
+fn segment_header(seq: u64, key: &Key) -> [u8; SEGMENT_HEADER] {
+    let mut h = [0u8; SEGMENT_HEADER];
+    h[..4].copy_from_slice(SEGMENT_MAGIC);
+    h[4..12].copy_from_slice(&seq.to_le_bytes());
+    h[12..28].copy_from_slice(key);
+    let crc = crc32fast::hash(&h[4..28]);
+    h[28..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The key in `data`'s header when it is segment `seq`'s.
+fn read_header(data: &[u8], seq: u64) -> Option<Key> {
+    let h = data.get(..SEGMENT_HEADER)?;
+    let whole = &h[..4] == SEGMENT_MAGIC && crc32fast::hash(&h[4..28]).to_le_bytes() == h[28..];
+    (whole && h[4..12] == seq.to_le_bytes()).then(|| h[12..28].try_into().expect("16 bytes"))
 }
 
 fn segment_name(seq: u64) -> String {
@@ -127,21 +161,28 @@ impl Damage {
     }
 }
 
-/// Read every valid frame body of segment `seq`, in order. If the segment ends in a torn
-/// frame, or in what the file held before it was recycled, the file is truncated to its last
-/// valid frame.
+/// Read every valid frame body of segment `seq`, in order. A file that starts with a segment
+/// header is read for the frames tagged under its key; one that starts with a `DXQ1` frame
+/// (written before recycling) for `DXQ1` frames; anything else holds no frame (a header never
+/// written: the segment was prepared, nothing was appended). What follows the last valid frame
+/// is cut off: counted as a torn tail when a frame was begun there and not finished (its magic
+/// and a checksum that fails), not when it is what the file held before (zeros, or an earlier
+/// life's frames).
 pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
+    let (format, start) = match read_header(&data, seq) {
+        Some(key) => (Format::Tagged(key), SEGMENT_HEADER),
+        None if data.starts_with(MAGIC_V1) => (Format::V1, 0),
+        None => (Format::None, data.len()),
+    };
     let mut damage = Damage::default();
-    let mut pos = 0usize;
-    let mut valid_end = 0usize;
+    let mut pos = start;
+    let mut valid_end = start;
     let mut bad_start: Option<usize> = None;
-    // Where the first whole frame of an earlier segment (an earlier life of a recycled file) is.
-    let mut old_at: Option<usize> = None;
     while pos < data.len() {
-        match parse_at(&data, pos, seq) {
-            Parsed::Frame { body, end } => {
+        match parse_at(&data, pos, &format) {
+            Some((body, end)) => {
                 if let Some(start) = bad_start.take() {
                     damage.corrupt_regions += 1;
                     damage.corrupt_bytes += (pos - start) as u64;
@@ -150,13 +191,7 @@ pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::R
                 pos = end;
                 valid_end = end;
             }
-            // Frames are written in order from the start of a file: everything from here on
-            // is older than this segment.
-            Parsed::Old => {
-                old_at = Some(pos);
-                break;
-            }
-            Parsed::Bad => {
+            None => {
                 bad_start.get_or_insert(pos);
                 // Resync: the next position holding a magic.
                 pos = match find_magic(&data, pos + 1) {
@@ -166,15 +201,8 @@ pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::R
             }
         }
     }
-    if bad_start.is_some() || old_at.is_some() {
-        // Nothing valid after the damage. A frame begun (its magic, written first) and not
-        // finished is a torn tail: cut off and counted. Anything else after the last frame is
-        // what the file held before: zeros (a segment zero-filled in advance), or the rest of
-        // an earlier life's frame and whole old frames (a recycled one): its end, not damage.
-        let tail = &data[valid_end..old_at.unwrap_or(data.len())];
-        if tail.get(..4).is_some_and(is_magic) {
-            damage.torn_tail_bytes = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64;
-        }
+    if valid_end < data.len() {
+        damage.torn_tail_bytes = torn(&data[valid_end..], &format) as u64;
         let f = OpenOptions::new().write(true).open(path)?;
         f.set_len(valid_end as u64)?;
         f.sync_all()?;
@@ -182,52 +210,63 @@ pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::R
     Ok(damage)
 }
 
-/// What a position of a segment holds.
-enum Parsed {
-    /// A valid frame of this segment: its body is `body..end`.
-    Frame { body: usize, end: usize },
-    /// A valid frame of an earlier segment: the file was recycled, and this is what it held.
-    Old,
-    /// No valid frame.
-    Bad,
+/// How a segment's frames are read.
+enum Format {
+    /// Frames tagged under this key (a segment header first).
+    Tagged(Key),
+    /// `DXQ1` frames, untagged (written before recycling).
+    V1,
+    /// No frame.
+    None,
 }
 
-fn parse_at(data: &[u8], pos: usize, seq: u64) -> Parsed {
-    let Some(h) = data.get(pos..pos + HEADER_V1) else { return Parsed::Bad };
-    let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if len > MAX_FRAME {
-        return Parsed::Bad;
-    }
-    if &h[..4] == MAGIC_V1 {
-        return match data.get(pos + HEADER_V1..pos + HEADER_V1 + len) {
-            Some(body) if crc32fast::hash(body) == crc => {
-                Parsed::Frame { body: pos + HEADER_V1, end: pos + HEADER_V1 + len }
-            }
-            _ => Parsed::Bad,
-        };
-    }
-    let (Some(of), Some(body)) = (data.get(pos + 12..pos + HEADER), data.get(pos + HEADER..pos + HEADER + len)) else {
-        return Parsed::Bad;
+/// The valid frame at `pos`, as (body start, end).
+fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> {
+    let (magic, header) = match format {
+        Format::Tagged(_) => (MAGIC, HEADER),
+        Format::V1 => (MAGIC_V1, HEADER_V1),
+        Format::None => return None,
     };
-    let mut sum = crc32fast::Hasher::new();
-    sum.update(body);
-    sum.update(of);
-    if &h[..4] != MAGIC || sum.finalize() != crc {
-        return Parsed::Bad;
+    let h = data.get(pos..pos + header)?;
+    if &h[..4] != magic {
+        return None;
     }
-    match u64::from_le_bytes(of.try_into().expect("8 bytes")) {
-        s if s == seq => Parsed::Frame { body: pos + HEADER, end: pos + HEADER + len },
-        _ => Parsed::Old,
+    let len = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    let crc = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    if len as usize > MAX_FRAME {
+        return None;
     }
+    if let Format::Tagged(key) = format
+        && h[12..20] != tag(key, len, crc).to_le_bytes()
+    {
+        return None;
+    }
+    let body = data.get(pos + header..pos + header + len as usize)?;
+    (crc32fast::hash(body) == crc).then_some((pos + header, pos + header + len as usize))
 }
 
-fn is_magic(w: &[u8]) -> bool {
-    w == MAGIC || w == MAGIC_V1
+/// The bytes of a frame begun at the start of `tail` and not finished (0 when none was): for
+/// tagged segments, a header whose tag holds and whose body is cut or fails its checksum (a
+/// header that does not hold is an earlier life's, or zeros); for `DXQ1` ones, what is not zero
+/// (the old reading).
+fn torn(tail: &[u8], format: &Format) -> usize {
+    match format {
+        Format::Tagged(key) => {
+            let Some(h) = tail.get(..HEADER) else {
+                return if tail.starts_with(MAGIC) { tail.len() } else { 0 };
+            };
+            let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+            let ours = &h[..4] == MAGIC && h[12..20] == tag(key, len, crc).to_le_bytes();
+            if ours { tail.len().min(HEADER + len as usize) } else { 0 }
+        }
+        Format::V1 => tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1),
+        Format::None => 0,
+    }
 }
 
 fn find_magic(data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?.windows(4).position(is_magic).map(|p| p + from)
+    data.get(from..)?.windows(4).position(|w| w == MAGIC || w == MAGIC_V1).map(|p| p + from)
 }
 
 /// How many durable appends the last sync must have served before the next waits for the group
@@ -249,8 +288,10 @@ pub struct LogWriter {
     active: Arc<AtomicU64>,
     dir: PathBuf,
     /// The first segment this writer wrote: earlier ones are not recycled (an older version
-    /// may have written them, without segment numbers in their frames).
+    /// may have written them, untagged).
     first: u64,
+    /// Held while a segment is made a spare: the count of spares is checked, then changed.
+    recycling: Arc<std::sync::Mutex<()>>,
     /// The writer thread, joined when the last clone is dropped (fields drop in order: the
     /// sender first, so the thread has ended its loop): a log dropped without `close` (a crash
     /// as tests simulate it in one process) must not write, or prepare a segment, after a new
@@ -279,13 +320,14 @@ impl LogWriter {
         let seq = last_seq.max(highest) + 1;
         // The first segment is a spare or starts empty (a quick start); later ones are spares
         // or zero-filled ahead.
-        let file = open_segment(dir, seq, 0)?;
+        let (file, key) = open_segment(dir, seq, 0)?;
         let active = Arc::new(AtomicU64::new(seq));
         let mut w = WriterThread {
             dir: dir.to_owned(),
             file,
+            key,
             seq,
-            written: 0,
+            written: SEGMENT_HEADER as u64,
             segment_bytes,
             sync_interval,
             active: active.clone(),
@@ -293,13 +335,15 @@ impl LogWriter {
             failed: false,
         };
         let thread = std::thread::Builder::new().name("queue-writer".into()).spawn(move || w.run(rx))?;
-        Ok(LogWriter { tx, active, dir: dir.to_owned(), first: seq, _thread: Arc::new(Joined(Some(thread))) })
+        let (dir, first, recycling) = (dir.to_owned(), seq, Arc::new(std::sync::Mutex::new(())));
+        Ok(LogWriter { tx, active, dir, first, recycling, _thread: Arc::new(Joined(Some(thread))) })
     }
 
     /// Keep finished segment `seq` (at `path`, below the active one) as a spare to write again,
     /// when this writer wrote it and fewer than [`MAX_SPARES`] are kept; false when it was
     /// not kept (delete it).
     pub fn recycle(&self, seq: u64, path: &Path) -> io::Result<bool> {
+        let _one_at_a_time = self.recycling.lock().unwrap_or_else(|e| e.into_inner());
         if seq < self.first || seq >= self.active_segment() || spares(&self.dir)?.len() >= MAX_SPARES {
             return Ok(false);
         }
@@ -328,11 +372,12 @@ impl LogWriter {
     }
 }
 
-/// Segment `seq`, positioned at its start: a spare renamed, else a new file `zero_fill` bytes of
-/// zeros long (synced). Appends into a spare or a zero-filled file are overwrites that do not
-/// change its size, so their `fdatasync` writes no file-system metadata: about half the cost
-/// per group commit.
-fn open_segment(dir: &Path, seq: u64, zero_fill: u64) -> io::Result<File> {
+/// Segment `seq` under a new random key, positioned after its header: a spare renamed, else a
+/// new file `zero_fill` bytes of zeros long. Its header is written and synced, and its directory
+/// entry, before any frame. Appends into a spare or a zero-filled file are overwrites that do not
+/// change its size, so their `fdatasync` writes no file-system metadata: about half the cost per
+/// group commit.
+fn open_segment(dir: &Path, seq: u64, zero_fill: u64) -> io::Result<(File, Key)> {
     use std::io::{Seek, SeekFrom};
     let path = dir.join(segment_name(seq));
     let spare = spares(dir)?.into_iter().next();
@@ -356,7 +401,7 @@ fn open_segment(dir: &Path, seq: u64, zero_fill: u64) -> io::Result<File> {
                 at += n as u64;
                 std::thread::sleep(std::time::Duration::from_millis(4));
             }
-            f.sync_all()
+            Ok(())
         })();
         if let Err(e) = filled {
             // e.g. the disk is full: give the space back; the writer falls back to an empty file.
@@ -364,9 +409,13 @@ fn open_segment(dir: &Path, seq: u64, zero_fill: u64) -> io::Result<File> {
             return Err(e);
         }
     }
+    let mut key = Key::default();
+    getrandom::fill(&mut key).map_err(|e| io::Error::other(format!("no randomness for a queue segment's key: {e}")))?;
     f.seek(SeekFrom::Start(0))?;
+    f.write_all(&segment_header(seq, &key))?;
+    f.sync_all()?;
     File::open(dir)?.sync_all()?;
-    Ok(f)
+    Ok((f, key))
 }
 
 /// Write `len` bytes of `f` at `offset` back to the device and wait for it, without flushing
@@ -388,6 +437,8 @@ fn write_back(f: &File, offset: u64, len: u64) -> io::Result<()> {
 struct WriterThread {
     dir: PathBuf,
     file: File,
+    /// The key the frames of the segment being written are tagged under.
+    key: Key,
     seq: u64,
     written: u64,
     segment_bytes: u64,
@@ -396,7 +447,7 @@ struct WriterThread {
     active: Arc<AtomicU64>,
     /// The next segment, created (and its directory entry synced) by a helper thread ahead
     /// of the roll, so a commit never waits for a file creation and a directory sync.
-    next: Option<std::thread::JoinHandle<io::Result<File>>>,
+    next: Option<std::thread::JoinHandle<io::Result<(File, Key)>>>,
     /// A write or sync of this segment failed: what it holds past its last good frame is
     /// unknown (in a recycled file, maybe whole old frames, where recovery stops reading), so
     /// nothing more is written to it; the next batch goes to a new segment.
@@ -465,18 +516,18 @@ impl WriterThread {
                 self.file.sync_data()?;
             }
             let next = self.seq + 1;
-            self.file = match self.next.take().map(|h| h.join()) {
-                Some(Ok(Ok(f))) => f,
+            (self.file, self.key) = match self.next.take().map(|h| h.join()) {
+                Some(Ok(Ok(opened))) => opened,
                 // The helper failed: try once more here, reporting the error if it persists.
                 _ => open_segment(&self.dir, next, 0)?,
             };
             self.seq = next;
-            self.written = 0;
+            self.written = SEGMENT_HEADER as u64;
             self.failed = false;
             self.active.store(next, Ordering::Release);
         }
         for a in batch.iter_mut() {
-            stamp(&mut a.frames, self.seq);
+            stamp(&mut a.frames, &self.key);
         }
         let total: usize = batch.iter().map(|a| a.frames.len()).sum();
         let written = write_all_vectored(&mut self.file, batch.iter().map(|a| &a.frames[..]))
@@ -507,18 +558,25 @@ fn write_all_vectored<'a>(out: &mut impl Write, bufs: impl Iterator<Item = &'a [
 mod tests {
     use super::*;
 
-    /// Frames of segment 1, as the writer writes them.
+    const KEY: Key = [7; 16];
+
+    /// Frames tagged under `KEY`, as the writer writes them.
     fn frames(bodies: &[&[u8]]) -> Vec<u8> {
-        frames_of(1, bodies)
+        frames_under(&KEY, bodies)
     }
 
-    fn frames_of(seq: u64, bodies: &[&[u8]]) -> Vec<u8> {
+    fn frames_under(key: &Key, bodies: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for b in bodies {
             frame(&mut out, b);
         }
-        stamp(&mut out, seq);
+        stamp(&mut out, key);
         out
+    }
+
+    /// Segment `seq` under `key` holding `bodies`, as a file.
+    fn segment(seq: u64, key: &Key, bodies: &[&[u8]]) -> Vec<u8> {
+        [&segment_header(seq, key)[..], &frames_under(key, bodies)].concat()
     }
 
     /// Segment 1's frames.
@@ -536,7 +594,7 @@ mod tests {
     fn frames_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        std::fs::write(&p, frames(&[b"one", b"", b"three"])).unwrap();
+        std::fs::write(&p, segment(1, &KEY, &[b"one", b"", b"three"])).unwrap();
         let (got, d) = read_all(&p);
         assert_eq!(got, vec![b"one".to_vec(), vec![], b"three".to_vec()]);
         assert!(!d.any());
@@ -546,9 +604,9 @@ mod tests {
     fn a_torn_last_frame_is_cut_off_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        let mut data = frames(&[b"one", b"two"]);
+        let mut data = segment(1, &KEY, &[b"one", b"two"]);
         let whole = data.len();
-        frame(&mut data, b"three-is-torn");
+        data.extend(frames(&[b"three-is-torn"]));
         data.truncate(data.len() - 4);
         std::fs::write(&p, &data).unwrap();
         let (got, d) = read_all(&p);
@@ -563,7 +621,7 @@ mod tests {
     fn a_zero_filled_tail_is_the_end_of_a_prepared_segment_not_damage() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        let mut data = frames(&[b"one", b"two"]);
+        let mut data = segment(1, &KEY, &[b"one", b"two"]);
         let clean = data.len() as u64;
         data.extend(vec![0u8; 4096]);
         std::fs::write(&p, &data).unwrap();
@@ -571,23 +629,31 @@ mod tests {
         assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
         assert!(!d.any(), "{d:?}");
         assert_eq!(std::fs::metadata(&p).unwrap().len(), clean, "the unused zeros are given back");
-        // A frame torn while being written into the zeros is still a torn tail.
-        let mut data = frames(&[b"one"]);
+        // A frame torn while being written into the zeros is still a torn tail (as long as it
+        // says it is).
+        let mut data = segment(1, &KEY, &[b"one"]);
         let torn = frames(&[b"three"]);
         data.extend_from_slice(&torn[..torn.len() - 2]);
         data.extend(vec![0u8; 4096]);
         std::fs::write(&p, &data).unwrap();
         let (got, d) = read_all(&p);
         assert_eq!(got, vec![b"one".to_vec()]);
-        assert_eq!(d.torn_tail_bytes, (torn.len() - 2) as u64);
+        assert_eq!(d.torn_tail_bytes, torn.len() as u64);
+        // A segment prepared (its header) and never written holds nothing, and no damage; nor
+        // does one whose header was never written, or is another segment's.
+        for data in [segment(1, &KEY, &[]), vec![0u8; 4096], segment(2, &KEY, &[b"two"])] {
+            std::fs::write(&p, [&data[..], &[0u8; 100]].concat()).unwrap();
+            let (got, d) = read_all(&p);
+            assert!(got.is_empty() && !d.any(), "{got:?} {d:?}");
+        }
     }
 
     #[test]
     fn a_flipped_byte_in_the_middle_skips_only_that_frame() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        let mut data = frames(&[b"first", b"second", b"third"]);
-        let second_body = HEADER + 5 + HEADER + 2;
+        let mut data = segment(1, &KEY, &[b"first", b"second", b"third"]);
+        let second_body = SEGMENT_HEADER + HEADER + 5 + HEADER + 2;
         data[second_body] ^= 0x40;
         std::fs::write(&p, &data).unwrap();
         let (got, d) = read_all(&p);
@@ -619,13 +685,15 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_is_magic_length_checksum_segment_body_and_whole_only_once_stamped() {
+    fn a_frame_is_magic_length_checksum_tag_body_and_whole_only_once_tagged() {
         let body = b"some body";
-        let seq = 0x0102_0304_0506_0708u64;
+        let crc = crc32fast::hash(body);
         let mut expected = b"DXQ2".to_vec();
         expected.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        expected.extend_from_slice(&crc32fast::hash(&[&body[..], &seq.to_le_bytes()].concat()).to_le_bytes());
-        expected.extend_from_slice(&seq.to_le_bytes());
+        expected.extend_from_slice(&crc.to_le_bytes());
+        let mut sip = siphasher::sip::SipHasher24::new_with_key(&KEY);
+        std::hash::Hasher::write(&mut sip, &[&(body.len() as u32).to_le_bytes()[..], &crc.to_le_bytes()].concat());
+        expected.extend_from_slice(&std::hash::Hasher::finish(&sip).to_le_bytes());
         expected.extend_from_slice(body);
         let (mut a, mut b) = (b"prefix".to_vec(), Vec::new());
         frame(&mut a, body);
@@ -633,17 +701,17 @@ mod tests {
         assert_eq!(a[6..], b[..]);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        // Not yet stamped with its segment: not a frame.
-        std::fs::write(&p, &b).unwrap();
-        assert_eq!(read_seq(&p, 0).0, Vec::<Vec<u8>>::new());
-        stamp(&mut b, seq);
+        // Not yet tagged: not a frame.
+        std::fs::write(&p, [&segment_header(1, &KEY)[..], &b].concat()).unwrap();
+        assert_eq!(read_all(&p).0, Vec::<Vec<u8>>::new());
+        stamp(&mut b, &KEY);
         assert_eq!(b, expected);
-        std::fs::write(&p, &b).unwrap();
-        assert_eq!(read_seq(&p, seq).0, vec![b"some body".to_vec()]);
+        std::fs::write(&p, [&segment_header(1, &KEY)[..], &b].concat()).unwrap();
+        assert_eq!(read_all(&p).0, vec![b"some body".to_vec()]);
     }
 
     #[test]
-    fn frames_written_before_segment_numbers_are_read() {
+    fn files_written_before_segment_headers_are_read() {
         let mut old = Vec::new();
         for body in [&b"one"[..], b"two"] {
             old.extend_from_slice(b"DXQ1");
@@ -662,15 +730,18 @@ mod tests {
     /// A recycled file holds its new frames, then what is left of its old ones (the rest of
     /// one, cut where the new frames end, then whole ones): only the new frames are read, the
     /// old ones are neither read nor counted as damage; a frame torn while being written over
-    /// them is a torn tail.
+    /// them is a torn tail of its own length.
     #[test]
     fn a_recycled_segment_reads_its_own_frames_only() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("9.log");
         let bodies: Vec<Vec<u8>> = (0..40).map(|i| format!("old-{i:02}-{}", "x".repeat(30)).into_bytes()).collect();
-        let old = frames_of(4, &bodies.iter().map(|b| &b[..]).collect::<Vec<_>>());
-        let new = frames_of(9, &[b"new one", b"new two"]);
-        assert!(!new.len().is_multiple_of(HEADER + 37), "the new frames should end inside an old one");
+        let old = segment(4, &[4; 16], &bodies.iter().map(|b| &b[..]).collect::<Vec<_>>());
+        let new = segment(9, &KEY, &[b"new one", b"new two"]);
+        assert!(
+            !(new.len() - SEGMENT_HEADER).is_multiple_of(HEADER + 37),
+            "the new frames should end inside an old one"
+        );
         let mut file = old.clone();
         file[..new.len()].copy_from_slice(&new);
         std::fs::write(&p, &file).unwrap();
@@ -680,19 +751,43 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), new.len() as u64);
 
         // Torn while written over old frames.
-        let third = frames_of(9, &[b"new three, torn"]);
+        let third = frames(&[b"new three, torn"]);
         let mut file = old.clone();
         file[..new.len()].copy_from_slice(&new);
         file[new.len()..new.len() + third.len() - 3].copy_from_slice(&third[..third.len() - 3]);
         std::fs::write(&p, &file).unwrap();
         let (got, d) = read_seq(&p, 9);
         assert_eq!(got.len(), 2);
-        assert!(d.torn_tail_bytes >= (third.len() - 3) as u64, "{d:?}");
-        assert_eq!(d.corrupt_regions, 0);
+        assert_eq!((d.torn_tail_bytes, d.corrupt_regions), (third.len() as u64, 0), "{d:?}");
 
-        // The same file read as its old segment: the old frames (their number is the file's).
+        // The same file as it was: the old frames.
         std::fs::write(&p, &old).unwrap();
         assert_eq!(read_seq(&p, 4).0.len(), 40);
+    }
+
+    /// Bytes that look like frames inside a report (a producer's payload or label), reached
+    /// when recovery resyncs past a damaged frame, are not read: a `DXQ1` frame in a tagged
+    /// segment, a `DXQ2` frame with any tag but the segment key's. The frames after them are.
+    #[test]
+    fn frames_planted_in_a_report_are_not_read_when_recovery_resyncs_through_it() {
+        let mut planted = b"label:".to_vec();
+        planted.extend_from_slice(b"DXQ1");
+        planted.extend_from_slice(&5u32.to_le_bytes());
+        planted.extend_from_slice(&crc32fast::hash(b"fake1").to_le_bytes());
+        planted.extend_from_slice(b"fake1");
+        planted.extend(frames_under(&[9; 16], &[b"fake2"]));
+        let mut untagged = Vec::new();
+        frame(&mut untagged, b"fake3");
+        planted.extend(untagged);
+        let mut data = segment(1, &KEY, &[b"first", &planted, b"third"]);
+        // Damage the report holding them (its checksum), so recovery resyncs through its body.
+        data[SEGMENT_HEADER + HEADER + 5 + 8] ^= 0xff;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("1.log");
+        std::fs::write(&p, &data).unwrap();
+        let (got, d) = read_all(&p);
+        assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);
+        assert_eq!((d.corrupt_regions, d.torn_tail_bytes), (1, 0), "{d:?}");
     }
 
     #[tokio::test]
@@ -752,16 +847,21 @@ mod tests {
     }
 
     /// Finished segments handed back as the queue's garbage collection does: kept as spares (at
-    /// most `MAX_SPARES`), the next segments renamed from them; every segment, read when it is
-    /// finished, holds exactly the appends that went to it (none of the frames its file held
-    /// before), and a writer started again numbers its segments above the spares' old frames.
+    /// most `MAX_SPARES`), the next segments renamed from them; every segment, read (a copy, as
+    /// recovery would read it) when it is finished, holds exactly the appends that went to it and
+    /// none of the frames its file held before. Then a restart with only spares left: its
+    /// segments are numbered above theirs, and read the same.
     #[tokio::test]
     async fn finished_segments_are_written_again_and_read_back_without_their_old_contents() {
         let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
         let mut landed: std::collections::BTreeMap<u64, Vec<Vec<u8>>> = Default::default();
         let (mut recycled, mut checked) = (0, 0);
         for life in 0..2 {
-            let w = LogWriter::start(dir.path(), 0, 2048, Duration::ZERO).unwrap();
+            // Smaller segments the second time, so the spares hold whole old frames behind the new.
+            let w = LogWriter::start(dir.path(), 0, [4096, 1024][life], Duration::ZERO).unwrap();
+            let spared = spares(dir.path()).unwrap().into_iter().map(|(s, _)| s).max().unwrap_or(0);
+            assert!(w.active_segment() > spared, "numbered below a spare");
             assert!(landed.keys().all(|s| *s < w.active_segment()), "a segment number was used again");
             for i in 0..300usize {
                 let body = format!("{life}-record-{i:03}-{}", "y".repeat(i % 50)).into_bytes();
@@ -770,7 +870,8 @@ mod tests {
                 let seq = w.append_durable(f).await.unwrap();
                 landed.entry(seq).or_default().push(body);
                 for (s, p) in segments(dir.path()).unwrap().into_iter().filter(|(s, _)| *s < seq) {
-                    let (got, damage) = read_seq(&p, s);
+                    std::fs::copy(&p, &copy).unwrap();
+                    let (got, damage) = read_seq(&copy, s);
                     assert_eq!(&got, landed.get(&s).unwrap_or(&Vec::new()), "segment {s}");
                     assert!(!damage.any(), "segment {s}: {damage:?}");
                     checked += 1;
@@ -781,6 +882,11 @@ mod tests {
                     }
                 }
                 assert!(spares(dir.path()).unwrap().len() <= MAX_SPARES);
+            }
+            drop(w);
+            // Only spares are left for the next life, the last segments written among them.
+            for (_, p) in segments(dir.path()).unwrap() {
+                std::fs::rename(&p, p.with_extension("spare")).unwrap();
             }
         }
         assert!(checked > 10, "{checked} segments");
@@ -796,6 +902,7 @@ mod tests {
         let mut w = WriterThread {
             dir: dir.path().to_owned(),
             file: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            key: KEY,
             seq: 1,
             written: 0,
             segment_bytes: 1 << 20,

@@ -4,8 +4,9 @@
 //! `POST /v1/logs` does (`Ingest::ingest_otlp`): credentials from the `authorization`
 //! metadata. Refusals are gRPC statuses: UNAUTHENTICATED, PERMISSION_DENIED,
 //! RESOURCE_EXHAUSTED and UNAVAILABLE (with a `google.rpc.RetryInfo`), INVALID_ARGUMENT,
-//! UNIMPLEMENTED for a `grpc-encoding` other than gzip. The trace and metrics services answer
-//! UNIMPLEMENTED.
+//! UNIMPLEMENTED for a `grpc-encoding` other than gzip or a `content-type` of gRPC with other
+//! than protobuf messages; a `content-type` that is not gRPC is HTTP 415. The trace and metrics
+//! services answer UNIMPLEMENTED.
 //!
 //! The listener holds to the public listener's limits: a connection has
 //! `limits.header_timeout_ms` for its TLS handshake and its first request, and is closed (GOAWAY)
@@ -92,6 +93,17 @@ async fn export(
 ) -> axum::response::Response {
     let state = &logs.0;
     let (parts, body) = req.into_parts();
+    if let Err(e) = content_type(&parts.headers) {
+        let unsupported_media = e.status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        state.metrics.reject(e.code);
+        // Not a gRPC client: a plain HTTP status, as the gRPC spec asks (a gRPC status rides on
+        // a 200, which such a client would take for success).
+        return if unsupported_media {
+            axum::response::IntoResponse::into_response(e)
+        } else {
+            grpc_status(e).into_http()
+        };
+    }
     // The guard has read the body whole, within `limits.max_body_bytes` (the frame's 5 bytes
     // counted): this takes it as it is, within the same bound, should the route ever be served
     // without the guard.
@@ -123,6 +135,33 @@ async fn export(
     match state.ingest.ingest_otlp(req, message, Encoding::Protobuf, encoding, charge).await {
         Ok(exported) => answer(&exported.response()),
         Err(refused) => status(state, refused.into()).into_http(),
+    }
+}
+
+/// The call's `content-type`: gRPC with protobuf messages (`application/grpc`, or with `+proto`).
+/// Anything else that is not gRPC is 415 Unsupported Media Type; gRPC with another message
+/// encoding (`+json`) is UNIMPLEMENTED.
+fn content_type(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let sent = headers.get(http::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let sent = sent.as_deref().unwrap_or("");
+    // Parameters after `;` are allowed; the media type is case-insensitive.
+    let media = sent.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let shown = sent.chars().take(64).collect::<String>();
+    match media.strip_prefix("application/grpc") {
+        Some("" | "+proto") => Ok(()),
+        Some(other) if other.starts_with('+') => Err(ApiError::new(
+            http::StatusCode::NOT_IMPLEMENTED,
+            "unsupported_media_type",
+            format!("content-type {shown:?}: this host reads protobuf messages only: send application/grpc"),
+        )),
+        _ => Err(ApiError::new(
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "content-type {shown:?} is not gRPC: this port takes OTLP/gRPC (application/grpc); send OTLP/HTTP to \
+                 POST /v1/logs on the public port"
+            ),
+        )),
     }
 }
 
@@ -206,7 +245,8 @@ async fn not_logs(uri: axum::http::Uri) -> axum::response::Response {
 async fn as_grpc(resp: axum::response::Response) -> axum::response::Response {
     let grpc =
         resp.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc {
+    // A 415 is for a client that is not gRPC (`content_type`): left as it is.
+    if grpc || resp.status() == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return resp;
     }
     let (parts, body) = resp.into_parts();

@@ -437,6 +437,34 @@ async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
     }
     assert_eq!(refused(&app, "invalid_body").await, 6, "each counted once");
     assert_eq!(refused(&app, "unsupported_encoding").await, 1);
+    // A content-type that is not gRPC: HTTP 415 (a gRPC status rides on a 200, which a client
+    // that is not gRPC would take for success); gRPC with other than protobuf: UNIMPLEMENTED.
+    // Parameters and case are allowed.
+    for (content_type, http, code) in [
+        ("application/json", 415, None),
+        ("text/plain; charset=utf-8", 415, None),
+        ("", 415, None),
+        ("application/grpc+json", 200, Some("12")),
+        ("Application/GRPC+proto; x=1", 200, None),
+    ] {
+        let mut req = client.post(&url).header("te", "trailers").header("authorization", format!("Bearer {}", t.token));
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        let resp = req.body(vec![0u8, 0, 0, 0, 0]).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let refused = tonic::Status::from_header_map(resp.headers());
+        let got = refused.as_ref().map(|s| (s.code() as i32).to_string());
+        let says = match &refused {
+            Some(s) => s.message().to_owned(),
+            None => resp.text().await.unwrap(),
+        };
+        assert_eq!((status, got.as_deref()), (http, code), "{content_type:?}: {says}");
+        if http == 415 || code.is_some() {
+            assert!(says.contains("content-type") && says.contains("application/grpc"), "{content_type:?}: {says}");
+        }
+    }
+    assert_eq!(refused(&app, "unsupported_media_type").await, 4);
     // An empty export: no grpc-status among the headers (it is a trailer), one empty frame.
     let (status, _, answer) = call(vec![0, 0, 0, 0, 0], None).await;
     assert_eq!((status, &answer[..]), (None, &[0u8, 0, 0, 0, 0][..]));
