@@ -65,10 +65,11 @@ pub struct QueueConfig {
     /// answers 503 with `Retry-After`. Waiting reports are held in memory too. With Kafka:
     /// the most bytes of reports a delivery process leases at once (the topic holds the rest).
     pub max_bytes: u64,
-    /// Size at which the on-disk log starts a new segment file, in bytes. Up to two finished
-    /// segments are kept as spares and written again (`<seq>.spare` under `<data_dir>/queue`),
-    /// so the queue's directory holds up to this size three times over beyond what is pending
-    /// (the segment being written, the next one prepared, and the spares).
+    /// Size at which the on-disk log starts a new segment file, in bytes (a segment may pass it
+    /// by one batch). Up to two finished segments are kept as spares and written again
+    /// (`<seq>.spare` under `<data_dir>/queue`), so the queue's directory holds up to about four
+    /// times this size beyond the segments holding pending reports (the segment being written,
+    /// the next one prepared, two spares).
     pub segment_bytes: u64,
     /// Group commit of the on-disk log: the least time from one `fdatasync` to the next while
     /// requests keep coming, in microseconds. Under load (the last sync served 4 requests or

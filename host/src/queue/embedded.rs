@@ -179,7 +179,7 @@ impl EmbeddedQueue {
                 None => by_tenant.push((t, r.size())),
             }
         }
-        let appending_from = {
+        let mut held = {
             let mut g = self.inner.lock().unwrap();
             if given_ids
                 && let Some(r) = reports.iter().find(|r| g.pending.contains_key(&r.id) || g.accepting.contains(&r.id))
@@ -216,7 +216,14 @@ impl EmbeddedQueue {
             if let Some(from) = from {
                 *g.appending.entry(from).or_default() += 1;
             }
-            from
+            Held {
+                q: self,
+                size,
+                tenants: by_tenant.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+                ids: if given_ids { reports.iter().map(|r| r.id).collect() } else { Vec::new() },
+                from,
+                armed: true,
+            }
         };
         let seg = match &self.log {
             None => 0,
@@ -232,20 +239,15 @@ impl EmbeddedQueue {
                     }
                     Err(e) => {
                         self.healthy.store(false, Ordering::Release);
-                        let mut g = self.inner.lock().unwrap();
-                        g.bytes -= size;
-                        for (tenant, add) in &by_tenant {
-                            add_tenant(&mut g.tenants, tenant, -(*add as i64));
-                        }
-                        reports.iter().for_each(|r| _ = g.accepting.remove(&r.id));
-                        appended(&mut g, appending_from);
-                        return Err(QueueError::Disk(e.to_string()));
+                        return Err(QueueError::Disk(e.to_string())); // `held` gives back what it holds
                     }
                 }
             }
         };
         let mut g = self.inner.lock().unwrap();
-        appended(&mut g, appending_from);
+        // From here what it held is pending.
+        held.armed = false;
+        appended(&mut g, held.from);
         for r in reports {
             let r = Arc::new(r);
             let size = r.size();
@@ -396,8 +398,37 @@ fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
     std::fs::remove_file(path)
 }
 
+/// What an append holds until its reports are pending: its bytes (whole queue and per tenant),
+/// the ids it was given, and its place in `appending`. Given back when the append ends any other
+/// way: refused by the disk, or its future dropped (a caller that does not finish it).
+struct Held<'a> {
+    q: &'a EmbeddedQueue,
+    size: u64,
+    tenants: Vec<(String, u64)>,
+    ids: Vec<Uuid>,
+    from: Option<u64>,
+    armed: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut g = self.q.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.bytes = g.bytes.saturating_sub(self.size);
+        for (tenant, n) in &self.tenants {
+            add_tenant(&mut g.tenants, tenant, -(*n as i64));
+        }
+        for id in &self.ids {
+            g.accepting.remove(id);
+        }
+        appended(&mut g, self.from);
+    }
+}
+
 /// A durable append that began while segment `from` was active has been counted in `live`, or
-/// has failed.
+/// has ended otherwise.
 fn appended(g: &mut Inner, from: Option<u64>) {
     let Some(from) = from else { return };
     if let Some(n) = g.appending.get_mut(&from) {
@@ -697,6 +728,32 @@ mod tests {
         q.collect_garbage();
         let left: Vec<u64> = log::segments(&qdir).unwrap().into_iter().map(|(s, _)| s).collect();
         assert!(left.first() > Some(&(first + 1)), "{left:?}");
+    }
+
+    /// An append holds its bytes, ids and place in `appending` while the writer has it, and
+    /// gives all back however it ends: pending, or its future dropped while it waits.
+    #[tokio::test]
+    async fn an_append_leaves_nothing_held_however_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = EmbeddedQueue::open(&cfg(true), dir.path(), Sealer::new(&[1; 32])).unwrap();
+        accept(&q, vec![report(1)]).await;
+        let held = |q: &EmbeddedQueue| {
+            let g = q.inner.lock().unwrap();
+            (g.bytes, g.appending.clone(), g.accepting.len())
+        };
+        let (bytes, appending, accepting) = held(&q);
+        assert!(bytes > 0 && appending.is_empty() && accepting == 0, "{bytes} {appending:?} {accepting}");
+        let r = report(2);
+        let size = r.size();
+        {
+            let append = q.append(vec![r], true);
+            tokio::pin!(append);
+            assert!(futures::poll!(&mut append).is_pending(), "the writer answered within the first poll");
+            let active = q.log.as_ref().unwrap().active_segment();
+            assert_eq!(held(&q), (bytes + size, [(active, 1)].into(), 1), "held while the writer has it");
+        }
+        assert_eq!(held(&q), (bytes, BTreeMap::new(), 0), "given back when dropped");
+        q.collect_garbage(); // nothing pins the floor
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! A segment starts with its header, `DXQS | seq u64 LE | key 16 | crc32 u32 LE` (the crc over
 //! seq and key), written and synced before any frame; the key is random, new for every file
 //! written (every *life* of a file). Frame: `DXQ2 | len u32 LE | crc32 u32 LE | tag u64 LE |
-//! body (len bytes)`: the crc over the body, the tag SipHash-2-4 of len and crc under the
+//! body (len bytes)`: the crc over the body, the tag SipHash-2-4 of seq, len and crc under the
 //! segment's key. Many concurrent appends share one `fdatasync`: the writer thread takes every
 //! request waiting in its channel, writes them all, syncs once, then answers all. Recovery reads
 //! frames in order; a torn or corrupt frame is cut off (at the tail) or skipped by resyncing on
@@ -17,7 +17,7 @@
 //! are not (another key), and neither is anything a producer's bytes (a payload, a label) could
 //! hold that looks like a frame (the key is never outside the file). Files written before
 //! recycling (`DXQ1 | len | crc32 of the body | body` from the first byte, no header) are read as
-//! they were; they are never recycled.
+//! they were (only in files that start with a `DXQ1` frame); they are never recycled.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -63,23 +63,24 @@ pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
 /// A segment's key: what its frames' tags are computed under.
 type Key = [u8; 16];
 
-/// The tag of a frame of `len` bytes whose body has checksum `crc`, under `key`.
-fn tag(key: &Key, len: u32, crc: u32) -> u64 {
+/// The tag of a frame of segment `seq`, `len` bytes long, whose body has checksum `crc`, under
+/// the segment's `key`.
+fn tag(key: &Key, seq: u64, len: u32, crc: u32) -> u64 {
     use std::hash::Hasher;
     let mut h = siphasher::sip::SipHasher24::new_with_key(key);
+    h.write(&seq.to_le_bytes());
     h.write(&len.to_le_bytes());
     h.write(&crc.to_le_bytes());
     h.finish()
 }
 
-/// Tag every frame of `frames` (as [`frame_with`] made them) under the key of the segment they
-/// go to.
-fn stamp(frames: &mut [u8], key: &Key) {
+/// Tag every frame of `frames` (as [`frame_with`] made them) for segment `seq` under its key.
+fn stamp(frames: &mut [u8], key: &Key, seq: u64) {
     let mut pos = 0;
     while let Some(h) = frames.get_mut(pos..pos + HEADER) {
         let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-        h[12..20].copy_from_slice(&tag(key, len, crc).to_le_bytes());
+        h[12..20].copy_from_slice(&tag(key, seq, len, crc).to_le_bytes());
         pos += HEADER + len as usize;
     }
 }
@@ -95,11 +96,34 @@ fn segment_header(seq: u64, key: &Key) -> [u8; SEGMENT_HEADER] {
     h
 }
 
-/// The key in `data`'s header when it is segment `seq`'s.
-fn read_header(data: &[u8], seq: u64) -> Option<Key> {
-    let h = data.get(..SEGMENT_HEADER)?;
-    let whole = &h[..4] == SEGMENT_MAGIC && crc32fast::hash(&h[4..28]).to_le_bytes() == h[28..];
-    (whole && h[4..12] == seq.to_le_bytes()).then(|| h[12..28].try_into().expect("16 bytes"))
+/// What a segment file starts with.
+enum Header {
+    /// Segment `seq`'s header: its key.
+    Ours(Key),
+    /// Nothing, zeros, or an earlier life's header (a spare renamed and not yet written).
+    Unwritten,
+    /// A segment header that fails its checksum.
+    Damaged,
+    /// No segment header: a file written before recycling.
+    None,
+}
+
+/// What segment `seq`'s file `data` starts with.
+fn read_header(data: &[u8], seq: u64) -> Header {
+    if data.iter().all(|b| *b == 0) {
+        return Header::Unwritten;
+    }
+    if !data.starts_with(SEGMENT_MAGIC) {
+        return Header::None;
+    }
+    let Some(h) = data.get(..SEGMENT_HEADER) else { return Header::Damaged };
+    if crc32fast::hash(&h[4..28]).to_le_bytes() != h[28..] {
+        return Header::Damaged;
+    }
+    if h[4..12] != seq.to_le_bytes() {
+        return Header::Unwritten;
+    }
+    Header::Ours(h[12..28].try_into().expect("16 bytes"))
 }
 
 fn segment_name(seq: u64) -> String {
@@ -161,22 +185,30 @@ impl Damage {
     }
 }
 
-/// Read every valid frame body of segment `seq`, in order. A file that starts with a segment
-/// header is read for the frames tagged under its key; one that starts with a `DXQ1` frame
-/// (written before recycling) for `DXQ1` frames; anything else holds no frame (a header never
-/// written: the segment was prepared, nothing was appended). What follows the last valid frame
-/// is cut off: counted as a torn tail when a frame was begun there and not finished (its magic
-/// and a checksum that fails), not when it is what the file held before (zeros, or an earlier
-/// life's frames).
+/// Read every valid frame body of segment `seq`, in order. A file that starts with this
+/// segment's header is read for the frames tagged under its key; one that is empty, zeros, or
+/// starts with an earlier life's header holds no frame (prepared, nothing appended); one whose
+/// header fails its checksum is damage as a whole (its frames cannot be told from old ones), left
+/// as it is; any other (written before recycling) is read for `DXQ1` frames. What follows the
+/// last valid frame is cut off: counted as a torn tail when a frame of this life was begun there
+/// and not finished, not when it is what the file held before (zeros, an earlier life's frames).
 pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
-    let (format, start) = match read_header(&data, seq) {
-        Some(key) => (Format::Tagged(key), SEGMENT_HEADER),
-        None if data.starts_with(MAGIC_V1) => (Format::V1, 0),
-        None => (Format::None, data.len()),
-    };
     let mut damage = Damage::default();
+    let (format, start) = match read_header(&data, seq) {
+        Header::Ours(key) => (Format::Tagged(key, seq), SEGMENT_HEADER),
+        // Prepared (a spare renamed, or zeros) and never written.
+        Header::Unwritten => return Ok(damage),
+        // Its key cannot be trusted, so no frame can be: the whole file is damage, kept as it is.
+        Header::Damaged => {
+            damage.corrupt_regions = 1;
+            damage.corrupt_bytes = data.len() as u64;
+            return Ok(damage);
+        }
+        // Written before recycling (`DXQ1` frames from the first byte; resynced past damage).
+        Header::None => (Format::V1, 0),
+    };
     let mut pos = start;
     let mut valid_end = start;
     let mut bad_start: Option<usize> = None;
@@ -212,20 +244,17 @@ pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::R
 
 /// How a segment's frames are read.
 enum Format {
-    /// Frames tagged under this key (a segment header first).
-    Tagged(Key),
+    /// Frames tagged for this segment under this key (a segment header first).
+    Tagged(Key, u64),
     /// `DXQ1` frames, untagged (written before recycling).
     V1,
-    /// No frame.
-    None,
 }
 
 /// The valid frame at `pos`, as (body start, end).
 fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> {
     let (magic, header) = match format {
-        Format::Tagged(_) => (MAGIC, HEADER),
+        Format::Tagged(..) => (MAGIC, HEADER),
         Format::V1 => (MAGIC_V1, HEADER_V1),
-        Format::None => return None,
     };
     let h = data.get(pos..pos + header)?;
     if &h[..4] != magic {
@@ -236,8 +265,8 @@ fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> 
     if len as usize > MAX_FRAME {
         return None;
     }
-    if let Format::Tagged(key) = format
-        && h[12..20] != tag(key, len, crc).to_le_bytes()
+    if let Format::Tagged(key, seq) = format
+        && h[12..20] != tag(key, *seq, len, crc).to_le_bytes()
     {
         return None;
     }
@@ -251,17 +280,16 @@ fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> 
 /// (the old reading).
 fn torn(tail: &[u8], format: &Format) -> usize {
     match format {
-        Format::Tagged(key) => {
+        Format::Tagged(key, seq) => {
             let Some(h) = tail.get(..HEADER) else {
                 return if tail.starts_with(MAGIC) { tail.len() } else { 0 };
             };
             let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
             let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-            let ours = &h[..4] == MAGIC && h[12..20] == tag(key, len, crc).to_le_bytes();
+            let ours = &h[..4] == MAGIC && h[12..20] == tag(key, *seq, len, crc).to_le_bytes();
             if ours { tail.len().min(HEADER + len as usize) } else { 0 }
         }
         Format::V1 => tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1),
-        Format::None => 0,
     }
 }
 
@@ -449,8 +477,9 @@ struct WriterThread {
     /// of the roll, so a commit never waits for a file creation and a directory sync.
     next: Option<std::thread::JoinHandle<io::Result<(File, Key)>>>,
     /// A write or sync of this segment failed: what it holds past its last good frame is
-    /// unknown (in a recycled file, maybe whole old frames, where recovery stops reading), so
-    /// nothing more is written to it; the next batch goes to a new segment.
+    /// unknown, so nothing more is written to it; the next batch goes to a new segment. (Whole
+    /// frames of a failed batch may have reached the disk: a refused report may come back after
+    /// a crash, a repeat, never a loss.)
     failed: bool,
 }
 
@@ -512,8 +541,12 @@ impl WriterThread {
                 .ok();
         }
         if self.failed || self.written >= self.segment_bytes {
-            if !self.failed {
-                self.file.sync_data()?;
+            // After a failure, best effort (lazy done records may be in it): the roll goes on.
+            if let Err(e) = self.file.sync_data()
+                && !self.failed
+            {
+                self.failed = true;
+                return Err(e);
             }
             let next = self.seq + 1;
             (self.file, self.key) = match self.next.take().map(|h| h.join()) {
@@ -527,7 +560,7 @@ impl WriterThread {
             self.active.store(next, Ordering::Release);
         }
         for a in batch.iter_mut() {
-            stamp(&mut a.frames, &self.key);
+            stamp(&mut a.frames, &self.key, self.seq);
         }
         let total: usize = batch.iter().map(|a| a.frames.len()).sum();
         let written = write_all_vectored(&mut self.file, batch.iter().map(|a| &a.frames[..]))
@@ -560,23 +593,23 @@ mod tests {
 
     const KEY: Key = [7; 16];
 
-    /// Frames tagged under `KEY`, as the writer writes them.
+    /// Frames of segment 1 tagged under `KEY`, as the writer writes them.
     fn frames(bodies: &[&[u8]]) -> Vec<u8> {
-        frames_under(&KEY, bodies)
+        frames_of(1, &KEY, bodies)
     }
 
-    fn frames_under(key: &Key, bodies: &[&[u8]]) -> Vec<u8> {
+    fn frames_of(seq: u64, key: &Key, bodies: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for b in bodies {
             frame(&mut out, b);
         }
-        stamp(&mut out, key);
+        stamp(&mut out, key, seq);
         out
     }
 
     /// Segment `seq` under `key` holding `bodies`, as a file.
     fn segment(seq: u64, key: &Key, bodies: &[&[u8]]) -> Vec<u8> {
-        [&segment_header(seq, key)[..], &frames_under(key, bodies)].concat()
+        [&segment_header(seq, key)[..], &frames_of(seq, key, bodies)].concat()
     }
 
     /// Segment 1's frames.
@@ -692,7 +725,8 @@ mod tests {
         expected.extend_from_slice(&(body.len() as u32).to_le_bytes());
         expected.extend_from_slice(&crc.to_le_bytes());
         let mut sip = siphasher::sip::SipHasher24::new_with_key(&KEY);
-        std::hash::Hasher::write(&mut sip, &[&(body.len() as u32).to_le_bytes()[..], &crc.to_le_bytes()].concat());
+        let seq_len_crc = [&1u64.to_le_bytes()[..], &(body.len() as u32).to_le_bytes(), &crc.to_le_bytes()].concat();
+        std::hash::Hasher::write(&mut sip, &seq_len_crc);
         expected.extend_from_slice(&std::hash::Hasher::finish(&sip).to_le_bytes());
         expected.extend_from_slice(body);
         let (mut a, mut b) = (b"prefix".to_vec(), Vec::new());
@@ -704,7 +738,7 @@ mod tests {
         // Not yet tagged: not a frame.
         std::fs::write(&p, [&segment_header(1, &KEY)[..], &b].concat()).unwrap();
         assert_eq!(read_all(&p).0, Vec::<Vec<u8>>::new());
-        stamp(&mut b, &KEY);
+        stamp(&mut b, &KEY, 1);
         assert_eq!(b, expected);
         std::fs::write(&p, [&segment_header(1, &KEY)[..], &b].concat()).unwrap();
         assert_eq!(read_all(&p).0, vec![b"some body".to_vec()]);
@@ -725,6 +759,35 @@ mod tests {
         let (got, d) = read_seq(&p, 7);
         assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
         assert!(!d.any(), "{d:?}");
+    }
+
+    /// A segment header that fails its checksum: no frame is read (its key cannot be trusted),
+    /// the whole file is counted as damage and left as it is for whoever looks into it. A file
+    /// written before recycling whose first frame is damaged is read past it.
+    #[test]
+    fn a_damaged_header_is_damage_and_a_damaged_first_old_frame_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("1.log");
+        let mut data = segment(1, &KEY, &[b"one", b"two"]);
+        data[14] ^= 1; // in the key
+        std::fs::write(&p, &data).unwrap();
+        let (got, d) = read_all(&p);
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!((d.corrupt_regions, d.corrupt_bytes), (1, data.len() as u64));
+        assert_eq!(std::fs::read(&p).unwrap(), data, "kept as it is");
+
+        let mut old = Vec::new();
+        for body in [&b"one"[..], b"two"] {
+            old.extend_from_slice(b"DXQ1");
+            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            old.extend_from_slice(body);
+        }
+        old[0] = b'X';
+        std::fs::write(&p, &old).unwrap();
+        let (got, d) = read_all(&p);
+        assert_eq!(got, vec![b"two".to_vec()]);
+        assert_eq!(d.corrupt_regions, 1);
     }
 
     /// A recycled file holds its new frames, then what is left of its old ones (the rest of
@@ -751,7 +814,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), new.len() as u64);
 
         // Torn while written over old frames.
-        let third = frames(&[b"new three, torn"]);
+        let third = frames_of(9, &KEY, &[b"new three, torn"]);
         let mut file = old.clone();
         file[..new.len()].copy_from_slice(&new);
         file[new.len()..new.len() + third.len() - 3].copy_from_slice(&third[..third.len() - 3]);
@@ -775,7 +838,7 @@ mod tests {
         planted.extend_from_slice(&5u32.to_le_bytes());
         planted.extend_from_slice(&crc32fast::hash(b"fake1").to_le_bytes());
         planted.extend_from_slice(b"fake1");
-        planted.extend(frames_under(&[9; 16], &[b"fake2"]));
+        planted.extend(frames_of(1, &[9; 16], &[b"fake2"]));
         let mut untagged = Vec::new();
         frame(&mut untagged, b"fake3");
         planted.extend(untagged);
@@ -895,7 +958,7 @@ mod tests {
     }
 
     /// A batch whose write fails (here the device is full: `/dev/full`) is refused, and the
-    /// next goes to a new segment, not after the failed bytes (which recovery may not read past).
+    /// next goes to a new segment, not after bytes whose state is unknown.
     #[test]
     fn after_a_failed_write_the_next_batch_goes_to_a_new_segment() {
         let dir = tempfile::tempdir().unwrap();
