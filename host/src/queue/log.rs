@@ -744,15 +744,21 @@ mod tests {
         assert_eq!(read_all(&p).0, vec![b"some body".to_vec()]);
     }
 
-    #[test]
-    fn files_written_before_segment_headers_are_read() {
+    /// `bodies` as `DXQ1` frames, as versions before segment headers wrote them.
+    fn v1_frames(bodies: &[&[u8]]) -> Vec<u8> {
         let mut old = Vec::new();
-        for body in [&b"one"[..], b"two"] {
+        for body in bodies {
             old.extend_from_slice(b"DXQ1");
             old.extend_from_slice(&(body.len() as u32).to_le_bytes());
             old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
             old.extend_from_slice(body);
         }
+        old
+    }
+
+    #[test]
+    fn files_written_before_segment_headers_are_read() {
+        let old = v1_frames(&[b"one", b"two"]);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("7.log");
         std::fs::write(&p, &old).unwrap();
@@ -776,13 +782,7 @@ mod tests {
         assert_eq!((d.corrupt_regions, d.corrupt_bytes), (1, data.len() as u64));
         assert_eq!(std::fs::read(&p).unwrap(), data, "kept as it is");
 
-        let mut old = Vec::new();
-        for body in [&b"one"[..], b"two"] {
-            old.extend_from_slice(b"DXQ1");
-            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            old.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-            old.extend_from_slice(body);
-        }
+        let mut old = v1_frames(&[b"one", b"two"]);
         old[0] = b'X';
         std::fs::write(&p, &old).unwrap();
         let (got, d) = read_all(&p);
@@ -834,10 +834,7 @@ mod tests {
     #[test]
     fn frames_planted_in_a_report_are_not_read_when_recovery_resyncs_through_it() {
         let mut planted = b"label:".to_vec();
-        planted.extend_from_slice(b"DXQ1");
-        planted.extend_from_slice(&5u32.to_le_bytes());
-        planted.extend_from_slice(&crc32fast::hash(b"fake1").to_le_bytes());
-        planted.extend_from_slice(b"fake1");
+        planted.extend(v1_frames(&[b"fake1"]));
         planted.extend(frames_of(1, &[9; 16], &[b"fake2"]));
         let mut untagged = Vec::new();
         frame(&mut untagged, b"fake3");
