@@ -108,9 +108,11 @@ impl EmbeddedQueue {
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             let segs = log::segments(&dir)?;
+            let tagged_from = log::tagged_from(&dir)?;
             rec.segments = segs.len();
             for (seq, path) in &segs {
-                let d = log::read_segment(path, *seq, |body| {
+                let tagged = tagged_from.is_some_and(|from| *seq >= from);
+                let d = log::read_segment(path, *seq, tagged, |body| {
                     if !apply(&mut inner, &sealer, *seq, body) {
                         rec.unreadable_records += 1;
                     }
@@ -400,7 +402,9 @@ fn shrink_then_remove(path: &Path) -> std::io::Result<()> {
 
 /// What an append holds until its reports are pending: its bytes (whole queue and per tenant),
 /// the ids it was given, and its place in `appending`. Given back when the append ends any other
-/// way: refused by the disk, or its future dropped (a caller that does not finish it).
+/// way: refused by the disk, or its future dropped (a caller that does not finish it; `accept`
+/// always finishes it). The frames of a dropped append may still reach the disk and come back at
+/// the next start: a repeat, never a loss.
 struct Held<'a> {
     q: &'a EmbeddedQueue,
     size: u64,

@@ -102,28 +102,56 @@ enum Header {
     Ours(Key),
     /// Nothing, zeros, or an earlier life's header (a spare renamed and not yet written).
     Unwritten,
-    /// A segment header that fails its checksum.
+    /// A segment header that fails its checksum, or none where one must be.
     Damaged,
     /// No segment header: a file written before recycling.
     None,
 }
 
-/// What segment `seq`'s file `data` starts with.
-fn read_header(data: &[u8], seq: u64) -> Header {
+/// What segment `seq`'s file `data` starts with; `tagged`: the segment was written with a
+/// header (its number is at or above the directory's [`TAGGED_FROM`]), so it is never read as
+/// an untagged file, whatever its first bytes became.
+fn read_header(data: &[u8], seq: u64, tagged: bool) -> Header {
     if data.iter().all(|b| *b == 0) {
         return Header::Unwritten;
     }
-    if !data.starts_with(SEGMENT_MAGIC) {
-        return Header::None;
+    // Known by its checksum (the magic alone may be what was damaged).
+    if let Some(h) = data.get(..SEGMENT_HEADER)
+        && crc32fast::hash(&h[4..28]).to_le_bytes() == h[28..]
+    {
+        if h[4..12] != seq.to_le_bytes() {
+            return Header::Unwritten;
+        }
+        return Header::Ours(h[12..28].try_into().expect("16 bytes"));
     }
-    let Some(h) = data.get(..SEGMENT_HEADER) else { return Header::Damaged };
-    if crc32fast::hash(&h[4..28]).to_le_bytes() != h[28..] {
-        return Header::Damaged;
+    if tagged || data.starts_with(SEGMENT_MAGIC) { Header::Damaged } else { Header::None }
+}
+
+/// The file in a queue directory naming the first segment written with a header: every later
+/// one has one (a damaged one is damage, never read as an untagged file).
+const TAGGED_FROM: &str = "tagged-from";
+
+/// The first segment of `dir` written with a header (`None`: none yet, every segment there was
+/// written before segment headers). A marker that cannot be read holds for every segment.
+pub fn tagged_from(dir: &Path) -> io::Result<Option<u64>> {
+    match std::fs::read_to_string(dir.join(TAGGED_FROM)) {
+        Ok(text) => Ok(Some(text.trim().parse().unwrap_or(0))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    if h[4..12] != seq.to_le_bytes() {
-        return Header::Unwritten;
+}
+
+/// Record in `dir`, once, that segments from `seq` on are written with a header (synced).
+fn mark_tagged_from(dir: &Path, seq: u64) -> io::Result<()> {
+    if tagged_from(dir)?.is_some() {
+        return Ok(());
     }
-    Header::Ours(h[12..28].try_into().expect("16 bytes"))
+    let tmp = dir.join(format!("{TAGGED_FROM}.tmp"));
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    f.write_all(seq.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(TAGGED_FROM))?;
+    File::open(dir)?.sync_all()
 }
 
 fn segment_name(seq: u64) -> String {
@@ -132,6 +160,8 @@ fn segment_name(seq: u64) -> String {
 
 const LOG: &str = ".log";
 const SPARE: &str = ".spare";
+/// A segment whose header is damaged, kept aside.
+const DAMAGED: &str = ".damaged";
 
 /// Segment files in `dir`, by sequence number.
 pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
@@ -192,18 +222,20 @@ impl Damage {
 /// as it is; any other (written before recycling) is read for `DXQ1` frames. What follows the
 /// last valid frame is cut off: counted as a torn tail when a frame of this life was begun there
 /// and not finished, not when it is what the file held before (zeros, an earlier life's frames).
-pub fn read_segment(path: &Path, seq: u64, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
+pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut damage = Damage::default();
-    let (format, start) = match read_header(&data, seq) {
+    let (format, start) = match read_header(&data, seq, tagged) {
         Header::Ours(key) => (Format::Tagged(key, seq), SEGMENT_HEADER),
         // Prepared (a spare renamed, or zeros) and never written.
         Header::Unwritten => return Ok(damage),
-        // Its key cannot be trusted, so no frame can be: the whole file is damage, kept as it is.
+        // Its key cannot be trusted, so no frame can be: the whole file is damage, kept as it is
+        // under another name (neither read again nor collected) for whoever looks into it.
         Header::Damaged => {
             damage.corrupt_regions = 1;
             damage.corrupt_bytes = data.len() as u64;
+            std::fs::rename(path, path.with_extension(&DAMAGED[1..]))?;
             return Ok(damage);
         }
         // Written before recycling (`DXQ1` frames from the first byte; resynced past damage).
@@ -344,8 +376,10 @@ impl LogWriter {
     /// waits out the rest of it (group commit).
     pub fn start(dir: &Path, last_seq: u64, segment_bytes: u64, sync_interval: Duration) -> io::Result<LogWriter> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let highest = segments(dir)?.into_iter().chain(spares(dir)?).map(|(s, _)| s).max().unwrap_or(0);
+        let files = [segments(dir)?, spares(dir)?, numbered(dir, DAMAGED)?];
+        let highest = files.iter().flatten().map(|(s, _)| *s).max().unwrap_or(0);
         let seq = last_seq.max(highest) + 1;
+        mark_tagged_from(dir, seq)?;
         // The first segment is a spare or starts empty (a quick start); later ones are spares
         // or zero-filled ahead.
         let (file, key) = open_segment(dir, seq, 0)?;
@@ -617,9 +651,16 @@ mod tests {
         read_seq(path, 1)
     }
 
+    /// A segment written before segment headers (below the directory's `TAGGED_FROM`).
+    fn read_untagged(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
+        let mut got = Vec::new();
+        let d = read_segment(path, seq, false, |b| got.push(b.to_vec())).unwrap();
+        (got, d)
+    }
+
     fn read_seq(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
         let mut got = Vec::new();
-        let d = read_segment(path, seq, |b| got.push(b.to_vec())).unwrap();
+        let d = read_segment(path, seq, true, |b| got.push(b.to_vec())).unwrap();
         (got, d)
     }
 
@@ -762,30 +803,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("7.log");
         std::fs::write(&p, &old).unwrap();
-        let (got, d) = read_seq(&p, 7);
+        let (got, d) = read_untagged(&p, 7);
         assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
         assert!(!d.any(), "{d:?}");
     }
 
     /// A segment header that fails its checksum: no frame is read (its key cannot be trusted),
-    /// the whole file is counted as damage and left as it is for whoever looks into it. A file
-    /// written before recycling whose first frame is damaged is read past it.
+    /// the whole file is counted as damage and kept aside as it is (`.damaged`), also when its
+    /// magic is what was hit, and frame-shaped bytes in it are not read as untagged frames. A
+    /// header whose magic alone was hit is known by its checksum. A file written before headers
+    /// whose first frame is damaged is read past it.
     #[test]
-    fn a_damaged_header_is_damage_and_a_damaged_first_old_frame_is_skipped() {
+    fn a_damaged_header_is_damage_kept_aside_and_a_damaged_first_old_frame_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
-        let mut data = segment(1, &KEY, &[b"one", b"two"]);
-        data[14] ^= 1; // in the key
-        std::fs::write(&p, &data).unwrap();
-        let (got, d) = read_all(&p);
-        assert!(got.is_empty(), "{got:?}");
-        assert_eq!((d.corrupt_regions, d.corrupt_bytes), (1, data.len() as u64));
-        assert_eq!(std::fs::read(&p).unwrap(), data, "kept as it is");
+        let planted = v1_frames(&[b"planted"]);
+        let good = segment(1, &KEY, &[b"one", &planted, b"two"]);
+        for (at, says) in [(14, "in the key"), (0, "in the magic"), (30, "in the checksum")] {
+            let mut data = good.clone();
+            data[at] ^= 1;
+            if at == 0 {
+                // The magic alone: the header is known by its checksum, and read.
+                std::fs::write(&p, &data).unwrap();
+                assert_eq!(read_all(&p).0.len(), 3, "{says}");
+                data[30] ^= 1;
+            }
+            std::fs::write(&p, &data).unwrap();
+            let (got, d) = read_all(&p);
+            assert!(got.is_empty(), "{says}: {got:?}");
+            assert_eq!((d.corrupt_regions, d.corrupt_bytes), (1, data.len() as u64), "{says}");
+            assert!(!p.exists(), "{says}: left to be read or collected");
+            assert_eq!(std::fs::read(p.with_extension("damaged")).unwrap(), data, "{says}: not kept as it is");
+        }
 
         let mut old = v1_frames(&[b"one", b"two"]);
         old[0] = b'X';
         std::fs::write(&p, &old).unwrap();
-        let (got, d) = read_all(&p);
+        let (got, d) = read_untagged(&p, 1);
         assert_eq!(got, vec![b"two".to_vec()]);
         assert_eq!(d.corrupt_regions, 1);
     }
