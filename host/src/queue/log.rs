@@ -110,8 +110,13 @@ enum Header {
 
 /// What segment `seq`'s file `data` starts with; `tagged`: the segment was written with a
 /// header (its number is at or above the directory's [`TAGGED_FROM`]), so it is never read as
-/// an untagged file, whatever its first bytes became.
+/// an untagged file, whatever its first bytes became; below it, never as one with a header.
 fn read_header(data: &[u8], seq: u64, tagged: bool) -> Header {
+    // Below the marker every file is of the earlier format: none is taken for a header (its first
+    // bytes may be a record whose id a producer chose, made to pass a header's checksum).
+    if !tagged {
+        return Header::None;
+    }
     if data.iter().all(|b| *b == 0) {
         return Header::Unwritten;
     }
@@ -124,7 +129,7 @@ fn read_header(data: &[u8], seq: u64, tagged: bool) -> Header {
         }
         return Header::Ours(h[12..28].try_into().expect("16 bytes"));
     }
-    if tagged || data.starts_with(SEGMENT_MAGIC) { Header::Damaged } else { Header::None }
+    Header::Damaged
 }
 
 /// The file in a queue directory naming the first segment written with a header: every later
@@ -235,7 +240,13 @@ pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[
         Header::Damaged => {
             damage.corrupt_regions = 1;
             damage.corrupt_bytes = data.len() as u64;
-            std::fs::rename(path, path.with_extension(&DAMAGED[1..]))?;
+            let aside = path.with_extension(&DAMAGED[1..]);
+            std::fs::rename(path, &aside)?;
+            tracing::error!(
+                file = %aside.display(),
+                "a queue segment's header is damaged: its reports cannot be told from old data and are not \
+                 delivered; the file is kept aside for inspection (restore it from a backup, or delete it)"
+            );
             return Ok(damage);
         }
         // Written before recycling (`DXQ1` frames from the first byte; resynced past damage).
@@ -258,7 +269,7 @@ pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[
             None => {
                 bad_start.get_or_insert(pos);
                 // Resync: the next position holding a magic.
-                pos = match find_magic(&data, pos + 1) {
+                pos = match find_magic(&data, pos + 1, format.magic_and_header().0) {
                     Some(p) => p,
                     None => data.len(),
                 };
@@ -282,12 +293,19 @@ enum Format {
     V1,
 }
 
+impl Format {
+    /// Its frames' magic and header length.
+    fn magic_and_header(&self) -> (&'static [u8; 4], usize) {
+        match self {
+            Format::Tagged(..) => (MAGIC, HEADER),
+            Format::V1 => (MAGIC_V1, HEADER_V1),
+        }
+    }
+}
+
 /// The valid frame at `pos`, as (body start, end).
 fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> {
-    let (magic, header) = match format {
-        Format::Tagged(..) => (MAGIC, HEADER),
-        Format::V1 => (MAGIC_V1, HEADER_V1),
-    };
+    let (magic, header) = format.magic_and_header();
     let h = data.get(pos..pos + header)?;
     if &h[..4] != magic {
         return None;
@@ -325,8 +343,8 @@ fn torn(tail: &[u8], format: &Format) -> usize {
     }
 }
 
-fn find_magic(data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?.windows(4).position(|w| w == MAGIC || w == MAGIC_V1).map(|p| p + from)
+fn find_magic(data: &[u8], from: usize, magic: &[u8; 4]) -> Option<usize> {
+    data.get(from..)?.windows(4).position(|w| w == magic).map(|p| p + from)
 }
 
 /// How many durable appends the last sync must have served before the next waits for the group
@@ -836,7 +854,13 @@ mod tests {
             assert_eq!(std::fs::read(p.with_extension("damaged")).unwrap(), data, "{says}: not kept as it is");
         }
 
-        let mut old = v1_frames(&[b"one", b"two"]);
+        // Below the marker nothing is taken for a header, even bytes that pass its checksum (a
+        // record's id is a producer's to choose): the frames after them are read.
+        let mut old = [&segment_header(5, &KEY)[..], &v1_frames(&[b"kept"])].concat();
+        std::fs::write(&p, &old).unwrap();
+        assert_eq!(read_untagged(&p, 1).0, vec![b"kept".to_vec()]);
+
+        old = v1_frames(&[b"one", b"two"]);
         old[0] = b'X';
         std::fs::write(&p, &old).unwrap();
         let (got, d) = read_untagged(&p, 1);
