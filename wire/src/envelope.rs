@@ -282,7 +282,7 @@ fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelop
         None => Vec::new(),
         // An object that does not parse whole (a lone surrogate, a number past f64) says why.
         Some(raw) => labels(serde_json::from_str(raw.get()).map_err(|e| match json_type(raw.get()) {
-            "an object" => EnvelopeError::Malformed(format!("`labels`: {e}")),
+            "an object" => EnvelopeError::Malformed(format!("`labels`: {}", in_text(text, raw.get(), &e))),
             found => EnvelopeError::InvalidLabels(format!("got {found}")),
         })?)?,
     };
@@ -308,6 +308,22 @@ fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelop
         return Err(EnvelopeError::NoConsumer(note));
     }
     Ok(Envelope { destinations, skipped, payload, labels, id, source: None, tenant: None })
+}
+
+/// serde_json's error `e` in `inner`, a slice of `text`, with its line and column in `text` (the
+/// producer's body), not in `inner`.
+fn in_text(text: &str, inner: &str, e: &serde_json::Error) -> String {
+    let shown = e.to_string();
+    let Some(what) = shown.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())) else {
+        return shown;
+    };
+    // serde_json counts lines from 1 and, within a line, bytes from 1.
+    let line_start = inner.split_inclusive('\n').take(e.line().saturating_sub(1)).map(str::len).sum::<usize>();
+    let base = (inner.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize).min(text.len());
+    let at = (base + line_start + e.column().saturating_sub(1)).min(text.len());
+    let before = text.as_bytes()[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = 1 + text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+    format!("{what} at line {line} column {}", at - before + 1)
 }
 
 fn labels(given: BTreeMap<String, serde_json::Value>) -> Result<Vec<(String, String)>, EnvelopeError> {
@@ -422,6 +438,17 @@ mod tests {
         for (body, want) in cases {
             let err = one(body).unwrap_err().to_string();
             assert!(err.contains(want), "body {body:?}: {err:?} lacks {want:?}");
+        }
+        // A position in `labels` is the body's, on its own line too.
+        for body in [
+            r#"{"config":{"a":{"b":1}},"payload":"{}","labels":{"x":1e400}}"#,
+            "{\"config\":{\"a\":{\"b\":1}},\n  \"payload\":\"{}\",\n  \"labels\": {\"y\": \"z\",\n    \"x\":1e400}}",
+        ] {
+            let err = one(body).unwrap_err().to_string();
+            // serde_json's column: the number's last byte, counted from 1.
+            let (line, column) =
+                body.lines().enumerate().find_map(|(i, l)| Some((i + 1, l.find("1e400")? + 5))).unwrap();
+            assert!(err.contains(&format!("number out of range at line {line} column {column}.")), "{body:?}: {err}");
         }
     }
 

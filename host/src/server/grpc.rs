@@ -93,16 +93,8 @@ async fn export(
 ) -> axum::response::Response {
     let state = &logs.0;
     let (parts, body) = req.into_parts();
-    if let Err(e) = content_type(&parts.headers) {
-        let unsupported_media = e.status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        state.metrics.reject(e.code);
-        // Not a gRPC client: a plain HTTP status, as the gRPC spec asks (a gRPC status rides on
-        // a 200, which such a client would take for success).
-        return if unsupported_media {
-            axum::response::IntoResponse::into_response(e)
-        } else {
-            grpc_status(e).into_http()
-        };
+    if let Some(refused) = refuse_content_type(state, &parts.headers) {
+        return refused;
     }
     // The guard has read the body whole, within `limits.max_body_bytes` (the frame's 5 bytes
     // counted): this takes it as it is, within the same bound, should the route ever be served
@@ -136,6 +128,19 @@ async fn export(
         Ok(exported) => answer(&exported.response()),
         Err(refused) => status(state, refused.into()).into_http(),
     }
+}
+
+/// The refusal of a call whose `content-type` is not gRPC with protobuf messages (counted). Not
+/// a gRPC client: a plain HTTP status, as the gRPC spec asks (a gRPC status rides on a 200, which
+/// such a client would take for success).
+fn refuse_content_type(state: &AppState, headers: &http::HeaderMap) -> Option<axum::response::Response> {
+    let e = content_type(headers).err()?;
+    state.metrics.reject(e.code);
+    Some(if e.status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        axum::response::IntoResponse::into_response(e)
+    } else {
+        grpc_status(e).into_http()
+    })
 }
 
 /// The call's `content-type`: gRPC with protobuf messages (`application/grpc`, or with `+proto`).
@@ -230,8 +235,16 @@ const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 /// Calls open at once on one connection (HTTP/2 streams).
 const MAX_STREAMS: u32 = 64;
 
-/// Any other path: UNIMPLEMENTED, saying what this host takes.
-async fn not_logs(uri: axum::http::Uri) -> axum::response::Response {
+/// Any other path: UNIMPLEMENTED, saying what this host takes (a client that is not gRPC, as a
+/// browser pointed at the port: 415, as on the logs path).
+async fn not_logs(
+    axum::extract::State(logs): axum::extract::State<Arc<Logs>>,
+    headers: http::HeaderMap,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    if let Some(refused) = refuse_content_type(&logs.0, &headers) {
+        return refused;
+    }
     let message = format!(
         "this host takes OTLP logs only ({LOGS_PATH}Export), not {}: send traces and metrics elsewhere, or turn \
          them off in the exporter",
@@ -316,8 +329,8 @@ pub async fn serve(
     let logs = Arc::new(Logs(state, limits.max_body_bytes));
     let router = axum::Router::new()
         .route(&format!("{LOGS_PATH}Export"), axum::routing::post(export))
-        .with_state(logs)
-        .fallback(not_logs);
+        .fallback(not_logs)
+        .with_state(logs);
     let app = guarded(router, &limits, metrics.clone(), budget).layer(axum::middleware::map_response(as_grpc));
     let deadline = Duration::from_millis(limits.header_timeout_ms);
     let max_connections = limits.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);

@@ -465,6 +465,19 @@ async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
         }
     }
     assert_eq!(refused(&app, "unsupported_media_type").await, 4);
+    // Another path: UNIMPLEMENTED for a gRPC client, 415 for one that is not (a browser pointed
+    // at the port is not told "200").
+    let base = format!("http://{}", app.host.grpc_addr().unwrap());
+    let traces = format!("{base}/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    let resp = client.post(&traces).header("content-type", "application/grpc").body(vec![0u8; 5]).send().await.unwrap();
+    let got = tonic::Status::from_header_map(resp.headers()).map(|s| (s.code(), s.message().to_owned()));
+    assert_eq!(resp.status(), 200);
+    assert!(matches!(&got, Some((tonic::Code::Unimplemented, m)) if m.contains("OTLP logs only")), "{got:?}");
+    let resp = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 415);
+    let says = resp.text().await.unwrap();
+    assert!(says.contains("is not gRPC") && says.contains("POST /v1/logs"), "{says}");
+    assert_eq!(refused(&app, "unsupported_media_type").await, 5);
     // An empty export: no grpc-status among the headers (it is a trailer), one empty frame.
     let (status, _, answer) = call(vec![0, 0, 0, 0, 0], None).await;
     assert_eq!((status, &answer[..]), (None, &[0u8, 0, 0, 0, 0][..]));
