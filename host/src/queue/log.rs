@@ -544,9 +544,9 @@ impl WriterThread {
             // Group commit: under load (the last sync served at least `GROUP_LOAD` appends), an
             // append that comes within `sync_interval` of it waits out the rest, so the appends of
             // that time share one write and one sync. A few senders with one append in flight
-            // each, or one after a pause, are not held. A lazy append (done records) waits too: it
-            // took the durable appends waiting behind it into an early, smaller sync.
-            if let Some((at, served)) = last_sync
+            // each, or one after a pause, are not held.
+            if first.sync
+                && let Some((at, served)) = last_sync
                 && served >= GROUP_LOAD
                 && let Some(rest) = self.sync_interval.checked_sub(at.elapsed())
             {
