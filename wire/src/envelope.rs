@@ -162,13 +162,13 @@ fn parse_nested(body: &[u8], limits: &EnvelopeLimits) -> Result<(Vec<Envelope>, 
                 .enumerate()
                 .map(|(index, raw)| {
                     // Each one a level down, in the array.
-                    parse_one_with(raw.get(), max_depth, 2)
+                    parse_one_with(text, raw.get(), max_depth, 2)
                         .map_err(|e| EnvelopeError::InBatch { index, error: Box::new(e) })
                 })
                 .collect::<Result<_, _>>()?;
             Ok((envelopes, true))
         }
-        Some(b'{') => Ok((vec![parse_one_with(text, max_depth, 1)?], false)),
+        Some(b'{') => Ok((vec![parse_one_with(text, text, max_depth, 1)?], false)),
         None => Err(EnvelopeError::Malformed("the body is empty".into())),
         Some(_) => Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text)))),
     }
@@ -248,7 +248,7 @@ impl<'de> Deserialize<'de> for Payload {
 
 /// Parse one `ReportData` object (a Kafka record, say), nested at most `max_depth` deep.
 pub fn parse_one(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError> {
-    parse_one_with(text, max_depth, 1).map_err(|e| deepest_first(text.as_bytes(), max_depth, "the report", e))
+    parse_one_with(text, text, max_depth, 1).map_err(|e| deepest_first(text.as_bytes(), max_depth, "the report", e))
 }
 
 /// One `ReportData` object, `levels` deep in its text (1, or 2 in an array). Its own nesting is
@@ -257,11 +257,13 @@ pub fn parse_one(text: &str, max_depth: usize) -> Result<Envelope, EnvelopeError
 /// texts, each whole (a key given twice keeps only its last value in the maps made of them), are
 /// scanned, not the payload's kilobytes; the payload is held to `max_depth` on its own. A text
 /// nested too deep elsewhere fails to parse, and [`deepest_first`] names its depth.
-fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelope, EnvelopeError> {
+/// `text` is one report in `body` (the whole of it, or an element of a batch): positions in errors
+/// are the body's.
+fn parse_one_with(body: &str, text: &str, max_depth: usize, levels: usize) -> Result<Envelope, EnvelopeError> {
     if !text.trim_start().starts_with('{') {
         return Err(EnvelopeError::Malformed(format!("expected a JSON object, got {}", json_type(text))));
     }
-    let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let wire: Wire = serde_json::from_str(text).map_err(|e| EnvelopeError::Malformed(in_text(body, text, &e)))?;
     let payload = wire.payload.ok_or(EnvelopeError::MissingPayload)?.0.map_err(EnvelopeError::PayloadNotString)?;
     // Depth and syntax together; too deep is our message, never serde_json's own limit's.
     crate::depth::validate(&payload, max_depth).map_err(|e| match e {
@@ -282,7 +284,7 @@ fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelop
         None => Vec::new(),
         // An object that does not parse whole (a lone surrogate, a number past f64) says why.
         Some(raw) => labels(serde_json::from_str(raw.get()).map_err(|e| match json_type(raw.get()) {
-            "an object" => EnvelopeError::Malformed(format!("`labels`: {}", in_text(text, raw.get(), &e))),
+            "an object" => EnvelopeError::Malformed(format!("`labels`: {}", in_text(body, raw.get(), &e))),
             found => EnvelopeError::InvalidLabels(format!("got {found}")),
         })?)?,
     };
@@ -313,6 +315,7 @@ fn parse_one_with(text: &str, max_depth: usize, levels: usize) -> Result<Envelop
 /// serde_json's error `e` in `inner`, a slice of `text`, with its line and column in `text` (the
 /// producer's body), not in `inner`.
 fn in_text(text: &str, inner: &str, e: &serde_json::Error) -> String {
+    debug_assert!(text.as_bytes().as_ptr_range().contains(&inner.as_ptr()) || inner.is_empty());
     let shown = e.to_string();
     let Some(what) = shown.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())) else {
         return shown;
@@ -450,6 +453,19 @@ mod tests {
                 body.lines().enumerate().find_map(|(i, l)| Some((i + 1, l.find("1e400")? + 5))).unwrap();
             assert!(err.contains(&format!("number out of range at line {line} column {column}.")), "{body:?}: {err}");
         }
+        // In a batch, the body's position too, not the element's.
+        let bad_labels = r#"{"config":{"a":{"b":1}},"payload":"{}","labels":{"x":1e400}}"#;
+        let extra = r#"{"config":{"a":{"b":1}},"payload":"{}","extra":1}"#;
+        for (element, says, at) in
+            [(bad_labels, "number out of range", "1e400"), (extra, "unknown field `extra`", "\"extra\"")]
+        {
+            let body = format!("[{SEED},\n  {element}]");
+            let err = parse_body(body.as_bytes(), 10).unwrap_err().to_string();
+            // serde_json's column: the last byte it read, counted from 1.
+            let column = body.lines().nth(1).unwrap().find(at).unwrap() + at.len();
+            let at = format!(" at line 2 column {column}.");
+            assert!(err.starts_with("report [1]: ") && err.contains(says) && err.contains(&at), "{body}: {err}");
+        }
     }
 
     #[test]
@@ -534,7 +550,7 @@ mod tests {
                     let one = parse_one(body, max_depth).map(|e| e.payload);
                     let first = crate::depth::check(body.as_bytes(), max_depth)
                         .map_err(|_| EnvelopeError::TooDeep { what: "the report", max: max_depth })
-                        .and_then(|()| parse_one_with(body, max_depth, 1))
+                        .and_then(|()| parse_one_with(body, body, max_depth, 1))
                         .map(|e| e.payload);
                     assert_eq!(one, first, "parse_one, max {max_depth}: {body}");
                 }

@@ -96,6 +96,10 @@ async fn export(
     if let Some(refused) = refuse_content_type(state, &parts.headers) {
         return refused;
     }
+    if parts.method != http::Method::POST {
+        let why = format!("a gRPC call is a POST, not a {}: use a gRPC client", parts.method);
+        return status(state, ApiError::new(http::StatusCode::NOT_IMPLEMENTED, "unsupported_method", why)).into_http();
+    }
     // The guard has read the body whole, within `limits.max_body_bytes` (the frame's 5 bytes
     // counted): this takes it as it is, within the same bound, should the route ever be served
     // without the guard.
@@ -328,7 +332,9 @@ pub async fn serve(
     let metrics = state.metrics.clone();
     let logs = Arc::new(Logs(state, limits.max_body_bytes));
     let router = axum::Router::new()
-        .route(&format!("{LOGS_PATH}Export"), axum::routing::post(export))
+        // Any method: one that is not gRPC is told so (`export`), not answered 405, which
+        // `as_grpc` would carry as a gRPC status on a 200.
+        .route(&format!("{LOGS_PATH}Export"), axum::routing::any(export))
         .fallback(not_logs)
         .with_state(logs);
     let app = guarded(router, &limits, metrics.clone(), budget).layer(axum::middleware::map_response(as_grpc));

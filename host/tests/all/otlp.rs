@@ -473,11 +473,17 @@ async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
     let got = tonic::Status::from_header_map(resp.headers()).map(|s| (s.code(), s.message().to_owned()));
     assert_eq!(resp.status(), 200);
     assert!(matches!(&got, Some((tonic::Code::Unimplemented, m)) if m.contains("OTLP logs only")), "{got:?}");
-    let resp = client.get(format!("{base}/")).send().await.unwrap();
-    assert_eq!(resp.status(), 415);
-    let says = resp.text().await.unwrap();
-    assert!(says.contains("is not gRPC") && says.contains("POST /v1/logs"), "{says}");
-    assert_eq!(refused(&app, "unsupported_media_type").await, 5);
+    for path in [format!("{base}/"), url.clone()] {
+        let resp = client.get(&path).send().await.unwrap();
+        assert_eq!(resp.status(), 415, "GET {path}");
+        let says = resp.text().await.unwrap();
+        assert!(says.contains("is not gRPC") && says.contains("POST /v1/logs"), "{says}");
+    }
+    assert_eq!(refused(&app, "unsupported_media_type").await, 6);
+    // gRPC's content-type on another method: a gRPC status, not HTTP's 405 carried on a 200.
+    let resp = client.get(&url).header("content-type", "application/grpc").send().await.unwrap();
+    let got = tonic::Status::from_header_map(resp.headers()).map(|s| (s.code(), s.message().to_owned()));
+    assert!(matches!(&got, Some((tonic::Code::Unimplemented, m)) if m.contains("is a POST")), "{got:?}");
     // An empty export: no grpc-status among the headers (it is a trailer), one empty frame.
     let (status, _, answer) = call(vec![0, 0, 0, 0, 0], None).await;
     assert_eq!((status, &answer[..]), (None, &[0u8, 0, 0, 0, 0][..]));
