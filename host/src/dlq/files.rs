@@ -11,11 +11,10 @@ use super::{
 use crate::destination::Destination;
 use crate::queue::QueuedReport;
 use crate::queue::crypto::Sealer;
+use crate::queue::log::write_synced;
 use futures::future::BoxFuture;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -360,16 +359,6 @@ impl DeadLetterStore for FileStore {
             Ok(self.off_thread(move |s| s.delete(&which)).await)
         })
     }
-}
-
-/// Write `bytes` to `path` through a synced temporary file, then sync the directory.
-fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

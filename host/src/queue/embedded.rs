@@ -315,8 +315,17 @@ impl EmbeddedQueue {
                 // Kept to be written again when it may be (`log::MAX_SPARES`), else deleted.
                 match log.recycle(seq, &path) {
                     Ok(true) => tracing::debug!(segment = seq, "queue segment kept as a spare"),
-                    _ if shrink_then_remove(&path).is_ok() => tracing::debug!(segment = seq, "queue segment deleted"),
-                    _ => {}
+                    kept => {
+                        if let Err(e) = kept {
+                            tracing::warn!(segment = seq, error = %e, "queue segment not kept as a spare: deleting it");
+                        }
+                        match shrink_then_remove(&path) {
+                            Ok(()) => tracing::debug!(segment = seq, "queue segment deleted"),
+                            Err(e) => {
+                                tracing::warn!(segment = seq, error = %e, "queue segment not deleted: tried again in a second")
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -110,19 +110,26 @@ enum Header {
 
 /// What segment `seq`'s file `data` starts with; `tagged`: the segment was written with a
 /// header (its number is at or above the directory's [`TAGGED_FROM`]), so it is never read as
-/// an untagged file, whatever its first bytes became; below it, never as one with a header.
+/// an untagged file, whatever its first bytes became. Below it (or with no marker: one lost, a
+/// directory restored without it) a file is taken for one with a header only when its header is
+/// whole, magic and number included: a file of the earlier format starts with a frame's magic
+/// the writer wrote (`DXQ1`), so its first bytes, a record whose id a producer chose, never
+/// pass for one.
 fn read_header(data: &[u8], seq: u64, tagged: bool) -> Header {
-    // Below the marker every file is of the earlier format: none is taken for a header (its first
-    // bytes may be a record whose id a producer chose, made to pass a header's checksum).
     if !tagged {
-        return Header::None;
+        return match data.get(..SEGMENT_HEADER) {
+            Some(h) if h[..4] == SEGMENT_MAGIC[..] && h[4..12] == seq.to_le_bytes() && header_sums(h) => {
+                Header::Ours(h[12..28].try_into().expect("16 bytes"))
+            }
+            _ => Header::None,
+        };
     }
     if data.iter().all(|b| *b == 0) {
         return Header::Unwritten;
     }
     // Known by its checksum (the magic alone may be what was damaged).
     if let Some(h) = data.get(..SEGMENT_HEADER)
-        && crc32fast::hash(&h[4..28]).to_le_bytes() == h[28..]
+        && header_sums(h)
     {
         if h[4..12] != seq.to_le_bytes() {
             return Header::Unwritten;
@@ -130,6 +137,11 @@ fn read_header(data: &[u8], seq: u64, tagged: bool) -> Header {
         return Header::Ours(h[12..28].try_into().expect("16 bytes"));
     }
     Header::Damaged
+}
+
+/// Whether a segment header's checksum holds (`h`: its bytes).
+fn header_sums(h: &[u8]) -> bool {
+    crc32fast::hash(&h[4..28]).to_le_bytes() == h[28..32]
 }
 
 /// The file in a queue directory naming the first segment written with a header: every later
@@ -151,11 +163,17 @@ fn mark_tagged_from(dir: &Path, seq: u64) -> io::Result<()> {
     if tagged_from(dir)?.is_some() {
         return Ok(());
     }
-    let tmp = dir.join(format!("{TAGGED_FROM}.tmp"));
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-    f.write_all(seq.to_string().as_bytes())?;
+    write_synced(dir, &dir.join(TAGGED_FROM), seq.to_string().as_bytes())
+}
+
+/// Write `bytes` to `path` in `dir` through a synced temporary file (mode 0600), then sync the
+/// directory: the file is there whole, or not at all.
+pub(crate) fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(TAGGED_FROM))?;
+    std::fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
 }
 
@@ -396,7 +414,10 @@ impl LogWriter {
         let (tx, rx) = mpsc::unbounded_channel();
         let files = [segments(dir)?, spares(dir)?, numbered(dir, DAMAGED)?];
         let highest = files.iter().flatten().map(|(s, _)| *s).max().unwrap_or(0);
-        let seq = last_seq.max(highest) + 1;
+        // Never below the marker (segments deleted, as going back to an earlier version asks,
+        // with the marker left): every segment this writes is read as having a header.
+        let marked = tagged_from(dir)?.unwrap_or(0);
+        let seq = last_seq.max(highest).max(marked.saturating_sub(1)) + 1;
         mark_tagged_from(dir, seq)?;
         // The first segment is a spare or starts empty (a quick start); later ones are spares
         // or zero-filled ahead.
@@ -813,6 +834,35 @@ mod tests {
             old.extend_from_slice(body);
         }
         old
+    }
+
+    /// A directory whose segments were deleted and whose marker was left (as going back to an
+    /// earlier version has it done): new segments are numbered from the marker on, and read back
+    /// with their headers. And a segment with a header read where no marker says so (one lost):
+    /// its frames, not a file cut to nothing.
+    #[tokio::test]
+    async fn segments_are_read_with_their_headers_whatever_became_of_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        mark_tagged_from(dir.path(), 57).unwrap();
+        let w = LogWriter::start(dir.path(), 0, 1 << 20, Duration::ZERO).unwrap();
+        assert!(w.active_segment() >= 57, "numbered {} below the marker", w.active_segment());
+        let mut f = Vec::new();
+        frame(&mut f, b"acknowledged");
+        w.append_durable(f).await.unwrap();
+        drop(w);
+        let marker = tagged_from(dir.path()).unwrap();
+        let segs = segments(dir.path()).unwrap();
+        let (seq, path) = &segs[0];
+        let mut got = Vec::new();
+        let tagged = marker.is_some_and(|from| *seq >= from);
+        read_segment(path, *seq, tagged, |b| got.push(b.to_vec())).unwrap();
+        assert_eq!(got, vec![b"acknowledged".to_vec()]);
+
+        let p = dir.path().join("3.log");
+        std::fs::write(&p, segment(3, &KEY, &[b"one", b"two"])).unwrap();
+        let (got, d) = read_untagged(&p, 3);
+        assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert!(!d.any(), "{d:?}");
     }
 
     #[test]

@@ -141,24 +141,34 @@ fn refuse_content_type(state: &AppState, headers: &http::HeaderMap) -> Option<ax
     let e = content_type(headers).err()?;
     state.metrics.reject(e.code);
     Some(if e.status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        axum::response::IntoResponse::into_response(e)
+        let mut resp = axum::response::IntoResponse::into_response(e);
+        resp.extensions_mut().insert(NotGrpc);
+        resp
     } else {
         grpc_status(e).into_http()
     })
 }
 
+/// Marks an answer to a client that is not gRPC: `as_grpc` leaves it a plain HTTP status.
+#[derive(Clone, Copy)]
+struct NotGrpc;
+
 /// The call's `content-type`: gRPC with protobuf messages (`application/grpc`, or with `+proto`).
 /// Anything else that is not gRPC is 415 Unsupported Media Type; gRPC with another message
 /// encoding (`+json`) is UNIMPLEMENTED.
 fn content_type(headers: &http::HeaderMap) -> Result<(), ApiError> {
-    let sent = headers.get(http::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let sent = sent.as_deref().unwrap_or("");
+    let sent = headers.get(http::header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
     // Parameters after `;` are allowed; the media type is case-insensitive.
-    let media = sent.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let shown = sent.chars().take(64).collect::<String>();
-    match media.strip_prefix("application/grpc") {
-        Some("" | "+proto") => Ok(()),
-        Some(other) if other.starts_with('+') => Err(ApiError::new(
+    let media = sent.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    const GRPC: &[u8] = b"application/grpc";
+    let suffix =
+        (media.len() >= GRPC.len() && media[..GRPC.len()].eq_ignore_ascii_case(GRPC)).then(|| &media[GRPC.len()..]);
+    if suffix.is_some_and(|s| s.is_empty() || s.eq_ignore_ascii_case(b"+proto")) {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(sent).chars().take(64).collect::<String>();
+    match suffix {
+        Some(other) if other.starts_with(b"+") => Err(ApiError::new(
             http::StatusCode::NOT_IMPLEMENTED,
             "unsupported_media_type",
             format!("content-type {shown:?}: this host reads protobuf messages only: send application/grpc"),
@@ -262,8 +272,8 @@ async fn not_logs(
 async fn as_grpc(resp: axum::response::Response) -> axum::response::Response {
     let grpc =
         resp.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    // A 415 is for a client that is not gRPC (`content_type`): left as it is.
-    if grpc || resp.status() == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+    // An answer to a client that is not gRPC (`refuse_content_type`): left as it is.
+    if grpc || resp.extensions().get::<NotGrpc>().is_some() {
         return resp;
     }
     let (parts, body) = resp.into_parts();
