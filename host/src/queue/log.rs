@@ -152,7 +152,14 @@ const TAGGED_FROM: &str = "tagged-from";
 /// written before segment headers). A marker that cannot be read holds for every segment.
 pub fn tagged_from(dir: &Path) -> io::Result<Option<u64>> {
     match std::fs::read_to_string(dir.join(TAGGED_FROM)) {
-        Ok(text) => Ok(Some(text.trim().parse().unwrap_or(0))),
+        Ok(text) => Ok(Some(text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(
+                file = %dir.join(TAGGED_FROM).display(),
+                "the queue's marker of segments with headers cannot be read: every segment is read as having one \
+                 (one whose header does not hold is kept aside as .damaged, never cut)"
+            );
+            0
+        }))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -241,8 +248,11 @@ impl Damage {
 /// Read every valid frame body of segment `seq`, in order. A file that starts with this
 /// segment's header is read for the frames tagged under its key; one that is empty, zeros, or
 /// starts with an earlier life's header holds no frame (prepared, nothing appended); one whose
-/// header fails its checksum is damage as a whole (its frames cannot be told from old ones), left
-/// as it is; any other (written before recycling) is read for `DXQ1` frames. What follows the
+/// header fails its checksum is read under the key that header holds when frames tagged for this
+/// segment under it prove the key whole (the header is then written again), holds no frame when
+/// nothing but zeros follows it (a header torn as it was first written), and is otherwise damage
+/// as a whole (its frames cannot be told from old ones), kept aside as it is; any other (written
+/// before recycling) is read for `DXQ1` frames. What follows the
 /// last valid frame is cut off: counted as a torn tail when a frame of this life was begun there
 /// and not finished, not when it is what the file held before (zeros, an earlier life's frames).
 pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
@@ -253,6 +263,25 @@ pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[
         Header::Ours(key) => (Format::Tagged(key, seq), SEGMENT_HEADER),
         // Prepared (a spare renamed, or zeros) and never written.
         Header::Unwritten => return Ok(damage),
+        // The damage missed the key: frames of this segment tagged under it say so (no other
+        // bytes can be: a tag takes the key, and the key is the writer's alone). Read under it,
+        // with the header written whole again so the next start reads the file as any other.
+        Header::Damaged if let Some(key) = proven_key(&data, seq) => {
+            repair_header(path, seq, &key)?;
+            damage.corrupt_regions = 1;
+            damage.corrupt_bytes = SEGMENT_HEADER as u64;
+            tracing::warn!(
+                file = %path.display(),
+                "a queue segment's header was damaged but its key was not: its reports are read, and the header \
+                 is written again"
+            );
+            (Format::Tagged(key, seq), SEGMENT_HEADER)
+        }
+        // Nothing but zeros after it: the header was torn as it was first written (a crash), and
+        // no frame was (a header is synced before any frame is written).
+        Header::Damaged if data.get(SEGMENT_HEADER..).is_none_or(|rest| rest.iter().all(|b| *b == 0)) => {
+            return Ok(damage);
+        }
         // Its key cannot be trusted, so no frame can be: the whole file is damage, kept as it is
         // under another name (neither read again nor collected) for whoever looks into it.
         Header::Damaged => {
@@ -301,6 +330,29 @@ pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[
         f.sync_all()?;
     }
     Ok(damage)
+}
+
+/// The key in segment `seq`'s damaged header (`data`: the file), if a frame after it is tagged
+/// for this segment under it.
+fn proven_key(data: &[u8], seq: u64) -> Option<Key> {
+    let key: Key = data.get(12..SEGMENT_HEADER - 4)?.try_into().ok()?;
+    let format = Format::Tagged(key, seq);
+    let mut pos = SEGMENT_HEADER;
+    while pos < data.len() {
+        if parse_at(data, pos, &format).is_some() {
+            return Some(key);
+        }
+        pos = find_magic(data, pos + 1, MAGIC)?;
+    }
+    None
+}
+
+/// Write segment `seq`'s header under `key` over the damaged one at the start of `path` (synced).
+fn repair_header(path: &Path, seq: u64, key: &Key) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(&segment_header(seq, key), 0)?;
+    f.sync_data()
 }
 
 /// How a segment's frames are read.
@@ -876,25 +928,25 @@ mod tests {
         assert!(!d.any(), "{d:?}");
     }
 
-    /// A segment header that fails its checksum: no frame is read (its key cannot be trusted),
-    /// the whole file is counted as damage and kept aside as it is (`.damaged`), also when its
-    /// magic is what was hit, and frame-shaped bytes in it are not read as untagged frames. A
-    /// header whose magic alone was hit is known by its checksum. A file written before headers
-    /// whose first frame is damaged is read past it.
+    /// A segment header whose key was hit: no frame is read (its key cannot be trusted), the
+    /// whole file is counted as damage and kept aside as it is (`.damaged`), also when its magic
+    /// was hit too, and frame-shaped bytes in it are not read as untagged frames. A header whose
+    /// magic alone was hit is known by its checksum. A file written before headers whose first
+    /// frame is damaged is read past it.
     #[test]
     fn a_damaged_header_is_damage_kept_aside_and_a_damaged_first_old_frame_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
         let planted = v1_frames(&[b"planted"]);
         let good = segment(1, &KEY, &[b"one", &planted, b"two"]);
-        for (at, says) in [(14, "in the key"), (0, "in the magic"), (30, "in the checksum")] {
+        for (at, says) in [(14, "in the key"), (0, "in the magic and the key"), (26, "in the key's end")] {
             let mut data = good.clone();
             data[at] ^= 1;
             if at == 0 {
                 // The magic alone: the header is known by its checksum, and read.
                 std::fs::write(&p, &data).unwrap();
                 assert_eq!(read_all(&p).0.len(), 3, "{says}");
-                data[30] ^= 1;
+                data[20] ^= 1;
             }
             std::fs::write(&p, &data).unwrap();
             let (got, d) = read_all(&p);
@@ -916,6 +968,52 @@ mod tests {
         let (got, d) = read_untagged(&p, 1);
         assert_eq!(got, vec![b"two".to_vec()]);
         assert_eq!(d.corrupt_regions, 1);
+    }
+
+    /// A header hit anywhere but its key (magic, number, checksum) still holds the key the frames
+    /// were tagged under: they are read, the header counted as a damaged region and written whole
+    /// again. A header torn as it was first written, nothing after it, holds no frame: not damage.
+    /// A spare's old header, damaged, proves nothing (its old frames are tagged for another
+    /// number): kept aside.
+    #[test]
+    fn a_damaged_header_whose_key_is_whole_is_repaired_and_a_torn_first_header_is_an_empty_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("1.log");
+        let good = segment(1, &KEY, &[b"one", b"two"]);
+        for (at, says) in [(5, "in the number"), (30, "in the checksum"), (1, "in the magic")] {
+            let mut data = good.clone();
+            data[at] ^= 1;
+            data[31] ^= (at == 1) as u8; // the magic and the checksum
+            std::fs::write(&p, &data).unwrap();
+            let (got, d) = read_all(&p);
+            assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()], "{says}");
+            assert_eq!(
+                (d.corrupt_regions, d.corrupt_bytes, d.torn_tail_bytes),
+                (1, SEGMENT_HEADER as u64, 0),
+                "{says}"
+            );
+            assert_eq!(std::fs::read(&p).unwrap(), good, "{says}: the header not written again");
+        }
+
+        for torn in [12, SEGMENT_HEADER] {
+            let mut data = vec![0; 4096];
+            data[..torn].copy_from_slice(&segment_header(1, &KEY)[..torn]);
+            data[torn - 1] ^= 1;
+            std::fs::write(&p, &data).unwrap();
+            let (got, d) = read_all(&p);
+            assert!(got.is_empty() && !d.any(), "torn at {torn}: {d:?}");
+            assert_eq!(std::fs::read(&p).unwrap(), data, "torn at {torn}: the file changed");
+        }
+
+        // Spare 4 renamed to 9, never written, its old header damaged.
+        let mut spare = segment(4, &[4; 16], &[b"old one", b"old two"]);
+        spare[30] ^= 1;
+        let p9 = dir.path().join("9.log");
+        std::fs::write(&p9, &spare).unwrap();
+        let (got, d) = read_seq(&p9, 9);
+        assert!(got.is_empty());
+        assert_eq!(d.corrupt_regions, 1);
+        assert_eq!(std::fs::read(p9.with_extension("damaged")).unwrap(), spare);
     }
 
     /// A recycled file holds its new frames, then what is left of its old ones (the rest of
