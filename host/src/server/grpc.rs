@@ -93,9 +93,6 @@ async fn export(
 ) -> axum::response::Response {
     let state = &logs.0;
     let (parts, body) = req.into_parts();
-    if let Some(refused) = refuse_content_type(state, &parts.headers) {
-        return refused;
-    }
     if parts.method != http::Method::POST {
         let why = format!("a gRPC call is a POST, not a {}: use a gRPC client", parts.method);
         return status(state, ApiError::new(http::StatusCode::NOT_IMPLEMENTED, "unsupported_method", why)).into_http();
@@ -131,6 +128,20 @@ async fn export(
     match state.ingest.ingest_otlp(req, message, Encoding::Protobuf, encoding, charge).await {
         Ok(exported) => answer(&exported.response()),
         Err(refused) => status(state, refused.into()).into_http(),
+    }
+}
+
+/// Every path: a call whose `content-type` is not gRPC with protobuf messages is refused before
+/// the guard reads its body (a client that is not gRPC holds none of the buffer budget, and is
+/// told 415 whatever the size of what it sends).
+async fn grpc_only(
+    axum::extract::State(logs): axum::extract::State<Arc<Logs>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match refuse_content_type(&logs.0, req.headers()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
     }
 }
 
@@ -251,14 +262,7 @@ const MAX_STREAMS: u32 = 64;
 
 /// Any other path: UNIMPLEMENTED, saying what this host takes (a client that is not gRPC, as a
 /// browser pointed at the port: 415, as on the logs path).
-async fn not_logs(
-    axum::extract::State(logs): axum::extract::State<Arc<Logs>>,
-    headers: http::HeaderMap,
-    uri: axum::http::Uri,
-) -> axum::response::Response {
-    if let Some(refused) = refuse_content_type(&logs.0, &headers) {
-        return refused;
-    }
+async fn not_logs(uri: axum::http::Uri) -> axum::response::Response {
     let message = format!(
         "this host takes OTLP logs only ({LOGS_PATH}Export), not {}: send traces and metrics elsewhere, or turn \
          them off in the exporter",
@@ -346,8 +350,10 @@ pub async fn serve(
         // `as_grpc` would carry as a gRPC status on a 200.
         .route(&format!("{LOGS_PATH}Export"), axum::routing::any(export))
         .fallback(not_logs)
-        .with_state(logs);
-    let app = guarded(router, &limits, metrics.clone(), budget).layer(axum::middleware::map_response(as_grpc));
+        .with_state(logs.clone());
+    let app = guarded(router, &limits, metrics.clone(), budget)
+        .layer(axum::middleware::from_fn_with_state(logs, grpc_only))
+        .layer(axum::middleware::map_response(as_grpc));
     let deadline = Duration::from_millis(limits.header_timeout_ms);
     let max_connections = limits.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(max_connections));

@@ -391,7 +391,12 @@ async fn grpc_other_signals_are_unimplemented_and_bad_messages_invalid_argument(
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
     let t = Otlp::new();
-    let app = t.app(|c| c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let app = t
+        .app(|c| {
+            c.ingest.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.limits.max_body_bytes = 32 * 1024;
+        })
+        .await;
     let url =
         format!("http://{}/opentelemetry.proto.collector.logs.v1.LogsService/Export", app.host.grpc_addr().unwrap());
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
@@ -480,6 +485,12 @@ async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
         assert!(says.contains("is not gRPC") && says.contains("POST /v1/logs"), "{says}");
     }
     assert_eq!(refused(&app, "unsupported_media_type").await, 6);
+    // Told before its body is read: a body past limits.max_body_bytes is still 415, not refused
+    // for its size (nor read into the buffer budget).
+    let resp = client.post(&url).header("content-type", "application/json").body(vec![b' '; 64 * 1024]).send().await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.status(), 415, "{:?}", resp.text().await);
+    assert_eq!(refused(&app, "body_too_large").await, 0);
     // gRPC's content-type on another method: a gRPC status, not HTTP's 405 carried on a 200.
     let resp = client.get(&url).header("content-type", "application/grpc").send().await.unwrap();
     let got = tonic::Status::from_header_map(resp.headers()).map(|s| (s.code(), s.message().to_owned()));
