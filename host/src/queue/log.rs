@@ -375,23 +375,31 @@ impl Format {
 
 /// The valid frame at `pos`, as (body start, end).
 fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> {
+    let (len, crc) = frame_header(data.get(pos..)?, format)?;
+    if len as usize > MAX_FRAME {
+        return None;
+    }
+    let start = pos + format.magic_and_header().1;
+    let body = data.get(start..start + len as usize)?;
+    (crc32fast::hash(body) == crc).then_some((start, start + len as usize))
+}
+
+/// The length and body checksum of the frame header `at` starts with, when its magic holds and,
+/// in a tagged segment, its tag.
+fn frame_header(at: &[u8], format: &Format) -> Option<(u32, u32)> {
     let (magic, header) = format.magic_and_header();
-    let h = data.get(pos..pos + header)?;
+    let h = at.get(..header)?;
     if &h[..4] != magic {
         return None;
     }
     let len = u32::from_le_bytes(h[4..8].try_into().ok()?);
     let crc = u32::from_le_bytes(h[8..12].try_into().ok()?);
-    if len as usize > MAX_FRAME {
-        return None;
-    }
     if let Format::Tagged(key, seq) = format
         && h[12..20] != tag(key, *seq, len, crc).to_le_bytes()
     {
         return None;
     }
-    let body = data.get(pos + header..pos + header + len as usize)?;
-    (crc32fast::hash(body) == crc).then_some((pos + header, pos + header + len as usize))
+    Some((len, crc))
 }
 
 /// The bytes of a frame begun at the start of `tail` and not finished (0 when none was): for
@@ -400,15 +408,14 @@ fn parse_at(data: &[u8], pos: usize, format: &Format) -> Option<(usize, usize)> 
 /// (the old reading).
 fn torn(tail: &[u8], format: &Format) -> usize {
     match format {
-        Format::Tagged(key, seq) => {
-            let Some(h) = tail.get(..HEADER) else {
-                return if tail.starts_with(MAGIC) { tail.len() } else { 0 };
-            };
-            let len = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
-            let crc = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-            let ours = &h[..4] == MAGIC && h[12..20] == tag(key, *seq, len, crc).to_le_bytes();
-            if ours { tail.len().min(HEADER + len as usize) } else { 0 }
+        Format::Tagged(..) if tail.len() < HEADER => {
+            if tail.starts_with(MAGIC) {
+                tail.len()
+            } else {
+                0
+            }
         }
+        Format::Tagged(..) => frame_header(tail, format).map_or(0, |(len, _)| tail.len().min(HEADER + len as usize)),
         Format::V1 => tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1),
     }
 }
