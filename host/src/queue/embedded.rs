@@ -108,11 +108,17 @@ impl EmbeddedQueue {
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
             let segs = log::segments(&dir)?;
-            let tagged_from = log::tagged_from(&dir)?;
+            let marker = log::tagged_from(&dir)?;
+            if marker == Some(log::Marker::Unreadable) {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the queue's tagged-from marker cannot be read: every segment is read as written with a header, and \
+                     one whose header is damaged is kept aside as .damaged, never repaired or cut"
+                );
+            }
             rec.segments = segs.len();
             for (seq, path) in &segs {
-                let tagged = tagged_from.is_some_and(|from| *seq >= from);
-                let d = log::read_segment(path, *seq, tagged, |body| {
+                let d = log::read_segment(path, *seq, log::Marker::headed(marker, *seq), |body| {
                     if !apply(&mut inner, &sealer, *seq, body) {
                         rec.unreadable_records += 1;
                     }

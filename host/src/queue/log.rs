@@ -145,21 +145,50 @@ fn header_sums(h: &[u8]) -> bool {
 }
 
 /// The file in a queue directory naming the first segment written with a header: every later
-/// one has one (a damaged one is damage, never read as an untagged file).
+/// one has one (a damaged one is never read as an untagged file).
 const TAGGED_FROM: &str = "tagged-from";
 
+/// What a queue directory's [`TAGGED_FROM`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// Segments from this number on were written with a header.
+    At(u64),
+    /// The marker is there but cannot be read: every segment is taken as written with a header,
+    /// none as known to be (the marker is left as it is: rewritten with a guess, it could put
+    /// segments with headers below it).
+    Unreadable,
+}
+
+impl Marker {
+    /// How segment `seq` was written, as far as `marker` (`None`: no marker) tells.
+    pub fn headed(marker: Option<Marker>, seq: u64) -> Headed {
+        match marker {
+            Some(Marker::At(from)) if seq >= from => Headed::Yes,
+            Some(Marker::Unreadable) => Headed::Assumed,
+            _ => Headed::Maybe,
+        }
+    }
+}
+
+/// Whether a segment was written with a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Headed {
+    /// Below the marker, or with none: a file is taken for one with a header only when its
+    /// header is whole (see [`read_header`]).
+    Maybe,
+    /// At or above the marker.
+    Yes,
+    /// Taken as [`Headed::Yes`] for an unreadable marker, but not known: a damaged header is
+    /// never repaired, nor taken for a torn first write (the file may be of the earlier format,
+    /// whose first bytes a producer chose): it is kept aside.
+    Assumed,
+}
+
 /// The first segment of `dir` written with a header (`None`: none yet, every segment there was
-/// written before segment headers). A marker that cannot be read holds for every segment.
-pub fn tagged_from(dir: &Path) -> io::Result<Option<u64>> {
+/// written before segment headers).
+pub fn tagged_from(dir: &Path) -> io::Result<Option<Marker>> {
     match std::fs::read_to_string(dir.join(TAGGED_FROM)) {
-        Ok(text) => Ok(Some(text.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!(
-                file = %dir.join(TAGGED_FROM).display(),
-                "the queue's marker of segments with headers cannot be read: every segment is read as having one \
-                 (one whose header does not hold is kept aside as .damaged, never cut)"
-            );
-            0
-        }))),
+        Ok(text) => Ok(Some(text.trim().parse().map_or(Marker::Unreadable, Marker::At))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -248,25 +277,28 @@ impl Damage {
 /// Read every valid frame body of segment `seq`, in order. A file that starts with this
 /// segment's header is read for the frames tagged under its key; one that is empty, zeros, or
 /// starts with an earlier life's header holds no frame (prepared, nothing appended); one whose
-/// header fails its checksum is read under the key that header holds when frames tagged for this
-/// segment under it prove the key whole (the header is then written again), holds no frame when
-/// nothing but zeros follows it (a header torn as it was first written), and is otherwise damage
-/// as a whole (its frames cannot be told from old ones), kept aside as it is; any other (written
-/// before recycling) is read for `DXQ1` frames. What follows the
-/// last valid frame is cut off: counted as a torn tail when a frame of this life was begun there
-/// and not finished, not when it is what the file held before (zeros, an earlier life's frames).
-pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
+/// header fails its checksum, known to have one ([`Headed::Yes`], not starting as a `DXQ1`
+/// file), is read under the key that header holds when frame tags for this segment under it
+/// prove the key whole (the header is then written again), and holds no frame when nothing but
+/// zeros follows it (a header torn as it was first written); any other damaged header makes the
+/// whole file damage (its frames cannot be told from old ones), kept aside as it is; a file with
+/// no header (written before recycling) is read for `DXQ1` frames. What follows the last valid
+/// frame is cut off: counted as a torn tail when a frame of this life was begun there and not
+/// finished, not when it is what the file held before (zeros, an earlier life's frames).
+pub fn read_segment(path: &Path, seq: u64, headed: Headed, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut damage = Damage::default();
-    let (format, start) = match read_header(&data, seq, tagged) {
+    // Known to be written with a header: the bytes where it stands are the writer's.
+    let known = headed == Headed::Yes && !data.starts_with(MAGIC_V1);
+    let (format, start) = match read_header(&data, seq, headed != Headed::Maybe) {
         Header::Ours(key) => (Format::Tagged(key, seq), SEGMENT_HEADER),
         // Prepared (a spare renamed, or zeros) and never written.
         Header::Unwritten => return Ok(damage),
         // The damage missed the key: frames of this segment tagged under it say so (no other
         // bytes can be: a tag takes the key, and the key is the writer's alone). Read under it,
         // with the header written whole again so the next start reads the file as any other.
-        Header::Damaged if let Some(key) = proven_key(&data, seq) => {
+        Header::Damaged if known && let Some(key) = proven_key(&data, seq) => {
             repair_header(path, seq, &key)?;
             damage.corrupt_regions = 1;
             damage.corrupt_bytes = SEGMENT_HEADER as u64;
@@ -279,7 +311,7 @@ pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[
         }
         // Nothing but zeros after it: the header was torn as it was first written (a crash), and
         // no frame was (a header is synced before any frame is written).
-        Header::Damaged if data.get(SEGMENT_HEADER..).is_none_or(|rest| rest.iter().all(|b| *b == 0)) => {
+        Header::Damaged if known && data.get(SEGMENT_HEADER..).is_none_or(|rest| rest.iter().all(|b| *b == 0)) => {
             return Ok(damage);
         }
         // Its key cannot be trusted, so no frame can be: the whole file is damage, kept as it is
@@ -332,14 +364,14 @@ pub fn read_segment(path: &Path, seq: u64, tagged: bool, mut each: impl FnMut(&[
     Ok(damage)
 }
 
-/// The key in segment `seq`'s damaged header (`data`: the file), if a frame after it is tagged
-/// for this segment under it.
+/// The key in segment `seq`'s damaged header (`data`: the file), if a frame header after it is
+/// tagged for this segment under it (a tag proves the key; the frame's body may be torn).
 fn proven_key(data: &[u8], seq: u64) -> Option<Key> {
     let key: Key = data.get(12..SEGMENT_HEADER - 4)?.try_into().ok()?;
     let format = Format::Tagged(key, seq);
     let mut pos = SEGMENT_HEADER;
     while pos < data.len() {
-        if parse_at(data, pos, &format).is_some() {
+        if frame_header(&data[pos..], &format).is_some() {
             return Some(key);
         }
         pos = find_magic(data, pos + 1, MAGIC)?;
@@ -408,14 +440,12 @@ fn frame_header(at: &[u8], format: &Format) -> Option<(u32, u32)> {
 /// (the old reading).
 fn torn(tail: &[u8], format: &Format) -> usize {
     match format {
-        Format::Tagged(..) if tail.len() < HEADER => {
-            if tail.starts_with(MAGIC) {
-                tail.len()
-            } else {
-                0
-            }
-        }
-        Format::Tagged(..) => frame_header(tail, format).map_or(0, |(len, _)| tail.len().min(HEADER + len as usize)),
+        Format::Tagged(..) => match frame_header(tail, format) {
+            Some((len, _)) => tail.len().min(HEADER + len as usize),
+            // Shorter than a frame header: begun when it starts as one.
+            None if tail.len() < HEADER && tail.starts_with(MAGIC) => tail.len(),
+            None => 0,
+        },
         Format::V1 => tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1),
     }
 }
@@ -475,7 +505,10 @@ impl LogWriter {
         let highest = files.iter().flatten().map(|(s, _)| *s).max().unwrap_or(0);
         // Never below the marker (segments deleted, as going back to an earlier version asks,
         // with the marker left): every segment this writes is read as having a header.
-        let marked = tagged_from(dir)?.unwrap_or(0);
+        let marked = match tagged_from(dir)? {
+            Some(Marker::At(from)) => from,
+            _ => 0,
+        };
         let seq = last_seq.max(highest).max(marked.saturating_sub(1)) + 1;
         mark_tagged_from(dir, seq)?;
         // The first segment is a spare or starts empty (a quick start); later ones are spares
@@ -752,13 +785,13 @@ mod tests {
     /// A segment written before segment headers (below the directory's `TAGGED_FROM`).
     fn read_untagged(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
         let mut got = Vec::new();
-        let d = read_segment(path, seq, false, |b| got.push(b.to_vec())).unwrap();
+        let d = read_segment(path, seq, Headed::Maybe, |b| got.push(b.to_vec())).unwrap();
         (got, d)
     }
 
     fn read_seq(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
         let mut got = Vec::new();
-        let d = read_segment(path, seq, true, |b| got.push(b.to_vec())).unwrap();
+        let d = read_segment(path, seq, Headed::Yes, |b| got.push(b.to_vec())).unwrap();
         (got, d)
     }
 
@@ -913,8 +946,7 @@ mod tests {
         let segs = segments(dir.path()).unwrap();
         let (seq, path) = &segs[0];
         let mut got = Vec::new();
-        let tagged = marker.is_some_and(|from| *seq >= from);
-        read_segment(path, *seq, tagged, |b| got.push(b.to_vec())).unwrap();
+        read_segment(path, *seq, Marker::headed(marker, *seq), |b| got.push(b.to_vec())).unwrap();
         assert_eq!(got, vec![b"acknowledged".to_vec()]);
 
         let p = dir.path().join("3.log");
@@ -1021,6 +1053,38 @@ mod tests {
         assert!(got.is_empty());
         assert_eq!(d.corrupt_regions, 1);
         assert_eq!(std::fs::read(p9.with_extension("damaged")).unwrap(), spare);
+    }
+
+    /// Only a file known to be written with a header (at or above a marker that reads) has a
+    /// damaged header repaired. A file of the earlier format taken for one with a header (its
+    /// marker unreadable, or saying a number too low) holds, where a header's key would be, the
+    /// start of its first record, which a producer may choose, and may hold a `DXQ2` frame tagged
+    /// under that "key" in a payload: it is kept aside as it is, never repaired nor cut.
+    #[test]
+    fn a_file_not_known_to_have_a_header_is_never_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("1.log");
+        let chosen = *b"0123456789abcdef";
+        let first = [&chosen[..], b"past the header's end", &frames_of(1, &chosen, &[b"planted"])].concat();
+        let old = v1_frames(&[&first, b"two"]);
+        assert_eq!(old[12..28], chosen);
+        let mut known = segment(1, &KEY, &[b"one"]);
+        known[30] ^= 1;
+        for (data, headed, says) in [
+            (&old, Headed::Assumed, "unreadable marker"),
+            (&old, Headed::Yes, "marker too low"),
+            (&known, Headed::Assumed, "unreadable marker, damaged header"),
+        ] {
+            std::fs::write(&p, data).unwrap();
+            let mut got = Vec::new();
+            let d = read_segment(&p, 1, headed, |b| got.push(b.to_vec())).unwrap();
+            assert!(got.is_empty(), "{says}: {got:?}");
+            assert_eq!((d.corrupt_regions, d.corrupt_bytes), (1, data.len() as u64), "{says}");
+            assert_eq!(std::fs::read(p.with_extension("damaged")).unwrap(), *data, "{says}: not kept as it is");
+        }
+        // The same earlier-format file where the marker says so: its frames.
+        std::fs::write(&p, &old).unwrap();
+        assert_eq!(read_untagged(&p, 1).0, vec![first, b"two".to_vec()]);
     }
 
     /// A recycled file holds its new frames, then what is left of its old ones (the rest of

@@ -11,7 +11,8 @@
 //! The listener holds to the public listener's limits: a connection has
 //! `limits.header_timeout_ms` for its TLS handshake and its first request, and is closed (GOAWAY)
 //! when it has had no call open for as long; at most `limits.max_concurrent_requests`
-//! connections (more are closed at once), `MAX_STREAMS` calls open on each; every call passes
+//! connections (more are closed at once), `MAX_STREAMS` calls open on each; a call whose
+//! `content-type` is not gRPC is refused (415) before anything else, and every other call passes
 //! the public listener's guard (`listener::guarded`): at most `limits.max_concurrent_requests`
 //! calls at once (else UNAVAILABLE, retried), the request body read whole before anything looks
 //! at it, at most `limits.max_body_bytes` (counting gRPC's 5-byte frame header) within

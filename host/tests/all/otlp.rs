@@ -491,6 +491,7 @@ async fn grpc_frames_an_sdk_never_sends_are_refused_by_name() {
     let resp = resp.unwrap();
     assert_eq!(resp.status(), 415, "{:?}", resp.text().await);
     assert_eq!(refused(&app, "body_too_large").await, 0);
+    assert_eq!(refused(&app, "unsupported_media_type").await, 7);
     // gRPC's content-type on another method: a gRPC status, not HTTP's 405 carried on a 200.
     let resp = client.get(&url).header("content-type", "application/grpc").send().await.unwrap();
     let got = tonic::Status::from_header_map(resp.headers()).map(|s| (s.code(), s.message().to_owned()));
