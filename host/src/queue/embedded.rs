@@ -112,8 +112,9 @@ impl EmbeddedQueue {
             if marker == Some(log::Marker::Unreadable) {
                 tracing::warn!(
                     dir = %dir.display(),
-                    "the queue's tagged-from marker cannot be read: every segment is read as written with a header, and \
-                     one whose header is damaged is kept aside as .damaged, never repaired or cut"
+                    "the queue's tagged-from marker cannot be read: it is written again from the next segment on; the \
+                     segments before it are told by their first bytes (one with a damaged header is kept aside as \
+                     .damaged, not repaired); nothing to do"
                 );
             }
             rec.segments = segs.len();

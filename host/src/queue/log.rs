@@ -108,35 +108,39 @@ enum Header {
     None,
 }
 
-/// What segment `seq`'s file `data` starts with; `tagged`: the segment was written with a
-/// header (its number is at or above the directory's [`TAGGED_FROM`]), so it is never read as
-/// an untagged file, whatever its first bytes became. Below it (or with no marker: one lost, a
-/// directory restored without it) a file is taken for one with a header only when its header is
-/// whole, magic and number included: a file of the earlier format starts with a frame's magic
-/// the writer wrote (`DXQ1`), so its first bytes, a record whose id a producer chose, never
-/// pass for one.
-fn read_header(data: &[u8], seq: u64, tagged: bool) -> Header {
-    if !tagged {
-        return match data.get(..SEGMENT_HEADER) {
-            Some(h) if h[..4] == SEGMENT_MAGIC[..] && h[4..12] == seq.to_le_bytes() && header_sums(h) => {
-                Header::Ours(h[12..28].try_into().expect("16 bytes"))
-            }
-            _ => Header::None,
-        };
-    }
+/// What segment `seq`'s file `data` starts with. `known`: the segment was written with a header
+/// (the directory's [`TAGGED_FROM`] reads and says so, and the file does not start as the
+/// earlier format), so it is never read as an untagged file, whatever its first bytes became.
+///
+/// Not known (below the marker, or with none that reads: one lost, a directory restored without
+/// it), a file is told by its first bytes, which the writer always wrote: `DXQ1` starts a file
+/// of the earlier format (its first record, whose id a producer may choose, comes after), a whole
+/// header for this number is one with a header, zeros or a whole header for another number a
+/// prepared file never written. The segment magic (`DXQS`) at the start, or a frame's (`DXQ2`)
+/// right after where a header ends, is a file with a header damaged: kept aside, never scanned
+/// for `DXQ1` frames, which a producer's payload or label may hold and whose reading would cut
+/// the file's own frames. Anything else is a file of the earlier format whose first frame is
+/// damaged, read past it.
+fn read_header(data: &[u8], seq: u64, known: bool) -> Header {
     if data.iter().all(|b| *b == 0) {
         return Header::Unwritten;
     }
-    // Known by its checksum (the magic alone may be what was damaged).
+    if !known && data.starts_with(MAGIC_V1) {
+        return Header::None;
+    }
+    // Known by its checksum (the magic alone may be what was damaged, where a header is known
+    // to be; elsewhere the magic too).
     if let Some(h) = data.get(..SEGMENT_HEADER)
         && header_sums(h)
+        && (known || h[..4] == SEGMENT_MAGIC[..])
     {
         if h[4..12] != seq.to_le_bytes() {
             return Header::Unwritten;
         }
         return Header::Ours(h[12..28].try_into().expect("16 bytes"));
     }
-    Header::Damaged
+    let headed = data.starts_with(SEGMENT_MAGIC) || data.get(SEGMENT_HEADER..SEGMENT_HEADER + 4) == Some(&MAGIC[..]);
+    if known || headed { Header::Damaged } else { Header::None }
 }
 
 /// Whether a segment header's checksum holds (`h`: its bytes).
@@ -153,35 +157,18 @@ const TAGGED_FROM: &str = "tagged-from";
 pub enum Marker {
     /// Segments from this number on were written with a header.
     At(u64),
-    /// The marker is there but cannot be read: every segment is taken as written with a header,
-    /// none as known to be (the marker is left as it is: rewritten with a guess, it could put
-    /// segments with headers below it).
+    /// The marker is there but cannot be read: no segment is known to have a header (each is
+    /// told by its first bytes, see [`read_header`]), and the writer writes it again from its
+    /// first segment on.
     Unreadable,
 }
 
 impl Marker {
-    /// How segment `seq` was written, as far as `marker` (`None`: no marker) tells.
-    pub fn headed(marker: Option<Marker>, seq: u64) -> Headed {
-        match marker {
-            Some(Marker::At(from)) if seq >= from => Headed::Yes,
-            Some(Marker::Unreadable) => Headed::Assumed,
-            _ => Headed::Maybe,
-        }
+    /// Whether segment `seq` was written with a header, as far as `marker` (`None`: no marker)
+    /// tells.
+    pub fn headed(marker: Option<Marker>, seq: u64) -> bool {
+        matches!(marker, Some(Marker::At(from)) if seq >= from)
     }
-}
-
-/// Whether a segment was written with a header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Headed {
-    /// Below the marker, or with none: a file is taken for one with a header only when its
-    /// header is whole (see [`read_header`]).
-    Maybe,
-    /// At or above the marker.
-    Yes,
-    /// Taken as [`Headed::Yes`] for an unreadable marker, but not known: a damaged header is
-    /// never repaired, nor taken for a torn first write (the file may be of the earlier format,
-    /// whose first bytes a producer chose): it is kept aside.
-    Assumed,
 }
 
 /// The first segment of `dir` written with a header (`None`: none yet, every segment there was
@@ -194,9 +181,10 @@ pub fn tagged_from(dir: &Path) -> io::Result<Option<Marker>> {
     }
 }
 
-/// Record in `dir`, once, that segments from `seq` on are written with a header (synced).
+/// Record in `dir`, once, that segments from `seq` on are written with a header (synced); a
+/// marker that cannot be read is written again.
 fn mark_tagged_from(dir: &Path, seq: u64) -> io::Result<()> {
-    if tagged_from(dir)?.is_some() {
+    if let Some(Marker::At(_)) = tagged_from(dir)? {
         return Ok(());
     }
     write_synced(dir, &dir.join(TAGGED_FROM), seq.to_string().as_bytes())
@@ -277,21 +265,21 @@ impl Damage {
 /// Read every valid frame body of segment `seq`, in order. A file that starts with this
 /// segment's header is read for the frames tagged under its key; one that is empty, zeros, or
 /// starts with an earlier life's header holds no frame (prepared, nothing appended); one whose
-/// header fails its checksum, known to have one ([`Headed::Yes`], not starting as a `DXQ1`
-/// file), is read under the key that header holds when frame tags for this segment under it
+/// header fails its checksum, known to have one (`headed`, and not starting as a `DXQ1` file),
+/// is read under the key that header holds when frame tags for this segment under it
 /// prove the key whole (the header is then written again), and holds no frame when nothing but
 /// zeros follows it (a header torn as it was first written); any other damaged header makes the
 /// whole file damage (its frames cannot be told from old ones), kept aside as it is; a file with
 /// no header (written before recycling) is read for `DXQ1` frames. What follows the last valid
 /// frame is cut off: counted as a torn tail when a frame of this life was begun there and not
 /// finished, not when it is what the file held before (zeros, an earlier life's frames).
-pub fn read_segment(path: &Path, seq: u64, headed: Headed, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
+pub fn read_segment(path: &Path, seq: u64, headed: bool, mut each: impl FnMut(&[u8])) -> io::Result<Damage> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut damage = Damage::default();
     // Known to be written with a header: the bytes where it stands are the writer's.
-    let known = headed == Headed::Yes && !data.starts_with(MAGIC_V1);
-    let (format, start) = match read_header(&data, seq, headed != Headed::Maybe) {
+    let known = headed && !data.starts_with(MAGIC_V1);
+    let (format, start) = match read_header(&data, seq, known) {
         Header::Ours(key) => (Format::Tagged(key, seq), SEGMENT_HEADER),
         // Prepared (a spare renamed, or zeros) and never written.
         Header::Unwritten => return Ok(damage),
@@ -785,13 +773,13 @@ mod tests {
     /// A segment written before segment headers (below the directory's `TAGGED_FROM`).
     fn read_untagged(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
         let mut got = Vec::new();
-        let d = read_segment(path, seq, Headed::Maybe, |b| got.push(b.to_vec())).unwrap();
+        let d = read_segment(path, seq, false, |b| got.push(b.to_vec())).unwrap();
         (got, d)
     }
 
     fn read_seq(path: &Path, seq: u64) -> (Vec<Vec<u8>>, Damage) {
         let mut got = Vec::new();
-        let d = read_segment(path, seq, Headed::Yes, |b| got.push(b.to_vec())).unwrap();
+        let d = read_segment(path, seq, true, |b| got.push(b.to_vec())).unwrap();
         (got, d)
     }
 
@@ -954,6 +942,12 @@ mod tests {
         let (got, d) = read_untagged(&p, 3);
         assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
         assert!(!d.any(), "{d:?}");
+
+        // A marker that cannot be read is written again, from the writer's first segment on.
+        std::fs::write(dir.path().join(TAGGED_FROM), "5x").unwrap();
+        assert_eq!(tagged_from(dir.path()).unwrap(), Some(Marker::Unreadable));
+        let w = LogWriter::start(dir.path(), 0, 1 << 20, Duration::ZERO).unwrap();
+        assert_eq!(tagged_from(dir.path()).unwrap(), Some(Marker::At(w.active_segment())));
     }
 
     #[test]
@@ -995,13 +989,7 @@ mod tests {
             assert_eq!(std::fs::read(p.with_extension("damaged")).unwrap(), data, "{says}: not kept as it is");
         }
 
-        // Below the marker nothing is taken for a header, even bytes that pass its checksum (a
-        // record's id is a producer's to choose): the frames after them are read.
-        let mut old = [&segment_header(5, &KEY)[..], &v1_frames(&[b"kept"])].concat();
-        std::fs::write(&p, &old).unwrap();
-        assert_eq!(read_untagged(&p, 1).0, vec![b"kept".to_vec()]);
-
-        old = v1_frames(&[b"one", b"two"]);
+        let mut old = v1_frames(&[b"one", b"two"]);
         old[0] = b'X';
         std::fs::write(&p, &old).unwrap();
         let (got, d) = read_untagged(&p, 1);
@@ -1056,35 +1044,48 @@ mod tests {
     }
 
     /// Only a file known to be written with a header (at or above a marker that reads) has a
-    /// damaged header repaired. A file of the earlier format taken for one with a header (its
-    /// marker unreadable, or saying a number too low) holds, where a header's key would be, the
-    /// start of its first record, which a producer may choose, and may hold a `DXQ2` frame tagged
-    /// under that "key" in a payload: it is kept aside as it is, never repaired nor cut.
+    /// damaged header repaired. A file of the earlier format holds, where a header's key would
+    /// be, the start of its first record, which a producer may choose, and may hold a `DXQ2`
+    /// frame tagged under that "key" in a payload: where the marker cannot be read, or says a
+    /// number too low, it is still read by its first bytes, as the earlier format, neither
+    /// repaired nor cut. A file with a header, where no marker says so (one lost): a damaged
+    /// header is kept aside as it is, also with its magic hit, never scanned for `DXQ1` frames a
+    /// label may hold; a spare's earlier life is a prepared file, left as it is.
     #[test]
-    fn a_file_not_known_to_have_a_header_is_never_repaired() {
+    fn a_file_not_known_to_have_a_header_is_never_repaired_nor_scanned_as_the_earlier_format() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("1.log");
         let chosen = *b"0123456789abcdef";
         let first = [&chosen[..], b"past the header's end", &frames_of(1, &chosen, &[b"planted"])].concat();
         let old = v1_frames(&[&first, b"two"]);
         assert_eq!(old[12..28], chosen);
-        let mut known = segment(1, &KEY, &[b"one"]);
-        known[30] ^= 1;
-        for (data, headed, says) in [
-            (&old, Headed::Assumed, "unreadable marker"),
-            (&old, Headed::Yes, "marker too low"),
-            (&known, Headed::Assumed, "unreadable marker, damaged header"),
-        ] {
-            std::fs::write(&p, data).unwrap();
+        for (headed, says) in [(false, "marker unreadable or lost"), (true, "marker too low")] {
+            std::fs::write(&p, &old).unwrap();
             let mut got = Vec::new();
             let d = read_segment(&p, 1, headed, |b| got.push(b.to_vec())).unwrap();
+            assert_eq!(got, vec![first.clone(), b"two".to_vec()], "{says}");
+            assert!(!d.any(), "{says}: {d:?}");
+            assert_eq!(std::fs::read(&p).unwrap(), old, "{says}: the file changed");
+        }
+
+        let label = v1_frames(&[b"planted done record"]);
+        let good = segment(1, &KEY, &[b"one", &label, b"two"]);
+        for (at, says) in [(30, "in the checksum"), (0, "in the magic and the checksum")] {
+            let mut data = good.clone();
+            data[at] ^= 1;
+            data[31] ^= (at == 0) as u8;
+            std::fs::write(&p, &data).unwrap();
+            let (got, d) = read_untagged(&p, 1);
             assert!(got.is_empty(), "{says}: {got:?}");
             assert_eq!((d.corrupt_regions, d.corrupt_bytes), (1, data.len() as u64), "{says}");
-            assert_eq!(std::fs::read(p.with_extension("damaged")).unwrap(), *data, "{says}: not kept as it is");
+            assert_eq!(std::fs::read(p.with_extension("damaged")).unwrap(), data, "{says}: not kept as it is");
         }
-        // The same earlier-format file where the marker says so: its frames.
-        std::fs::write(&p, &old).unwrap();
-        assert_eq!(read_untagged(&p, 1).0, vec![first, b"two".to_vec()]);
+
+        let spare = segment(4, &[4; 16], &[b"old one"]);
+        std::fs::write(&p, &spare).unwrap();
+        let (got, d) = read_untagged(&p, 1);
+        assert!(got.is_empty() && !d.any(), "{got:?} {d:?}");
+        assert_eq!(std::fs::read(&p).unwrap(), spare, "a prepared file changed");
     }
 
     /// A recycled file holds its new frames, then what is left of its old ones (the rest of
