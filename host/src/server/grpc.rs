@@ -12,7 +12,8 @@
 //! `limits.header_timeout_ms` for its TLS handshake and its first request, and is closed (GOAWAY)
 //! when it has had no call open for as long; at most `limits.max_concurrent_requests`
 //! connections (more are closed at once), `MAX_STREAMS` calls open on each; a call whose
-//! `content-type` is not gRPC is refused (415) before anything else, and every other call passes
+//! `content-type` is not gRPC (415), whose path is not the logs `Export` or whose method is not
+//! POST (UNIMPLEMENTED) is refused before anything else, and every other call passes
 //! the public listener's guard (`listener::guarded`): at most `limits.max_concurrent_requests`
 //! calls at once (else UNAVAILABLE, retried), the request body read whole before anything looks
 //! at it, at most `limits.max_body_bytes` (counting gRPC's 5-byte frame header) within
@@ -94,10 +95,6 @@ async fn export(
 ) -> axum::response::Response {
     let state = &logs.0;
     let (parts, body) = req.into_parts();
-    if parts.method != http::Method::POST {
-        let why = format!("a gRPC call is a POST, not a {}: use a gRPC client", parts.method);
-        return status(state, ApiError::new(http::StatusCode::NOT_IMPLEMENTED, "unsupported_method", why)).into_http();
-    }
     // The guard has read the body whole, within `limits.max_body_bytes` (the frame's 5 bytes
     // counted): this takes it as it is, within the same bound, should the route ever be served
     // without the guard.
@@ -140,10 +137,21 @@ async fn grpc_only(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    match refuse_content_type(&logs.0, req.headers()) {
-        Some(refused) => refused,
-        None => next.run(req).await,
+    if let Some(refused) = refuse_content_type(&logs.0, req.headers()) {
+        return refused;
     }
+    // A call this host does not serve is told so before its body is read: an SDK that exports
+    // traces or metrics here has no batch buffered only to be refused.
+    if req.uri().path().strip_prefix(LOGS_PATH) != Some("Export") {
+        return not_logs(req.uri().path());
+    }
+    if req.method() != http::Method::POST {
+        let method: String = req.method().as_str().chars().take(16).collect();
+        let why = format!("a gRPC call is a POST, not a {method}: use a gRPC client");
+        let e = ApiError::new(http::StatusCode::NOT_IMPLEMENTED, "unsupported_method", why);
+        return status(&logs.0, e).into_http();
+    }
+    next.run(req).await
 }
 
 /// The refusal of a call whose `content-type` is not gRPC with protobuf messages (counted). Not
@@ -153,17 +161,11 @@ fn refuse_content_type(state: &AppState, headers: &http::HeaderMap) -> Option<ax
     let e = content_type(headers).err()?;
     state.metrics.reject(e.code);
     Some(if e.status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        let mut resp = axum::response::IntoResponse::into_response(e);
-        resp.extensions_mut().insert(NotGrpc);
-        resp
+        axum::response::IntoResponse::into_response(e)
     } else {
         grpc_status(e).into_http()
     })
 }
-
-/// Marks an answer to a client that is not gRPC: `as_grpc` leaves it a plain HTTP status.
-#[derive(Clone, Copy)]
-struct NotGrpc;
 
 /// The call's `content-type`: gRPC with protobuf messages (`application/grpc`, or with `+proto`).
 /// Anything else that is not gRPC is 415 Unsupported Media Type; gRPC with another message
@@ -261,13 +263,12 @@ const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
 /// Calls open at once on one connection (HTTP/2 streams).
 const MAX_STREAMS: u32 = 64;
 
-/// Any other path: UNIMPLEMENTED, saying what this host takes (a client that is not gRPC, as a
-/// browser pointed at the port: 415, as on the logs path).
-async fn not_logs(uri: axum::http::Uri) -> axum::response::Response {
+/// Any other path: UNIMPLEMENTED, saying what this host takes.
+fn not_logs(path: &str) -> axum::response::Response {
+    let path: String = path.chars().take(128).collect();
     let message = format!(
-        "this host takes OTLP logs only ({LOGS_PATH}Export), not {}: send traces and metrics elsewhere, or turn \
-         them off in the exporter",
-        uri.path()
+        "this host takes OTLP logs only ({LOGS_PATH}Export), not {path}: send traces and metrics elsewhere, or turn \
+         them off in the exporter"
     );
     tonic::Status::unimplemented(message).into_http::<axum::body::Body>()
 }
@@ -277,8 +278,7 @@ async fn not_logs(uri: axum::http::Uri) -> axum::response::Response {
 async fn as_grpc(resp: axum::response::Response) -> axum::response::Response {
     let grpc =
         resp.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    // An answer to a client that is not gRPC (`refuse_content_type`): left as it is.
-    if grpc || resp.extensions().get::<NotGrpc>().is_some() {
+    if grpc {
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -346,15 +346,13 @@ pub async fn serve(
 ) {
     let metrics = state.metrics.clone();
     let logs = Arc::new(Logs(state, limits.max_body_bytes));
-    let router = axum::Router::new()
-        // Any method: one that is not gRPC is told so (`export`), not answered 405, which
-        // `as_grpc` would carry as a gRPC status on a 200.
-        .route(&format!("{LOGS_PATH}Export"), axum::routing::any(export))
-        .fallback(not_logs)
-        .with_state(logs.clone());
+    let router =
+        axum::Router::new().route(&format!("{LOGS_PATH}Export"), axum::routing::post(export)).with_state(logs.clone());
+    // `grpc_only` outermost: its refusals come before the guard reads a body, and are not
+    // rewritten by `as_grpc` (a client that is not gRPC is answered a plain HTTP status).
     let app = guarded(router, &limits, metrics.clone(), budget)
-        .layer(axum::middleware::from_fn_with_state(logs, grpc_only))
-        .layer(axum::middleware::map_response(as_grpc));
+        .layer(axum::middleware::map_response(as_grpc))
+        .layer(axum::middleware::from_fn_with_state(logs, grpc_only));
     let deadline = Duration::from_millis(limits.header_timeout_ms);
     let max_connections = limits.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(max_connections));
