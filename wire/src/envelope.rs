@@ -317,15 +317,18 @@ fn parse_one_with(body: &str, text: &str, max_depth: usize, levels: usize) -> Re
 fn in_text(text: &str, inner: &str, e: &serde_json::Error) -> String {
     debug_assert!(text.as_bytes().as_ptr_range().contains(&inner.as_ptr()) || inner.is_empty());
     let shown = e.to_string();
+    if std::ptr::eq(text, inner) {
+        return shown; // serde_json's position is already the body's
+    }
     let Some(what) = shown.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())) else {
         return shown;
     };
     // serde_json counts lines from 1 and, within a line, bytes from 1.
     let line_start = inner.split_inclusive('\n').take(e.line().saturating_sub(1)).map(str::len).sum::<usize>();
-    let base = (inner.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize).min(text.len());
+    let base = crate::text::offset_of(text.as_bytes(), inner.as_bytes());
     let at = (base + line_start + e.column().saturating_sub(1)).min(text.len());
     let before = text.as_bytes()[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let line = 1 + text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+    let line = crate::text::Lines::new(text.as_bytes()).at(at);
     format!("{what} at line {line} column {}", at - before + 1)
 }
 

@@ -7,3 +7,4 @@ pub mod depth;
 pub mod envelope;
 pub mod framing;
 pub mod otlp;
+mod text;

@@ -180,7 +180,7 @@ fn content_type(headers: &http::HeaderMap) -> Result<(), ApiError> {
     if suffix.is_some_and(|s| s.is_empty() || s.eq_ignore_ascii_case(b"+proto")) {
         return Ok(());
     }
-    let shown = String::from_utf8_lossy(sent).chars().take(64).collect::<String>();
+    let shown = String::from_utf8_lossy(&sent[..sent.len().min(256)]).chars().take(64).collect::<String>();
     match suffix {
         Some(other) if other.starts_with(b"+") => Err(ApiError::new(
             http::StatusCode::NOT_IMPLEMENTED,

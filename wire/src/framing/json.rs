@@ -2,38 +2,14 @@
 //! (objects separated by whitespace or nothing). Records are passed on as sent, made compact.
 
 use super::{Allowance, FramingError, FramingOptions, Position, Record, skip_ws};
+use crate::text::{Lines, offset_of};
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
 
-/// Line numbers (from 1) of offsets in a body, asked in increasing order: each byte is
-/// counted once, so naming the line of every record stays linear in the body.
-struct Lines<'a> {
-    body: &'a [u8],
-    offset: usize,
-    line: usize,
-}
-
-impl<'a> Lines<'a> {
-    fn new(body: &'a [u8]) -> Self {
-        Lines { body, offset: 0, line: 1 }
-    }
-
-    /// The line byte `offset` is on.
-    fn at(&mut self, offset: usize) -> usize {
-        let offset = offset.min(self.body.len());
-        if offset < self.offset {
-            *self = Lines::new(self.body);
-        }
-        self.line += self.body[self.offset..offset].iter().filter(|&&b| b == b'\n').count();
-        self.offset = offset;
-        self.line
-    }
-}
-
 /// Byte offset of a raw value borrowed from `body`.
 fn offset_in(body: &[u8], raw: &RawValue) -> usize {
-    (raw.get().as_ptr() as usize).saturating_sub(body.as_ptr() as usize)
+    offset_of(body, raw.get().as_bytes())
 }
 
 /// `format json`: one array of objects.
