@@ -65,7 +65,9 @@ async fn a_document_the_index_rejects_is_a_permanent_failure_with_the_reason() {
 
 #[tokio::test]
 async fn an_unreachable_destination_is_retried_and_the_receipt_says_why() {
-    let app = spawn_app().await;
+    // Retries here are 0-200 ms apart (the tests' backoff): the default 20 attempts could run
+    // out within the 1 s `?wait=` below.
+    let app = spawn_app_with(&["opensearch"], |c| c.delivery.max_attempts = 1000).await;
     // Port 9 (discard) on loopback: nothing listens there.
     let dest = json!({"host_port": "http://127.0.0.1:9", "index": "x"});
     let (status, receipt) =

@@ -200,7 +200,9 @@ fn summary(status: u16, receipt: &Value, key: &str) -> (u16, String) {
 #[tokio::test]
 async fn outcomes_match_the_rust_opensearch_plugin() {
     let s = servers();
-    let (app, _data) = spawn_with_languages(|_| {}).await;
+    // Retries here are 0-200 ms apart (the tests' backoff): 20 attempts, the default, ran out
+    // within the 1 s `?wait=` below once in a while, and the report was dead-lettered.
+    let (app, _data) = spawn_with_languages(|c| c.delivery.max_attempts = 1000).await;
     for (_, key) in [RUST, PYTHON, JS] {
         let index = index();
         let dest = json!({"host_port": s.os_url, "index": index});
